@@ -1,0 +1,108 @@
+//! Service annotation names ironlb reads, ours and MetalLB's.
+//!
+//! MetalLB's spellings are honoured exactly as MetalLB writes them, so a MetalLB
+//! user can switch without editing a single Service. When a Service carries both
+//! spellings of one request, ours wins: the `*_KEYS` arrays list the names in the
+//! order they are consulted.
+
+use std::collections::BTreeMap;
+
+/// Asks for an address from the named `IPAddressPool`.
+pub const ADDRESS_POOL: &str = "ironlb.dev/address-pool";
+/// Asks for specific addresses: a comma-separated list, at most one per family.
+pub const LOAD_BALANCER_IPS: &str = "ironlb.dev/load-balancer-ips";
+/// The sharing key: Services with the same non-empty key may share an address
+/// when their ports don't collide and their backends match.
+pub const ALLOW_SHARED_IP: &str = "ironlb.dev/allow-shared-ip";
+/// Who carries the traffic once it reaches the node: `kube-proxy` (default) or
+/// ironlb's `embedded` forwarder.
+pub const FORWARDING: &str = "ironlb.dev/forwarding";
+/// With embedded forwarding, send a PROXY protocol header (`v1` or `v2`) to the
+/// backend before the client's bytes.
+pub const PROXY_PROTOCOL: &str = "ironlb.dev/proxy-protocol";
+
+/// MetalLB's current spelling of [`ADDRESS_POOL`].
+pub const METALLB_ADDRESS_POOL: &str = "metallb.io/address-pool";
+/// MetalLB's current spelling of [`LOAD_BALANCER_IPS`].
+pub const METALLB_LOAD_BALANCER_IPS: &str = "metallb.io/loadBalancerIPs";
+/// MetalLB's current spelling of [`ALLOW_SHARED_IP`].
+pub const METALLB_ALLOW_SHARED_IP: &str = "metallb.io/allow-shared-ip";
+/// MetalLB's older spelling of [`ADDRESS_POOL`].
+pub const METALLB_LEGACY_ADDRESS_POOL: &str = "metallb.universe.tf/address-pool";
+/// MetalLB's older spelling of [`LOAD_BALANCER_IPS`].
+pub const METALLB_LEGACY_LOAD_BALANCER_IPS: &str = "metallb.universe.tf/loadBalancerIPs";
+/// MetalLB's older spelling of [`ALLOW_SHARED_IP`].
+pub const METALLB_LEGACY_ALLOW_SHARED_IP: &str = "metallb.universe.tf/allow-shared-ip";
+
+/// The names that ask for a pool, highest precedence first.
+pub const ADDRESS_POOL_KEYS: [&str; 3] = [
+    ADDRESS_POOL,
+    METALLB_ADDRESS_POOL,
+    METALLB_LEGACY_ADDRESS_POOL,
+];
+/// The names that ask for specific addresses, highest precedence first.
+pub const LOAD_BALANCER_IPS_KEYS: [&str; 3] = [
+    LOAD_BALANCER_IPS,
+    METALLB_LOAD_BALANCER_IPS,
+    METALLB_LEGACY_LOAD_BALANCER_IPS,
+];
+/// The names that carry a sharing key, highest precedence first.
+pub const ALLOW_SHARED_IP_KEYS: [&str; 3] = [
+    ALLOW_SHARED_IP,
+    METALLB_ALLOW_SHARED_IP,
+    METALLB_LEGACY_ALLOW_SHARED_IP,
+];
+
+/// The first of `keys` present in `annotations`, as `(name, value)`, so an error
+/// about the value can name the annotation the user actually wrote.
+pub fn lookup<'a>(
+    annotations: &'a BTreeMap<String, String>,
+    keys: &[&'static str],
+) -> Option<(&'static str, &'a str)> {
+    keys.iter()
+        .find_map(|key| annotations.get(*key).map(|value| (*key, value.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn ours_win_over_both_metallb_spellings() {
+        let a = annotations(&[
+            (METALLB_LEGACY_ADDRESS_POOL, "legacy"),
+            (METALLB_ADDRESS_POOL, "metallb"),
+            (ADDRESS_POOL, "ours"),
+        ]);
+        assert_eq!(lookup(&a, &ADDRESS_POOL_KEYS), Some((ADDRESS_POOL, "ours")));
+    }
+
+    #[test]
+    fn metallb_io_wins_over_the_legacy_spelling() {
+        let a = annotations(&[
+            (METALLB_LEGACY_LOAD_BALANCER_IPS, "10.0.0.1"),
+            (METALLB_LOAD_BALANCER_IPS, "10.0.0.2"),
+        ]);
+        assert_eq!(
+            lookup(&a, &LOAD_BALANCER_IPS_KEYS),
+            Some((METALLB_LOAD_BALANCER_IPS, "10.0.0.2"))
+        );
+    }
+
+    #[test]
+    fn the_legacy_spelling_alone_is_honoured() {
+        let a = annotations(&[(METALLB_LEGACY_ALLOW_SHARED_IP, "dns")]);
+        assert_eq!(
+            lookup(&a, &ALLOW_SHARED_IP_KEYS),
+            Some((METALLB_LEGACY_ALLOW_SHARED_IP, "dns"))
+        );
+        assert_eq!(lookup(&a, &ADDRESS_POOL_KEYS), None);
+    }
+}

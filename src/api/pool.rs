@@ -1,0 +1,159 @@
+//! `IPAddressPool`: the addresses ironlb may hand out, and to whom.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A set of addresses ironlb may assign to `type: LoadBalancer` Services.
+///
+/// Entries may mix IPv4 and IPv6 (a dual-stack Service takes one address of each
+/// family from a single pool). Pools must not overlap: when two do, the pool that
+/// was created later is not used and says so in its `Valid` condition.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ironlb.dev",
+    version = "v1alpha1",
+    kind = "IPAddressPool",
+    plural = "ipaddresspools",
+    shortname = "ippool",
+    category = "ironlb",
+    status = "IPAddressPoolStatus",
+    doc = "A set of addresses ironlb may assign to type: LoadBalancer Services.",
+    printcolumn(name = "Addresses", type_ = "string", json_path = ".spec.addresses"),
+    printcolumn(
+        name = "Auto Assign",
+        type_ = "boolean",
+        json_path = ".spec.autoAssign"
+    ),
+    printcolumn(
+        name = "Assigned v4",
+        type_ = "integer",
+        json_path = ".status.assignedIPv4",
+        description = "IPv4 addresses held by Services"
+    ),
+    printcolumn(
+        name = "Available v4",
+        type_ = "integer",
+        json_path = ".status.availableIPv4",
+        description = "IPv4 addresses still free"
+    ),
+    printcolumn(
+        name = "Assigned v6",
+        type_ = "integer",
+        json_path = ".status.assignedIPv6",
+        description = "IPv6 addresses held by Services"
+    ),
+    printcolumn(
+        name = "Available v6",
+        type_ = "string",
+        json_path = ".status.availableIPv6",
+        description = "IPv6 addresses still free (a decimal string: it may exceed 64 bits)"
+    ),
+    printcolumn(
+        name = "Valid",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Valid\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPAddressPoolSpec {
+    /// The pool's addresses: CIDRs (`192.168.10.0/24`, `fd00::/120`), ranges
+    /// (`192.168.10.10-192.168.10.50`) and single addresses, IPv4 and IPv6 mixed.
+    #[schemars(length(min = 1, max = 128), inner(length(min = 1, max = 100)))]
+    #[x_kube(
+        validation = Rule::new(ENTRY_SYNTAX_RULE).message(
+            "each entry must be a CIDR (192.168.10.0/24), a range of one family \
+             (192.168.10.10-192.168.10.50) or a single address"
+        ),
+        validation = Rule::new(HOST_BITS_RULE).message(Message::Expression(HOST_BITS_MESSAGE.into())),
+        merge_strategy = ListMerge::Set
+    )]
+    pub addresses: Vec<String>,
+
+    /// Whether Services that don't ask for this pool or one of its addresses by
+    /// name may get an address from it.
+    #[serde(default = "default_auto_assign")]
+    pub auto_assign: bool,
+
+    /// Skip IPv4 addresses ending in `.0` and `.255`, which some old network gear
+    /// mistakes for broadcast addresses.
+    #[serde(default, rename = "avoidBuggyIPs")]
+    pub avoid_buggy_ips: bool,
+
+    /// Restricts automatic assignment from this pool to some Services, and orders
+    /// the pools that match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_allocation: Option<ServiceAllocation>,
+}
+
+/// Every entry parses as a CIDR, a single address, or a two-ended range whose ends
+/// are of one family. Uses the Kubernetes CEL IP/CIDR and string libraries.
+const ENTRY_SYNTAX_RULE: &str = "self.all(a, isCIDR(a) || isIP(a) || \
+     (a.split('-').size() == 2 && isIP(a.split('-')[0].trim()) && isIP(a.split('-')[1].trim()) \
+     && ip(a.split('-')[0].trim()).family() == ip(a.split('-')[1].trim()).family()))";
+
+/// A CIDR must be its own network address: `10.0.0.5/24` is almost always a typo
+/// for `10.0.0.0/24` or `10.0.0.5/32`, and guessing which would hand out
+/// addresses the user never meant to give away.
+const HOST_BITS_RULE: &str = "self.all(a, !isCIDR(a) || cidr(a).masked().ip() == cidr(a).ip())";
+
+/// Names the offending entries and the CIDR the user probably meant.
+const HOST_BITS_MESSAGE: &str = "'host bits are set in ' + self.filter(a, isCIDR(a) && \
+     cidr(a).masked().ip() != cidr(a).ip()).map(a, a + ' (did you mean ' + \
+     string(cidr(a).masked()) + '?)').join(', ')";
+
+fn default_auto_assign() -> bool {
+    true
+}
+
+/// Which Services a pool serves automatically, and in what order pools are tried.
+///
+/// A Service matches when its namespace is listed in `namespaces` or matched by
+/// one of `namespaceSelectors` (when either is set), and its labels match one of
+/// `serviceSelectors` (when set). Matching pools are tried before pools without a
+/// `serviceAllocation`, lowest `priority` first, pools without a priority last,
+/// then by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAllocation {
+    /// Lower numbers are tried first; pools without a priority come last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Namespaces whose Services may use this pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Selectors over namespace labels; a Service in a matching namespace may use
+    /// this pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_selectors: Vec<LabelSelector>,
+    /// Selectors over Service labels; only matching Services may use this pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+}
+
+/// What the controller observed about a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct IPAddressPoolStatus {
+    /// IPv4 addresses of this pool held by Services.
+    #[serde(default, rename = "assignedIPv4")]
+    pub assigned_ipv4: u64,
+    /// IPv4 addresses of this pool still free.
+    #[serde(default, rename = "availableIPv4")]
+    pub available_ipv4: u64,
+    /// IPv6 addresses of this pool held by Services.
+    #[serde(default, rename = "assignedIPv6")]
+    pub assigned_ipv6: u64,
+    /// IPv6 addresses of this pool still free, in decimal: a /48 holds 2^80.
+    #[serde(default, rename = "availableIPv6")]
+    pub available_ipv6: String,
+    /// `Valid`: whether the pool is used, and if not, which entry or which other
+    /// pool is the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

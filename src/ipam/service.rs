@@ -1,0 +1,410 @@
+//! What the allocator knows of a Service, and MetalLB's rule for sharing an
+//! address between Services.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use super::range::Family;
+use super::selector::Labels;
+
+/// Identifies a Service: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// The key of `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A transport protocol of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// A Service port as the outside world sees it: protocol and `port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The Service's `port` (not the target port).
+    pub port: u16,
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        };
+        write!(f, "{proto}/{}", self.port)
+    }
+}
+
+/// Where a Service's traffic goes once it reaches a node; two Services can share
+/// an address only when this is equal, because the address is announced from one
+/// node for both of them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// `externalTrafficPolicy: Cluster`: any node can deliver.
+    Cluster,
+    /// `externalTrafficPolicy: Local`: only nodes with the selected pods can.
+    Local {
+        /// The Service's `spec.selector`.
+        selector: BTreeMap<String, String>,
+    },
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Cluster => f.write_str("externalTrafficPolicy Cluster"),
+            Backend::Local { selector } => {
+                f.write_str("externalTrafficPolicy Local with selector {")?;
+                for (i, (k, v)) in selector.iter().enumerate() {
+                    write!(f, "{}{k}={v}", if i == 0 { "" } else { "," })?;
+                }
+                f.write_str("}")
+            }
+        }
+    }
+}
+
+/// The Service's `spec.ipFamilyPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FamilyPolicy {
+    /// One address, of the primary family.
+    #[default]
+    SingleStack,
+    /// One address per family when a pool can give both; else one.
+    PreferDualStack,
+    /// One address per family or none.
+    RequireDualStack,
+}
+
+/// What a Service asks for, the allocator's whole view of it.
+///
+/// Built from a Kubernetes Service at the edge; annotations are parsed there, so
+/// everything here is already valid in form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// `namespace/name`.
+    pub key: ServiceKey,
+    /// Creation time in seconds since the epoch; when two Services claim one
+    /// address incompatibly, the older keeps it.
+    pub created_at: i64,
+    /// The Service's labels, for `serviceSelectors`.
+    pub labels: Labels,
+    /// Its namespace's labels, for `namespaceSelectors`.
+    pub namespace_labels: Labels,
+    /// `spec.ipFamilies`, primary first: one or two distinct families.
+    pub families: Vec<Family>,
+    /// `spec.ipFamilyPolicy`.
+    pub family_policy: FamilyPolicy,
+    /// Specific addresses asked for (`spec.loadBalancerIP` or the
+    /// `load-balancer-ips` annotation), at most one per family.
+    pub addresses: Vec<IpAddr>,
+    /// A pool asked for by name.
+    pub pool: Option<String>,
+    /// The sharing key (`allow-shared-ip`); `None` never shares.
+    pub sharing_key: Option<String>,
+    /// The Service's ports.
+    pub ports: Vec<Port>,
+    /// Where its traffic goes.
+    pub backend: Backend,
+}
+
+impl Service {
+    /// A single-stack IPv4 Service with `externalTrafficPolicy: Cluster`, no ports
+    /// and no requests: the start of a builder.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            key: ServiceKey::new(namespace, name),
+            created_at: 0,
+            labels: Labels::new(),
+            namespace_labels: Labels::new(),
+            families: vec![Family::V4],
+            family_policy: FamilyPolicy::SingleStack,
+            addresses: Vec::new(),
+            pool: None,
+            sharing_key: None,
+            ports: Vec::new(),
+            backend: Backend::Cluster,
+        }
+    }
+
+    /// Sets the families and the policy.
+    pub fn families(mut self, policy: FamilyPolicy, families: &[Family]) -> Self {
+        self.family_policy = policy;
+        self.families = families.to_vec();
+        self
+    }
+
+    /// Asks for `ip`.
+    pub fn address(mut self, ip: IpAddr) -> Self {
+        self.addresses.push(ip);
+        self
+    }
+
+    /// Asks for the pool `name`.
+    pub fn pool(mut self, name: &str) -> Self {
+        self.pool = Some(name.to_string());
+        self
+    }
+
+    /// Sets the sharing key.
+    pub fn sharing(mut self, key: &str) -> Self {
+        self.sharing_key = Some(key.to_string());
+        self
+    }
+
+    /// Adds a port.
+    pub fn port(mut self, protocol: Protocol, port: u16) -> Self {
+        self.ports.push(Port { protocol, port });
+        self
+    }
+
+    /// Sets the backend.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Sets the creation time.
+    pub fn created_at(mut self, seconds: i64) -> Self {
+        self.created_at = seconds;
+        self
+    }
+
+    /// Adds a Service label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a label of the Service's namespace.
+    pub fn namespace_label(mut self, key: &str, value: &str) -> Self {
+        self.namespace_labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// The families this Service should get an address of, primary first.
+    pub(crate) fn wanted_families(&self) -> Vec<Family> {
+        let primary = self.families.first().copied().unwrap_or(Family::V4);
+        match self.family_policy {
+            FamilyPolicy::SingleStack => vec![primary],
+            FamilyPolicy::PreferDualStack | FamilyPolicy::RequireDualStack => {
+                let mut wanted = vec![primary];
+                wanted.extend(self.families.iter().copied().find(|f| *f != primary));
+                wanted
+            }
+        }
+    }
+
+    pub(crate) fn claim(&self) -> Claim {
+        Claim {
+            sharing_key: self.sharing_key.clone().filter(|k| !k.is_empty()),
+            ports: self.ports.clone(),
+            backend: self.backend.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// What one Service holding an address says about how it may be shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub(crate) sharing_key: Option<String>,
+    pub(crate) ports: Vec<Port>,
+    pub(crate) backend: Backend,
+    pub(crate) created_at: i64,
+}
+
+/// Why a Service may not share an address with one that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SharingRefusal {
+    /// The Service asking has no sharing key.
+    #[error("this Service has no allow-shared-ip key")]
+    NoKey,
+    /// The holder has no sharing key.
+    #[error("the holder has no allow-shared-ip key")]
+    HolderHasNoKey,
+    /// The keys differ.
+    #[error("allow-shared-ip keys differ ({ours:?} here, {theirs:?} on the holder)")]
+    KeyMismatch {
+        /// This Service's key.
+        ours: String,
+        /// The holder's key.
+        theirs: String,
+    },
+    /// Both use the same protocol and port.
+    #[error("both use {port}")]
+    PortConflict {
+        /// The port both use.
+        port: Port,
+    },
+    /// The backends differ, so one node can't serve both.
+    #[error("backends differ ({ours} here, {theirs} on the holder)")]
+    BackendMismatch {
+        /// This Service's backend.
+        ours: Backend,
+        /// The holder's backend.
+        theirs: Backend,
+    },
+}
+
+/// MetalLB's rule: share only with the same non-empty key, no common
+/// {protocol, port}, and the same backend.
+pub(crate) fn check_sharing(ours: &Claim, theirs: &Claim) -> Result<(), SharingRefusal> {
+    let our_key = ours.sharing_key.as_ref().ok_or(SharingRefusal::NoKey)?;
+    let their_key = theirs
+        .sharing_key
+        .as_ref()
+        .ok_or(SharingRefusal::HolderHasNoKey)?;
+    if our_key != their_key {
+        return Err(SharingRefusal::KeyMismatch {
+            ours: our_key.clone(),
+            theirs: their_key.clone(),
+        });
+    }
+    if let Some(port) = ours.ports.iter().find(|p| theirs.ports.contains(p)) {
+        return Err(SharingRefusal::PortConflict { port: *port });
+    }
+    if ours.backend != theirs.backend {
+        return Err(SharingRefusal::BackendMismatch {
+            ours: ours.backend.clone(),
+            theirs: theirs.backend.clone(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(svc: Service) -> Claim {
+        svc.claim()
+    }
+
+    #[test]
+    fn dns_on_tcp_and_udp_53_shares() {
+        let tcp = claim(
+            Service::new("d", "tcp")
+                .sharing("dns")
+                .port(Protocol::Tcp, 53),
+        );
+        let udp = claim(
+            Service::new("d", "udp")
+                .sharing("dns")
+                .port(Protocol::Udp, 53),
+        );
+        assert_eq!(check_sharing(&tcp, &udp), Ok(()));
+    }
+
+    #[test]
+    fn a_service_without_a_key_never_shares() {
+        let keyed = claim(Service::new("d", "a").sharing("k").port(Protocol::Tcp, 1));
+        let bare = claim(Service::new("d", "b").port(Protocol::Tcp, 2));
+        assert_eq!(check_sharing(&bare, &keyed), Err(SharingRefusal::NoKey));
+        assert_eq!(
+            check_sharing(&keyed, &bare),
+            Err(SharingRefusal::HolderHasNoKey)
+        );
+        let empty = claim(Service::new("d", "c").sharing("").port(Protocol::Tcp, 3));
+        assert_eq!(
+            check_sharing(&empty, &keyed),
+            Err(SharingRefusal::NoKey),
+            "an empty key is no key"
+        );
+    }
+
+    #[test]
+    fn different_keys_do_not_share() {
+        let a = claim(Service::new("d", "a").sharing("x"));
+        let b = claim(Service::new("d", "b").sharing("y"));
+        assert!(matches!(
+            check_sharing(&a, &b),
+            Err(SharingRefusal::KeyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn the_same_port_and_protocol_do_not_share() {
+        let a = claim(
+            Service::new("d", "a")
+                .sharing("k")
+                .port(Protocol::Tcp, 80)
+                .port(Protocol::Tcp, 443),
+        );
+        let b = claim(Service::new("d", "b").sharing("k").port(Protocol::Tcp, 443));
+        let err = check_sharing(&b, &a).unwrap_err();
+        assert_eq!(err.to_string(), "both use TCP/443");
+    }
+
+    #[test]
+    fn backends_must_match() {
+        let sel = |v: &str| Backend::Local {
+            selector: [("app".to_string(), v.to_string())].into(),
+        };
+        let cluster = claim(Service::new("d", "a").sharing("k").port(Protocol::Tcp, 1));
+        let local_x = claim(
+            Service::new("d", "b")
+                .sharing("k")
+                .port(Protocol::Tcp, 2)
+                .backend(sel("x")),
+        );
+        let local_x2 = claim(
+            Service::new("d", "c")
+                .sharing("k")
+                .port(Protocol::Tcp, 3)
+                .backend(sel("x")),
+        );
+        let local_y = claim(
+            Service::new("d", "e")
+                .sharing("k")
+                .port(Protocol::Tcp, 4)
+                .backend(sel("y")),
+        );
+        assert!(matches!(
+            check_sharing(&cluster, &local_x),
+            Err(SharingRefusal::BackendMismatch { .. })
+        ));
+        assert_eq!(check_sharing(&local_x, &local_x2), Ok(()));
+        let err = check_sharing(&local_x, &local_y).unwrap_err();
+        assert!(err.to_string().contains("selector {app=y}"), "{err}");
+    }
+
+    #[test]
+    fn wanted_families_follow_the_policy() {
+        use Family::*;
+        let svc = |p, f: &[Family]| Service::new("n", "s").families(p, f).wanted_families();
+        assert_eq!(svc(FamilyPolicy::SingleStack, &[V6, V4]), vec![V6]);
+        assert_eq!(svc(FamilyPolicy::PreferDualStack, &[V6, V4]), vec![V6, V4]);
+        assert_eq!(svc(FamilyPolicy::PreferDualStack, &[V4]), vec![V4]);
+        assert_eq!(svc(FamilyPolicy::RequireDualStack, &[V4, V6]), vec![V4, V6]);
+    }
+}
