@@ -327,40 +327,48 @@ impl Allocator {
     /// allocation, so no restart moves an address. Services are taken oldest first:
     /// when two claim one address and may not share it, the older keeps it and the
     /// younger gets a [`AllocErrorKind::Conflict`] and restores nothing. Addresses no
-    /// pool holds are kept as orphans.
+    /// pool holds are kept as orphans. Results come in the order of `existing`.
     pub fn restore<'a>(
         &mut self,
         existing: impl IntoIterator<Item = (&'a Service, &'a [IpAddr])>,
     ) -> Vec<Result<Assignment, AllocError>> {
-        let mut existing: Vec<(&Service, &[IpAddr])> = existing.into_iter().collect();
-        existing.sort_by(|a, b| (a.0.created_at, &a.0.key).cmp(&(b.0.created_at, &b.0.key)));
-        existing
+        let existing: Vec<(&Service, &[IpAddr])> = existing.into_iter().collect();
+        let mut order: Vec<usize> = (0..existing.len()).collect();
+        order.sort_by_key(|&i| (existing[i].0.created_at, &existing[i].0.key));
+        let mut results: Vec<Option<Result<Assignment, AllocError>>> = vec![None; existing.len()];
+        for i in order {
+            let (svc, addresses) = existing[i];
+            results[i] = Some(self.restore_one(svc, addresses));
+        }
+        results
             .into_iter()
-            .map(|(svc, addresses)| {
-                self.release(&svc.key);
-                let mut unique: Vec<IpAddr> = Vec::with_capacity(addresses.len());
-                for ip in addresses {
-                    if !unique.contains(ip) {
-                        unique.push(*ip);
-                    }
-                }
-                let claim = svc.claim();
-                for &ip in &unique {
-                    if let Err((holder, reason)) = self.shareable(ip, &svc.key, &claim) {
-                        return Err(AllocError {
-                            service: svc.key.clone(),
-                            kind: AllocErrorKind::Conflict {
-                                address: ip,
-                                holder,
-                                reason,
-                            },
-                        });
-                    }
-                }
-                self.commit(&svc.key, &claim, &unique);
-                Ok(self.assignment(&svc.key).expect("just committed"))
-            })
+            .map(|r| r.expect("every index was restored"))
             .collect()
+    }
+
+    fn restore_one(&mut self, svc: &Service, addresses: &[IpAddr]) -> Result<Assignment, AllocError> {
+        self.release(&svc.key);
+        let mut unique: Vec<IpAddr> = Vec::with_capacity(addresses.len());
+        for ip in addresses {
+            if !unique.contains(ip) {
+                unique.push(*ip);
+            }
+        }
+        let claim = svc.claim();
+        for &ip in &unique {
+            if let Err((holder, reason)) = self.shareable(ip, &svc.key, &claim) {
+                return Err(AllocError {
+                    service: svc.key.clone(),
+                    kind: AllocErrorKind::Conflict {
+                        address: ip,
+                        holder,
+                        reason,
+                    },
+                });
+            }
+        }
+        self.commit(&svc.key, &claim, &unique);
+        Ok(self.assignment(&svc.key).expect("just committed"))
     }
 
     /// Gives `svc` what it asks for, or keeps what it has when that still fits its
