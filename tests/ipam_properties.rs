@@ -79,7 +79,11 @@ fn pool_strategy(name: &'static str) -> impl Strategy<Value = PoolSpec> {
 }
 
 fn pools_strategy() -> impl Strategy<Value = Vec<PoolSpec>> {
-    (pool_strategy("p1"), pool_strategy("p2"), pool_strategy("p3"))
+    (
+        pool_strategy("p1"),
+        pool_strategy("p2"),
+        pool_strategy("p3"),
+    )
         .prop_map(|(a, b, c)| vec![a, b, c])
 }
 
@@ -98,41 +102,50 @@ fn service_strategy() -> impl Strategy<Value = Service> {
         proptest::option::of(proptest::sample::select(vec!["p1", "p2", "p3", "gone"])),
         proptest::option::of(proptest::sample::select(vec!["a", "b"])),
         proptest::sample::subsequence(
-            vec![(Protocol::Tcp, 53), (Protocol::Udp, 53), (Protocol::Tcp, 80)],
+            vec![
+                (Protocol::Tcp, 53),
+                (Protocol::Udp, 53),
+                (Protocol::Tcp, 80),
+            ],
             0..=2,
         ),
         0..3u8,
         0..4i64,
     )
-        .prop_map(|((n, ns), (policy, families), addrs, pool, key, ports, backend, created)| {
-            let mut svc = Service::new(ns, &format!("s{n}"))
-                .families(policy, &families)
-                .created_at(created);
-            // Requests of a family the Service lacks are exercised by the scenario tests.
-            for a in addrs.into_iter().filter(|a| families.contains(&Family::of(*a))) {
-                svc = svc.address(a);
-            }
-            if let Some(p) = pool {
-                svc = svc.pool(p);
-            }
-            if let Some(k) = key {
-                svc = svc.sharing(k);
-            }
-            for (protocol, port) in ports {
-                svc = svc.port(protocol, port);
-            }
-            svc.backend(match backend {
-                0 => Backend::Cluster,
-                b => Backend::Local {
-                    selector: [("app".to_string(), b.to_string())].into(),
-                },
-            })
-        })
+        .prop_map(
+            |((n, ns), (policy, families), addrs, pool, key, ports, backend, created)| {
+                let mut svc = Service::new(ns, &format!("s{n}"))
+                    .families(policy, &families)
+                    .created_at(created);
+                // Requests of a family the Service lacks are exercised by the scenario tests.
+                for a in addrs
+                    .into_iter()
+                    .filter(|a| families.contains(&Family::of(*a)))
+                {
+                    svc = svc.address(a);
+                }
+                if let Some(p) = pool {
+                    svc = svc.pool(p);
+                }
+                if let Some(k) = key {
+                    svc = svc.sharing(k);
+                }
+                for (protocol, port) in ports {
+                    svc = svc.port(protocol, port);
+                }
+                svc.backend(match backend {
+                    0 => Backend::Cluster,
+                    b => Backend::Local {
+                        selector: [("app".to_string(), b.to_string())].into(),
+                    },
+                })
+            },
+        )
 }
 
 #[derive(Clone, Debug)]
 enum Op {
-    Allocate(Service),
+    Allocate(Box<Service>),
     Release(usize),
     SetPools(Vec<PoolSpec>),
 }
@@ -140,7 +153,7 @@ enum Op {
 fn ops_strategy() -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(
         prop_oneof![
-            6 => service_strategy().prop_map(Op::Allocate),
+            6 => service_strategy().prop_map(|s| Op::Allocate(Box::new(s))),
             2 => (0..8usize).prop_map(Op::Release),
             1 => pools_strategy().prop_map(Op::SetPools),
         ],
@@ -182,7 +195,7 @@ impl World {
                             | AllocErrorKind::DualStackIncomplete(_)
                     ) => {}
                 _ => {
-                    self.spec.insert(svc.key.clone(), svc.clone());
+                    self.spec.insert(svc.key.clone(), (**svc).clone());
                 }
             },
             Op::Release(n) => {
@@ -210,7 +223,10 @@ impl World {
 fn may_share(a: &Service, b: &Service) -> bool {
     let key = |s: &Service| s.sharing_key.clone().filter(|k| !k.is_empty());
     let ports = |s: &Service| s.ports.iter().copied().collect::<BTreeSet<Port>>();
-    key(a).is_some() && key(a) == key(b) && ports(a).is_disjoint(&ports(b)) && a.backend == b.backend
+    key(a).is_some()
+        && key(a) == key(b)
+        && ports(a).is_disjoint(&ports(b))
+        && a.backend == b.backend
 }
 
 /// The valid pools' allocatable addresses, by enumeration.
@@ -228,7 +244,8 @@ fn pool_members(alloc: &Allocator, pools: &[PoolSpec]) -> BTreeMap<String, BTree
                 .into_iter()
                 .filter(|ip| ranges.iter().any(|r| r.contains(*ip)))
                 .filter(|ip| {
-                    !(p.avoid_buggy_ips && matches!(ip, IpAddr::V4(v4) if matches!(v4.octets()[3], 0 | 255)))
+                    !(p.avoid_buggy_ips
+                        && matches!(ip, IpAddr::V4(v4) if matches!(v4.octets()[3], 0 | 255)))
                 })
                 .collect();
             (p.name.clone(), members)
@@ -242,13 +259,24 @@ fn check_invariants(w: &World) -> Result<(), TestCaseError> {
     let holdings = w.holdings();
     for (svc, addrs) in &holdings {
         let families: BTreeSet<Family> = addrs.iter().map(|a| Family::of(*a)).collect();
-        prop_assert_eq!(families.len(), addrs.len(), "{} holds two of one family: {:?}", svc.key, addrs);
+        prop_assert_eq!(
+            families.len(),
+            addrs.len(),
+            "{} holds two of one family: {:?}",
+            svc.key,
+            addrs
+        );
         let pools: BTreeSet<&String> = addrs
             .iter()
             .filter_map(|a| members.iter().find(|(_, m)| m.contains(a)).map(|(n, _)| n))
             .collect();
         if !w.repartitioned {
-            prop_assert!(pools.len() <= 1, "{} holds addresses of pools {:?}", svc.key, pools);
+            prop_assert!(
+                pools.len() <= 1,
+                "{} holds addresses of pools {:?}",
+                svc.key,
+                pools
+            );
         }
         for a in addrs {
             by_address.entry(*a).or_default().push(svc);
@@ -257,7 +285,13 @@ fn check_invariants(w: &World) -> Result<(), TestCaseError> {
     for (ip, holders) in &by_address {
         for (i, a) in holders.iter().enumerate() {
             for b in &holders[i + 1..] {
-                prop_assert!(may_share(a, b), "{} held by {} and {}, which may not share", ip, a.key, b.key);
+                prop_assert!(
+                    may_share(a, b),
+                    "{} held by {} and {}, which may not share",
+                    ip,
+                    a.key,
+                    b.key
+                );
             }
         }
     }

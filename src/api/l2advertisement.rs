@@ -1,6 +1,10 @@
 //! `L2Advertisement`: which pools are announced on the LAN, from which nodes and
 //! on which interfaces.
 
+// Each `printcolumn(...)` repeats `type_ = ...`, which clippy mistakes for a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;

@@ -1,5 +1,9 @@
 //! `IPAddressPool`: the addresses ironlb may hand out, and to whom.
 
+// Each `printcolumn(...)` repeats `type_ = ...`, which clippy mistakes for a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -266,13 +266,45 @@ impl PoolState {
     }
 }
 
+/// The Services holding one address, sorted by key. Almost always one or two, so
+/// a vector: a `BTreeMap` would allocate a whole node per address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Holders(Vec<(ServiceKey, Claim)>);
+
+impl Holders {
+    fn get(&self, key: &ServiceKey) -> Option<&Claim> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    fn insert(&mut self, key: ServiceKey, claim: Claim) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.0[i].1 = claim,
+            Err(i) => self.0.insert(i, (key, claim)),
+        }
+    }
+
+    fn remove(&mut self, key: &ServiceKey) -> Option<Claim> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ServiceKey, &Claim)> {
+        self.0.iter().map(|(k, c)| (k, c))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Assigns addresses from pools to Services. Pure: no I/O, no clock.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allocator {
     pools: PoolSet,
     free: BTreeMap<String, PoolState>,
     /// Address → its holders and what each said about sharing.
-    holders: BTreeMap<IpAddr, BTreeMap<ServiceKey, Claim>>,
+    holders: BTreeMap<IpAddr, Holders>,
     /// Service → the addresses it holds, primary family first.
     held: BTreeMap<ServiceKey, Vec<IpAddr>>,
     /// Sharing key → addresses whose holders carry it, to find a shareable
@@ -291,6 +323,10 @@ impl fmt::Display for Assignment {
     }
 }
 
+// An error names the Service, the addresses, pools and holders involved, which is
+// what makes it actionable; failures are rare beside successes, so the size of
+// `Result<_, AllocError>` costs nothing that matters.
+#[allow(clippy::result_large_err)]
 impl Allocator {
     /// An allocator over `pools`, with the errors of the pools it does not use.
     pub fn new(pools: &[PoolSpec]) -> (Self, Vec<PoolError>) {
@@ -346,7 +382,11 @@ impl Allocator {
             .collect()
     }
 
-    fn restore_one(&mut self, svc: &Service, addresses: &[IpAddr]) -> Result<Assignment, AllocError> {
+    fn restore_one(
+        &mut self,
+        svc: &Service,
+        addresses: &[IpAddr],
+    ) -> Result<Assignment, AllocError> {
         self.release(&svc.key);
         let mut unique: Vec<IpAddr> = Vec::with_capacity(addresses.len());
         for ip in addresses {
@@ -425,16 +465,14 @@ impl Allocator {
             let Some(holders) = self.holders.get_mut(&ip) else {
                 continue;
             };
-            if let Some(claim) = holders.remove(key) {
-                if let Some(k) = &claim.sharing_key {
-                    if !holders.values().any(|c| c.sharing_key.as_ref() == Some(k)) {
-                        if let Some(set) = self.by_sharing_key.get_mut(k) {
-                            set.remove(&ip);
-                            if set.is_empty() {
-                                self.by_sharing_key.remove(k);
-                            }
-                        }
-                    }
+            if let Some(claim) = holders.remove(key)
+                && let Some(k) = &claim.sharing_key
+                && !holders.iter().any(|(_, c)| c.sharing_key.as_ref() == Some(k))
+                && let Some(set) = self.by_sharing_key.get_mut(k)
+            {
+                set.remove(&ip);
+                if set.is_empty() {
+                    self.by_sharing_key.remove(k);
                 }
             }
             if holders.is_empty() {
@@ -471,7 +509,10 @@ impl Allocator {
 
     /// The Services holding `ip`.
     pub fn holders_of(&self, ip: IpAddr) -> impl Iterator<Item = &ServiceKey> {
-        self.holders.get(&ip).into_iter().flat_map(|h| h.keys())
+        self.holders
+            .get(&ip)
+            .into_iter()
+            .flat_map(|h| h.iter().map(|(k, _)| k))
     }
 
     /// Assigned and available counts of a pool in use.
@@ -682,14 +723,14 @@ impl Allocator {
                     pool: pool.name().to_string(),
                 });
             }
-            if let Some(name) = &svc.pool {
-                if pool.name() != name {
-                    return Err(AllocErrorKind::NotInRequestedPool {
-                        address: ip,
-                        actual: pool.name().to_string(),
-                        requested: name.clone(),
-                    });
-                }
+            if let Some(name) = &svc.pool
+                && pool.name() != name
+            {
+                return Err(AllocErrorKind::NotInRequestedPool {
+                    address: ip,
+                    actual: pool.name().to_string(),
+                    requested: name.clone(),
+                });
             }
             match first {
                 Some((other, other_pool)) if other_pool.name() != pool.name() => {
@@ -854,7 +895,7 @@ impl Allocator {
         let Some(holders) = self.holders.get(&ip) else {
             return Ok(());
         };
-        for (holder, theirs) in holders {
+        for (holder, theirs) in holders.iter() {
             if holder != key {
                 check_sharing(claim, theirs).map_err(|reason| (holder.clone(), reason))?;
             }
@@ -879,10 +920,10 @@ impl Allocator {
     }
 
     fn take_free(&mut self, ip: IpAddr) {
-        if let Some(pool) = self.pools.pool_of(ip) {
-            if let Some(state) = self.free.get_mut(pool.name()) {
-                state.family_mut(Family::of(ip)).take(to_number(ip));
-            }
+        if let Some(pool) = self.pools.pool_of(ip)
+            && let Some(state) = self.free.get_mut(pool.name())
+        {
+            state.family_mut(Family::of(ip)).take(to_number(ip));
         }
     }
 

@@ -100,16 +100,16 @@ impl FreeSet {
     }
 
     fn insert_normalized(&mut self, mut start: u128, mut end: u128) {
-        if let Some((&left_start, &left_end)) = self.intervals.range(..start).next_back() {
-            if self.next_after(left_end) == Some(start) {
-                self.intervals.remove(&left_start);
-                start = left_start;
-            }
+        if let Some((&left_start, &left_end)) = self.intervals.range(..start).next_back()
+            && self.next_after(left_end) == Some(start)
+        {
+            self.intervals.remove(&left_start);
+            start = left_start;
         }
-        if let Some(right_start) = self.next_after(end) {
-            if let Some(right_end) = self.intervals.remove(&right_start) {
-                end = right_end;
-            }
+        if let Some(right_start) = self.next_after(end)
+            && let Some(right_end) = self.intervals.remove(&right_start)
+        {
+            end = right_end;
         }
         self.intervals.insert(start, end);
     }

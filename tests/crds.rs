@@ -1,0 +1,229 @@
+//! The generated CRDs: checked in, loadable by Kubernetes types, structural, and
+//! with CEL rules that accept good pools and reject bad ones as an API server
+//! would.
+
+use std::process::Command;
+
+use ironlb::api::{IPAddressPool, IPAddressPoolSpec, crds, crds_yaml};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::core::cel::{Validator, compile_schema, estimate_rule_cost};
+use serde_json::{Value, json};
+
+const CHECKED_IN: &str = "crds/ironlb.yaml";
+
+#[test]
+fn the_checked_in_crds_are_what_ironlb_crds_prints() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .arg("crds")
+        .output()
+        .expect("run ironlb crds");
+    assert!(
+        out.status.success(),
+        "ironlb crds failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CHECKED_IN);
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        printed == checked_in,
+        "{CHECKED_IN} is stale: regenerate it with `cargo run -- crds > {CHECKED_IN}`"
+    );
+    assert_eq!(printed, crds_yaml().unwrap());
+}
+
+fn checked_in_crds() -> Vec<CustomResourceDefinition> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CHECKED_IN);
+    let text = std::fs::read_to_string(path).expect("crds/ironlb.yaml");
+    serde_saphyr::from_str_multiple(&text)
+        .expect("the CRDs deserialise into CustomResourceDefinition")
+}
+
+#[test]
+fn the_crds_deserialise_into_kubernetes_types() {
+    let loaded = checked_in_crds();
+    let names: Vec<&str> = loaded
+        .iter()
+        .map(|c| c.metadata.name.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        ["ipaddresspools.ironlb.dev", "l2advertisements.ironlb.dev"]
+    );
+    for crd in &loaded {
+        assert_eq!(crd.spec.group, "ironlb.dev");
+        assert_eq!(crd.spec.scope, "Cluster");
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.served && version.storage);
+        let sub = version.subresources.as_ref().expect("subresources");
+        assert!(
+            sub.status.is_some(),
+            "{}: status subresource",
+            crd.spec.names.kind
+        );
+    }
+    assert_eq!(loaded, crds(), "YAML round trip loses nothing");
+}
+
+/// Kubernetes' structural-schema rules, the parts a derive can get wrong: every
+/// node has a type (or says it is int-or-string / preserves unknown fields), and
+/// no `$ref` or `*Of` carries types of its own.
+fn assert_structural(path: &str, node: &Value) {
+    let obj = node
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: schema is not an object"));
+    let typed = obj.contains_key("type")
+        || obj.get("x-kubernetes-int-or-string") == Some(&json!(true))
+        || obj.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+    assert!(
+        typed,
+        "{path}: no type (a bare {{}} is not structural): {node}"
+    );
+    for banned in ["$ref", "oneOf", "anyOf", "allOf", "not"] {
+        assert!(!obj.contains_key(banned), "{path}: uses {banned}");
+    }
+    if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+        for (name, child) in props {
+            assert_structural(&format!("{path}.{name}"), child);
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        assert_structural(&format!("{path}[]"), items);
+    }
+    if let Some(extra) = obj.get("additionalProperties").filter(|v| v.is_object()) {
+        assert_structural(&format!("{path}{{}}"), extra);
+    }
+}
+
+fn schema_of(kind: &str) -> Value {
+    let crd = crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .expect("kind");
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("openAPIV3Schema");
+    serde_json::to_value(schema).expect("schema to JSON")
+}
+
+#[test]
+fn every_schema_is_structural() {
+    for kind in ["IPAddressPool", "L2Advertisement"] {
+        assert_structural(kind, &schema_of(kind));
+    }
+}
+
+#[test]
+fn the_pool_shows_useful_printer_columns() {
+    let crd = IPAddressPool::crd();
+    let columns: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
+    for wanted in [
+        "Addresses",
+        "Auto Assign",
+        "Assigned v4",
+        "Available v4",
+        "Assigned v6",
+        "Available v6",
+        "Age",
+    ] {
+        assert!(
+            columns.iter().any(|c| c == wanted),
+            "missing column {wanted}: {columns:?}"
+        );
+    }
+}
+
+fn pool(addresses: &[&str]) -> Value {
+    json!({
+        "apiVersion": "ironlb.dev/v1alpha1",
+        "kind": "IPAddressPool",
+        "metadata": {"name": "lan"},
+        "spec": {"addresses": addresses},
+    })
+}
+
+fn cel_errors(object: &Value) -> Vec<String> {
+    match Validator::new().validate(&schema_of("IPAddressPool"), object, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+    }
+}
+
+#[test]
+fn cel_rules_compile_and_fit_the_cost_budget() {
+    let schema = schema_of("IPAddressPool");
+    let compiled = compile_schema(&schema);
+    assert!(
+        !compiled.has_errors(),
+        "CEL compilation errors: {:?}",
+        compiled.compilation_errors()
+    );
+    let spec = &compiled.properties["spec"];
+    let addresses = &spec.properties["addresses"];
+    assert_eq!(addresses.validations.len(), 2);
+    for rule in addresses.validations.iter().flatten() {
+        let warnings = estimate_rule_cost(&rule.rule.rule, addresses);
+        assert!(warnings.is_empty(), "{}: {warnings:?}", rule.rule.rule);
+    }
+}
+
+#[test]
+fn cel_accepts_cidrs_ranges_and_addresses_of_both_families() {
+    let good = pool(&[
+        "192.168.10.0/24",
+        "fd00::/120",
+        "10.0.0.10-10.0.0.20",
+        "fd01::1 - fd01::9",
+        "10.9.9.9",
+    ]);
+    assert_eq!(cel_errors(&good), Vec::<String>::new());
+}
+
+#[test]
+fn cel_rejects_garbage_and_mixed_ranges() {
+    for bad in [
+        "ten.0.0.0/8",
+        "10.0.0.1-fd00::1",
+        "10.0.0.1-",
+        "10.0.0.0/33",
+    ] {
+        let errors = cel_errors(&pool(&["10.0.0.0/24", bad]));
+        assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+        assert!(
+            errors[0].starts_with("each entry must be a CIDR"),
+            "{bad}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn cel_rejects_host_bits_and_names_the_network_meant() {
+    let errors = cel_errors(&pool(&["10.0.0.0/24", "10.1.0.9/16"]));
+    assert_eq!(
+        errors,
+        ["host bits are set in 10.1.0.9/16 (did you mean 10.1.0.0/16?)"]
+    );
+}
+
+#[test]
+fn defaults_apply_when_fields_are_omitted() {
+    let spec: IPAddressPoolSpec =
+        serde_json::from_value(json!({"addresses": ["10.0.0.0/24"]})).unwrap();
+    assert!(spec.auto_assign, "autoAssign defaults to true");
+    assert!(!spec.avoid_buggy_ips);
+    assert!(spec.service_allocation.is_none());
+    let schema = schema_of("IPAddressPool");
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["autoAssign"]["default"],
+        json!(true)
+    );
+}
