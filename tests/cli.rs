@@ -33,6 +33,9 @@ fn an_unknown_subcommand_fails_with_usage() {
     let out = ironlb(&["frobnicate"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unrecognized subcommand 'frobnicate'"), "{err}");
+    assert!(
+        err.contains("unrecognized subcommand 'frobnicate'"),
+        "{err}"
+    );
     assert!(err.contains("Usage: ironlb"), "{err}");
 }

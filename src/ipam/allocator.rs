@@ -467,7 +467,9 @@ impl Allocator {
             };
             if let Some(claim) = holders.remove(key)
                 && let Some(k) = &claim.sharing_key
-                && !holders.iter().any(|(_, c)| c.sharing_key.as_ref() == Some(k))
+                && !holders
+                    .iter()
+                    .any(|(_, c)| c.sharing_key.as_ref() == Some(k))
                 && let Some(set) = self.by_sharing_key.get_mut(k)
             {
                 set.remove(&ip);
