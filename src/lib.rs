@@ -6,6 +6,10 @@
 //! - [`api`]: the custom resources and annotation names: the Kubernetes edge.
 //! - [`ipam`]: pools, address ranges and the allocator. Pure: no I/O and no
 //!   Kubernetes types, so property tests drive it directly.
+//! - [`controller`]: watches Services and pools, drives the allocator, writes
+//!   Service status, pool status and events. Its decisions are a pure pass
+//!   ([`controller::plan`]); the rest is I/O.
 
 pub mod api;
+pub mod controller;
 pub mod ipam;

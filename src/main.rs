@@ -1,8 +1,17 @@
 //! The `ironlb` command.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ironlb::controller::{self, metrics};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 /// Bare-metal LoadBalancer provider for Kubernetes.
 #[derive(Parser)]
@@ -19,6 +28,35 @@ enum Command {
     Crds,
     /// Print ironlb's version.
     Version,
+    /// Run the controller: give LoadBalancer Services addresses from IPAddressPools.
+    Controller(ControllerArgs),
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Kubeconfig to use; else $KUBECONFIG, else the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Serve Services that have no spec.loadBalancerClass (as well as those of class
+    /// ironlb.dev/ironlb).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    default_class: bool,
+    /// Where /healthz, /readyz and /metrics listen.
+    #[arg(long, default_value = "0.0.0.0:9120")]
+    metrics_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (default: this pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ironlb-system")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease and in events (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader's lease lasts without renewal: how long a standby waits
+    /// after the leader dies.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds before expiry at which the leader renews.
+    #[arg(long, default_value_t = 5)]
+    lease_grace_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -35,6 +73,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds => print!("{}", ironlb::api::crds_yaml()?),
         Command::Version => println!("ironlb {}", env!("CARGO_PKG_VERSION")),
+        Command::Controller(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info,kube_lease_manager=warn".into()),
+                )
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_controller(args))?;
+        }
     }
+    Ok(())
+}
+
+async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match &kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::incluster()
+            .context("no --kubeconfig given and not running in a cluster")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = client(args.kubeconfig).await?;
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let config = controller::Config {
+        default_class: args.default_class,
+        identity,
+        lease_namespace: args.lease_namespace,
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        lease_grace: Duration::from_secs(args.lease_grace_seconds),
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let listener = metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    let http = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        info!("shutting down");
+        on_signal.cancel();
+    });
+    let result =
+        controller::run_with_leader_election(client, config, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = http.await;
+    result?;
     Ok(())
 }

@@ -63,6 +63,39 @@ pub fn lookup<'a>(
         .find_map(|key| annotations.get(*key).map(|value| (*key, value.as_str())))
 }
 
+/// Who carries a Service's traffic once it reaches the owning node
+/// ([`FORWARDING`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Forwarding {
+    /// kube-proxy or the CNI, as for any Service (`kube-proxy`, the default).
+    #[default]
+    KubeProxy,
+    /// ironlb's embedded L4 forwarder (`embedded`); the Service status then says
+    /// `ipMode: Proxy` so kube-proxy leaves the address alone.
+    Embedded,
+}
+
+impl Forwarding {
+    /// Reads the annotation's value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "kube-proxy" => Ok(Forwarding::KubeProxy),
+            "embedded" => Ok(Forwarding::Embedded),
+            other => Err(format!(
+                "{other:?} is not one of \"kube-proxy\", \"embedded\""
+            )),
+        }
+    }
+
+    /// The `status.loadBalancer.ingress[].ipMode` this mode needs.
+    pub fn ip_mode(self) -> &'static str {
+        match self {
+            Forwarding::KubeProxy => "VIP",
+            Forwarding::Embedded => "Proxy",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +126,22 @@ mod tests {
         assert_eq!(
             lookup(&a, &LOAD_BALANCER_IPS_KEYS),
             Some((METALLB_LOAD_BALANCER_IPS, "10.0.0.2"))
+        );
+    }
+
+    #[test]
+    fn forwarding_values_parse_and_map_to_ip_modes() {
+        assert_eq!(
+            Forwarding::parse("embedded").map(Forwarding::ip_mode),
+            Ok("Proxy")
+        );
+        assert_eq!(
+            Forwarding::parse(" kube-proxy ").map(Forwarding::ip_mode),
+            Ok("VIP")
+        );
+        assert_eq!(
+            Forwarding::parse("ebpf"),
+            Err("\"ebpf\" is not one of \"kube-proxy\", \"embedded\"".to_string())
         );
     }
 

@@ -509,6 +509,11 @@ impl Allocator {
         self.held.iter().map(|(k, v)| (k, v.as_slice()))
     }
 
+    /// The pool in use that `ip` is an allocatable address of.
+    pub fn pool_of(&self, ip: IpAddr) -> Option<&str> {
+        self.pool_holding(ip).map(Pool::name)
+    }
+
     /// The Services holding `ip`.
     pub fn holders_of(&self, ip: IpAddr) -> impl Iterator<Item = &ServiceKey> {
         self.holders

@@ -1,0 +1,201 @@
+//! The controller's Prometheus metrics and its health endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ipam::Allocator;
+
+/// Labels of the per-pool address gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The pool.
+    pub pool: String,
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// `assigned` or `available`.
+    pub state: &'static str,
+}
+
+/// Labels of the allocation-error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The event reason, e.g. `PoolExhausted`.
+    pub reason: &'static str,
+}
+
+/// Everything the controller exports, plus readiness.
+pub struct Metrics {
+    registry: Registry,
+    addresses: Family<PoolLabels, Gauge<f64, AtomicU64>>,
+    allocation_errors: Family<ReasonLabels, Counter>,
+    reconcile_seconds: Histogram,
+    leader: Gauge,
+    ready: AtomicBool,
+    passes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ironlb_controller");
+        let addresses = Family::<PoolLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "pool_addresses",
+            "Addresses per pool, family and state (assigned or available)",
+            addresses.clone(),
+        );
+        let allocation_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "allocation_errors",
+            "Services that could not get the address they asked for, by reason, per pass",
+            allocation_errors.clone(),
+        );
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to plan and apply one pass over every Service",
+            reconcile_seconds.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica is the active controller",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            addresses,
+            allocation_errors,
+            reconcile_seconds,
+            leader,
+            ready: AtomicBool::new(false),
+            passes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records the pools' usage after a pass.
+    pub fn observe_pools(&self, allocator: &Allocator, pools: &[String]) {
+        self.addresses.clear();
+        for pool in pools {
+            let Some(usage) = allocator.usage(pool) else {
+                continue;
+            };
+            for (family, u) in [("ipv4", usage.v4), ("ipv6", usage.v6)] {
+                for (state, n) in [("assigned", u.assigned), ("available", u.available)] {
+                    self.addresses
+                        .get_or_create(&PoolLabels {
+                            pool: pool.clone(),
+                            family,
+                            state,
+                        })
+                        .set(n as f64);
+                }
+            }
+        }
+    }
+
+    /// Counts allocation failures.
+    pub fn observe_errors<'a>(
+        &self,
+        errors: impl IntoIterator<Item = (&'a &'static str, &'a usize)>,
+    ) {
+        for (reason, n) in errors {
+            self.allocation_errors
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(*n as u64);
+        }
+    }
+
+    /// Records how long a pass took.
+    pub fn observe_pass(&self, seconds: f64) {
+        self.reconcile_seconds.observe(seconds);
+        self.passes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many passes have completed.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Acquire)
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks this replica as leader or standby.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Marks the controller ready: connected, and either leading with synced
+    /// caches or waiting as a standby.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Binds `addr` for [`serve`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn render(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    match m.render() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

@@ -1,0 +1,349 @@
+//! The controller: gives every eligible `type: LoadBalancer` Service an address
+//! and keeps it.
+//!
+//! The allocator is one state shared by every Service, so the controller does
+//! not reconcile objects one by one: watchers keep caches of Services, pools and
+//! Namespaces, and each change wakes a pass ([`plan::Planner::plan`]) that looks
+//! at the whole snapshot and returns the writes to make. Passes are level-based
+//! and idempotent; bursts of events coalesce into one pass.
+//!
+//! One replica is active at a time, elected through a `coordination.k8s.io`
+//! Lease ([`run_with_leader_election`]); a standby takes over when the leader's
+//! lease expires, and starts by restoring every address from Service status.
+
+pub mod metrics;
+pub mod plan;
+pub mod translate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::IPAddressPool;
+use metrics::Metrics;
+use plan::{Action, Planner, Snapshot};
+
+/// The name events and field managers use for the controller.
+pub const CONTROLLER_NAME: &str = "ironlb-controller";
+
+/// How the controller behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Serve Services without a `loadBalancerClass`.
+    pub default_class: bool,
+    /// This replica's name, for events and the Lease.
+    pub identity: String,
+    /// The namespace of the leader-election Lease.
+    pub lease_namespace: String,
+    /// How long a leader's lease lasts without renewal.
+    pub lease_duration: Duration,
+    /// How long before expiry the leader renews.
+    pub lease_grace: Duration,
+    /// A pass runs at least this often even without events, to retry failed writes.
+    pub resync: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            default_class: true,
+            identity: CONTROLLER_NAME.into(),
+            lease_namespace: "ironlb-system".into(),
+            lease_duration: Duration::from_secs(15),
+            lease_grace: Duration::from_secs(5),
+            resync: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A watcher's cache could not be filled.
+    #[error("waiting for the {0} cache: the watcher stopped")]
+    CacheNotReady(&'static str),
+    /// Leader election failed.
+    #[error("leader election on Lease {namespace}/{name}: {source}")]
+    LeaderElection {
+        /// The Lease's namespace.
+        namespace: String,
+        /// The Lease's name.
+        name: String,
+        /// What failed.
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+}
+
+impl Error {
+    /// A short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::CacheNotReady(_) => "cache_not_ready",
+            Error::LeaderElection { .. } => "leader_election",
+        }
+    }
+}
+
+/// Runs the controller while this replica holds the Lease, stands by otherwise,
+/// until `shutdown`.
+pub async fn run_with_leader_election(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let election_error = |source| Error::LeaderElection {
+        namespace: config.lease_namespace.clone(),
+        name: CONTROLLER_NAME.into(),
+        source,
+    };
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), CONTROLLER_NAME)
+        .with_namespace(config.lease_namespace.clone())
+        .with_identity(config.identity.clone())
+        .with_duration(config.lease_duration.as_secs().max(1))
+        .with_grace(config.lease_grace.as_secs().max(1))
+        .build()
+        .await
+        .map_err(election_error)?;
+    let (mut leading, task) = manager.watch().await;
+    metrics.set_ready(true);
+    loop {
+        metrics.set_leader(false);
+        info!(identity = %config.identity, "standing by for the leader lease");
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
+        }
+        info!(identity = %config.identity, "acquired the leader lease");
+        metrics.set_leader(true);
+        let term = shutdown.child_token();
+        let mut work = Box::pin(run(
+            client.clone(),
+            config.clone(),
+            metrics.clone(),
+            term.clone(),
+        ));
+        tokio::select! {
+            result = &mut work => {
+                result?;
+                break;
+            }
+            _ = leading.wait_for(|l| !*l) => {
+                warn!(identity = %config.identity, "lost the leader lease; stopping");
+                term.cancel();
+                let _ = work.await;
+            }
+        }
+    }
+    drop(leading);
+    // Closing the channel makes the manager release the lease, so a standby
+    // takes over at once instead of after the lease expires.
+    match task.await {
+        Ok(Ok(manager)) => manager.release().await.map_err(election_error)?,
+        Ok(Err(e)) => return Err(election_error(e)),
+        Err(e) => warn!(error = %e, "leader election task ended abnormally"),
+    }
+    Ok(())
+}
+
+/// Runs the controller (without leader election) until `shutdown`.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let wake = Arc::new(Notify::new());
+    let services = cache::<Service>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let pools = cache::<IPAddressPool>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let namespaces = cache::<Namespace>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    for (name, ready) in [
+        ("Service", services.wait_until_ready().await.is_ok()),
+        ("IPAddressPool", pools.wait_until_ready().await.is_ok()),
+        ("Namespace", namespaces.wait_until_ready().await.is_ok()),
+    ] {
+        if !ready {
+            return Err(Error::CacheNotReady(name));
+        }
+    }
+    info!("caches synced; restoring addresses from Service status");
+    metrics.set_ready(true);
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let mut planner = Planner::default();
+    while !shutdown.is_cancelled() {
+        // Let a burst of events land before looking.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = std::time::Instant::now();
+        let svc_state = services.state();
+        let pool_state = pools.state();
+        let ns_labels = namespaces
+            .state()
+            .iter()
+            .map(|ns| (ns.name_any(), ns.labels().clone()))
+            .collect();
+        let snapshot = Snapshot {
+            services: svc_state.iter().map(AsRef::as_ref).collect(),
+            pools: pool_state.iter().map(AsRef::as_ref).collect(),
+            namespaces: &ns_labels,
+            default_class: config.default_class,
+            now: Time(Timestamp::now()),
+        };
+        let (actions, outcome) = planner.plan(&snapshot);
+        let failed = apply(&client, &recorder, &snapshot, actions).await;
+        metrics.observe_errors(outcome.errors.iter());
+        metrics.observe_pools(
+            planner.allocator(),
+            &pool_state.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+        );
+        metrics.observe_pass(started.elapsed().as_secs_f64());
+        debug!(services = outcome.assigned_services, failed, "pass done");
+
+        let retry = if failed > 0 {
+            Duration::from_secs(1)
+        } else {
+            config.resync
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A reflector cache of `api` whose every change wakes the pass.
+fn cache<K>(api: Api<K>, wake: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .for_each(move |event| {
+            if let Err(e) = event {
+                warn!(error = %e, "watch failed; retrying");
+            }
+            wake.notify_one();
+            future::ready(())
+        });
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = stream => {}
+        }
+    });
+    store
+}
+
+/// Carries out the pass' writes; returns how many failed (they are retried by
+/// the next pass, which computes them again).
+async fn apply(
+    client: &Client,
+    recorder: &Recorder,
+    snap: &Snapshot<'_>,
+    actions: Vec<Action>,
+) -> usize {
+    let writes = actions.into_iter().map(|action| async move {
+        let result = match &action {
+            Action::ServiceStatus { key, ingress } => {
+                let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
+                // A merge patch replaces the ingress list whole; null removes it.
+                let ingress = if ingress.is_empty() {
+                    json!(null)
+                } else {
+                    json!(ingress)
+                };
+                let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+                api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            Action::PoolStatus { name, status } => {
+                let api: Api<IPAddressPool> = Api::all(client.clone());
+                let patch = json!({"status": status});
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            Action::Event {
+                key,
+                warning,
+                reason,
+                note,
+            } => {
+                let Some(svc) = snap.services.iter().find(|s| {
+                    s.name_any() == key.name
+                        && s.namespace().as_deref() == Some(key.namespace.as_str())
+                }) else {
+                    return 0;
+                };
+                let event = Event {
+                    type_: if *warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: reason.clone(),
+                    note: Some(note.clone()),
+                    action: "Allocate".into(),
+                    secondary: None,
+                };
+                recorder.publish(&event, &object_reference(svc)).await
+            }
+        };
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                warn!(?action, error = %e, "write failed; the next pass retries it");
+                1
+            }
+        }
+    });
+    futures::stream::iter(writes)
+        .buffer_unordered(16)
+        .fold(0, |n, failed| future::ready(n + failed))
+        .await
+}
+
+fn object_reference(svc: &Service) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: svc.metadata.name.clone(),
+        namespace: svc.metadata.namespace.clone(),
+        uid: svc.metadata.uid.clone(),
+        resource_version: svc.metadata.resource_version.clone(),
+        field_path: None,
+    }
+}

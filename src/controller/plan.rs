@@ -1,0 +1,448 @@
+//! One pass of the controller, as a pure function: from a snapshot of the
+//! cluster to the writes that make it right.
+//!
+//! The pass is level-based: it looks at every Service and pool each time and
+//! never depends on having seen every event, so a missed or repeated event
+//! costs nothing. It is O(n log n) in Services: each is allocated once (an
+//! idempotent, logarithmic operation) and compared once with its status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use super::translate::{self, NamespaceLabels};
+use crate::api::{CONDITION_VALID, IPAddressPool, IPAddressPoolStatus};
+use crate::ipam::{self, Allocator, Assignment, Labels, PoolSpec, ServiceKey};
+
+/// The pool condition that lists addresses Services keep although the pool no
+/// longer contains them (it shrank under them).
+pub const CONDITION_ORPHANED: &str = "OrphanedAddresses";
+
+/// What the controller sees: every Service, pool and Namespace.
+pub struct Snapshot<'a> {
+    /// All Services, of every type and class.
+    pub services: Vec<&'a Service>,
+    /// All pools.
+    pub pools: Vec<&'a IPAddressPool>,
+    /// Labels by Namespace name.
+    pub namespaces: &'a NamespaceLabels,
+    /// Serve Services without a `loadBalancerClass`.
+    pub default_class: bool,
+    /// The time to stamp on changed conditions.
+    pub now: Time,
+}
+
+/// A write the pass wants done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Set a Service's `status.loadBalancer.ingress` (empty: clear it).
+    ServiceStatus {
+        /// The Service.
+        key: ServiceKey,
+        /// The entries it should show.
+        ingress: Vec<LoadBalancerIngress>,
+    },
+    /// Record an event on a Service.
+    Event {
+        /// The Service.
+        key: ServiceKey,
+        /// `Normal` (false) or `Warning` (true).
+        warning: bool,
+        /// CamelCase reason.
+        reason: String,
+        /// What happened, for a human.
+        note: String,
+    },
+    /// Set a pool's status.
+    PoolStatus {
+        /// The pool.
+        name: String,
+        /// Its new status.
+        status: IPAddressPoolStatus,
+    },
+}
+
+/// Counts a pass produces, for metrics and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Services holding at least one address.
+    pub assigned_services: usize,
+    /// Allocation failures this pass, by reason.
+    pub errors: BTreeMap<&'static str, usize>,
+}
+
+/// The controller's memory between passes. Everything in it can be rebuilt from
+/// the cluster: a new `Planner` restores the allocator from Service status on its
+/// first pass.
+#[derive(Default)]
+pub struct Planner {
+    allocator: Allocator,
+    pool_specs: Option<Vec<PoolSpec>>,
+    restored: bool,
+    /// The last event sent per Service, so a pass repeats none.
+    last_event: BTreeMap<ServiceKey, (String, String)>,
+    /// For addresses that fell out of their pool: the pool they were in.
+    orphan_origin: BTreeMap<IpAddr, String>,
+}
+
+impl Planner {
+    /// The allocator's state, for metrics.
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+
+    /// Computes the writes for `snap`, updating the allocator.
+    pub fn plan(&mut self, snap: &Snapshot<'_>) -> (Vec<Action>, Outcome) {
+        let mut actions = Vec::new();
+        let mut outcome = Outcome::default();
+        let translation_errors = self.update_pools(snap);
+
+        let mut eligible: Vec<&Service> = snap
+            .services
+            .iter()
+            .copied()
+            .filter(|s| translate::is_eligible(s, snap.default_class))
+            .collect();
+        // Oldest first, so they win ties and get the lower addresses.
+        eligible.sort_by_cached_key(|s| {
+            (
+                translate::seconds(s.metadata.creation_timestamp.as_ref()),
+                translate::service_key(s),
+            )
+        });
+        let no_labels = Labels::new();
+        let requests: Vec<(&Service, Result<translate::Request, translate::FieldError>)> = eligible
+            .iter()
+            .map(|s| {
+                let ns_labels = snap
+                    .namespaces
+                    .get(s.namespace().as_deref().unwrap_or_default())
+                    .unwrap_or(&no_labels);
+                (*s, translate::request(s, ns_labels))
+            })
+            .collect();
+
+        if !self.restored {
+            self.restore(&requests, &mut actions);
+            self.restored = true;
+        }
+
+        let mut seen = BTreeSet::new();
+        for (svc, request) in &requests {
+            let key = translate::service_key(svc);
+            seen.insert(key.clone());
+            let (result, forwarding) = match request {
+                Ok(r) => (
+                    self.allocator
+                        .allocate(&r.service)
+                        .map_err(|e| (e.kind.reason(), e.to_string())),
+                    r.forwarding,
+                ),
+                // Keep what it holds: a typo in an annotation must not cost the address.
+                Err(e) => (Err((e.reason(), e.to_string())), Default::default()),
+            };
+            let held = self.allocator.assignment(&key);
+            let addresses = held
+                .as_ref()
+                .map(|a| a.addresses.clone())
+                .unwrap_or_default();
+            let desired = translate::ingress(&addresses, forwarding);
+            let current = translate::current_ingress(svc);
+            let changed = !same_ingress(&current, &desired);
+            if changed {
+                actions.push(Action::ServiceStatus {
+                    key: key.clone(),
+                    ingress: desired,
+                });
+            }
+            match (&result, &held) {
+                (Err((reason, message)), _) => {
+                    *outcome.errors.entry(reason).or_default() += 1;
+                    self.event(&mut actions, &key, true, reason, message.clone());
+                }
+                (Ok(a), _) if !a.orphaned.is_empty() => {
+                    let note = self.orphan_note(a);
+                    self.event(&mut actions, &key, true, "AddressOutsidePool", note);
+                }
+                // Announce an address when it appears in the status, not on every
+                // restart of the controller.
+                (Ok(a), _) if changed && !a.addresses.is_empty() => {
+                    let note = match &a.pool {
+                        Some(pool) => {
+                            format!("Assigned {} from IPAddressPool {pool}", join(&a.addresses))
+                        }
+                        None => format!("Assigned {}", join(&a.addresses)),
+                    };
+                    self.event(&mut actions, &key, false, "IPAllocated", note);
+                }
+                (Ok(_), _) => {}
+            }
+            if held.is_some() {
+                outcome.assigned_services += 1;
+            }
+        }
+
+        // Services gone, no longer LoadBalancer, or of another class: release,
+        // and clear the status of those still there.
+        let by_key: BTreeMap<ServiceKey, &Service> = snap
+            .services
+            .iter()
+            .map(|s| (translate::service_key(s), *s))
+            .collect();
+        let gone: Vec<ServiceKey> = self
+            .allocator
+            .assignments()
+            .map(|(k, _)| k.clone())
+            .filter(|k| !seen.contains(k))
+            .collect();
+        for key in gone {
+            let released = self.allocator.release(&key);
+            self.last_event.remove(&key);
+            if let Some(svc) = by_key.get(&key) {
+                let shows_ours = translate::status_addresses(svc)
+                    .iter()
+                    .any(|ip| released.contains(ip));
+                if shows_ours {
+                    actions.push(Action::ServiceStatus {
+                        key: key.clone(),
+                        ingress: Vec::new(),
+                    });
+                }
+            }
+        }
+        self.last_event.retain(|k, _| seen.contains(k));
+        let held: BTreeSet<IpAddr> = self
+            .allocator
+            .assignments()
+            .flat_map(|(_, a)| a.iter().copied())
+            .collect();
+        self.orphan_origin.retain(|ip, _| held.contains(ip));
+
+        actions.extend(self.pool_statuses(snap, &translation_errors));
+        (actions, outcome)
+    }
+
+    /// Hands the pools to the allocator when they changed, remembering which
+    /// pool each address was in so an address a pool loses can be traced to it.
+    fn update_pools(&mut self, snap: &Snapshot<'_>) -> BTreeMap<String, String> {
+        let mut specs = Vec::new();
+        let mut errors = BTreeMap::new();
+        for pool in &snap.pools {
+            match translate::pool_spec(pool) {
+                Ok(spec) => specs.push(spec),
+                Err(e) => {
+                    errors.insert(pool.name_any(), e);
+                }
+            }
+        }
+        if self.pool_specs.as_ref() != Some(&specs) {
+            let before: Vec<(IpAddr, String)> = self
+                .allocator
+                .assignments()
+                .flat_map(|(_, a)| a.iter().copied())
+                .filter_map(|ip| Some((ip, self.allocator.pool_of(ip)?.to_string())))
+                .collect();
+            self.allocator.set_pools(&specs);
+            for (ip, pool) in before {
+                if self.allocator.pool_of(ip).is_none() {
+                    self.orphan_origin.insert(ip, pool);
+                }
+            }
+            self.orphan_origin
+                .retain(|ip, _| self.allocator.pool_of(*ip).is_none());
+            self.pool_specs = Some(specs);
+        }
+        errors
+    }
+
+    /// Loads every address already in an eligible Service's status, before any
+    /// allocation, so a restarted controller moves nothing.
+    fn restore(
+        &mut self,
+        requests: &[(&Service, Result<translate::Request, translate::FieldError>)],
+        actions: &mut Vec<Action>,
+    ) {
+        let recorded: Vec<(ipam::Service, Vec<IpAddr>)> = requests
+            .iter()
+            .filter_map(|(svc, request)| {
+                let addresses = translate::status_addresses(svc);
+                if addresses.is_empty() {
+                    return None;
+                }
+                let service = match request {
+                    Ok(r) => r.service.clone(),
+                    // Unreadable annotations: keep the address under a claim that
+                    // shares with nobody until the user fixes them.
+                    Err(_) => {
+                        let key = translate::service_key(svc);
+                        ipam::Service::new(&key.namespace, &key.name).created_at(
+                            translate::seconds(svc.metadata.creation_timestamp.as_ref()),
+                        )
+                    }
+                };
+                Some((service, addresses))
+            })
+            .collect();
+        let results = self
+            .allocator
+            .restore(recorded.iter().map(|(s, a)| (s, a.as_slice())));
+        for result in results {
+            if let Err(e) = result {
+                self.event(actions, &e.service, true, e.kind.reason(), e.to_string());
+            }
+        }
+    }
+
+    fn orphan_note(&self, a: &Assignment) -> String {
+        let list: Vec<String> = a
+            .orphaned
+            .iter()
+            .map(|ip| match self.orphan_origin.get(ip) {
+                Some(pool) => format!("{ip} (was in IPAddressPool {pool})"),
+                None => ip.to_string(),
+            })
+            .collect();
+        format!(
+            "{} no longer in any IPAddressPool; the Service keeps it. Put it back into a pool, or \
+             remove the Service's address request to have it moved",
+            if list.len() == 1 {
+                format!("{} is", list[0])
+            } else {
+                format!("{} are", list.join(", "))
+            }
+        )
+    }
+
+    fn event(
+        &mut self,
+        actions: &mut Vec<Action>,
+        key: &ServiceKey,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let last = (reason.to_string(), note.clone());
+        if self.last_event.get(key) == Some(&last) {
+            return;
+        }
+        self.last_event.insert(key.clone(), last);
+        actions.push(Action::Event {
+            key: key.clone(),
+            warning,
+            reason: reason.to_string(),
+            note,
+        });
+    }
+
+    fn pool_statuses(
+        &self,
+        snap: &Snapshot<'_>,
+        translation_errors: &BTreeMap<String, String>,
+    ) -> Vec<Action> {
+        let pool_errors: BTreeMap<&str, &ipam::PoolError> = self
+            .allocator
+            .pool_errors()
+            .map(|e| (e.pool(), e))
+            .collect();
+        let mut orphans_by_pool: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (key, addresses) in self.allocator.assignments() {
+            for ip in addresses {
+                if let Some(pool) = self.orphan_origin.get(ip) {
+                    orphans_by_pool
+                        .entry(pool)
+                        .or_default()
+                        .push(format!("{ip} ({key})"));
+                }
+            }
+        }
+        let mut actions = Vec::new();
+        for pool in &snap.pools {
+            let name = pool.name_any();
+            let previous = pool.status.clone().unwrap_or_default();
+            let mut status = IPAddressPoolStatus::default();
+            let (valid, reason, message) = if let Some(e) = translation_errors.get(&name) {
+                ("False", "InvalidSelector", e.clone())
+            } else if let Some(e) = pool_errors.get(name.as_str()) {
+                ("False", e.reason(), e.to_string())
+            } else {
+                ("True", "Accepted", "the pool is in use".to_string())
+            };
+            if let Some(usage) = self.allocator.usage(&name) {
+                status.assigned_ipv4 = u64::try_from(usage.v4.assigned).unwrap_or(u64::MAX);
+                status.available_ipv4 = u64::try_from(usage.v4.available).unwrap_or(u64::MAX);
+                status.assigned_ipv6 = u64::try_from(usage.v6.assigned).unwrap_or(u64::MAX);
+                status.available_ipv6 = usage.v6.available.to_string();
+            } else {
+                status.available_ipv6 = "0".into();
+            }
+            status.conditions.push(condition(
+                &previous,
+                CONDITION_VALID,
+                valid,
+                reason,
+                message,
+                snap,
+            ));
+            if let Some(list) = orphans_by_pool.get(name.as_str()) {
+                let message = format!(
+                    "Services keep addresses this pool no longer contains: {}",
+                    list.join(", ")
+                );
+                status.conditions.push(condition(
+                    &previous,
+                    CONDITION_ORPHANED,
+                    "True",
+                    "AddressesOutsidePool",
+                    message,
+                    snap,
+                ));
+            }
+            if status != previous {
+                actions.push(Action::PoolStatus { name, status });
+            }
+        }
+        actions
+    }
+}
+
+/// A condition, keeping the previous transition time when its status is unchanged.
+fn condition(
+    previous: &IPAddressPoolStatus,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    snap: &Snapshot<'_>,
+) -> Condition {
+    let last_transition_time = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| snap.now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time,
+        observed_generation: None,
+    }
+}
+
+fn same_ingress(a: &[LoadBalancerIngress], b: &[LoadBalancerIngress]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.ip == y.ip && x.ip_mode == y.ip_mode && x.hostname == y.hostname)
+}
+
+fn join(addrs: &[IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

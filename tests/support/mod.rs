@@ -1,0 +1,284 @@
+//! Test-only helpers: the in-process API server, object builders, and waiting.
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod apiserver;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use apiserver::ApiServer;
+use ironlb::api::{IPAddressPool, IPAddressPoolSpec, ServiceAllocation};
+use ironlb::controller::{self, metrics::Metrics};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Builds a `type: LoadBalancer` Service.
+pub struct Svc(Service);
+
+impl Svc {
+    /// A LoadBalancer Service with one TCP port, 80.
+    pub fn lb(namespace: &str, name: &str) -> Self {
+        Svc(Service {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                selector: Some([("app".to_string(), name.to_string())].into()),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        })
+    }
+
+    fn spec(&mut self) -> &mut ServiceSpec {
+        self.0.spec.as_mut().expect("spec")
+    }
+
+    /// Adds an annotation.
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets `spec.loadBalancerClass`.
+    pub fn class(mut self, class: &str) -> Self {
+        self.spec().load_balancer_class = Some(class.into());
+        self
+    }
+
+    /// Replaces the ports with one `protocol`/`port`.
+    pub fn only_port(mut self, protocol: &str, port: i32) -> Self {
+        self.spec().ports = Some(vec![ServicePort {
+            port,
+            protocol: Some(protocol.into()),
+            ..Default::default()
+        }]);
+        self
+    }
+
+    /// Sets the family policy and families.
+    pub fn families(mut self, policy: &str, families: &[&str]) -> Self {
+        self.spec().ip_family_policy = Some(policy.into());
+        self.spec().ip_families = Some(families.iter().map(|f| f.to_string()).collect());
+        self
+    }
+
+    /// Sets `spec.type`.
+    pub fn type_(mut self, type_: &str) -> Self {
+        self.spec().type_ = Some(type_.into());
+        self
+    }
+
+    /// The Service.
+    pub fn build(self) -> Service {
+        self.0
+    }
+}
+
+/// A pool of `addresses`.
+pub fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
+    IPAddressPool::new(
+        name,
+        IPAddressPoolSpec {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            service_allocation: None,
+        },
+    )
+}
+
+/// A pool with a `serviceAllocation`.
+pub fn pool_for(name: &str, addresses: &[&str], allocation: ServiceAllocation) -> IPAddressPool {
+    let mut p = pool(name, addresses);
+    p.spec.service_allocation = Some(allocation);
+    p
+}
+
+/// Creates `svc` in its namespace.
+pub async fn create_service(client: &Client, svc: Service) -> Service {
+    let ns = svc.metadata.namespace.clone().expect("namespace");
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service")
+}
+
+/// Creates `pool`.
+pub async fn create_pool(client: &Client, pool: IPAddressPool) -> IPAddressPool {
+    Api::<IPAddressPool>::all(client.clone())
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("create pool")
+}
+
+/// Replaces a pool's addresses.
+pub async fn set_pool_addresses(client: &Client, name: &str, addresses: &[&str]) {
+    Api::<IPAddressPool>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"addresses": addresses}})),
+        )
+        .await
+        .expect("patch pool");
+}
+
+/// The addresses in a Service's status, `None` when it does not exist.
+pub async fn ingress_ips(client: &Client, namespace: &str, name: &str) -> Option<Vec<String>> {
+    let svc = Api::<Service>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .expect("get service")?;
+    Some(
+        svc.status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect(),
+    )
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`
+/// saying what was awaited.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the Service shows exactly `n` addresses, and returns them.
+pub async fn wait_for_addresses(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    n: usize,
+) -> Vec<String> {
+    wait_for(
+        &format!("{namespace}/{name} to show {n} address(es)"),
+        Duration::from_secs(5),
+        || async {
+            ingress_ips(client, namespace, name)
+                .await
+                .filter(|ips| ips.len() == n)
+        },
+    )
+    .await
+}
+
+/// Events recorded on a Service: (type, reason, note).
+pub async fn events_for(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, String, String)> {
+    Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits for an event of `reason` on the Service and returns its note.
+pub async fn wait_for_event(client: &Client, namespace: &str, name: &str, reason: &str) -> String {
+    wait_for(
+        &format!("a {reason} event on {namespace}/{name}"),
+        Duration::from_secs(5),
+        || async {
+            events_for(client, namespace, name)
+                .await
+                .into_iter()
+                .find(|(_, r, _)| r == reason)
+                .map(|(_, _, note)| note)
+        },
+    )
+    .await
+}
+
+/// A controller running in this process against a test server.
+pub struct Controller {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), controller::Error>>,
+    /// Its metrics and readiness.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Controller {
+    /// Starts a controller (no leader election) that serves Services of no class.
+    pub fn start(client: &Client) -> Self {
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        let task = tokio::spawn(controller::run(
+            client.clone(),
+            controller::Config::default(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        Self {
+            stop,
+            task,
+            metrics,
+        }
+    }
+
+    /// Stops it and waits until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("controller task")
+            .expect("controller run");
+    }
+}
