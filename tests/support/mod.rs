@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // not every test binary starts a server
 pub use apiserver::ApiServer;
 use ironlb::api::{IPAddressPool, IPAddressPoolSpec, ServiceAllocation};
 use ironlb::controller::{self, metrics::Metrics};
