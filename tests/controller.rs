@@ -344,21 +344,41 @@ async fn an_invalid_pool_says_why_in_its_condition_and_is_not_used() {
 }
 
 #[tokio::test]
-async fn an_invalid_annotation_warns_and_names_the_annotation() {
+async fn an_invalid_annotation_warns_names_the_annotation_and_keeps_the_address() {
     let (_server, client, controller) = setup(vec![pool("lan", &["10.0.0.0/24"])]).await;
-    create_service(
-        &client,
-        Svc::lb("default", "typo")
-            .annotation("metallb.io/loadBalancerIPs", "10.0.0.300")
-            .build(),
-    )
-    .await;
+    let svc = Svc::lb("default", "typo")
+        .annotation("ironlb.dev/forwarding", "embedded")
+        .build();
+    create_service(&client, svc).await;
+    let before = wait_for_addresses(&client, "default", "typo", 1).await;
+    services(&client, "default")
+        .patch(
+            "typo",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"metallb.io/loadBalancerIPs": "10.0.0.300"}}}),
+            ),
+        )
+        .await
+        .unwrap();
     let note = wait_for_event(&client, "default", "typo", "InvalidRequest").await;
     assert!(
         note.contains(
             "metadata.annotations[metallb.io/loadBalancerIPs]: \"10.0.0.300\" is not an IP address"
         ),
         "{note}"
+    );
+    let svc = services(&client, "default").get("typo").await.unwrap();
+    let ingress = svc.status.unwrap().load_balancer.unwrap().ingress.unwrap();
+    assert_eq!(
+        ingress[0].ip.as_deref(),
+        Some(before[0].as_str()),
+        "the address stays"
+    );
+    assert_eq!(
+        ingress[0].ip_mode.as_deref(),
+        Some("Proxy"),
+        "and so does its ipMode"
     );
     controller.stop().await;
 }

@@ -139,37 +139,40 @@ impl Planner {
                     self.allocator
                         .allocate(&r.service)
                         .map_err(|e| (e.kind.reason(), e.to_string())),
-                    r.forwarding,
+                    Some(r.forwarding),
                 ),
-                // Keep what it holds: a typo in an annotation must not cost the address.
-                Err(e) => (Err((e.reason(), e.to_string())), Default::default()),
+                // Leave address and status as they are: a typo in an annotation
+                // must cost neither the address nor its ipMode.
+                Err(e) => (Err((e.reason(), e.to_string())), None),
             };
             let held = self.allocator.assignment(&key);
-            let addresses = held
-                .as_ref()
-                .map(|a| a.addresses.clone())
-                .unwrap_or_default();
-            let desired = translate::ingress(&addresses, forwarding);
-            let current = translate::current_ingress(svc);
-            let changed = !same_ingress(&current, &desired);
-            if changed {
-                actions.push(Action::ServiceStatus {
-                    key: key.clone(),
-                    ingress: desired,
-                });
+            let mut changed = false;
+            if let Some(forwarding) = forwarding {
+                let addresses = held
+                    .as_ref()
+                    .map(|a| a.addresses.as_slice())
+                    .unwrap_or_default();
+                let desired = translate::ingress(addresses, forwarding);
+                changed = !same_ingress(&translate::current_ingress(svc), &desired);
+                if changed {
+                    actions.push(Action::ServiceStatus {
+                        key: key.clone(),
+                        ingress: desired,
+                    });
+                }
             }
-            match (&result, &held) {
-                (Err((reason, message)), _) => {
+            match &result {
+                Err((reason, message)) => {
                     *outcome.errors.entry(reason).or_default() += 1;
                     self.event(&mut actions, &key, true, reason, message.clone());
                 }
-                (Ok(a), _) if !a.orphaned.is_empty() => {
+                Ok(a) if !a.orphaned.is_empty() => {
                     let note = self.orphan_note(a);
                     self.event(&mut actions, &key, true, "AddressOutsidePool", note);
                 }
                 // Announce an address when it appears in the status, not on every
                 // restart of the controller.
-                (Ok(a), _) if changed && !a.addresses.is_empty() => {
+                Ok(a) if changed && !a.addresses.is_empty() => {
                     let note = match &a.pool {
                         Some(pool) => {
                             format!("Assigned {} from IPAddressPool {pool}", join(&a.addresses))
@@ -178,7 +181,7 @@ impl Planner {
                     };
                     self.event(&mut actions, &key, false, "IPAllocated", note);
                 }
-                (Ok(_), _) => {}
+                Ok(_) => {}
             }
             if held.is_some() {
                 outcome.assigned_services += 1;
