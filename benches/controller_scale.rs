@@ -78,17 +78,7 @@ async fn main() {
         || async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let list = services.list(&Default::default()).await.ok()?;
-            let done = list
-                .items
-                .iter()
-                .filter(|s| {
-                    s.status
-                        .as_ref()
-                        .and_then(|st| st.load_balancer.as_ref())
-                        .and_then(|lb| lb.ingress.as_ref())
-                        .is_some_and(|i| !i.is_empty())
-                })
-                .count();
+            let done = list.items.iter().filter(|s| !ips_of(s).is_empty()).count();
             (done == SERVICES).then_some(())
         },
     )

@@ -596,17 +596,7 @@ async fn twenty_restarts_with_500_services_change_no_address() {
             .unwrap();
         list.items
             .into_iter()
-            .map(|s| {
-                let ips: Vec<String> = s
-                    .status
-                    .and_then(|st| st.load_balancer)
-                    .and_then(|lb| lb.ingress)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|i| i.ip)
-                    .collect();
-                (s.metadata.name.unwrap(), ips)
-            })
+            .map(|s| (s.metadata.name.clone().unwrap(), ips_of(&s)))
             .collect::<BTreeMap<_, _>>()
     };
     let before = wait_for(

@@ -175,9 +175,12 @@ impl Planner {
                 Ok(a) if changed && !a.addresses.is_empty() => {
                     let note = match &a.pool {
                         Some(pool) => {
-                            format!("Assigned {} from IPAddressPool {pool}", join(&a.addresses))
+                            format!(
+                                "Assigned {} from IPAddressPool {pool}",
+                                translate::join(&a.addresses, ", ")
+                            )
                         }
-                        None => format!("Assigned {}", join(&a.addresses)),
+                        None => format!("Assigned {}", translate::join(&a.addresses, ", ")),
                     };
                     self.event(&mut actions, &key, false, "IPAllocated", note);
                 }
@@ -440,12 +443,4 @@ fn same_ingress(a: &[LoadBalancerIngress], b: &[LoadBalancerIngress]) -> bool {
         && a.iter()
             .zip(b)
             .all(|(x, y)| x.ip == y.ip && x.ip_mode == y.ip_mode && x.hostname == y.hostname)
-}
-
-fn join(addrs: &[IpAddr]) -> String {
-    addrs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

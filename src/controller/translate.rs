@@ -144,7 +144,7 @@ pub fn request(svc: &Service, namespace_labels: &Labels) -> Result<Request, Fiel
                 annotation_field(name),
                 format!(
                     "asks for {} but spec.loadBalancerIP asks for {ip}; set only one of them",
-                    join(&addrs)
+                    join(&addrs, ",")
                 ),
             ));
         }
@@ -221,23 +221,20 @@ fn parse_addresses(value: &str) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
-fn join(addrs: &[IpAddr]) -> String {
+/// Addresses as text, separated by `sep`.
+pub(crate) fn join(addrs: &[IpAddr], sep: &str) -> String {
     addrs
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(",")
+        .join(sep)
 }
 
 /// The addresses in a Service's status (`status.loadBalancer.ingress[].ip`).
 /// Entries that are hostnames or not addresses are not ironlb's and are skipped.
 pub fn status_addresses(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
+    current_ingress(svc)
+        .iter()
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
         .collect()
 }

@@ -153,21 +153,25 @@ pub async fn set_pool_addresses(client: &Client, name: &str, addresses: &[&str])
         .expect("patch pool");
 }
 
+/// The addresses a Service shows in its status.
+pub fn ips_of(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone())
+        .collect()
+}
+
 /// The addresses in a Service's status, `None` when it does not exist.
 pub async fn ingress_ips(client: &Client, namespace: &str, name: &str) -> Option<Vec<String>> {
     let svc = Api::<Service>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
         .expect("get service")?;
-    Some(
-        svc.status
-            .and_then(|s| s.load_balancer)
-            .and_then(|lb| lb.ingress)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|i| i.ip)
-            .collect(),
-    )
+    Some(ips_of(&svc))
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`
