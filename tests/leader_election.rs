@@ -146,16 +146,21 @@ async fn when_the_leader_is_killed_the_standby_allocates() {
         .await;
         assert_eq!(code, 200, "{path} on the standby");
     }
-    let (_, metrics) = procs[index]
-        .get("/metrics")
-        .expect("metrics from the leader");
+    // The gauges follow the status writes of the same pass.
+    let assigned =
+        "ironlb_controller_pool_addresses{pool=\"lan\",family=\"ipv4\",state=\"assigned\"} 1";
+    let metrics = wait_for(
+        "the leader's metrics to count the address",
+        Duration::from_secs(5),
+        || async {
+            procs[index]
+                .get("/metrics")
+                .map(|(_, body)| body)
+                .filter(|b| b.contains(assigned))
+        },
+    )
+    .await;
     assert!(metrics.contains("ironlb_controller_leader 1"), "{metrics}");
-    assert!(
-        metrics.contains(
-            "ironlb_controller_pool_addresses{pool=\"lan\",family=\"ipv4\",state=\"assigned\"} 1"
-        ),
-        "{metrics}"
-    );
 
     let mut killed = procs.remove(index);
     killed.child.kill().expect("SIGKILL the leader");
