@@ -9,7 +9,10 @@
 //! - [`controller`]: watches Services and pools, drives the allocator, writes
 //!   Service status, pool status and events. Its decisions are a pure pass
 //!   ([`controller::plan`]); the rest is I/O.
+//! - [`election`]: which node announces an address: eligibility and rendezvous
+//!   hashing. Pure.
 
 pub mod api;
 pub mod controller;
+pub mod election;
 pub mod ipam;
