@@ -11,8 +11,10 @@
 //!   ([`controller::plan`]); the rest is I/O.
 //! - [`election`]: which node announces an address: eligibility and rendezvous
 //!   hashing. Pure.
+//! - [`l2`]: ARP and Neighbor Discovery frames (pure codecs).
 
 pub mod api;
 pub mod controller;
 pub mod election;
 pub mod ipam;
+pub mod l2;
