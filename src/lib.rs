@@ -12,9 +12,11 @@
 //! - [`election`]: which node announces an address: eligibility and rendezvous
 //!   hashing. Pure.
 //! - [`l2`]: ARP and Neighbor Discovery frames (pure codecs).
+//! - [`membership`]: SWIM gossip among speakers over authenticated UDP.
 
 pub mod api;
 pub mod controller;
 pub mod election;
 pub mod ipam;
 pub mod l2;
+pub mod membership;
