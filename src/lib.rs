@@ -13,6 +13,8 @@
 //!   hashing. Pure.
 //! - [`l2`]: ARP and Neighbor Discovery frames (pure codecs).
 //! - [`membership`]: SWIM gossip among speakers over authenticated UDP.
+//! - [`netlink`]: the node's interfaces over rtnetlink, and which of them
+//!   announce an address.
 
 pub mod api;
 pub mod controller;
@@ -20,3 +22,4 @@ pub mod election;
 pub mod ipam;
 pub mod l2;
 pub mod membership;
+pub mod netlink;

@@ -30,6 +30,22 @@ enum Command {
     Version,
     /// Run the controller: give LoadBalancer Services addresses from IPAddressPools.
     Controller(ControllerArgs),
+    /// List this host's interfaces and, for --address, which ones would announce
+    /// it and why the others would not.
+    Interfaces(InterfacesArgs),
+}
+
+#[derive(Args)]
+struct InterfacesArgs {
+    /// The address to decide for.
+    #[arg(long)]
+    address: Option<std::net::IpAddr>,
+    /// Interfaces named by the L2Advertisement (repeatable).
+    #[arg(long = "interface")]
+    interfaces: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -73,6 +89,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds => print!("{}", ironlb::api::crds_yaml()?),
         Command::Version => println!("ironlb {}", env!("CARGO_PKG_VERSION")),
+        Command::Interfaces(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(interfaces(args))?,
         Command::Controller(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -85,6 +105,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?
                 .block_on(run_controller(args))?;
         }
+    }
+    Ok(())
+}
+
+async fn interfaces(args: InterfacesArgs) -> anyhow::Result<()> {
+    let links = ironlb::netlink::links().await?;
+    let verdicts: Vec<(String, Option<String>)> = match args.address {
+        Some(address) => {
+            let (chosen, skipped) =
+                ironlb::netlink::announcing_links(&links, address, &args.interfaces);
+            let mut v: Vec<(String, Option<String>)> =
+                chosen.iter().map(|l| (l.name.clone(), None)).collect();
+            v.extend(
+                skipped
+                    .iter()
+                    .map(|(l, why)| (l.name.clone(), Some(why.to_string()))),
+            );
+            v
+        }
+        None => Vec::new(),
+    };
+    let verdict = |name: &str| {
+        verdicts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, why)| why.clone())
+    };
+    if args.json {
+        let rows: Vec<serde_json::Value> = links
+            .iter()
+            .map(|l| {
+                let mut row = serde_json::to_value(l).unwrap_or_default();
+                if let Some(why) = verdict(&l.name) {
+                    row["announces"] = serde_json::json!(why.is_none());
+                    row["reason"] = serde_json::json!(why);
+                }
+                row
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<8} {:<5} {:<18} {:<32} ANNOUNCES",
+        "NAME", "KIND", "UP", "MAC", "ADDRESSES"
+    );
+    for l in &links {
+        let nets: Vec<String> = l.networks.iter().map(ToString::to_string).collect();
+        let announces = match verdict(&l.name) {
+            None => "-".to_string(),
+            Some(None) => "yes".to_string(),
+            Some(Some(why)) => format!("no: {why}"),
+        };
+        println!(
+            "{:<16} {:<8} {:<5} {:<18} {:<32} {announces}",
+            l.name,
+            l.kind.as_deref().unwrap_or("-"),
+            if l.up { "yes" } else { "no" },
+            l.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            nets.join(","),
+        );
     }
     Ok(())
 }

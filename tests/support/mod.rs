@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod apiserver;
+pub mod netns;
 
 use std::collections::BTreeMap;
 use std::future::Future;

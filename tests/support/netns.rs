@@ -1,0 +1,153 @@
+//! Network-namespace labs: hosts on one Ethernet segment, entirely inside
+//! namespaces the test creates (the bridge too), so nothing touches the root
+//! namespace's interfaces or routes. Every name carries the process id and a
+//! counter, so runs can overlap; everything is removed on drop, even when the
+//! test panics.
+
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A lab of namespaces; dropped, it kills its processes and deletes them.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+/// Why a lab can't be built here, or `None` when it can.
+fn unavailable() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    if euid != "0" {
+        return Some("network namespace labs need root".into());
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("the `ip` command (iproute2) is not installed".into()),
+    }
+}
+
+impl Lab {
+    /// A new lab, or `None` (after printing why) where labs can't run. With
+    /// `CI=true` that is a failure, not a skip.
+    pub fn new(test: &str) -> Option<Self> {
+        if let Some(why) = unavailable() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: {why}, and CI=true does not allow skipping"
+            );
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            prefix: format!("ilb{}x{n}", std::process::id()),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        })
+    }
+
+    /// Creates a namespace with its loopback up; returns its full name.
+    pub fn namespace(&mut self, short: &str) -> String {
+        let name = format!("{}-{short}", self.prefix);
+        run("ip", &["netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        self.exec_ok(&name, &["ip", "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// A namespace holding bridge `br0`, the lab's Ethernet segment.
+    pub fn switch(&mut self) -> String {
+        let sw = self.namespace("sw");
+        self.exec_ok(&sw, &["ip", "link", "add", "br0", "type", "bridge"]);
+        self.exec_ok(&sw, &["ip", "link", "set", "br0", "up"]);
+        sw
+    }
+
+    /// Plugs `host` into the switch: its `eth0` is one end of a veth pair whose
+    /// other end (`port`) is a port of `br0`. `addresses` go on `eth0`.
+    pub fn plug(&mut self, switch: &str, host: &str, port: &str, addresses: &[&str]) {
+        self.exec_ok(
+            switch,
+            &[
+                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host,
+            ],
+        );
+        self.exec_ok(switch, &["ip", "link", "set", port, "master", "br0", "up"]);
+        for a in addresses {
+            self.exec_ok(host, &["ip", "addr", "add", a, "dev", "eth0", "nodad"]);
+        }
+        self.exec_ok(host, &["ip", "link", "set", "eth0", "up"]);
+    }
+
+    /// Runs `cmd` inside `ns` and returns its output.
+    pub fn exec(&self, ns: &str, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {ns} {cmd:?}: {e}"))
+    }
+
+    /// Runs `cmd` inside `ns`; panics with its stderr when it fails.
+    pub fn exec_ok(&self, ns: &str, cmd: &[&str]) -> String {
+        let out = self.exec(ns, cmd);
+        assert!(
+            out.status.success(),
+            "in {ns}: {cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `cmd` inside `ns` in the background; it is killed with the lab.
+    pub fn spawn(&mut self, ns: &str, cmd: &mut Command) -> usize {
+        let program = cmd.get_program().to_owned();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut wrapped = Command::new("ip");
+        wrapped.args(["netns", "exec", ns]).arg(program).args(args);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        let child = wrapped.spawn().expect("spawn in namespace");
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// Kills a process started with [`Lab::spawn`] with SIGKILL.
+    pub fn kill(&mut self, index: usize) {
+        let _ = self.children[index].kill();
+        let _ = self.children[index].wait();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Deleting a namespace deletes its links; veth peers go with them.
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
