@@ -11,10 +11,12 @@
 //!   ([`controller::plan`]); the rest is I/O.
 //! - [`election`]: which node announces an address: eligibility and rendezvous
 //!   hashing. Pure.
-//! - [`l2`]: ARP and Neighbor Discovery frames (pure codecs).
+//! - [`l2`]: ARP and Neighbor Discovery frames (pure codecs) and the raw-socket
+//!   announcer.
 //! - [`membership`]: SWIM gossip among speakers over authenticated UDP.
 //! - [`netlink`]: the node's interfaces over rtnetlink, and which of them
 //!   announce an address.
+//! - [`speaker`]: decides which addresses this node owns and announces them.
 
 pub mod api;
 pub mod controller;
@@ -23,3 +25,4 @@ pub mod ipam;
 pub mod l2;
 pub mod membership;
 pub mod netlink;
+pub mod speaker;

@@ -30,9 +30,23 @@ enum Command {
     Version,
     /// Run the controller: give LoadBalancer Services addresses from IPAddressPools.
     Controller(ControllerArgs),
+    /// Run a speaker: announce the addresses this node owns (ARP / NDP).
+    Speaker(SpeakerArgs),
     /// List this host's interfaces and, for --address, which ones would announce
     /// it and why the others would not.
     Interfaces(InterfacesArgs),
+}
+
+#[derive(Args)]
+struct SpeakerArgs {
+    /// Take addresses and peers from this YAML file instead of a cluster (hosts
+    /// without Kubernetes, and the namespace lab). Required for now: the
+    /// Kubernetes view is not wired in yet.
+    #[arg(long = "static", value_name = "FILE")]
+    static_file: String,
+    /// This node's name (default: the file's `node`, else the host name).
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
 }
 
 #[derive(Args)]
@@ -93,19 +107,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(interfaces(args))?,
+        Command::Speaker(args) => {
+            init_logs();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_speaker(args))?;
+        }
         Command::Controller(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info,kube_lease_manager=warn".into()),
-                )
-                .init();
+            init_logs();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(run_controller(args))?;
         }
     }
+    Ok(())
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_lease_manager=warn".into()),
+        )
+        .init();
+}
+
+/// A token cancelled by SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let on_signal = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        info!("shutting down");
+        on_signal.cancel();
+    });
+    token
+}
+
+async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
+    let config = ironlb::speaker::StaticConfig::load(&args.static_file)?;
+    let node = args
+        .node
+        .or_else(|| config.node.clone())
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        });
+    ironlb::speaker::run_static(config, node, shutdown_on_signal()).await?;
     Ok(())
 }
 
@@ -199,24 +256,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         lease_grace: Duration::from_secs(args.lease_grace_seconds),
         ..Default::default()
     };
-    let shutdown = CancellationToken::new();
+    let shutdown = shutdown_on_signal();
     let metrics = Arc::new(metrics::Metrics::default());
     let listener = metrics::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
     info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
     let http = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        info!("shutting down");
-        on_signal.cancel();
-    });
     let result =
         controller::run_with_leader_election(client, config, metrics, shutdown.clone()).await;
     shutdown.cancel();

@@ -1,0 +1,265 @@
+//! The announcer: a raw Ethernet socket on one interface that answers ARP and
+//! Neighbor Solicitations for the addresses this node owns, and sends
+//! gratuitous ARP / unsolicited Neighbor Advertisements on takeover.
+//!
+//! The socket is promiscuous, so solicitations sent to an address's
+//! solicited-node multicast group reach it without joining the group (a
+//! group nobody joined is filtered by some NICs; promiscuous mode is not).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pnet::datalink::{self, Channel, DataLinkSender};
+use tracing::{debug, warn};
+
+use super::packet::{self, ArpOp, MacAddr, Message};
+
+/// What the announcer did, for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// ARP requests answered.
+    pub arp_answered: AtomicU64,
+    /// Neighbor Solicitations answered.
+    pub ns_answered: AtomicU64,
+    /// Gratuitous ARP and unsolicited advertisements sent.
+    pub gratuitous_sent: AtomicU64,
+    /// Frames that could not be read.
+    pub malformed: AtomicU64,
+}
+
+/// Answers for owned addresses on one interface until stopped.
+pub struct Announcer {
+    interface: String,
+    mac: MacAddr,
+    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl Announcer {
+    /// Opens a raw socket on `interface` (needs `CAP_NET_RAW`).
+    pub fn start(interface: &str) -> io::Result<Self> {
+        let iface = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == interface)
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("no interface {interface}"))
+            })?;
+        let mac = iface.mac.filter(|m| *m != MacAddr::zero()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{interface} has no Ethernet address"),
+            )
+        })?;
+        let config = datalink::Config {
+            read_timeout: Some(Duration::from_millis(100)),
+            promiscuous: true,
+            ..Default::default()
+        };
+        let (tx, mut rx) = match datalink::channel(&iface, config)? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => {
+                return Err(io::Error::other(format!(
+                    "{interface}: not an Ethernet channel"
+                )));
+            }
+        };
+        let owned = Arc::new(RwLock::new(BTreeSet::new()));
+        let tx = Arc::new(Mutex::new(tx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let thread = {
+            let (owned, tx, stop, counters) =
+                (owned.clone(), tx.clone(), stop.clone(), counters.clone());
+            let name = interface.to_string();
+            std::thread::Builder::new()
+                .name(format!("announce-{interface}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let frame = match rx.next() {
+                            Ok(frame) => frame,
+                            Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
+                            Err(e) => {
+                                warn!(interface = %name, error = %e, "reading frames");
+                                std::thread::sleep(Duration::from_millis(100));
+                                continue;
+                            }
+                        };
+                        let reply = match Message::decode(frame) {
+                            Ok(m) => answer(mac, &m, &owned),
+                            Err(packet::DropReason::OtherEtherType) => None,
+                            Err(reason) => {
+                                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                                debug!(interface = %name, reason = reason.label(), "dropped a frame");
+                                None
+                            }
+                        };
+                        if let Some(reply) = reply {
+                            let counter = match reply {
+                                Message::Arp(_) => &counters.arp_answered,
+                                _ => &counters.ns_answered,
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            send(&tx, &reply.encode(), &name);
+                        }
+                    }
+                })?
+        };
+        Ok(Self {
+            interface: interface.to_string(),
+            mac,
+            owned,
+            tx,
+            stop,
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    /// The interface's name.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// The interface's Ethernet address.
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    /// Starts answering for `ip`.
+    pub fn own(&self, ip: IpAddr) {
+        self.owned.write().expect("owned set").insert(ip);
+    }
+
+    /// Stops answering for `ip`, at once.
+    pub fn disown(&self, ip: IpAddr) {
+        self.owned.write().expect("owned set").remove(&ip);
+    }
+
+    /// Sends one gratuitous ARP (IPv4) or unsolicited advertisement (IPv6) for `ip`.
+    pub fn announce(&self, ip: IpAddr) {
+        let frame = match ip {
+            IpAddr::V4(v4) => Message::Arp(packet::gratuitous_arp(self.mac, v4)),
+            IpAddr::V6(v6) => Message::NeighborAdvert(packet::unsolicited_advert(self.mac, v6)),
+        };
+        self.counters
+            .gratuitous_sent
+            .fetch_add(1, Ordering::Relaxed);
+        send(&self.tx, &frame.encode(), &self.interface);
+    }
+
+    /// What the announcer did.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn send(tx: &Mutex<Box<dyn DataLinkSender>>, frame: &[u8], interface: &str) {
+    let mut tx = tx.lock().expect("sender");
+    match tx.send_to(frame, None) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => warn!(%interface, error = %e, "sending a frame"),
+        None => warn!(%interface, "sending a frame: no room"),
+    }
+}
+
+/// The reply a frame calls for, if any. Pure, apart from reading the owned set.
+fn answer(mac: MacAddr, message: &Message, owned: &RwLock<BTreeSet<IpAddr>>) -> Option<Message> {
+    let owned = owned.read().expect("owned set");
+    match message {
+        Message::Arp(a)
+            if a.op == ArpOp::Request
+                && a.eth_src != mac
+                && owned.contains(&IpAddr::V4(a.target_ip)) =>
+        {
+            // A gratuitous ARP from someone else for our address is not a question.
+            (a.sender_ip != a.target_ip).then(|| Message::Arp(packet::arp_reply(mac, a)))
+        }
+        Message::NeighborSolicit(ns)
+            if ns.eth_src != mac && owned.contains(&IpAddr::V6(ns.target)) =>
+        {
+            Some(Message::NeighborAdvert(packet::neighbor_advert_for(
+                mac, ns,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const OURS: MacAddr = MacAddr(2, 0, 0, 0, 0, 1);
+    const CLIENT: MacAddr = MacAddr(2, 0, 0, 0, 0, 9);
+
+    fn owned(ips: &[&str]) -> RwLock<BTreeSet<IpAddr>> {
+        RwLock::new(ips.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn answers_arp_only_for_owned_addresses() {
+        let set = owned(&["10.0.0.100"]);
+        let ask = |target| {
+            Message::Arp(packet::arp_request(
+                CLIENT,
+                Ipv4Addr::new(10, 0, 0, 50),
+                target,
+            ))
+        };
+        let reply = answer(OURS, &ask(Ipv4Addr::new(10, 0, 0, 100)), &set).expect("a reply");
+        match reply {
+            Message::Arp(r) => assert_eq!(
+                (r.op, r.sender_mac, r.eth_dst),
+                (ArpOp::Reply, OURS, CLIENT)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(answer(OURS, &ask(Ipv4Addr::new(10, 0, 0, 101)), &set), None);
+        let garp = Message::Arp(packet::gratuitous_arp(CLIENT, Ipv4Addr::new(10, 0, 0, 100)));
+        assert_eq!(
+            answer(OURS, &garp, &set),
+            None,
+            "someone else's announcement is no question"
+        );
+    }
+
+    #[test]
+    fn answers_solicitations_with_or_without_a_source_link_layer_option() {
+        let target: Ipv6Addr = "fd00::100".parse().unwrap();
+        let set = owned(&["fd00::100"]);
+        let mut ns = packet::neighbor_solicit(CLIENT, "fd00::50".parse().unwrap(), target);
+        assert!(matches!(
+            answer(OURS, &Message::NeighborSolicit(ns), &set),
+            Some(Message::NeighborAdvert(_))
+        ));
+        ns.source_ll = None;
+        assert!(matches!(
+            answer(OURS, &Message::NeighborSolicit(ns), &set),
+            Some(Message::NeighborAdvert(_))
+        ));
+        let own = packet::neighbor_solicit(OURS, "fd00::1".parse().unwrap(), target);
+        assert_eq!(
+            answer(OURS, &Message::NeighborSolicit(own), &set),
+            None,
+            "never our own frames"
+        );
+    }
+}
