@@ -94,7 +94,12 @@ impl Announcer {
                         };
                         let reply = match Message::decode(frame) {
                             Ok(m) => answer(mac, &m, &owned),
-                            Err(packet::DropReason::OtherEtherType) => None,
+                            // Ordinary traffic on the segment, not ours to read.
+                            Err(
+                                packet::DropReason::OtherEtherType
+                                | packet::DropReason::NotIcmpv6
+                                | packet::DropReason::NotNeighborDiscovery,
+                            ) => None,
                             Err(reason) => {
                                 counters.malformed.fetch_add(1, Ordering::Relaxed);
                                 debug!(interface = %name, reason = reason.label(), "dropped a frame");

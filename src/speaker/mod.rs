@@ -198,6 +198,7 @@ pub async fn run_static(
     )?;
     info!(%node, listen = %config.gossip.listen, "speaker started");
     let mut members = membership.members();
+    settle(&mut members, !config.gossip.seeds.is_empty()).await;
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
     let reannounce = if config.reannounce_seconds == 0 {
         Duration::MAX
@@ -266,6 +267,30 @@ pub async fn run_static(
     membership.leave().await;
     info!("speaker stopped: addresses withdrawn, left the group");
     Ok(())
+}
+
+/// Waits, before announcing anything, until this speaker has joined its peers
+/// and the membership has been still for a moment: a speaker that starts alone
+/// would otherwise claim every address for the instant until it hears from the
+/// others. Gives up after two seconds (it may really be alone).
+async fn settle(members: &mut tokio::sync::watch::Receiver<BTreeSet<String>>, has_seeds: bool) {
+    if !has_seeds {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let joined = tokio::time::timeout_at(deadline, members.wait_for(|m| m.len() > 1))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !joined {
+        warn!("no peer answered within 2 s; announcing alone");
+        return;
+    }
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(300), members.changed()).await {
+            Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(())) => {}
+        }
+    }
 }
 
 fn interfaces_of(config: &StaticConfig, ip: IpAddr) -> impl Iterator<Item = &str> {

@@ -106,21 +106,33 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `cmd` inside `ns` in the background; it is killed with the lab.
-    pub fn spawn(&mut self, ns: &str, cmd: &mut Command) -> usize {
-        let program = cmd.get_program().to_owned();
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let mut wrapped = Command::new("ip");
-        wrapped.args(["netns", "exec", ns]).arg(program).args(args);
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => wrapped.env(k, v),
-                None => wrapped.env_remove(k),
-            };
-        }
-        let child = wrapped.spawn().expect("spawn in namespace");
+    /// Starts `program args…` inside `ns` in the background, its output going
+    /// to `log`; it is killed with the lab. Returns its index for [`Lab::kill`].
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        program: &str,
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> usize {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn in namespace");
         self.children.push(child);
         self.children.len() - 1
+    }
+
+    /// Sends SIGTERM to a process started with [`Lab::spawn`] and waits for it.
+    pub fn terminate(&mut self, index: usize) {
+        let pid = self.children[index].id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).output();
+        let _ = self.children[index].wait();
     }
 
     /// Kills a process started with [`Lab::spawn`] with SIGKILL.

@@ -1,0 +1,213 @@
+//! Three nodes running real `ironlb speaker --static` processes and a client, on
+//! one Ethernet segment built from network namespaces: the client's kernel
+//! resolves the address, and follows it when the owner dies.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ironlb::election::{self, Constraints, Node};
+use support::netns::Lab;
+
+const V4: &str = "10.77.0.100";
+const V6: &str = "fd77::100";
+
+struct World {
+    lab: Lab,
+    dir: PathBuf,
+    nodes: Vec<(String, String)>, // (node name, namespace)
+    speakers: Vec<Option<usize>>,
+    client: String,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn world(test: &str) -> Option<World> {
+    let mut lab = Lab::new(test)?;
+    let dir = std::env::temp_dir().join(format!("ironlb-lab-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let sw = lab.switch();
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let ns = lab.namespace(&format!("n{i}"));
+        lab.plug(
+            &sw,
+            &ns,
+            &format!("p{i}"),
+            &[&format!("10.77.0.1{i}/24"), &format!("fd77::1{i}/64")],
+        );
+        nodes.push((format!("node-{i}"), ns));
+    }
+    let client = lab.namespace("client");
+    lab.plug(&sw, &client, "pc", &["10.77.0.50/24", "fd77::50/64"]);
+    let mut w = World {
+        lab,
+        dir,
+        nodes,
+        speakers: Vec::new(),
+        client,
+    };
+    for i in 0..3 {
+        let idx = start_speaker(&mut w, i);
+        w.speakers.push(Some(idx));
+    }
+    Some(w)
+}
+
+fn start_speaker(w: &mut World, i: usize) -> usize {
+    let seeds: Vec<String> = (1..=3)
+        .filter(|j| *j != i + 1)
+        .map(|j| format!("10.77.0.1{j}:7946"))
+        .collect();
+    let config = format!(
+        "node: node-{n}\ngossip:\n  listen: 10.77.0.1{n}:7946\n  seeds: [{seeds}]\n  secret: lab-secret\n\
+         addresses:\n  - address: {V4}\n    interfaces: [eth0]\n  - address: {V6}\n    interfaces: [eth0]\n",
+        n = i + 1,
+        seeds = seeds.join(", ")
+    );
+    let path = w.dir.join(format!("node-{}.yaml", i + 1));
+    std::fs::write(&path, config).expect("write config");
+    let log = w.dir.join(format!("node-{}.log", i + 1));
+    let ns = w.nodes[i].1.clone();
+    w.lab.spawn(
+        &ns,
+        env!("CARGO_BIN_EXE_ironlb"),
+        &["speaker", "--static", path.to_str().expect("utf-8")],
+        &log,
+    )
+}
+
+fn mac_of(w: &World, ns: &str) -> String {
+    let out = w.lab.exec_ok(ns, &["ip", "-o", "link", "show", "eth0"]);
+    out.split("link/ether ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("MAC")
+        .to_string()
+}
+
+/// The MAC the client's kernel has for `address`, after asking for it.
+fn resolve(w: &World, address: &str) -> Option<String> {
+    // A datagram to the address makes the client's kernel resolve it; nobody
+    // needs to receive it.
+    let send = format!("echo probe > /dev/udp/{address}/9");
+    let _ = w.lab.exec(&w.client, &["bash", "-c", &send]);
+    let out = w.lab.exec_ok(&w.client, &["ip", "neigh", "show", address]);
+    out.split("lladdr ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .map(String::from)
+}
+
+fn expected_owner(alive: &[&str], address: &str) -> String {
+    let nodes: Vec<Node> = alive
+        .iter()
+        .map(|n| Node {
+            name: n.to_string(),
+            labels: Default::default(),
+            alive: true,
+            network_unavailable: false,
+        })
+        .collect();
+    let ip: IpAddr = address.parse().expect("address");
+    election::owner(ip, &nodes, &Constraints::default())
+        .expect("an owner")
+        .name
+        .clone()
+}
+
+fn ns_of<'a>(w: &'a World, node: &str) -> &'a str {
+    &w.nodes.iter().find(|(n, _)| n == node).expect("node").1
+}
+
+fn wait_mac(w: &World, address: &str, want: &str, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if resolve(w, address).as_deref() == Some(want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}: the client has {:?}, wanted {want}; logs:\n{}",
+            resolve(w, address),
+            logs(w)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn logs(w: &World) -> String {
+    (1..=3)
+        .map(|i| {
+            let text =
+                std::fs::read_to_string(w.dir.join(format!("node-{i}.log"))).unwrap_or_default();
+            format!("--- node-{i}\n{text}")
+        })
+        .collect()
+}
+
+fn owner_resolves_then_moves(test: &str, stop: impl Fn(&mut World, usize)) {
+    let Some(mut w) = world(test) else {
+        return;
+    };
+    let all = ["node-1", "node-2", "node-3"];
+    for address in [V4, V6] {
+        let owner = expected_owner(&all, address);
+        let mac = mac_of(&w, ns_of(&w, &owner));
+        wait_mac(
+            &w,
+            address,
+            &mac,
+            &format!("{address} to resolve to {owner}"),
+        );
+    }
+    let owner = expected_owner(&all, V4);
+    let index = w
+        .nodes
+        .iter()
+        .position(|(n, _)| *n == owner)
+        .expect("owner");
+    let stopped = Instant::now();
+    stop(&mut w, index);
+    let alive: Vec<&str> = all.iter().copied().filter(|n| *n != owner).collect();
+    let next = expected_owner(&alive, V4);
+    let mac = mac_of(&w, ns_of(&w, &next));
+    wait_mac(
+        &w,
+        V4,
+        &mac,
+        &format!("{V4} to move from {owner} to {next}"),
+    );
+    eprintln!(
+        "{test}: {V4} moved from {owner} to {next} {:?} after the stop",
+        stopped.elapsed()
+    );
+    let seen: BTreeSet<String> = [V4, V6].iter().filter_map(|a| resolve(&w, a)).collect();
+    assert!(
+        !seen.contains(&mac_of(&w, ns_of(&w, &owner))),
+        "nothing resolves to the stopped node"
+    );
+}
+
+#[test]
+fn the_owner_answers_and_a_killed_owner_is_replaced() {
+    owner_resolves_then_moves("killed", |w, i| {
+        let idx = w.speakers[i].take().expect("running");
+        w.lab.kill(idx);
+    });
+}
+
+#[test]
+fn a_stopped_speaker_hands_over() {
+    owner_resolves_then_moves("stopped", |w, i| {
+        let idx = w.speakers[i].take().expect("running");
+        w.lab.terminate(idx);
+    });
+}
