@@ -21,6 +21,7 @@ struct World {
     nodes: Vec<(String, String)>, // (node name, namespace)
     speakers: Vec<Option<usize>>,
     client: String,
+    switch: String,
 }
 
 impl Drop for World {
@@ -53,6 +54,7 @@ fn world(test: &str) -> Option<World> {
         nodes,
         speakers: Vec::new(),
         client,
+        switch: sw,
     };
     for i in 0..3 {
         let idx = start_speaker(&mut w, i);
@@ -209,5 +211,15 @@ fn a_stopped_speaker_hands_over() {
     owner_resolves_then_moves("stopped", |w, i| {
         let idx = w.speakers[i].take().expect("running");
         w.lab.terminate(idx);
+    });
+}
+
+#[test]
+fn an_owner_whose_link_goes_down_is_replaced() {
+    owner_resolves_then_moves("linkdown", |w, i| {
+        // Unplug the node: its switch port goes down, the process lives on.
+        let sw = w.switch.clone();
+        w.lab
+            .exec_ok(&sw, &["ip", "link", "set", &format!("p{}", i + 1), "down"]);
     });
 }
