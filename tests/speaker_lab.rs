@@ -155,10 +155,11 @@ fn logs(w: &World) -> String {
         .collect()
 }
 
-fn owner_resolves_then_moves(test: &str, stop: impl Fn(&mut World, usize)) {
-    let Some(mut w) = world(test) else {
-        return;
-    };
+fn owner_resolves_then_moves(
+    test: &str,
+    stop: impl Fn(&mut World, usize),
+) -> Option<(World, String)> {
+    let mut w = world(test)?;
     let all = ["node-1", "node-2", "node-3"];
     for address in [V4, V6] {
         let owner = expected_owner(&all, address);
@@ -196,11 +197,12 @@ fn owner_resolves_then_moves(test: &str, stop: impl Fn(&mut World, usize)) {
         !seen.contains(&mac_of(&w, ns_of(&w, &owner))),
         "nothing resolves to the stopped node"
     );
+    Some((w, owner))
 }
 
 #[test]
 fn the_owner_answers_and_a_killed_owner_is_replaced() {
-    owner_resolves_then_moves("killed", |w, i| {
+    let _ = owner_resolves_then_moves("killed", |w, i| {
         let idx = w.speakers[i].take().expect("running");
         w.lab.kill(idx);
     });
@@ -208,7 +210,7 @@ fn the_owner_answers_and_a_killed_owner_is_replaced() {
 
 #[test]
 fn a_stopped_speaker_hands_over() {
-    owner_resolves_then_moves("stopped", |w, i| {
+    let _ = owner_resolves_then_moves("stopped", |w, i| {
         let idx = w.speakers[i].take().expect("running");
         w.lab.terminate(idx);
     });
@@ -216,10 +218,38 @@ fn a_stopped_speaker_hands_over() {
 
 #[test]
 fn an_owner_whose_link_goes_down_is_replaced() {
-    owner_resolves_then_moves("linkdown", |w, i| {
+    let _ = owner_resolves_then_moves("linkdown", |w, i| {
         // Unplug the node: its switch port goes down, the process lives on.
         let sw = w.switch.clone();
         w.lab
             .exec_ok(&sw, &["ip", "link", "set", &format!("p{}", i + 1), "down"]);
     });
+}
+
+#[test]
+fn when_the_link_comes_back_the_owner_takes_its_address_back() {
+    let Some((w, owner)) = owner_resolves_then_moves("heal", |w, i| {
+        let sw = w.switch.clone();
+        w.lab
+            .exec_ok(&sw, &["ip", "link", "set", &format!("p{}", i + 1), "down"]);
+    }) else {
+        return;
+    };
+    let index = w
+        .nodes
+        .iter()
+        .position(|(n, _)| *n == owner)
+        .expect("owner");
+    w.lab.exec_ok(
+        &w.switch,
+        &["ip", "link", "set", &format!("p{}", index + 1), "up"],
+    );
+    let mac = mac_of(&w, ns_of(&w, &owner));
+    let took = wait_mac(
+        &w,
+        V4,
+        &mac,
+        &format!("{V4} to return to {owner} once the partition heals"),
+    );
+    eprintln!("heal: {V4} back on {owner} {took:?} after the link came up");
 }

@@ -122,6 +122,13 @@ impl Config {
             frequency: Duration::from_secs(2),
             num_members: NonZeroUsize::new(1).expect("non-zero"),
         });
+        // A speaker cut off by a link failure declares the others down and they
+        // it; without talking to down members now and then, the two sides would
+        // never learn that the link is back.
+        c.periodic_announce_to_down_members = Some(PeriodicParams {
+            frequency: Duration::from_millis(500),
+            num_members: NonZeroUsize::new(3).expect("non-zero"),
+        });
         c.periodic_gossip = Some(PeriodicParams {
             frequency: self.probe_period,
             num_members: NonZeroUsize::new(3).expect("non-zero"),

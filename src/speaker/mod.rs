@@ -206,6 +206,7 @@ pub async fn run_static(
         Duration::from_secs(config.reannounce_seconds)
     };
     let mut last_announce = tokio::time::Instant::now();
+    let mut trigger = Trigger::Start;
     loop {
         let alive = members.borrow_and_update().clone();
         let want = owned_by(&node, &alive, &config.addresses);
@@ -227,35 +228,44 @@ pub async fn run_static(
             }
         }
         owned = want;
-        // The takeover burst: the first packet at once, so clients move now.
+        // After any change of membership, every owned address gets the burst,
+        // not only the new ones: when a partition heals, clients may have moved
+        // to a node that believed itself owner, and must come back now. The
+        // first packet goes at once.
+        let burst: Vec<IpAddr> = match trigger {
+            Trigger::Start | Trigger::Membership => owned.iter().copied().collect(),
+            Trigger::Tick => Vec::new(),
+        };
         for n in 0..config.announce_count {
-            if n > 0 {
+            if n > 0 && !burst.is_empty() {
                 tokio::time::sleep(Duration::from_millis(config.announce_interval_ms)).await;
             }
-            for ip in &gained {
-                for a in interfaces_of(&config, *ip) {
-                    if let Some(ann) = announcers.get(a) {
-                        ann.announce(*ip);
-                    }
-                }
-            }
+            announce_all(&config, &announcers, &burst);
+        }
+        if !burst.is_empty() {
+            last_announce = tokio::time::Instant::now();
         }
         if last_announce.elapsed() >= reannounce {
             last_announce = tokio::time::Instant::now();
-            for ip in &owned {
-                for a in interfaces_of(&config, *ip) {
-                    if let Some(ann) = announcers.get(a) {
-                        ann.announce(*ip);
-                    }
-                }
-            }
+            announce_all(
+                &config,
+                &announcers,
+                &owned.iter().copied().collect::<Vec<_>>(),
+            );
         }
-        let tick = tokio::time::sleep(reannounce.min(Duration::from_secs(3600)));
-        tokio::select! {
+        let tick =
+            tokio::time::sleep_until(last_announce + reannounce.min(Duration::from_secs(3600)));
+        trigger = tokio::select! {
             _ = shutdown.cancelled() => break,
-            changed = members.changed() => if changed.is_err() { warn!("membership ended"); break },
-            _ = tick => {}
-        }
+            changed = members.changed() => {
+                if changed.is_err() {
+                    warn!("membership ended");
+                    break;
+                }
+                Trigger::Membership
+            }
+            _ = tick => Trigger::Tick,
+        };
     }
     for ip in &owned {
         for a in interfaces_of(&config, *ip) {
@@ -289,6 +299,28 @@ async fn settle(members: &mut tokio::sync::watch::Receiver<BTreeSet<String>>, ha
         match tokio::time::timeout(Duration::from_millis(300), members.changed()).await {
             Err(_) | Ok(Err(_)) => break,
             Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// What woke the speaker's loop.
+#[derive(Clone, Copy)]
+enum Trigger {
+    Start,
+    Membership,
+    Tick,
+}
+
+fn announce_all(
+    config: &StaticConfig,
+    announcers: &BTreeMap<String, Announcer>,
+    addresses: &[IpAddr],
+) {
+    for ip in addresses {
+        for a in interfaces_of(config, *ip) {
+            if let Some(ann) = announcers.get(a) {
+                ann.announce(*ip);
+            }
         }
     }
 }

@@ -128,6 +128,11 @@ impl Lab {
         self.children.len() - 1
     }
 
+    /// The process id of a process started with [`Lab::spawn`].
+    pub fn pid(&self, index: usize) -> u32 {
+        self.children[index].id()
+    }
+
     /// Sends SIGTERM to a process started with [`Lab::spawn`] and waits for it.
     pub fn terminate(&mut self, index: usize) {
         let pid = self.children[index].id().to_string();
