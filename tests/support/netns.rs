@@ -4,6 +4,8 @@
 //! counter, so runs can overlap; everything is removed on drop, even when the
 //! test panics.
 
+#![allow(dead_code)] // shared by tests and the failover bench, each using a part
+
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
