@@ -253,3 +253,63 @@ fn when_the_link_comes_back_the_owner_takes_its_address_back() {
     );
     eprintln!("heal: {V4} back on {owner} {took:?} after the link came up");
 }
+
+/// Asks for `address` every 100 ms for `seconds` from the client's eth0 with
+/// raw ARP requests, and returns every MAC that answered.
+fn arp_answerers(w: &World, address: &str, seconds: f64) -> BTreeSet<String> {
+    const SAMPLER: &str = r#"
+import socket, struct, sys, time
+target, seconds = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0)); s.settimeout(0.05)
+mac = s.getsockname()[4]
+me = socket.inet_aton("10.77.0.50"); want = socket.inet_aton(target)
+req = b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + me + b"\x00" * 6 + want
+seen = set(); end = time.monotonic() + seconds; next_ask = 0
+while time.monotonic() < end:
+    if time.monotonic() >= next_ask:
+        s.send(req); next_ask = time.monotonic() + 0.1
+    try:
+        f = s.recv(128)
+    except socket.timeout:
+        continue
+    if len(f) >= 42 and f[20:22] == b"\x00\x02" and f[28:32] == want:
+        seen.add(":".join("%02x" % b for b in f[22:28]))
+print(" ".join(sorted(seen)))
+"#;
+    let out = w.lab.exec_ok(
+        &w.client,
+        &["python3", "-c", SAMPLER, address, &seconds.to_string()],
+    );
+    out.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn in_steady_state_exactly_one_node_answers() {
+    let Some((mut w, owner)) = owner_resolves_then_moves("steady", |w, i| {
+        let idx = w.speakers[i].take().expect("running");
+        w.lab.kill(idx);
+    }) else {
+        return;
+    };
+    let all = ["node-1", "node-2", "node-3"];
+    let alive: Vec<&str> = all.iter().copied().filter(|n| *n != owner).collect();
+    let next = expected_owner(&alive, V4);
+    assert_eq!(
+        arp_answerers(&w, V4, 10.0),
+        BTreeSet::from([mac_of(&w, ns_of(&w, &next))])
+    );
+
+    // The killed speaker comes back: the address returns to it, and again only
+    // one node answers.
+    let index = w
+        .nodes
+        .iter()
+        .position(|(n, _)| *n == owner)
+        .expect("owner");
+    let idx = start_speaker(&mut w, index);
+    w.speakers[index] = Some(idx);
+    let mac = mac_of(&w, ns_of(&w, &owner));
+    wait_mac(&w, V4, &mac, &format!("{V4} to return to {owner}"));
+    assert_eq!(arp_answerers(&w, V4, 10.0), BTreeSet::from([mac]));
+}
