@@ -313,3 +313,75 @@ fn in_steady_state_exactly_one_node_answers() {
     wait_mac(&w, V4, &mac, &format!("{V4} to return to {owner}"));
     assert_eq!(arp_answerers(&w, V4, 10.0), BTreeSet::from([mac]));
 }
+
+#[test]
+fn five_percent_packet_loss_causes_no_false_failover() {
+    let Some(w) = world("lossy") else {
+        return;
+    };
+    let all = ["node-1", "node-2", "node-3"];
+    let owner = expected_owner(&all, V4);
+    let mac = mac_of(&w, ns_of(&w, &owner));
+    wait_mac(&w, V4, &mac, &format!("{V4} to resolve to {owner}"));
+    // Every node drops 5 % of the gossip datagrams it receives.
+    for (_, ns) in &w.nodes {
+        w.lab.exec_ok(ns, &["nft", "add", "table", "inet", "lossy"]);
+        w.lab.exec_ok(
+            ns,
+            &[
+                "nft",
+                "add chain inet lossy input { type filter hook input priority 0 ; }",
+            ],
+        );
+        w.lab.exec_ok(
+            ns,
+            &[
+                "nft",
+                "add rule inet lossy input udp dport 7946 numgen random mod 100 < 5 counter drop",
+            ],
+        );
+    }
+    let before: Vec<usize> = (1..=3).map(|i| membership_changes(&w, i)).collect();
+    std::thread::sleep(std::time::Duration::from_secs(20));
+    let after: Vec<usize> = (1..=3).map(|i| membership_changes(&w, i)).collect();
+    let dropped: usize = w
+        .nodes
+        .iter()
+        .map(|(_, ns)| {
+            let rules = w
+                .lab
+                .exec_ok(ns, &["nft", "list", "table", "inet", "lossy"]);
+            rules
+                .split("packets ")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(
+        dropped > 0,
+        "the loss rule dropped nothing: the test would prove nothing"
+    );
+    assert_eq!(
+        before,
+        after,
+        "membership changed under 5 % loss ({dropped} datagrams dropped); logs:\n{}",
+        logs(&w)
+    );
+    assert_eq!(
+        resolve(&w, V4).as_deref(),
+        Some(mac.as_str()),
+        "the address stayed on {owner}"
+    );
+    eprintln!("lossy: {dropped} gossip datagrams dropped in 20 s, no membership change");
+}
+
+/// How many times node `i`'s speaker has logged a membership change.
+fn membership_changes(w: &World, i: usize) -> usize {
+    std::fs::read_to_string(w.dir.join(format!("node-{i}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("membership"))
+        .count()
+}

@@ -209,6 +209,9 @@ pub async fn run_static(
     let mut trigger = Trigger::Start;
     loop {
         let alive = members.borrow_and_update().clone();
+        if !matches!(trigger, Trigger::Tick) {
+            info!(members = ?alive, "membership");
+        }
         let want = owned_by(&node, &alive, &config.addresses);
         for ip in owned.difference(&want) {
             for a in interfaces_of(&config, *ip) {
