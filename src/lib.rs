@@ -9,6 +9,7 @@
 //! - [`controller`]: watches Services and pools, drives the allocator, writes
 //!   Service status, pool status and events. Its decisions are a pure pass
 //!   ([`controller::plan`]); the rest is I/O.
+//! - [`http`]: `/healthz`, `/readyz` and `/metrics` for every process.
 //! - [`election`]: which node announces an address: eligibility and rendezvous
 //!   hashing. Pure.
 //! - [`l2`]: ARP and Neighbor Discovery frames (pure codecs) and the raw-socket
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod controller;
 pub mod election;
+pub mod http;
 pub mod ipam;
 pub mod l2;
 pub mod membership;

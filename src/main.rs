@@ -47,6 +47,9 @@ struct SpeakerArgs {
     /// This node's name (default: the file's `node`, else the host name).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
+    /// Where /healthz, /readyz and /metrics listen.
+    #[arg(long, default_value = "0.0.0.0:9121")]
+    metrics_addr: SocketAddr,
 }
 
 #[derive(Args)]
@@ -162,7 +165,10 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
                 .trim()
                 .to_string()
         });
-    ironlb::speaker::run_static(config, node, shutdown_on_signal()).await?;
+    let listener = ironlb::http::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    ironlb::speaker::run_static(config, node, Some(listener), shutdown_on_signal()).await?;
     Ok(())
 }
 
@@ -258,11 +264,15 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     };
     let shutdown = shutdown_on_signal();
     let metrics = Arc::new(metrics::Metrics::default());
-    let listener = metrics::bind(args.metrics_addr)
+    let listener = ironlb::http::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
     info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
-    let http = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+    let http = tokio::spawn(ironlb::http::serve(
+        listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let result =
         controller::run_with_leader_election(client, config, metrics, shutdown.clone()).await;
     shutdown.cancel();

@@ -385,3 +385,59 @@ fn membership_changes(w: &World, i: usize) -> usize {
         .filter(|l| l.contains("membership"))
         .count()
 }
+
+fn metrics_of(w: &World, ns: &str) -> String {
+    const FETCH: &str = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())";
+    w.lab.exec_ok(ns, &["python3", "-c", FETCH])
+}
+
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+}
+
+#[test]
+fn metrics_show_who_announces_and_who_answered() {
+    let Some(w) = world("metrics") else {
+        return;
+    };
+    let all = ["node-1", "node-2", "node-3"];
+    let owner = expected_owner(&all, V4);
+    let v6_owner = expected_owner(&all, V6);
+    let mac = mac_of(&w, ns_of(&w, &owner));
+    wait_mac(&w, V4, &mac, &format!("{V4} to resolve to {owner}"));
+    // The first resolution may have been settled by the takeover burst; ask
+    // again, now that it is over, so the answer has to come from the owner.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    w.lab.exec_ok(&w.client, &["ip", "neigh", "flush", "dev", "eth0"]);
+    wait_mac(&w, V4, &mac, &format!("{V4} to resolve to {owner} again"));
+    for (name, ns) in &w.nodes {
+        let m = metrics_of(&w, ns);
+        let expected = usize::from(*name == owner) + usize::from(*name == v6_owner);
+        assert_eq!(
+            value(&m, "ironlb_speaker_announced_addresses"),
+            expected as f64,
+            "{name}"
+        );
+        assert_eq!(value(&m, "ironlb_speaker_members"), 3.0, "{name}");
+        let answered = value(&m, "ironlb_speaker_arp_answered_total{interface=\"eth0\"}");
+        if *name == owner {
+            assert!(answered >= 1.0, "{name} answered the client");
+            assert!(
+                value(
+                    &m,
+                    "ironlb_speaker_gratuitous_sent_total{interface=\"eth0\"}"
+                ) >= 3.0
+            );
+        } else {
+            assert_eq!(
+                answered, 0.0,
+                "{name} does not own {V4} and must not answer"
+            );
+        }
+    }
+}

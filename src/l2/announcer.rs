@@ -9,7 +9,9 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -23,13 +25,13 @@ use super::packet::{self, ArpOp, MacAddr, Message};
 #[derive(Debug, Default)]
 pub struct Counters {
     /// ARP requests answered.
-    pub arp_answered: AtomicU64,
+    pub arp_answered: Counter,
     /// Neighbor Solicitations answered.
-    pub ns_answered: AtomicU64,
+    pub ns_answered: Counter,
     /// Gratuitous ARP and unsolicited advertisements sent.
-    pub gratuitous_sent: AtomicU64,
+    pub gratuitous_sent: Counter,
     /// Frames that could not be read.
-    pub malformed: AtomicU64,
+    pub malformed: Counter,
 }
 
 /// Answers for owned addresses on one interface until stopped.
@@ -101,7 +103,7 @@ impl Announcer {
                                 | packet::DropReason::NotNeighborDiscovery,
                             ) => None,
                             Err(reason) => {
-                                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                                counters.malformed.inc();
                                 debug!(interface = %name, reason = reason.label(), "dropped a frame");
                                 None
                             }
@@ -111,7 +113,7 @@ impl Announcer {
                                 Message::Arp(_) => &counters.arp_answered,
                                 _ => &counters.ns_answered,
                             };
-                            counter.fetch_add(1, Ordering::Relaxed);
+                            counter.inc();
                             send(&tx, &reply.encode(), &name);
                         }
                     }
@@ -154,9 +156,7 @@ impl Announcer {
             IpAddr::V4(v4) => Message::Arp(packet::gratuitous_arp(self.mac, v4)),
             IpAddr::V6(v6) => Message::NeighborAdvert(packet::unsolicited_advert(self.mac, v6)),
         };
-        self.counters
-            .gratuitous_sent
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.gratuitous_sent.inc();
         send(&self.tx, &frame.encode(), &self.interface);
     }
 

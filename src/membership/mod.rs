@@ -18,11 +18,11 @@
 //! shared secret; a datagram without the right tag is dropped and counted
 //! before `foca` sees it.
 
+use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use foca::{
@@ -161,11 +161,11 @@ pub fn open<'a>(secret: &[u8], datagram: &'a [u8]) -> Option<&'a [u8]> {
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Datagrams dropped for a missing or wrong tag.
-    pub bad_tag: AtomicU64,
+    pub bad_tag: Counter,
     /// Datagrams `foca` refused.
-    pub rejected: AtomicU64,
+    pub rejected: Counter,
     /// Membership changes seen.
-    pub changes: AtomicU64,
+    pub changes: Counter,
 }
 
 /// A running member of the group.
@@ -287,12 +287,12 @@ async fn run(
                 let Ok((len, from)) = received else { continue };
                 match open(&config.secret, &buf[..len]) {
                     None => {
-                        counters.bad_tag.fetch_add(1, Ordering::Relaxed);
+                        counters.bad_tag.inc();
                         debug!(%from, "dropped a datagram with a bad tag");
                     }
                     Some(payload) => {
                         if foca.handle_data(payload, &mut runtime).is_err() {
-                            counters.rejected.fetch_add(1, Ordering::Relaxed);
+                            counters.rejected.inc();
                         }
                     }
                 }
@@ -340,7 +340,7 @@ async fn flush(
         changed = true;
     }
     if changed {
-        counters.changes.fetch_add(1, Ordering::Relaxed);
+        counters.changes.inc();
         let mut alive: BTreeSet<String> =
             foca.iter_members().map(|m| m.id().node.clone()).collect();
         alive.insert(foca.identity().node.clone());

@@ -23,6 +23,8 @@ use crate::election::{self, Constraints, Node};
 use crate::l2::announcer::Announcer;
 use crate::membership::{self, Membership};
 
+pub mod metrics;
+
 /// A speaker's configuration from a file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -177,6 +179,7 @@ pub fn owned_by(
 pub async fn run_static(
     config: StaticConfig,
     node: String,
+    http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut announcers: BTreeMap<String, Announcer> = BTreeMap::new();
@@ -197,8 +200,18 @@ pub async fn run_static(
         ),
     )?;
     info!(%node, listen = %config.gossip.listen, "speaker started");
+    let mut m = metrics::Metrics::default();
+    for (name, ann) in &announcers {
+        m.register_announcer(name, ann.counters());
+    }
+    m.register_membership(membership.counters());
+    let m = std::sync::Arc::new(m);
+    if let Some(listener) = http {
+        tokio::spawn(crate::http::serve(listener, m.clone(), shutdown.clone()));
+    }
     let mut members = membership.members();
     settle(&mut members, !config.gossip.seeds.is_empty()).await;
+    m.set_ready();
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
     let reannounce = if config.reannounce_seconds == 0 {
         Duration::MAX
@@ -213,6 +226,7 @@ pub async fn run_static(
             info!(members = ?alive, "membership");
         }
         let want = owned_by(&node, &alive, &config.addresses);
+        m.observe(want.len(), alive.len());
         for ip in owned.difference(&want) {
             for a in interfaces_of(&config, *ip) {
                 if let Some(ann) = announcers.get(a) {
