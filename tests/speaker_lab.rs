@@ -413,7 +413,8 @@ fn metrics_show_who_announces_and_who_answered() {
     // The first resolution may have been settled by the takeover burst; ask
     // again, now that it is over, so the answer has to come from the owner.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    w.lab.exec_ok(&w.client, &["ip", "neigh", "flush", "dev", "eth0"]);
+    w.lab
+        .exec_ok(&w.client, &["ip", "neigh", "flush", "dev", "eth0"]);
     wait_mac(&w, V4, &mac, &format!("{V4} to resolve to {owner} again"));
     for (name, ns) in &w.nodes {
         let m = metrics_of(&w, ns);

@@ -254,6 +254,13 @@ async fn run(
     let mut runtime = AccumulatingRuntime::new();
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<Peer>>();
     let mut buf = vec![0u8; 65536];
+    let wire = Wire {
+        socket,
+        secret: config.secret.clone(),
+        timers: timer_tx,
+        members,
+        counters,
+    };
     for addr in &config.seeds {
         let placeholder = Peer {
             node: String::new(),
@@ -265,16 +272,7 @@ async fn run(
         }
     }
     loop {
-        flush(
-            &socket,
-            &config.secret,
-            &mut runtime,
-            &timer_tx,
-            &foca,
-            &members,
-            &counters,
-        )
-        .await;
+        wire.flush(&mut runtime, &foca).await;
         tokio::select! {
             _ = stop.cancelled() => break,
             timer = timers.recv() => {
@@ -283,16 +281,16 @@ async fn run(
                     debug!(error = %e, "timer");
                 }
             }
-            received = socket.recv_from(&mut buf) => {
+            received = wire.socket.recv_from(&mut buf) => {
                 let Ok((len, from)) = received else { continue };
-                match open(&config.secret, &buf[..len]) {
+                match open(&wire.secret, &buf[..len]) {
                     None => {
-                        counters.bad_tag.inc();
+                        wire.counters.bad_tag.inc();
                         debug!(%from, "dropped a datagram with a bad tag");
                     }
                     Some(payload) => {
                         if foca.handle_data(payload, &mut runtime).is_err() {
-                            counters.rejected.inc();
+                            wire.counters.rejected.inc();
                         }
                     }
                 }
@@ -302,57 +300,61 @@ async fn run(
     if let Err(e) = foca.leave_cluster(&mut runtime) {
         warn!(error = %e, "leaving the group");
     }
-    flush(
-        &socket,
-        &config.secret,
-        &mut runtime,
-        &timer_tx,
-        &foca,
-        &members,
-        &counters,
-    )
-    .await;
+    wire.flush(&mut runtime, &foca).await;
 }
 
-async fn flush(
-    socket: &UdpSocket,
-    secret: &[u8],
-    runtime: &mut AccumulatingRuntime<Peer>,
-    timers: &mpsc::UnboundedSender<Timer<Peer>>,
-    foca: &Foca<Peer, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
-    members: &watch::Sender<BTreeSet<String>>,
-    counters: &Counters,
-) {
-    while let Some((to, data)) = runtime.to_send() {
-        if let Err(e) = socket.send_to(&seal(secret, &data), to.addr).await {
-            debug!(error = %e, to = %to.addr, "send failed");
-        }
-    }
-    while let Some((after, timer)) = runtime.to_schedule() {
-        let timers = timers.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = timers.send(timer);
-        });
-    }
-    let mut changed = false;
-    while runtime.to_notify().is_some() {
-        changed = true;
-    }
-    if changed {
-        counters.changes.inc();
-        let mut alive: BTreeSet<String> =
-            foca.iter_members().map(|m| m.id().node.clone()).collect();
-        alive.insert(foca.identity().node.clone());
-        alive.remove("");
-        members.send_if_modified(|current| {
-            if *current == alive {
-                false
-            } else {
-                *current = alive;
-                true
+/// Where `foca`'s output goes: the socket, the timer queue, the member list.
+struct Wire {
+    socket: UdpSocket,
+    secret: Vec<u8>,
+    timers: mpsc::UnboundedSender<Timer<Peer>>,
+    members: watch::Sender<BTreeSet<String>>,
+    counters: Arc<Counters>,
+}
+
+impl Wire {
+    /// Sends what `foca` queued, schedules its timers, and publishes the
+    /// member list when it changed.
+    async fn flush(
+        &self,
+        runtime: &mut AccumulatingRuntime<Peer>,
+        foca: &Foca<Peer, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
+    ) {
+        while let Some((to, data)) = runtime.to_send() {
+            if let Err(e) = self
+                .socket
+                .send_to(&seal(&self.secret, &data), to.addr)
+                .await
+            {
+                debug!(error = %e, to = %to.addr, "send failed");
             }
-        });
+        }
+        while let Some((after, timer)) = runtime.to_schedule() {
+            let timers = self.timers.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = timers.send(timer);
+            });
+        }
+        let mut changed = false;
+        while runtime.to_notify().is_some() {
+            changed = true;
+        }
+        if changed {
+            self.counters.changes.inc();
+            let mut alive: BTreeSet<String> =
+                foca.iter_members().map(|m| m.id().node.clone()).collect();
+            alive.insert(foca.identity().node.clone());
+            alive.remove("");
+            self.members.send_if_modified(|current| {
+                if *current == alive {
+                    false
+                } else {
+                    *current = alive;
+                    true
+                }
+            });
+        }
     }
 }
 
