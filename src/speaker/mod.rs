@@ -24,6 +24,7 @@ use crate::l2::announcer::Announcer;
 use crate::membership::{self, Membership};
 
 pub mod metrics;
+pub mod view;
 
 /// A speaker's configuration from a file.
 #[derive(Clone, Debug, Deserialize)]

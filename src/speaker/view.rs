@@ -1,0 +1,467 @@
+//! The speaker's view of a cluster, as a pure function: from Services, pools,
+//! L2Advertisements, Nodes and EndpointSlices to the addresses to announce and
+//! who may announce each.
+//!
+//! The watchers that feed it are thin; every decision is here, so tests need no
+//! API server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Node as K8sNode, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+
+use crate::api::{IPAddressPool, L2Advertisement};
+use crate::controller::translate;
+use crate::election::{Constraints, Node};
+use crate::ipam::{Allocator, LabelSelector, ServiceKey};
+
+/// One address to announce, and the rules for who may.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    /// The address.
+    pub address: IpAddr,
+    /// Its pool.
+    pub pool: String,
+    /// The Services on it.
+    pub services: Vec<ServiceKey>,
+    /// Interfaces named by the advertisements; empty: choose by subnet.
+    pub interfaces: Vec<String>,
+    /// Node selectors and local endpoints.
+    pub constraints: Constraints,
+}
+
+/// Everything the speaker reads from the cluster.
+pub struct ClusterView<'a> {
+    /// All Services.
+    pub services: Vec<&'a Service>,
+    /// All pools.
+    pub pools: Vec<&'a IPAddressPool>,
+    /// All advertisements.
+    pub advertisements: Vec<&'a L2Advertisement>,
+    /// All EndpointSlices.
+    pub slices: Vec<&'a EndpointSlice>,
+    /// Serve Services without a class.
+    pub default_class: bool,
+}
+
+/// The addresses to announce. An address whose pool no advertisement selects is
+/// allocated but not announced, as in MetalLB; so is one outside every pool.
+pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
+    let specs: Vec<_> = view
+        .pools
+        .iter()
+        .filter_map(|p| translate::pool_spec(p).ok())
+        .collect();
+    let (pools, _) = Allocator::new(&specs);
+    let pool_labels: BTreeMap<String, BTreeMap<String, String>> = view
+        .pools
+        .iter()
+        .map(|p| (p.name_any(), p.labels().clone()))
+        .collect();
+
+    let mut by_address: BTreeMap<IpAddr, Vec<&Service>> = BTreeMap::new();
+    for svc in &view.services {
+        if translate::is_eligible(svc, view.default_class) {
+            for ip in translate::status_addresses(svc) {
+                by_address.entry(ip).or_default().push(svc);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (address, services) in by_address {
+        let Some(pool) = pools.pool_of(address).map(str::to_string) else {
+            continue;
+        };
+        let labels = pool_labels.get(&pool).cloned().unwrap_or_default();
+        let ads: Vec<&&L2Advertisement> = view
+            .advertisements
+            .iter()
+            .filter(|ad| selects_pool(ad, &pool, &labels))
+            .collect();
+        if ads.is_empty() {
+            continue;
+        }
+        let mut interfaces: BTreeSet<String> = BTreeSet::new();
+        let mut node_selectors = Vec::new();
+        let mut any_ad_selects_all_nodes = false;
+        for ad in &ads {
+            interfaces.extend(ad.spec.interfaces.iter().cloned());
+            if ad.spec.node_selectors.is_empty() {
+                any_ad_selects_all_nodes = true;
+            }
+            node_selectors.extend(
+                ad.spec
+                    .node_selectors
+                    .iter()
+                    .filter_map(|s| translate::selector(s).ok()),
+            );
+        }
+        if any_ad_selects_all_nodes {
+            node_selectors.clear();
+        } else if node_selectors.is_empty() {
+            // Every selector was unreadable: nobody may announce.
+            node_selectors.push(nothing());
+        }
+        // Every Service with externalTrafficPolicy Local needs a ready endpoint
+        // on the announcing node.
+        let local_endpoints = services
+            .iter()
+            .filter(|s| {
+                s.spec
+                    .as_ref()
+                    .and_then(|sp| sp.external_traffic_policy.as_deref())
+                    == Some("Local")
+            })
+            .map(|s| ready_nodes(s, &view.slices))
+            .reduce(|a, b| a.intersection(&b).cloned().collect());
+        out.push(Announcement {
+            address,
+            pool,
+            services: services.iter().map(|s| translate::service_key(s)).collect(),
+            interfaces: interfaces.into_iter().collect(),
+            constraints: Constraints {
+                node_selectors,
+                local_endpoints,
+            },
+        });
+    }
+    out
+}
+
+/// A selector that matches no node: a key no label can have twice.
+fn nothing() -> LabelSelector {
+    LabelSelector {
+        match_labels: Default::default(),
+        match_expressions: vec![
+            crate::ipam::Requirement {
+                key: "ironlb.dev/unreadable-node-selector".into(),
+                operator: crate::ipam::Operator::Exists,
+                values: vec![],
+            },
+            crate::ipam::Requirement {
+                key: "ironlb.dev/unreadable-node-selector".into(),
+                operator: crate::ipam::Operator::DoesNotExist,
+                values: vec![],
+            },
+        ],
+    }
+}
+
+fn selects_pool(ad: &L2Advertisement, pool: &str, labels: &BTreeMap<String, String>) -> bool {
+    let spec = &ad.spec;
+    if spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty() {
+        return true;
+    }
+    spec.ip_address_pools.iter().any(|p| p == pool)
+        || spec
+            .ip_address_pool_selectors
+            .iter()
+            .filter_map(|s| translate::selector(s).ok())
+            .any(|s| s.matches(labels))
+}
+
+/// Nodes with a ready endpoint of `svc`; serving-but-terminating endpoints
+/// count only when no endpoint is ready, as kube-proxy does.
+fn ready_nodes(svc: &Service, slices: &[&EndpointSlice]) -> BTreeSet<String> {
+    let name = svc.name_any();
+    let namespace = svc.namespace().unwrap_or_default();
+    let endpoints: Vec<_> = slices
+        .iter()
+        .filter(|s| {
+            s.namespace().as_deref() == Some(namespace.as_str())
+                && s.labels().get("kubernetes.io/service-name") == Some(&name)
+        })
+        .flat_map(|s| s.endpoints.iter())
+        .collect();
+    let ready: BTreeSet<String> = endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter_map(|e| e.node_name.clone())
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.serving) == Some(true))
+        .filter_map(|e| e.node_name.clone())
+        .collect()
+}
+
+/// The election's view of the nodes: alive members with their labels and
+/// network condition. A member without a Node object is still a node (its
+/// labels unknown); a Node without a live speaker is not.
+pub fn nodes(members: &BTreeSet<String>, objects: &[&K8sNode]) -> Vec<Node> {
+    members
+        .iter()
+        .map(|name| {
+            let object = objects.iter().find(|n| n.name_any() == *name);
+            Node {
+                name: name.clone(),
+                labels: object.map(|n| n.labels().clone()).unwrap_or_default(),
+                alive: true,
+                network_unavailable: object
+                    .and_then(|n| n.status.as_ref())
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+                    }),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{IPAddressPoolSpec, L2AdvertisementSpec};
+    use crate::election;
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, NodeCondition, NodeStatus, ServiceSpec,
+        ServiceStatus,
+    };
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as K8sSelector;
+    use kube::api::ObjectMeta;
+
+    fn svc(name: &str, ip: &str, local: bool) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                external_traffic_policy: Some(if local { "Local" } else { "Cluster" }.into()),
+                ..Default::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some(ip.into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn pool(name: &str, cidr: &str) -> IPAddressPool {
+        IPAddressPool::new(
+            name,
+            IPAddressPoolSpec {
+                addresses: vec![cidr.into()],
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                service_allocation: None,
+            },
+        )
+    }
+
+    fn ad(name: &str, spec: L2AdvertisementSpec) -> L2Advertisement {
+        L2Advertisement::new(name, spec)
+    }
+
+    fn slice(service: &str, endpoints: &[(&str, bool, bool)]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some(format!("{service}-abc")),
+                labels: Some(
+                    [(
+                        "kubernetes.io/service-name".to_string(),
+                        service.to_string(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: endpoints
+                .iter()
+                .map(|(node, ready, serving)| Endpoint {
+                    addresses: vec!["10.42.0.5".into()],
+                    node_name: Some(node.to_string()),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        serving: Some(*serving),
+                        terminating: Some(!*ready),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: None,
+        }
+    }
+
+    fn view<'a>(
+        services: &'a [Service],
+        pools: &'a [IPAddressPool],
+        ads: &'a [L2Advertisement],
+        slices: &'a [EndpointSlice],
+    ) -> Vec<Announcement> {
+        announcements(&ClusterView {
+            services: services.iter().collect(),
+            pools: pools.iter().collect(),
+            advertisements: ads.iter().collect(),
+            slices: slices.iter().collect(),
+            default_class: true,
+        })
+    }
+
+    #[test]
+    fn a_pool_without_an_advertisement_is_not_announced() {
+        let services = [svc("a", "10.0.0.1", false), svc("b", "10.0.1.1", false)];
+        let pools = [pool("lan", "10.0.0.0/24"), pool("quiet", "10.0.1.0/24")];
+        let ads = [ad(
+            "lan",
+            L2AdvertisementSpec {
+                ip_address_pools: vec!["lan".into()],
+                interfaces: vec!["eth0".into()],
+                ..Default::default()
+            },
+        )];
+        let out = view(&services, &pools, &ads, &[]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].address, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (out[0].pool.as_str(), out[0].interfaces.clone()),
+            ("lan", vec!["eth0".to_string()])
+        );
+    }
+
+    #[test]
+    fn an_advertisement_without_pools_announces_every_pool_and_selectors_combine() {
+        let services = [svc("a", "10.0.0.1", false)];
+        let pools = [pool("lan", "10.0.0.0/24")];
+        let zone = |z: &str| K8sSelector {
+            match_labels: Some([("zone".to_string(), z.to_string())].into()),
+            match_expressions: None,
+        };
+        let ads = [
+            ad(
+                "a",
+                L2AdvertisementSpec {
+                    node_selectors: vec![zone("a")],
+                    ..Default::default()
+                },
+            ),
+            ad(
+                "b",
+                L2AdvertisementSpec {
+                    node_selectors: vec![zone("b")],
+                    ..Default::default()
+                },
+            ),
+        ];
+        let out = view(&services, &pools, &ads, &[]);
+        assert_eq!(
+            out[0].constraints.node_selectors.len(),
+            2,
+            "either advertisement's nodes may announce"
+        );
+        let nodes = [("n1", "a"), ("n2", "b"), ("n3", "c")].map(|(n, z)| Node {
+            name: n.into(),
+            labels: [("zone".to_string(), z.to_string())].into(),
+            alive: true,
+            network_unavailable: false,
+        });
+        let owner = election::owner(out[0].address, &nodes, &out[0].constraints).unwrap();
+        assert_ne!(owner.name, "n3");
+    }
+
+    #[test]
+    fn local_traffic_needs_a_ready_endpoint_or_else_a_serving_one() {
+        let services = [svc("web", "10.0.0.1", true)];
+        let pools = [pool("lan", "10.0.0.0/24")];
+        let ads = [ad("all", L2AdvertisementSpec::default())];
+        let ready = [slice("web", &[("n1", false, true), ("n2", true, true)])];
+        let out = view(&services, &pools, &ads, &ready);
+        assert_eq!(
+            out[0].constraints.local_endpoints,
+            Some(["n2".to_string()].into())
+        );
+        let only_terminating = [slice("web", &[("n1", false, true), ("n3", false, false)])];
+        let out = view(&services, &pools, &ads, &only_terminating);
+        assert_eq!(
+            out[0].constraints.local_endpoints,
+            Some(["n1".to_string()].into())
+        );
+        let none = [slice("web", &[])];
+        let out = view(&services, &pools, &ads, &none);
+        assert_eq!(
+            out[0].constraints.local_endpoints,
+            Some(BTreeSet::new()),
+            "nobody may announce"
+        );
+    }
+
+    #[test]
+    fn services_sharing_an_address_are_one_announcement() {
+        let services = [svc("tcp", "10.0.0.1", false), svc("udp", "10.0.0.1", false)];
+        let pools = [pool("lan", "10.0.0.0/24")];
+        let ads = [ad("all", L2AdvertisementSpec::default())];
+        let out = view(&services, &pools, &ads, &[]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].services.len(), 2);
+    }
+
+    #[test]
+    fn nodes_carry_labels_and_network_condition_of_live_members_only() {
+        let object = K8sNode {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some(
+                    [(
+                        crate::api::EXCLUDE_FROM_EXTERNAL_LB_LABEL.to_string(),
+                        String::new(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "NetworkUnavailable".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        let dead = K8sNode {
+            metadata: ObjectMeta {
+                name: Some("n9".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let members: BTreeSet<String> = ["n1".to_string(), "n2".to_string()].into();
+        let nodes = nodes(&members, &[&object, &dead]);
+        assert_eq!(
+            nodes.len(),
+            2,
+            "a Node without a live speaker is no candidate"
+        );
+        assert!(
+            nodes[0].network_unavailable
+                && nodes[0]
+                    .labels
+                    .contains_key(crate::api::EXCLUDE_FROM_EXTERNAL_LB_LABEL)
+        );
+        assert_eq!(
+            election::eligibility(&nodes[0], &Constraints::default()),
+            Err(election::Ineligible::Excluded)
+        );
+        assert_eq!(
+            election::eligibility(&nodes[1], &Constraints::default()),
+            Ok(())
+        );
+    }
+}
