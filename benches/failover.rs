@@ -97,26 +97,9 @@ fn owner(alive: &[String]) -> usize {
 }
 
 fn start_speaker(b: &mut Bench, i: usize) -> usize {
-    let seeds: Vec<String> = (1..=3)
-        .filter(|j| *j != i + 1)
-        .map(|j| format!("10.88.0.1{j}:7946"))
-        .collect();
-    let config = format!(
-        "node: node-{n}\ngossip:\n  listen: 10.88.0.1{n}:7946\n  seeds: [{s}]\n  secret: bench\n\
-         addresses:\n  - address: {ADDRESS}\n    interfaces: [eth0]\n",
-        n = i + 1,
-        s = seeds.join(", ")
-    );
-    let path = b.dir.join(format!("node-{}.yaml", i + 1));
-    std::fs::write(&path, config).expect("config");
-    let log = b.dir.join(format!("node-{}.log", i + 1));
     let ns = b.nodes[i].clone();
-    b.lab.spawn(
-        &ns,
-        env!("CARGO_BIN_EXE_ironlb"),
-        &["speaker", "--static", path.to_str().expect("utf-8")],
-        &log,
-    )
+    b.lab
+        .start_speaker(&ns, &b.dir, i + 1, "10.88.0", &[ADDRESS])
 }
 
 fn start_listener(b: &mut Bench, i: usize) -> usize {

@@ -64,26 +64,9 @@ fn world(test: &str) -> Option<World> {
 }
 
 fn start_speaker(w: &mut World, i: usize) -> usize {
-    let seeds: Vec<String> = (1..=3)
-        .filter(|j| *j != i + 1)
-        .map(|j| format!("10.77.0.1{j}:7946"))
-        .collect();
-    let config = format!(
-        "node: node-{n}\ngossip:\n  listen: 10.77.0.1{n}:7946\n  seeds: [{seeds}]\n  secret: lab-secret\n\
-         addresses:\n  - address: {V4}\n    interfaces: [eth0]\n  - address: {V6}\n    interfaces: [eth0]\n",
-        n = i + 1,
-        seeds = seeds.join(", ")
-    );
-    let path = w.dir.join(format!("node-{}.yaml", i + 1));
-    std::fs::write(&path, config).expect("write config");
-    let log = w.dir.join(format!("node-{}.log", i + 1));
     let ns = w.nodes[i].1.clone();
-    w.lab.spawn(
-        &ns,
-        env!("CARGO_BIN_EXE_ironlb"),
-        &["speaker", "--static", path.to_str().expect("utf-8")],
-        &log,
-    )
+    w.lab
+        .start_speaker(&ns, &w.dir, i + 1, "10.77.0", &[V4, V6])
 }
 
 fn mac_of(w: &World, ns: &str) -> String {

@@ -88,16 +88,6 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// A short label for metrics and logs.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::CacheNotReady(_) => "cache_not_ready",
-            Error::LeaderElection { .. } => "leader_election",
-        }
-    }
-}
-
 /// Runs the controller while this replica holds the Lease, stands by otherwise,
 /// until `shutdown`.
 pub async fn run_with_leader_election(

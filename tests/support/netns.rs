@@ -130,6 +130,39 @@ impl Lab {
         self.children.len() - 1
     }
 
+    /// Starts `ironlb speaker --static` in `ns` as `node-{i}` (1 to 3) of a
+    /// three-node group whose members gossip on `{subnet}.1{i}:7946`, announcing
+    /// `addresses` on `eth0`. Its configuration and log go to `dir`.
+    pub fn start_speaker(
+        &mut self,
+        ns: &str,
+        dir: &std::path::Path,
+        i: usize,
+        subnet: &str,
+        addresses: &[&str],
+    ) -> usize {
+        let seeds: Vec<String> = (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| format!("{subnet}.1{j}:7946"))
+            .collect();
+        let mut config = format!(
+            "node: node-{i}\ngossip:\n  listen: {subnet}.1{i}:7946\n  seeds: [{}]\n  secret: lab-secret\naddresses:\n",
+            seeds.join(", ")
+        );
+        for a in addresses {
+            config.push_str(&format!("  - address: {a}\n    interfaces: [eth0]\n"));
+        }
+        let path = dir.join(format!("node-{i}.yaml"));
+        std::fs::write(&path, config).expect("write speaker config");
+        let log = dir.join(format!("node-{i}.log"));
+        self.spawn(
+            ns,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &["speaker", "--static", path.to_str().expect("utf-8 path")],
+            &log,
+        )
+    }
+
     /// The process id of a process started with [`Lab::spawn`].
     pub fn pid(&self, index: usize) -> u32 {
         self.children[index].id()
