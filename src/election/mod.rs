@@ -40,6 +40,8 @@ pub struct Constraints {
     /// With `externalTrafficPolicy: Local`: the nodes that have a ready endpoint
     /// of the Service. `None` for `Cluster`.
     pub local_endpoints: Option<BTreeSet<String>>,
+    /// Nodes named by a static configuration; `None`: any.
+    pub allowed_nodes: Option<BTreeSet<String>>,
 }
 
 /// Why a node may not announce an address; also a metric label.
@@ -86,12 +88,16 @@ pub fn eligibility(node: &Node, constraints: &Constraints) -> Result<(), Ineligi
     if node.network_unavailable {
         return Err(Ineligible::NetworkUnavailable);
     }
-    if !constraints.node_selectors.is_empty()
+    let named_out = constraints
+        .allowed_nodes
+        .as_ref()
+        .is_some_and(|a| !a.contains(&node.name));
+    let unselected = !constraints.node_selectors.is_empty()
         && !constraints
             .node_selectors
             .iter()
-            .any(|s| s.matches(&node.labels))
-    {
+            .any(|s| s.matches(&node.labels));
+    if named_out || unselected {
         return Err(Ineligible::NotSelected);
     }
     if let Some(local) = &constraints.local_endpoints
@@ -189,14 +195,25 @@ mod tests {
         let selective = Constraints {
             node_selectors: vec![LabelSelector::labels([("zone", "a")])],
             local_endpoints: None,
+            allowed_nodes: None,
         };
         assert_eq!(
             eligibility(&node("a"), &selective),
             Err(Ineligible::NotSelected)
         );
+        let named = Constraints {
+            allowed_nodes: Some(["b".to_string()].into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            eligibility(&node("a"), &named),
+            Err(Ineligible::NotSelected)
+        );
+        assert_eq!(eligibility(&node("b"), &named), Ok(()));
         let local = Constraints {
             node_selectors: vec![],
             local_endpoints: Some(["b".to_string()].into()),
+            allowed_nodes: None,
         };
         assert_eq!(
             eligibility(&node("a"), &local),
@@ -265,6 +282,7 @@ mod tests {
                 },
                 local_endpoints: local
                     .map(|s| s.into_iter().map(|n| format!("node-{n}")).collect()),
+                allowed_nodes: None,
             })
     }
 

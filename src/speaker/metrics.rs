@@ -1,5 +1,6 @@
 //! The speaker's metrics: what it announces, what it answered, the group.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -10,7 +11,9 @@ use crate::membership;
 
 /// Everything a speaker exports, plus readiness.
 pub struct Metrics {
-    registry: Registry,
+    // Announcers appear as interfaces are first used, so registration happens
+    // after the server is up.
+    registry: Mutex<Registry>,
     announced: Gauge,
     members: Gauge,
     ready: AtomicBool,
@@ -32,7 +35,7 @@ impl Default for Metrics {
             members.clone(),
         );
         Self {
-            registry,
+            registry: Mutex::new(registry),
             announced,
             members,
             ready: AtomicBool::new(false),
@@ -42,10 +45,10 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Exports an announcer's counters under its interface's name.
-    pub fn register_announcer(&mut self, interface: &str, c: &announcer::Counters) {
-        let sub = self
-            .registry
-            .sub_registry_with_label(("interface".into(), interface.to_string().into()));
+    pub fn register_announcer(&self, interface: &str, c: &announcer::Counters) {
+        let mut registry = self.registry.lock().expect("registry");
+        let sub =
+            registry.sub_registry_with_label(("interface".into(), interface.to_string().into()));
         sub.register(
             "arp_answered",
             "ARP requests answered",
@@ -69,18 +72,19 @@ impl Metrics {
     }
 
     /// Exports the gossip group's counters.
-    pub fn register_membership(&mut self, c: &membership::Counters) {
-        self.registry.register(
+    pub fn register_membership(&self, c: &membership::Counters) {
+        let mut registry = self.registry.lock().expect("registry");
+        registry.register(
             "gossip_bad_tag",
             "Gossip datagrams dropped for a wrong or missing tag",
             c.bad_tag.clone(),
         );
-        self.registry.register(
+        registry.register(
             "gossip_rejected",
             "Gossip datagrams the protocol refused",
             c.rejected.clone(),
         );
-        self.registry.register(
+        registry.register(
             "membership_changes",
             "Changes of the gossip group seen",
             c.changes.clone(),
@@ -107,7 +111,10 @@ impl crate::http::Endpoints for Metrics {
 
     fn metrics(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        prometheus_client::encoding::text::encode(
+            &mut out,
+            &self.registry.lock().expect("registry"),
+        )?;
         Ok(out)
     }
 }

@@ -19,9 +19,12 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::election::{self, Constraints, Node};
+use crate::election::{self, Constraints};
 use crate::l2::announcer::Announcer;
 use crate::membership::{self, Membership};
+use k8s_openapi::api::core::v1::Node as K8sNode;
+use tokio::sync::watch;
+use view::Announcement;
 
 pub mod metrics;
 pub mod view;
@@ -145,33 +148,72 @@ impl StaticConfig {
     }
 }
 
-/// Which addresses `me` owns among `addresses`, given the live `members`.
-pub fn owned_by(
+impl StaticConfig {
+    /// The file's addresses as announcements: named interfaces, and the nodes
+    /// allowed to announce each.
+    pub fn announcements(&self) -> Vec<Announcement> {
+        self.addresses
+            .iter()
+            .map(|a| Announcement {
+                address: a.address,
+                pool: String::new(),
+                services: Vec::new(),
+                interfaces: a.interfaces.clone(),
+                constraints: Constraints {
+                    allowed_nodes: (!a.nodes.is_empty()).then(|| a.nodes.iter().cloned().collect()),
+                    ..Default::default()
+                },
+            })
+            .collect()
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            announce_count: self.announce_count,
+            announce_interval: Duration::from_millis(self.announce_interval_ms),
+            reannounce: Duration::from_secs(self.reannounce_seconds),
+        }
+    }
+}
+
+/// When gratuitous packets go out.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Packets in a takeover burst.
+    pub announce_count: u32,
+    /// Time between them.
+    pub announce_interval: Duration,
+    /// Time between re-announcements of every owned address (zero: never).
+    pub reannounce: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            announce_count: default_burst_count(),
+            announce_interval: Duration::from_millis(default_burst_interval_ms()),
+            reannounce: Duration::from_secs(default_reannounce_s()),
+        }
+    }
+}
+
+/// The addresses `me` owns, with the interfaces named for each (empty: choose
+/// by subnet), given the live `members`, the Node objects and the desired
+/// announcements. Pure.
+pub fn owned(
     me: &str,
     members: &BTreeSet<String>,
-    addresses: &[StaticAddress],
-) -> BTreeSet<IpAddr> {
-    let nodes: Vec<Node> = members
-        .iter()
-        .map(|name| Node {
-            name: name.clone(),
-            labels: Default::default(),
-            alive: true,
-            network_unavailable: false,
-        })
-        .collect();
-    addresses
+    node_objects: &[K8sNode],
+    desired: &[Announcement],
+) -> BTreeMap<IpAddr, Vec<String>> {
+    let objects: Vec<&K8sNode> = node_objects.iter().collect();
+    let nodes = view::nodes(members, &objects);
+    desired
         .iter()
         .filter(|a| {
-            let allowed: Vec<Node> = nodes
-                .iter()
-                .filter(|n| a.nodes.is_empty() || a.nodes.contains(&n.name))
-                .cloned()
-                .collect();
-            election::owner(a.address, &allowed, &Constraints::default())
-                .is_some_and(|o| o.name == me)
+            election::owner(a.address, &nodes, &a.constraints).is_some_and(|o| o.name == me)
         })
-        .map(|a| a.address)
+        .map(|a| (a.address, a.interfaces.clone()))
         .collect()
 }
 
@@ -183,96 +225,143 @@ pub async fn run_static(
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut announcers: BTreeMap<String, Announcer> = BTreeMap::new();
-    for a in &config.addresses {
-        for name in &a.interfaces {
-            if !announcers.contains_key(name) {
-                announcers.insert(name.clone(), Announcer::start(name)?);
-            }
-        }
-    }
-    let socket = UdpSocket::bind(config.gossip.listen).await?;
-    let membership = Membership::start(
-        socket,
-        membership::Config::lan(
-            node.clone(),
-            config.gossip.secret.as_bytes(),
-            config.gossip.seeds.clone(),
-        ),
-    )?;
-    info!(%node, listen = %config.gossip.listen, "speaker started");
-    let mut m = metrics::Metrics::default();
-    for (name, ann) in &announcers {
-        m.register_announcer(name, ann.counters());
-    }
-    m.register_membership(membership.counters());
-    let m = std::sync::Arc::new(m);
+    let (_desired_tx, desired) = watch::channel(config.announcements());
+    let (_nodes_tx, nodes) = watch::channel(Vec::new());
+    let gossip = membership::Config::lan(
+        node.clone(),
+        config.gossip.secret.as_bytes(),
+        config.gossip.seeds.clone(),
+    );
+    run(
+        node,
+        config.gossip.listen,
+        gossip,
+        desired,
+        nodes,
+        config.timing(),
+        http,
+        shutdown,
+    )
+    .await
+}
+
+/// Runs a speaker fed by `desired` and `node_objects` until `shutdown`, then
+/// withdraws every address and leaves the group. Ownership follows the gossip
+/// membership: when the source of `desired` goes quiet (an unreachable API
+/// server), the last view stands and failover goes on.
+#[allow(clippy::too_many_arguments)] // the speaker's whole configuration, once
+pub async fn run(
+    node: String,
+    listen: SocketAddr,
+    gossip: membership::Config,
+    mut desired: watch::Receiver<Vec<Announcement>>,
+    mut node_objects: watch::Receiver<Vec<K8sNode>>,
+    timing: Timing,
+    http: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(listen).await?;
+    let has_seeds = !gossip.seeds.is_empty();
+    let membership = Membership::start(socket, gossip)?;
+    info!(%node, %listen, "speaker started");
+    let metrics = std::sync::Arc::new(metrics::Metrics::default());
+    metrics.register_membership(membership.counters());
     if let Some(listener) = http {
-        tokio::spawn(crate::http::serve(listener, m.clone(), shutdown.clone()));
+        tokio::spawn(crate::http::serve(
+            listener,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
     let mut members = membership.members();
-    settle(&mut members, !config.gossip.seeds.is_empty()).await;
-    m.set_ready();
-    let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
-    let reannounce = if config.reannounce_seconds == 0 {
-        Duration::MAX
-    } else {
-        Duration::from_secs(config.reannounce_seconds)
-    };
+    settle(&mut members, has_seeds).await;
+    metrics.set_ready();
+
+    let mut announcers: BTreeMap<String, Announcer> = BTreeMap::new();
+    // Address → the interfaces announcing it.
+    let mut owned_now: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
     let mut last_announce = tokio::time::Instant::now();
     let mut trigger = Trigger::Start;
     loop {
         let alive = members.borrow_and_update().clone();
-        if !matches!(trigger, Trigger::Tick) {
+        if !matches!(trigger, Trigger::Tick | Trigger::View) {
             info!(members = ?alive, "membership");
         }
-        let want = owned_by(&node, &alive, &config.addresses);
-        m.observe(want.len(), alive.len());
-        for ip in owned.difference(&want) {
-            for a in interfaces_of(&config, *ip) {
-                if let Some(ann) = announcers.get(a) {
-                    ann.disown(*ip);
+        let wanted = owned(
+            &node,
+            &alive,
+            &node_objects.borrow_and_update(),
+            &desired.borrow_and_update(),
+        );
+        let wanted = resolve_interfaces(wanted).await;
+        metrics.observe(wanted.len(), alive.len());
+        for (ip, interfaces) in &owned_now {
+            if wanted.get(ip) != Some(interfaces) {
+                for name in interfaces {
+                    if let Some(a) = announcers.get(name) {
+                        a.disown(*ip);
+                    }
+                }
+                if !wanted.contains_key(ip) {
+                    info!(address = %ip, "withdrawn");
                 }
             }
-            info!(address = %ip, "withdrawn");
         }
-        let gained: Vec<IpAddr> = want.difference(&owned).copied().collect();
-        for ip in &gained {
-            for a in interfaces_of(&config, *ip) {
-                if let Some(ann) = announcers.get(a) {
-                    ann.own(*ip);
-                    info!(address = %ip, interface = a, mac = %ann.mac(), "announcing");
-                }
+        let mut gained = Vec::new();
+        for (ip, interfaces) in &wanted {
+            if owned_now.get(ip) == Some(interfaces) {
+                continue;
             }
+            for name in interfaces {
+                if !announcers.contains_key(name) {
+                    match Announcer::start(name) {
+                        Ok(a) => {
+                            metrics.register_announcer(name, a.counters());
+                            announcers.insert(name.clone(), a);
+                        }
+                        Err(e) => {
+                            warn!(interface = %name, error = %e, "cannot announce on this interface");
+                            continue;
+                        }
+                    }
+                }
+                let a = &announcers[name];
+                a.own(*ip);
+                info!(address = %ip, interface = %name, mac = %a.mac(), "announcing");
+            }
+            gained.push(*ip);
         }
-        owned = want;
-        // After any change of membership, every owned address gets the burst,
-        // not only the new ones: when a partition heals, clients may have moved
-        // to a node that believed itself owner, and must come back now. The
-        // first packet goes at once.
+        owned_now = wanted;
+        // After a change of membership every owned address gets the burst, not
+        // only the new ones: when a partition heals, clients may have moved to a
+        // node that believed itself owner, and must come back now.
         let burst: Vec<IpAddr> = match trigger {
-            Trigger::Start | Trigger::Membership => owned.iter().copied().collect(),
+            Trigger::Start | Trigger::Membership => owned_now.keys().copied().collect(),
+            Trigger::View => gained,
             Trigger::Tick => Vec::new(),
         };
-        for n in 0..config.announce_count {
-            if n > 0 && !burst.is_empty() {
-                tokio::time::sleep(Duration::from_millis(config.announce_interval_ms)).await;
+        for n in 0..timing.announce_count {
+            if burst.is_empty() {
+                break;
             }
-            announce_all(&config, &announcers, &burst);
+            if n > 0 {
+                tokio::time::sleep(timing.announce_interval).await;
+            }
+            announce_all(&announcers, &owned_now, &burst);
         }
         if !burst.is_empty() {
             last_announce = tokio::time::Instant::now();
         }
-        if last_announce.elapsed() >= reannounce {
+        let reannounce = if timing.reannounce.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            timing.reannounce
+        };
+        if !timing.reannounce.is_zero() && last_announce.elapsed() >= reannounce {
             last_announce = tokio::time::Instant::now();
-            announce_all(
-                &config,
-                &announcers,
-                &owned.iter().copied().collect::<Vec<_>>(),
-            );
+            let all: Vec<IpAddr> = owned_now.keys().copied().collect();
+            announce_all(&announcers, &owned_now, &all);
         }
-        let tick =
-            tokio::time::sleep_until(last_announce + reannounce.min(Duration::from_secs(3600)));
         trigger = tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = members.changed() => {
@@ -282,19 +371,51 @@ pub async fn run_static(
                 }
                 Trigger::Membership
             }
-            _ = tick => Trigger::Tick,
+            changed = desired.changed() => if changed.is_err() { break } else { Trigger::View },
+            changed = node_objects.changed() => if changed.is_err() { break } else { Trigger::View },
+            _ = tokio::time::sleep_until(last_announce + reannounce) => Trigger::Tick,
         };
     }
-    for ip in &owned {
-        for a in interfaces_of(&config, *ip) {
-            if let Some(ann) = announcers.get(a) {
-                ann.disown(*ip);
+    for (ip, interfaces) in &owned_now {
+        for name in interfaces {
+            if let Some(a) = announcers.get(name) {
+                a.disown(*ip);
             }
         }
     }
     membership.leave().await;
     info!("speaker stopped: addresses withdrawn, left the group");
     Ok(())
+}
+
+/// Fills in the interfaces of addresses that name none: those whose subnet
+/// holds the address ([`crate::netlink::announcing_links`]).
+async fn resolve_interfaces(
+    wanted: BTreeMap<IpAddr, Vec<String>>,
+) -> BTreeMap<IpAddr, Vec<String>> {
+    if wanted.values().all(|i| !i.is_empty()) {
+        return wanted;
+    }
+    let links = match crate::netlink::links().await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "listing interfaces");
+            Vec::new()
+        }
+    };
+    wanted
+        .into_iter()
+        .map(|(ip, named)| {
+            if !named.is_empty() {
+                return (ip, named);
+            }
+            let (chosen, _) = crate::netlink::announcing_links(&links, ip, &[]);
+            if chosen.is_empty() {
+                warn!(address = %ip, "no interface's subnet holds this address; name one in the L2Advertisement");
+            }
+            (ip, chosen.iter().map(|l| l.name.clone()).collect())
+        })
+        .collect()
 }
 
 /// Waits, before announcing anything, until this speaker has joined its peers
@@ -326,29 +447,22 @@ async fn settle(members: &mut tokio::sync::watch::Receiver<BTreeSet<String>>, ha
 enum Trigger {
     Start,
     Membership,
+    View,
     Tick,
 }
 
 fn announce_all(
-    config: &StaticConfig,
     announcers: &BTreeMap<String, Announcer>,
+    owned: &BTreeMap<IpAddr, Vec<String>>,
     addresses: &[IpAddr],
 ) {
     for ip in addresses {
-        for a in interfaces_of(config, *ip) {
-            if let Some(ann) = announcers.get(a) {
-                ann.announce(*ip);
+        for name in owned.get(ip).into_iter().flatten() {
+            if let Some(a) = announcers.get(name) {
+                a.announce(*ip);
             }
         }
     }
-}
-
-fn interfaces_of(config: &StaticConfig, ip: IpAddr) -> impl Iterator<Item = &str> {
-    config
-        .addresses
-        .iter()
-        .filter(move |a| a.address == ip)
-        .flat_map(|a| a.interfaces.iter().map(String::as_str))
 }
 
 #[cfg(test)]
@@ -413,19 +527,24 @@ addresses:
             .map(|a| {
                 members
                     .iter()
-                    .filter(|m| owned_by(m, &members, &c.addresses).contains(&a.address))
+                    .filter(|m| {
+                        owned(m, &members, &[], &c.announcements()).contains_key(&a.address)
+                    })
                     .count()
             })
             .collect();
         assert_eq!(owners, [1, 1]);
-        assert!(owned_by("node-2", &members, &c.addresses).contains(&"fd00::100".parse().unwrap()));
+        assert!(
+            owned("node-2", &members, &[], &c.announcements())
+                .contains_key(&"fd00::100".parse().unwrap())
+        );
         let without_2: BTreeSet<String> =
             ["node-1", "node-3"].iter().map(|s| s.to_string()).collect();
         assert!(
             members
                 .iter()
-                .all(|m| !owned_by(m, &without_2, &c.addresses)
-                    .contains(&"fd00::100".parse().unwrap())),
+                .all(|m| !owned(m, &without_2, &[], &c.announcements())
+                    .contains_key(&"fd00::100".parse().unwrap())),
             "an address restricted to a dead node is announced by nobody"
         );
     }

@@ -124,6 +124,7 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
             constraints: Constraints {
                 node_selectors,
                 local_endpoints,
+                allowed_nodes: None,
             },
         });
     }

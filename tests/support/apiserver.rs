@@ -160,7 +160,8 @@ struct Shared {
 
 /// The running server.
 pub struct ApiServer {
-    addr: SocketAddr,
+    /// Where it listens: loopback first, then the lab address if any.
+    addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 }
@@ -171,7 +172,37 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        let addr = listener.local_addr().expect("local addr");
+        Self::serve(vec![listener])
+    }
+
+    /// Starts a server on a loopback port, as [`ApiServer::start`], and also on
+    /// `addr` inside the network namespace `ns`, so hosts of a namespace lab can
+    /// reach it (that socket is made in a thread that enters the namespace; the
+    /// server runs here). [`ApiServer::lab_kubeconfig`] points there.
+    pub async fn start_in_namespace(ns: &str, addr: std::net::SocketAddr) -> Self {
+        let loopback = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let path = format!("/run/netns/{ns}");
+        let listener = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open the namespace");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("enter the namespace");
+            let l = std::net::TcpListener::bind(addr).expect("bind in the namespace");
+            l.set_nonblocking(true).expect("non-blocking");
+            l
+        })
+        .join()
+        .expect("namespace thread");
+        let lab = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        Self::serve(vec![loopback, lab])
+    }
+
+    fn serve(listeners: Vec<tokio::net::TcpListener>) -> Self {
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("local addr"))
+            .collect();
         let (changes, _) = broadcast::channel(65536);
         let shared = Arc::new(Shared {
             db: Mutex::new(Db {
@@ -187,15 +218,21 @@ impl ApiServer {
             watches: Mutex::new(CancellationToken::new()),
         });
         let stop = CancellationToken::new();
-        let app = Router::new().fallback(handle).with_state(shared.clone());
-        let until = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { until.cancelled().await })
-                .await
-                .expect("test API server");
-        });
-        let server = Self { addr, shared, stop };
+        for listener in listeners {
+            let app = Router::new().fallback(handle).with_state(shared.clone());
+            let until = stop.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { until.cancelled().await })
+                    .await
+                    .expect("test API server");
+            });
+        }
+        let server = Self {
+            addrs,
+            shared,
+            stop,
+        };
         for ns in ["default", "ironlb-system"] {
             server.create_namespace(ns, &[]);
         }
@@ -204,7 +241,7 @@ impl ApiServer {
 
     /// The server's URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addrs[0])
     }
 
     /// A client talking to this server.
@@ -215,12 +252,30 @@ impl ApiServer {
 
     /// Writes a kubeconfig for this server into `dir`, for subprocesses.
     pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        self.write_kubeconfig(dir, &self.url())
+    }
+
+    /// Writes a kubeconfig pointing at the lab address into `dir`, for
+    /// processes inside the lab.
+    pub fn lab_kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let addr = self.addrs.get(1).expect("started with start_in_namespace");
+        self.write_kubeconfig(dir, &format!("http://{addr}"))
+    }
+
+    /// Stops serving, as an API server that went away: open watches end and new
+    /// connections are refused.
+    pub fn stop(&self) {
+        self.end_watches();
+        self.stop.cancel();
+    }
+
+    fn write_kubeconfig(&self, dir: &std::path::Path, url: &str) -> std::path::PathBuf {
         let path = dir.join("kubeconfig");
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n\
              contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
              current-context: test\nusers:\n- name: test\n  user: {{}}\n",
-            self.url()
+            url
         );
         std::fs::write(&path, text).expect("write kubeconfig");
         path
