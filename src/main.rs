@@ -39,17 +39,32 @@ enum Command {
 
 #[derive(Args)]
 struct SpeakerArgs {
-    /// Take addresses and peers from this YAML file instead of a cluster (hosts
-    /// without Kubernetes, and the namespace lab). Required for now: the
-    /// Kubernetes view is not wired in yet.
+    /// Take addresses and peers from this YAML file instead of the cluster
+    /// (hosts without Kubernetes, and the namespace lab).
     #[arg(long = "static", value_name = "FILE")]
-    static_file: String,
+    static_file: Option<String>,
     /// This node's name (default: the file's `node`, else the host name).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
     /// Where /healthz, /readyz and /metrics listen.
     #[arg(long, default_value = "0.0.0.0:9121")]
     metrics_addr: SocketAddr,
+    /// Kubeconfig to use; else $KUBECONFIG, else the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Where this speaker gossips, `address:port`; the address must be this
+    /// node's, reachable by the others (without --static).
+    #[arg(long, env = "GOSSIP_LISTEN")]
+    gossip_listen: Option<SocketAddr>,
+    /// Other speakers' gossip addresses, comma-separated (without --static).
+    #[arg(long, env = "GOSSIP_SEEDS", value_delimiter = ',')]
+    gossip_seeds: Vec<SocketAddr>,
+    /// File holding the gossip group's shared secret (without --static).
+    #[arg(long, env = "GOSSIP_SECRET_FILE")]
+    gossip_secret_file: Option<PathBuf>,
+    /// Serve Services that have no spec.loadBalancerClass (without --static).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    default_class: bool,
 }
 
 #[derive(Args)]
@@ -155,21 +170,55 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
-    let config = ironlb::speaker::StaticConfig::load(&args.static_file)?;
-    let node = args
-        .node
-        .or_else(|| config.node.clone())
-        .unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        });
+    let hostname = || {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     let listener = ironlb::http::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
-    ironlb::speaker::run_static(config, node, Some(listener), shutdown_on_signal()).await?;
+    if let Some(file) = &args.static_file {
+        let config = ironlb::speaker::StaticConfig::load(file)?;
+        let node = args
+            .node
+            .or_else(|| config.node.clone())
+            .unwrap_or_else(hostname);
+        ironlb::speaker::run_static(config, node, Some(listener), shutdown_on_signal()).await?;
+        return Ok(());
+    }
+    let listen = args.gossip_listen.context(
+        "--gossip-listen (or GOSSIP_LISTEN) is required without --static: this node's address:port",
+    )?;
+    let secret_file = args
+        .gossip_secret_file
+        .context("--gossip-secret-file (or GOSSIP_SECRET_FILE) is required without --static")?;
+    let secret = std::fs::read(&secret_file)
+        .with_context(|| format!("reading --gossip-secret-file {}", secret_file.display()))?;
+    let node = args.node.unwrap_or_else(hostname);
+    let gossip =
+        ironlb::membership::Config::lan(node.clone(), trim_secret(secret), args.gossip_seeds);
+    ironlb::speaker::run_kubernetes(
+        client(args.kubeconfig).await?,
+        node,
+        listen,
+        gossip,
+        args.default_class,
+        ironlb::speaker::Timing::default(),
+        Some(listener),
+        shutdown_on_signal(),
+    )
+    .await?;
     Ok(())
+}
+
+/// A secret file usually ends with a newline that is not part of the secret.
+fn trim_secret(mut secret: Vec<u8>) -> Vec<u8> {
+    while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        secret.pop();
+    }
+    secret
 }
 
 async fn interfaces(args: InterfacesArgs) -> anyhow::Result<()> {

@@ -31,6 +31,16 @@ impl Drop for World {
 }
 
 fn world(test: &str) -> Option<World> {
+    let mut w = topology(test)?;
+    for i in 0..3 {
+        let idx = start_speaker(&mut w, i);
+        w.speakers.push(Some(idx));
+    }
+    Some(w)
+}
+
+/// The switch, three nodes and the client, with no speaker yet.
+fn topology(test: &str) -> Option<World> {
     let mut lab = Lab::new(test)?;
     let dir = std::env::temp_dir().join(format!("ironlb-lab-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -48,19 +58,14 @@ fn world(test: &str) -> Option<World> {
     }
     let client = lab.namespace("client");
     lab.plug(&sw, &client, "pc", &["10.77.0.50/24", "fd77::50/64"]);
-    let mut w = World {
+    Some(World {
         lab,
         dir,
         nodes,
         speakers: Vec::new(),
         client,
         switch: sw,
-    };
-    for i in 0..3 {
-        let idx = start_speaker(&mut w, i);
-        w.speakers.push(Some(idx));
-    }
-    Some(w)
+    })
 }
 
 fn start_speaker(w: &mut World, i: usize) -> usize {
@@ -429,4 +434,127 @@ fn metrics_show_who_announces_and_who_answered() {
             );
         }
     }
+}
+
+/// Speakers in cluster mode, fed by the test API server running inside the lab.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
+    use ironlb::api::{L2Advertisement, L2AdvertisementSpec};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams, PostParams};
+    use support::{ApiServer, Svc, create_pool, create_service, pool};
+
+    let Some(mut w) = topology("cluster") else {
+        return;
+    };
+    let control = w.lab.namespace("ctl");
+    let sw = w.switch.clone();
+    w.lab.plug(&sw, &control, "pctl", &["10.77.0.2/24"]);
+    let server = ApiServer::start_in_namespace(&control, "10.77.0.2:6443".parse().unwrap()).await;
+    let client = server.client();
+
+    create_pool(&client, pool("lab", &["10.77.0.100-10.77.0.110"])).await;
+    let ad = L2Advertisement::new(
+        "lab",
+        L2AdvertisementSpec {
+            interfaces: vec!["eth0".into()],
+            ..Default::default()
+        },
+    );
+    Api::<L2Advertisement>::all(client.clone())
+        .create(&PostParams::default(), &ad)
+        .await
+        .unwrap();
+    let status = |ip: &str| serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}});
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    create_service(&client, Svc::lb("default", "web").build()).await;
+    services
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(status(V4)))
+        .await
+        .unwrap();
+    // externalTrafficPolicy Local with its only ready endpoint on node-3.
+    let mut local = Svc::lb("default", "local").build();
+    local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+    create_service(&client, local).await;
+    services
+        .patch_status(
+            "local",
+            &PatchParams::default(),
+            &Patch::Merge(status("10.77.0.101")),
+        )
+        .await
+        .unwrap();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "local-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "local"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.42.3.7"], "nodeName": "node-3", "conditions": {"ready": true}}],
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap();
+
+    let kubeconfig = server.lab_kubeconfig(&w.dir);
+    let secret = w.dir.join("secret");
+    std::fs::write(&secret, "cluster-lab-secret\n").unwrap();
+    for i in 1..=3 {
+        let seeds: Vec<String> = (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| format!("10.77.0.1{j}:7946"))
+            .collect();
+        let ns = w.nodes[i - 1].1.clone();
+        let log = w.dir.join(format!("node-{i}.log"));
+        let idx = w.lab.spawn(
+            &ns,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &[
+                "speaker",
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "--node",
+                &format!("node-{i}"),
+                "--gossip-listen",
+                &format!("10.77.0.1{i}:7946"),
+                "--gossip-seeds",
+                &seeds.join(","),
+                "--gossip-secret-file",
+                secret.to_str().unwrap(),
+            ],
+            &log,
+        );
+        w.speakers.push(Some(idx));
+    }
+
+    let all = ["node-1", "node-2", "node-3"];
+    let owner = expected_owner(&all, V4);
+    let mac = mac_of(&w, ns_of(&w, &owner));
+    wait_mac(&w, V4, &mac, &format!("{V4} to resolve to {owner}"));
+    let node3 = mac_of(&w, ns_of(&w, "node-3"));
+    wait_mac(
+        &w,
+        "10.77.0.101",
+        &node3,
+        "the Local Service's address to resolve to node-3, the node with its endpoint",
+    );
+
+    // The API server goes away; the owner dies; the address still moves.
+    server.stop();
+    let index = w.nodes.iter().position(|(n, _)| *n == owner).unwrap();
+    let idx = w.speakers[index].take().unwrap();
+    w.lab.kill(idx);
+    let alive: Vec<&str> = all.iter().copied().filter(|n| *n != owner).collect();
+    let next = expected_owner(&alive, V4);
+    let mac = mac_of(&w, ns_of(&w, &next));
+    let took = wait_mac(
+        &w,
+        V4,
+        &mac,
+        &format!("{V4} to move to {next} with the API server down"),
+    );
+    eprintln!(
+        "cluster: {V4} moved from {owner} to {next} {took:?} after the kill, API server down"
+    );
 }

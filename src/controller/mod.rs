@@ -224,7 +224,7 @@ pub async fn run(
 }
 
 /// A reflector cache of `api` whose every change wakes the pass.
-fn cache<K>(api: Api<K>, wake: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+pub(crate) fn cache<K>(api: Api<K>, wake: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
 where
     K: kube::Resource
         + Clone

@@ -245,6 +245,96 @@ pub async fn run_static(
     .await
 }
 
+/// Runs a speaker whose view comes from the cluster: Services with addresses,
+/// pools, L2Advertisements, EndpointSlices and Nodes, watched and kept in
+/// caches. When the API server is unreachable the caches keep the last view,
+/// and announcement and failover go on from the gossip membership.
+#[allow(clippy::too_many_arguments)] // the speaker's whole configuration, once
+pub async fn run_kubernetes(
+    client: kube::Client,
+    node: String,
+    listen: SocketAddr,
+    gossip: membership::Config,
+    default_class: bool,
+    timing: Timing,
+    http: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use crate::api::{IPAddressPool, L2Advertisement};
+    use crate::controller::cache;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::Api;
+
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let services = cache::<Service>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let pools = cache::<IPAddressPool>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let ads = cache::<L2Advertisement>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let slices = cache::<EndpointSlice>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let nodes = cache::<K8sNode>(Api::all(client), wake.clone(), shutdown.clone());
+    let (desired_tx, desired) = watch::channel(Vec::new());
+    let (nodes_tx, node_objects) = watch::channel(Vec::new());
+    let feeder_stop = shutdown.clone();
+    tokio::spawn(async move {
+        for ready in [
+            services.wait_until_ready().await,
+            pools.wait_until_ready().await,
+            ads.wait_until_ready().await,
+            slices.wait_until_ready().await,
+            nodes.wait_until_ready().await,
+        ] {
+            if ready.is_err() {
+                warn!("a cluster cache could not be filled; announcing nothing from the cluster");
+                return;
+            }
+        }
+        info!("cluster view ready");
+        loop {
+            let (svc, pl, ad, sl) = (services.state(), pools.state(), ads.state(), slices.state());
+            let view = view::ClusterView {
+                services: svc.iter().map(AsRef::as_ref).collect(),
+                pools: pl.iter().map(AsRef::as_ref).collect(),
+                advertisements: ad.iter().map(AsRef::as_ref).collect(),
+                slices: sl.iter().map(AsRef::as_ref).collect(),
+                default_class,
+            };
+            let announcements = view::announcements(&view);
+            desired_tx.send_if_modified(|current| {
+                let changed = *current != announcements;
+                if changed {
+                    *current = announcements;
+                }
+                changed
+            });
+            let objects: Vec<K8sNode> = nodes.state().iter().map(|n| (**n).clone()).collect();
+            nodes_tx.send_if_modified(|current| {
+                let changed = *current != objects;
+                if changed {
+                    *current = objects;
+                }
+                changed
+            });
+            tokio::select! {
+                _ = feeder_stop.cancelled() => return,
+                _ = wake.notified() => {}
+            }
+            // Let a burst of events land before looking again.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    run(
+        node,
+        listen,
+        gossip,
+        desired,
+        node_objects,
+        timing,
+        http,
+        shutdown,
+    )
+    .await
+}
+
 /// Runs a speaker fed by `desired` and `node_objects` until `shutdown`, then
 /// withdraws every address and leaves the group. Ownership follows the gossip
 /// membership: when the source of `desired` goes quiet (an unreachable API
