@@ -49,20 +49,32 @@ fn the_crds_deserialise_into_kubernetes_types() {
         .collect();
     assert_eq!(
         names,
-        ["ipaddresspools.ironlb.dev", "l2advertisements.ironlb.dev"]
+        [
+            "ipaddresspools.ironlb.dev",
+            "l2advertisements.ironlb.dev",
+            "servicel2statuses.ironlb.dev"
+        ]
     );
     for crd in &loaded {
         assert_eq!(crd.spec.group, "ironlb.dev");
-        assert_eq!(crd.spec.scope, "Cluster");
+        let scope = if crd.spec.names.kind == "ServiceL2Status" {
+            "Namespaced"
+        } else {
+            "Cluster"
+        };
+        assert_eq!(crd.spec.scope, scope);
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         assert!(version.served && version.storage);
-        let sub = version.subresources.as_ref().expect("subresources");
-        assert!(
-            sub.status.is_some(),
-            "{}: status subresource",
-            crd.spec.names.kind
-        );
+        // A ServiceL2Status is itself a report: it has no separate status.
+        if crd.spec.names.kind != "ServiceL2Status" {
+            let sub = version.subresources.as_ref().expect("subresources");
+            assert!(
+                sub.status.is_some(),
+                "{}: status subresource",
+                crd.spec.names.kind
+            );
+        }
     }
     assert_eq!(loaded, crds(), "YAML round trip loses nothing");
 }
@@ -112,7 +124,7 @@ fn schema_of(kind: &str) -> Value {
 
 #[test]
 fn every_schema_is_structural() {
-    for kind in ["IPAddressPool", "L2Advertisement"] {
+    for kind in ["IPAddressPool", "L2Advertisement", "ServiceL2Status"] {
         assert_structural(kind, &schema_of(kind));
     }
 }

@@ -7,9 +7,11 @@
 
 pub mod annotations;
 mod l2advertisement;
+pub mod l2status;
 mod pool;
 
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
+pub use l2status::{ServiceL2Status, ServiceL2StatusSpec};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -34,7 +36,11 @@ pub const CONDITION_VALID: &str = "Valid";
 
 /// Every custom resource definition ironlb serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![IPAddressPool::crd(), L2Advertisement::crd()]
+    vec![
+        IPAddressPool::crd(),
+        L2Advertisement::crd(),
+        ServiceL2Status::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream: what `ironlb crds` prints and what

@@ -105,6 +105,14 @@ const KINDS: &[Kind] = &[
     Kind {
         group: "ironlb.dev",
         version: "v1alpha1",
+        plural: "servicel2statuses",
+        kind: "ServiceL2Status",
+        namespaced: true,
+        status_subresource: false,
+    },
+    Kind {
+        group: "ironlb.dev",
+        version: "v1alpha1",
         plural: "l2advertisements",
         kind: "L2Advertisement",
         namespaced: false,
