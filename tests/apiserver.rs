@@ -226,3 +226,34 @@ async fn a_watch_sees_changes_in_order_and_an_expired_version_is_gone() {
         other => panic!("expected 410 Expired, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn lists_honour_label_selectors() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    create_service(
+        &client,
+        Svc::lb("default", "a").label("tier", "web").build(),
+    )
+    .await;
+    create_service(&client, Svc::lb("default", "b").label("tier", "db").build()).await;
+    create_service(&client, Svc::lb("default", "c").build()).await;
+    let api: Api<Service> = Api::namespaced(client, "default");
+    let names = |sel: &'static str| {
+        let api = api.clone();
+        async move {
+            let list = api
+                .list(&kube::api::ListParams::default().labels(sel))
+                .await
+                .unwrap();
+            list.items
+                .into_iter()
+                .map(|s| s.metadata.name.unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names("tier=web").await, ["a"]);
+    assert_eq!(names("tier!=web").await, ["b", "c"]);
+    assert_eq!(names("tier").await, ["a", "b"]);
+    assert_eq!(names("!tier").await, ["c"]);
+}

@@ -540,6 +540,32 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
         "the Local Service's address to resolve to node-3, the node with its endpoint",
     );
 
+    // Who announces is visible with kubectl: a ServiceL2Status per Service and
+    // an event on the Service, both naming node and interface.
+    let reports: Api<ironlb::api::ServiceL2Status> = Api::namespaced(client.clone(), "default");
+    for (service, node) in [("web", owner.as_str()), ("local", "node-3")] {
+        let report = support::wait_for(
+            &format!("a ServiceL2Status for {service} from {node} only"),
+            std::time::Duration::from_secs(5),
+            || async {
+                let list = reports.list(&Default::default()).await.ok()?;
+                let mine: Vec<_> = list
+                    .items
+                    .into_iter()
+                    .filter(|s| s.spec.service == service)
+                    .collect();
+                (mine.len() == 1 && mine[0].spec.node == node).then(|| mine[0].spec.clone())
+            },
+        )
+        .await;
+        assert_eq!(report.interfaces, ["eth0"]);
+        let note = support::wait_for_event(&client, "default", service, "Announcing").await;
+        assert!(
+            note.contains(&format!("node {node} announces")) && note.ends_with("on eth0"),
+            "{note}"
+        );
+    }
+
     // The API server goes away; the owner dies; the address still moves.
     server.stop();
     let index = w.nodes.iter().position(|(n, _)| *n == owner).unwrap();

@@ -1,6 +1,10 @@
 //! `ServiceL2Status`: which node announces a Service's address, and on which
 //! interfaces, as the announcing speaker reports it.
 
+// Each `printcolumn(...)` repeats `type_ = ...`, which clippy mistakes for a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::election::{self, Constraints};
+use crate::ipam::ServiceKey;
 use crate::l2::announcer::Announcer;
 use crate::membership::{self, Membership};
 use k8s_openapi::api::core::v1::Node as K8sNode;
-use tokio::sync::watch;
+use kube::ResourceExt;
+use tokio::sync::{mpsc, watch};
 use view::Announcement;
 
 pub mod metrics;
@@ -240,6 +242,7 @@ pub async fn run_static(
         nodes,
         config.timing(),
         http,
+        None,
         shutdown,
     )
     .await
@@ -271,6 +274,7 @@ pub async fn run_kubernetes(
     let pools = cache::<IPAddressPool>(Api::all(client.clone()), wake.clone(), shutdown.clone());
     let ads = cache::<L2Advertisement>(Api::all(client.clone()), wake.clone(), shutdown.clone());
     let slices = cache::<EndpointSlice>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let report_client = client.clone();
     let nodes = cache::<K8sNode>(Api::all(client), wake.clone(), shutdown.clone());
     let (desired_tx, desired) = watch::channel(Vec::new());
     let (nodes_tx, node_objects) = watch::channel(Vec::new());
@@ -322,7 +326,14 @@ pub async fn run_kubernetes(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    run(
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
+    let reporter = ClusterReporter::new(report_client, node.clone());
+    let worker = tokio::spawn(async move {
+        while let Some(r) = report_rx.recv().await {
+            reporter.report(r).await;
+        }
+    });
+    let result = run(
         node,
         listen,
         gossip,
@@ -330,9 +341,14 @@ pub async fn run_kubernetes(
         node_objects,
         timing,
         http,
+        Some(report_tx),
         shutdown,
     )
-    .await
+    .await;
+    // The last reports (withdrawals) go out before the process ends, if the
+    // API server answers in time.
+    let _ = tokio::time::timeout(Duration::from_secs(3), worker).await;
+    result
 }
 
 /// Runs a speaker fed by `desired` and `node_objects` until `shutdown`, then
@@ -348,6 +364,7 @@ pub async fn run(
     mut node_objects: watch::Receiver<Vec<K8sNode>>,
     timing: Timing,
     http: Option<tokio::net::TcpListener>,
+    report: Option<mpsc::UnboundedSender<Report>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let socket = UdpSocket::bind(listen).await?;
@@ -370,6 +387,13 @@ pub async fn run(
     let mut announcers: BTreeMap<String, Announcer> = BTreeMap::new();
     // Address → the interfaces announcing it.
     let mut owned_now: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    // Address → the Services on it, as last reported.
+    let mut reported: BTreeMap<IpAddr, Vec<ServiceKey>> = BTreeMap::new();
+    let send = |r: Report| {
+        if let Some(tx) = &report {
+            let _ = tx.send(r);
+        }
+    };
     let mut last_announce = tokio::time::Instant::now();
     let mut trigger = Trigger::Start;
     loop {
@@ -377,12 +401,8 @@ pub async fn run(
         if !matches!(trigger, Trigger::Tick | Trigger::View) {
             info!(members = ?alive, "membership");
         }
-        let wanted = owned(
-            &node,
-            &alive,
-            &node_objects.borrow_and_update(),
-            &desired.borrow_and_update(),
-        );
+        let view_now = desired.borrow_and_update().clone();
+        let wanted = owned(&node, &alive, &node_objects.borrow_and_update(), &view_now);
         let wanted = resolve_interfaces(wanted).await;
         metrics.observe(wanted.len(), alive.len());
         for (ip, interfaces) in &owned_now {
@@ -422,6 +442,29 @@ pub async fn run(
             gained.push(*ip);
         }
         owned_now = wanted;
+        for (ip, services) in std::mem::take(&mut reported) {
+            if !owned_now.contains_key(&ip) {
+                send(Report::Withdrawn {
+                    address: ip,
+                    services,
+                });
+            } else {
+                reported.insert(ip, services);
+            }
+        }
+        for a in view_now
+            .iter()
+            .filter(|a| owned_now.contains_key(&a.address))
+        {
+            if reported.get(&a.address) != Some(&a.services) || gained.contains(&a.address) {
+                send(Report::Announcing {
+                    address: a.address,
+                    services: a.services.clone(),
+                    interfaces: owned_now[&a.address].clone(),
+                });
+                reported.insert(a.address, a.services.clone());
+            }
+        }
         // After a change of membership every owned address gets the burst, not
         // only the new ones: when a partition heals, clients may have moved to a
         // node that believed itself owner, and must come back now.
@@ -472,6 +515,12 @@ pub async fn run(
                 a.disown(*ip);
             }
         }
+    }
+    for (ip, services) in reported {
+        send(Report::Withdrawn {
+            address: ip,
+            services,
+        });
     }
     membership.leave().await;
     info!("speaker stopped: addresses withdrawn, left the group");
@@ -528,6 +577,146 @@ async fn settle(members: &mut tokio::sync::watch::Receiver<BTreeSet<String>>, ha
         match tokio::time::timeout(Duration::from_millis(300), members.changed()).await {
             Err(_) | Ok(Err(_)) => break,
             Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// What a speaker tells the cluster about its announcements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// This node now announces `address` for `services` on `interfaces`.
+    Announcing {
+        /// The address.
+        address: IpAddr,
+        /// The Services on it.
+        services: Vec<ServiceKey>,
+        /// Where it is announced.
+        interfaces: Vec<String>,
+    },
+    /// This node no longer announces `address`.
+    Withdrawn {
+        /// The address.
+        address: IpAddr,
+        /// The Services that were on it.
+        services: Vec<ServiceKey>,
+    },
+}
+
+/// Writes [`Report`]s as `ServiceL2Status` objects and events on the Services.
+/// Runs off the announcement path: an unreachable API server delays reports,
+/// never announcements.
+struct ClusterReporter {
+    client: kube::Client,
+    node: String,
+    recorder: kube::runtime::events::Recorder,
+}
+
+impl ClusterReporter {
+    fn new(client: kube::Client, node: String) -> Self {
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "ironlb-speaker".into(),
+                instance: Some(node.clone()),
+            },
+        );
+        Self {
+            client,
+            node,
+            recorder,
+        }
+    }
+
+    async fn report(&self, report: Report) {
+        use crate::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL};
+        use crate::api::{ServiceL2Status, ServiceL2StatusSpec};
+        use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+        use kube::runtime::events::{Event, EventType};
+
+        let (address, services, interfaces) = match &report {
+            Report::Announcing {
+                address,
+                services,
+                interfaces,
+            } => (address, services, Some(interfaces)),
+            Report::Withdrawn { address, services } => (address, services, None),
+        };
+        for svc in services {
+            let api: kube::Api<ServiceL2Status> =
+                kube::Api::namespaced(self.client.clone(), &svc.namespace);
+            let name = format!("{}-{}", svc.name, self.node);
+            let result = match interfaces {
+                Some(interfaces) => {
+                    let mut status = ServiceL2Status::new(
+                        &name,
+                        ServiceL2StatusSpec {
+                            service: svc.name.clone(),
+                            node: self.node.clone(),
+                            addresses: vec![address.to_string()],
+                            interfaces: interfaces.clone(),
+                        },
+                    );
+                    status.metadata.labels = Some(
+                        [
+                            (SERVICE_NAME_LABEL.to_string(), svc.name.clone()),
+                            (NODE_LABEL.to_string(), self.node.clone()),
+                        ]
+                        .into(),
+                    );
+                    let applied = api
+                        .patch(
+                            &name,
+                            &PatchParams::apply("ironlb-speaker").force(),
+                            &Patch::Apply(&status),
+                        )
+                        .await
+                        .map(|_| ());
+                    // Reports of a node that died are stale now that this one announces.
+                    let selector = format!("{SERVICE_NAME_LABEL}={}", svc.name);
+                    if let Ok(list) = api.list(&ListParams::default().labels(&selector)).await {
+                        for stale in list.items.iter().filter(|s| s.spec.node != self.node) {
+                            let _ = api
+                                .delete(&stale.name_any(), &DeleteParams::default())
+                                .await;
+                        }
+                    }
+                    applied
+                }
+                None => match api.delete(&name, &DeleteParams::default()).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    other => other.map(|_| ()),
+                },
+            };
+            if let Err(e) = result {
+                warn!(service = %svc, error = %e, "reporting the announcement");
+            }
+            let (reason, note) = match interfaces {
+                Some(i) => (
+                    "Announcing",
+                    format!("node {} announces {address} on {}", self.node, i.join(", ")),
+                ),
+                None => (
+                    "Withdrawn",
+                    format!("node {} no longer announces {address}", self.node),
+                ),
+            };
+            let event = Event {
+                type_: EventType::Normal,
+                reason: reason.into(),
+                note: Some(note),
+                action: "Announce".into(),
+                secondary: None,
+            };
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Service".into()),
+                name: Some(svc.name.clone()),
+                namespace: Some(svc.namespace.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                warn!(service = %svc, error = %e, "recording an event");
+            }
         }
     }
 }

@@ -426,9 +426,31 @@ fn query(uri: &Uri) -> BTreeMap<String, String> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.to_string(), v.replace("%3A", ":").replace("%2F", "/"))
+            (k.to_string(), percent_decode(v))
         })
         .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn handle(
@@ -490,7 +512,12 @@ async fn handle(
         .to_string();
     let mut db = shared.db.lock().expect("db");
     let result = match verb {
-        "list" => Ok(list(&db, target.kind, &target.namespace)),
+        "list" => Ok(list(
+            &db,
+            target.kind,
+            &target.namespace,
+            q.get("labelSelector").map(String::as_str),
+        )),
         "get" => get(&db, &target).map(|o| (StatusCode::OK, o)),
         "create" => parse_body(&body, &content_type)
             .and_then(|obj| {
@@ -537,11 +564,12 @@ fn not_found(kind: Kind, name: &str) -> ApiError {
     )
 }
 
-fn list(db: &Db, kind: Kind, namespace: &str) -> (StatusCode, Value) {
+fn list(db: &Db, kind: Kind, namespace: &str, selector: Option<&str>) -> (StatusCode, Value) {
     let items: Vec<Value> = db
         .objects
         .iter()
         .filter(|((p, ns, _), _)| *p == kind.plural && (namespace.is_empty() || ns == namespace))
+        .filter(|(_, o)| selector.is_none_or(|s| labels_match(o, s)))
         .map(|(_, o)| o.clone())
         .collect();
     (
@@ -551,6 +579,26 @@ fn list(db: &Db, kind: Kind, namespace: &str) -> (StatusCode, Value) {
             "metadata": {"resourceVersion": db.rv.to_string()}, "items": items,
         }),
     )
+}
+
+/// Equality-based label selectors (`a=b,c!=d,e,!f`), the forms clients here use.
+fn labels_match(obj: &Value, selector: &str) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .all(|req| {
+            if let Some((k, v)) = req.split_once("!=") {
+                labels[k].as_str() != Some(v)
+            } else if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+                labels[k].as_str() == Some(v)
+            } else if let Some(k) = req.strip_prefix('!') {
+                labels.get(k).is_none()
+            } else {
+                labels.get(req).is_some()
+            }
+        })
 }
 
 fn get(db: &Db, t: &Target) -> Result<Value, ApiError> {
