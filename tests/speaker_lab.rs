@@ -180,6 +180,10 @@ fn owner_resolves_then_moves(
         "{test}: {V4} moved from {owner} to {next} {:?} after the stop",
         stopped.elapsed()
     );
+    // IPv6 follows through Neighbor Discovery the same way.
+    let next6 = expected_owner(&alive, V6);
+    let mac6 = mac_of(&w, ns_of(&w, &next6));
+    wait_mac(&w, V6, &mac6, &format!("{V6} to be announced by {next6}"));
     let seen: BTreeSet<String> = [V4, V6].iter().filter_map(|a| resolve(&w, a)).collect();
     assert!(
         !seen.contains(&mac_of(&w, ns_of(&w, &owner))),
@@ -565,6 +569,20 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
             "{note}"
         );
     }
+
+    // The endpoint moves to node-1: so does the Local Service's address.
+    let moved = serde_json::json!({"endpoints": [{"addresses": ["10.42.1.7"], "nodeName": "node-1", "conditions": {"ready": true}}]});
+    Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .patch("local-1", &PatchParams::default(), &Patch::Merge(moved))
+        .await
+        .unwrap();
+    let node1 = mac_of(&w, ns_of(&w, "node-1"));
+    wait_mac(
+        &w,
+        "10.77.0.101",
+        &node1,
+        "the Local Service's address to follow its endpoint to node-1",
+    );
 
     // The API server goes away; the owner dies; the address still moves.
     server.stop();
