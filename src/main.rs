@@ -65,6 +65,16 @@ struct SpeakerArgs {
     /// Serve Services that have no spec.loadBalancerClass (without --static).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     default_class: bool,
+    /// Gratuitous ARP / unsolicited NA packets sent on takeover (without --static).
+    #[arg(long, default_value_t = ironlb::speaker::DEFAULT_ANNOUNCE_COUNT)]
+    announce_count: u32,
+    /// Milliseconds between them (without --static).
+    #[arg(long, default_value_t = ironlb::speaker::DEFAULT_ANNOUNCE_INTERVAL_MS)]
+    announce_interval_ms: u64,
+    /// Seconds between re-announcements of owned addresses, 0 for never
+    /// (without --static).
+    #[arg(long, default_value_t = ironlb::speaker::DEFAULT_REANNOUNCE_SECONDS)]
+    reannounce_seconds: u64,
 }
 
 #[derive(Args)]
@@ -205,7 +215,11 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
         listen,
         gossip,
         args.default_class,
-        ironlb::speaker::Timing::default(),
+        ironlb::speaker::Timing {
+            announce_count: args.announce_count,
+            announce_interval: Duration::from_millis(args.announce_interval_ms),
+            reannounce: Duration::from_secs(args.reannounce_seconds),
+        },
         Some(listener),
         shutdown_on_signal(),
     )

@@ -80,14 +80,21 @@ pub struct StaticAddress {
     pub nodes: Vec<String>,
 }
 
+/// Gratuitous packets in a takeover burst, by default.
+pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
+/// Milliseconds between them, by default.
+pub const DEFAULT_ANNOUNCE_INTERVAL_MS: u64 = 100;
+/// Seconds between re-announcements, by default.
+pub const DEFAULT_REANNOUNCE_SECONDS: u64 = 30;
+
 fn default_burst_count() -> u32 {
-    3
+    DEFAULT_ANNOUNCE_COUNT
 }
 fn default_burst_interval_ms() -> u64 {
-    100
+    DEFAULT_ANNOUNCE_INTERVAL_MS
 }
 fn default_reannounce_s() -> u64 {
-    30
+    DEFAULT_REANNOUNCE_SECONDS
 }
 
 /// A configuration file that can't be used.
@@ -187,16 +194,6 @@ pub struct Timing {
     pub announce_interval: Duration,
     /// Time between re-announcements of every owned address (zero: never).
     pub reannounce: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            announce_count: default_burst_count(),
-            announce_interval: Duration::from_millis(default_burst_interval_ms()),
-            reannounce: Duration::from_secs(default_reannounce_s()),
-        }
-    }
 }
 
 /// The addresses `me` owns, with the interfaces named for each (empty: choose
