@@ -12,7 +12,6 @@
 mod netns;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -67,7 +66,6 @@ while True:
 
 struct Bench {
     lab: Lab,
-    dir: PathBuf,
     switch: String,
     client: String,
     nodes: Vec<String>,
@@ -98,12 +96,11 @@ fn owner(alive: &[String]) -> usize {
 
 fn start_speaker(b: &mut Bench, i: usize) -> usize {
     let ns = b.nodes[i].clone();
-    b.lab
-        .start_speaker(&ns, &b.dir, i + 1, "10.88.0", &[ADDRESS])
+    b.lab.start_speaker(&ns, i + 1, "10.88.0", &[ADDRESS])
 }
 
 fn start_listener(b: &mut Bench, i: usize) -> usize {
-    let log = b.dir.join(format!("listener-{}.log", i + 1));
+    let log = b.lab.dir().join(format!("listener-{}.log", i + 1));
     let ns = b.nodes[i].clone();
     b.lab
         .spawn(&ns, "python3", &["-c", LISTENER, ADDRESS], &log)
@@ -111,8 +108,6 @@ fn start_listener(b: &mut Bench, i: usize) -> usize {
 
 fn setup() -> Option<Bench> {
     let mut lab = Lab::new("failover bench")?;
-    let dir = std::env::temp_dir().join(format!("ironlb-failover-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch");
     let switch = lab.switch();
     let mut nodes = Vec::new();
     for i in 1..=3 {
@@ -139,7 +134,6 @@ fn setup() -> Option<Bench> {
     lab.plug(&switch, &client, "pc", &["10.88.0.50/24"]);
     let mut b = Bench {
         lab,
-        dir,
         switch,
         client,
         nodes,
@@ -216,7 +210,6 @@ fn main() {
         times.sort_by(f64::total_cmp);
         results.push((mode, times));
     }
-    let _ = std::fs::remove_dir_all(&b.dir);
     println!(
         "failover: time from the owner's loss to the client's first TCP connect, {trials} trials each\n"
     );

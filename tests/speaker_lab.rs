@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ironlb::election::{self, Constraints, Node};
@@ -17,17 +16,10 @@ const V6: &str = "fd77::100";
 
 struct World {
     lab: Lab,
-    dir: PathBuf,
     nodes: Vec<(String, String)>, // (node name, namespace)
     speakers: Vec<Option<usize>>,
     client: String,
     switch: String,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn world(test: &str) -> Option<World> {
@@ -42,8 +34,6 @@ fn world(test: &str) -> Option<World> {
 /// The switch, three nodes and the client, with no speaker yet.
 fn topology(test: &str) -> Option<World> {
     let mut lab = Lab::new(test)?;
-    let dir = std::env::temp_dir().join(format!("ironlb-lab-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
     let sw = lab.switch();
     let mut nodes = Vec::new();
     for i in 1..=3 {
@@ -60,7 +50,6 @@ fn topology(test: &str) -> Option<World> {
     lab.plug(&sw, &client, "pc", &["10.77.0.50/24", "fd77::50/64"]);
     Some(World {
         lab,
-        dir,
         nodes,
         speakers: Vec::new(),
         client,
@@ -70,8 +59,7 @@ fn topology(test: &str) -> Option<World> {
 
 fn start_speaker(w: &mut World, i: usize) -> usize {
     let ns = w.nodes[i].1.clone();
-    w.lab
-        .start_speaker(&ns, &w.dir, i + 1, "10.77.0", &[V4, V6])
+    w.lab.start_speaker(&ns, i + 1, "10.77.0", &[V4, V6])
 }
 
 fn mac_of(w: &World, ns: &str) -> String {
@@ -136,8 +124,8 @@ fn wait_mac(w: &World, address: &str, want: &str, what: &str) -> Duration {
 fn logs(w: &World) -> String {
     (1..=3)
         .map(|i| {
-            let text =
-                std::fs::read_to_string(w.dir.join(format!("node-{i}.log"))).unwrap_or_default();
+            let text = std::fs::read_to_string(w.lab.dir().join(format!("node-{i}.log")))
+                .unwrap_or_default();
             format!("--- node-{i}\n{text}")
         })
         .collect()
@@ -371,7 +359,7 @@ fn five_percent_packet_loss_causes_no_false_failover() {
 
 /// How many times node `i`'s speaker has logged a membership change.
 fn membership_changes(w: &World, i: usize) -> usize {
-    std::fs::read_to_string(w.dir.join(format!("node-{i}.log")))
+    std::fs::read_to_string(w.lab.dir().join(format!("node-{i}.log")))
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("membership"))
@@ -501,8 +489,8 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
         .await
         .unwrap();
 
-    let kubeconfig = server.lab_kubeconfig(&w.dir);
-    let secret = w.dir.join("secret");
+    let kubeconfig = server.lab_kubeconfig(w.lab.dir());
+    let secret = w.lab.dir().join("secret");
     std::fs::write(&secret, "cluster-lab-secret\n").unwrap();
     for i in 1..=3 {
         let seeds: Vec<String> = (1..=3)
@@ -510,7 +498,7 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
             .map(|j| format!("10.77.0.1{j}:7946"))
             .collect();
         let ns = w.nodes[i - 1].1.clone();
-        let log = w.dir.join(format!("node-{i}.log"));
+        let log = w.lab.dir().join(format!("node-{i}.log"));
         let idx = w.lab.spawn(
             &ns,
             env!("CARGO_BIN_EXE_ironlb"),

@@ -155,9 +155,7 @@ impl StaticConfig {
         }
         Ok(config)
     }
-}
 
-impl StaticConfig {
     /// The file's addresses as announcements: named interfaces, and the nodes
     /// allowed to announce each.
     pub fn announcements(&self) -> Vec<Announcement> {

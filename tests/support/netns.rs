@@ -14,6 +14,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// A lab of namespaces; dropped, it kills its processes and deletes them.
 pub struct Lab {
     prefix: String,
+    dir: std::path::PathBuf,
     namespaces: Vec<String>,
     children: Vec<Child>,
 }
@@ -48,11 +49,20 @@ impl Lab {
             return None;
         }
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("ilb{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).expect("lab scratch directory");
         Some(Self {
-            prefix: format!("ilb{}x{n}", std::process::id()),
+            dir,
+            prefix,
             namespaces: Vec::new(),
             children: Vec::new(),
         })
+    }
+
+    /// A scratch directory for configurations and logs, removed with the lab.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// Creates a namespace with its loopback up; returns its full name.
@@ -132,15 +142,8 @@ impl Lab {
 
     /// Starts `ironlb speaker --static` in `ns` as `node-{i}` (1 to 3) of a
     /// three-node group whose members gossip on `{subnet}.1{i}:7946`, announcing
-    /// `addresses` on `eth0`. Its configuration and log go to `dir`.
-    pub fn start_speaker(
-        &mut self,
-        ns: &str,
-        dir: &std::path::Path,
-        i: usize,
-        subnet: &str,
-        addresses: &[&str],
-    ) -> usize {
+    /// `addresses` on `eth0`. Its configuration and log go to [`Lab::dir`].
+    pub fn start_speaker(&mut self, ns: &str, i: usize, subnet: &str, addresses: &[&str]) -> usize {
         let seeds: Vec<String> = (1..=3)
             .filter(|j| *j != i)
             .map(|j| format!("{subnet}.1{j}:7946"))
@@ -152,9 +155,9 @@ impl Lab {
         for a in addresses {
             config.push_str(&format!("  - address: {a}\n    interfaces: [eth0]\n"));
         }
-        let path = dir.join(format!("node-{i}.yaml"));
+        let path = self.dir.join(format!("node-{i}.yaml"));
         std::fs::write(&path, config).expect("write speaker config");
-        let log = dir.join(format!("node-{i}.log"));
+        let log = self.dir.join(format!("node-{i}.log"));
         self.spawn(
             ns,
             env!("CARGO_BIN_EXE_ironlb"),
@@ -192,6 +195,7 @@ impl Drop for Lab {
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
