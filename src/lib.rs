@@ -17,11 +17,14 @@
 //! - [`membership`]: SWIM gossip among speakers over authenticated UDP.
 //! - [`netlink`]: the node's interfaces over rtnetlink, and which of them
 //!   announce an address.
+//! - [`forwarder`]: the embedded L4 forwarder: listener plan (pure), TCP and
+//!   UDP proxying, PROXY protocol headers, transparent connections.
 //! - [`speaker`]: decides which addresses this node owns and announces them.
 
 pub mod api;
 pub mod controller;
 pub mod election;
+pub mod forwarder;
 pub mod http;
 pub mod ipam;
 pub mod l2;

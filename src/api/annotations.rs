@@ -96,6 +96,27 @@ impl Forwarding {
     }
 }
 
+/// Which PROXY protocol header the embedded forwarder sends a backend first
+/// ([`PROXY_PROTOCOL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProxyVersion {
+    /// The text header (`PROXY TCP4 …\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyVersion {
+    /// Reads the annotation's value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "v1" => Ok(ProxyVersion::V1),
+            "v2" => Ok(ProxyVersion::V2),
+            other => Err(format!("{other:?} is not one of \"v1\", \"v2\"")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +164,14 @@ mod tests {
             Forwarding::parse("ebpf"),
             Err("\"ebpf\" is not one of \"kube-proxy\", \"embedded\"".to_string())
         );
+    }
+
+    #[test]
+    fn proxy_versions_parse_and_others_are_named_in_the_error() {
+        assert_eq!(ProxyVersion::parse(" v2"), Ok(ProxyVersion::V2));
+        assert_eq!(ProxyVersion::parse("v1"), Ok(ProxyVersion::V1));
+        let e = ProxyVersion::parse("2").unwrap_err();
+        assert!(e.contains("\"2\"") && e.contains("v1"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ use serde::Serialize;
 
 use crate::l2::packet::MacAddr;
 
+pub mod host;
+
 /// What ironlb needs to know of a network interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Link {

@@ -1,0 +1,146 @@
+//! The forwarder's metrics, per Service.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::ipam::ServiceKey;
+
+/// A Service, as a label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+}
+
+impl From<&ServiceKey> for ServiceLabels {
+    fn from(k: &ServiceKey) -> Self {
+        Self {
+            namespace: k.namespace.clone(),
+            service: k.name.clone(),
+        }
+    }
+}
+
+/// Which way bytes went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// Client to backend.
+    ToBackend,
+    /// Backend to client.
+    ToClient,
+}
+
+/// Why a connection or datagram was not forwarded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Refusal {
+    /// The client is outside `loadBalancerSourceRanges`.
+    SourceRange,
+    /// The listener's connection limit was reached.
+    ConnectionLimit,
+    /// The UDP flow table was full.
+    FlowTableFull,
+    /// No backend accepted.
+    NoBackend,
+}
+
+/// A Service and a direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+    /// Which way.
+    pub direction: Direction,
+}
+
+/// A Service and a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+    /// Why.
+    pub reason: Refusal,
+}
+
+/// Every forwarder metric; cheap to clone (shared counters).
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// TCP connections open now.
+    pub connections_active: Family<ServiceLabels, Gauge>,
+    /// TCP connections accepted and forwarded.
+    pub connections: Family<ServiceLabels, Counter>,
+    /// Bytes forwarded.
+    pub bytes: Family<BytesLabels, Counter>,
+    /// Connects to a backend that failed or timed out.
+    pub backend_connect_failures: Family<ServiceLabels, Counter>,
+    /// Connections and datagrams refused.
+    pub refused: Family<RefusedLabels, Counter>,
+    /// UDP flows open now.
+    pub udp_flows: Family<ServiceLabels, Gauge>,
+    /// UDP datagrams forwarded to backends.
+    pub udp_datagrams: Family<ServiceLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric under `forwarder_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("forwarder");
+        r.register(
+            "connections_active",
+            "TCP connections open now",
+            self.connections_active.clone(),
+        );
+        r.register(
+            "connections",
+            "TCP connections forwarded",
+            self.connections.clone(),
+        );
+        r.register("bytes", "Bytes forwarded", self.bytes.clone());
+        r.register(
+            "backend_connect_failures",
+            "Connects to a backend that failed or timed out",
+            self.backend_connect_failures.clone(),
+        );
+        r.register(
+            "refused",
+            "Connections and datagrams refused, by reason",
+            self.refused.clone(),
+        );
+        r.register("udp_flows", "UDP flows open now", self.udp_flows.clone());
+        r.register(
+            "udp_datagrams",
+            "UDP datagrams forwarded to backends",
+            self.udp_datagrams.clone(),
+        );
+    }
+
+    /// Counts one refusal.
+    pub fn refuse(&self, service: &ServiceKey, reason: Refusal) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                namespace: service.namespace.clone(),
+                service: service.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// The byte counter of `service` in `direction`.
+    pub fn bytes(&self, service: &ServiceKey, direction: Direction) -> Counter {
+        self.bytes
+            .get_or_create(&BytesLabels {
+                namespace: service.namespace.clone(),
+                service: service.name.clone(),
+                direction,
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,204 @@
+//! TCP: accept, choose a backend, send the PROXY header, copy both ways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use socket2::Type;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::metrics::{Direction, Refusal, ServiceLabels};
+use super::{Context, Shared, admitted, doomed, proxy_header, transparent_socket};
+
+/// Bytes read at once per direction of a connection.
+const BUFFER: usize = 16 * 1024;
+
+pub(super) async fn serve(
+    listener: TcpListener,
+    state: watch::Receiver<Arc<Shared>>,
+    stop: CancellationToken,
+    ctx: Arc<Context>,
+) {
+    loop {
+        let (client, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = state.borrow().clone();
+        if !admitted(&shared.policy, peer.ip()) {
+            debug!(client = %peer, service = %shared.service, "outside loadBalancerSourceRanges");
+            ctx.metrics.refuse(&shared.service, Refusal::SourceRange);
+            reset(client);
+            continue;
+        }
+        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+            ctx.metrics.refuse(&shared.service, Refusal::ConnectionLimit);
+            reset(client);
+            continue;
+        };
+        tokio::spawn(connection(
+            client,
+            peer,
+            state.clone(),
+            stop.clone(),
+            ctx.clone(),
+            permit,
+        ));
+    }
+}
+
+/// Closes with a reset: the client learns at once, and no TIME_WAIT remains.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+}
+
+async fn connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    state: watch::Receiver<Arc<Shared>>,
+    stop: CancellationToken,
+    ctx: Arc<Context>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = client.set_nodelay(true);
+    let shared = state.borrow().clone();
+    let labels = ServiceLabels::from(&shared.service);
+    let local = client.local_addr().unwrap_or(peer);
+    let now = Instant::now();
+    let order = ctx
+        .balancer
+        .order(&shared.backends, peer.ip(), shared.policy.affinity, now);
+    let mut chosen = None;
+    for b in order {
+        let from = shared.policy.local.then_some(peer);
+        match tokio::time::timeout(ctx.settings.connect_timeout, connect(b.address, from)).await
+        {
+            Ok(Ok(stream)) => {
+                chosen = Some((b, stream));
+                break;
+            }
+            Ok(Err(e)) => debug!(backend = %b.address, error = %e, "backend connect failed"),
+            Err(_) => debug!(backend = %b.address, "backend connect timed out"),
+        }
+        ctx.metrics
+            .backend_connect_failures
+            .get_or_create(&labels)
+            .inc();
+    }
+    let Some((backend, mut upstream)) = chosen else {
+        ctx.metrics.refuse(&shared.service, Refusal::NoBackend);
+        reset(client);
+        return;
+    };
+    ctx.balancer
+        .stick(peer.ip(), &backend, shared.policy.affinity, now);
+    let _ = upstream.set_nodelay(true);
+    if let Some(version) = shared.policy.proxy {
+        let header = proxy_header::tcp(version, peer, local);
+        if upstream.write_all(&header).await.is_err() {
+            reset(client);
+            return;
+        }
+    }
+    ctx.metrics.connections.get_or_create(&labels).inc();
+    let active = ctx.metrics.connections_active.get_or_create(&labels).clone();
+    active.inc();
+    let up = ctx.metrics.bytes(&shared.service, Direction::ToBackend);
+    let down = ctx.metrics.bytes(&shared.service, Direction::ToClient);
+    let cut = doomed(state, backend.clone(), stop, ctx.settings.drain);
+    let outcome = tokio::select! {
+        r = pipe(&mut client, &mut upstream, ctx.settings.tcp_idle, up, down) => r,
+        _ = cut => Err(std::io::Error::other("drained")),
+    };
+    active.dec();
+    if let Err(e) = outcome {
+        debug!(client = %peer, backend = %backend.address, error = %e, "connection ended abnormally");
+        // A reset on one side is passed on as a reset to the other.
+        let _ = client.set_zero_linger();
+        let _ = upstream.set_zero_linger();
+    }
+}
+
+async fn connect(to: SocketAddr, from: Option<SocketAddr>) -> std::io::Result<TcpStream> {
+    let socket = match from {
+        Some(from) => TcpSocket::from_std_stream(
+            transparent_socket(SocketAddr::new(from.ip(), 0), to, Type::STREAM)?.into(),
+        ),
+        None if to.is_ipv4() => TcpSocket::new_v4()?,
+        None => TcpSocket::new_v6()?,
+    };
+    socket.connect(to).await
+}
+
+/// Copies both ways until both sides have closed, passing each half-close on;
+/// gives up after `idle` without a byte either way.
+async fn pipe(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    up: Counter,
+    down: Counter,
+) -> std::io::Result<()> {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+    let copy = async {
+        tokio::try_join!(
+            half(&mut cr, &mut uw, &last, start, &up),
+            half(&mut ur, &mut cw, &last, start, &down),
+        )
+    };
+    let watchdog = async {
+        loop {
+            let seen = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = start + seen + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    };
+    tokio::select! {
+        r = copy => r.map(|_| ()),
+        _ = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle")),
+    }
+}
+
+async fn half<R, W>(
+    r: &mut R,
+    w: &mut W,
+    last: &AtomicU64,
+    start: Instant,
+    bytes: &Counter,
+) -> std::io::Result<()>
+where
+    R: AsyncReadExt + Unpin,
+    W: AsyncWriteExt + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        bytes.inc_by(n as u64);
+        let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last.store(now, Ordering::Relaxed);
+    }
+}
