@@ -71,6 +71,11 @@ impl Metrics {
         );
     }
 
+    /// Exports the forwarder's metrics.
+    pub fn register_forwarder(&self, m: &crate::forwarder::metrics::Metrics) {
+        m.register(&mut self.registry.lock().expect("registry"));
+    }
+
     /// Exports the gossip group's counters.
     pub fn register_membership(&self, c: &membership::Counters) {
         let mut registry = self.registry.lock().expect("registry");

@@ -19,7 +19,10 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::annotations::ProxyVersion;
 use crate::election::{self, Constraints};
+use crate::forwarder::Forwarder;
+use crate::forwarder::plan::{Endpoint, Frontend, FrontendPort, Policy, Protocol};
 use crate::ipam::ServiceKey;
 use crate::l2::announcer::Announcer;
 use crate::membership::{self, Membership};
@@ -52,6 +55,62 @@ pub struct StaticConfig {
     /// Switches age MAC entries faster than hosts age ARP entries.
     #[serde(default = "default_reannounce_s")]
     pub reannounce_seconds: u64,
+    /// Services the embedded forwarder carries on those addresses.
+    #[serde(default)]
+    pub services: Vec<StaticService>,
+}
+
+/// A Service of a static configuration: an address, ports and endpoints, with
+/// the same options as a Kubernetes Service with embedded forwarding.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticService {
+    /// A name for logs and metrics (namespace `static`).
+    pub name: String,
+    /// One of the file's addresses.
+    pub address: IpAddr,
+    /// The ports.
+    pub ports: Vec<StaticPort>,
+    /// The endpoints; each serves every port on its `targetPort`.
+    pub endpoints: Vec<StaticEndpoint>,
+    /// `Cluster` (default) or `Local`: only endpoints on the owning node, and
+    /// they see the client's address.
+    #[serde(default)]
+    pub external_traffic_policy: Option<String>,
+    /// Seconds a client keeps its backend (`sessionAffinity: ClientIP`).
+    #[serde(default)]
+    pub session_affinity_seconds: Option<u64>,
+    /// `v1` or `v2`: the PROXY protocol header sent to TCP backends.
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
+    /// Clients allowed; empty: all.
+    #[serde(default)]
+    pub source_ranges: Vec<ipnetwork::IpNetwork>,
+}
+
+/// A port of a [`StaticService`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticPort {
+    /// The port clients use.
+    pub port: u16,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The endpoints' port (default: `port`).
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+/// An endpoint of a [`StaticService`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticEndpoint {
+    /// Its address.
+    pub address: IpAddr,
+    /// The node it runs on (matters for `Local`).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// The gossip settings.
@@ -117,6 +176,18 @@ pub enum ConfigError {
         /// What is wrong and where.
         message: String,
     },
+    /// A service that can't be forwarded as written.
+    #[error("{path}: services[{service}].{field}: {message}")]
+    Service {
+        /// The file.
+        path: String,
+        /// The service's name.
+        service: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// An address listed twice.
     #[error("{path}: addresses: {address} is listed twice")]
     Duplicate {
@@ -153,7 +224,92 @@ impl StaticConfig {
                 });
             }
         }
+        config.frontends_checked(path)?;
         Ok(config)
+    }
+
+    /// The file's services as the forwarder sees them.
+    pub fn frontends(&self) -> Vec<Frontend> {
+        // `parse` checked every field, so nothing is dropped here.
+        self.frontends_checked("").unwrap_or_default()
+    }
+
+    fn frontends_checked(&self, path: &str) -> Result<Vec<Frontend>, ConfigError> {
+        let mut out = Vec::new();
+        for s in &self.services {
+            let fail = |field: &'static str, message: String| ConfigError::Service {
+                path: path.into(),
+                service: s.name.clone(),
+                field,
+                message,
+            };
+            if !self.addresses.iter().any(|a| a.address == s.address) {
+                return Err(fail(
+                    "address",
+                    format!("{} is not one of the file's addresses", s.address),
+                ));
+            }
+            let local = match s.external_traffic_policy.as_deref() {
+                None | Some("Cluster") => false,
+                Some("Local") => true,
+                Some(other) => {
+                    return Err(fail(
+                        "externalTrafficPolicy",
+                        format!("{other:?} is not one of \"Cluster\", \"Local\""),
+                    ));
+                }
+            };
+            let proxy = s
+                .proxy_protocol
+                .as_deref()
+                .map(ProxyVersion::parse)
+                .transpose()
+                .map_err(|e| fail("proxyProtocol", e))?;
+            let mut ports = Vec::new();
+            let mut endpoint_ports = BTreeMap::new();
+            for p in &s.ports {
+                let protocol = match p.protocol.as_deref() {
+                    None | Some("TCP") => Protocol::Tcp,
+                    Some("UDP") => Protocol::Udp,
+                    Some(other) => {
+                        return Err(fail(
+                            "ports",
+                            format!("protocol {other:?} is not one of \"TCP\", \"UDP\""),
+                        ));
+                    }
+                };
+                let name = format!("{}-{}", protocol, p.port);
+                endpoint_ports.insert((name.clone(), protocol), p.target_port.unwrap_or(p.port));
+                ports.push(FrontendPort {
+                    name,
+                    port: p.port,
+                    protocol,
+                });
+            }
+            out.push(Frontend {
+                service: ServiceKey::new("static", s.name.clone()),
+                addresses: vec![s.address],
+                ports,
+                policy: Policy {
+                    local,
+                    affinity: s.session_affinity_seconds.map(Duration::from_secs),
+                    proxy,
+                    source_ranges: s.source_ranges.clone(),
+                },
+                endpoints: s
+                    .endpoints
+                    .iter()
+                    .map(|e| Endpoint {
+                        address: e.address,
+                        node: e.node.clone(),
+                        ready: true,
+                        serving: true,
+                        ports: endpoint_ports.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
     }
 
     /// The file's addresses as announcements: named interfaces, and the nodes
@@ -223,6 +379,7 @@ pub async fn run_static(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (_desired_tx, desired) = watch::channel(config.announcements());
+    let (_frontends_tx, frontends) = watch::channel(config.frontends());
     let (_nodes_tx, nodes) = watch::channel(Vec::new());
     let gossip = membership::Config::lan(
         node.clone(),
@@ -234,6 +391,7 @@ pub async fn run_static(
         config.gossip.listen,
         gossip,
         desired,
+        frontends,
         nodes,
         config.timing(),
         http,
@@ -272,6 +430,7 @@ pub async fn run_kubernetes(
     let report_client = client.clone();
     let nodes = cache::<K8sNode>(Api::all(client), wake.clone(), shutdown.clone());
     let (desired_tx, desired) = watch::channel(Vec::new());
+    let (frontends_tx, frontends) = watch::channel(Vec::new());
     let (nodes_tx, node_objects) = watch::channel(Vec::new());
     let feeder_stop = shutdown.clone();
     tokio::spawn(async move {
@@ -288,6 +447,7 @@ pub async fn run_kubernetes(
             }
         }
         info!("cluster view ready");
+        let mut last_invalid = Vec::new();
         loop {
             let (svc, pl, ad, sl) = (services.state(), pools.state(), ads.state(), slices.state());
             let view = view::ClusterView {
@@ -298,6 +458,20 @@ pub async fn run_kubernetes(
                 default_class,
             };
             let announcements = view::announcements(&view);
+            let (fronts, invalid) = view::frontends(&view);
+            if invalid != last_invalid {
+                for e in invalid.iter().filter(|e| !last_invalid.contains(e)) {
+                    warn!(service = %e.service, error = %e.message, "not forwarded");
+                }
+                last_invalid = invalid;
+            }
+            frontends_tx.send_if_modified(|current| {
+                let changed = *current != fronts;
+                if changed {
+                    *current = fronts;
+                }
+                changed
+            });
             desired_tx.send_if_modified(|current| {
                 let changed = *current != announcements;
                 if changed {
@@ -333,6 +507,7 @@ pub async fn run_kubernetes(
         listen,
         gossip,
         desired,
+        frontends,
         node_objects,
         timing,
         http,
@@ -356,6 +531,7 @@ pub async fn run(
     listen: SocketAddr,
     gossip: membership::Config,
     mut desired: watch::Receiver<Vec<Announcement>>,
+    mut frontends: watch::Receiver<Vec<Frontend>>,
     mut node_objects: watch::Receiver<Vec<K8sNode>>,
     timing: Timing,
     http: Option<tokio::net::TcpListener>,
@@ -391,6 +567,9 @@ pub async fn run(
     };
     let mut last_announce = tokio::time::Instant::now();
     let mut trigger = Trigger::Start;
+    let forwarder_metrics = crate::forwarder::metrics::Metrics::default();
+    metrics.register_forwarder(&forwarder_metrics);
+    let mut forwarding = Forwarding::new(forwarder_metrics);
     loop {
         let alive = members.borrow_and_update().clone();
         if !matches!(trigger, Trigger::Tick | Trigger::View) {
@@ -437,6 +616,9 @@ pub async fn run(
             gained.push(*ip);
         }
         owned_now = wanted;
+        forwarding
+            .apply(&node, &owned_now, &frontends.borrow_and_update())
+            .await;
         for (ip, services) in std::mem::take(&mut reported) {
             if !owned_now.contains_key(&ip) {
                 send(Report::Withdrawn {
@@ -500,6 +682,7 @@ pub async fn run(
                 Trigger::Membership
             }
             changed = desired.changed() => if changed.is_err() { break } else { Trigger::View },
+            changed = frontends.changed() => if changed.is_err() { break } else { Trigger::View },
             changed = node_objects.changed() => if changed.is_err() { break } else { Trigger::View },
             _ = tokio::time::sleep_until(last_announce + reannounce) => Trigger::Tick,
         };
@@ -511,6 +694,7 @@ pub async fn run(
             }
         }
     }
+    forwarding.stop().await;
     for (ip, services) in reported {
         send(Report::Withdrawn {
             address: ip,
@@ -520,6 +704,103 @@ pub async fn run(
     membership.leave().await;
     info!("speaker stopped: addresses withdrawn, left the group");
     Ok(())
+}
+
+/// The forwarder and what it changed on the node.
+struct Forwarding {
+    forwarder: Forwarder,
+    settings: crate::forwarder::Settings,
+    /// The Service addresses on the loopback, once known.
+    addresses: Option<BTreeSet<IpAddr>>,
+    transparent: bool,
+    conflicts: Vec<crate::forwarder::plan::Conflict>,
+}
+
+impl Forwarding {
+    fn new(metrics: crate::forwarder::metrics::Metrics) -> Self {
+        let settings = crate::forwarder::Settings::default();
+        Self {
+            forwarder: Forwarder::new(settings.clone(), metrics),
+            settings,
+            addresses: None,
+            transparent: false,
+            conflicts: Vec::new(),
+        }
+    }
+
+    /// Runs the listeners of the addresses this node owns, with the Service
+    /// addresses on the loopback and, for `Local` Services, the transparent
+    /// routing. Failures are logged and retried on the next pass.
+    async fn apply(
+        &mut self,
+        node: &str,
+        owned: &BTreeMap<IpAddr, Vec<String>>,
+        frontends: &[Frontend],
+    ) {
+        let keys: BTreeSet<IpAddr> = owned.keys().copied().collect();
+        let plan = crate::forwarder::plan::plan(node, &keys, frontends);
+        if plan.conflicts != self.conflicts {
+            for c in &plan.conflicts {
+                warn!(address = %c.address, protocol = %c.protocol, kept = %c.kept,
+                      refused = %c.refused, "two Services want one port; the first keeps it");
+            }
+            self.conflicts = plan.conflicts.clone();
+        }
+        let addresses: BTreeSet<IpAddr> = plan.listeners.iter().map(|l| l.address.ip()).collect();
+        if self.addresses.as_ref() != Some(&addresses) {
+            for ip in &addresses {
+                for interface in owned.get(ip).into_iter().flatten() {
+                    if let Err(e) = crate::netlink::host::quiet_arp(interface) {
+                        warn!(%interface, error = %e, "cannot set arp_ignore/arp_announce");
+                    }
+                }
+            }
+            match set_service_addresses(&addresses).await {
+                Ok(()) => self.addresses = Some(addresses),
+                Err(e) => warn!(error = %e, "cannot put Service addresses on the loopback"),
+            }
+        }
+        let local = plan.listeners.iter().any(|l| l.policy.local);
+        if local && !self.transparent {
+            match crate::forwarder::transparent::install(self.settings.mark).await {
+                Ok(()) => self.transparent = true,
+                Err(e) => warn!(error = %e, "cannot install transparent routing; Local Services won't answer"),
+            }
+        } else if !local && self.transparent {
+            self.remove_transparent().await;
+        }
+        for e in self.forwarder.apply(&plan.listeners) {
+            warn!(error = %e, "listener not started");
+        }
+    }
+
+    async fn remove_transparent(&mut self) {
+        match crate::forwarder::transparent::remove(self.settings.mark).await {
+            Ok(()) => self.transparent = false,
+            Err(e) => warn!(error = %e, "cannot remove transparent routing"),
+        }
+    }
+
+    /// Stops every listener and removes what was added to the node.
+    async fn stop(&mut self) {
+        self.forwarder.stop_all();
+        if self.addresses.as_ref().is_some_and(|a| !a.is_empty())
+            && let Err(e) = set_service_addresses(&BTreeSet::new()).await
+        {
+            warn!(error = %e, "cannot remove Service addresses from the loopback");
+        }
+        if self.transparent {
+            self.remove_transparent().await;
+        }
+    }
+}
+
+async fn set_service_addresses(
+    addresses: &BTreeSet<IpAddr>,
+) -> Result<(), crate::netlink::Error> {
+    crate::netlink::host::Host::open()?
+        .set_service_addresses(addresses)
+        .await
 }
 
 /// Fills in the interfaces of addresses that name none: those whose subnet

@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use crate::api::{IPAddressPool, L2Advertisement};
 use crate::controller::translate;
 use crate::election::{Constraints, Node};
+use crate::forwarder::plan::{Endpoint, Frontend, FrontendPort, Policy, Protocol};
 use crate::ipam::{Allocator, LabelSelector, ServiceKey};
 
 /// One address to announce, and the rules for who may.
@@ -213,6 +214,149 @@ pub fn nodes(members: &BTreeSet<String>, objects: &[&K8sNode]) -> Vec<Node> {
             }
         })
         .collect()
+}
+
+/// A Service the forwarder can't serve as asked, and why (names the field).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendError {
+    /// The Service.
+    pub service: ServiceKey,
+    /// What is wrong, naming the annotation or field.
+    pub message: String,
+}
+
+/// The Services with `ironlb.dev/forwarding: embedded` and an address, as the
+/// forwarder sees them, with their endpoints from the EndpointSlices. A Service
+/// with an unreadable setting is left out and named in the errors (a listener
+/// that ignores the PROXY protocol or the source ranges the user asked for
+/// would be worse than none).
+pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) {
+    use crate::api::annotations::{FORWARDING, Forwarding, PROXY_PROTOCOL, ProxyVersion};
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for svc in &view.services {
+        if !translate::is_eligible(svc, view.default_class) {
+            continue;
+        }
+        let addresses = translate::status_addresses(svc);
+        let annotations = svc.annotations();
+        let embedded = annotations
+            .get(FORWARDING)
+            .and_then(|v| Forwarding::parse(v).ok())
+            == Some(Forwarding::Embedded);
+        if addresses.is_empty() || !embedded {
+            continue;
+        }
+        let key = translate::service_key(svc);
+        let fail = |message: String| FrontendError {
+            service: key.clone(),
+            message,
+        };
+        let Some(spec) = &svc.spec else { continue };
+        let proxy = match annotations.get(PROXY_PROTOCOL).map(|v| ProxyVersion::parse(v)) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                errors.push(fail(format!("annotation {PROXY_PROTOCOL}: {e}")));
+                continue;
+            }
+        };
+        let mut source_ranges = Vec::new();
+        let mut bad_range = None;
+        for r in spec.load_balancer_source_ranges.iter().flatten() {
+            match r.trim().parse::<ipnetwork::IpNetwork>() {
+                Ok(n) => source_ranges.push(n),
+                Err(e) => bad_range = Some(format!("spec.loadBalancerSourceRanges: {r:?}: {e}")),
+            }
+        }
+        if let Some(m) = bad_range {
+            errors.push(fail(m));
+            continue;
+        }
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let seconds = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10_800);
+            std::time::Duration::from_secs(u64::try_from(seconds.max(1)).unwrap_or(1))
+        });
+        let mut ports = Vec::new();
+        for p in spec.ports.iter().flatten() {
+            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                other => {
+                    errors.push(fail(format!(
+                        "spec.ports[{}]: protocol {other} is not forwarded (TCP and UDP are)",
+                        p.name.as_deref().unwrap_or(&p.port.to_string())
+                    )));
+                    continue;
+                }
+            };
+            let Ok(port) = u16::try_from(p.port) else { continue };
+            ports.push(FrontendPort {
+                name: p.name.clone().unwrap_or_default(),
+                port,
+                protocol,
+            });
+        }
+        out.push(Frontend {
+            service: key.clone(),
+            addresses,
+            ports,
+            policy: Policy {
+                local: spec.external_traffic_policy.as_deref() == Some("Local"),
+                affinity,
+                proxy,
+                source_ranges,
+            },
+            endpoints: endpoints_of(&key, &view.slices),
+        });
+    }
+    (out, errors)
+}
+
+/// The endpoints of Service `key` from its EndpointSlices. An unset `ready` is
+/// ready and an unset `serving` is as `ready`, as the EndpointSlice API says.
+fn endpoints_of(key: &ServiceKey, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for slice in slices.iter().filter(|s| {
+        s.namespace().as_deref() == Some(key.namespace.as_str())
+            && s.labels().get("kubernetes.io/service-name") == Some(&key.name)
+    }) {
+        let ports: BTreeMap<(String, Protocol), u16> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                    "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
+                    _ => return None,
+                };
+                let port = u16::try_from(p.port?).ok()?;
+                Some(((p.name.clone().unwrap_or_default(), protocol), port))
+            })
+            .collect();
+        for e in &slice.endpoints {
+            let conditions = e.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            for a in &e.addresses {
+                let Ok(address) = a.parse::<IpAddr>() else { continue };
+                out.push(Endpoint {
+                    address,
+                    node: e.node_name.clone(),
+                    ready,
+                    serving,
+                    ports: ports.clone(),
+                });
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
