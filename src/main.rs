@@ -195,7 +195,14 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
             .node
             .or_else(|| config.node.clone())
             .unwrap_or_else(hostname);
-        ironlb::speaker::run_static(config, node, Some(listener), shutdown_on_signal()).await?;
+        ironlb::speaker::run_static(
+            config,
+            Some(file.clone()),
+            node,
+            Some(listener),
+            shutdown_on_signal(),
+        )
+        .await?;
         return Ok(());
     }
     let listen = args.gossip_listen.context(

@@ -314,18 +314,33 @@ impl StaticConfig {
 
     /// The file's addresses as announcements: named interfaces, and the nodes
     /// allowed to announce each.
+    /// An address of a `Local` service may only be announced by the nodes of
+    /// its endpoints, as in a cluster.
     pub fn announcements(&self) -> Vec<Announcement> {
         self.addresses
             .iter()
-            .map(|a| Announcement {
-                address: a.address,
-                pool: String::new(),
-                services: Vec::new(),
-                interfaces: a.interfaces.clone(),
-                constraints: Constraints {
-                    allowed_nodes: (!a.nodes.is_empty()).then(|| a.nodes.iter().cloned().collect()),
-                    ..Default::default()
-                },
+            .map(|a| {
+                let local_endpoints = self
+                    .services
+                    .iter()
+                    .filter(|s| {
+                        s.address == a.address
+                            && s.external_traffic_policy.as_deref() == Some("Local")
+                    })
+                    .map(|s| s.endpoints.iter().filter_map(|e| e.node.clone()).collect())
+                    .reduce(|x: BTreeSet<String>, y| x.intersection(&y).cloned().collect());
+                Announcement {
+                    address: a.address,
+                    pool: String::new(),
+                    services: Vec::new(),
+                    interfaces: a.interfaces.clone(),
+                    constraints: Constraints {
+                        allowed_nodes: (!a.nodes.is_empty())
+                            .then(|| a.nodes.iter().cloned().collect()),
+                        local_endpoints,
+                        ..Default::default()
+                    },
+                }
             })
             .collect()
     }
@@ -371,16 +386,46 @@ pub fn owned(
 }
 
 /// Runs a speaker from a static configuration until `shutdown`, then withdraws
-/// every address and leaves the group.
+/// every address and leaves the group. When `path` is given, the file is read
+/// again whenever it changes: addresses, services and endpoints follow it
+/// (gossip settings need a restart); a file that no longer parses is logged
+/// and the last good one stays.
 pub async fn run_static(
     config: StaticConfig,
+    path: Option<String>,
     node: String,
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let (_desired_tx, desired) = watch::channel(config.announcements());
-    let (_frontends_tx, frontends) = watch::channel(config.frontends());
+    let (desired_tx, desired) = watch::channel(config.announcements());
+    let (frontends_tx, frontends) = watch::channel(config.frontends());
     let (_nodes_tx, nodes) = watch::channel(Vec::new());
+    if let Some(path) = path {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let modified = |p: &str| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut seen = modified(&path);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                let now = modified(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match StaticConfig::load(&path) {
+                    Ok(c) => {
+                        info!(%path, "configuration reloaded");
+                        desired_tx.send_replace(c.announcements());
+                        frontends_tx.send_replace(c.frontends());
+                    }
+                    Err(e) => warn!(error = %e, "configuration not reloaded; keeping the last good one"),
+                }
+            }
+        });
+    }
     let gossip = membership::Config::lan(
         node.clone(),
         config.gossip.secret.as_bytes(),

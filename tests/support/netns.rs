@@ -144,6 +144,13 @@ impl Lab {
     /// three-node group whose members gossip on `{subnet}.1{i}:7946`, announcing
     /// `addresses` on `eth0`. Its configuration and log go to [`Lab::dir`].
     pub fn start_speaker(&mut self, ns: &str, i: usize, subnet: &str, addresses: &[&str]) -> usize {
+        let config = self.speaker_config(i, subnet, addresses, "");
+        self.start_speaker_with(ns, i, &config)
+    }
+
+    /// The static configuration [`Lab::start_speaker`] writes, with `extra`
+    /// (YAML, e.g. a `services:` block) appended.
+    pub fn speaker_config(&self, i: usize, subnet: &str, addresses: &[&str], extra: &str) -> String {
         let seeds: Vec<String> = (1..=3)
             .filter(|j| *j != i)
             .map(|j| format!("{subnet}.1{j}:7946"))
@@ -155,7 +162,19 @@ impl Lab {
         for a in addresses {
             config.push_str(&format!("  - address: {a}\n    interfaces: [eth0]\n"));
         }
-        let path = self.dir.join(format!("node-{i}.yaml"));
+        config.push_str(extra);
+        config
+    }
+
+    /// Where node `i`'s static configuration lives; the speaker reloads it
+    /// when it changes.
+    pub fn speaker_config_path(&self, i: usize) -> std::path::PathBuf {
+        self.dir.join(format!("node-{i}.yaml"))
+    }
+
+    /// Starts `ironlb speaker --static` in `ns` as `node-{i}` with `config`.
+    pub fn start_speaker_with(&mut self, ns: &str, i: usize, config: &str) -> usize {
+        let path = self.speaker_config_path(i);
         std::fs::write(&path, config).expect("write speaker config");
         let log = self.dir.join(format!("node-{i}.log"));
         self.spawn(
@@ -164,6 +183,19 @@ impl Lab {
             &["speaker", "--static", path.to_str().expect("utf-8 path")],
             &log,
         )
+    }
+
+    /// Connects `a` and `b` with a veth pair: `a_if` with `a_addr` in `a`,
+    /// `b_if` with `b_addr` in `b` (addresses with their prefix length).
+    pub fn wire(&mut self, a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str) {
+        self.exec_ok(
+            a,
+            &["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b],
+        );
+        self.exec_ok(a, &["ip", "addr", "add", a_addr, "dev", a_if, "nodad"]);
+        self.exec_ok(b, &["ip", "addr", "add", b_addr, "dev", b_if, "nodad"]);
+        self.exec_ok(a, &["ip", "link", "set", a_if, "up"]);
+        self.exec_ok(b, &["ip", "link", "set", b_if, "up"]);
     }
 
     /// The process id of a process started with [`Lab::spawn`].

@@ -1,0 +1,487 @@
+//! The embedded forwarder in a namespace lab: a client namespace connects to an
+//! address owned by a node namespace running a real `ironlb speaker --static`,
+//! which forwards to backends in other namespaces — HAProxy and nginx from
+//! Debian reading the PROXY protocol, and small Python peers
+//! (`tests/peers/peer.py`) that report the address they saw.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::netns::Lab;
+
+const VIP: &str = "10.77.0.100";
+const CLIENT: &str = "10.77.0.2";
+const OUTSIDER: &str = "10.77.0.60";
+
+struct World {
+    lab: Lab,
+    /// Namespaces of node-1 and node-2.
+    nodes: Vec<String>,
+    client: String,
+    switch: String,
+}
+
+/// A switch, `nodes` nodes (10.77.0.1i) and a client (10.77.0.2).
+fn world(test: &str, nodes: usize) -> Option<World> {
+    let mut lab = Lab::new(test)?;
+    let switch = lab.switch();
+    let mut names = Vec::new();
+    for i in 1..=nodes {
+        let ns = lab.namespace(&format!("n{i}"));
+        lab.plug(&switch, &ns, &format!("p{i}"), &[&format!("10.77.0.1{i}/24")]);
+        names.push(ns);
+    }
+    let client = lab.namespace("client");
+    lab.plug(&switch, &client, "pc", &[&format!("{CLIENT}/24")]);
+    Some(World {
+        lab,
+        nodes: names,
+        client,
+        switch,
+    })
+}
+
+impl World {
+    /// A backend host on the switch at `address` (10.77.0.x).
+    fn backend_host(&mut self, short: &str, port: &str, address: &str) -> String {
+        let ns = self.lab.namespace(short);
+        let sw = self.switch.clone();
+        self.lab.plug(&sw, &ns, port, &[&format!("{address}/24")]);
+        ns
+    }
+
+    /// Runs `peer.py serve` in `ns` on `address:port`.
+    fn peer_server(&mut self, ns: &str, address: &str, port: u16) {
+        let log = self.lab.dir().join(format!("peer-{address}-{port}.log"));
+        self.lab.spawn(
+            ns,
+            "python3",
+            &[&peer(), "serve", address, &port.to_string()],
+            &log,
+        );
+        self.wait_listening(ns, port);
+    }
+
+    /// Waits until something in `ns` listens on TCP `port`.
+    fn wait_listening(&self, ns: &str, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let filter = format!("sport = :{port}");
+        while self.lab.exec_ok(ns, &["ss", "-Htln", &filter]).trim().is_empty() {
+            assert!(Instant::now() < deadline, "nothing listens on {port} in {ns}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts node `i`'s speaker owning [`VIP`] with `services` (YAML list
+    /// items, indented by two spaces).
+    fn speaker(&mut self, i: usize, services: &str) -> usize {
+        let config = self.config(i, services);
+        let ns = self.nodes[i - 1].clone();
+        self.lab.start_speaker_with(&ns, i, &config)
+    }
+
+    fn config(&self, i: usize, services: &str) -> String {
+        // Gossip seeds are the other nodes of this world only.
+        let peers = self.nodes.len();
+        let seeds: Vec<String> = (1..=peers)
+            .filter(|j| *j != i)
+            .map(|j| format!("10.77.0.1{j}:7946"))
+            .collect();
+        format!(
+            "node: node-{i}\ngossip:\n  listen: 10.77.0.1{i}:7946\n  seeds: [{}]\n  secret: lab\n\
+             addresses:\n  - address: {VIP}\n    interfaces: [eth0]\n  - address: 10.77.0.101\n    interfaces: [eth0]\n\
+             services:\n{services}",
+            seeds.join(", ")
+        )
+    }
+
+    /// `peer.py tcp` from the client.
+    fn tcp(&self, address: &str, port: u16, message: &str) -> String {
+        self.tcp_from(&self.client, address, port, message)
+    }
+
+    fn tcp_from(&self, ns: &str, address: &str, port: u16, message: &str) -> String {
+        self.lab
+            .exec_ok(ns, &["python3", &peer(), "tcp", address, &port.to_string(), message])
+            .trim()
+            .to_string()
+    }
+
+    fn udp(&self, ns: &str, address: &str, port: u16, message: &str) -> String {
+        self.lab
+            .exec_ok(ns, &["python3", &peer(), "udp", address, &port.to_string(), message])
+            .trim()
+            .to_string()
+    }
+
+    /// Waits until a TCP request to `address:port` is answered with something
+    /// other than a refusal, and returns the answer.
+    fn wait_tcp(&self, address: &str, port: u16) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = self.tcp(address, port, "hello");
+            if !matches!(out.as_str(), "REFUSED" | "RESET" | "TIMEOUT" | "EMPTY") {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{address}:{port} never answered (last: {out}); speaker logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The speakers' logs, for failure messages.
+    fn logs(&self) -> String {
+        (1..=self.nodes.len())
+            .map(|i| {
+                let log = self.lab.dir().join(format!("node-{i}.log"));
+                format!(
+                    "--- node-{i}\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    fn metrics(&self, node: usize) -> String {
+        self.lab.exec_ok(
+            &self.nodes[node - 1],
+            &[
+                "python3",
+                "-c",
+                "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())",
+            ],
+        )
+    }
+}
+
+fn peer() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers/peer.py")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The value of the metric line starting with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn wait_for_file(path: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn service(name: &str, port: u16, backend: &str, target: u16, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    address: {VIP}\n    ports: [{{port: {port}, targetPort: {target}}}]\n    endpoints: [{{address: {backend}}}]\n{extra}"
+    )
+}
+
+#[test]
+fn proxy_protocol_v1_and_v2_reach_haproxy_and_nginx_with_the_client_address() {
+    let Some(mut w) = world("proxy_protocol_peers", 1) else {
+        return;
+    };
+    // HAProxy in TCP mode, accept-proxy, in front of an echo server.
+    let hap = w.backend_host("hap", "ph", "10.77.0.21");
+    w.peer_server(&hap, "127.0.0.1", 9000);
+    let hap_cfg = w.lab.dir().join("haproxy.cfg");
+    std::fs::write(
+        &hap_cfg,
+        "global\n  log stdout format raw local0\ndefaults\n  mode tcp\n  log global\n  \
+         timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend fe\n  bind 10.77.0.21:8080 accept-proxy\n  log-format \"haproxy client=%ci\"\n  default_backend be\n\
+         backend be\n  server echo 127.0.0.1:9000\n",
+    )
+    .unwrap();
+    let hap_log = w.lab.dir().join("haproxy.log");
+    w.lab.spawn(
+        &hap,
+        "haproxy",
+        &["-db", "-f", hap_cfg.to_str().unwrap()],
+        &hap_log,
+    );
+    // nginx: stream and http, both with proxy_protocol.
+    let ngx = w.backend_host("ngx", "pn", "10.77.0.22");
+    let dir = w.lab.dir().to_path_buf();
+    let ngx_cfg = dir.join("nginx.conf");
+    let d = dir.display();
+    std::fs::write(
+        &ngx_cfg,
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+             events {{}}\n\
+             stream {{\n  log_format pp 'stream client=$proxy_protocol_addr';\n\
+               server {{ listen 10.77.0.22:8081 proxy_protocol; return \"stream client=$proxy_protocol_addr\\n\";\n\
+               access_log {d}/nginx-stream.log pp; }}\n}}\n\
+             http {{\n  log_format pp 'http client=$proxy_protocol_addr';\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+               uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               server {{ listen 10.77.0.22:8082 proxy_protocol; access_log {d}/nginx-http.log pp;\n\
+               location / {{ return 200 \"http client=$proxy_protocol_addr\\n\"; }} }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    w.lab.spawn(
+        &ngx,
+        "nginx",
+        &["-c", ngx_cfg.to_str().unwrap(), "-e", &format!("{d}/nginx-error.log")],
+        &dir.join("nginx.out"),
+    );
+    let mut services = String::new();
+    for (v, base) in [("v1", 1000), ("v2", 2000)] {
+        let pp = format!("    proxyProtocol: {v}\n");
+        services += &service(&format!("hap-{v}"), base + 80, "10.77.0.21", 8080, &pp);
+        services += &service(&format!("stream-{v}"), base + 81, "10.77.0.22", 8081, &pp);
+        services += &service(&format!("http-{v}"), base + 82, "10.77.0.22", 8082, &pp);
+    }
+    w.speaker(1, &services);
+
+    for (v, base) in [("v1", 1000u16), ("v2", 2000u16)] {
+        // HAProxy passes the bytes on to the echo server and logs the client.
+        let echoed = w.wait_tcp(VIP, base + 80);
+        assert!(echoed.ends_with("got=hello"), "{v} via HAProxy: {echoed}");
+        let stream = w.wait_tcp(VIP, base + 81);
+        assert_eq!(stream, format!("stream client={CLIENT}"), "{v} nginx stream");
+        let http = w.lab.exec_ok(
+            &w.client,
+            &["curl", "-sS", "--max-time", "5", &format!("http://{VIP}:{}/", base + 82)],
+        );
+        assert_eq!(http.trim(), format!("http client={CLIENT}"), "{v} nginx http");
+    }
+    let hap_lines = wait_for_file(&hap_log, "haproxy client=");
+    assert_eq!(
+        hap_lines.matches(&format!("haproxy client={CLIENT}")).count(),
+        2,
+        "HAProxy's log:\n{hap_lines}"
+    );
+    for log in ["nginx-stream.log", "nginx-http.log"] {
+        let text = wait_for_file(&dir.join(log), CLIENT);
+        // A retry of the first request may have reached nginx too.
+        assert!(
+            text.lines().count() >= 2 && text.lines().all(|l| l.ends_with(&format!("client={CLIENT}"))),
+            "{log}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn local_policy_uses_the_local_endpoint_only_and_it_sees_the_client() {
+    let Some(mut w) = world("local_policy", 2) else {
+        return;
+    };
+    // A "pod" behind each node on its own link, its default route via the node,
+    // as a CNI would wire it.
+    for i in 1..=2 {
+        let pod = w.lab.namespace(&format!("pod{i}"));
+        let node = w.nodes[i - 1].clone();
+        w.lab.wire(
+            &node,
+            "veth-pod",
+            &format!("10.88.{i}.1/24"),
+            &pod,
+            "eth0",
+            &format!("10.88.{i}.2/24"),
+        );
+        w.lab
+            .exec_ok(&pod, &["ip", "route", "add", "default", "via", &format!("10.88.{i}.1")]);
+        w.peer_server(&pod, &format!("10.88.{i}.2"), 5000);
+    }
+    // web: endpoints on both nodes. only-2: an address whose one endpoint is on
+    // node-2, so only node-2 may announce it.
+    let services = format!(
+        "  - name: web\n    address: {VIP}\n    externalTrafficPolicy: Local\n    ports: [{{port: 80, targetPort: 5000}}, {{port: 53, protocol: UDP, targetPort: 5000}}]\n    \
+         endpoints: [{{address: 10.88.1.2, node: node-1}}, {{address: 10.88.2.2, node: node-2}}]\n\
+         \x20 - name: only-2\n    address: 10.77.0.101\n    externalTrafficPolicy: Local\n    ports: [{{port: 80, targetPort: 5000}}]\n    \
+         endpoints: [{{address: 10.88.2.2, node: node-2}}]\n"
+    );
+    w.speaker(1, &services);
+    w.speaker(2, &services);
+
+    let first = w.wait_tcp(VIP, 80);
+    // The owner forwards to its own pod only, and the pod sees the client's
+    // own address, with no header.
+    assert!(first.starts_with(&format!("peer={CLIENT}:")), "{first}");
+    let pod_of = |reply: &str| {
+        reply
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("at="))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let owner_pod = pod_of(&first);
+    for _ in 0..5 {
+        let out = w.tcp(VIP, 80, "again");
+        assert!(out.starts_with(&format!("peer={CLIENT}:")), "{out}");
+        assert_eq!(pod_of(&out), owner_pod, "a connection left the owner's node");
+    }
+    let web = "ironlb_speaker_forwarder_connections_total{namespace=\"static\",service=\"web\"}";
+    let counts: Vec<f64> = (1..=2).map(|n| metric(&w.metrics(n), web)).collect();
+    let owner = if counts[0] > 0.0 { 1 } else { 2 };
+    assert_eq!(counts[owner - 1], 6.0, "every connection through the owner: {counts:?}");
+    assert_eq!(counts[2 - owner], 0.0, "the other node forwarded: {counts:?}");
+    assert_eq!(owner_pod, format!("10.88.{owner}.2"), "the owner used another node's pod");
+    // UDP keeps the client's address and port too, and replies come from the
+    // Service's address.
+    let udp = w.udp(&w.client, VIP, 53, "q");
+    assert!(
+        udp.starts_with(&format!("from={VIP}:53 peer={CLIENT}:")) && udp.ends_with("got=q"),
+        "{udp}"
+    );
+    // only-2 is answered by node-2's pod, whatever the hash would prefer.
+    let only2 = w.wait_tcp("10.77.0.101", 80);
+    assert!(only2.starts_with(&format!("peer={CLIENT}:")), "{only2}");
+    let n2 = metric(
+        &w.metrics(2),
+        "ironlb_speaker_forwarder_connections_total{namespace=\"static\",service=\"only-2\"}",
+    );
+    assert!(n2 >= 1.0, "only-2 went through node-2\n{}", w.logs());
+}
+
+#[test]
+fn tcp_and_udp_share_one_address_like_dns() {
+    let Some(mut w) = world("dns_shared", 1) else {
+        return;
+    };
+    let be = w.backend_host("dns", "pd", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 5353);
+    let services = format!(
+        "  - name: dns-tcp\n    address: {VIP}\n    ports: [{{port: 53, protocol: TCP, targetPort: 5353}}]\n    endpoints: [{{address: 10.77.0.21}}]\n\
+         \x20 - name: dns-udp\n    address: {VIP}\n    ports: [{{port: 53, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: 10.77.0.21}}]\n"
+    );
+    w.speaker(1, &services);
+    let tcp = w.wait_tcp(VIP, 53);
+    assert!(tcp.starts_with("peer=10.77.0.11:") && tcp.ends_with("got=hello"), "{tcp}");
+    for q in ["a", "bb", "ccc"] {
+        let udp = w.udp(&w.client, VIP, 53, q);
+        assert!(
+            udp.starts_with(&format!("from={VIP}:53 peer=10.77.0.11:"))
+                && udp.ends_with(&format!("got={q}")),
+            "{udp}"
+        );
+    }
+    let m = w.metrics(1);
+    assert!(
+        metric(&m, "ironlb_speaker_forwarder_udp_datagrams_total{namespace=\"static\",service=\"dns-udp\"}") >= 3.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn source_ranges_refuse_outsiders_and_a_dead_backend_falls_through() {
+    let Some(mut w) = world("ranges_and_resets", 1) else {
+        return;
+    };
+    let outsider = w.lab.namespace("outsider");
+    let sw = w.switch.clone();
+    w.lab.plug(&sw, &outsider, "po", &[&format!("{OUTSIDER}/24")]);
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 7000);
+    // 10.77.0.22 exists but listens on nothing: every connect is reset.
+    w.backend_host("dead", "pz", "10.77.0.22");
+    let services = format!(
+        "  - name: db\n    address: {VIP}\n    ports: [{{port: 5432, targetPort: 7000}}, {{port: 5433, protocol: UDP, targetPort: 7000}}]\n    \
+         sourceRanges: [10.77.0.0/28]\n    endpoints: [{{address: 10.77.0.22}}, {{address: 10.77.0.21}}]\n"
+    );
+    w.speaker(1, &services);
+    w.wait_tcp(VIP, 5432);
+    for _ in 0..6 {
+        let out = w.tcp(VIP, 5432, "q");
+        assert!(out.ends_with("got=q"), "a connection failed over badly: {out}");
+    }
+    let refused = w.tcp_from(&outsider, VIP, 5432, "q");
+    assert!(matches!(refused.as_str(), "RESET" | "EMPTY"), "outsider got: {refused}");
+    assert_eq!(w.udp(&outsider, VIP, 5433, "q"), "TIMEOUT");
+    assert!(w.udp(&w.client, VIP, 5433, "q").ends_with("got=q"));
+    let m = w.metrics(1);
+    let failures = metric(
+        &m,
+        "ironlb_speaker_forwarder_backend_connect_failures_total{namespace=\"static\",service=\"db\"}",
+    );
+    assert!(failures >= 3.0, "round robin tried the dead backend: {failures}\n{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "ironlb_speaker_forwarder_refused_total{namespace=\"static\",service=\"db\",reason=\"SourceRange\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_transfer_completes_when_its_endpoint_is_removed() {
+    let Some(mut w) = world("drain", 1) else {
+        return;
+    };
+    let size = 8 * 1024 * 1024;
+    let sent_log = |addr: &str, w: &World| w.lab.dir().join(format!("sent-{addr}.log"));
+    for (short, port, addr) in [("s1", "p1s", "10.77.0.21"), ("s2", "p2s", "10.77.0.22")] {
+        let ns = w.backend_host(short, port, addr);
+        let log = w.lab.dir().join(format!("{short}.out"));
+        let sent = sent_log(addr, &w);
+        w.lab.spawn(
+            &ns,
+            "python3",
+            &[&peer(), "stream", addr, "9000", &size.to_string(), sent.to_str().unwrap()],
+            &log,
+        );
+        w.wait_listening(&ns, 9000);
+    }
+    let bulk = |endpoints: &str| {
+        format!("  - name: bulk\n    address: {VIP}\n    ports: [{{port: 9000}}]\n    endpoints: [{endpoints}]\n")
+    };
+    w.speaker(1, &bulk("{address: 10.77.0.21}, {address: 10.77.0.22}"));
+    // No probe connection: the first connection goes to the first backend.
+    wait_for_file(&w.lab.dir().join("node-1.log"), "listening");
+    let fetch = |w: &World| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &w.client, "python3", &peer(), "fetch", VIP, "9000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let fetched = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let started = Instant::now();
+    let transfer = fetch(&w);
+    std::thread::sleep(Duration::from_millis(700));
+    // Its endpoint leaves mid-transfer.
+    std::fs::write(
+        w.lab.speaker_config_path(1),
+        w.config(1, &bulk("{address: 10.77.0.22}")),
+    )
+    .unwrap();
+    wait_for_file(&w.lab.dir().join("node-1.log"), "configuration reloaded");
+    let received = fetched(transfer);
+    let sent = wait_for_file(&sent_log("10.77.0.21", &w), " ");
+    let outputs: String = ["s1.out", "s2.out", "sent-10.77.0.22.log"]
+        .iter()
+        .map(|f| format!("--- {f}\n{}", std::fs::read_to_string(w.lab.dir().join(f)).unwrap_or_default()))
+        .collect();
+    assert_eq!(received, sent.trim(), "checksums differ\n{}{outputs}", w.logs());
+    assert!(received.starts_with(&format!("{size} ")), "{received}");
+    assert!(started.elapsed() > Duration::from_secs(2), "the transfer was not slow enough to overlap");
+    // New connections go to the endpoint that is left.
+    let again = fetched(fetch(&w));
+    let sent2 = wait_for_file(&sent_log("10.77.0.22", &w), " ");
+    assert_eq!(again, sent2.trim());
+}

@@ -1,0 +1,133 @@
+"""Small network peers for the forwarder lab, on the standard library only.
+
+  peer.py serve HOST PORT             TCP and UDP: answer "peer=<ip>:<port> at=<own ip> got=<data>"
+  peer.py stream HOST PORT SIZE LOG   TCP: send SIZE deterministic bytes slowly,
+                                      then write "<len> <sha256>" to LOG
+  peer.py tcp HOST PORT MESSAGE       send, half-close, print the answer or RESET/REFUSED
+  peer.py udp HOST PORT MESSAGE       print "from=<ip>:<port> <answer>" or TIMEOUT
+  peer.py fetch HOST PORT             print "<len> <sha256>" of everything received
+"""
+import hashlib
+import socket
+import sys
+import threading
+import time
+
+
+def serve(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    def udp():
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind((host, port))
+        while True:
+            data, peer = s.recvfrom(65535)
+            s.sendto(b"peer=%s:%d at=%s got=%s" % (peer[0].encode(), peer[1], host.encode(), data), peer)
+
+    threading.Thread(target=udp, daemon=True).start()
+    t = socket.socket(family, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((host, port))
+    t.listen(128)
+    while True:
+        c, peer = t.accept()
+        threading.Thread(target=answer, args=(c, peer), daemon=True).start()
+
+
+def answer(c, peer):
+    try:
+        data = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        at = c.getsockname()[0].encode()
+        c.sendall(b"peer=%s:%d at=%s got=%s" % (peer[0].encode(), peer[1], at, data))
+    finally:
+        c.close()
+
+
+def stream(host, port, size, log):
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((host, port))
+    t.listen(16)
+    while True:
+        c, _ = t.accept()
+        digest, sent, i = hashlib.sha256(), 0, 0
+        # About three seconds of sending, so the test can act meanwhile.
+        while sent < size:
+            block = b"".join(hashlib.sha256(b"%d.%d" % (i, j)).digest() for j in range(512))
+            block = block[: size - sent]
+            c.sendall(block)
+            digest.update(block)
+            sent += len(block)
+            i += 1
+            time.sleep(3.0 * len(block) / size)
+        c.close()
+        with open(log, "a") as f:
+            f.write("%d %s\n" % (sent, digest.hexdigest()))
+
+
+def tcp(host, port, message):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        try:
+            s.sendall(message.encode())
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, OSError) as e:
+            # A server that answers without reading may already have closed.
+            if isinstance(e, (ConnectionResetError, ConnectionRefusedError)):
+                raise
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        print(out.decode() if out else "EMPTY")
+    except ConnectionResetError:
+        print("RESET")
+    except ConnectionRefusedError:
+        print("REFUSED")
+    except socket.timeout:
+        print("TIMEOUT")
+
+
+def udp(host, port, message):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.5)
+    s.sendto(message.encode(), (host, port))
+    try:
+        data, peer = s.recvfrom(65535)
+        print("from=%s:%d %s" % (peer[0], peer[1], data.decode()))
+    except (socket.timeout, ConnectionRefusedError):
+        print("TIMEOUT")
+
+
+def fetch(host, port):
+    s = socket.create_connection((host, port), timeout=10)
+    s.shutdown(socket.SHUT_WR)
+    digest, n = hashlib.sha256(), 0
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        digest.update(chunk)
+        n += len(chunk)
+    print("%d %s" % (n, digest.hexdigest()))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "serve":
+        serve(args[0], int(args[1]))
+    elif cmd == "stream":
+        stream(args[0], int(args[1]), int(args[2]), args[3])
+    elif cmd == "tcp":
+        tcp(args[0], int(args[1]), args[2])
+    elif cmd == "udp":
+        udp(args[0], int(args[1]), args[2])
+    elif cmd == "fetch":
+        fetch(args[0], int(args[1]))
