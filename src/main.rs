@@ -75,6 +75,45 @@ struct SpeakerArgs {
     /// (without --static).
     #[arg(long, default_value_t = ironlb::speaker::DEFAULT_REANNOUNCE_SECONDS)]
     reannounce_seconds: u64,
+    #[command(flatten)]
+    forward: ForwardArgs,
+}
+
+/// The embedded forwarder's limits and timeouts (without --static; a static
+/// file has a `forwarder:` section).
+#[derive(Args)]
+struct ForwardArgs {
+    /// Milliseconds a backend connect may take before the next is tried [default: 2000].
+    #[arg(long)]
+    forward_connect_timeout_ms: Option<u64>,
+    /// Seconds without a byte before a TCP connection is closed [default: 3600].
+    #[arg(long)]
+    forward_tcp_idle_seconds: Option<u64>,
+    /// Seconds without a datagram before a UDP flow is forgotten [default: 120].
+    #[arg(long)]
+    forward_udp_idle_seconds: Option<u64>,
+    /// TCP connections at once per Service port; more are reset [default: 65536].
+    #[arg(long)]
+    forward_max_connections: Option<usize>,
+    /// UDP flows per Service port; new clients beyond are dropped [default: 65536].
+    #[arg(long)]
+    forward_max_flows: Option<usize>,
+    /// Seconds connections live on after their endpoint or address is gone [default: 30].
+    #[arg(long)]
+    forward_drain_seconds: Option<u64>,
+}
+
+impl ForwardArgs {
+    fn tuning(&self) -> ironlb::forwarder::Tuning {
+        ironlb::forwarder::Tuning {
+            connect_timeout_ms: self.forward_connect_timeout_ms,
+            tcp_idle_seconds: self.forward_tcp_idle_seconds,
+            udp_idle_seconds: self.forward_udp_idle_seconds,
+            max_connections: self.forward_max_connections,
+            max_flows: self.forward_max_flows,
+            drain_seconds: self.forward_drain_seconds,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -227,6 +266,7 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
             announce_interval: Duration::from_millis(args.announce_interval_ms),
             reannounce: Duration::from_secs(args.reannounce_seconds),
         },
+        args.forward.tuning().settings(),
         Some(listener),
         shutdown_on_signal(),
     )

@@ -66,6 +66,43 @@ impl Default for Settings {
     }
 }
 
+/// Overrides of [`Settings`], as written in a static file's `forwarder:`
+/// section or given as `--forward-*` flags; unset fields keep the defaults.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Tuning {
+    /// [`Settings::connect_timeout`], in milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+    /// [`Settings::tcp_idle`], in seconds.
+    pub tcp_idle_seconds: Option<u64>,
+    /// [`Settings::udp_idle`], in seconds.
+    pub udp_idle_seconds: Option<u64>,
+    /// [`Settings::max_connections`].
+    pub max_connections: Option<usize>,
+    /// [`Settings::max_flows`].
+    pub max_flows: Option<usize>,
+    /// [`Settings::drain`], in seconds.
+    pub drain_seconds: Option<u64>,
+}
+
+impl Tuning {
+    /// The defaults with these overrides.
+    pub fn settings(&self) -> Settings {
+        let d = Settings::default();
+        Settings {
+            connect_timeout: self
+                .connect_timeout_ms
+                .map_or(d.connect_timeout, Duration::from_millis),
+            tcp_idle: self.tcp_idle_seconds.map_or(d.tcp_idle, Duration::from_secs),
+            udp_idle: self.udp_idle_seconds.map_or(d.udp_idle, Duration::from_secs),
+            max_connections: self.max_connections.unwrap_or(d.max_connections).max(1),
+            max_flows: self.max_flows.unwrap_or(d.max_flows).max(1),
+            drain: self.drain_seconds.map_or(d.drain, Duration::from_secs),
+            mark: d.mark,
+        }
+    }
+}
+
 /// What a running listener needs to know now; replaced whole on change.
 #[derive(Debug, PartialEq)]
 struct Shared {

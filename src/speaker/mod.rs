@@ -58,6 +58,9 @@ pub struct StaticConfig {
     /// Services the embedded forwarder carries on those addresses.
     #[serde(default)]
     pub services: Vec<StaticService>,
+    /// The forwarder's limits and timeouts.
+    #[serde(default)]
+    pub forwarder: crate::forwarder::Tuning,
 }
 
 /// A Service of a static configuration: an address, ports and endpoints, with
@@ -439,6 +442,7 @@ pub async fn run_static(
         frontends,
         nodes,
         config.timing(),
+        config.forwarder.settings(),
         http,
         None,
         shutdown,
@@ -458,6 +462,7 @@ pub async fn run_kubernetes(
     gossip: membership::Config,
     default_class: bool,
     timing: Timing,
+    forwarding: crate::forwarder::Settings,
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -555,6 +560,7 @@ pub async fn run_kubernetes(
         frontends,
         node_objects,
         timing,
+        forwarding,
         http,
         Some(report_tx),
         shutdown,
@@ -579,6 +585,7 @@ pub async fn run(
     mut frontends: watch::Receiver<Vec<Frontend>>,
     mut node_objects: watch::Receiver<Vec<K8sNode>>,
     timing: Timing,
+    forwarding_settings: crate::forwarder::Settings,
     http: Option<tokio::net::TcpListener>,
     report: Option<mpsc::UnboundedSender<Report>>,
     shutdown: CancellationToken,
@@ -614,7 +621,7 @@ pub async fn run(
     let mut trigger = Trigger::Start;
     let forwarder_metrics = crate::forwarder::metrics::Metrics::default();
     metrics.register_forwarder(&forwarder_metrics);
-    let mut forwarding = Forwarding::new(forwarder_metrics);
+    let mut forwarding = Forwarding::new(forwarding_settings, forwarder_metrics);
     loop {
         let alive = members.borrow_and_update().clone();
         if !matches!(trigger, Trigger::Tick | Trigger::View) {
@@ -762,8 +769,10 @@ struct Forwarding {
 }
 
 impl Forwarding {
-    fn new(metrics: crate::forwarder::metrics::Metrics) -> Self {
-        let settings = crate::forwarder::Settings::default();
+    fn new(
+        settings: crate::forwarder::Settings,
+        metrics: crate::forwarder::metrics::Metrics,
+    ) -> Self {
         Self {
             forwarder: Forwarder::new(settings.clone(), metrics),
             settings,
