@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -484,4 +485,170 @@ fn a_transfer_completes_when_its_endpoint_is_removed() {
     let again = fetched(fetch(&w));
     let sent2 = wait_for_file(&sent_log("10.77.0.22", &w), " ");
     assert_eq!(again, sent2.trim());
+}
+
+#[test]
+fn the_node_gets_marked_addresses_and_routing_and_loses_them_on_exit() {
+    let Some(mut w) = world("node_state", 1) else {
+        return;
+    };
+    let node = w.nodes[0].clone();
+    // An operator's own address on lo, which ironlb must never remove.
+    w.lab
+        .exec_ok(&node, &["ip", "addr", "add", "10.77.0.198/32", "dev", "lo"]);
+    // A speaker forwarding 10.77.0.101 crashes (SIGKILL): its address stays
+    // behind, marked as ironlb's.
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 5000);
+    let crashed = w.speaker(
+        1,
+        "  - name: gone\n    address: 10.77.0.101\n    ports: [{port: 80, targetPort: 5000}]\n    endpoints: [{address: 10.77.0.21}]\n",
+    );
+    w.wait_tcp("10.77.0.101", 80);
+    w.lab.kill(crashed);
+    let lo = w.lab.exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    assert!(lo.contains("10.77.0.101/32"), "{lo}");
+    let pod = w.lab.namespace("pod");
+    w.lab
+        .wire(&node, "veth-pod", "10.88.1.1/24", &pod, "eth0", "10.88.1.2/24");
+    w.lab
+        .exec_ok(&pod, &["ip", "route", "add", "default", "via", "10.88.1.1"]);
+    w.peer_server(&pod, "10.88.1.2", 5000);
+    let services = format!(
+        "  - name: web\n    address: {VIP}\n    externalTrafficPolicy: Local\n    ports: [{{port: 80, targetPort: 5000}}]\n    \
+         endpoints: [{{address: 10.88.1.2, node: node-1}}]\n"
+    );
+    let speaker = w.speaker(1, &services);
+    w.wait_tcp(VIP, 80);
+    let lo = w.lab.exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    assert!(lo.contains(&format!("inet {VIP}/32")), "{lo}");
+    // 10.77.0.101 is still owned but carries no forwarded Service now: the
+    // crashed run's address is gone; the operator's stays.
+    assert!(!lo.contains("10.77.0.101"), "the stale address stayed: {lo}");
+    assert!(lo.contains("10.77.0.198"), "an address not ours was removed: {lo}");
+    for key in ["arp_ignore", "arp_announce"] {
+        let v = w.lab.exec_ok(&node, &["sysctl", "-n", &format!("net.ipv4.conf.eth0.{key}")]);
+        let want = if key == "arp_ignore" { "1" } else { "2" };
+        assert_eq!(v.trim(), want, "{key}");
+    }
+    let rules = w.lab.exec_ok(&node, &["ip", "rule"]);
+    assert_eq!(rules.matches("fwmark 0x1b1b lookup 2727").count(), 1, "{rules}");
+    let rules6 = w.lab.exec_ok(&node, &["ip", "-6", "rule"]);
+    assert_eq!(rules6.matches("fwmark 0x1b1b lookup 2727").count(), 1, "{rules6}");
+    let table = w.lab.exec_ok(&node, &["ip", "route", "show", "table", "2727"]);
+    assert!(table.contains("local default dev lo"), "{table}");
+    let nft = w.lab.exec_ok(&node, &["nft", "list", "table", "inet", "ironlb"]);
+    assert_eq!(nft.matches("socket transparent 1").count(), 1, "{nft}");
+
+    w.lab.terminate(speaker);
+    let lo = w.lab.exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    assert!(!lo.contains(VIP), "the Service address outlived the speaker: {lo}");
+    assert!(lo.contains("10.77.0.198"), "{lo}");
+    assert!(!w.lab.exec_ok(&node, &["ip", "rule"]).contains("0x1b1b"));
+    assert!(!w.lab.exec_ok(&node, &["ip", "-6", "rule"]).contains("0x1b1b"));
+    assert!(w.lab.exec(&node, &["nft", "list", "table", "inet", "ironlb"]).status.code() != Some(0));
+}
+
+#[test]
+fn udp_flows_follow_live_backends_and_affinity_limits_and_idle_hold() {
+    let Some(mut w) = world("flows_affinity_limits", 1) else {
+        return;
+    };
+    for (short, port, addr) in [("b1", "pb1", "10.77.0.21"), ("b2", "pb2", "10.77.0.22")] {
+        let ns = w.backend_host(short, port, addr);
+        w.peer_server(&ns, addr, 6000);
+    }
+    let both = "{address: 10.77.0.21}, {address: 10.77.0.22}";
+    let services = |udp_endpoints: &str| {
+        format!(
+            "forwarder:\n  maxConnections: 1\n  tcpIdleSeconds: 1\n\
+             services:\n\
+             \x20 - name: game\n    address: {VIP}\n    ports: [{{port: 7777, protocol: UDP, targetPort: 6000}}]\n    endpoints: [{udp_endpoints}]\n\
+             \x20 - name: sticky\n    address: {VIP}\n    sessionAffinitySeconds: 600\n    ports: [{{port: 80, targetPort: 6000}}]\n    endpoints: [{both}]\n\
+             \x20 - name: limited\n    address: {VIP}\n    ports: [{{port: 81, targetPort: 6000}}]\n    endpoints: [{both}]\n"
+        )
+    };
+    // `services:` is appended after the addresses; the forwarder section may
+    // come anywhere in the file.
+    let base = w.config(1, "");
+    let config = |udp: &str| base.replace("services:\n", &services(udp));
+    let first = config(both);
+    let ns = w.nodes[0].clone();
+    w.lab.start_speaker_with(&ns, 1, &first);
+    w.wait_tcp(VIP, 80);
+
+    // Affinity: every connection of this client lands on one backend.
+    let at = |reply: &str| {
+        reply
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("at="))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let sticky: BTreeSet<String> = (0..6).map(|_| at(&w.tcp(VIP, 80, "s"))).collect();
+    assert_eq!(sticky.len(), 1, "affinity did not hold: {sticky:?}");
+
+    // One UDP client socket (one flow): its backend is removed, and its next
+    // datagram is answered by the other backend at once.
+    let script = format!(
+        "import socket,sys,time\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2)\n\
+         def ask(m):\n  s.sendto(m,('{VIP}',7777));return s.recvfrom(65535)[0].decode()\n\
+         print(ask(b'one'),flush=True)\n\
+         sys.stdin.readline()\n\
+         print(ask(b'two'),flush=True)\n"
+    );
+    let mut game = std::process::Command::new("ip")
+        .args(["netns", "exec", &w.client, "python3", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(game.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let before = at(&line);
+    assert!(line.contains("got=one"), "{line}");
+    let keep = if before == "10.77.0.21" { "10.77.0.22" } else { "10.77.0.21" };
+    std::fs::write(
+        w.lab.speaker_config_path(1),
+        config(&format!("{{address: {keep}}}")),
+    )
+    .unwrap();
+    wait_for_file(&w.lab.dir().join("node-1.log"), "configuration reloaded");
+    std::thread::sleep(Duration::from_millis(300));
+    std::io::Write::write_all(game.stdin.as_mut().unwrap(), b"\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = game.wait();
+    assert!(line.contains("got=two"), "the flow's second datagram was lost: {line}");
+    assert_eq!(at(&line), keep, "the flow stayed on its removed backend");
+
+    // maxConnections 1: a second connection while one is open is reset; the
+    // first is closed by the 1 s idle timeout.
+    let held = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &w.client, "python3", "-c",
+            &format!(
+                "import socket,time\ns=socket.create_connection(('{VIP}',81))\nt=time.time()\n\
+                 print('closed' if s.recv(1)==b'' else 'data', round(time.time()-t,1))"
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = w.tcp(VIP, 81, "x");
+    assert!(matches!(second.as_str(), "RESET" | "EMPTY"), "over the limit: {second}");
+    let held = held.wait_with_output().unwrap();
+    let held = String::from_utf8_lossy(&held.stdout);
+    assert!(held.starts_with("closed"), "idle connection: {held}");
+    let m = w.metrics(1);
+    assert_eq!(
+        metric(&m, "ironlb_speaker_forwarder_refused_total{namespace=\"static\",service=\"limited\",reason=\"ConnectionLimit\"}"),
+        1.0,
+        "{m}"
+    );
+    // Once it is closed, the port takes a connection again.
+    assert!(w.tcp(VIP, 81, "y").ends_with("got=y"));
 }

@@ -175,7 +175,12 @@ async fn pipe(
     };
     tokio::select! {
         r = copy => r.map(|_| ()),
-        _ = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle")),
+        // An idle connection is closed politely (FIN both ways), as HAProxy
+        // does on its client and server timeouts.
+        _ = watchdog => {
+            debug!("idle timeout");
+            Ok(())
+        }
     }
 }
 
