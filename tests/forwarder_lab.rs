@@ -31,7 +31,12 @@ fn world(test: &str, nodes: usize) -> Option<World> {
     let mut names = Vec::new();
     for i in 1..=nodes {
         let ns = lab.namespace(&format!("n{i}"));
-        lab.plug(&switch, &ns, &format!("p{i}"), &[&format!("10.77.0.1{i}/24")]);
+        lab.plug(
+            &switch,
+            &ns,
+            &format!("p{i}"),
+            &[&format!("10.77.0.1{i}/24")],
+        );
         names.push(ns);
     }
     let client = lab.namespace("client");
@@ -69,8 +74,16 @@ impl World {
     fn wait_listening(&self, ns: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         let filter = format!("sport = :{port}");
-        while self.lab.exec_ok(ns, &["ss", "-Htln", &filter]).trim().is_empty() {
-            assert!(Instant::now() < deadline, "nothing listens on {port} in {ns}");
+        while self
+            .lab
+            .exec_ok(ns, &["ss", "-Htln", &filter])
+            .trim()
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {port} in {ns}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -105,14 +118,34 @@ impl World {
 
     fn tcp_from(&self, ns: &str, address: &str, port: u16, message: &str) -> String {
         self.lab
-            .exec_ok(ns, &["python3", &peer(), "tcp", address, &port.to_string(), message])
+            .exec_ok(
+                ns,
+                &[
+                    "python3",
+                    &peer(),
+                    "tcp",
+                    address,
+                    &port.to_string(),
+                    message,
+                ],
+            )
             .trim()
             .to_string()
     }
 
     fn udp(&self, ns: &str, address: &str, port: u16, message: &str) -> String {
         self.lab
-            .exec_ok(ns, &["python3", &peer(), "udp", address, &port.to_string(), message])
+            .exec_ok(
+                ns,
+                &[
+                    "python3",
+                    &peer(),
+                    "udp",
+                    address,
+                    &port.to_string(),
+                    message,
+                ],
+            )
             .trim()
             .to_string()
     }
@@ -242,7 +275,12 @@ fn proxy_protocol_v1_and_v2_reach_haproxy_and_nginx_with_the_client_address() {
     w.lab.spawn(
         &ngx,
         "nginx",
-        &["-c", ngx_cfg.to_str().unwrap(), "-e", &format!("{d}/nginx-error.log")],
+        &[
+            "-c",
+            ngx_cfg.to_str().unwrap(),
+            "-e",
+            &format!("{d}/nginx-error.log"),
+        ],
         &dir.join("nginx.out"),
     );
     let mut services = String::new();
@@ -259,16 +297,32 @@ fn proxy_protocol_v1_and_v2_reach_haproxy_and_nginx_with_the_client_address() {
         let echoed = w.wait_tcp(VIP, base + 80);
         assert!(echoed.ends_with("got=hello"), "{v} via HAProxy: {echoed}");
         let stream = w.wait_tcp(VIP, base + 81);
-        assert_eq!(stream, format!("stream client={CLIENT}"), "{v} nginx stream");
+        assert_eq!(
+            stream,
+            format!("stream client={CLIENT}"),
+            "{v} nginx stream"
+        );
         let http = w.lab.exec_ok(
             &w.client,
-            &["curl", "-sS", "--max-time", "5", &format!("http://{VIP}:{}/", base + 82)],
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{VIP}:{}/", base + 82),
+            ],
         );
-        assert_eq!(http.trim(), format!("http client={CLIENT}"), "{v} nginx http");
+        assert_eq!(
+            http.trim(),
+            format!("http client={CLIENT}"),
+            "{v} nginx http"
+        );
     }
     let hap_lines = wait_for_file(&hap_log, "haproxy client=");
     assert_eq!(
-        hap_lines.matches(&format!("haproxy client={CLIENT}")).count(),
+        hap_lines
+            .matches(&format!("haproxy client={CLIENT}"))
+            .count(),
         2,
         "HAProxy's log:\n{hap_lines}"
     );
@@ -276,7 +330,10 @@ fn proxy_protocol_v1_and_v2_reach_haproxy_and_nginx_with_the_client_address() {
         let text = wait_for_file(&dir.join(log), CLIENT);
         // A retry of the first request may have reached nginx too.
         assert!(
-            text.lines().count() >= 2 && text.lines().all(|l| l.ends_with(&format!("client={CLIENT}"))),
+            text.lines().count() >= 2
+                && text
+                    .lines()
+                    .all(|l| l.ends_with(&format!("client={CLIENT}"))),
             "{log}:\n{text}"
         );
     }
@@ -300,8 +357,17 @@ fn local_policy_uses_the_local_endpoint_only_and_it_sees_the_client() {
             "eth0",
             &format!("10.88.{i}.2/24"),
         );
-        w.lab
-            .exec_ok(&pod, &["ip", "route", "add", "default", "via", &format!("10.88.{i}.1")]);
+        w.lab.exec_ok(
+            &pod,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.88.{i}.1"),
+            ],
+        );
         w.peer_server(&pod, &format!("10.88.{i}.2"), 5000);
     }
     // web: endpoints on both nodes. only-2: an address whose one endpoint is on
@@ -330,14 +396,30 @@ fn local_policy_uses_the_local_endpoint_only_and_it_sees_the_client() {
     for _ in 0..5 {
         let out = w.tcp(VIP, 80, "again");
         assert!(out.starts_with(&format!("peer={CLIENT}:")), "{out}");
-        assert_eq!(pod_of(&out), owner_pod, "a connection left the owner's node");
+        assert_eq!(
+            pod_of(&out),
+            owner_pod,
+            "a connection left the owner's node"
+        );
     }
     let web = "ironlb_speaker_forwarder_connections_total{namespace=\"static\",service=\"web\"}";
     let counts: Vec<f64> = (1..=2).map(|n| metric(&w.metrics(n), web)).collect();
     let owner = if counts[0] > 0.0 { 1 } else { 2 };
-    assert_eq!(counts[owner - 1], 6.0, "every connection through the owner: {counts:?}");
-    assert_eq!(counts[2 - owner], 0.0, "the other node forwarded: {counts:?}");
-    assert_eq!(owner_pod, format!("10.88.{owner}.2"), "the owner used another node's pod");
+    assert_eq!(
+        counts[owner - 1],
+        6.0,
+        "every connection through the owner: {counts:?}"
+    );
+    assert_eq!(
+        counts[2 - owner],
+        0.0,
+        "the other node forwarded: {counts:?}"
+    );
+    assert_eq!(
+        owner_pod,
+        format!("10.88.{owner}.2"),
+        "the owner used another node's pod"
+    );
     // UDP keeps the client's address and port too, and replies come from the
     // Service's address.
     let udp = w.udp(&w.client, VIP, 53, "q");
@@ -368,7 +450,10 @@ fn tcp_and_udp_share_one_address_like_dns() {
     );
     w.speaker(1, &services);
     let tcp = w.wait_tcp(VIP, 53);
-    assert!(tcp.starts_with("peer=10.77.0.11:") && tcp.ends_with("got=hello"), "{tcp}");
+    assert!(
+        tcp.starts_with("peer=10.77.0.11:") && tcp.ends_with("got=hello"),
+        "{tcp}"
+    );
     for q in ["a", "bb", "ccc"] {
         let udp = w.udp(&w.client, VIP, 53, q);
         assert!(
@@ -379,7 +464,10 @@ fn tcp_and_udp_share_one_address_like_dns() {
     }
     let m = w.metrics(1);
     assert!(
-        metric(&m, "ironlb_speaker_forwarder_udp_datagrams_total{namespace=\"static\",service=\"dns-udp\"}") >= 3.0,
+        metric(
+            &m,
+            "ironlb_speaker_forwarder_udp_datagrams_total{namespace=\"static\",service=\"dns-udp\"}"
+        ) >= 3.0,
         "{m}"
     );
 }
@@ -391,7 +479,8 @@ fn source_ranges_refuse_outsiders_and_a_dead_backend_falls_through() {
     };
     let outsider = w.lab.namespace("outsider");
     let sw = w.switch.clone();
-    w.lab.plug(&sw, &outsider, "po", &[&format!("{OUTSIDER}/24")]);
+    w.lab
+        .plug(&sw, &outsider, "po", &[&format!("{OUTSIDER}/24")]);
     let be = w.backend_host("be", "pb", "10.77.0.21");
     w.peer_server(&be, "10.77.0.21", 7000);
     // 10.77.0.22 exists but listens on nothing: every connect is reset.
@@ -404,10 +493,16 @@ fn source_ranges_refuse_outsiders_and_a_dead_backend_falls_through() {
     w.wait_tcp(VIP, 5432);
     for _ in 0..6 {
         let out = w.tcp(VIP, 5432, "q");
-        assert!(out.ends_with("got=q"), "a connection failed over badly: {out}");
+        assert!(
+            out.ends_with("got=q"),
+            "a connection failed over badly: {out}"
+        );
     }
     let refused = w.tcp_from(&outsider, VIP, 5432, "q");
-    assert!(matches!(refused.as_str(), "RESET" | "EMPTY"), "outsider got: {refused}");
+    assert!(
+        matches!(refused.as_str(), "RESET" | "EMPTY"),
+        "outsider got: {refused}"
+    );
     assert_eq!(w.udp(&outsider, VIP, 5433, "q"), "TIMEOUT");
     assert!(w.udp(&w.client, VIP, 5433, "q").ends_with("got=q"));
     let m = w.metrics(1);
@@ -415,7 +510,10 @@ fn source_ranges_refuse_outsiders_and_a_dead_backend_falls_through() {
         &m,
         "ironlb_speaker_forwarder_backend_connect_failures_total{namespace=\"static\",service=\"db\"}",
     );
-    assert!(failures >= 3.0, "round robin tried the dead backend: {failures}\n{m}");
+    assert!(
+        failures >= 3.0,
+        "round robin tried the dead backend: {failures}\n{m}"
+    );
     assert_eq!(
         metric(
             &m,
@@ -440,20 +538,38 @@ fn a_transfer_completes_when_its_endpoint_is_removed() {
         w.lab.spawn(
             &ns,
             "python3",
-            &[&peer(), "stream", addr, "9000", &size.to_string(), sent.to_str().unwrap()],
+            &[
+                &peer(),
+                "stream",
+                addr,
+                "9000",
+                &size.to_string(),
+                sent.to_str().unwrap(),
+            ],
             &log,
         );
         w.wait_listening(&ns, 9000);
     }
     let bulk = |endpoints: &str| {
-        format!("  - name: bulk\n    address: {VIP}\n    ports: [{{port: 9000}}]\n    endpoints: [{endpoints}]\n")
+        format!(
+            "  - name: bulk\n    address: {VIP}\n    ports: [{{port: 9000}}]\n    endpoints: [{endpoints}]\n"
+        )
     };
     w.speaker(1, &bulk("{address: 10.77.0.21}, {address: 10.77.0.22}"));
     // No probe connection: the first connection goes to the first backend.
     wait_for_file(&w.lab.dir().join("node-1.log"), "listening");
     let fetch = |w: &World| {
         std::process::Command::new("ip")
-            .args(["netns", "exec", &w.client, "python3", &peer(), "fetch", VIP, "9000"])
+            .args([
+                "netns",
+                "exec",
+                &w.client,
+                "python3",
+                &peer(),
+                "fetch",
+                VIP,
+                "9000",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap()
@@ -476,11 +592,24 @@ fn a_transfer_completes_when_its_endpoint_is_removed() {
     let sent = wait_for_file(&sent_log("10.77.0.21", &w), " ");
     let outputs: String = ["s1.out", "s2.out", "sent-10.77.0.22.log"]
         .iter()
-        .map(|f| format!("--- {f}\n{}", std::fs::read_to_string(w.lab.dir().join(f)).unwrap_or_default()))
+        .map(|f| {
+            format!(
+                "--- {f}\n{}",
+                std::fs::read_to_string(w.lab.dir().join(f)).unwrap_or_default()
+            )
+        })
         .collect();
-    assert_eq!(received, sent.trim(), "checksums differ\n{}{outputs}", w.logs());
+    assert_eq!(
+        received,
+        sent.trim(),
+        "checksums differ\n{}{outputs}",
+        w.logs()
+    );
     assert!(received.starts_with(&format!("{size} ")), "{received}");
-    assert!(started.elapsed() > Duration::from_secs(2), "the transfer was not slow enough to overlap");
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the transfer was not slow enough to overlap"
+    );
     // New connections go to the endpoint that is left.
     let again = fetched(fetch(&w));
     let sent2 = wait_for_file(&sent_log("10.77.0.22", &w), " ");
@@ -506,11 +635,19 @@ fn the_node_gets_marked_addresses_and_routing_and_loses_them_on_exit() {
     );
     w.wait_tcp("10.77.0.101", 80);
     w.lab.kill(crashed);
-    let lo = w.lab.exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    let lo = w
+        .lab
+        .exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
     assert!(lo.contains("10.77.0.101/32"), "{lo}");
     let pod = w.lab.namespace("pod");
-    w.lab
-        .wire(&node, "veth-pod", "10.88.1.1/24", &pod, "eth0", "10.88.1.2/24");
+    w.lab.wire(
+        &node,
+        "veth-pod",
+        "10.88.1.1/24",
+        &pod,
+        "eth0",
+        "10.88.1.2/24",
+    );
     w.lab
         .exec_ok(&pod, &["ip", "route", "add", "default", "via", "10.88.1.1"]);
     w.peer_server(&pod, "10.88.1.2", 5000);
@@ -520,33 +657,71 @@ fn the_node_gets_marked_addresses_and_routing_and_loses_them_on_exit() {
     );
     let speaker = w.speaker(1, &services);
     w.wait_tcp(VIP, 80);
-    let lo = w.lab.exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    let lo = w
+        .lab
+        .exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
     assert!(lo.contains(&format!("inet {VIP}/32")), "{lo}");
     // 10.77.0.101 is still owned but carries no forwarded Service now: the
     // crashed run's address is gone; the operator's stays.
-    assert!(!lo.contains("10.77.0.101"), "the stale address stayed: {lo}");
-    assert!(lo.contains("10.77.0.198"), "an address not ours was removed: {lo}");
+    assert!(
+        !lo.contains("10.77.0.101"),
+        "the stale address stayed: {lo}"
+    );
+    assert!(
+        lo.contains("10.77.0.198"),
+        "an address not ours was removed: {lo}"
+    );
     for key in ["arp_ignore", "arp_announce"] {
-        let v = w.lab.exec_ok(&node, &["sysctl", "-n", &format!("net.ipv4.conf.eth0.{key}")]);
+        let v = w.lab.exec_ok(
+            &node,
+            &["sysctl", "-n", &format!("net.ipv4.conf.eth0.{key}")],
+        );
         let want = if key == "arp_ignore" { "1" } else { "2" };
         assert_eq!(v.trim(), want, "{key}");
     }
     let rules = w.lab.exec_ok(&node, &["ip", "rule"]);
-    assert_eq!(rules.matches("fwmark 0x1b1b lookup 2727").count(), 1, "{rules}");
+    assert_eq!(
+        rules.matches("fwmark 0x1b1b lookup 2727").count(),
+        1,
+        "{rules}"
+    );
     let rules6 = w.lab.exec_ok(&node, &["ip", "-6", "rule"]);
-    assert_eq!(rules6.matches("fwmark 0x1b1b lookup 2727").count(), 1, "{rules6}");
-    let table = w.lab.exec_ok(&node, &["ip", "route", "show", "table", "2727"]);
+    assert_eq!(
+        rules6.matches("fwmark 0x1b1b lookup 2727").count(),
+        1,
+        "{rules6}"
+    );
+    let table = w
+        .lab
+        .exec_ok(&node, &["ip", "route", "show", "table", "2727"]);
     assert!(table.contains("local default dev lo"), "{table}");
-    let nft = w.lab.exec_ok(&node, &["nft", "list", "table", "inet", "ironlb"]);
+    let nft = w
+        .lab
+        .exec_ok(&node, &["nft", "list", "table", "inet", "ironlb"]);
     assert_eq!(nft.matches("socket transparent 1").count(), 1, "{nft}");
 
     w.lab.terminate(speaker);
-    let lo = w.lab.exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
-    assert!(!lo.contains(VIP), "the Service address outlived the speaker: {lo}");
+    let lo = w
+        .lab
+        .exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    assert!(
+        !lo.contains(VIP),
+        "the Service address outlived the speaker: {lo}"
+    );
     assert!(lo.contains("10.77.0.198"), "{lo}");
     assert!(!w.lab.exec_ok(&node, &["ip", "rule"]).contains("0x1b1b"));
-    assert!(!w.lab.exec_ok(&node, &["ip", "-6", "rule"]).contains("0x1b1b"));
-    assert!(w.lab.exec(&node, &["nft", "list", "table", "inet", "ironlb"]).status.code() != Some(0));
+    assert!(
+        !w.lab
+            .exec_ok(&node, &["ip", "-6", "rule"])
+            .contains("0x1b1b")
+    );
+    assert!(
+        w.lab
+            .exec(&node, &["nft", "list", "table", "inet", "ironlb"])
+            .status
+            .code()
+            != Some(0)
+    );
 }
 
 #[test]
@@ -609,7 +784,11 @@ fn udp_flows_follow_live_backends_and_affinity_limits_and_idle_hold() {
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let before = at(&line);
     assert!(line.contains("got=one"), "{line}");
-    let keep = if before == "10.77.0.21" { "10.77.0.22" } else { "10.77.0.21" };
+    let keep = if before == "10.77.0.21" {
+        "10.77.0.22"
+    } else {
+        "10.77.0.21"
+    };
     std::fs::write(
         w.lab.speaker_config_path(1),
         config(&format!("{{address: {keep}}}")),
@@ -621,14 +800,21 @@ fn udp_flows_follow_live_backends_and_affinity_limits_and_idle_hold() {
     line.clear();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let _ = game.wait();
-    assert!(line.contains("got=two"), "the flow's second datagram was lost: {line}");
+    assert!(
+        line.contains("got=two"),
+        "the flow's second datagram was lost: {line}"
+    );
     assert_eq!(at(&line), keep, "the flow stayed on its removed backend");
 
     // maxConnections 1: a second connection while one is open is reset; the
     // first is closed by the 1 s idle timeout.
     let held = std::process::Command::new("ip")
         .args([
-            "netns", "exec", &w.client, "python3", "-c",
+            "netns",
+            "exec",
+            &w.client,
+            "python3",
+            "-c",
             &format!(
                 "import socket,time\ns=socket.create_connection(('{VIP}',81))\nt=time.time()\n\
                  print('closed' if s.recv(1)==b'' else 'data', round(time.time()-t,1))"
@@ -639,16 +825,136 @@ fn udp_flows_follow_live_backends_and_affinity_limits_and_idle_hold() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let second = w.tcp(VIP, 81, "x");
-    assert!(matches!(second.as_str(), "RESET" | "EMPTY"), "over the limit: {second}");
+    assert!(
+        matches!(second.as_str(), "RESET" | "EMPTY"),
+        "over the limit: {second}"
+    );
     let held = held.wait_with_output().unwrap();
     let held = String::from_utf8_lossy(&held.stdout);
     assert!(held.starts_with("closed"), "idle connection: {held}");
     let m = w.metrics(1);
     assert_eq!(
-        metric(&m, "ironlb_speaker_forwarder_refused_total{namespace=\"static\",service=\"limited\",reason=\"ConnectionLimit\"}"),
+        metric(
+            &m,
+            "ironlb_speaker_forwarder_refused_total{namespace=\"static\",service=\"limited\",reason=\"ConnectionLimit\"}"
+        ),
         1.0,
         "{m}"
     );
     // Once it is closed, the port takes a connection again.
     assert!(w.tcp(VIP, 81, "y").ends_with("got=y"));
+}
+
+/// A speaker in cluster mode, fed by the test API server inside the lab:
+/// `ironlb.dev/forwarding: embedded` and an EndpointSlice are enough to be
+/// forwarded, endpoint changes follow, and a Service whose PROXY setting is
+/// unreadable gets a warning event from the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_services_with_embedded_forwarding_are_forwarded() {
+    use ironlb::api::{L2Advertisement, L2AdvertisementSpec};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams, PostParams};
+    use support::{ApiServer, Svc, create_pool, create_service, pool};
+
+    let Some(mut w) = world("cluster_forward", 1) else {
+        return;
+    };
+    let control = w.lab.namespace("ctl");
+    let sw = w.switch.clone();
+    w.lab.plug(&sw, &control, "pctl", &["10.77.0.3/24"]);
+    for (short, port, addr) in [("b1", "pb1", "10.77.0.21"), ("b2", "pb2", "10.77.0.22")] {
+        let ns = w.backend_host(short, port, addr);
+        w.peer_server(&ns, addr, 6000);
+    }
+    let server = ApiServer::start_in_namespace(&control, "10.77.0.3:6443".parse().unwrap()).await;
+    let client = server.client();
+    create_pool(&client, pool("lab", &["10.77.0.100-10.77.0.110"])).await;
+    Api::<L2Advertisement>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &L2Advertisement::new("lab", L2AdvertisementSpec::default()),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let status = |ip: &str| serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "Proxy"}]}}});
+    for (name, ip, proxy) in [("web", VIP, None), ("bad", "10.77.0.101", Some("v3"))] {
+        let mut svc = Svc::lb("default", name).annotation("ironlb.dev/forwarding", "embedded");
+        if let Some(p) = proxy {
+            svc = svc.annotation("ironlb.dev/proxy-protocol", p);
+        }
+        create_service(&client, svc.build()).await;
+        services
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status(ip)))
+            .await
+            .unwrap();
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice = |address: &str| -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 6000, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [address], "nodeName": "node-1", "conditions": {"ready": true}}],
+        }))
+        .unwrap()
+    };
+    slices
+        .create(&PostParams::default(), &slice("10.77.0.21"))
+        .await
+        .unwrap();
+
+    let kubeconfig = server.lab_kubeconfig(w.lab.dir());
+    let secret = w.lab.dir().join("secret");
+    std::fs::write(&secret, "cluster-lab-secret\n").unwrap();
+    let ns = w.nodes[0].clone();
+    let log = w.lab.dir().join("node-1.log");
+    w.lab.spawn(
+        &ns,
+        env!("CARGO_BIN_EXE_ironlb"),
+        &[
+            "speaker",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node",
+            "node-1",
+            "--gossip-listen",
+            "10.77.0.11:7946",
+            "--gossip-secret-file",
+            secret.to_str().unwrap(),
+        ],
+        &log,
+    );
+    let first = w.wait_tcp(VIP, 80);
+    assert!(
+        first.starts_with("peer=10.77.0.11:") && first.contains("at=10.77.0.21"),
+        "{first}"
+    );
+    let note = support::wait_for_event(&client, "default", "bad", "NotForwarded").await;
+    assert!(
+        note.contains("node-1")
+            && note.contains("ironlb.dev/proxy-protocol")
+            && note.contains("\"v3\""),
+        "{note}"
+    );
+
+    // The endpoint moves: new connections follow within moments.
+    let mut moved = slice("10.77.0.22");
+    moved.metadata.resource_version = slices.get("web-1").await.unwrap().metadata.resource_version;
+    slices
+        .replace("web-1", &PostParams::default(), &moved)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = w.tcp(VIP, 80, "again");
+        if out.contains("at=10.77.0.22") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {out}\n{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop();
 }

@@ -14,9 +14,9 @@ const NODES: [&str; 3] = ["a", "b", "c"];
 
 fn addresses() -> Vec<IpAddr> {
     vec![
-        "10.0.0.1".parse().unwrap(),
-        "10.0.0.2".parse().unwrap(),
-        "fd00::1".parse().unwrap(),
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
     ]
 }
 
@@ -34,7 +34,10 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
         any::<bool>(),
         any::<bool>(),
         proptest::collection::btree_map(
-            (prop_oneof![Just("http".to_string()), Just("dns".to_string())], protocol()),
+            (
+                prop_oneof![Just("http".to_string()), Just("dns".to_string())],
+                protocol(),
+            ),
             8000u16..8003,
             0..3,
         ),

@@ -53,7 +53,13 @@ impl Balancer {
     }
 
     /// Records that `client` went to `backend` at `now`.
-    pub fn stick(&self, client: IpAddr, backend: &Backend, affinity: Option<Duration>, now: Instant) {
+    pub fn stick(
+        &self,
+        client: IpAddr,
+        backend: &Backend,
+        affinity: Option<Duration>,
+        now: Instant,
+    ) {
         let Some(timeout) = affinity else { return };
         let mut sticky = self.sticky.lock().unwrap_or_else(|e| e.into_inner());
         if sticky.len() >= AFFINITY_SWEEP_AT {
@@ -101,11 +107,19 @@ mod tests {
         let first = b.order(&list, client, ttl, t0)[0].clone();
         b.stick(client, &first, ttl, t0);
         for s in 1..5 {
-            assert_eq!(b.order(&list, client, ttl, t0 + Duration::from_secs(s))[0], first);
+            assert_eq!(
+                b.order(&list, client, ttl, t0 + Duration::from_secs(s))[0],
+                first
+            );
         }
         let later = t0 + Duration::from_secs(11);
-        let picks: Vec<_> = (0..3).map(|_| b.order(&list, client, ttl, later)[0].clone()).collect();
-        assert!(picks.iter().any(|p| *p != first), "expired affinity still sticks");
+        let picks: Vec<_> = (0..3)
+            .map(|_| b.order(&list, client, ttl, later)[0].clone())
+            .collect();
+        assert!(
+            picks.iter().any(|p| *p != first),
+            "expired affinity still sticks"
+        );
         let without: Vec<_> = list.iter().filter(|x| **x != first).cloned().collect();
         assert_ne!(b.order(&without, client, ttl, t0)[0], first);
     }

@@ -93,8 +93,12 @@ impl Tuning {
             connect_timeout: self
                 .connect_timeout_ms
                 .map_or(d.connect_timeout, Duration::from_millis),
-            tcp_idle: self.tcp_idle_seconds.map_or(d.tcp_idle, Duration::from_secs),
-            udp_idle: self.udp_idle_seconds.map_or(d.udp_idle, Duration::from_secs),
+            tcp_idle: self
+                .tcp_idle_seconds
+                .map_or(d.tcp_idle, Duration::from_secs),
+            udp_idle: self
+                .udp_idle_seconds
+                .map_or(d.udp_idle, Duration::from_secs),
             max_connections: self.max_connections.unwrap_or(d.max_connections).max(1),
             max_flows: self.max_flows.unwrap_or(d.max_flows).max(1),
             drain: self.drain_seconds.map_or(d.drain, Duration::from_secs),
@@ -288,9 +292,7 @@ fn transparent_socket(from: SocketAddr, to: SocketAddr, kind: Type) -> std::io::
 /// Whether `client` may use a listener with `policy`.
 fn admitted(policy: &Policy, client: std::net::IpAddr) -> bool {
     let client = match client {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(client, std::net::IpAddr::V4),
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, std::net::IpAddr::V4),
         v4 => v4,
     };
     policy.source_ranges.is_empty() || policy.source_ranges.iter().any(|r| r.contains(client))

@@ -266,7 +266,11 @@ mod tests {
     #[test]
     fn only_owned_addresses_get_listeners() {
         let f = web(false, vec![endpoint("10.1.0.1", "a", true, true)]);
-        assert!(plan("a", &owned(&["10.0.0.2"]), &[f.clone()]).listeners.is_empty());
+        assert!(
+            plan("a", &owned(&["10.0.0.2"]), std::slice::from_ref(&f))
+                .listeners
+                .is_empty()
+        );
         let p = plan("a", &owned(&["10.0.0.1"]), &[f]);
         assert_eq!(p.listeners.len(), 1);
         assert_eq!(p.listeners[0].address.to_string(), "10.0.0.1:80");
@@ -283,7 +287,7 @@ mod tests {
                 endpoint("10.1.0.3", "b", false, false),
             ],
         );
-        let p = plan("a", &owned(&["10.0.0.1"]), &[f.clone()]);
+        let p = plan("a", &owned(&["10.0.0.1"]), std::slice::from_ref(&f));
         assert_eq!(backend_ips(&p), ["10.1.0.1:8080"]);
         let mut f = f;
         f.endpoints.remove(0);

@@ -85,7 +85,11 @@ mod tests {
 
     #[test]
     fn mapped_ipv4_clients_are_sent_as_ipv4() {
-        let h = tcp(ProxyVersion::V1, sa("[::ffff:10.9.0.5]:7"), sa("[::ffff:10.0.0.1]:80"));
+        let h = tcp(
+            ProxyVersion::V1,
+            sa("[::ffff:10.9.0.5]:7"),
+            sa("[::ffff:10.0.0.1]:80"),
+        );
         assert_eq!(h, b"PROXY TCP4 10.9.0.5 10.0.0.1 7 80\r\n");
     }
 }

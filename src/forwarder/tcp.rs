@@ -46,7 +46,8 @@ pub(super) async fn serve(
             continue;
         }
         let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-            ctx.metrics.refuse(&shared.service, Refusal::ConnectionLimit);
+            ctx.metrics
+                .refuse(&shared.service, Refusal::ConnectionLimit);
             reset(client);
             continue;
         };
@@ -85,8 +86,7 @@ async fn connection(
     let mut chosen = None;
     for b in order {
         let from = shared.policy.local.then_some(peer);
-        match tokio::time::timeout(ctx.settings.connect_timeout, connect(b.address, from)).await
-        {
+        match tokio::time::timeout(ctx.settings.connect_timeout, connect(b.address, from)).await {
             Ok(Ok(stream)) => {
                 chosen = Some((b, stream));
                 break;
@@ -115,7 +115,11 @@ async fn connection(
         }
     }
     ctx.metrics.connections.get_or_create(&labels).inc();
-    let active = ctx.metrics.connections_active.get_or_create(&labels).clone();
+    let active = ctx
+        .metrics
+        .connections_active
+        .get_or_create(&labels)
+        .clone();
     active.inc();
     let up = ctx.metrics.bytes(&shared.service, Direction::ToBackend);
     let down = ctx.metrics.bytes(&shared.service, Direction::ToClient);

@@ -69,9 +69,9 @@ impl Host {
             .execute();
         let mut found = Vec::new();
         while let Some(msg) = stream.try_next().await? {
-            let marked = msg.attributes.iter().any(|a| {
-                matches!(a, AddressAttribute::Protocol(p) if u8::from(*p) == ADDRESS_PROTOCOL)
-            });
+            let marked = msg.attributes.iter().any(
+                |a| matches!(a, AddressAttribute::Protocol(p) if u8::from(*p) == ADDRESS_PROTOCOL),
+            );
             if marked {
                 found.push(msg);
             }

@@ -116,6 +116,15 @@ pub struct StaticEndpoint {
     pub node: Option<String>,
 }
 
+/// What the forwarder is asked to carry, and the Services it can't.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Forwards {
+    /// Services with embedded forwarding.
+    pub frontends: Vec<Frontend>,
+    /// Services with embedded forwarding and a setting that can't be honoured.
+    pub invalid: Vec<view::FrontendError>,
+}
+
 /// The gossip settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -401,7 +410,11 @@ pub async fn run_static(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let (desired_tx, desired) = watch::channel(config.announcements());
-    let (frontends_tx, frontends) = watch::channel(config.frontends());
+    let forwards = |c: &StaticConfig| Forwards {
+        frontends: c.frontends(),
+        invalid: Vec::new(),
+    };
+    let (frontends_tx, frontends) = watch::channel(forwards(&config));
     let (_nodes_tx, nodes) = watch::channel(Vec::new());
     if let Some(path) = path {
         let stop = shutdown.clone();
@@ -422,9 +435,11 @@ pub async fn run_static(
                     Ok(c) => {
                         info!(%path, "configuration reloaded");
                         desired_tx.send_replace(c.announcements());
-                        frontends_tx.send_replace(c.frontends());
+                        frontends_tx.send_replace(forwards(&c));
                     }
-                    Err(e) => warn!(error = %e, "configuration not reloaded; keeping the last good one"),
+                    Err(e) => {
+                        warn!(error = %e, "configuration not reloaded; keeping the last good one")
+                    }
                 }
             }
         });
@@ -480,7 +495,7 @@ pub async fn run_kubernetes(
     let report_client = client.clone();
     let nodes = cache::<K8sNode>(Api::all(client), wake.clone(), shutdown.clone());
     let (desired_tx, desired) = watch::channel(Vec::new());
-    let (frontends_tx, frontends) = watch::channel(Vec::new());
+    let (frontends_tx, frontends) = watch::channel(Forwards::default());
     let (nodes_tx, node_objects) = watch::channel(Vec::new());
     let feeder_stop = shutdown.clone();
     tokio::spawn(async move {
@@ -497,7 +512,6 @@ pub async fn run_kubernetes(
             }
         }
         info!("cluster view ready");
-        let mut last_invalid = Vec::new();
         loop {
             let (svc, pl, ad, sl) = (services.state(), pools.state(), ads.state(), slices.state());
             let view = view::ClusterView {
@@ -508,13 +522,8 @@ pub async fn run_kubernetes(
                 default_class,
             };
             let announcements = view::announcements(&view);
-            let (fronts, invalid) = view::frontends(&view);
-            if invalid != last_invalid {
-                for e in invalid.iter().filter(|e| !last_invalid.contains(e)) {
-                    warn!(service = %e.service, error = %e.message, "not forwarded");
-                }
-                last_invalid = invalid;
-            }
+            let (frontends, invalid) = view::frontends(&view);
+            let fronts = Forwards { frontends, invalid };
             frontends_tx.send_if_modified(|current| {
                 let changed = *current != fronts;
                 if changed {
@@ -582,7 +591,7 @@ pub async fn run(
     listen: SocketAddr,
     gossip: membership::Config,
     mut desired: watch::Receiver<Vec<Announcement>>,
-    mut frontends: watch::Receiver<Vec<Frontend>>,
+    mut frontends: watch::Receiver<Forwards>,
     mut node_objects: watch::Receiver<Vec<K8sNode>>,
     timing: Timing,
     forwarding_settings: crate::forwarder::Settings,
@@ -622,6 +631,8 @@ pub async fn run(
     let forwarder_metrics = crate::forwarder::metrics::Metrics::default();
     metrics.register_forwarder(&forwarder_metrics);
     let mut forwarding = Forwarding::new(forwarding_settings, forwarder_metrics);
+    // Forwarding problems of owned Services, as last reported.
+    let mut reported_problems: BTreeSet<(ServiceKey, String)> = BTreeSet::new();
     loop {
         let alive = members.borrow_and_update().clone();
         if !matches!(trigger, Trigger::Tick | Trigger::View) {
@@ -668,9 +679,19 @@ pub async fn run(
             gained.push(*ip);
         }
         owned_now = wanted;
-        forwarding
+        let problems = forwarding
             .apply(&node, &owned_now, &frontends.borrow_and_update())
             .await;
+        for (service, message) in &problems {
+            if !reported_problems.contains(&(service.clone(), message.clone())) {
+                warn!(%service, error = %message, "not forwarded");
+                send(Report::NotForwarded {
+                    service: service.clone(),
+                    message: message.clone(),
+                });
+            }
+        }
+        reported_problems = problems;
         for (ip, services) in std::mem::take(&mut reported) {
             if !owned_now.contains_key(&ip) {
                 send(Report::Withdrawn {
@@ -765,7 +786,6 @@ struct Forwarding {
     /// The Service addresses on the loopback, once known.
     addresses: Option<BTreeSet<IpAddr>>,
     transparent: bool,
-    conflicts: Vec<crate::forwarder::plan::Conflict>,
 }
 
 impl Forwarding {
@@ -778,27 +798,35 @@ impl Forwarding {
             settings,
             addresses: None,
             transparent: false,
-            conflicts: Vec::new(),
         }
     }
 
     /// Runs the listeners of the addresses this node owns, with the Service
     /// addresses on the loopback and, for `Local` Services, the transparent
-    /// routing. Failures are logged and retried on the next pass.
+    /// routing. Failures are logged and retried on the next pass. Returns what
+    /// keeps Services on owned addresses from being forwarded as asked.
     async fn apply(
         &mut self,
         node: &str,
         owned: &BTreeMap<IpAddr, Vec<String>>,
-        frontends: &[Frontend],
-    ) {
+        forwards: &Forwards,
+    ) -> BTreeSet<(ServiceKey, String)> {
         let keys: BTreeSet<IpAddr> = owned.keys().copied().collect();
-        let plan = crate::forwarder::plan::plan(node, &keys, frontends);
-        if plan.conflicts != self.conflicts {
-            for c in &plan.conflicts {
-                warn!(address = %c.address, protocol = %c.protocol, kept = %c.kept,
-                      refused = %c.refused, "two Services want one port; the first keeps it");
-            }
-            self.conflicts = plan.conflicts.clone();
+        let plan = crate::forwarder::plan::plan(node, &keys, &forwards.frontends);
+        let mut problems: BTreeSet<(ServiceKey, String)> = forwards
+            .invalid
+            .iter()
+            .filter(|e| e.addresses.iter().any(|a| keys.contains(a)))
+            .map(|e| (e.service.clone(), e.message.clone()))
+            .collect();
+        for c in &plan.conflicts {
+            problems.insert((
+                c.refused.clone(),
+                format!(
+                    "{} {} is already forwarded for Service {}",
+                    c.protocol, c.address, c.kept
+                ),
+            ));
         }
         let addresses: BTreeSet<IpAddr> = plan.listeners.iter().map(|l| l.address.ip()).collect();
         if self.addresses.as_ref() != Some(&addresses) {
@@ -818,14 +846,17 @@ impl Forwarding {
         if local && !self.transparent {
             match crate::forwarder::transparent::install(self.settings.mark).await {
                 Ok(()) => self.transparent = true,
-                Err(e) => warn!(error = %e, "cannot install transparent routing; Local Services won't answer"),
+                Err(e) => {
+                    warn!(error = %e, "cannot install transparent routing; Local Services won't answer")
+                }
             }
         } else if !local && self.transparent {
             self.remove_transparent().await;
         }
         for e in self.forwarder.apply(&plan.listeners) {
-            warn!(error = %e, "listener not started");
+            problems.insert((e.service.clone(), e.to_string()));
         }
+        problems
     }
 
     async fn remove_transparent(&mut self) {
@@ -849,9 +880,7 @@ impl Forwarding {
     }
 }
 
-async fn set_service_addresses(
-    addresses: &BTreeSet<IpAddr>,
-) -> Result<(), crate::netlink::Error> {
+async fn set_service_addresses(addresses: &BTreeSet<IpAddr>) -> Result<(), crate::netlink::Error> {
     crate::netlink::host::Host::open()?
         .set_service_addresses(addresses)
         .await
@@ -930,6 +959,13 @@ pub enum Report {
         /// The Services that were on it.
         services: Vec<ServiceKey>,
     },
+    /// This node owns an address of `service` but can't forward it as asked.
+    NotForwarded {
+        /// The Service.
+        service: ServiceKey,
+        /// Why, naming the annotation or field.
+        message: String,
+    },
 }
 
 /// Writes [`Report`]s as `ServiceL2Status` objects and events on the Services.
@@ -970,6 +1006,23 @@ impl ClusterReporter {
                 interfaces,
             } => (address, services, Some(interfaces)),
             Report::Withdrawn { address, services } => (address, services, None),
+            Report::NotForwarded { service, message } => {
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: "NotForwarded".into(),
+                    note: Some(format!("node {}: {message}", self.node)),
+                    action: "Forward".into(),
+                    secondary: None,
+                };
+                if let Err(e) = self
+                    .recorder
+                    .publish(&event, &service_reference(service))
+                    .await
+                {
+                    warn!(%service, error = %e, "recording an event");
+                }
+                return;
+            }
         };
         for svc in services {
             let api: kube::Api<ServiceL2Status> =
@@ -1037,17 +1090,20 @@ impl ClusterReporter {
                 action: "Announce".into(),
                 secondary: None,
             };
-            let reference = k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Service".into()),
-                name: Some(svc.name.clone()),
-                namespace: Some(svc.namespace.clone()),
-                ..Default::default()
-            };
-            if let Err(e) = self.recorder.publish(&event, &reference).await {
+            if let Err(e) = self.recorder.publish(&event, &service_reference(svc)).await {
                 warn!(service = %svc, error = %e, "recording an event");
             }
         }
+    }
+}
+
+fn service_reference(svc: &ServiceKey) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some(svc.name.clone()),
+        namespace: Some(svc.namespace.clone()),
+        ..Default::default()
     }
 }
 

@@ -221,6 +221,8 @@ pub fn nodes(members: &BTreeSet<String>, objects: &[&K8sNode]) -> Vec<Node> {
 pub struct FrontendError {
     /// The Service.
     pub service: ServiceKey,
+    /// Its addresses: the owner of one reports the error.
+    pub addresses: Vec<IpAddr>,
     /// What is wrong, naming the annotation or field.
     pub message: String,
 }
@@ -250,10 +252,14 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
         let key = translate::service_key(svc);
         let fail = |message: String| FrontendError {
             service: key.clone(),
+            addresses: addresses.clone(),
             message,
         };
         let Some(spec) = &svc.spec else { continue };
-        let proxy = match annotations.get(PROXY_PROTOCOL).map(|v| ProxyVersion::parse(v)) {
+        let proxy = match annotations
+            .get(PROXY_PROTOCOL)
+            .map(|v| ProxyVersion::parse(v))
+        {
             None => None,
             Some(Ok(v)) => Some(v),
             Some(Err(e)) => {
@@ -295,7 +301,9 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
                     continue;
                 }
             };
-            let Ok(port) = u16::try_from(p.port) else { continue };
+            let Ok(port) = u16::try_from(p.port) else {
+                continue;
+            };
             ports.push(FrontendPort {
                 name: p.name.clone().unwrap_or_default(),
                 port,
@@ -345,7 +353,9 @@ fn endpoints_of(key: &ServiceKey, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
             let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
             for a in &e.addresses {
-                let Ok(address) = a.parse::<IpAddr>() else { continue };
+                let Ok(address) = a.parse::<IpAddr>() else {
+                    continue;
+                };
                 out.push(Endpoint {
                     address,
                     node: e.node_name.clone(),

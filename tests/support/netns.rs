@@ -150,7 +150,13 @@ impl Lab {
 
     /// The static configuration [`Lab::start_speaker`] writes, with `extra`
     /// (YAML, e.g. a `services:` block) appended.
-    pub fn speaker_config(&self, i: usize, subnet: &str, addresses: &[&str], extra: &str) -> String {
+    pub fn speaker_config(
+        &self,
+        i: usize,
+        subnet: &str,
+        addresses: &[&str],
+        extra: &str,
+    ) -> String {
         let seeds: Vec<String> = (1..=3)
             .filter(|j| *j != i)
             .map(|j| format!("{subnet}.1{j}:7946"))
@@ -190,7 +196,9 @@ impl Lab {
     pub fn wire(&mut self, a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str) {
         self.exec_ok(
             a,
-            &["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b],
+            &[
+                "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
+            ],
         );
         self.exec_ok(a, &["ip", "addr", "add", a_addr, "dev", a_if, "nodad"]);
         self.exec_ok(b, &["ip", "addr", "add", b_addr, "dev", b_if, "nodad"]);
