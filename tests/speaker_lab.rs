@@ -489,14 +489,25 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
         .await
         .unwrap();
 
+    // No --gossip-seeds: the speakers find each other at their Nodes'
+    // InternalIPs, as in a DaemonSet.
+    for i in 1..=3 {
+        let name = format!("node-{i}");
+        let node: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        // Status goes through its subresource, as the kubelet writes it.
+        let address = serde_json::json!({"status": {"addresses": [{"type": "InternalIP", "address": format!("10.77.0.1{i}")}]}});
+        nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(address))
+            .await
+            .unwrap();
+    }
     let kubeconfig = server.lab_kubeconfig(w.lab.dir());
     let secret = w.lab.dir().join("secret");
     std::fs::write(&secret, "cluster-lab-secret\n").unwrap();
     for i in 1..=3 {
-        let seeds: Vec<String> = (1..=3)
-            .filter(|j| *j != i)
-            .map(|j| format!("10.77.0.1{j}:7946"))
-            .collect();
         let ns = w.nodes[i - 1].1.clone();
         let log = w.lab.dir().join(format!("node-{i}.log"));
         let idx = w.lab.spawn(
@@ -510,8 +521,6 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
                 &format!("node-{i}"),
                 "--gossip-listen",
                 &format!("10.77.0.1{i}:7946"),
-                "--gossip-seeds",
-                &seeds.join(","),
                 "--gossip-secret-file",
                 secret.to_str().unwrap(),
             ],

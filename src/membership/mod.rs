@@ -171,6 +171,7 @@ pub struct Counters {
 /// A running member of the group.
 pub struct Membership {
     members: watch::Receiver<BTreeSet<String>>,
+    join: mpsc::UnboundedSender<SocketAddr>,
     counters: Arc<Counters>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -184,16 +185,19 @@ impl Membership {
         let (tx, members) = watch::channel(BTreeSet::from([config.node.clone()]));
         let counters = Arc::new(Counters::default());
         let stop = CancellationToken::new();
+        let (join, joins) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             socket,
             config,
             local,
             tx,
+            joins,
             counters.clone(),
             stop.clone(),
         ));
         Ok(Self {
             members,
+            join,
             counters,
             stop,
             task,
@@ -204,6 +208,12 @@ impl Membership {
     /// The nodes alive now (this one included); changes as the group does.
     pub fn members(&self) -> watch::Receiver<BTreeSet<String>> {
         self.members.clone()
+    }
+
+    /// Announces this member to another speaker at `addr`, learnt after the
+    /// start (seeds discovered from the Node objects).
+    pub fn join(&self, addr: SocketAddr) {
+        let _ = self.join.send(addr);
     }
 
     /// The traffic counters.
@@ -234,6 +244,7 @@ async fn run(
     config: Config,
     local: SocketAddr,
     members: watch::Sender<BTreeSet<String>>,
+    mut joins: mpsc::UnboundedReceiver<SocketAddr>,
     counters: Arc<Counters>,
     stop: CancellationToken,
 ) {
@@ -261,20 +272,25 @@ async fn run(
         members,
         counters,
     };
-    for addr in &config.seeds {
+    let announce = |foca: &mut Foca<_, _, _, _>, runtime: &mut AccumulatingRuntime<Peer>, addr| {
+        // The seed's name is learnt from its answer.
         let placeholder = Peer {
             node: String::new(),
-            addr: *addr,
+            addr,
             generation: 0,
         };
-        if let Err(e) = foca.announce(placeholder, &mut runtime) {
+        if let Err(e) = foca.announce(placeholder, runtime) {
             warn!(error = %e, %addr, "announce failed");
         }
+    };
+    for addr in &config.seeds {
+        announce(&mut foca, &mut runtime, *addr);
     }
     loop {
         wire.flush(&mut runtime, &foca).await;
         tokio::select! {
             _ = stop.cancelled() => break,
+            Some(addr) = joins.recv() => announce(&mut foca, &mut runtime, addr),
             timer = timers.recv() => {
                 let Some(timer) = timer else { break };
                 if let Err(e) = foca.handle_timer(timer, &mut runtime) {

@@ -457,6 +457,7 @@ pub async fn run_static(
         frontends,
         nodes,
         config.timing(),
+        false,
         config.forwarder.settings(),
         http,
         None,
@@ -569,6 +570,7 @@ pub async fn run_kubernetes(
         frontends,
         node_objects,
         timing,
+        true,
         forwarding,
         http,
         Some(report_tx),
@@ -594,13 +596,15 @@ pub async fn run(
     mut frontends: watch::Receiver<Forwards>,
     mut node_objects: watch::Receiver<Vec<K8sNode>>,
     timing: Timing,
+    discover_seeds: bool,
     forwarding_settings: crate::forwarder::Settings,
     http: Option<tokio::net::TcpListener>,
     report: Option<mpsc::UnboundedSender<Report>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let socket = UdpSocket::bind(listen).await?;
-    let has_seeds = !gossip.seeds.is_empty();
+    let mut has_seeds = !gossip.seeds.is_empty();
+    let discover_seeds = !has_seeds && discover_seeds;
     let membership = Membership::start(socket, gossip)?;
     info!(%node, %listen, "speaker started");
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
@@ -613,6 +617,30 @@ pub async fn run(
         ));
     }
     let mut members = membership.members();
+    // Without listed seeds, a cluster speaker finds its peers at the Nodes'
+    // InternalIPs, on its own gossip port.
+    let mut seeds_joined: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut join_new_seeds = |objects: &[K8sNode]| {
+        for addr in view::node_seeds(&node, objects, listen) {
+            if seeds_joined.insert(addr) {
+                info!(%addr, "joining a speaker discovered from its Node");
+                membership.join(addr);
+            }
+        }
+        !seeds_joined.is_empty()
+    };
+    if discover_seeds {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while node_objects.borrow().is_empty() {
+            if tokio::time::timeout_at(deadline, node_objects.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        has_seeds = join_new_seeds(&node_objects.borrow());
+    }
     settle(&mut members, has_seeds).await;
     metrics.set_ready();
 
@@ -756,7 +784,15 @@ pub async fn run(
             }
             changed = desired.changed() => if changed.is_err() { break } else { Trigger::View },
             changed = frontends.changed() => if changed.is_err() { break } else { Trigger::View },
-            changed = node_objects.changed() => if changed.is_err() { break } else { Trigger::View },
+            changed = node_objects.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if discover_seeds {
+                    join_new_seeds(&node_objects.borrow());
+                }
+                Trigger::View
+            }
             _ = tokio::time::sleep_until(last_announce + reannounce) => Trigger::Tick,
         };
     }

@@ -369,6 +369,31 @@ fn endpoints_of(key: &ServiceKey, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
     out
 }
 
+/// The gossip addresses of the other speakers, by their Nodes' InternalIP of
+/// `listen`'s family and `listen`'s port: in a DaemonSet every speaker listens
+/// on the same port of its node's address.
+pub fn node_seeds(
+    me: &str,
+    objects: &[K8sNode],
+    listen: std::net::SocketAddr,
+) -> Vec<std::net::SocketAddr> {
+    objects
+        .iter()
+        .filter(|n| n.name_any() != me)
+        .filter_map(|n| {
+            n.status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                .find(|ip| ip.is_ipv4() == listen.is_ipv4())
+        })
+        .map(|ip| std::net::SocketAddr::new(ip, listen.port()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,6 +642,42 @@ mod tests {
         assert_eq!(
             election::eligibility(&nodes[1], &Constraints::default()),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn seeds_are_the_other_nodes_internal_ips_of_the_listen_family() {
+        let node = |name: &str, addresses: &[(&str, &str)]| -> K8sNode {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"addresses": addresses.iter()
+                    .map(|(t, a)| serde_json::json!({"type": t, "address": a}))
+                    .collect::<Vec<_>>()},
+            }))
+            .unwrap()
+        };
+        let objects = [
+            node("me", &[("InternalIP", "10.0.0.1")]),
+            node(
+                "b",
+                &[
+                    ("Hostname", "b"),
+                    ("InternalIP", "fd00::2"),
+                    ("InternalIP", "10.0.0.2"),
+                ],
+            ),
+            node("c", &[("ExternalIP", "203.0.113.3")]),
+        ];
+        let listen = "10.0.0.1:7946".parse().unwrap();
+        let seeds: Vec<String> = node_seeds("me", &objects, listen)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(seeds, ["10.0.0.2:7946"]);
+        let v6: Vec<_> = node_seeds("me", &objects, "[fd00::1]:7946".parse().unwrap());
+        assert_eq!(
+            v6,
+            ["[fd00::2]:7946".parse::<std::net::SocketAddr>().unwrap()]
         );
     }
 }
