@@ -10,6 +10,7 @@
 //!   Service status, pool status and events. Its decisions are a pure pass
 //!   ([`controller::plan`]); the rest is I/O.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics` for every process.
+//! - [`demo`]: `ironlb demo`, the whole thing in network namespaces on one box.
 //! - [`election`]: which node announces an address: eligibility and rendezvous
 //!   hashing. Pure.
 //! - [`l2`]: ARP and Neighbor Discovery frames (pure codecs) and the raw-socket
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod demo;
 pub mod election;
 pub mod forwarder;
 pub mod http;

@@ -35,6 +35,33 @@ enum Command {
     /// List this host's interfaces and, for --address, which ones would announce
     /// it and why the others would not.
     Interfaces(InterfacesArgs),
+    /// Show ironlb working on this machine (root): three nodes, a client and
+    /// backends in network namespaces; ownership, the client address the
+    /// backend sees, and a measured failover. Cleans up after itself.
+    Demo(DemoArgs),
+    /// The demo's UDP echo backend.
+    #[command(hide = true)]
+    DemoUdpEcho {
+        /// Where to listen.
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Leave the lab up at the end and print how to explore it.
+    #[arg(long)]
+    keep: bool,
+    /// Remove a lab left by --keep (or by a killed demo) and exit.
+    #[arg(long)]
+    clean: bool,
+    /// Don't install missing Debian packages (nginx, its stream module,
+    /// nftables, iproute2); fail and name them instead.
+    #[arg(long)]
+    no_install: bool,
+    /// Prefix of the namespaces' names.
+    #[arg(long, default_value = "ilbdemo")]
+    prefix: String,
 }
 
 #[derive(Args)]
@@ -174,6 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(interfaces(args))?,
+        Command::Demo(args) => demo(args)?,
+        Command::DemoUdpEcho { listen } => ironlb::demo::udp_echo_server(listen)?,
         Command::Speaker(args) => {
             init_logs();
             tokio::runtime::Builder::new_multi_thread()
@@ -189,6 +218,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(run_controller(args))?;
         }
     }
+    Ok(())
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    use ironlb::demo::{Cleanup, Options, clean, run_demo};
+    use std::sync::Mutex;
+    if args.clean {
+        let n = clean(&args.prefix)?;
+        println!("removed {n} namespaces");
+        return Ok(());
+    }
+    let opts = Options {
+        prefix: args.prefix,
+        keep: args.keep,
+        install: !args.no_install,
+    };
+    println!(
+        "ironlb demo: one Service address, three nodes, a client and two backends, \
+         in network namespaces on this machine"
+    );
+    let cleanup = Arc::new(Mutex::new(Cleanup::default()));
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let (c, o) = (cleanup.clone(), opts.clone());
+            let task = tokio::task::spawn_blocking(move || run_demo(&o, &c));
+            tokio::select! {
+                r = task => r.map_err(anyhow::Error::from).and_then(|r| r),
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            }
+        });
+    cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
+    let summary = result?;
+    println!("{summary}");
     Ok(())
 }
 

@@ -1,0 +1,636 @@
+//! `ironlb demo`: ironlb working on one Linux box, in two minutes.
+//!
+//! It builds network namespaces on one bridge — three nodes, a client, an nginx
+//! that reads the PROXY protocol and a UDP echo — runs three real `ironlb
+//! speaker --static` processes forwarding one address to them, shows who owns
+//! the address and what client address nginx saw, kills the owner, measures how
+//! long the client is without service, and cleans everything up.
+//!
+//! Everything lives in namespaces it creates (bridge included); the root
+//! namespace's interfaces and routes are never touched.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The address the demo's Service gets.
+pub const ADDRESS: &str = "10.99.0.100";
+const CLIENT: &str = "10.99.0.2";
+const NGINX: &str = "10.99.0.21";
+const ECHO: &str = "10.99.0.22";
+const STEPS: usize = 7;
+
+/// How the demo runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Prefix of every namespace name (`PREFIX-client`, …).
+    pub prefix: String,
+    /// Leave the lab up at the end.
+    pub keep: bool,
+    /// Install missing Debian packages with apt-get.
+    pub install: bool,
+}
+
+/// What the demo measured.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The first owner.
+    pub owner: String,
+    /// The owner after the first was killed.
+    pub new_owner: String,
+    /// From the kill to the client's first answered request.
+    pub failover: Duration,
+    /// The client address nginx reported.
+    pub backend_saw: String,
+    /// Whether the UDP echo answered from the Service's address.
+    pub udp_ok: bool,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "summary: owner={} new_owner={} failover_ms={} backend_saw={} udp_echo={}",
+            self.owner,
+            self.new_owner,
+            self.failover.as_millis(),
+            self.backend_saw,
+            if self.udp_ok { "ok" } else { "failed" }
+        )
+    }
+}
+
+/// What must be undone: processes and namespaces, shared with the Ctrl-C
+/// handler.
+#[derive(Default)]
+pub struct Cleanup {
+    children: Vec<(String, Child)>,
+    namespaces: Vec<String>,
+    dir: Option<PathBuf>,
+}
+
+impl Cleanup {
+    /// Stops every process (SIGTERM first, so speakers remove what they
+    /// added) and deletes every namespace and the scratch directory.
+    pub fn run(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .output();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (_, child) in &mut self.children {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Removes a kept lab: every namespace named `PREFIX-…` and the processes in it.
+pub fn clean(prefix: &str) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir("/run/netns") {
+        Ok(e) => e,
+        Err(_) => return Ok(0),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&format!("{prefix}-")) {
+            continue;
+        }
+        let pids = run_out("ip", &["netns", "pids", &name]).unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-TERM", pid]).output();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let pids = run_out("ip", &["netns", "pids", &name]).unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+        run("ip", &["netns", "del", &name])?;
+        removed += 1;
+    }
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(prefix));
+    Ok(removed)
+}
+
+/// Runs the demo, printing each step; `cleanup` holds what to undo (the caller
+/// runs it, also on Ctrl-C).
+pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result<Summary> {
+    preflight(opts)?;
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(&opts.prefix);
+    if Path::new(&format!("/run/netns/{}-sw", opts.prefix)).exists() {
+        anyhow::bail!(
+            "a demo lab named {0} is already up; remove it with `ironlb demo --clean` \
+             (or pick another --prefix)",
+            opts.prefix
+        );
+    }
+    std::fs::create_dir_all(&dir)?;
+    lock(cleanup).dir = Some(dir.clone());
+    let lab = Lab {
+        prefix: opts.prefix.clone(),
+        dir: dir.clone(),
+        cleanup: cleanup.clone(),
+    };
+
+    step(
+        1,
+        &format!(
+            "building the lab: bridge in {p}-sw; node-1..3 at 10.99.0.11-13; client {CLIENT}; \
+             nginx {NGINX}; UDP echo {ECHO}",
+            p = opts.prefix
+        ),
+    );
+    let sw = lab.namespace("sw")?;
+    lab.exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
+    lab.exec(&sw, &["ip", "link", "set", "br0", "up"])?;
+    let mut hosts = Vec::new();
+    for (short, port, addr) in [
+        ("node1", "p1", "10.99.0.11"),
+        ("node2", "p2", "10.99.0.12"),
+        ("node3", "p3", "10.99.0.13"),
+        ("client", "pc", CLIENT),
+        ("nginx", "pn", NGINX),
+        ("echo", "pe", ECHO),
+    ] {
+        let ns = lab.namespace(short)?;
+        lab.exec(
+            &sw,
+            &[
+                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        lab.exec(&sw, &["ip", "link", "set", port, "master", "br0", "up"])?;
+        lab.exec(
+            &ns,
+            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        )?;
+        lab.exec(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        hosts.push(ns);
+    }
+    let (nodes, client, nginx, echo) = (&hosts[..3], &hosts[3], &hosts[4], &hosts[5]);
+
+    step(
+        2,
+        "starting the backends: nginx (http, listen … proxy_protocol) and a UDP echo",
+    );
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir))?;
+    lab.spawn(
+        "nginx",
+        nginx,
+        Path::new("nginx"),
+        &["-c", path(&conf), "-e", path(&dir.join("nginx-error.log"))],
+    )?;
+    lab.spawn(
+        "udp-echo",
+        echo,
+        &exe,
+        &["demo-udp-echo", &format!("{ECHO}:5353")],
+    )?;
+    wait_until("nginx to listen", Duration::from_secs(10), || {
+        in_netns(client, || TcpStream::connect((NGINX, 8080)).ok().map(drop))
+    })?;
+
+    step(
+        3,
+        &format!(
+            "starting 3 speakers (ironlb speaker --static): Service web {ADDRESS}:80 → nginx \
+             with PROXY protocol v2, echo {ADDRESS}:7/udp → UDP echo"
+        ),
+    );
+    for i in 1..=3 {
+        let config = dir.join(format!("node-{i}.yaml"));
+        std::fs::write(&config, speaker_config(i))?;
+        lab.spawn(
+            &format!("speaker node-{i}"),
+            &nodes[i - 1],
+            &exe,
+            &[
+                "speaker",
+                "--static",
+                path(&config),
+                "--metrics-addr",
+                &format!("10.99.0.1{i}:9121"),
+            ],
+        )?;
+    }
+    let owner = wait_until("a node to own the address", Duration::from_secs(15), || {
+        owner_of(nodes)
+    })?;
+    detail(&format!(
+        "{owner} owns {ADDRESS}: it answers ARP for it and forwards its traffic"
+    ));
+
+    step(4, &format!("the client asks http://{ADDRESS}/"));
+    let backend_saw = wait_until("an answer", Duration::from_secs(10), || {
+        in_netns(client, || http_get(ADDRESS, Duration::from_secs(1)))
+    })?;
+    detail(&format!(
+        "nginx answered: \"nginx saw client {backend_saw}\" — the client is {CLIENT}{}",
+        if backend_saw == CLIENT {
+            ": the backend saw the client's own address"
+        } else {
+            ""
+        }
+    ));
+    let udp_ok = in_netns(client, udp_echo);
+    detail(&format!(
+        "UDP to {ADDRESS}:7: {}",
+        if udp_ok {
+            "the echo answered, from the Service's address"
+        } else {
+            "no answer"
+        }
+    ));
+
+    step(
+        5,
+        &format!("killing {owner}'s speaker (SIGKILL), as a node crash would"),
+    );
+    let failover = {
+        let client = client.clone();
+        let (start_tx, start_rx) = std::sync::mpsc::channel::<Instant>();
+        let probe = std::thread::spawn(move || {
+            in_netns(&client, move || {
+                let Ok(start) = start_rx.recv() else {
+                    return None;
+                };
+                let mut last = Instant::now();
+                while start.elapsed() < Duration::from_secs(30) {
+                    if http_get(ADDRESS, Duration::from_millis(100)).is_some() {
+                        return Some(start.elapsed());
+                    }
+                    if last.elapsed() > Duration::from_secs(1) {
+                        detail("still waiting for an answer…");
+                        last = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                None
+            })
+        });
+        let start = Instant::now();
+        lab.kill(&format!("speaker {owner}"));
+        let _ = start_tx.send(start);
+        probe
+            .join()
+            .ok()
+            .flatten()
+            .ok_or_else(|| anyhow::anyhow!("the client was not served again within 30 s"))?
+    };
+    step(
+        6,
+        &format!(
+            "failover: the client was served again {:.2} s after the kill",
+            failover.as_secs_f64()
+        ),
+    );
+    let alive: Vec<String> = nodes
+        .iter()
+        .filter(|ns| !ns.ends_with(&owner.replace("node-", "node")))
+        .cloned()
+        .collect();
+    let new_owner = wait_until("the new owner", Duration::from_secs(5), || owner_of(&alive))?;
+    let again = in_netns(client, || http_get(ADDRESS, Duration::from_secs(1))).unwrap_or_default();
+    detail(&format!(
+        "{new_owner} owns {ADDRESS} now; nginx still sees client {again}"
+    ));
+
+    let summary = Summary {
+        owner,
+        new_owner,
+        failover,
+        backend_saw,
+        udp_ok,
+    };
+    if opts.keep {
+        step(7, "keeping the lab up (--keep); explore it:");
+        let p = &opts.prefix;
+        let n = summary.new_owner.replace("node-", "node");
+        let i = summary.new_owner.trim_start_matches("node-");
+        for line in [
+            format!("ip netns exec {p}-client curl -s http://{ADDRESS}/"),
+            format!("ip netns exec {p}-client ip neigh show {ADDRESS}"),
+            format!("ip netns exec {p}-{n} ip addr show dev lo"),
+            format!(
+                "ip netns exec {p}-{n} curl -s http://10.99.0.1{i}:9121/metrics | grep forwarder"
+            ),
+            format!("cat {}/speaker-node-*.log", dir.display()),
+            format!("ironlb demo --clean{}", prefix_flag(p)),
+        ] {
+            println!("      {line}");
+        }
+        lock(cleanup).children.clear();
+        lock(cleanup).namespaces.clear();
+        lock(cleanup).dir = None;
+    } else {
+        step(7, "cleaning up: speakers stopped, namespaces deleted");
+    }
+    Ok(summary)
+}
+
+fn prefix_flag(p: &str) -> String {
+    if p == "ilbdemo" {
+        String::new()
+    } else {
+        format!(" --prefix {p}")
+    }
+}
+
+fn lock(c: &Arc<Mutex<Cleanup>>) -> std::sync::MutexGuard<'_, Cleanup> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn step(n: usize, text: &str) {
+    println!("[{n}/{STEPS}] {text}");
+}
+
+fn detail(text: &str) {
+    println!("      {text}");
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    cleanup: Arc<Mutex<Cleanup>>,
+}
+
+impl Lab {
+    fn namespace(&self, short: &str) -> anyhow::Result<String> {
+        let name = format!("{}-{short}", self.prefix);
+        run("ip", &["netns", "add", &name])?;
+        lock(&self.cleanup).namespaces.push(name.clone());
+        self.exec(&name, &["ip", "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    fn exec(&self, ns: &str, cmd: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["netns", "exec", ns];
+        args.extend_from_slice(cmd);
+        run("ip", &args)
+    }
+
+    fn spawn(&self, what: &str, ns: &str, program: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let log = self.dir.join(format!("{}.log", what.replace(' ', "-")));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {what}: {e}"))?;
+        lock(&self.cleanup).children.push((what.to_string(), child));
+        Ok(())
+    }
+
+    fn kill(&self, what: &str) {
+        let mut c = lock(&self.cleanup);
+        if let Some((_, child)) = c.children.iter_mut().find(|(w, _)| w == what) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {program}: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn run_out(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Checks root and the commands the lab needs; installs missing Debian
+/// packages when allowed.
+fn preflight(opts: &Options) -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        anyhow::bail!("the demo builds network namespaces: run it as root (sudo)");
+    }
+    let have = |cmd: &str| run_out("sh", &["-c", &format!("command -v {cmd}")]).is_some();
+    let mut missing = Vec::new();
+    if !have("ip") {
+        missing.push("iproute2");
+    }
+    if !have("nft") {
+        missing.push("nftables");
+    }
+    if !have("nginx") {
+        missing.push("nginx");
+    }
+    if !Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists() {
+        missing.push("libnginx-mod-stream");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    if !opts.install || !have("apt-get") {
+        anyhow::bail!("the demo needs {}: {command}", missing.join(", "));
+    }
+    println!("[0/{STEPS}] installing {} ({command})", missing.join(", "));
+    let ok = Command::new("sh")
+        .args(["-c", &format!("apt-get update -qq && {command} -qq")])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("RUNLEVEL", "1")
+        .status()?
+        .success();
+    if !ok {
+        anyhow::bail!("installing failed; run `{command}` yourself and try again");
+    }
+    Ok(())
+}
+
+fn nginx_conf(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+         events {{}}\n\
+         http {{\n  access_log {d}/nginx-access.log;\n\
+         client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+         uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+         server {{\n    listen {NGINX}:8080 proxy_protocol;\n\
+         location / {{ return 200 \"nginx saw client $proxy_protocol_addr\\n\"; }}\n  }}\n}}\n"
+    )
+}
+
+fn speaker_config(i: usize) -> String {
+    let seeds: Vec<String> = (1..=3)
+        .filter(|j| *j != i)
+        .map(|j| format!("10.99.0.1{j}:7946"))
+        .collect();
+    format!(
+        "node: node-{i}\n\
+         gossip:\n  listen: 10.99.0.1{i}:7946\n  seeds: [{}]\n  secret: demo-secret\n\
+         addresses:\n  - address: {ADDRESS}\n    interfaces: [eth0]\n\
+         services:\n\
+         \x20 - name: web\n    address: {ADDRESS}\n    proxyProtocol: v2\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: {NGINX}}}]\n\
+         \x20 - name: echo\n    address: {ADDRESS}\n    ports: [{{port: 7, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: {ECHO}}}]\n",
+        seeds.join(", ")
+    )
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}"))
+                .unwrap_or_else(|e| panic!("opening namespace {ns}: {e}"));
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("entering namespace {ns}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// The node whose speaker announces the address now, from the speakers'
+/// metrics.
+fn owner_of(nodes: &[String]) -> Option<String> {
+    let owners: Vec<String> = nodes
+        .iter()
+        .filter_map(|ns| {
+            let i = ns.chars().last()?;
+            let metrics = in_netns(ns, || {
+                let addr: SocketAddr = format!("10.99.0.1{i}:9121").parse().ok()?;
+                get(addr, "/metrics", Duration::from_millis(300))
+            })?;
+            metrics
+                .lines()
+                .any(|l| l == "ironlb_speaker_announced_addresses 1")
+                .then(|| format!("node-{i}"))
+        })
+        .collect();
+    (owners.len() == 1).then(|| owners[0].clone())
+}
+
+/// GET http://ADDRESS/ and the client address nginx reports.
+fn http_get(address: &str, timeout: Duration) -> Option<String> {
+    let addr: SocketAddr = format!("{address}:80").parse().ok()?;
+    let body = get(addr, "/", timeout)?;
+    body.trim()
+        .strip_prefix("nginx saw client ")
+        .map(str::to_string)
+}
+
+fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut req = String::new();
+    let _ = write!(
+        req,
+        "GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        addr.ip()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.")
+        .then_some(())
+        .filter(|_| head.contains(" 200 "))?;
+    Some(body.to_string())
+}
+
+fn udp_echo() -> bool {
+    let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let target: SocketAddr = match format!("{ADDRESS}:7").parse() {
+        Ok(t) => t,
+        Err(_) => return false,
+    };
+    for _ in 0..3 {
+        if s.send_to(b"ping", target).is_err() {
+            continue;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            return &buf[..n] == b"ping" && from == target;
+        }
+    }
+    false
+}
+
+/// Polls `f` until it returns something, printing a line every second so no
+/// step is silent.
+fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            anyhow::bail!("timed out after {} s waiting for {what}", limit.as_secs());
+        }
+        if said.elapsed() >= Duration::from_secs(1) {
+            detail(&format!("waiting for {what}…"));
+            said = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The demo's UDP echo backend: answers every datagram with itself.
+pub fn udp_echo_server(listen: SocketAddr) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(listen)?;
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(&buf[..n], from)?;
+    }
+}

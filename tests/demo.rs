@@ -1,0 +1,131 @@
+//! `ironlb demo`, run as a newcomer would (non-interactively): its summary
+//! names the real client address at the backend and a failover time, and it
+//! leaves nothing behind — also when interrupted with Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why the demo can't run here, or `None`.
+fn unavailable() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        return Some("the demo needs root".into());
+    }
+    let nginx = Command::new("sh").args(["-c", "command -v nginx"]).output();
+    if !nginx.is_ok_and(|o| o.status.success()) {
+        return Some("nginx is not installed (./scripts/test installs it)".into());
+    }
+    None
+}
+
+fn skip(test: &str) -> bool {
+    let Some(why) = unavailable() else {
+        return false;
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {why}, and CI=true does not allow skipping"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
+fn namespaces_with(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{prefix}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_demo_shows_the_client_address_and_a_failover_and_cleans_up() {
+    if skip("demo") {
+        return;
+    }
+    let prefix = format!("ilbd{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["demo", "--no-install", "--prefix", &prefix])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in 1..=7 {
+        assert!(
+            text.contains(&format!("[{n}/7] ")),
+            "step {n} missing:\n{text}"
+        );
+    }
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("no summary:\n{text}"));
+    let field = |k: &str| {
+        summary
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing: {summary}"))
+            .to_string()
+    };
+    assert_eq!(field("backend_saw"), "10.99.0.2", "{summary}");
+    assert_eq!(field("udp_echo"), "ok", "{summary}");
+    assert!(field("failover_ms").parse::<u64>().is_ok(), "{summary}");
+    assert_ne!(field("owner"), field("new_owner"), "{summary}");
+    assert!(
+        namespaces_with(&prefix).is_empty(),
+        "namespaces left behind"
+    );
+}
+
+#[test]
+fn an_interrupted_demo_cleans_up() {
+    if skip("demo_interrupted") {
+        return;
+    }
+    let prefix = format!("ilbi{}", std::process::id());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["demo", "--no-install", "--prefix", &prefix])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    // Interrupt once the speakers are starting: the lab is at its fullest.
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("[3/7]") {
+            break;
+        }
+    }
+    assert!(!namespaces_with(&prefix).is_empty());
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .output();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "an interrupted demo reports failure");
+    assert!(
+        namespaces_with(&prefix).is_empty(),
+        "namespaces left behind: {:?}",
+        namespaces_with(&prefix)
+    );
+    assert!(!std::path::Path::new(&std::env::temp_dir().join(&prefix)).exists());
+}
