@@ -20,6 +20,7 @@
 //!   announce an address.
 //! - [`forwarder`]: the embedded L4 forwarder: listener plan (pure), TCP and
 //!   UDP proxying, PROXY protocol headers, transparent connections.
+//! - [`status`]: `ironlb status`, pools and Services at a glance.
 //! - [`speaker`]: decides which addresses this node owns and announces them.
 
 pub mod api;
@@ -33,3 +34,4 @@ pub mod l2;
 pub mod membership;
 pub mod netlink;
 pub mod speaker;
+pub mod status;

@@ -35,6 +35,9 @@ enum Command {
     /// List this host's interfaces and, for --address, which ones would announce
     /// it and why the others would not.
     Interfaces(InterfacesArgs),
+    /// Show pools and LoadBalancer Services: addresses, pool, announcing node
+    /// and interface, forwarding mode.
+    Status(StatusArgs),
     /// Show ironlb working on this machine (root): three nodes, a client and
     /// backends in network namespaces; ownership, the client address the
     /// backend sees, and a measured failover. Cleans up after itself.
@@ -45,6 +48,26 @@ enum Command {
         /// Where to listen.
         listen: SocketAddr,
     },
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Kubeconfig to use; else $KUBECONFIG, else the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// `table` or `json`.
+    #[arg(short = 'o', long = "output", default_value = "table")]
+    output: OutputFormat,
+    /// Count Services with no spec.loadBalancerClass as ironlb's (as the
+    /// controller's --default-class).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    default_class: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
 }
 
 #[derive(Args)]
@@ -202,6 +225,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .build()?
             .block_on(interfaces(args))?,
         Command::Demo(args) => demo(args)?,
+        Command::Status(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(status(args))?,
         Command::DemoUdpEcho { listen } => ironlb::demo::udp_echo_server(listen)?,
         Command::Speaker(args) => {
             init_logs();
@@ -217,6 +244,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?
                 .block_on(run_controller(args))?;
         }
+    }
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let status = ironlb::status::fetch(client(args.kubeconfig).await?, args.default_class)
+        .await
+        .context("reading pools, Services and ServiceL2Statuses")?;
+    match args.output {
+        OutputFormat::Table => print!("{}", ironlb::status::table(&status)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
     }
     Ok(())
 }
