@@ -201,6 +201,10 @@ struct ControllerArgs {
     /// after the leader dies.
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// The speakers' gossip Secret in the lease namespace, created with a random
+    /// secret when missing (empty: don't).
+    #[arg(long, default_value = "ironlb-gossip")]
+    gossip_secret: String,
     /// Seconds before expiry at which the leader renews.
     #[arg(long, default_value_t = 5)]
     lease_grace_seconds: u64,
@@ -462,6 +466,21 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let client = client(args.kubeconfig).await?;
+    if !args.gossip_secret.is_empty() {
+        match controller::ensure_gossip_secret(
+            client.clone(),
+            &args.lease_namespace,
+            &args.gossip_secret,
+        )
+        .await
+        {
+            Ok(true) => info!(namespace = %args.lease_namespace, name = %args.gossip_secret,
+                              "created the speakers' gossip Secret"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, name = %args.gossip_secret,
+                                     "cannot read or create the gossip Secret; speakers wait for it"),
+        }
+    }
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())

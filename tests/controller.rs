@@ -643,3 +643,41 @@ async fn the_controller_recovers_when_its_watch_resource_version_expires() {
     );
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn the_gossip_secret_is_created_once_and_a_users_own_is_kept() {
+    use ironlb::controller::{GOSSIP_SECRET_KEY, ensure_gossip_secret};
+    use k8s_openapi::api::core::v1::Secret;
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "ironlb-system");
+    let read = |s: Secret| String::from_utf8(s.data.unwrap()[GOSSIP_SECRET_KEY].0.clone()).unwrap();
+    assert!(
+        ensure_gossip_secret(client.clone(), "ironlb-system", "ironlb-gossip")
+            .await
+            .unwrap()
+    );
+    let first = read(secrets.get("ironlb-gossip").await.unwrap());
+    assert_eq!(first.len(), 64);
+    assert!(first.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+    // A second replica, or a restart, changes nothing.
+    assert!(
+        !ensure_gossip_secret(client.clone(), "ironlb-system", "ironlb-gossip")
+            .await
+            .unwrap()
+    );
+    assert_eq!(read(secrets.get("ironlb-gossip").await.unwrap()), first);
+    // A Secret the user created first is theirs.
+    let mine: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "mine", "namespace": "ironlb-system"},
+        "data": {"secret": "dXNlci1zZWNyZXQ="},
+    }))
+    .unwrap();
+    secrets.create(&Default::default(), &mine).await.unwrap();
+    assert!(
+        !ensure_gossip_secret(client.clone(), "ironlb-system", "mine")
+            .await
+            .unwrap()
+    );
+    assert_eq!(read(secrets.get("mine").await.unwrap()), "user-secret");
+}

@@ -88,6 +88,55 @@ pub enum Error {
     },
 }
 
+/// The key of the gossip Secret that holds the shared secret.
+pub const GOSSIP_SECRET_KEY: &str = "secret";
+
+/// Creates the speakers' gossip Secret `namespace/name` with 32 random bytes
+/// (hex) unless it exists — a user may supply their own before installing.
+/// Returns whether it was created here. Every replica may try; a conflict
+/// means another one won.
+pub async fn ensure_gossip_secret(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::core::v1::Secret;
+    use rand::RngExt;
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    if api.get_opt(name).await?.is_some() {
+        return Ok(false);
+    }
+    let bytes: [u8; 32] = rand::rng().random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/part-of".to_string(),
+                    "ironlb".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                GOSSIP_SECRET_KEY.to_string(),
+                k8s_openapi::ByteString(hex.into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    match api.create(&kube::api::PostParams::default(), &secret).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs the controller while this replica holds the Lease, stands by otherwise,
 /// until `shutdown`.
 pub async fn run_with_leader_election(

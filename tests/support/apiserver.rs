@@ -71,6 +71,14 @@ const KINDS: &[Kind] = &[
         status_subresource: true,
     },
     Kind {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        kind: "Secret",
+        namespaced: true,
+        status_subresource: false,
+    },
+    Kind {
         group: "coordination.k8s.io",
         version: "v1",
         plural: "leases",
