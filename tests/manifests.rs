@@ -1,0 +1,163 @@
+//! What a user applies: `deploy/` is complete and consistent, validates
+//! offline against the Kubernetes API schemas and against ironlb's own CRD
+//! schemas, and the Vagrantfile is valid.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Skips with a printed reason, or fails under CI=true.
+fn unavailable(test: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {why}, and CI=true does not allow skipping"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// A Python that has kubernetes-validate: $IRONLB_PYTHON, the test command's
+/// virtualenv, or python3.
+fn python() -> Option<String> {
+    let candidates = [
+        std::env::var("IRONLB_PYTHON").ok(),
+        Some(
+            root()
+                .join("target/pyenv/bin/python")
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        Some("python3".to_string()),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        Command::new(p)
+            .args(["-c", "import kubernetes_validate, jsonschema, yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn validate(python: &str, files: &[PathBuf]) -> std::process::Output {
+    Command::new(python)
+        .arg(root().join("tests/manifests/validate.py"))
+        .arg(root().join("crds/ironlb.yaml"))
+        .arg("1.33.0")
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn deploy_crds_are_what_ironlb_prints() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    let deployed = std::fs::read_to_string(root().join("deploy/crds.yaml")).unwrap();
+    assert!(
+        deployed == String::from_utf8_lossy(&out.stdout),
+        "deploy/crds.yaml is stale: cargo run -- crds > deploy/crds.yaml"
+    );
+}
+
+#[test]
+fn the_kustomization_lists_every_manifest_and_one_image() {
+    let deploy = root().join("deploy");
+    let k = std::fs::read_to_string(deploy.join("kustomization.yaml")).unwrap();
+    let listed: Vec<String> = k
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|l| l.ends_with(".yaml"))
+        .map(str::to_string)
+        .collect();
+    let present: Vec<String> = yaml_files(&deploy)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n != "kustomization.yaml")
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted, present,
+        "kustomization.yaml resources vs files in deploy/"
+    );
+    for f in ["controller.yaml", "speaker.yaml"] {
+        let text = std::fs::read_to_string(deploy.join(f)).unwrap();
+        assert!(text.contains("image: ghcr.io/ironlb/ironlb:"), "{f}");
+    }
+    assert!(k.contains("- name: ghcr.io/ironlb/ironlb"));
+}
+
+#[test]
+fn every_manifest_validates_against_the_schemas_and_a_broken_one_does_not() {
+    let Some(python) = python() else {
+        return unavailable(
+            "manifests",
+            "no Python with kubernetes-validate (./scripts/test installs it in target/pyenv)",
+        );
+    };
+    let mut files: Vec<PathBuf> = yaml_files(&root().join("deploy"))
+        .into_iter()
+        .filter(|p| !p.ends_with("kustomization.yaml"))
+        .collect();
+    files.extend(yaml_files(&root().join("deploy/examples")));
+    let out = validate(&python, &files);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("ok      "), "{report}");
+    assert!(!report.contains("INVALID"), "{report}");
+
+    let dir = std::env::temp_dir().join(format!("ironlb-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: ironlb.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {name: x}\nspec: {adresses: [10.0.0.0/24]}\n\
+         ---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\nspec: {selector: {}, template: {spec: {hostNetwrok: true}}}\n",
+    )
+    .unwrap();
+    let out = validate(&python, &[bad]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success(), "{report}");
+    assert_eq!(report.matches("INVALID").count(), 2, "{report}");
+}
+
+#[test]
+fn the_vagrantfile_is_valid() {
+    let ok = Command::new("vagrant").arg("--version").output();
+    if !ok.is_ok_and(|o| o.status.success()) {
+        return unavailable(
+            "vagrant",
+            "vagrant is not installed (./scripts/test installs it)",
+        );
+    }
+    let out = Command::new("vagrant")
+        .args(["validate", "--ignore-provider"])
+        .current_dir(root().join("vagrant"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
