@@ -11,7 +11,7 @@ fn root() -> PathBuf {
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
+        .expect("deploy/ listing")
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
@@ -57,7 +57,7 @@ fn validate(python: &str, files: &[PathBuf]) -> std::process::Output {
         .arg("1.33.0")
         .args(files)
         .output()
-        .unwrap()
+        .expect("running the validator")
 }
 
 #[test]
