@@ -325,6 +325,9 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
+    if let Err(e) = ironlb::forwarder::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let hostname = || {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()

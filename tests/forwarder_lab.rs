@@ -156,7 +156,9 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let out = self.tcp(address, port, "hello");
-            if !matches!(out.as_str(), "REFUSED" | "RESET" | "TIMEOUT" | "EMPTY") {
+            if !matches!(out.as_str(), "REFUSED" | "RESET" | "TIMEOUT" | "EMPTY")
+                && !out.starts_with("UNREACHABLE")
+            {
                 return out;
             }
             assert!(

@@ -252,6 +252,19 @@ impl Drop for Forwarder {
     }
 }
 
+/// Raises this process's open-file limit to its hard limit: every proxied
+/// connection holds two sockets (and, while moving data, two pipes), so the
+/// usual soft limit of 1024 would cap a listener at a few hundred clients.
+/// Returns the new limit.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
+
 /// A non-blocking socket bound to `address`. `IP_FREEBIND` lets it bind before
 /// the address is on the node (the two are applied independently) and keeps
 /// it bound if the address goes first.

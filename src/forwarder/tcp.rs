@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use socket2::Type;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
@@ -15,9 +15,6 @@ use tracing::{debug, warn};
 
 use super::metrics::{Direction, Refusal, ServiceLabels};
 use super::{Context, Shared, admitted, doomed, proxy_header, transparent_socket};
-
-/// Bytes read at once per direction of a connection.
-const BUFFER: usize = 16 * 1024;
 
 pub(super) async fn serve(
     listener: TcpListener,
@@ -68,7 +65,7 @@ fn reset(stream: TcpStream) {
 }
 
 async fn connection(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     state: watch::Receiver<Arc<Shared>>,
     stop: CancellationToken,
@@ -125,7 +122,7 @@ async fn connection(
     let down = ctx.metrics.bytes(&shared.service, Direction::ToClient);
     let cut = doomed(state, backend.clone(), stop, ctx.settings.drain);
     let outcome = tokio::select! {
-        r = pipe(&mut client, &mut upstream, ctx.settings.tcp_idle, up, down) => r,
+        r = pipe(&client, &upstream, ctx.settings.tcp_idle, up, down) => r,
         _ = cut => Err(std::io::Error::other("drained")),
     };
     active.dec();
@@ -148,23 +145,28 @@ async fn connect(to: SocketAddr, from: Option<SocketAddr>) -> std::io::Result<Tc
     socket.connect(to).await
 }
 
+/// Bytes moved per `splice(2)` call: a pipe's default capacity.
+const PIPE_CHUNK: usize = 64 * 1024;
+
 /// Copies both ways until both sides have closed, passing each half-close on;
 /// gives up after `idle` without a byte either way.
+///
+/// Bytes never enter user space: each direction splices socket → pipe →
+/// socket. The pipes are made on a direction's first byte, so an idle
+/// connection holds no buffer at all.
 async fn pipe(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    client: &TcpStream,
+    upstream: &TcpStream,
     idle: Duration,
     up: Counter,
     down: Counter,
 ) -> std::io::Result<()> {
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let (mut cr, mut cw) = client.split();
-    let (mut ur, mut uw) = upstream.split();
     let copy = async {
         tokio::try_join!(
-            half(&mut cr, &mut uw, &last, start, &up),
-            half(&mut ur, &mut cw, &last, start, &down),
+            splice_half(client, upstream, &last, start, &up),
+            splice_half(upstream, client, &last, start, &down),
         )
     };
     let watchdog = async {
@@ -188,24 +190,50 @@ async fn pipe(
     }
 }
 
-async fn half<R, W>(
-    r: &mut R,
-    w: &mut W,
+async fn splice_half(
+    from: &TcpStream,
+    to: &TcpStream,
     last: &AtomicU64,
     start: Instant,
     bytes: &Counter,
-) -> std::io::Result<()>
-where
-    R: AsyncReadExt + Unpin,
-    W: AsyncWriteExt + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER];
+) -> std::io::Result<()> {
+    use nix::fcntl::{OFlag, SpliceFFlags, splice};
+    use std::io::ErrorKind::WouldBlock;
+    use tokio::io::Interest;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut pipe = None;
     loop {
-        let n = r.read(&mut buf).await?;
+        from.readable().await?;
+        let (pipe_out, pipe_in) = match &pipe {
+            Some(p) => p,
+            None => pipe.insert(nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?),
+        };
+        // The pipe is empty here (drained below), so EAGAIN can only mean the
+        // socket has nothing, and clearing its readiness is right.
+        let n = match from.try_io(Interest::READABLE, || {
+            splice(from, None, pipe_in, None, PIPE_CHUNK, flags).map_err(std::io::Error::from)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
-            return w.shutdown().await;
+            return match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            };
         }
-        w.write_all(&buf[..n]).await?;
+        let mut left = n;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe_out, None, to, None, left, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
         bytes.inc_by(n as u64);
         let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         last.store(now, Ordering::Relaxed);

@@ -45,7 +45,9 @@ pub(super) async fn serve(
     let socket = Arc::new(socket);
     let start = Instant::now();
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
-    let mut gauge: Option<Gauge> = None;
+    let mut state = state;
+    let mut shared = state.borrow_and_update().clone();
+    let mut counters: Option<Counters> = None;
     let mut buf = vec![0u8; DATAGRAM];
     let sweep_every = (ctx.settings.udp_idle / 4).max(Duration::from_millis(100));
     let mut sweep = tokio::time::interval(sweep_every);
@@ -56,7 +58,9 @@ pub(super) async fn serve(
                 let idle = millis(ctx.settings.udp_idle);
                 let now = millis(start.elapsed());
                 flows.retain(|_, f| now.saturating_sub(f.last.load(Ordering::Relaxed)) < idle);
-                set(&gauge, flows.len());
+                if let Some(c) = &counters {
+                    c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
+                }
                 continue;
             }
             received = socket.recv_from(&mut buf) => match received {
@@ -65,9 +69,11 @@ pub(super) async fn serve(
                 Err(_) => continue,
             },
         };
-        let shared = state.borrow().clone();
-        let labels = ServiceLabels::from(&shared.service);
-        let g = gauge.get_or_insert_with(|| ctx.metrics.udp_flows.get_or_create(&labels).clone());
+        if state.has_changed().unwrap_or(false) || counters.is_none() {
+            shared = state.borrow_and_update().clone();
+            counters = Some(Counters::of(&ctx.metrics, &shared.service));
+        }
+        let Some(c) = &counters else { continue };
         if !admitted(&shared.policy, peer.ip()) {
             ctx.metrics.refuse(&shared.service, Refusal::SourceRange);
             continue;
@@ -95,37 +101,49 @@ pub(super) async fn serve(
                 }
             }
         }
-        g.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
+        c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
         let Some(flow) = flows.get(&peer) else {
             continue;
         };
         flow.last.store(millis(start.elapsed()), Ordering::Relaxed);
         match flow.socket.send(&buf[..n]).await {
             Ok(sent) => {
-                ctx.metrics.udp_datagrams.get_or_create(&labels).inc();
-                ctx.metrics
-                    .bytes(&shared.service, Direction::ToBackend)
-                    .inc_by(sent as u64);
+                c.datagrams.inc();
+                c.to_backend.inc_by(sent as u64);
             }
             Err(e) => {
                 // Typically ECONNREFUSED from an earlier ICMP port unreachable:
                 // the backend is gone; its next datagram picks another.
                 debug!(backend = %flow.backend.address, error = %e, "send to backend failed");
-                ctx.metrics
-                    .backend_connect_failures
-                    .get_or_create(&labels)
-                    .inc();
+                c.failures.inc();
                 flows.remove(&peer);
             }
         }
     }
     flows.clear();
-    set(&gauge, 0);
+    if let Some(c) = &counters {
+        c.flows.set(0);
+    }
 }
 
-fn set(gauge: &Option<Gauge>, n: usize) {
-    if let Some(g) = gauge {
-        g.set(i64::try_from(n).unwrap_or(i64::MAX));
+/// A listener's counters, looked up once per change of its Service rather
+/// than once per datagram.
+struct Counters {
+    datagrams: prometheus_client::metrics::counter::Counter,
+    to_backend: prometheus_client::metrics::counter::Counter,
+    failures: prometheus_client::metrics::counter::Counter,
+    flows: Gauge,
+}
+
+impl Counters {
+    fn of(m: &super::metrics::Metrics, service: &crate::ipam::ServiceKey) -> Self {
+        let labels = ServiceLabels::from(service);
+        Self {
+            datagrams: m.udp_datagrams.get_or_create(&labels).clone(),
+            to_backend: m.bytes(service, Direction::ToBackend),
+            failures: m.backend_connect_failures.get_or_create(&labels).clone(),
+            flows: m.udp_flows.get_or_create(&labels).clone(),
+        }
     }
 }
 
@@ -192,6 +210,13 @@ async fn backend_socket(
     Ok(socket)
 }
 
+thread_local! {
+    /// One receive buffer per worker thread for every flow's replies: a flow
+    /// holds no buffer of its own, so an idle flow costs a socket and a small
+    /// task, not 64 KiB.
+    static REPLY: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; DATAGRAM]);
+}
+
 /// Sends the backend's datagrams to `peer` from the listener's socket, so they
 /// come from the Service's address and port.
 async fn replies(
@@ -202,20 +227,30 @@ async fn replies(
     start: Instant,
     bytes: prometheus_client::metrics::counter::Counter,
 ) {
-    let mut buf = vec![0u8; DATAGRAM];
     loop {
-        let n = match backend.recv(&mut buf).await {
-            Ok(n) => n,
-            // ICMP unreachable from the backend; keep waiting for the flow to
-            // be moved or to expire.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+        if backend.readable().await.is_err() {
+            return;
+        }
+        // Receive and send without awaiting, so the buffer is never held
+        // across a suspension point. A reply the send buffer can't take now
+        // is dropped, as a full link would.
+        let outcome = REPLY.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match backend.try_recv(&mut buf) {
+                Ok(n) => Some(listener.try_send_to(&buf[..n], peer).map(|_| n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(Err(e)),
             }
-        };
-        if listener.send_to(&buf[..n], peer).await.is_ok() {
-            bytes.inc_by(n as u64);
-            last.store(millis(start.elapsed()), Ordering::Relaxed);
+        });
+        match outcome {
+            None => {}
+            Some(Ok(n)) => {
+                bytes.inc_by(n as u64);
+                last.store(millis(start.elapsed()), Ordering::Relaxed);
+            }
+            // ICMP unreachable from the backend: keep waiting for the flow to
+            // be moved or to expire.
+            Some(Err(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }

@@ -93,6 +93,9 @@ def tcp(host, port, message):
         print("REFUSED")
     except socket.timeout:
         print("TIMEOUT")
+    except OSError as e:
+        # No route to host: nobody answered ARP for the address (yet).
+        print("UNREACHABLE %s" % e.errno)
 
 
 def udp(host, port, message):

@@ -206,6 +206,13 @@ impl Lab {
         self.exec_ok(b, &["ip", "link", "set", b_if, "up"]);
     }
 
+    /// Takes `child` (started by the caller, e.g. with its own environment) into
+    /// the lab: it is killed with it. Returns its index, as [`Lab::spawn`].
+    pub fn adopt(&mut self, child: Child) -> usize {
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
     /// The process id of a process started with [`Lab::spawn`].
     pub fn pid(&self, index: usize) -> u32 {
         self.children[index].id()

@@ -1,0 +1,525 @@
+//! Forwarder benchmark: `cargo bench --bench forwarder` (root; not a test).
+//!
+//! One namespace lab, one run, side by side: a client namespace, a proxy
+//! namespace and a backend namespace, routed (client 10.50.1.2 — proxy — backend
+//! 10.50.2.2). The same backend serves every path:
+//!
+//! - **direct**: the client talks to the backend, routed by the proxy
+//!   namespace's kernel;
+//! - **HAProxy** 2.6 in TCP mode, `nbthread 1`, `option splice-auto`, no logs;
+//! - **nginx** `stream`, one worker, no logs;
+//! - **ironlb**: a real `ironlb speaker --static` with embedded forwarding, one
+//!   runtime worker (`TOKIO_WORKER_THREADS=1`), its address announced on the
+//!   client link.
+//!
+//! Measured: bulk TCP throughput (iperf3, one stream), short connections per
+//! second and latency percentiles (wrk, `Connection: close`, against nginx),
+//! memory per idle proxied connection (RSS growth of the proxy with N idle
+//! connections open through it), and UDP request/response datagrams per second
+//! (a windowed echo; HAProxy has no UDP).
+//!
+//! `IRONLB_BENCH_SECONDS` (default 8) and `IRONLB_BENCH_IDLE` (default 10000)
+//! shrink it for a smoke run.
+
+#[path = "../tests/support/netns.rs"]
+mod netns;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use netns::Lab;
+
+const CLIENT: &str = "10.50.1.2";
+const PROXY: &str = "10.50.1.1";
+const VIP: &str = "10.50.1.100";
+const BACKEND: &str = "10.50.2.2";
+
+/// Ports on each proxy: iperf3, http (wrk and idle), udp echo.
+struct Ports {
+    iperf: u16,
+    http: u16,
+    udp: Option<u16>,
+}
+
+#[derive(Default, Clone)]
+struct Row {
+    tput_gbps: f64,
+    cps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    mem_per_conn_kib: Option<f64>,
+    udp_pps: Option<f64>,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn have(cmd: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let missing: Vec<&str> = ["iperf3", "wrk", "haproxy", "nginx"]
+        .into_iter()
+        .filter(|c| !have(c))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "forwarder bench needs {}: apt-get install iperf3 wrk haproxy nginx libnginx-mod-stream",
+            missing.join(", ")
+        );
+        return;
+    }
+    let Some(mut lab) = Lab::new("forwarder_bench") else {
+        return;
+    };
+    let seconds = env_u64("IRONLB_BENCH_SECONDS", 8);
+    let idle = env_u64("IRONLB_BENCH_IDLE", 10_000) as usize;
+    raise_nofile();
+
+    let client = lab.namespace("client");
+    let proxy = lab.namespace("proxy");
+    let backend = lab.namespace("backend");
+    lab.wire(
+        &proxy,
+        "c0",
+        "10.50.1.1/24",
+        &client,
+        "eth0",
+        "10.50.1.2/24",
+    );
+    lab.wire(
+        &proxy,
+        "b0",
+        "10.50.2.1/24",
+        &backend,
+        "eth0",
+        "10.50.2.2/24",
+    );
+    lab.exec_ok(&client, &["ip", "route", "add", "default", "via", PROXY]);
+    lab.exec_ok(
+        &backend,
+        &["ip", "route", "add", "default", "via", "10.50.2.1"],
+    );
+    lab.exec_ok(&proxy, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    for ns in [&client, &proxy, &backend] {
+        lab.exec_ok(
+            ns,
+            &["sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000"],
+        );
+    }
+    let dir = lab.dir().to_path_buf();
+
+    // The backend: iperf3, nginx (http for wrk; holds idle connections), a
+    // UDP echo.
+    lab.spawn(
+        &backend,
+        "iperf3",
+        &["-s", "-B", BACKEND],
+        &dir.join("iperf3.log"),
+    );
+    let backend_conf = dir.join("backend-nginx.conf");
+    std::fs::write(&backend_conf, backend_nginx(&dir)).expect("write");
+    lab.spawn(
+        &backend,
+        "nginx",
+        &["-c", backend_conf.to_str().expect("utf-8")],
+        &dir.join("backend-nginx.out"),
+    );
+    lab.spawn(
+        &backend,
+        env!("CARGO_BIN_EXE_ironlb"),
+        &["demo-udp-echo", &format!("{BACKEND}:9000")],
+        &dir.join("echo.log"),
+    );
+
+    // The proxies.
+    let hap_conf = dir.join("haproxy.cfg");
+    std::fs::write(&hap_conf, haproxy_conf()).expect("write");
+    let hap = lab.spawn(
+        &proxy,
+        "haproxy",
+        &["-db", "-f", hap_conf.to_str().expect("utf-8")],
+        &dir.join("haproxy.log"),
+    );
+    let ngx_conf = dir.join("proxy-nginx.conf");
+    std::fs::write(&ngx_conf, proxy_nginx(&dir)).expect("write");
+    let ngx = lab.spawn(
+        &proxy,
+        "nginx",
+        &["-c", ngx_conf.to_str().expect("utf-8")],
+        &dir.join("proxy-nginx.out"),
+    );
+    let ilb_conf = dir.join("ironlb.yaml");
+    std::fs::write(&ilb_conf, ironlb_conf()).expect("write");
+    let ilb = spawn_ironlb(&mut lab, &proxy, &ilb_conf, &dir);
+
+    let targets: Vec<(&str, String, Ports, Option<usize>)> = vec![
+        (
+            "direct",
+            BACKEND.to_string(),
+            Ports {
+                iperf: 5201,
+                http: 8080,
+                udp: Some(9000),
+            },
+            None,
+        ),
+        (
+            "haproxy",
+            PROXY.to_string(),
+            Ports {
+                iperf: 8001,
+                http: 8081,
+                udp: None,
+            },
+            Some(hap),
+        ),
+        (
+            "nginx",
+            PROXY.to_string(),
+            Ports {
+                iperf: 8002,
+                http: 8082,
+                udp: Some(9002),
+            },
+            Some(ngx),
+        ),
+        (
+            "ironlb",
+            VIP.to_string(),
+            Ports {
+                iperf: 8003,
+                http: 8083,
+                udp: Some(9003),
+            },
+            Some(ilb),
+        ),
+    ];
+    for (_, host, ports, _) in &targets {
+        wait_tcp(&client, host, ports.http);
+    }
+    let mut rows: BTreeMap<&str, Row> = BTreeMap::new();
+    for (name, host, ports, process) in &targets {
+        eprintln!("measuring {name} …");
+        let mut row = Row {
+            tput_gbps: iperf(&lab, &client, host, ports.iperf, seconds),
+            ..Row::default()
+        };
+        let (cps, p50, p99) = wrk(&lab, &client, host, ports.http, seconds);
+        row.cps = cps;
+        row.p50_ms = p50;
+        row.p99_ms = p99;
+        if let Some(index) = process {
+            row.mem_per_conn_kib = Some(idle_memory(&lab, &client, host, ports.http, *index, idle));
+        }
+        if let Some(port) = ports.udp {
+            row.udp_pps = Some(udp_rate(&client, host, port, seconds));
+        }
+        rows.insert(name, row);
+    }
+    report(&rows, seconds, idle);
+}
+
+fn spawn_ironlb(lab: &mut Lab, ns: &str, conf: &std::path::Path, dir: &std::path::Path) -> usize {
+    let log = dir.join("ironlb.log");
+    let file = std::fs::File::create(&log).expect("log");
+    // Lab::spawn sets RUST_LOG=info; the forwarder logs nothing per connection
+    // at that level. One runtime worker, like HAProxy's nbthread 1.
+    let child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "env",
+            "TOKIO_WORKER_THREADS=1",
+            "RUST_LOG=warn",
+        ])
+        .arg(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["speaker", "--static", conf.to_str().expect("utf-8")])
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .expect("spawn ironlb");
+    lab.adopt(child)
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn backend_nginx(dir: &std::path::Path) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 100000;\npid {d}/backend-nginx.pid;\n\
+         error_log {d}/backend-nginx-error.log;\nevents {{ worker_connections 60000; }}\n\
+         http {{\n  access_log off;\n  keepalive_timeout 600s;\n  client_header_timeout 600s;\n\
+         client_body_temp_path {d}/b1; proxy_temp_path {d}/b2; fastcgi_temp_path {d}/b3;\n\
+         uwsgi_temp_path {d}/b4; scgi_temp_path {d}/b5;\n\
+         server {{ listen {BACKEND}:8080 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+    )
+}
+
+/// HAProxy at its best for this test: splice, one thread (as ironlb), no logs,
+/// timeouts long enough for the idle connections.
+fn haproxy_conf() -> String {
+    format!(
+        "global\n  nbthread 1\n  maxconn 100000\n\
+         defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n\
+         listen iperf\n  bind {PROXY}:8001\n  server b {BACKEND}:5201\n\
+         listen http\n  bind {PROXY}:8081\n  server b {BACKEND}:8080\n"
+    )
+}
+
+fn proxy_nginx(dir: &std::path::Path) -> String {
+    let d = dir.display();
+    format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         daemon off;\nworker_processes 1;\nworker_rlimit_nofile 100000;\npid {d}/proxy-nginx.pid;\n\
+         error_log {d}/proxy-nginx-error.log;\nevents {{ worker_connections 60000; }}\n\
+         stream {{\n  proxy_timeout 600s;\n\
+         server {{ listen {PROXY}:8002; proxy_pass {BACKEND}:5201; }}\n\
+         server {{ listen {PROXY}:8082 backlog=4096; proxy_pass {BACKEND}:8080; }}\n\
+         server {{ listen {PROXY}:9002 udp; proxy_pass {BACKEND}:9000; }}\n}}\n"
+    )
+}
+
+fn ironlb_conf() -> String {
+    format!(
+        "node: proxy\ngossip:\n  listen: {PROXY}:7947\n  secret: bench\n\
+         addresses:\n  - address: {VIP}\n    interfaces: [c0]\n\
+         forwarder:\n  tcpIdleSeconds: 600\n\
+         services:\n\
+         \x20 - name: iperf\n    address: {VIP}\n    ports: [{{port: 8003, targetPort: 5201}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: http\n    address: {VIP}\n    ports: [{{port: 8083, targetPort: 8080}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: udp\n    address: {VIP}\n    ports: [{{port: 9003, protocol: UDP, targetPort: 9000}}]\n    endpoints: [{{address: {BACKEND}}}]\n"
+    )
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (its full name).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread")
+    })
+}
+
+fn wait_tcp(ns: &str, host: &str, port: u16) {
+    let addr: SocketAddr = format!("{host}:{port}").parse().expect("address");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    in_netns(ns, || {
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "{addr} never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+fn iperf(lab: &Lab, ns: &str, host: &str, port: u16, seconds: u64) -> f64 {
+    let out = lab.exec_ok(
+        ns,
+        &[
+            "iperf3",
+            "-c",
+            host,
+            "-p",
+            &port.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+        / 1e9
+}
+
+/// Requests per second and p50/p99 latency in ms, every request on a new
+/// connection.
+fn wrk(lab: &Lab, ns: &str, host: &str, port: u16, seconds: u64) -> (f64, f64, f64) {
+    let out = lab.exec_ok(
+        ns,
+        &[
+            "wrk",
+            "-t1",
+            "-c32",
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-H",
+            "Connection: close",
+            &format!("http://{host}:{port}/"),
+        ],
+    );
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let pct = |p: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .map(|v| latency_ms(v.trim()))
+            .unwrap_or(f64::NAN)
+    };
+    (rps, pct("50%"), pct("99%"))
+}
+
+fn latency_ms(v: &str) -> f64 {
+    let (number, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// RSS growth of the proxy per idle connection, with `n` connections open
+/// through it to the backend's nginx.
+fn idle_memory(lab: &Lab, ns: &str, host: &str, port: u16, process: usize, n: usize) -> f64 {
+    let pid = lab.pid(process);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(pid);
+    let addr: SocketAddr = format!("{host}:{port}").parse().expect("address");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
+    let ns = ns.to_string();
+    let holder = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(s) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            let _ = ready_tx.send(held.len());
+            let _ = rx.recv();
+        })
+    });
+    let opened = ready_rx.recv().unwrap_or(0);
+    // Let the proxy finish its backend connects.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(pid);
+    let _ = tx.send(());
+    let _ = holder.join();
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = lab;
+    if opened == 0 {
+        return f64::NAN;
+    }
+    (after - before).max(0.0) / opened as f64
+}
+
+/// Datagrams per second through a request/response echo with 64 requests in
+/// flight.
+fn udp_rate(ns: &str, host: &str, port: u16, seconds: u64) -> f64 {
+    let target: SocketAddr = format!("{host}:{port}").parse().expect("address");
+    in_netns(ns, || {
+        let s = UdpSocket::bind(format!("{CLIENT}:0")).expect("bind");
+        s.connect(target).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let payload = [7u8; 64];
+        let mut buf = [0u8; 2048];
+        let start = Instant::now();
+        let mut received = 0u64;
+        while start.elapsed() < Duration::from_secs(seconds) {
+            for _ in 0..64 {
+                let _ = s.send(&payload);
+            }
+            let mut outstanding = 64;
+            while outstanding > 0 && start.elapsed() < Duration::from_secs(seconds) {
+                match s.recv(&mut buf) {
+                    Ok(_) => {
+                        received += 1;
+                        let _ = s.send(&payload);
+                    }
+                    // Losses: refill the window.
+                    Err(_) => outstanding = 0,
+                }
+                outstanding = outstanding.min(64);
+            }
+        }
+        received as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize) {
+    let get = |n: &str| rows.get(n).cloned().unwrap_or_default();
+    let (direct, hap, ngx, ilb) = (get("direct"), get("haproxy"), get("nginx"), get("ironlb"));
+    println!();
+    println!(
+        "forwarder: {seconds} s per measurement, {idle} idle connections, one proxy worker each"
+    );
+    println!(
+        "{:<8} {:>10} {:>10} {:>9} {:>9} {:>16} {:>12}",
+        "path", "tput Gb/s", "conn/s", "p50 ms", "p99 ms", "KiB/idle conn", "udp dgram/s"
+    );
+    for (name, r) in [
+        ("direct", &direct),
+        ("haproxy", &hap),
+        ("nginx", &ngx),
+        ("ironlb", &ilb),
+    ] {
+        println!(
+            "{:<8} {:>10.2} {:>10.0} {:>9.3} {:>9.3} {:>16} {:>12}",
+            name,
+            r.tput_gbps,
+            r.cps,
+            r.p50_ms,
+            r.p99_ms,
+            r.mem_per_conn_kib.map_or("-".into(), |m| format!("{m:.1}")),
+            r.udp_pps.map_or("-".into(), |u| format!("{u:.0}")),
+        );
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    println!(
+        "forwarder tput_vs_haproxy={:.2} tput_vs_direct={:.2} cps_vs_haproxy={:.2} p99_vs_haproxy={:.2} mem_per_conn_vs_haproxy={:.2} udp_vs_nginx={:.2}",
+        ratio(ilb.tput_gbps, hap.tput_gbps),
+        ratio(ilb.tput_gbps, direct.tput_gbps),
+        ratio(ilb.cps, hap.cps),
+        ratio(ilb.p99_ms, hap.p99_ms),
+        ratio(
+            ilb.mem_per_conn_kib.unwrap_or(f64::NAN),
+            hap.mem_per_conn_kib.unwrap_or(f64::NAN)
+        ),
+        ratio(
+            ilb.udp_pps.unwrap_or(f64::NAN),
+            ngx.udp_pps.unwrap_or(f64::NAN)
+        ),
+    );
+}
