@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use socket2::Type;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -22,6 +23,9 @@ pub(super) async fn serve(
     stop: CancellationToken,
     ctx: Arc<Context>,
 ) {
+    let mut state = state;
+    let mut shared = state.borrow_and_update().clone();
+    let mut counters = Arc::new(TcpCounters::of(&ctx.metrics, &shared.service));
     loop {
         let (client, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -35,7 +39,13 @@ pub(super) async fn serve(
                 }
             },
         };
-        let shared = state.borrow().clone();
+        if state.has_changed().unwrap_or(false) {
+            let now = state.borrow_and_update().clone();
+            if now.service != shared.service {
+                counters = Arc::new(TcpCounters::of(&ctx.metrics, &now.service));
+            }
+            shared = now;
+        }
         if !admitted(&shared.policy, peer.ip()) {
             debug!(client = %peer, service = %shared.service, "outside loadBalancerSourceRanges");
             ctx.metrics.refuse(&shared.service, Refusal::SourceRange);
@@ -51,11 +61,23 @@ pub(super) async fn serve(
         tokio::spawn(connection(
             client,
             peer,
-            state.clone(),
-            stop.clone(),
-            ctx.clone(),
+            Listener {
+                shared: shared.clone(),
+                counters: counters.clone(),
+                state: state.clone(),
+                stop: stop.clone(),
+                ctx: ctx.clone(),
+            },
             permit,
         ));
+    }
+}
+
+/// Passes a FIN on.
+fn half_close(to: &TcpStream) -> std::io::Result<()> {
+    match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -64,18 +86,52 @@ fn reset(stream: TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
-async fn connection(
-    client: TcpStream,
-    peer: SocketAddr,
+/// What a connection shares with its listener.
+struct Listener {
+    shared: Arc<Shared>,
+    counters: Arc<TcpCounters>,
     state: watch::Receiver<Arc<Shared>>,
     stop: CancellationToken,
     ctx: Arc<Context>,
+}
+
+/// A listener's counters, looked up once per Service rather than once per
+/// connection.
+struct TcpCounters {
+    connections: Counter,
+    active: Gauge,
+    up: Counter,
+    down: Counter,
+    failures: Counter,
+}
+
+impl TcpCounters {
+    fn of(m: &super::metrics::Metrics, service: &crate::ipam::ServiceKey) -> Self {
+        let labels = ServiceLabels::from(service);
+        Self {
+            connections: m.connections.get_or_create(&labels).clone(),
+            active: m.connections_active.get_or_create(&labels).clone(),
+            up: m.bytes(service, Direction::ToBackend),
+            down: m.bytes(service, Direction::ToClient),
+            failures: m.backend_connect_failures.get_or_create(&labels).clone(),
+        }
+    }
+}
+
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
     _permit: OwnedSemaphorePermit,
 ) {
+    let Listener {
+        shared,
+        counters,
+        state,
+        stop,
+        ctx,
+    } = listener;
     let _ = client.set_nodelay(true);
-    let shared = state.borrow().clone();
-    let labels = ServiceLabels::from(&shared.service);
-    let local = client.local_addr().unwrap_or(peer);
     let now = Instant::now();
     let order = ctx
         .balancer
@@ -91,10 +147,7 @@ async fn connection(
             Ok(Err(e)) => debug!(backend = %b.address, error = %e, "backend connect failed"),
             Err(_) => debug!(backend = %b.address, "backend connect timed out"),
         }
-        ctx.metrics
-            .backend_connect_failures
-            .get_or_create(&labels)
-            .inc();
+        counters.failures.inc();
     }
     let Some((backend, mut upstream)) = chosen else {
         ctx.metrics.refuse(&shared.service, Refusal::NoBackend);
@@ -105,27 +158,21 @@ async fn connection(
         .stick(peer.ip(), &backend, shared.policy.affinity, now);
     let _ = upstream.set_nodelay(true);
     if let Some(version) = shared.policy.proxy {
+        let local = client.local_addr().unwrap_or(peer);
         let header = proxy_header::tcp(version, peer, local);
         if upstream.write_all(&header).await.is_err() {
             reset(client);
             return;
         }
     }
-    ctx.metrics.connections.get_or_create(&labels).inc();
-    let active = ctx
-        .metrics
-        .connections_active
-        .get_or_create(&labels)
-        .clone();
-    active.inc();
-    let up = ctx.metrics.bytes(&shared.service, Direction::ToBackend);
-    let down = ctx.metrics.bytes(&shared.service, Direction::ToClient);
+    counters.connections.inc();
+    counters.active.inc();
     let cut = doomed(state, backend.clone(), stop, ctx.settings.drain);
     let outcome = tokio::select! {
-        r = pipe(&client, &upstream, ctx.settings.tcp_idle, up, down) => r,
+        r = pipe(&client, &upstream, ctx.settings.tcp_idle, &counters.up, &counters.down) => r,
         _ = cut => Err(std::io::Error::other("drained")),
     };
-    active.dec();
+    counters.active.dec();
     if let Err(e) = outcome {
         debug!(client = %peer, backend = %backend.address, error = %e, "connection ended abnormally");
         // A reset on one side is passed on as a reset to the other.
@@ -151,22 +198,24 @@ const PIPE_CHUNK: usize = 64 * 1024;
 /// Copies both ways until both sides have closed, passing each half-close on;
 /// gives up after `idle` without a byte either way.
 ///
-/// Bytes never enter user space: each direction splices socket → pipe →
-/// socket. The pipes are made on a direction's first byte, so an idle
-/// connection holds no buffer at all.
+/// Small exchanges go through one buffer per worker thread (read and written
+/// without awaiting in between); once a read fills that buffer the direction
+/// is bulk and switches to `splice(2)`, socket → pipe → socket, so bytes no
+/// longer enter user space — HAProxy's `splice-auto`. A connection owns no
+/// buffer of its own, and its pipes only once it moves bulk data.
 async fn pipe(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
-    up: Counter,
-    down: Counter,
+    up: &Counter,
+    down: &Counter,
 ) -> std::io::Result<()> {
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let copy = async {
         tokio::try_join!(
-            splice_half(client, upstream, &last, start, &up),
-            splice_half(upstream, client, &last, start, &down),
+            copy_half(client, upstream, &last, start, up),
+            copy_half(upstream, client, &last, start, down),
         )
     };
     let watchdog = async {
@@ -190,7 +239,14 @@ async fn pipe(
     }
 }
 
-async fn splice_half(
+thread_local! {
+    static CHUNK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; CHUNK_SIZE]);
+}
+
+/// The per-thread buffer of small exchanges; a read that fills it means bulk.
+const CHUNK_SIZE: usize = 16 * 1024;
+
+async fn copy_half(
     from: &TcpStream,
     to: &TcpStream,
     last: &AtomicU64,
@@ -202,8 +258,47 @@ async fn splice_half(
     use tokio::io::Interest;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut pipe = None;
+    let mut bulk = false;
     loop {
         from.readable().await?;
+        if !bulk {
+            let step = CHUNK.with(|chunk| -> std::io::Result<Option<(usize, Vec<u8>)>> {
+                let mut chunk = chunk.borrow_mut();
+                let n = match from.try_read(&mut chunk) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == WouldBlock => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let mut written = 0;
+                while written < n {
+                    match to.try_write(&chunk[written..n]) {
+                        Ok(m) => written += m,
+                        Err(e) if e.kind() == WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                // What the peer can't take now is kept (rare: its window is full).
+                Ok(Some((n, chunk[written..n].to_vec())))
+            })?;
+            let Some((n, rest)) = step else { continue };
+            if n == 0 {
+                return half_close(to);
+            }
+            let mut sent = 0;
+            while sent < rest.len() {
+                to.writable().await?;
+                match to.try_write(&rest[sent..]) {
+                    Ok(m) => sent += m,
+                    Err(e) if e.kind() == WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            bulk = n == CHUNK_SIZE;
+            bytes.inc_by(n as u64);
+            let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            last.store(now, Ordering::Relaxed);
+            continue;
+        }
         let (pipe_out, pipe_in) = match &pipe {
             Some(p) => p,
             None => pipe.insert(nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?),
@@ -218,10 +313,7 @@ async fn splice_half(
             Err(e) => return Err(e),
         };
         if n == 0 {
-            return match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
-                _ => Ok(()),
-            };
+            return half_close(to);
         }
         let mut left = n;
         while left > 0 {
