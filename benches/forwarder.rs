@@ -18,6 +18,10 @@
 //! connections open through it), and UDP request/response datagrams per second
 //! (a windowed echo; HAProxy has no UDP).
 //!
+//! `IRONLB_BENCH_PROFILE=FILE` records a `perf` profile of ironlb during its
+//! short-connection measurement (`perf report -i FILE`);
+//! `IRONLB_BENCH_ONLY=haproxy,ironlb` measures only those paths.
+//!
 //! `IRONLB_BENCH_SECONDS` (default 8) and `IRONLB_BENCH_IDLE` (default 9000)
 //! shrink it for a smoke run. The idle count stays under half the open-file
 //! hard limit (20,000 on the machines this was written on, and not raisable
@@ -213,13 +217,43 @@ fn main() {
         wait_tcp(&client, host, ports.http);
     }
     let mut rows: BTreeMap<&str, Row> = BTreeMap::new();
+    let only = std::env::var("IRONLB_BENCH_ONLY").ok();
     for (name, host, ports, process) in &targets {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == *name))
+        {
+            continue;
+        }
         eprintln!("measuring {name} …");
         let mut row = Row {
             tput_gbps: iperf(&lab, &client, host, ports.iperf, seconds),
             ..Row::default()
         };
+        let profile = match (std::env::var("IRONLB_BENCH_PROFILE"), process) {
+            (Ok(file), Some(index)) if *name == "ironlb" => std::process::Command::new("perf")
+                .args([
+                    "record",
+                    "-e",
+                    "cpu-clock",
+                    "-F",
+                    "999",
+                    "-g",
+                    "-o",
+                    &file,
+                    "-p",
+                ])
+                .arg(lab.pid(*index).to_string())
+                .args(["--", "sleep", &seconds.to_string()])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok(),
+            _ => None,
+        };
         let (cps, p50, p99) = wrk(&lab, &client, host, ports.http, seconds);
+        if let Some(mut p) = profile {
+            let _ = p.wait();
+        }
         row.cps = cps;
         row.p50_ms = p50;
         row.p99_ms = p99;
