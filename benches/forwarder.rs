@@ -262,6 +262,7 @@ fn main() {
             if let Some(mut p) = profile {
                 let _ = p.wait();
             }
+            eprintln!("  {tput:.2} Gb/s, {cps:.0} conn/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
             samples.entry(name).or_default().push((tput, cps, p50, p99));
         }
     }
