@@ -208,11 +208,6 @@ impl Forwarder {
         errors
     }
 
-    /// The listeners running now.
-    pub fn listening(&self) -> Vec<(SocketAddr, Protocol)> {
-        self.running.keys().copied().collect()
-    }
-
     /// Stops every listener; connections drain as on any stop.
     pub fn stop_all(&mut self) {
         for r in self.running.values() {

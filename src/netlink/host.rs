@@ -79,11 +79,6 @@ impl Host {
         Ok(found)
     }
 
-    /// The addresses ironlb has on the loopback now.
-    pub async fn service_addresses(&self) -> Result<BTreeSet<IpAddr>, Error> {
-        Ok(self.ours().await?.iter().filter_map(address_of).collect())
-    }
-
     /// Makes ironlb's addresses on the loopback exactly `wanted`: adds the
     /// missing, removes the rest (from this run or a crashed one).
     pub async fn set_service_addresses(&self, wanted: &BTreeSet<IpAddr>) -> Result<(), Error> {
@@ -138,22 +133,21 @@ impl Host {
         for route in [v4, v6] {
             self.handle.route().add(route).replace().execute().await?;
         }
-        let rule = self.handle.rule().add();
-        rule.v4()
-            .fw_mark(mark)
-            .table_id(table)
-            .priority(RULE_PRIORITY)
-            .action(RuleAction::ToTable)
-            .execute()
-            .await?;
-        let rule = self.handle.rule().add();
-        rule.v6()
-            .fw_mark(mark)
-            .table_id(table)
-            .priority(RULE_PRIORITY)
-            .action(RuleAction::ToTable)
-            .execute()
-            .await?;
+        for v6 in [false, true] {
+            let rule = self
+                .handle
+                .rule()
+                .add()
+                .fw_mark(mark)
+                .table_id(table)
+                .priority(RULE_PRIORITY)
+                .action(RuleAction::ToTable);
+            if v6 {
+                rule.v6().execute().await?;
+            } else {
+                rule.v4().execute().await?;
+            }
+        }
         Ok(())
     }
 
