@@ -960,3 +960,91 @@ async fn cluster_services_with_embedded_forwarding_are_forwarded() {
     }
     server.stop();
 }
+
+#[test]
+fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
+    let Some(mut w) = world("ipv6", 1) else {
+        return;
+    };
+    // The world is IPv4; add IPv6 to the node, the client and a backend.
+    let node = w.nodes[0].clone();
+    w.lab.exec_ok(
+        &node,
+        &["ip", "addr", "add", "fd77::11/64", "dev", "eth0", "nodad"],
+    );
+    let client = w.client.clone();
+    w.lab.exec_ok(
+        &client,
+        &["ip", "addr", "add", "fd77::2/64", "dev", "eth0", "nodad"],
+    );
+    let ngx = w.backend_host("ngx6", "pn6", "10.77.0.22");
+    w.lab.exec_ok(
+        &ngx,
+        &["ip", "addr", "add", "fd77::22/64", "dev", "eth0", "nodad"],
+    );
+    let dir = w.lab.dir().to_path_buf();
+    let d = dir.display();
+    let conf = dir.join("nginx6.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx6.pid;\nerror_log {d}/nginx6-error.log;\nevents {{}}\n\
+             http {{\n  access_log off;\n\
+             client_body_temp_path {d}/b6; proxy_temp_path {d}/p6; fastcgi_temp_path {d}/f6;\n\
+             uwsgi_temp_path {d}/u6; scgi_temp_path {d}/s6;\n\
+             server {{ listen [fd77::22]:8082 proxy_protocol;\n\
+             location / {{ return 200 \"http client=$proxy_protocol_addr\\n\"; }} }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    w.lab.spawn(
+        &ngx,
+        "nginx",
+        &[
+            "-c",
+            conf.to_str().unwrap(),
+            "-e",
+            &format!("{d}/nginx6-error.log"),
+        ],
+        &dir.join("nginx6.out"),
+    );
+    w.peer_server(&ngx, "fd77::22", 5353);
+    let config = format!(
+        "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab\n\
+         addresses:\n  - address: fd77::100\n    interfaces: [eth0]\n\
+         services:\n\
+         \x20 - name: web6\n    address: fd77::100\n    proxyProtocol: v2\n    ports: [{{port: 80, targetPort: 8082}}]\n    endpoints: [{{address: fd77::22}}]\n\
+         \x20 - name: dns6\n    address: fd77::100\n    ports: [{{port: 53, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: fd77::22}}]\n"
+    );
+    w.lab.start_speaker_with(&node, 1, &config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let http = loop {
+        let out = w.lab.exec(
+            &client,
+            &["curl", "-sS", "--max-time", "2", "http://[fd77::100]:80/"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer over IPv6\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        http, "http client=fd77::2",
+        "the PROXY v2 header carried the IPv6 client"
+    );
+    let script = "import socket\n\
+                  s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.settimeout(2)\n\
+                  s.sendto(b'q',('fd77::100',53));d,a=s.recvfrom(2048)\n\
+                  print(a[0],a[1],d.decode())";
+    let udp = w.lab.exec_ok(&client, &["python3", "-c", script]);
+    assert!(
+        udp.starts_with("fd77::100 53 peer=fd77::11:") && udp.trim().ends_with("got=q"),
+        "{udp}"
+    );
+}
