@@ -1009,14 +1009,12 @@ fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
         &dir.join("nginx6.out"),
     );
     w.peer_server(&ngx, "fd77::22", 5353);
-    let config = format!(
-        "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab\n\
+    let config = "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab\n\
          addresses:\n  - address: fd77::100\n    interfaces: [eth0]\n\
          services:\n\
-         \x20 - name: web6\n    address: fd77::100\n    proxyProtocol: v2\n    ports: [{{port: 80, targetPort: 8082}}]\n    endpoints: [{{address: fd77::22}}]\n\
-         \x20 - name: dns6\n    address: fd77::100\n    ports: [{{port: 53, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: fd77::22}}]\n"
-    );
-    w.lab.start_speaker_with(&node, 1, &config);
+         \x20 - name: web6\n    address: fd77::100\n    proxyProtocol: v2\n    ports: [{port: 80, targetPort: 8082}]\n    endpoints: [{address: fd77::22}]\n\
+         \x20 - name: dns6\n    address: fd77::100\n    ports: [{port: 53, protocol: UDP, targetPort: 5353}]\n    endpoints: [{address: fd77::22}]\n";
+    w.lab.start_speaker_with(&node, 1, config);
     let deadline = Instant::now() + Duration::from_secs(15);
     let http = loop {
         let out = w.lab.exec(
