@@ -228,6 +228,8 @@ impl Forwarder {
         let socket = bound_socket(l.address, l.protocol)?;
         match l.protocol {
             Protocol::Tcp => {
+                // Accepted sockets inherit it: no setsockopt per connection.
+                socket.set_tcp_nodelay(true)?;
                 socket.listen(1024)?;
                 let listener = tokio::net::TcpListener::from_std(socket.into())?;
                 tokio::spawn(tcp::serve(listener, rx, stop.clone(), ctx));

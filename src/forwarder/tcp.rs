@@ -131,7 +131,6 @@ async fn connection(
         stop,
         ctx,
     } = listener;
-    let _ = client.set_nodelay(true);
     let now = Instant::now();
     let order = ctx
         .balancer
