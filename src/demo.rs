@@ -456,14 +456,8 @@ fn preflight(opts: &Options) -> anyhow::Result<()> {
     if !have("ip") {
         missing.push("iproute2");
     }
-    if !have("nft") {
-        missing.push("nftables");
-    }
     if !have("nginx") {
         missing.push("nginx");
-    }
-    if !Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists() {
-        missing.push("libnginx-mod-stream");
     }
     if missing.is_empty() {
         return Ok(());

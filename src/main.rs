@@ -78,8 +78,8 @@ struct DemoArgs {
     /// Remove a lab left by --keep (or by a killed demo) and exit.
     #[arg(long)]
     clean: bool,
-    /// Don't install missing Debian packages (nginx, its stream module,
-    /// nftables, iproute2); fail and name them instead.
+    /// Don't install missing Debian packages (nginx, iproute2); fail and name
+    /// them instead.
     #[arg(long)]
     no_install: bool,
     /// Prefix of the namespaces' names.
