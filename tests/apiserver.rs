@@ -257,3 +257,18 @@ async fn lists_honour_label_selectors() {
     assert_eq!(names("tier").await, ["a", "b"]);
     assert_eq!(names("!tier").await, ["c"]);
 }
+
+#[tokio::test]
+async fn a_failing_server_answers_500_until_it_is_back() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let pools: Api<ironlb::api::IPAddressPool> = Api::all(client.clone());
+    pools.list(&Default::default()).await.unwrap();
+    server.set_failing(true);
+    match pools.list(&Default::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 500, "{e:?}"),
+        other => panic!("expected 500, got {other:?}"),
+    }
+    server.set_failing(false);
+    pools.list(&Default::default()).await.unwrap();
+}

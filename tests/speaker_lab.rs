@@ -581,8 +581,9 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
         "the Local Service's address to follow its endpoint to node-1",
     );
 
-    // The API server goes away; the owner dies; the address still moves.
-    server.stop();
+    // The API server fails every request (500); the owner dies; the address
+    // still moves.
+    server.set_failing(true);
     let index = w.nodes.iter().position(|(n, _)| *n == owner).unwrap();
     let idx = w.speakers[index].take().unwrap();
     w.lab.kill(idx);
@@ -598,4 +599,24 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
     eprintln!(
         "cluster: {V4} moved from {owner} to {next} {took:?} after the kill, API server down"
     );
+
+    // The new owner's report could not be written then; once the API server
+    // answers again it lands (retried), and the dead owner's is removed.
+    server.set_failing(false);
+    support::wait_for(
+        &format!("the ServiceL2Status of web to name {next} only, after the outage"),
+        std::time::Duration::from_secs(15),
+        || async {
+            let list = reports.list(&Default::default()).await.ok()?;
+            let web: Vec<_> = list
+                .items
+                .iter()
+                .filter(|s| s.spec.service == "web")
+                .map(|s| s.spec.node.clone())
+                .collect();
+            (web == [next.clone()]).then_some(())
+        },
+    )
+    .await;
+    server.stop();
 }

@@ -558,8 +558,28 @@ pub async fn run_kubernetes(
     let (report_tx, mut report_rx) = mpsc::unbounded_channel::<Report>();
     let reporter = ClusterReporter::new(report_client, node.clone());
     let worker = tokio::spawn(async move {
-        while let Some(r) = report_rx.recv().await {
-            reporter.report(r).await;
+        // Reports that did not land (API server unreachable or overloaded)
+        // are tried again every two seconds; a newer report about the same
+        // address or Service replaces an older one still waiting.
+        let mut pending: BTreeMap<String, Report> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                received = report_rx.recv() => {
+                    let Some(r) = received else { break };
+                    let key = r.key();
+                    pending.remove(&key);
+                    if !reporter.report(&r).await {
+                        pending.insert(key, r);
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(2)), if !pending.is_empty() => {
+                    for (key, r) in std::mem::take(&mut pending) {
+                        if !reporter.report(&r).await {
+                            pending.insert(key, r);
+                        }
+                    }
+                }
+            }
         }
     });
     let result = run(
@@ -1004,6 +1024,18 @@ pub enum Report {
     },
 }
 
+impl Report {
+    /// What a later report supersedes: the address, or the Service's problem.
+    fn key(&self) -> String {
+        match self {
+            Report::Announcing { address, .. } | Report::Withdrawn { address, .. } => {
+                address.to_string()
+            }
+            Report::NotForwarded { service, message } => format!("{service} {message}"),
+        }
+    }
+}
+
 /// Writes [`Report`]s as `ServiceL2Status` objects and events on the Services.
 /// Runs off the announcement path: an unreachable API server delays reports,
 /// never announcements.
@@ -1029,13 +1061,14 @@ impl ClusterReporter {
         }
     }
 
-    async fn report(&self, report: Report) {
+    /// Writes one report; false when a write must be tried again.
+    async fn report(&self, report: &Report) -> bool {
         use crate::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL};
         use crate::api::{ServiceL2Status, ServiceL2StatusSpec};
         use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
         use kube::runtime::events::{Event, EventType};
 
-        let (address, services, interfaces) = match &report {
+        let (address, services, interfaces) = match report {
             Report::Announcing {
                 address,
                 services,
@@ -1055,11 +1088,13 @@ impl ClusterReporter {
                     .publish(&event, &service_reference(service))
                     .await
                 {
-                    warn!(%service, error = %e, "recording an event");
+                    warn!(%service, error = %e, "recording an event; will retry");
+                    return false;
                 }
-                return;
+                return true;
             }
         };
+        let mut landed = true;
         for svc in services {
             let api: kube::Api<ServiceL2Status> =
                 kube::Api::namespaced(self.client.clone(), &svc.namespace);
@@ -1107,7 +1142,11 @@ impl ClusterReporter {
                 },
             };
             if let Err(e) = result {
-                warn!(service = %svc, error = %e, "reporting the announcement");
+                warn!(service = %svc, error = %e, "reporting the announcement; will retry");
+                landed = false;
+                // The event waits for the status write, so a retry does not
+                // repeat it.
+                continue;
             }
             let (reason, note) = match interfaces {
                 Some(i) => (
@@ -1130,6 +1169,7 @@ impl ClusterReporter {
                 warn!(service = %svc, error = %e, "recording an event");
             }
         }
+        landed
     }
 }
 

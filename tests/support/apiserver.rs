@@ -172,6 +172,10 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     /// Cancelling it ends every open watch (the client then reconnects).
     watches: Mutex<CancellationToken>,
+    /// While set, every request is answered 500, as an API server whose etcd
+    /// is unreachable does. (Not 503: kube's client retries 503 itself, for
+    /// minutes, which would hide what a test wants to see.)
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// The running server.
@@ -232,6 +236,7 @@ impl ApiServer {
             }),
             changes,
             watches: Mutex::new(CancellationToken::new()),
+            failing: std::sync::atomic::AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
         for listener in listeners {
@@ -295,6 +300,17 @@ impl ApiServer {
         );
         std::fs::write(&path, text).expect("write kubeconfig");
         path
+    }
+
+    /// Answers every request with 500 until called again with `false`; open
+    /// watches end, and their reconnections fail too.
+    pub fn set_failing(&self, failing: bool) {
+        self.shared
+            .failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+        if failing {
+            self.end_watches();
+        }
     }
 
     /// Creates a Namespace with labels, directly.
@@ -479,6 +495,14 @@ async fn handle(
         )
         .into_response();
     };
+    if shared.failing.load(std::sync::atomic::Ordering::SeqCst) {
+        return status_error(
+            500,
+            "InternalError",
+            "Internal error occurred: etcdserver: request timed out".into(),
+        )
+        .into_response();
+    }
     let q = query(&uri);
     let sub = if target.status { "/status" } else { "" };
     let verb = match (&method, &target.name) {
