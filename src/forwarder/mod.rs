@@ -299,6 +299,35 @@ fn transparent_socket(from: SocketAddr, to: SocketAddr, kind: Type) -> std::io::
     Ok(socket)
 }
 
+/// When a connection or flow last moved a byte: updated by the tasks that copy
+/// (an atomic, so both directions and the reply task share it), read by the
+/// idle checks.
+struct Activity {
+    start: std::time::Instant,
+    /// Milliseconds from `start` to the last byte.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Records a byte moved now.
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When the last byte moved.
+    fn last(&self) -> std::time::Instant {
+        self.start + Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// Whether `client` may use a listener with `policy`.
 fn admitted(policy: &Policy, client: std::net::IpAddr) -> bool {
     let client = match client {

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::metrics::{Direction, Refusal, ServiceLabels};
-use super::{Context, Shared, admitted, doomed, proxy_header, transparent_socket};
+use super::{Activity, Context, Shared, admitted, doomed, proxy_header, transparent_socket};
 
 pub(super) async fn serve(
     listener: TcpListener,
@@ -209,18 +208,16 @@ async fn pipe(
     up: &Counter,
     down: &Counter,
 ) -> std::io::Result<()> {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
+    let activity = Activity::new();
     let copy = async {
         tokio::try_join!(
-            copy_half(client, upstream, &last, start, up),
-            copy_half(upstream, client, &last, start, down),
+            copy_half(client, upstream, &activity, up),
+            copy_half(upstream, client, &activity, down),
         )
     };
     let watchdog = async {
         loop {
-            let seen = Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = start + seen + idle;
+            let deadline = activity.last() + idle;
             if Instant::now() >= deadline {
                 return;
             }
@@ -248,8 +245,7 @@ const CHUNK_SIZE: usize = 16 * 1024;
 async fn copy_half(
     from: &TcpStream,
     to: &TcpStream,
-    last: &AtomicU64,
-    start: Instant,
+    activity: &Activity,
     bytes: &Counter,
 ) -> std::io::Result<()> {
     use nix::fcntl::{OFlag, SpliceFFlags, splice};
@@ -294,8 +290,7 @@ async fn copy_half(
             }
             bulk = n == CHUNK_SIZE;
             bytes.inc_by(n as u64);
-            let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-            last.store(now, Ordering::Relaxed);
+            activity.touch();
             continue;
         }
         let (pipe_out, pipe_in) = match &pipe {
@@ -326,7 +321,6 @@ async fn copy_half(
             }
         }
         bytes.inc_by(n as u64);
-        let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        last.store(now, Ordering::Relaxed);
+        activity.touch();
     }
 }

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,7 +16,7 @@ use tracing::debug;
 
 use super::metrics::{Direction, Refusal, ServiceLabels};
 use super::plan::Backend;
-use super::{Context, Shared, admitted, transparent_socket};
+use super::{Activity, Context, Shared, admitted, transparent_socket};
 
 /// The largest UDP payload.
 const DATAGRAM: usize = 65_535;
@@ -25,8 +24,8 @@ const DATAGRAM: usize = 65_535;
 struct Flow {
     backend: Backend,
     socket: Arc<UdpSocket>,
-    /// Milliseconds since the listener started, at the flow's last datagram.
-    last: Arc<AtomicU64>,
+    /// Its last datagram, either way.
+    activity: Arc<Activity>,
     replies: AbortHandle,
 }
 
@@ -43,7 +42,6 @@ pub(super) async fn serve(
     ctx: Arc<Context>,
 ) {
     let socket = Arc::new(socket);
-    let start = Instant::now();
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut state = state;
     let mut shared = state.borrow_and_update().clone();
@@ -55,9 +53,8 @@ pub(super) async fn serve(
         let (n, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             _ = sweep.tick() => {
-                let idle = millis(ctx.settings.udp_idle);
-                let now = millis(start.elapsed());
-                flows.retain(|_, f| now.saturating_sub(f.last.load(Ordering::Relaxed)) < idle);
+                let idle = ctx.settings.udp_idle;
+                flows.retain(|_, f| f.activity.last().elapsed() < idle);
                 if let Some(c) = &counters {
                     c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
                 }
@@ -91,7 +88,7 @@ pub(super) async fn serve(
                 ctx.metrics.refuse(&shared.service, Refusal::FlowTableFull);
                 continue;
             }
-            match open(&socket, peer, &shared, &ctx, start).await {
+            match open(&socket, peer, &shared, &ctx).await {
                 Some(flow) => {
                     flows.insert(peer, flow);
                 }
@@ -105,7 +102,7 @@ pub(super) async fn serve(
         let Some(flow) = flows.get(&peer) else {
             continue;
         };
-        flow.last.store(millis(start.elapsed()), Ordering::Relaxed);
+        flow.activity.touch();
         match flow.socket.send(&buf[..n]).await {
             Ok(sent) => {
                 c.datagrams.inc();
@@ -147,17 +144,12 @@ impl Counters {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Opens a flow for `peer` to the first backend that takes a socket.
 async fn open(
     listener: &Arc<UdpSocket>,
     peer: SocketAddr,
     shared: &Shared,
     ctx: &Arc<Context>,
-    start: Instant,
 ) -> Option<Flow> {
     let now = Instant::now();
     let order = ctx
@@ -173,20 +165,19 @@ async fn open(
         };
         ctx.balancer
             .stick(peer.ip(), &backend, shared.policy.affinity, now);
-        let last = Arc::new(AtomicU64::new(millis(start.elapsed())));
+        let activity = Arc::new(Activity::new());
         let replies = tokio::spawn(replies(
             socket.clone(),
             listener.clone(),
             peer,
-            last.clone(),
-            start,
+            activity.clone(),
             ctx.metrics.bytes(&shared.service, Direction::ToClient),
         ))
         .abort_handle();
         return Some(Flow {
             backend,
             socket,
-            last,
+            activity,
             replies,
         });
     }
@@ -223,8 +214,7 @@ async fn replies(
     backend: Arc<UdpSocket>,
     listener: Arc<UdpSocket>,
     peer: SocketAddr,
-    last: Arc<AtomicU64>,
-    start: Instant,
+    activity: Arc<Activity>,
     bytes: prometheus_client::metrics::counter::Counter,
 ) {
     loop {
@@ -246,7 +236,7 @@ async fn replies(
             None => {}
             Some(Ok(n)) => {
                 bytes.inc_by(n as u64);
-                last.store(millis(start.elapsed()), Ordering::Relaxed);
+                activity.touch();
             }
             // ICMP unreachable from the backend: keep waiting for the flow to
             // be moved or to expire.
