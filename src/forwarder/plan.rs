@@ -193,6 +193,21 @@ pub fn plan(node: &str, owned: &BTreeSet<IpAddr>, frontends: &[Frontend]) -> Pla
     }
 }
 
+/// The ready endpoints among `endpoints`; serving-but-terminating ones only
+/// when none is ready, as kube-proxy does. `state` gives an endpoint's
+/// (ready, serving). Shared with the speaker's choice of the nodes that may
+/// announce a `Local` Service.
+pub fn usable<T>(endpoints: Vec<T>, state: impl Fn(&T) -> (bool, bool)) -> Vec<T> {
+    let any_ready = endpoints.iter().any(|e| state(e).0);
+    endpoints
+        .into_iter()
+        .filter(|e| {
+            let (ready, serving) = state(e);
+            if any_ready { ready } else { serving }
+        })
+        .collect()
+}
+
 fn backends(node: &str, f: &Frontend, port: &FrontendPort) -> Vec<Backend> {
     let candidates: Vec<(&Endpoint, u16)> = f
         .endpoints
@@ -204,10 +219,8 @@ fn backends(node: &str, f: &Frontend, port: &FrontendPort) -> Vec<Backend> {
                 .map(|p| (e, *p))
         })
         .collect();
-    let any_ready = candidates.iter().any(|(e, _)| e.ready);
-    let chosen: BTreeSet<Backend> = candidates
+    let chosen: BTreeSet<Backend> = usable(candidates, |(e, _)| (e.ready, e.serving))
         .into_iter()
-        .filter(|(e, _)| if any_ready { e.ready } else { e.serving })
         .map(|(e, p)| Backend {
             address: SocketAddr::new(e.address, p),
             node: e.node.clone(),

@@ -103,7 +103,8 @@ impl Host {
             match add.execute().await {
                 Ok(()) => {}
                 // Added meanwhile (by hand, without our mark): it's there.
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_eexist() => {}
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -(nix::errno::Errno::EEXIST as i32) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -227,10 +228,6 @@ fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
         AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     })
-}
-
-fn libc_eexist() -> i32 {
-    17
 }
 
 /// Makes `interface` answer ARP only for addresses on itself (`arp_ignore=1`)

@@ -838,7 +838,8 @@ pub async fn run(
 /// The forwarder and what it changed on the node.
 struct Forwarding {
     forwarder: Forwarder,
-    settings: crate::forwarder::Settings,
+    /// The firewall mark of transparent connections.
+    mark: u32,
     /// The Service addresses on the loopback, once known.
     addresses: Option<BTreeSet<IpAddr>>,
     transparent: bool,
@@ -850,8 +851,8 @@ impl Forwarding {
         metrics: crate::forwarder::metrics::Metrics,
     ) -> Self {
         Self {
-            forwarder: Forwarder::new(settings.clone(), metrics),
-            settings,
+            mark: settings.mark,
+            forwarder: Forwarder::new(settings, metrics),
             addresses: None,
             transparent: false,
         }
@@ -900,7 +901,7 @@ impl Forwarding {
         }
         let local = plan.listeners.iter().any(|l| l.policy.local);
         if local && !self.transparent {
-            match crate::forwarder::transparent::install(self.settings.mark).await {
+            match crate::forwarder::transparent::install(self.mark).await {
                 Ok(()) => self.transparent = true,
                 Err(e) => {
                     warn!(error = %e, "cannot install transparent routing; Local Services won't answer")
@@ -916,7 +917,7 @@ impl Forwarding {
     }
 
     async fn remove_transparent(&mut self) {
-        match crate::forwarder::transparent::remove(self.settings.mark).await {
+        match crate::forwarder::transparent::remove(self.mark).await {
             Ok(()) => self.transparent = false,
             Err(e) => warn!(error = %e, "cannot remove transparent routing"),
         }

@@ -167,29 +167,32 @@ fn selects_pool(ad: &L2Advertisement, pool: &str, labels: &BTreeMap<String, Stri
 /// Nodes with a ready endpoint of `svc`; serving-but-terminating endpoints
 /// count only when no endpoint is ready, as kube-proxy does.
 fn ready_nodes(svc: &Service, slices: &[&EndpointSlice]) -> BTreeSet<String> {
-    let name = svc.name_any();
-    let namespace = svc.namespace().unwrap_or_default();
-    let endpoints: Vec<_> = slices
-        .iter()
-        .filter(|s| {
-            s.namespace().as_deref() == Some(namespace.as_str())
-                && s.labels().get("kubernetes.io/service-name") == Some(&name)
-        })
+    let key = translate::service_key(svc);
+    let with_node: Vec<_> = slices_of(&key, slices)
         .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.node_name.is_some())
         .collect();
-    let ready: BTreeSet<String> = endpoints
-        .iter()
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-        .filter_map(|e| e.node_name.clone())
-        .collect();
-    if !ready.is_empty() {
-        return ready;
-    }
-    endpoints
-        .iter()
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.serving) == Some(true))
-        .filter_map(|e| e.node_name.clone())
-        .collect()
+    crate::forwarder::plan::usable(with_node, |e| {
+        let c = e.conditions.as_ref();
+        (
+            c.and_then(|c| c.ready).unwrap_or(true),
+            c.and_then(|c| c.serving) == Some(true),
+        )
+    })
+    .into_iter()
+    .filter_map(|e| e.node_name.clone())
+    .collect()
+}
+
+/// The EndpointSlices of Service `key`.
+fn slices_of<'a>(
+    key: &'a ServiceKey,
+    slices: &'a [&'a EndpointSlice],
+) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    slices.iter().copied().filter(move |s| {
+        s.namespace().as_deref() == Some(key.namespace.as_str())
+            && s.labels().get("kubernetes.io/service-name") == Some(&key.name)
+    })
 }
 
 /// The election's view of the nodes: alive members with their labels and
@@ -330,10 +333,7 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
 /// ready and an unset `serving` is as `ready`, as the EndpointSlice API says.
 fn endpoints_of(key: &ServiceKey, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
     let mut out = Vec::new();
-    for slice in slices.iter().filter(|s| {
-        s.namespace().as_deref() == Some(key.namespace.as_str())
-            && s.labels().get("kubernetes.io/service-name") == Some(&key.name)
-    }) {
+    for slice in slices_of(key, slices) {
         let ports: BTreeMap<(String, Protocol), u16> = slice
             .ports
             .iter()
