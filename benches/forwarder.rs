@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use ironlb::demo::in_netns;
 use netns::Lab;
 
 const CLIENT: &str = "10.50.1.2";
@@ -369,19 +370,6 @@ fn ironlb_conf() -> String {
          \x20 - name: http\n    address: {VIP}\n    ports: [{{port: 8083, targetPort: 8080}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
          \x20 - name: udp\n    address: {VIP}\n    ports: [{{port: 9003, protocol: UDP, targetPort: 9000}}]\n    endpoints: [{{address: {BACKEND}}}]\n"
     )
-}
-
-/// Runs `f` on a thread inside network namespace `ns` (its full name).
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread")
-    })
 }
 
 fn wait_tcp(ns: &str, host: &str, port: u16) {

@@ -511,8 +511,9 @@ fn speaker_config(i: usize) -> String {
     )
 }
 
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+/// Runs `f` on a thread inside network namespace `ns` (its name under
+/// `/run/netns`); the calling thread stays where it is.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
             let file = std::fs::File::open(format!("/run/netns/{ns}"))

@@ -88,6 +88,43 @@ impl World {
         }
     }
 
+    /// Runs nginx (one process, stream module loaded) in `ns` with `blocks`,
+    /// its `stream {}` and `http {}` sections; configuration, pid and error
+    /// log are named `name` in the lab's directory. An `http {}` section
+    /// needs [`World::nginx_temp_paths`].
+    fn nginx(&mut self, ns: &str, name: &str, blocks: &str) {
+        let dir = self.lab.dir().to_path_buf();
+        let d = dir.display();
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+                 daemon off;\nmaster_process off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log;\n\
+                 events {{}}\n{blocks}"
+            ),
+        )
+        .expect("write nginx configuration");
+        let error_log = format!("{d}/{name}-error.log");
+        self.lab.spawn(
+            ns,
+            "nginx",
+            &["-c", conf.to_str().expect("utf-8 path"), "-e", &error_log],
+            &dir.join(format!("{name}.out")),
+        );
+    }
+
+    /// The temporary directories nginx's `http` module must be able to write,
+    /// inside the lab's directory.
+    fn nginx_temp_paths(&self, name: &str) -> String {
+        let d = self.lab.dir().join(name);
+        let d = d.display();
+        format!(
+            "client_body_temp_path {d}-body; proxy_temp_path {d}-proxy; fastcgi_temp_path {d}-fcgi;\n\
+             uwsgi_temp_path {d}-uwsgi; scgi_temp_path {d}-scgi;\n"
+        )
+    }
+
     /// Starts node `i`'s speaker owning [`VIP`] with `services` (YAML list
     /// items, indented by two spaces).
     fn speaker(&mut self, i: usize, services: &str) -> usize {
@@ -255,35 +292,19 @@ fn proxy_protocol_v1_and_v2_reach_haproxy_and_nginx_with_the_client_address() {
     // nginx: stream and http, both with proxy_protocol.
     let ngx = w.backend_host("ngx", "pn", "10.77.0.22");
     let dir = w.lab.dir().to_path_buf();
-    let ngx_cfg = dir.join("nginx.conf");
     let d = dir.display();
-    std::fs::write(
-        &ngx_cfg,
-        format!(
-            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-             daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
-             events {{}}\n\
-             stream {{\n  log_format pp 'stream client=$proxy_protocol_addr';\n\
+    let temp = w.nginx_temp_paths("nginx");
+    w.nginx(
+        &ngx,
+        "nginx",
+        &format!(
+            "stream {{\n  log_format pp 'stream client=$proxy_protocol_addr';\n\
                server {{ listen 10.77.0.22:8081 proxy_protocol; return \"stream client=$proxy_protocol_addr\\n\";\n\
                access_log {d}/nginx-stream.log pp; }}\n}}\n\
-             http {{\n  log_format pp 'http client=$proxy_protocol_addr';\n\
-               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
-               uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             http {{\n  log_format pp 'http client=$proxy_protocol_addr';\n{temp}\
                server {{ listen 10.77.0.22:8082 proxy_protocol; access_log {d}/nginx-http.log pp;\n\
                location / {{ return 200 \"http client=$proxy_protocol_addr\\n\"; }} }}\n}}\n"
         ),
-    )
-    .unwrap();
-    w.lab.spawn(
-        &ngx,
-        "nginx",
-        &[
-            "-c",
-            ngx_cfg.to_str().unwrap(),
-            "-e",
-            &format!("{d}/nginx-error.log"),
-        ],
-        &dir.join("nginx.out"),
     );
     let mut services = String::new();
     for (v, base) in [("v1", 1000), ("v2", 2000)] {
@@ -909,26 +930,8 @@ async fn cluster_services_with_embedded_forwarding_are_forwarded() {
         .unwrap();
 
     let kubeconfig = server.lab_kubeconfig(w.lab.dir());
-    let secret = w.lab.dir().join("secret");
-    std::fs::write(&secret, "cluster-lab-secret\n").unwrap();
     let ns = w.nodes[0].clone();
-    let log = w.lab.dir().join("node-1.log");
-    w.lab.spawn(
-        &ns,
-        env!("CARGO_BIN_EXE_ironlb"),
-        &[
-            "speaker",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--node",
-            "node-1",
-            "--gossip-listen",
-            "10.77.0.11:7946",
-            "--gossip-secret-file",
-            secret.to_str().unwrap(),
-        ],
-        &log,
-    );
+    w.lab.start_cluster_speaker(&ns, 1, "10.77.0", &kubeconfig);
     let first = w.wait_tcp(VIP, 80);
     assert!(
         first.starts_with("peer=10.77.0.11:") && first.contains("at=10.77.0.21"),
@@ -982,31 +985,15 @@ fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
         &ngx,
         &["ip", "addr", "add", "fd77::22/64", "dev", "eth0", "nodad"],
     );
-    let dir = w.lab.dir().to_path_buf();
-    let d = dir.display();
-    let conf = dir.join("nginx6.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx6.pid;\nerror_log {d}/nginx6-error.log;\nevents {{}}\n\
-             http {{\n  access_log off;\n\
-             client_body_temp_path {d}/b6; proxy_temp_path {d}/p6; fastcgi_temp_path {d}/f6;\n\
-             uwsgi_temp_path {d}/u6; scgi_temp_path {d}/s6;\n\
+    let temp = w.nginx_temp_paths("nginx6");
+    w.nginx(
+        &ngx,
+        "nginx6",
+        &format!(
+            "http {{\n  access_log off;\n{temp}\
              server {{ listen [fd77::22]:8082 proxy_protocol;\n\
              location / {{ return 200 \"http client=$proxy_protocol_addr\\n\"; }} }}\n}}\n"
         ),
-    )
-    .unwrap();
-    w.lab.spawn(
-        &ngx,
-        "nginx",
-        &[
-            "-c",
-            conf.to_str().unwrap(),
-            "-e",
-            &format!("{d}/nginx6-error.log"),
-        ],
-        &dir.join("nginx6.out"),
     );
     w.peer_server(&ngx, "fd77::22", 5353);
     let config = "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab\n\

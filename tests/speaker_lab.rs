@@ -505,27 +505,9 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
             .unwrap();
     }
     let kubeconfig = server.lab_kubeconfig(w.lab.dir());
-    let secret = w.lab.dir().join("secret");
-    std::fs::write(&secret, "cluster-lab-secret\n").unwrap();
     for i in 1..=3 {
         let ns = w.nodes[i - 1].1.clone();
-        let log = w.lab.dir().join(format!("node-{i}.log"));
-        let idx = w.lab.spawn(
-            &ns,
-            env!("CARGO_BIN_EXE_ironlb"),
-            &[
-                "speaker",
-                "--kubeconfig",
-                kubeconfig.to_str().unwrap(),
-                "--node",
-                &format!("node-{i}"),
-                "--gossip-listen",
-                &format!("10.77.0.1{i}:7946"),
-                "--gossip-secret-file",
-                secret.to_str().unwrap(),
-            ],
-            &log,
-        );
+        let idx = w.lab.start_cluster_speaker(&ns, i, "10.77.0", &kubeconfig);
         w.speakers.push(Some(idx));
     }
 

@@ -20,7 +20,7 @@ pub struct Lab {
 }
 
 /// Why a lab can't be built here, or `None` when it can.
-fn unavailable() -> Option<String> {
+pub fn unavailable() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
         .lines()
@@ -36,16 +36,25 @@ fn unavailable() -> Option<String> {
     }
 }
 
+/// Whether `test` skips because of `why`: prints the reason, and fails
+/// instead under `CI=true`, where nothing may be skipped.
+pub fn skip(test: &str, why: Option<String>) -> bool {
+    let Some(why) = why else {
+        return false;
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {why}, and CI=true does not allow skipping"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
 impl Lab {
     /// A new lab, or `None` (after printing why) where labs can't run. With
     /// `CI=true` that is a failure, not a skip.
     pub fn new(test: &str) -> Option<Self> {
-        if let Some(why) = unavailable() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: {why}, and CI=true does not allow skipping"
-            );
-            eprintln!("SKIPPED {test}: {why}");
+        if skip(test, unavailable()) {
             return None;
         }
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +196,38 @@ impl Lab {
             ns,
             env!("CARGO_BIN_EXE_ironlb"),
             &["speaker", "--static", path.to_str().expect("utf-8 path")],
+            &log,
+        )
+    }
+
+    /// Starts `ironlb speaker` in cluster mode in `ns` as `node-{i}`, gossiping
+    /// on `{subnet}.1{i}:7946` and reading the cluster through `kubeconfig`
+    /// (peers found at the Nodes' addresses). The gossip secret is written to
+    /// [`Lab::dir`]; the log goes to `node-{i}.log` there.
+    pub fn start_cluster_speaker(
+        &mut self,
+        ns: &str,
+        i: usize,
+        subnet: &str,
+        kubeconfig: &std::path::Path,
+    ) -> usize {
+        let secret = self.dir.join("secret");
+        std::fs::write(&secret, "cluster-lab-secret\n").expect("write gossip secret");
+        let log = self.dir.join(format!("node-{i}.log"));
+        self.spawn(
+            ns,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &[
+                "speaker",
+                "--kubeconfig",
+                kubeconfig.to_str().expect("utf-8 path"),
+                "--node",
+                &format!("node-{i}"),
+                "--gossip-listen",
+                &format!("{subnet}.1{i}:7946"),
+                "--gossip-secret-file",
+                secret.to_str().expect("utf-8 path"),
+            ],
             &log,
         )
     }
