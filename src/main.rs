@@ -224,32 +224,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crds => print!("{}", ironlb::api::crds_yaml()?),
         Command::Version => println!("ironlb {}", env!("CARGO_PKG_VERSION")),
-        Command::Interfaces(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(interfaces(args))?,
+        Command::Interfaces(args) => runtime(false)?.block_on(interfaces(args))?,
         Command::Demo(args) => demo(args)?,
-        Command::Status(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(status(args))?,
+        Command::Status(args) => runtime(false)?.block_on(status(args))?,
         Command::DemoUdpEcho { listen } => ironlb::demo::udp_echo_server(listen)?,
         Command::Speaker(args) => {
             init_logs();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(run_speaker(args))?;
+            runtime(true)?.block_on(run_speaker(args))?;
         }
         Command::Controller(args) => {
             init_logs();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(run_controller(args))?;
+            runtime(true)?.block_on(run_controller(args))?;
         }
     }
     Ok(())
+}
+
+/// A Tokio runtime: a thread per core for the long-running components, one
+/// thread for the short commands.
+fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build()
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
@@ -281,17 +280,14 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
          in network namespaces on this machine"
     );
     let cleanup = Arc::new(Mutex::new(Cleanup::default()));
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let (c, o) = (cleanup.clone(), opts.clone());
-            let task = tokio::task::spawn_blocking(move || run_demo(&o, &c));
-            tokio::select! {
-                r = task => r.map_err(anyhow::Error::from).and_then(|r| r),
-                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-            }
-        });
+    let result = runtime(false)?.block_on(async {
+        let (c, o) = (cleanup.clone(), opts.clone());
+        let task = tokio::task::spawn_blocking(move || run_demo(&o, &c));
+        tokio::select! {
+            r = task => r.map_err(anyhow::Error::from).and_then(|r| r),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
     cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
     let summary = result?;
     println!("{summary}");
