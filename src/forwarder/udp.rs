@@ -66,11 +66,16 @@ pub(super) async fn serve(
                 Err(_) => continue,
             },
         };
-        if state.has_changed().unwrap_or(false) || counters.is_none() {
-            shared = state.borrow_and_update().clone();
-            counters = Some(Counters::of(&ctx.metrics, &shared.service));
+        if state.has_changed().unwrap_or(false) {
+            let now = state.borrow_and_update().clone();
+            if now.service != shared.service {
+                counters = None;
+            }
+            shared = now;
         }
-        let Some(c) = &counters else { continue };
+        // Made on the first datagram, so a listener nobody used exports no
+        // series.
+        let c = counters.get_or_insert_with(|| Counters::of(&ctx.metrics, &shared.service));
         if !admitted(&shared.policy, peer.ip()) {
             ctx.metrics.refuse(&shared.service, Refusal::SourceRange);
             continue;
@@ -88,7 +93,7 @@ pub(super) async fn serve(
                 ctx.metrics.refuse(&shared.service, Refusal::FlowTableFull);
                 continue;
             }
-            match open(&socket, peer, &shared, &ctx).await {
+            match open(&socket, peer, &shared, &ctx, c.to_client.clone()).await {
                 Some(flow) => {
                     flows.insert(peer, flow);
                 }
@@ -128,6 +133,7 @@ pub(super) async fn serve(
 struct Counters {
     datagrams: prometheus_client::metrics::counter::Counter,
     to_backend: prometheus_client::metrics::counter::Counter,
+    to_client: prometheus_client::metrics::counter::Counter,
     failures: prometheus_client::metrics::counter::Counter,
     flows: Gauge,
 }
@@ -138,6 +144,7 @@ impl Counters {
         Self {
             datagrams: m.udp_datagrams.get_or_create(&labels).clone(),
             to_backend: m.bytes(service, Direction::ToBackend),
+            to_client: m.bytes(service, Direction::ToClient),
             failures: m.backend_connect_failures.get_or_create(&labels).clone(),
             flows: m.udp_flows.get_or_create(&labels).clone(),
         }
@@ -150,6 +157,7 @@ async fn open(
     peer: SocketAddr,
     shared: &Shared,
     ctx: &Arc<Context>,
+    to_client: prometheus_client::metrics::counter::Counter,
 ) -> Option<Flow> {
     let now = Instant::now();
     let order = ctx
@@ -171,7 +179,7 @@ async fn open(
             listener.clone(),
             peer,
             activity.clone(),
-            ctx.metrics.bytes(&shared.service, Direction::ToClient),
+            to_client.clone(),
         ))
         .abort_handle();
         return Some(Flow {
