@@ -59,8 +59,8 @@ impl Host {
         }
     }
 
-    async fn ours(&self) -> Result<Vec<AddressMessage>, Error> {
-        let lo = self.loopback().await?;
+    /// ironlb's addresses on the loopback, whose index is `lo`.
+    async fn ours(&self, lo: u32) -> Result<Vec<AddressMessage>, Error> {
         let mut stream = self
             .handle
             .address()
@@ -84,7 +84,7 @@ impl Host {
     pub async fn set_service_addresses(&self, wanted: &BTreeSet<IpAddr>) -> Result<(), Error> {
         let lo = self.loopback().await?;
         let mut present = BTreeSet::new();
-        for msg in self.ours().await? {
+        for msg in self.ours(lo).await? {
             match address_of(&msg) {
                 Some(ip) if wanted.contains(&ip) => {
                     present.insert(ip);
