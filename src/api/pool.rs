@@ -69,15 +69,12 @@ use serde::{Deserialize, Serialize};
 pub struct IPAddressPoolSpec {
     /// The pool's addresses: CIDRs (`192.168.10.0/24`, `fd00::/120`), ranges
     /// (`192.168.10.10-192.168.10.50`) and single addresses, IPv4 and IPv6 mixed.
-    #[schemars(length(min = 1, max = 128), inner(length(min = 1, max = 100)))]
-    #[x_kube(
-        validation = Rule::new(ENTRY_SYNTAX_RULE).message(
-            "each entry must be a CIDR (192.168.10.0/24), a range of one family \
-             (192.168.10.10-192.168.10.50) or a single address"
-        ),
-        validation = Rule::new(HOST_BITS_RULE).message(Message::Expression(HOST_BITS_MESSAGE.into())),
-        merge_strategy = ListMerge::Set
+    #[schemars(
+        length(min = 1, max = 128),
+        inner(length(min = 1, max = 100)),
+        transform = entry_rules
     )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub addresses: Vec<String>,
 
     /// Whether Services that don't ask for this pool or one of its addresses by
@@ -98,19 +95,41 @@ pub struct IPAddressPoolSpec {
 
 /// Every entry parses as a CIDR, a single address, or a two-ended range whose ends
 /// are of one family. Uses the Kubernetes CEL IP/CIDR and string libraries.
-const ENTRY_SYNTAX_RULE: &str = "self.all(a, isCIDR(a) || isIP(a) || \
-     (a.split('-').size() == 2 && isIP(a.split('-')[0].trim()) && isIP(a.split('-')[1].trim()) \
-     && ip(a.split('-')[0].trim()).family() == ip(a.split('-')[1].trim()).family()))";
+const ENTRY_SYNTAX_RULE: &str = "isCIDR(self) || isIP(self) || \
+     (self.split('-').size() == 2 && isIP(self.split('-')[0].trim()) && isIP(self.split('-')[1].trim()) \
+     && ip(self.split('-')[0].trim()).family() == ip(self.split('-')[1].trim()).family())";
+
+/// The message of [`ENTRY_SYNTAX_RULE`].
+pub const ENTRY_SYNTAX_MESSAGE: &str = "must be a CIDR (192.168.10.0/24), a range of one family \
+     (192.168.10.10-192.168.10.50) or a single address";
 
 /// A CIDR must be its own network address: `10.0.0.5/24` is almost always a typo
 /// for `10.0.0.0/24` or `10.0.0.5/32`, and guessing which would hand out
 /// addresses the user never meant to give away.
-const HOST_BITS_RULE: &str = "self.all(a, !isCIDR(a) || cidr(a).masked().ip() == cidr(a).ip())";
+const HOST_BITS_RULE: &str = "!isCIDR(self) || cidr(self).masked().ip() == cidr(self).ip()";
 
-/// Names the offending entries and the CIDR the user probably meant.
-const HOST_BITS_MESSAGE: &str = "'host bits are set in ' + self.filter(a, isCIDR(a) && \
-     cidr(a).masked().ip() != cidr(a).ip()).map(a, a + ' (did you mean ' + \
-     string(cidr(a).masked()) + '?)').join(', ')";
+/// Names the entry and both things the user may have meant. It cannot print the
+/// masked network itself: the API server estimates `string()` of a CIDR value as
+/// unbounded and refuses the CRD; only pieces of `self` (at most 100 characters)
+/// keep the estimate bounded. The controller's `Valid` condition names the network.
+const HOST_BITS_MESSAGE: &str = "'host bits are set in ' + self + ': write the network address with /' + \
+     self.split('/')[1] + ' (the whole network) or ' + self.split('/')[0] + \
+     (cidr(self).ip().family() == 4 ? '/32' : '/128') + ' (one address)'";
+
+/// Puts the entry rules on each item rather than on the list: the API server then
+/// names the offending entry (`spec.addresses[2]`), and a rule over one string of
+/// at most 100 characters stays far inside the CEL cost budget, where a rule
+/// (and above all a message expression) that filters and joins the whole list was
+/// estimated at over 100 times the budget and refused.
+fn entry_rules(schema: &mut schemars::Schema) {
+    let rules = serde_json::json!([
+        {"rule": ENTRY_SYNTAX_RULE, "message": ENTRY_SYNTAX_MESSAGE},
+        {"rule": HOST_BITS_RULE, "messageExpression": HOST_BITS_MESSAGE},
+    ]);
+    if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
+        items.insert("x-kubernetes-validations".into(), rules);
+    }
+}
 
 fn default_auto_assign() -> bool {
     true
@@ -142,16 +161,22 @@ pub struct ServiceAllocation {
 }
 
 /// What the controller observed about a pool.
+///
+/// Counts are `u64` here but `int64` in the schema: Kubernetes knows no `uint64`
+/// format (the API server warns about it), and no pool holds 2^63 IPv4 addresses.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 pub struct IPAddressPoolStatus {
     /// IPv4 addresses of this pool held by Services.
     #[serde(default, rename = "assignedIPv4")]
+    #[schemars(extend("format" = "int64"))]
     pub assigned_ipv4: u64,
     /// IPv4 addresses of this pool still free.
     #[serde(default, rename = "availableIPv4")]
+    #[schemars(extend("format" = "int64"))]
     pub available_ipv4: u64,
     /// IPv6 addresses of this pool held by Services.
     #[serde(default, rename = "assignedIPv6")]
+    #[schemars(extend("format" = "int64"))]
     pub assigned_ipv6: u64,
     /// IPv6 addresses of this pool still free, in decimal: a /48 holds 2^80.
     #[serde(default, rename = "availableIPv6")]
