@@ -88,43 +88,6 @@ impl World {
         }
     }
 
-    /// Runs nginx (one process, stream module loaded) in `ns` with `blocks`,
-    /// its `stream {}` and `http {}` sections; configuration, pid and error
-    /// log are named `name` in the lab's directory. An `http {}` section
-    /// needs [`World::nginx_temp_paths`].
-    fn nginx(&mut self, ns: &str, name: &str, blocks: &str) {
-        let dir = self.lab.dir().to_path_buf();
-        let d = dir.display();
-        let conf = dir.join(format!("{name}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-                 daemon off;\nmaster_process off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log;\n\
-                 events {{}}\n{blocks}"
-            ),
-        )
-        .expect("write nginx configuration");
-        let error_log = format!("{d}/{name}-error.log");
-        self.lab.spawn(
-            ns,
-            "nginx",
-            &["-c", conf.to_str().expect("utf-8 path"), "-e", &error_log],
-            &dir.join(format!("{name}.out")),
-        );
-    }
-
-    /// The temporary directories nginx's `http` module must be able to write,
-    /// inside the lab's directory.
-    fn nginx_temp_paths(&self, name: &str) -> String {
-        let d = self.lab.dir().join(name);
-        let d = d.display();
-        format!(
-            "client_body_temp_path {d}-body; proxy_temp_path {d}-proxy; fastcgi_temp_path {d}-fcgi;\n\
-             uwsgi_temp_path {d}-uwsgi; scgi_temp_path {d}-scgi;\n"
-        )
-    }
-
     /// Starts node `i`'s speaker owning [`VIP`] with `services` (YAML list
     /// items, indented by two spaces).
     fn speaker(&mut self, i: usize, services: &str) -> usize {
@@ -293,8 +256,8 @@ fn proxy_protocol_v1_and_v2_reach_haproxy_and_nginx_with_the_client_address() {
     let ngx = w.backend_host("ngx", "pn", "10.77.0.22");
     let dir = w.lab.dir().to_path_buf();
     let d = dir.display();
-    let temp = w.nginx_temp_paths("nginx");
-    w.nginx(
+    let temp = w.lab.nginx_temp_paths("nginx");
+    w.lab.nginx(
         &ngx,
         "nginx",
         &format!(
@@ -985,8 +948,8 @@ fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
         &ngx,
         &["ip", "addr", "add", "fd77::22/64", "dev", "eth0", "nodad"],
     );
-    let temp = w.nginx_temp_paths("nginx6");
-    w.nginx(
+    let temp = w.lab.nginx_temp_paths("nginx6");
+    w.lab.nginx(
         &ngx,
         "nginx6",
         &format!(

@@ -203,17 +203,7 @@ impl ApiServer {
         let loopback = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        let path = format!("/run/netns/{ns}");
-        let listener = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open the namespace");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("enter the namespace");
-            let l = std::net::TcpListener::bind(addr).expect("bind in the namespace");
-            l.set_nonblocking(true).expect("non-blocking");
-            l
-        })
-        .join()
-        .expect("namespace thread");
+        let listener = super::netns::bind_in_namespace(ns, addr);
         let lab = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
         Self::serve(vec![loopback, lab])
     }

@@ -2,7 +2,10 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod apiserver;
+pub mod cluster;
 pub mod netns;
+pub mod process;
+pub mod scenarios;
 
 use std::collections::BTreeMap;
 use std::future::Future;

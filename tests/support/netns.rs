@@ -247,6 +247,41 @@ impl Lab {
         self.exec_ok(b, &["ip", "link", "set", b_if, "up"]);
     }
 
+    /// Starts nginx in `ns` as `name` with `blocks` (its `http {}` / `stream {}`
+    /// configuration); the stream module is loaded, files go to [`Lab::dir`].
+    pub fn nginx(&mut self, ns: &str, name: &str, blocks: &str) {
+        let dir = self.dir.clone();
+        let d = dir.display();
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+                 daemon off;\nmaster_process off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log;\n\
+                 events {{}}\n{blocks}"
+            ),
+        )
+        .expect("write nginx configuration");
+        let error_log = format!("{d}/{name}-error.log");
+        self.spawn(
+            ns,
+            "nginx",
+            &["-c", conf.to_str().expect("utf-8 path"), "-e", &error_log],
+            &dir.join(format!("{name}.out")),
+        );
+    }
+
+    /// The temporary directories nginx's `http` module must be able to write,
+    /// inside [`Lab::dir`].
+    pub fn nginx_temp_paths(&self, name: &str) -> String {
+        let d = self.dir.join(name);
+        let d = d.display();
+        format!(
+            "client_body_temp_path {d}-body; proxy_temp_path {d}-proxy; fastcgi_temp_path {d}-fcgi;\n\
+             uwsgi_temp_path {d}-uwsgi; scgi_temp_path {d}-scgi;\n"
+        )
+    }
+
     /// Takes `child` (started by the caller, e.g. with its own environment) into
     /// the lab: it is killed with it. Returns its index, as [`Lab::spawn`].
     pub fn adopt(&mut self, child: Child) -> usize {
@@ -285,6 +320,45 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A listening TCP socket at `addr` inside network namespace `ns`, made in a
+/// thread that enters it: the socket stays in that namespace while this process
+/// serves it from its own.
+pub fn bind_in_namespace(ns: &str, addr: std::net::SocketAddr) -> std::net::TcpListener {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("enter the namespace");
+        let l = std::net::TcpListener::bind(addr).expect("bind in the namespace");
+        l.set_nonblocking(true).expect("non-blocking");
+        l
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Relays TCP from `listen` inside namespace `ns` to `target` in this process's
+/// namespace, until the returned task is aborted: hosts of a lab reach a server
+/// of the root namespace (a real API server on 127.0.0.1) at their own
+/// `listen`, and a TLS name that says 127.0.0.1 still matches.
+pub fn relay(
+    ns: &str,
+    listen: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let listener =
+        tokio::net::TcpListener::from_std(bind_in_namespace(ns, listen)).expect("tokio listener");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
 }
 
 fn run(program: &str, args: &[&str]) {

@@ -1,0 +1,229 @@
+//! A real Kubernetes cluster for the end-to-end tests: the one
+//! `IRONLB_E2E_KUBECONFIG` names (in CI, the control plane `.ci/run` starts).
+//!
+//! The tests share it, so they take [`Cluster::lock`] for their whole run and
+//! leave nothing behind: what they create carries the test process's id and is
+//! deleted at the end, even when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// One end-to-end test at a time: controllers watch every pool in the cluster,
+/// so two tests' controllers would judge each other's pools.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The cluster under test.
+pub struct Cluster {
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    /// `https://host:port` of the API server.
+    pub server: String,
+    ca_data: String,
+    /// The API server's process, when it is the local control plane
+    /// (`IRONLB_K8S_DIR`): tests can freeze it.
+    apiserver_pid: Option<u32>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// The cluster `IRONLB_E2E_KUBECONFIG` names, once no other test of this
+    /// process uses it; `None` (after printing why) when the variable is not
+    /// set. With `CI=true` that is a failure, never a skip.
+    pub async fn lock(test: &str) -> Option<Self> {
+        let Ok(path) = std::env::var("IRONLB_E2E_KUBECONFIG") else {
+            super::netns::skip(
+                test,
+                Some(
+                    "IRONLB_E2E_KUBECONFIG is not set (point it at a cluster's kubeconfig, \
+                     or run .ci/run, which starts a control plane)"
+                        .into(),
+                ),
+            );
+            return None;
+        };
+        let turn = ONE_AT_A_TIME.lock().await;
+        let kubeconfig = PathBuf::from(path);
+        let kc = Kubeconfig::read_from(&kubeconfig)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", kubeconfig.display()));
+        let cluster = kc
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.clone())
+            .expect("the kubeconfig names a cluster");
+        let kubectl = std::env::var_os("IRONLB_K8S_KUBECTL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "kubectl".into());
+        let apiserver_pid = std::env::var_os("IRONLB_K8S_DIR").and_then(|dir| {
+            let pid = std::fs::read_to_string(Path::new(&dir).join("run/kube-apiserver.pid"));
+            pid.ok()?.trim().parse().ok()
+        });
+        Some(Self {
+            kubeconfig,
+            kubectl,
+            server: cluster.server.expect("the cluster has a server"),
+            ca_data: cluster
+                .certificate_authority_data
+                .expect("the cluster's certificate-authority-data"),
+            apiserver_pid,
+            _turn: turn,
+        })
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> kube::Client {
+        self.client_from(&self.kubeconfig).await
+    }
+
+    /// A client using `kubeconfig`.
+    pub async fn client_from(&self, kubeconfig: &Path) -> kube::Client {
+        let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// Runs kubectl as admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{} {args:?}: {e}", self.kubectl.display()))
+    }
+
+    /// Runs kubectl as admin; panics with its output when it fails, returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes a kubeconfig into `dir` that authenticates as ServiceAccount
+    /// `namespace/name` with a fresh token (`kubectl create token`), never as
+    /// admin, reaching the API server at `server` (default: the admin's).
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        dir: &Path,
+        server: Option<&str>,
+    ) -> PathBuf {
+        let token =
+            self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration", "1h"]);
+        let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    \
+             certificate-authority-data: {}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    \
+             user: {name}\ncurrent-context: e2e\nusers:\n- name: {name}\n  user:\n    token: {}\n",
+            server.unwrap_or(&self.server),
+            self.ca_data,
+            token.trim()
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// The host and port of the API server.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let hostport = self
+            .server
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        use std::net::ToSocketAddrs;
+        hostport
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("API server address {hostport}"))
+    }
+
+    /// Stops the API server's process (SIGSTOP) until the guard is dropped, as a
+    /// control plane that hangs; `None` when the cluster is not the local one.
+    pub fn freeze(&self) -> Option<Frozen> {
+        let pid = self.apiserver_pid?;
+        signal(pid, "STOP");
+        Some(Frozen { pid })
+    }
+
+    /// Applies `deploy/` server-side, as a user installs ironlb, refusing any
+    /// warning, and waits until its CRDs are served. Dropped, the guard deletes
+    /// everything it applied.
+    pub fn install(&self) -> Installed<'_> {
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--warnings-as-errors",
+            "-k",
+            deploy,
+        ]);
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/ipaddresspools.ironlb.dev",
+            "crd/l2advertisements.ironlb.dev",
+            "crd/servicel2statuses.ironlb.dev",
+        ]);
+        Installed { cluster: self }
+    }
+}
+
+/// `deploy/` applied to the cluster; dropped, it is deleted again.
+pub struct Installed<'a> {
+    cluster: &'a Cluster,
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+        let out = self.cluster.kubectl(&[
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+            "-k",
+            deploy,
+        ]);
+        if !out.status.success() {
+            eprintln!(
+                "removing deploy/ failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A frozen API server; dropped (even by a failing test), it runs again.
+pub struct Frozen {
+    pid: u32,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.pid, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let out = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .output()
+        .expect("kill");
+    assert!(out.status.success(), "kill -{name} {pid}");
+}
+
+/// How long the real API server may take to show a change the tests wait for.
+pub const PATIENCE: Duration = Duration::from_secs(30);
