@@ -1,146 +1,545 @@
-//! The controller's core scenarios against a real cluster.
-//!
-//! Needs a cluster, so it is ignored by default. Run it with
+//! ironlb on a real Kubernetes API server: the one `IRONLB_E2E_KUBECONFIG`
+//! names (`.ci/run` starts a local control plane and sets it). Without it these
+//! tests skip and say why; with `CI=true` they fail instead.
 //!
 //! ```sh
-//! IRONLB_E2E_KUBECONFIG=~/.kube/config cargo test --test e2e -- --ignored
+//! IRONLB_E2E_KUBECONFIG=~/.kube/config ./scripts/test
 //! ```
 //!
-//! on a cluster where ironlb is not deployed. It applies `crds/`, runs the
-//! controller in this process for Services of class `ironlb.dev/ironlb` only (it
-//! never touches other Services), in a namespace and a pool of its own that it
-//! deletes afterwards. The pool's addresses come from `IRONLB_E2E_POOL`
-//! (default `198.51.100.0/29`, a documentation range nothing routes).
+//! What they create on the cluster, one test at a time, and delete afterwards
+//! (also when a test fails): `deploy/` as a user applies it (namespace
+//! `ironlb-system`, the CRDs, RBAC, the Deployment and DaemonSet), namespaces
+//! and pools named `ironlb-e2e-<pid>…` with documentation or lab addresses
+//! (198.51.100.0/24, 10.77.0.0/24), and for the lab test three Nodes named
+//! `ironlb-e2e-<pid>-node-<i>`. The controllers and speakers run on this
+//! machine (speakers inside network namespaces), serve only Services of class
+//! `ironlb.dev/ironlb`, and authenticate with tokens of the ServiceAccounts
+//! `deploy/` creates, never as admin, so a missing RBAC rule fails a test.
+//! Remove a leftover install with `kubectl delete -k deploy/`.
 
 mod support;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use ironlb::api::{IPAddressPool, LOAD_BALANCER_CLASS, crds};
-use ironlb::controller::{self, metrics::Metrics};
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, ResourceExt};
+use ironlb::api::{L2Advertisement, L2AdvertisementSpec, LOAD_BALANCER_CLASS, ServiceL2Status};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use support::cluster::{Cluster, PATIENCE};
+use support::netns::{Lab, relay};
+use support::process::{ControllerProcess, ScratchDir, holder};
 use support::*;
-use tokio_util::sync::CancellationToken;
 
-async fn real_client() -> Client {
-    let path = std::env::var("IRONLB_E2E_KUBECONFIG").unwrap_or_else(|_| {
-        panic!("IRONLB_E2E_KUBECONFIG is not set: point it at the kubeconfig of a cluster to test against")
-    });
-    let kc = Kubeconfig::read_from(&path).expect("read IRONLB_E2E_KUBECONFIG");
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(config).expect("client")
+/// An object the test made, deleted (without waiting) on drop, so a failing
+/// test leaves nothing behind either.
+struct Made<'a> {
+    cluster: &'a Cluster,
+    kind: &'static str,
+    name: String,
+}
+
+impl<'a> Made<'a> {
+    fn new(cluster: &'a Cluster, kind: &'static str, name: &str) -> Self {
+        Self {
+            cluster,
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// Creates namespace `name`.
+    async fn namespace(cluster: &'a Cluster, client: &Client, name: &str) -> Self {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        Self::new(cluster, "namespace", name)
+    }
+}
+
+impl Drop for Made<'_> {
+    fn drop(&mut self) {
+        let _ = self.cluster.kubectl(&[
+            "delete",
+            self.kind,
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+fn unique(what: &str) -> String {
+    format!("ironlb-e2e-{}-{what}", std::process::id())
 }
 
 #[tokio::test]
-#[ignore = "needs a real cluster: IRONLB_E2E_KUBECONFIG=... cargo test --test e2e -- --ignored"]
-async fn core_scenarios_on_a_real_cluster() {
-    let client = real_client().await;
-    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in crds() {
-        crd_api
-            .patch(
-                &crd.name_any(),
-                &PatchParams::apply("ironlb-e2e").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .expect("apply CRD");
+async fn the_crds_apply_without_warnings_and_refuse_bad_pools_naming_the_entry() {
+    let Some(cluster) = Cluster::lock("the_crds_apply_without_warnings").await else {
+        return;
+    };
+    // As a user installs them: server-side, and any warning (an unknown
+    // format, say) is an error.
+    let _installed = cluster.install();
+    for file in ["crds/ironlb.yaml", "deploy/crds.yaml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        cluster.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--warnings-as-errors",
+            "-f",
+            path.to_str().expect("utf-8 path"),
+        ]);
     }
-    // CRDs take a moment to be served.
-    let pools: Api<IPAddressPool> = Api::all(client.clone());
-    wait_for(
-        "the IPAddressPool CRD to be served",
-        Duration::from_secs(30),
-        || async { pools.list(&Default::default()).await.ok().map(|_| ()) },
+
+    let dir = ScratchDir::new("e2e-crds");
+    let bad = unique("bad");
+    let manifest = dir.0.join("bad.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {{name: {bad}}}\n\
+             spec:\n  addresses: [\"10.0.0.0/24\", \"10.1.0.9/16\", \"ten.0.0.0/8\", \"10.0.0.1-fd00::1\"]\n"
+        ),
+    )
+    .expect("write manifest");
+    let out = cluster.kubectl(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success(), "a pool with bad entries is refused");
+    let said = String::from_utf8_lossy(&out.stderr);
+    // The messages docs/pools.md shows.
+    for expected in [
+        "spec.addresses[1]: Invalid value: \"10.1.0.9/16\": host bits are set in 10.1.0.9/16: \
+         write the network address with /16 (the whole network) or 10.1.0.9/32 (one address)",
+        "spec.addresses[2]: Invalid value: \"ten.0.0.0/8\": must be a CIDR (192.168.10.0/24), \
+         a range of one family (192.168.10.10-192.168.10.50) or a single address",
+        "spec.addresses[3]: Invalid value: \"10.0.0.1-fd00::1\": must be a CIDR",
+    ] {
+        assert!(said.contains(expected), "expected {expected:?} in:\n{said}");
+    }
+    assert!(
+        !said.contains("spec.addresses[0]"),
+        "10.0.0.0/24 is fine: {said}"
+    );
+
+    // Limits the schema sets are enforced there too.
+    let too_many: Vec<String> = (0..129).map(|i| format!("\"10.0.{i}.0/24\"")).collect();
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {{name: {bad}}}\n\
+             spec:\n  addresses: [{}]\n",
+            too_many.join(", ")
+        ),
+    )
+    .expect("write manifest");
+    let out = cluster.kubectl(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("spec.addresses: Too many: 129: must have at most 128 items"),
+        "{said}"
+    );
+
+    // A good pool: defaults filled in by the API server, the printer columns
+    // kubectl shows.
+    let good = unique("good");
+    let client = cluster.client().await;
+    create_pool(&client, pool(&good, &["198.51.100.0/30", "2001:db8::/126"])).await;
+    let pools = Api::<ironlb::api::IPAddressPool>::all(client.clone());
+    let raw: serde_json::Value = cluster
+        .kubectl_ok(&["get", "ippool", &good, "-o", "json"])
+        .parse()
+        .expect("JSON");
+    assert_eq!(raw["spec"]["autoAssign"], json!(true));
+    assert_eq!(raw["spec"]["avoidBuggyIPs"], json!(false));
+    let table = cluster.kubectl_ok(&["get", "ipaddresspools", &good]);
+    let header = table.lines().next().unwrap_or_default();
+    for column in [
+        "NAME",
+        "ADDRESSES",
+        "AUTO ASSIGN",
+        "ASSIGNED V4",
+        "AVAILABLE V4",
+        "ASSIGNED V6",
+        "AVAILABLE V6",
+        "VALID",
+        "AGE",
+    ] {
+        assert!(header.contains(column), "column {column} in:\n{table}");
+    }
+    assert!(
+        table.contains("[\"198.51.100.0/30\",\"2001:db8::/126\"]"),
+        "{table}"
+    );
+    pools
+        .delete(&good, &Default::default())
+        .await
+        .expect("delete pool");
+}
+
+/// A scenario of [`support::scenarios`] on the real server, with the
+/// controller's ServiceAccount token.
+async fn scenario_env(cluster: &Cluster, dir: &ScratchDir, name: &str) -> scenarios::Env {
+    let client = cluster.client().await;
+    scenarios::Env {
+        kubeconfig: cluster.service_account_kubeconfig(
+            "ironlb-system",
+            "ironlb-controller",
+            &dir.0,
+            None,
+        ),
+        client,
+        namespace: unique(name),
+        prefix: unique(name),
+        dir: dir.0.clone(),
+        patience: PATIENCE,
+    }
+}
+
+#[tokio::test]
+async fn restarts_and_replicas_never_move_an_address() {
+    let Some(cluster) = Cluster::lock("restarts_and_replicas_never_move_an_address").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let dir = ScratchDir::new("e2e-restarts");
+    let env = scenario_env(&cluster, &dir, "restarts").await;
+    let _ns = Made::namespace(&cluster, &env.client, &env.namespace).await;
+    scenarios::restarts_and_replicas_never_move_an_address(&env).await;
+}
+
+#[tokio::test]
+async fn sharing_metallb_annotations_and_exhaustion() {
+    let Some(cluster) = Cluster::lock("sharing_metallb_annotations_and_exhaustion").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let dir = ScratchDir::new("e2e-sharing");
+    let env = scenario_env(&cluster, &dir, "sharing").await;
+    let _ns = Made::namespace(&cluster, &env.client, &env.namespace).await;
+    scenarios::sharing_metallb_annotations_and_exhaustion(&env).await;
+}
+
+const VIP: &str = "10.77.0.100";
+const CLIENT: &str = "10.77.0.2";
+const BACKEND: &str = "10.77.0.50";
+
+/// `curl http://VIP/` from the client: nginx behind the forwarder answers with
+/// the client address the PROXY v2 header gave it.
+fn fetch(lab: &Lab, client: &str) -> Option<String> {
+    let out = lab.exec(
+        client,
+        &["curl", "-sS", "--max-time", "2", &format!("http://{VIP}/")],
+    );
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn wait_fetch(lab: &Lab, client: &str, what: &str, logs: &dyn Fn() -> String) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Some(body) = fetch(lab, client) {
+            assert_eq!(body, format!("client={CLIENT}"), "{what}");
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "timed out waiting for {what}; logs:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `deploy/` applied as a user does; two controller replicas and three
+/// speakers (in network namespaces, as nodes) with the ServiceAccount tokens it
+/// creates. The controller elects a leader, creates the gossip Secret, gives a
+/// Service with embedded forwarding and PROXY v2 an address and says so in an
+/// event; the speakers announce it, report in a ServiceL2Status and an event,
+/// and a client reaches nginx through it, nginx seeing the client's address.
+/// Then the API server is frozen (SIGSTOP) and the owner's speaker killed: the
+/// address still moves and the client still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
+    let test = "deploy_installs_and_its_service_accounts_run_ironlb_end_to_end";
+    let Some(cluster) = Cluster::lock(test).await else {
+        return;
+    };
+    let Some(mut lab) = Lab::new(test) else {
+        return;
+    };
+    let _installed = cluster.install();
+    let client = cluster.client().await;
+    let dir = lab.dir().to_path_buf();
+
+    // The lab: a switch, three nodes, a client and nginx as the backend.
+    let switch = lab.switch();
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let ns = lab.namespace(&format!("n{i}"));
+        lab.plug(
+            &switch,
+            &ns,
+            &format!("p{i}"),
+            &[&format!("10.77.0.1{i}/24")],
+        );
+        nodes.push((format!("{}-node-{i}", unique("n")), ns));
+    }
+    let client_ns = lab.namespace("client");
+    lab.plug(&switch, &client_ns, "pc", &[&format!("{CLIENT}/24")]);
+    let backend_ns = lab.namespace("web");
+    lab.plug(&switch, &backend_ns, "pw", &[&format!("{BACKEND}/24")]);
+    let temp = lab.nginx_temp_paths("nginx");
+    lab.nginx(
+        &backend_ns,
+        "nginx",
+        &format!(
+            "http {{\n{temp}  access_log off;\n  server {{ listen {BACKEND}:8080 proxy_protocol;\n\
+               location / {{ return 200 \"client=$proxy_protocol_addr\\n\"; }} }}\n}}\n"
+        ),
+    );
+
+    // The controller: two replicas, the ServiceAccount's token.
+    let controller_kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-controller", &dir, None);
+    let controllers = [
+        ControllerProcess::spawn(
+            &controller_kubeconfig,
+            &dir,
+            "e2e-ctl-a",
+            &["--default-class=false"],
+        ),
+        ControllerProcess::spawn(
+            &controller_kubeconfig,
+            &dir,
+            "e2e-ctl-b",
+            &["--default-class=false"],
+        ),
+    ];
+    let controller_logs = || {
+        controllers
+            .iter()
+            .map(|c| format!("--- {}\n{}", c.identity, c.log()))
+            .collect::<String>()
+    };
+    let leader = wait_for("a controller to lead", PATIENCE, || holder(&client)).await;
+    assert!(leader.starts_with("e2e-ctl-"), "leader {leader}");
+    let secret = wait_for(
+        "the controller to create the gossip Secret",
+        PATIENCE,
+        || async {
+            Api::<Secret>::namespaced(client.clone(), "ironlb-system")
+                .get_opt("ironlb-gossip")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.data)
+                .and_then(|d| d.get(ironlb::controller::GOSSIP_SECRET_KEY).cloned())
+        },
     )
     .await;
+    assert!(secret.0.len() >= 32, "a 32-byte random secret");
 
-    let suffix = std::process::id();
-    let ns = format!("ironlb-e2e-{suffix}");
-    let pool_name = format!("ironlb-e2e-{suffix}");
-    let range = std::env::var("IRONLB_E2E_POOL").unwrap_or_else(|_| "198.51.100.0/29".into());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
+    // The world, as an operator makes it.
+    let ns = Made::namespace(&cluster, &client, &unique("lab")).await;
+    let pool_name = unique("lab");
+    create_pool(&client, pool(&pool_name, &[VIP])).await;
+    let ad_name = unique("lab");
+    let ad = L2Advertisement::new(
+        &ad_name,
+        L2AdvertisementSpec {
+            ip_address_pools: vec![pool_name.clone()],
+            interfaces: vec!["eth0".into()],
+            ..Default::default()
+        },
+    );
+    Api::<L2Advertisement>::all(client.clone())
+        .create(&PostParams::default(), &ad)
+        .await
+        .expect("create L2Advertisement");
+    let nodes_api = Api::<Node>::all(client.clone());
+    let _made_nodes: Vec<Made> = nodes
+        .iter()
+        .map(|(n, _)| Made::new(&cluster, "node", n))
+        .collect();
+    for (i, (name, _)) in nodes.iter().enumerate() {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).expect("node");
+        nodes_api
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+        let address = json!({"status": {"addresses": [{"type": "InternalIP", "address": format!("10.77.0.1{}", i + 1)}]}});
+        nodes_api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(address))
+            .await
+            .expect("node address");
+    }
+    let svc = Svc::lb(&ns.name, "web")
+        .class(LOAD_BALANCER_CLASS)
+        .annotation(ironlb::api::annotations::FORWARDING, "embedded")
+        .annotation(ironlb::api::annotations::PROXY_PROTOCOL, "v2");
+    let mut svc = svc.build();
+    let spec = svc.spec.as_mut().expect("spec");
+    spec.selector = None;
+    spec.ports.as_mut().expect("ports")[0].target_port =
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080));
+    create_service(&client, svc).await;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "namespace": ns.name, "labels": {
+            "kubernetes.io/service-name": "web",
+            "endpointslice.kubernetes.io/managed-by": "ironlb-e2e"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [BACKEND], "nodeName": nodes[0].0, "conditions": {"ready": true}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    }))
+    .expect("slice");
+    Api::<EndpointSlice>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("create EndpointSlice");
+
+    let status = wait_for("web's status", PATIENCE, || async {
+        let s = Api::<Service>::namespaced(client.clone(), &ns.name)
+            .get("web")
+            .await
+            .ok()?;
+        s.status?.load_balancer?.ingress?.into_iter().next()
+    })
+    .await;
+    assert_eq!(status.ip.as_deref(), Some(VIP), "{}", controller_logs());
+    assert_eq!(
+        status.ip_mode.as_deref(),
+        Some("Proxy"),
+        "embedded forwarding"
+    );
+    let allocated = wait_for_event(&client, &ns.name, "web", "IPAllocated").await;
+    assert!(allocated.contains(&pool_name), "{allocated}");
+
+    // The speakers: the speaker ServiceAccount's token; the API server reached
+    // at its own address through a relay inside each node.
+    let speaker_kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-speaker", &dir, None);
+    let secret_file = dir.join("gossip-secret");
+    std::fs::write(&secret_file, &secret.0).expect("write the gossip secret");
+    let api = cluster.server_addr();
+    let mut relays = Vec::new();
+    let mut speakers = Vec::new();
+    for (i, (name, node_ns)) in nodes.iter().enumerate() {
+        relays.push(relay(node_ns, api, api));
+        // Seeds are given, so no speaker looks for peers at other Nodes of a
+        // user's cluster.
+        let seeds: Vec<String> = (1..=3)
+            .filter(|j| *j != i + 1)
+            .map(|j| format!("10.77.0.1{j}:7947"))
+            .collect();
+        let idx = lab.spawn(
+            node_ns,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &[
+                "speaker",
+                "--kubeconfig",
+                speaker_kubeconfig.to_str().expect("utf-8 path"),
+                "--node",
+                name,
+                "--default-class=false",
+                "--metrics-addr",
+                "127.0.0.1:9121",
+                "--gossip-listen",
+                &format!("10.77.0.1{}:7947", i + 1),
+                "--gossip-seeds",
+                &seeds.join(","),
+                "--gossip-secret-file",
+                secret_file.to_str().expect("utf-8 path"),
+            ],
+            &dir.join(format!("speaker-{}.log", i + 1)),
+        );
+        speakers.push(idx);
+    }
+    let speaker_logs = || {
+        (1..=3)
+            .map(|i| {
+                let log = std::fs::read_to_string(dir.join(format!("speaker-{i}.log")));
+                format!("--- speaker {i}\n{}", log.unwrap_or_default())
+            })
+            .collect::<String>()
+    };
+
+    let took = wait_fetch(
+        &lab,
+        &client_ns,
+        "the client to reach nginx through the address",
+        &speaker_logs,
+    );
+    eprintln!("e2e: the client reached nginx through {VIP} {took:?} after the speakers started");
+
+    // Who announces is visible with kubectl.
+    let reports: Api<ServiceL2Status> = Api::namespaced(client.clone(), &ns.name);
+    let owner = wait_for("a ServiceL2Status for web", PATIENCE, || async {
+        let list = reports.list(&Default::default()).await.ok()?;
+        let web: Vec<_> = list
+            .items
+            .into_iter()
+            .filter(|s| s.spec.service == "web")
+            .collect();
+        (web.len() == 1).then(|| web[0].spec.clone())
+    })
+    .await;
+    assert_eq!(owner.addresses, [VIP]);
+    assert_eq!(owner.interfaces, ["eth0"]);
+    let announcing = wait_for_event(&client, &ns.name, "web", "Announcing").await;
+    assert!(announcing.contains(&owner.node), "{announcing}");
+
+    // The API server hangs; the owner dies; the address moves all the same.
+    if let Some(frozen) = cluster.freeze() {
+        let index = nodes
+            .iter()
+            .position(|(n, _)| *n == owner.node)
+            .expect("the owner is a lab node");
+        lab.kill(speakers[index]);
+        let took = wait_fetch(
+            &lab,
+            &client_ns,
+            "the client to get through after the owner died, API server frozen",
+            &speaker_logs,
+        );
+        eprintln!(
+            "e2e: failover with the API server frozen: the client got through {took:?} after the kill"
+        );
+        drop(frozen);
+        // Once the API server answers again, the report names the new owner.
+        wait_for(
+            "the ServiceL2Status to leave the dead owner",
+            PATIENCE,
+            || async {
+                let list = reports.list(&Default::default()).await.ok()?;
+                let web: Vec<_> = list
+                    .items
+                    .into_iter()
+                    .filter(|s| s.spec.service == "web")
+                    .collect();
+                (web.len() == 1 && web[0].spec.node != owner.node).then_some(())
             },
         )
-        .await
-        .expect("create namespace");
-    let mut p = pool(&pool_name, &[range.as_str()]);
-    p.spec.auto_assign = true;
-    create_pool(&client, p).await;
-
-    let stop = CancellationToken::new();
-    let config = controller::Config {
-        default_class: false,
-        ..Default::default()
-    };
-    let task = tokio::spawn(controller::run(
-        client.clone(),
-        config,
-        Arc::new(Metrics::default()),
-        stop.clone(),
-    ));
-
-    let (c, ns2, range2) = (client.clone(), ns.clone(), range.clone());
-    let result = async move {
-        let (client, ns, range) = (c, ns2, range2);
-        let first = range.split('/').next().expect("range").to_string();
-        create_service(
-            &client,
-            Svc::lb(&ns, "a").class(LOAD_BALANCER_CLASS).build(),
-        )
         .await;
-        let a = wait_for_addresses(&client, &ns, "a", 1).await;
-        assert_eq!(a, [first]);
-        create_service(
-            &client,
-            Svc::lb(&ns, "b").class(LOAD_BALANCER_CLASS).build(),
-        )
-        .await;
-        let b = wait_for_addresses(&client, &ns, "b", 1).await;
-        assert_ne!(a, b);
-        Api::<Service>::namespaced(client.clone(), &ns)
-            .delete("a", &DeleteParams::default())
-            .await
-            .expect("delete a");
-        create_service(
-            &client,
-            Svc::lb(&ns, "c").class(LOAD_BALANCER_CLASS).build(),
-        )
-        .await;
-        assert_eq!(
-            wait_for_addresses(&client, &ns, "c", 1).await,
-            a,
-            "a's address is reused"
+    } else {
+        eprintln!(
+            "e2e: not the local control plane (IRONLB_K8S_DIR unset): the frozen-API-server failover is not tried"
         );
-        assert_eq!(
-            ingress_ips(&client, &ns, "b").await.unwrap(),
-            b,
-            "b never moved"
-        );
-    };
-    let outcome = tokio::spawn(result).await;
+    }
 
-    stop.cancel();
-    let _ = task.await;
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-    let _ = pools.delete(&pool_name, &DeleteParams::default()).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic.into_panic());
+    for r in relays {
+        r.abort();
     }
 }

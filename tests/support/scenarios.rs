@@ -98,22 +98,6 @@ impl Env {
         )
         .await
     }
-
-    /// Deletes the scenario's pools (its namespace is the caller's).
-    pub async fn remove_pools(&self) {
-        let pools: Api<IPAddressPool> = Api::all(self.client.clone());
-        for p in pools
-            .list(&ListParams::default())
-            .await
-            .into_iter()
-            .flat_map(|l| l.items)
-        {
-            let name = p.metadata.name.unwrap_or_default();
-            if name.starts_with(&self.prefix) {
-                let _ = pools.delete(&name, &DeleteParams::default()).await;
-            }
-        }
-    }
 }
 
 /// Addresses held by more than one Service of `all`, except the pairs that
