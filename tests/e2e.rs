@@ -188,6 +188,31 @@ async fn the_crds_apply_without_warnings_and_refuse_bad_pools_naming_the_entry()
         .expect("delete pool");
 }
 
+/// The protocol checks the test server passes in tests/apiserver.rs hold on the
+/// real server too.
+#[tokio::test]
+async fn the_test_servers_protocol_is_the_real_servers() {
+    let Some(cluster) = Cluster::lock("the_test_servers_protocol_is_the_real_servers").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let client = cluster.client().await;
+    let ns = Made::namespace(&cluster, &client, &unique("protocol")).await;
+    let (ns, prefix) = (ns.name.as_str(), unique("protocol"));
+    protocol::create_twice_is_already_exists_and_a_missing_object_is_not_found(&client, ns).await;
+    protocol::a_created_service_gets_the_defaults_ironlb_reads(&client, ns).await;
+    protocol::a_stale_resource_version_is_a_conflict_on_replace_and_patch(&client, ns).await;
+    protocol::status_writes_ignore_spec_and_other_writes_ignore_status(&client, ns).await;
+    protocol::json_patch_applies_and_a_no_op_keeps_the_resource_version(&client, &prefix).await;
+    protocol::server_side_apply_owns_fields_and_set_elements(&client, &prefix).await;
+    protocol::strategic_merge_merges_keyed_lists_and_custom_resources_refuse_it(
+        &client, ns, &prefix,
+    )
+    .await;
+    protocol::a_watch_sees_changes_in_order_through_its_selectors(&client, ns).await;
+    protocol::lists_honour_label_and_field_selectors(&client, ns).await;
+}
+
 /// A scenario of [`support::scenarios`] on the real server, with the
 /// controller's ServiceAccount token.
 async fn scenario_env(cluster: &Cluster, dir: &ScratchDir, name: &str) -> scenarios::Env {

@@ -525,7 +525,10 @@ async fn handle(
         .and_modify(|n| *n += 1)
         .or_insert(1);
     if verb == "watch" {
-        return watch(shared, target, q);
+        return match field_selector(&q) {
+            Ok(fields) => watch(shared, target, q, fields),
+            Err(e) => e.into_response(),
+        };
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -534,12 +537,15 @@ async fn handle(
         .to_string();
     let mut db = shared.db.lock().expect("db");
     let result = match verb {
-        "list" => Ok(list(
-            &db,
-            target.kind,
-            &target.namespace,
-            q.get("labelSelector").map(String::as_str),
-        )),
+        "list" => field_selector(&q).map(|fields| {
+            list(
+                &db,
+                target.kind,
+                &target.namespace,
+                q.get("labelSelector").map(String::as_str),
+                &fields,
+            )
+        }),
         "get" => get(&db, &target).map(|o| (StatusCode::OK, o)),
         "create" => parse_body(&body, &content_type)
             .and_then(|obj| {
@@ -586,12 +592,19 @@ fn not_found(kind: Kind, name: &str) -> ApiError {
     )
 }
 
-fn list(db: &Db, kind: Kind, namespace: &str, selector: Option<&str>) -> (StatusCode, Value) {
+fn list(
+    db: &Db,
+    kind: Kind,
+    namespace: &str,
+    selector: Option<&str>,
+    fields: &[FieldRequirement],
+) -> (StatusCode, Value) {
     let items: Vec<Value> = db
         .objects
         .iter()
         .filter(|((p, ns, _), _)| *p == kind.plural && (namespace.is_empty() || ns == namespace))
         .filter(|(_, o)| selector.is_none_or(|s| labels_match(o, s)))
+        .filter(|(_, o)| fields_match(o, fields))
         .map(|(_, o)| o.clone())
         .collect();
     (
@@ -601,6 +614,65 @@ fn list(db: &Db, kind: Kind, namespace: &str, selector: Option<&str>) -> (Status
             "metadata": {"resourceVersion": db.rv.to_string()}, "items": items,
         }),
     )
+}
+
+/// One term of a field selector: the field's JSON pointer, the value, and
+/// whether it must equal (`=`, `==`) or differ (`!=`).
+#[derive(Clone, Debug)]
+struct FieldRequirement {
+    pointer: &'static str,
+    value: String,
+    equal: bool,
+}
+
+/// Parses `fieldSelector`. Every kind can select on `metadata.name` and
+/// `metadata.namespace`; a real server answers 400 for a field the kind does
+/// not support, and so does this one for any other field.
+fn field_selector(q: &BTreeMap<String, String>) -> Result<Vec<FieldRequirement>, ApiError> {
+    let Some(selector) = q.get("fieldSelector") else {
+        return Ok(Vec::new());
+    };
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|term| {
+            let (field, value, equal) = if let Some((f, v)) = term.split_once("!=") {
+                (f, v, false)
+            } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (f, v, true)
+            } else {
+                return Err(status_error(
+                    400,
+                    "BadRequest",
+                    format!("invalid field selector: {term}"),
+                ));
+            };
+            let pointer = match field {
+                "metadata.name" => "/metadata/name",
+                "metadata.namespace" => "/metadata/namespace",
+                other => {
+                    return Err(status_error(
+                        400,
+                        "BadRequest",
+                        format!("field label not supported: {other}"),
+                    ));
+                }
+            };
+            Ok(FieldRequirement {
+                pointer,
+                value: value.to_string(),
+                equal,
+            })
+        })
+        .collect()
+}
+
+fn fields_match(obj: &Value, fields: &[FieldRequirement]) -> bool {
+    fields.iter().all(|f| {
+        let actual = obj.pointer(f.pointer).and_then(Value::as_str).unwrap_or("");
+        (actual == f.value) == f.equal
+    })
 }
 
 /// Equality-based label selectors (`a=b,c!=d,e,!f`), the forms clients here use.
@@ -737,6 +809,8 @@ fn default_service(obj: &mut Value) {
         for port in ports {
             if let Some(p) = port.as_object_mut() {
                 p.entry("protocol").or_insert(json!("TCP"));
+                let number = p.get("port").cloned().unwrap_or(json!(0));
+                p.entry("targetPort").or_insert(number);
             }
         }
     }
@@ -761,6 +835,9 @@ fn commit(
     old: &Value,
     mut new: Value,
 ) -> Value {
+    if t.kind.plural == "services" {
+        default_ip_mode(&mut new);
+    }
     let obj = new.as_object_mut().expect("object");
     // Identity and bookkeeping are the server's.
     obj.insert(
@@ -806,6 +883,24 @@ fn commit(
     new
 }
 
+/// The real server defaults `ipMode` to `VIP` for an ingress with an `ip` of a
+/// LoadBalancer Service.
+fn default_ip_mode(svc: &mut Value) {
+    if svc["spec"]["type"] != json!("LoadBalancer") {
+        return;
+    }
+    if let Some(ingress) = svc
+        .pointer_mut("/status/loadBalancer/ingress")
+        .and_then(Value::as_array_mut)
+    {
+        for i in ingress.iter_mut().filter_map(Value::as_object_mut) {
+            if i.contains_key("ip") {
+                i.entry("ipMode").or_insert(json!("VIP"));
+            }
+        }
+    }
+}
+
 /// Clients may change labels, annotations and the like, never identity.
 fn merge_meta(old: &Value, new: &Value) -> Value {
     let mut out = new.as_object().cloned().unwrap_or_default();
@@ -840,20 +935,75 @@ fn update(
                 .as_str()
                 .unwrap_or_default()
     {
-        return Err(status_error(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your \
-                     changes to the latest version and try again",
-                t.kind.plural,
-                t.name.as_deref().unwrap_or_default()
-            ),
-        ));
+        return Err(conflict(t));
     }
     let new = commit(db, changes, t, &old, obj);
     take_ownership(db, t, &old, &new, q);
     Ok((StatusCode::OK, new))
+}
+
+/// The 409 a write gets when its `resourceVersion` is not the object's.
+fn conflict(t: &Target) -> ApiError {
+    status_error(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your \
+             changes to the latest version and try again",
+            t.kind.plural,
+            t.name.as_deref().unwrap_or_default()
+        ),
+    )
+}
+
+/// Lists that a strategic-merge patch merges by a key instead of replacing,
+/// by their path from the object's root; among the kinds served here only a
+/// Service's ports are written that way.
+const MERGE_KEYS: &[(&str, &str)] = &[("/spec/ports", "port")];
+
+/// A strategic-merge patch (no `$patch` directives): a merge patch, except that
+/// a keyed list's entries merge with the entry of the same key, and the
+/// patch's entries come first, then the others in their old order.
+fn strategic_merge(target: &mut Value, patch: &Value, path: &str) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let obj = target.as_object_mut().expect("object");
+    for (k, v) in fields {
+        let here = format!("{path}/{k}");
+        let key = MERGE_KEYS.iter().find(|(p, _)| *p == here).map(|(_, k)| *k);
+        match (v, obj.get_mut(k), key) {
+            (Value::Null, _, _) => {
+                obj.remove(k);
+            }
+            (Value::Array(new), Some(Value::Array(old)), Some(key)) => {
+                let mut merged = Vec::new();
+                for entry in new {
+                    let mut e = old
+                        .iter()
+                        .find(|o| o.get(key) == entry.get(key))
+                        .cloned()
+                        .unwrap_or(json!({}));
+                    strategic_merge(&mut e, entry, &here);
+                    merged.push(e);
+                }
+                merged.extend(
+                    old.iter()
+                        .filter(|o| !new.iter().any(|n| n.get(key) == o.get(key)))
+                        .cloned(),
+                );
+                *old = merged;
+            }
+            (Value::Object(_), Some(existing), _) => strategic_merge(existing, v, &here),
+            _ => {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 fn patch(
@@ -867,6 +1017,15 @@ fn patch(
     let name = t.name.clone().unwrap_or_default();
     if content_type.starts_with("application/apply-patch") {
         let applied = parse_body(body, content_type)?;
+        if applied["metadata"]["name"].as_str() != Some(name.as_str()) {
+            return Err(status_error(
+                400,
+                "BadRequest",
+                format!(
+                    "the name of the object ({name} based on URL) was undeterminable: name must be provided"
+                ),
+            ));
+        }
         let manager = q.get("fieldManager").cloned().ok_or_else(|| {
             status_error(422, "Invalid", "fieldManager is required for apply".into())
         })?;
@@ -884,10 +1043,11 @@ fn patch(
         };
         let mut conflicts = Vec::new();
         let owners = db.managers.get(&key).cloned().unwrap_or_default();
+        let old_leaves: BTreeMap<String, Value> = leaves(&old).into_iter().collect();
         for (path, value) in leaves(&applied) {
             if let Some(owner) = owners.get(&path)
                 && *owner != manager
-                && pointer(&old, &path) != Some(&value)
+                && old_leaves.get(&path) != Some(&value)
             {
                 conflicts.push(format!("conflict with \"{owner}\": {path}"));
             }
@@ -905,8 +1065,35 @@ fn patch(
         }
         let mut new = old.clone();
         json_patch::merge(&mut new, &applied);
+        for path in SET_LISTS {
+            if let (Some(Value::Array(mine)), Some(Value::Array(before))) =
+                (applied.pointer(path), old.pointer(path))
+            {
+                // Each element is owned on its own: keep what another manager
+                // owns, drop what only this one applied before and no longer
+                // does, add what it applies now.
+                let others = |e: &Value| {
+                    owners
+                        .get(&element_path(path, e))
+                        .is_some_and(|o| *o != manager)
+                };
+                let mut merged: Vec<Value> = before
+                    .iter()
+                    .filter(|e| mine.contains(e) || others(e))
+                    .cloned()
+                    .collect();
+                merged.extend(mine.iter().filter(|e| !before.contains(e)).cloned());
+                if let Some(slot) = new.pointer_mut(path) {
+                    *slot = Value::Array(merged);
+                }
+            }
+        }
         let new = commit(db, changes, t, &old, new);
         claim(db, &key, &applied, &manager);
+        let present: BTreeMap<String, Value> = leaves(&new).into_iter().collect();
+        if let Some(owners) = db.managers.get_mut(&key) {
+            owners.retain(|path, _| present.contains_key(path));
+        }
         return Ok((StatusCode::OK, new));
     }
     let old = get(db, t)?;
@@ -916,18 +1103,37 @@ fn patch(
             .map_err(|e| status_error(400, "BadRequest", format!("bad JSON patch: {e}")))?;
         json_patch::patch(&mut new, &ops)
             .map_err(|e| status_error(422, "Invalid", format!("JSON patch failed: {e}")))?;
-    } else if content_type.starts_with("application/merge-patch")
-        || content_type.starts_with("application/strategic-merge-patch")
-    {
+    } else if content_type.starts_with("application/merge-patch") {
         let p: Value = serde_json::from_slice(body)
             .map_err(|e| status_error(400, "BadRequest", format!("bad merge patch: {e}")))?;
         json_patch::merge(&mut new, &p);
+    } else if content_type.starts_with("application/strategic-merge-patch") {
+        if t.kind.group == "ironlb.dev" {
+            // Custom resources carry no patch strategies: a real server refuses.
+            return Err(status_error(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: \
+                 application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+                    .into(),
+            ));
+        }
+        let p: Value = serde_json::from_slice(body).map_err(|e| {
+            status_error(400, "BadRequest", format!("bad strategic merge patch: {e}"))
+        })?;
+        strategic_merge(&mut new, &p, "");
     } else {
         return Err(status_error(
             415,
             "UnsupportedMediaType",
             format!("unsupported patch type {content_type}"),
         ));
+    }
+    // A resourceVersion in the patch is a precondition, as on a real server.
+    if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
+        && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(conflict(t));
     }
     let new = commit(db, changes, t, &old, new);
     take_ownership(db, t, &old, &new, q);
@@ -950,10 +1156,11 @@ fn take_ownership(db: &mut Db, t: &Target, old: &Value, new: &Value, q: &BTreeMa
         .unwrap_or_else(|| "before-first-apply".into());
     let key = key_of(t.kind, &t.namespace, t.name.as_deref().unwrap_or_default());
     let new_leaves: BTreeMap<String, Value> = leaves(new).into_iter().collect();
+    let old_leaves: BTreeMap<String, Value> = leaves(old).into_iter().collect();
     let owners = db.managers.entry(key).or_default();
     owners.retain(|path, _| new_leaves.contains_key(path));
     for (path, value) in new_leaves {
-        if pointer(old, &path) != Some(&value) {
+        if old_leaves.get(&path) != Some(&value) {
             owners.insert(path, manager.clone());
         }
     }
@@ -961,12 +1168,30 @@ fn take_ownership(db: &mut Db, t: &Target, old: &Value, new: &Value, q: &BTreeMa
 
 /// Every leaf under `spec`, `status`, `data` and the like, as JSON pointers;
 /// identity fields are not owned by anyone.
+/// Lists of `x-kubernetes-list-type: set` in the kinds served here: server-side
+/// apply owns each element on its own, so two managers' elements add up where
+/// an atomic list would conflict.
+const SET_LISTS: &[&str] = &["/spec/addresses"];
+
+/// The field path of one element of a set list, as managed fields spell it.
+fn element_path(list: &str, element: &Value) -> String {
+    format!("{list}/v:{element}")
+}
+
+/// Every leaf field of an object but its identity, by path; a set list's
+/// elements are leaves of their own. One manager owns a leaf here (a real
+/// server lets several share one).
 fn leaves(v: &Value) -> Vec<(String, Value)> {
     fn walk(path: String, v: &Value, out: &mut Vec<(String, Value)>) {
         match v {
             Value::Object(m) if !m.is_empty() => {
                 for (k, child) in m {
                     walk(format!("{path}/{k}"), child, out);
+                }
+            }
+            Value::Array(items) if SET_LISTS.contains(&path.as_str()) => {
+                for item in items {
+                    out.push((element_path(&path, item), Value::Bool(true)));
                 }
             }
             other => out.push((path, other.clone())),
@@ -983,10 +1208,6 @@ fn leaves(v: &Value) -> Vec<(String, Value)> {
     out
 }
 
-fn pointer<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    v.pointer(path)
-}
-
 fn delete(db: &mut Db, changes: &broadcast::Sender<Change>, t: &Target) -> Result<Value, ApiError> {
     let name = t.name.as_deref().unwrap_or_default();
     let key = key_of(t.kind, &t.namespace, name);
@@ -1001,7 +1222,12 @@ fn delete(db: &mut Db, changes: &broadcast::Sender<Change>, t: &Target) -> Resul
     Ok(obj)
 }
 
-fn watch(shared: Arc<Shared>, t: Target, q: BTreeMap<String, String>) -> Response {
+fn watch(
+    shared: Arc<Shared>,
+    t: Target,
+    q: BTreeMap<String, String>,
+    fields: Vec<FieldRequirement>,
+) -> Response {
     let from: u64 = q
         .get("resourceVersion")
         .and_then(|v| v.parse().ok())
@@ -1013,8 +1239,20 @@ fn watch(shared: Arc<Shared>, t: Target, q: BTreeMap<String, String>) -> Respons
         .unwrap_or(std::time::Duration::from_secs(300));
     let ends = shared.watches.lock().expect("watches").clone();
     let (plural, namespace) = (t.kind.plural, t.namespace.clone());
-    let matches =
-        move |c: &Change| c.plural == plural && (namespace.is_empty() || c.namespace == namespace);
+    let labels = q.get("labelSelector").cloned();
+    // Selectors judge the object as the event carries it (the real server also
+    // turns an object leaving a label selector into DELETED; nothing here
+    // relabels a watched object, so that transition is not modelled).
+    let selected = move |p: &str, ns: &str, object: &Value| {
+        p == plural
+            && (namespace.is_empty() || ns == namespace)
+            && labels.as_deref().is_none_or(|s| labels_match(object, s))
+            && fields_match(object, &fields)
+    };
+    let matches = {
+        let selected = selected.clone();
+        move |c: &Change| selected(c.plural, &c.namespace, &c.object)
+    };
     // Read the backlog and subscribe under one lock, so nothing falls between.
     let (backlog, mut live, start) = {
         let db = shared.db.lock().expect("db");
@@ -1032,9 +1270,7 @@ fn watch(shared: Arc<Shared>, t: Target, q: BTreeMap<String, String>) -> Respons
         let backlog: Vec<Value> = if from == 0 {
             db.objects
                 .iter()
-                .filter(|((p, ns, _), _)| {
-                    *p == t.kind.plural && (t.namespace.is_empty() || *ns == t.namespace)
-                })
+                .filter(|((p, ns, _), o)| selected(p, ns, o))
                 .map(|(_, o)| json!({"type": "ADDED", "object": o}))
                 .collect()
         } else {

@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod netns;
 pub mod process;
+pub mod protocol;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
