@@ -124,19 +124,24 @@ proptest! {
             let any_ready = candidates.iter().any(|e| e.ready);
             for b in &l.backends {
                 prop_assert_eq!(b.address.is_ipv4(), l.address.is_ipv4(), "backend of another family");
-                let e = candidates
+                // One address may be listed twice (a terminating and a ready
+                // copy, as during a rollout): one copy must allow it.
+                let copies: Vec<&&Endpoint> = candidates
                     .iter()
-                    .find(|e| e.address == b.address.ip()
-                        && e.ports[&(port.name.clone(), port.protocol)] == b.address.port());
-                prop_assert!(e.is_some(), "backend {:?} is no candidate endpoint", b);
-                let e = e.unwrap();
+                    .filter(|e| e.address == b.address.ip()
+                        && e.ports[&(port.name.clone(), port.protocol)] == b.address.port())
+                    .collect();
+                prop_assert!(!copies.is_empty(), "backend {:?} is no candidate endpoint", b);
                 if any_ready {
-                    prop_assert!(e.ready, "a terminating endpoint while a ready one exists");
+                    prop_assert!(copies.iter().any(|e| e.ready), "a terminating endpoint while a ready one exists");
                 } else {
-                    prop_assert!(e.serving, "an endpoint that is not serving");
+                    prop_assert!(copies.iter().any(|e| e.serving), "an endpoint that is not serving");
                 }
                 if f.policy.local {
-                    prop_assert_eq!(e.node.as_deref(), Some(node), "Local used another node's endpoint");
+                    prop_assert!(
+                        copies.iter().any(|e| e.node.as_deref() == Some(node)),
+                        "Local used another node's endpoint"
+                    );
                 }
             }
             // Nothing usable is left out.
