@@ -1017,15 +1017,6 @@ fn patch(
     let name = t.name.clone().unwrap_or_default();
     if content_type.starts_with("application/apply-patch") {
         let applied = parse_body(body, content_type)?;
-        if applied["metadata"]["name"].as_str() != Some(name.as_str()) {
-            return Err(status_error(
-                400,
-                "BadRequest",
-                format!(
-                    "the name of the object ({name} based on URL) was undeterminable: name must be provided"
-                ),
-            ));
-        }
         let manager = q.get("fieldManager").cloned().ok_or_else(|| {
             status_error(422, "Invalid", "fieldManager is required for apply".into())
         })?;
@@ -1033,6 +1024,17 @@ fn patch(
         let key = key_of(t.kind, &t.namespace, &name);
         let old = match db.objects.get(&key) {
             Some(o) => o.clone(),
+            // Applying a new object needs its name in the body; an existing
+            // one is named by the URL alone.
+            None if applied["metadata"]["name"].as_str() != Some(name.as_str()) => {
+                return Err(status_error(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "the name of the object ({name} based on URL) was undeterminable: name must be provided"
+                    ),
+                ));
+            }
             None => {
                 let mut obj = applied.clone();
                 obj["metadata"]["name"] = json!(name);

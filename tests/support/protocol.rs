@@ -272,7 +272,8 @@ pub async fn strategic_merge_merges_keyed_lists_and_custom_resources_refuse_it(
     pools.delete(&name, &Default::default()).await.unwrap();
 }
 
-/// Server-side apply: the body names the object; a second manager setting a
+/// Server-side apply: the body names a new object (an existing one is named
+/// by the URL); a second manager setting a
 /// field the first owns is a 409 unless forced; the elements of a `set` list
 /// are owned one by one, so two managers' addresses add up.
 pub async fn server_side_apply_owns_fields_and_set_elements(client: &Client, prefix: &str) {
@@ -325,6 +326,11 @@ pub async fn server_side_apply_owns_fields_and_set_elements(client: &Client, pre
     );
     let forced = apply("bob", true, body("10.0.1.0/24", true)).await.unwrap();
     assert!(forced.spec.auto_assign);
+    let mut nameless = body("10.0.1.0/24", true);
+    nameless["metadata"] = json!({});
+    apply("bob", false, nameless)
+        .await
+        .expect("an existing object is named by the URL");
     api.delete(&name, &Default::default()).await.unwrap();
 }
 
