@@ -30,6 +30,7 @@ on_the_test_server! {
     status_writes_ignore_spec_and_other_writes_ignore_status, "default";
     json_patch_applies_and_a_no_op_keeps_the_resource_version, "t";
     server_side_apply_owns_fields_and_set_elements, "t";
+    a_finalizer_holds_a_deleted_object_until_it_is_removed, "t";
     a_watch_sees_changes_in_order_through_its_selectors, "default";
     lists_honour_label_and_field_selectors, "default";
 }

@@ -336,7 +336,7 @@ async fn an_invalid_pool_says_why_in_its_condition_and_is_not_used() {
     );
     assert!(
         c.message
-            .contains("overlaps 10.0.0.0-10.0.0.255 of pool zz-old, which is older"),
+            .contains("overlaps 10.0.0.0-10.0.0.255 of pool zz-old, which came first"),
         "{}",
         c.message
     );
@@ -680,4 +680,167 @@ async fn the_gossip_secret_is_created_once_and_a_users_own_is_kept() {
             .unwrap()
     );
     assert_eq!(read(secrets.get("mine").await.unwrap()), "user-secret");
+}
+
+fn recorded_pool(svc: &Service) -> Option<String> {
+    svc.metadata
+        .annotations
+        .as_ref()?
+        .get(ironlb::api::annotations::ALLOCATED_FROM_POOL)
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_service_records_its_pool_and_loses_the_record_with_its_address() {
+    let (_server, client, controller) = setup(vec![pool("lan", &["10.0.0.0/30"])]).await;
+    create_service(&client, Svc::lb("default", "web").build()).await;
+    let svc = wait_for("the pool record", Duration::from_secs(5), || async {
+        let s = services(&client, "default").get("web").await.ok()?;
+        recorded_pool(&s).map(|_| s)
+    })
+    .await;
+    assert_eq!(recorded_pool(&svc).as_deref(), Some("lan"));
+    services(&client, "default")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the record to go", Duration::from_secs(5), || async {
+        let s = services(&client, "default").get("web").await.ok()?;
+        recorded_pool(&s).is_none().then_some(())
+    })
+    .await;
+    controller.stop().await;
+}
+
+fn valid_condition(p: &IPAddressPool) -> Option<(String, String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Valid")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn a_deleted_pool_in_use_stays_terminating_says_who_holds_it_and_goes_when_they_let_go() {
+    let (_server, client, controller) = setup(vec![pool("lan", &["10.0.0.0/30"])]).await;
+    let pools: Api<IPAddressPool> = Api::all(client.clone());
+    create_pool(&client, pool("unused", &["10.0.1.0/30"])).await;
+    wait_for(
+        "the unused pool's status",
+        Duration::from_secs(5),
+        || async { pools.get("unused").await.ok()?.status },
+    )
+    .await;
+    assert_eq!(
+        pools.get("unused").await.unwrap().metadata.finalizers,
+        None,
+        "a pool nobody uses is not protected"
+    );
+    pools.delete("unused", &Default::default()).await.unwrap();
+    assert!(
+        pools.get_opt("unused").await.unwrap().is_none(),
+        "and goes at once"
+    );
+    create_service(&client, Svc::lb("default", "web").build()).await;
+    assert_eq!(
+        wait_for_addresses(&client, "default", "web", 1).await,
+        ["10.0.0.0"]
+    );
+    wait_for("the pool's finalizer", Duration::from_secs(5), || async {
+        let p = pools.get("lan").await.ok()?;
+        p.metadata
+            .finalizers
+            .filter(|f| f.iter().any(|f| f == ironlb::api::POOL_FINALIZER))
+    })
+    .await;
+
+    pools.delete("lan", &Default::default()).await.unwrap();
+    let (status, _, message) = wait_for(
+        "the pool to say it is Terminating",
+        Duration::from_secs(5),
+        || async {
+            let p = pools.get("lan").await.ok()?;
+            p.metadata.deletion_timestamp.as_ref()?;
+            valid_condition(&p).filter(|(_, r, _)| r == "Terminating")
+        },
+    )
+    .await;
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("held by default/web (10.0.0.0)"),
+        "{message}"
+    );
+    let note = wait_for_event(&client, "default", "lan", "PoolInUse").await;
+    assert!(
+        note.contains("IPAddressPool lan is being deleted, but default/web (10.0.0.0) still hold"),
+        "{note}"
+    );
+    // The Service keeps its address and its record meanwhile; a new Service
+    // gets nothing from the pool.
+    create_service(&client, Svc::lb("default", "late").build()).await;
+    wait_for_event(&client, "default", "late", "NoMatchingPool").await;
+    let web = services(&client, "default").get("web").await.unwrap();
+    assert_eq!(ips_of(&web), ["10.0.0.0"]);
+    assert_eq!(recorded_pool(&web).as_deref(), Some("lan"));
+
+    services(&client, "default")
+        .delete("web", &Default::default())
+        .await
+        .unwrap();
+    wait_for("the pool to go", Duration::from_secs(5), || async {
+        pools.get_opt("lan").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn an_edit_that_overlaps_a_serving_pool_invalidates_the_edited_pool() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    create_pool(&client, pool("old", &["10.0.0.0/30"])).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create_pool(&client, pool("new", &["10.0.1.0/30"])).await;
+    let controller = Controller::start(&client);
+    let pools: Api<IPAddressPool> = Api::all(client.clone());
+    let svc = Svc::lb("default", "web").annotation(ironlb::api::annotations::ADDRESS_POOL, "new");
+    create_service(&client, svc.build()).await;
+    assert_eq!(
+        wait_for_addresses(&client, "default", "web", 1).await,
+        ["10.0.1.0"]
+    );
+    wait_for("both pools accepted", Duration::from_secs(5), || async {
+        let ok = |p: IPAddressPool| valid_condition(&p).is_some_and(|(s, _, _)| s == "True");
+        (ok(pools.get("old").await.ok()?) && ok(pools.get("new").await.ok()?)).then_some(())
+    })
+    .await;
+
+    // The older pool is edited to overlap the newer one, which serves web.
+    set_pool_addresses(&client, "old", &["10.0.0.0/23"]).await;
+    let (_, reason, message) = wait_for("old to be invalid", Duration::from_secs(5), || async {
+        valid_condition(&pools.get("old").await.ok()?).filter(|(s, _, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "OverlapsPool");
+    assert!(
+        message.contains("of pool new, which came first"),
+        "{message}"
+    );
+    let new = pools.get("new").await.unwrap();
+    assert_eq!(
+        valid_condition(&new).unwrap().0,
+        "True",
+        "the serving pool stays valid"
+    );
+    assert_eq!(new.status.unwrap().assigned_ipv4, 1);
+    assert_eq!(
+        ingress_ips(&client, "default", "web").await.unwrap(),
+        ["10.0.1.0"]
+    );
+    controller.stop().await;
 }

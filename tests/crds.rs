@@ -285,6 +285,49 @@ fn every_rule_reaches_only_bounded_fields_and_every_format_is_known() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Every `operator` of a label selector requirement, by path.
+fn operators(path: &str, node: &Value, out: &mut Vec<(String, Value)>) {
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        if ["key", "operator", "values"]
+            .iter()
+            .all(|k| props.contains_key(*k))
+        {
+            out.push((format!("{path}.operator"), props["operator"].clone()));
+        }
+        for (name, child) in props {
+            operators(&format!("{path}.{name}"), child, out);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        operators(&format!("{path}[]"), items, out);
+    }
+}
+
+#[test]
+fn every_selector_operator_is_an_enum_the_api_server_enforces() {
+    let mut found = Vec::new();
+    for kind in ["IPAddressPool", "L2Advertisement"] {
+        operators(kind, &schema_of(kind), &mut found);
+    }
+    let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "IPAddressPool.spec.serviceAllocation.namespaceSelectors[].matchExpressions[].operator",
+            "IPAddressPool.spec.serviceAllocation.serviceSelectors[].matchExpressions[].operator",
+            "L2Advertisement.spec.ipAddressPoolSelectors[].matchExpressions[].operator",
+            "L2Advertisement.spec.nodeSelectors[].matchExpressions[].operator",
+        ]
+    );
+    for (path, schema) in found {
+        assert_eq!(
+            schema["enum"],
+            json!(["In", "NotIn", "Exists", "DoesNotExist"]),
+            "{path}"
+        );
+    }
+}
+
 #[test]
 fn the_lint_catches_an_unbounded_list_under_a_rule_and_an_unknown_format() {
     let schema = json!({"type": "object", "properties": {

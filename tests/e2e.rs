@@ -132,6 +132,27 @@ async fn the_crds_apply_without_warnings_and_refuse_bad_pools_naming_the_entry()
         "10.0.0.0/24 is fine: {said}"
     );
 
+    // A selector operator is checked by the schema.
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {{name: {bad}}}\n\
+             spec:\n  addresses: [\"10.0.0.0/24\"]\n  serviceAllocation:\n    serviceSelectors:\n    \
+             - matchExpressions: [{{key: app, operator: in, values: [web]}}]\n"
+        ),
+    )
+    .expect("write manifest");
+    let out = cluster.kubectl(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains(
+                "spec.serviceAllocation.serviceSelectors[0].matchExpressions[0].operator: \
+                 Unsupported value: \"in\""
+            ),
+        "{said}"
+    );
+
     // Limits the schema sets are enforced there too.
     let too_many: Vec<String> = (0..129).map(|i| format!("\"10.0.{i}.0/24\"")).collect();
     std::fs::write(
@@ -205,6 +226,7 @@ async fn the_test_servers_protocol_is_the_real_servers() {
     protocol::status_writes_ignore_spec_and_other_writes_ignore_status(&client, ns).await;
     protocol::json_patch_applies_and_a_no_op_keeps_the_resource_version(&client, &prefix).await;
     protocol::server_side_apply_owns_fields_and_set_elements(&client, &prefix).await;
+    protocol::a_finalizer_holds_a_deleted_object_until_it_is_removed(&client, &prefix).await;
     protocol::strategic_merge_merges_keyed_lists_and_custom_resources_refuse_it(
         &client, ns, &prefix,
     )
@@ -294,7 +316,8 @@ fn wait_fetch(lab: &Lab, client: &str, what: &str, logs: &dyn Fn() -> String) ->
 /// Service with embedded forwarding and PROXY v2 an address and says so in an
 /// event; the speakers announce it, report in a ServiceL2Status and an event,
 /// and a client reaches nginx through it, nginx seeing the client's address.
-/// Then the API server is frozen (SIGSTOP) and the owner's speaker killed: the
+/// Its pool is deleted: it stays Terminating and the address answers on. Then
+/// the API server is frozen (SIGSTOP) and the owner's speaker killed: the
 /// address still moves and the client still gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
@@ -525,6 +548,50 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
     assert_eq!(owner.interfaces, ["eth0"]);
     let announcing = wait_for_event(&client, &ns.name, "web", "Announcing").await;
     assert!(announcing.contains(&owner.node), "{announcing}");
+
+    // The controller recorded the pool on the Service and protects the pool
+    // (RBAC allows both); deleting the pool leaves it Terminating, and the
+    // address answers on.
+    let web = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("web")
+        .await
+        .expect("web");
+    assert_eq!(
+        web.metadata
+            .annotations
+            .unwrap_or_default()
+            .get(ironlb::api::annotations::ALLOCATED_FROM_POOL),
+        Some(&pool_name)
+    );
+    let pools = Api::<ironlb::api::IPAddressPool>::all(client.clone());
+    wait_for("the pool's finalizer", PATIENCE, || async {
+        let p = pools.get(&pool_name).await.ok()?;
+        p.metadata
+            .finalizers
+            .filter(|f| f.iter().any(|f| f == ironlb::api::POOL_FINALIZER))
+    })
+    .await;
+    pools
+        .delete(&pool_name, &Default::default())
+        .await
+        .expect("delete the pool");
+    wait_for("the pool to say Terminating", PATIENCE, || async {
+        let p = pools.get(&pool_name).await.ok()?;
+        p.status?
+            .conditions
+            .iter()
+            .any(|c| c.reason == "Terminating" && c.message.contains("web"))
+            .then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            fetch(&lab, &client_ns).as_deref(),
+            Some(format!("client={CLIENT}").as_str()),
+            "the address answers while its pool is Terminating"
+        );
+    }
 
     // The API server hangs; the owner dies; the address moves all the same.
     if let Some(frozen) = cluster.freeze() {

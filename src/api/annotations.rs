@@ -21,6 +21,17 @@ pub const FORWARDING: &str = "ironlb.dev/forwarding";
 /// backend before the client's bytes.
 pub const PROXY_PROTOCOL: &str = "ironlb.dev/proxy-protocol";
 
+/// Written by the controller: the `IPAddressPool` the Service's addresses came
+/// from. Speakers announce an address by this record and the advertisements,
+/// so an address keeps answering while its pool is edited, invalid or being
+/// deleted.
+pub const ALLOCATED_FROM_POOL: &str = "ironlb.dev/ip-allocated-from-pool";
+/// MetalLB's spelling of [`ALLOCATED_FROM_POOL`], read (never written) so
+/// Services allocated by MetalLB keep their record after a switch.
+pub const METALLB_ALLOCATED_FROM_POOL: &str = "metallb.io/ip-allocated-from-pool";
+/// The names that record the pool, highest precedence first.
+pub const ALLOCATED_FROM_POOL_KEYS: [&str; 2] = [ALLOCATED_FROM_POOL, METALLB_ALLOCATED_FROM_POOL];
+
 /// MetalLB's current spelling of [`ADDRESS_POOL`].
 pub const METALLB_ADDRESS_POOL: &str = "metallb.io/address-pool";
 /// MetalLB's current spelling of [`LOAD_BALANCER_IPS`].

@@ -14,7 +14,9 @@ pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementS
 pub use l2status::{ServiceL2Status, ServiceL2StatusSpec};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSON, JSONSchemaProps, JSONSchemaPropsOrArray,
+};
 use kube::CustomResourceExt;
 
 /// The API group of every ironlb custom resource.
@@ -34,13 +36,59 @@ pub const EXCLUDE_FROM_EXTERNAL_LB_LABEL: &str =
 /// message naming the entry or the other object).
 pub const CONDITION_VALID: &str = "Valid";
 
+/// The finalizer the controller puts on every `IPAddressPool`, as Kubernetes
+/// protects a PersistentVolumeClaim in use: a deleted pool stays (Terminating)
+/// while a Service still holds one of its addresses, and those addresses keep
+/// answering until the last Service lets go.
+pub const POOL_FINALIZER: &str = "ironlb.dev/pool-protection";
+
+/// The operators a label selector requirement may use.
+pub const SELECTOR_OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
+
 /// Every custom resource definition ironlb serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         IPAddressPool::crd(),
         L2Advertisement::crd(),
         ServiceL2Status::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                restrict_selector_operators(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Label selectors come from `k8s-openapi`, whose schema takes any string as an
+/// operator, so `operator: in` would be stored and only fail later, in the
+/// controller. An enum lets the API server refuse it at `kubectl apply`.
+fn restrict_selector_operators(schema: &mut JSONSchemaProps) {
+    if let Some(props) = schema.properties.as_mut() {
+        let requirement = ["key", "operator", "values"]
+            .iter()
+            .all(|k| props.contains_key(*k));
+        if requirement && let Some(op) = props.get_mut("operator") {
+            op.enum_ = Some(
+                SELECTOR_OPERATORS
+                    .iter()
+                    .map(|o| JSON(serde_json::Value::String(o.to_string())))
+                    .collect(),
+            );
+        }
+        for child in props.values_mut() {
+            restrict_selector_operators(child);
+        }
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        restrict_selector_operators(items);
+    }
 }
 
 /// The CRDs as one multi-document YAML stream: what `ironlb crds` prints and what

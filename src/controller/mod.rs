@@ -26,13 +26,14 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::IPAddressPool;
+use crate::api::annotations::ALLOCATED_FROM_POOL;
+use crate::api::{IPAddressPool, POOL_FINALIZER};
 use metrics::Metrics;
 use plan::{Action, Planner, Snapshot};
 
@@ -328,6 +329,46 @@ async fn apply(
                     .await
                     .map(|_| ())
             }
+            Action::ServicePool { key, pool } => {
+                let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
+                let patch = json!({"metadata": {"annotations": {ALLOCATED_FROM_POOL: pool}}});
+                api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            Action::PoolFinalizer { name, add } => {
+                let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
+                    return 0;
+                };
+                let api: Api<IPAddressPool> = Api::all(client.clone());
+                // A JSON patch touches only our entry: other finalizers stay, and
+                // the `test` makes a list that changed meanwhile fail (and the
+                // next pass retry) instead of removing someone else's.
+                let ops = finalizer_patch(pool.finalizers(), *add);
+                match serde_json::from_value::<json_patch::Patch>(ops) {
+                    Ok(ops) => api
+                        .patch(name, &PatchParams::default(), &Patch::Json::<()>(ops))
+                        .await
+                        .map(|_| ()),
+                    Err(e) => {
+                        warn!(error = %e, "building the finalizer patch");
+                        return 1;
+                    }
+                }
+            }
+            Action::PoolEvent { name, reason, note } => {
+                let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
+                    return 0;
+                };
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: reason.clone(),
+                    note: Some(note.clone()),
+                    action: "Delete".into(),
+                    secondary: None,
+                };
+                recorder.publish(&event, &pool.object_ref(&())).await
+            }
             Action::PoolStatus { name, status } => {
                 let api: Api<IPAddressPool> = Api::all(client.clone());
                 let patch = json!({"status": status});
@@ -373,6 +414,23 @@ async fn apply(
         .buffer_unordered(16)
         .fold(0, |n, failed| future::ready(n + failed))
         .await
+}
+
+/// JSON patch operations that add or remove [`POOL_FINALIZER`] in `current`.
+fn finalizer_patch(current: &[String], add: bool) -> serde_json::Value {
+    match current.iter().position(|f| f == POOL_FINALIZER) {
+        Some(i) if !add => json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": POOL_FINALIZER},
+            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+        ]),
+        None if add && current.is_empty() => {
+            json!([{"op": "add", "path": "/metadata/finalizers", "value": [POOL_FINALIZER]}])
+        }
+        None if add => {
+            json!([{"op": "add", "path": "/metadata/finalizers/-", "value": POOL_FINALIZER}])
+        }
+        _ => json!([]),
+    }
 }
 
 fn object_reference(svc: &Service) -> ObjectReference {

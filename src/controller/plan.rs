@@ -14,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use super::translate::{self, NamespaceLabels};
-use crate::api::{CONDITION_VALID, IPAddressPool, IPAddressPoolStatus};
+use crate::api::annotations;
+use crate::api::{CONDITION_VALID, IPAddressPool, IPAddressPoolStatus, POOL_FINALIZER};
 use crate::ipam::{self, Allocator, Assignment, Labels, PoolSpec, ServiceKey};
 
 /// The pool condition that lists addresses Services keep although the pool no
@@ -56,6 +57,30 @@ pub enum Action {
         /// What happened, for a human.
         note: String,
     },
+    /// Record on a Service which pool its addresses came from
+    /// ([`annotations::ALLOCATED_FROM_POOL`]); `None` removes the record.
+    ServicePool {
+        /// The Service.
+        key: ServiceKey,
+        /// The pool.
+        pool: Option<String>,
+    },
+    /// Add (`true`) or remove (`false`) [`POOL_FINALIZER`] on a pool.
+    PoolFinalizer {
+        /// The pool.
+        name: String,
+        /// Add or remove.
+        add: bool,
+    },
+    /// Record a warning event on a pool.
+    PoolEvent {
+        /// The pool.
+        name: String,
+        /// CamelCase reason.
+        reason: String,
+        /// What happened, for a human.
+        note: String,
+    },
     /// Set a pool's status.
     PoolStatus {
         /// The pool.
@@ -86,6 +111,8 @@ pub struct Planner {
     last_event: BTreeMap<ServiceKey, (String, String)>,
     /// For addresses that fell out of their pool: the pool they were in.
     orphan_origin: BTreeMap<IpAddr, String>,
+    /// The last event sent per terminating pool.
+    last_pool_event: BTreeMap<String, String>,
 }
 
 impl Planner {
@@ -186,6 +213,14 @@ impl Planner {
                 }
                 Ok(_) => {}
             }
+            if let Some(pool) = held.as_ref().and_then(|a| a.pool.as_ref())
+                && svc.annotations().get(annotations::ALLOCATED_FROM_POOL) != Some(pool)
+            {
+                actions.push(Action::ServicePool {
+                    key: key.clone(),
+                    pool: Some(pool.clone()),
+                });
+            }
             if held.is_some() {
                 outcome.assigned_services += 1;
             }
@@ -217,6 +252,15 @@ impl Planner {
                         ingress: Vec::new(),
                     });
                 }
+                if svc
+                    .annotations()
+                    .contains_key(annotations::ALLOCATED_FROM_POOL)
+                {
+                    actions.push(Action::ServicePool {
+                        key: key.clone(),
+                        pool: None,
+                    });
+                }
             }
         }
         self.last_event.retain(|k, _| seen.contains(k));
@@ -228,7 +272,52 @@ impl Planner {
         self.orphan_origin.retain(|ip, _| held.contains(ip));
 
         actions.extend(self.pool_statuses(snap, &translation_errors));
+        actions.extend(self.pool_lifecycle(snap));
         (actions, outcome)
+    }
+
+    /// Keeps [`POOL_FINALIZER`] on the pools some Service holds an address of,
+    /// and only on those: a deleted pool in use stays (and says who holds it)
+    /// until the last holder lets go, while an unused pool — or every pool,
+    /// once its Services are gone, when ironlb is uninstalled — is deleted at
+    /// once.
+    fn pool_lifecycle(&mut self, snap: &Snapshot<'_>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for pool in &snap.pools {
+            let name = pool.name_any();
+            let protected = pool.finalizers().iter().any(|f| f == POOL_FINALIZER);
+            let holders = holders(snap, pool);
+            if holders.is_empty() {
+                self.last_pool_event.remove(&name);
+                if protected {
+                    actions.push(Action::PoolFinalizer { name, add: false });
+                }
+                continue;
+            }
+            if !translate::is_terminating(pool) {
+                if !protected {
+                    actions.push(Action::PoolFinalizer { name, add: true });
+                }
+                continue;
+            }
+            let note = format!(
+                "IPAddressPool {name} is being deleted, but {} still hold its addresses: they keep \
+                 answering, and the pool goes once the last of these Services is deleted or stops \
+                 being a LoadBalancer",
+                list_holders(&holders)
+            );
+            if self.last_pool_event.get(&name) != Some(&note) {
+                self.last_pool_event.insert(name.clone(), note.clone());
+                actions.push(Action::PoolEvent {
+                    name,
+                    reason: "PoolInUse".into(),
+                    note,
+                });
+            }
+        }
+        self.last_pool_event
+            .retain(|name, _| snap.pools.iter().any(|p| p.name_any() == *name));
+        actions
     }
 
     /// Hands the pools to the allocator when they changed, remembering which
@@ -236,7 +325,10 @@ impl Planner {
     fn update_pools(&mut self, snap: &Snapshot<'_>) -> BTreeMap<String, String> {
         let mut specs = Vec::new();
         let mut errors = BTreeMap::new();
-        for pool in &snap.pools {
+        // A pool being deleted hands out nothing more; what its Services hold
+        // they keep (as addresses outside every pool), and speakers still
+        // announce them by the Services' records.
+        for pool in snap.pools.iter().filter(|p| !translate::is_terminating(p)) {
             match translate::pool_spec(pool) {
                 Ok(spec) => specs.push(spec),
                 Err(e) => {
@@ -369,7 +461,18 @@ impl Planner {
             let name = pool.name_any();
             let previous = pool.status.clone().unwrap_or_default();
             let mut status = IPAddressPoolStatus::default();
-            let (valid, reason, message) = if let Some(e) = translation_errors.get(&name) {
+            let (valid, reason, message) = if translate::is_terminating(pool) {
+                let holders = holders(snap, pool);
+                let message = if holders.is_empty() {
+                    "being deleted; no Service holds its addresses".to_string()
+                } else {
+                    format!(
+                        "being deleted; held by {}: it goes once they let go",
+                        list_holders(&holders)
+                    )
+                };
+                ("False", "Terminating", message)
+            } else if let Some(e) = translation_errors.get(&name) {
                 ("False", "InvalidSelector", e.clone())
             } else if let Some(e) = pool_errors.get(name.as_str()) {
                 ("False", e.reason(), e.to_string())
@@ -386,6 +489,7 @@ impl Planner {
             }
             status.conditions.push(condition(
                 &previous,
+                pool.metadata.generation,
                 CONDITION_VALID,
                 valid,
                 reason,
@@ -399,6 +503,7 @@ impl Planner {
                 );
                 status.conditions.push(condition(
                     &previous,
+                    pool.metadata.generation,
                     CONDITION_ORPHANED,
                     "True",
                     "AddressesOutsidePool",
@@ -414,9 +519,43 @@ impl Planner {
     }
 }
 
-/// A condition, keeping the previous transition time when its status is unchanged.
+/// The Services (eligible ones, with their addresses) that hold an address of
+/// `pool`: recorded as coming from it, or, with no record, inside its entries.
+fn holders(snap: &Snapshot<'_>, pool: &IPAddressPool) -> Vec<(ServiceKey, IpAddr)> {
+    let name = pool.name_any();
+    let mut out = Vec::new();
+    for svc in &snap.services {
+        if !translate::is_eligible(svc, snap.default_class) {
+            continue;
+        }
+        let recorded = translate::recorded_pool(svc);
+        for ip in translate::status_addresses(svc) {
+            let from_pool = match recorded {
+                Some(p) => p == name,
+                None => translate::pool_contains(pool, ip),
+            };
+            if from_pool {
+                out.push((translate::service_key(svc), ip));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn list_holders(holders: &[(ServiceKey, IpAddr)]) -> String {
+    let list: Vec<String> = holders
+        .iter()
+        .map(|(key, ip)| format!("{key} ({ip})"))
+        .collect();
+    list.join(", ")
+}
+
+/// A condition for the pool's `generation`, keeping the previous transition
+/// time when its status is unchanged.
 fn condition(
     previous: &IPAddressPoolStatus,
+    generation: Option<i64>,
     type_: &str,
     status: &str,
     reason: &str,
@@ -434,7 +573,7 @@ fn condition(
         reason: reason.to_string(),
         message,
         last_transition_time,
-        observed_generation: None,
+        observed_generation: generation,
     }
 }
 

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use crate::api::annotations::{
     self, ADDRESS_POOL_KEYS, ALLOW_SHARED_IP_KEYS, Forwarding, LOAD_BALANCER_IPS_KEYS,
 };
-use crate::api::{IPAddressPool, LOAD_BALANCER_CLASS};
+use crate::api::{CONDITION_VALID, IPAddressPool, LOAD_BALANCER_CLASS};
 use crate::ipam::{self, Family, FamilyPolicy, Labels, Operator, Port, Protocol, ServiceKey};
 
 /// A field of a Service that ironlb could not read.
@@ -288,11 +288,45 @@ pub fn pool_spec(pool: &IPAddressPool) -> Result<ipam::PoolSpec, String> {
     Ok(ipam::PoolSpec {
         name: pool.name_any(),
         created_at: seconds(pool.metadata.creation_timestamp.as_ref()),
+        established: is_established(pool),
         addresses: spec.addresses.clone(),
         auto_assign: spec.auto_assign,
         avoid_buggy_ips: spec.avoid_buggy_ips,
         allocation,
     })
+}
+
+/// Whether `pool` was accepted in its current form: its `Valid` condition is
+/// true and was computed for its current `metadata.generation`.
+pub fn is_established(pool: &IPAddressPool) -> bool {
+    pool.status.iter().flat_map(|s| &s.conditions).any(|c| {
+        c.type_ == CONDITION_VALID
+            && c.status == "True"
+            && c.observed_generation.is_some()
+            && c.observed_generation == pool.metadata.generation
+    })
+}
+
+/// Whether `pool` is being deleted (it waits for its finalizer).
+pub fn is_terminating(pool: &IPAddressPool) -> bool {
+    pool.metadata.deletion_timestamp.is_some()
+}
+
+/// The pool a Service's addresses were recorded to come from
+/// ([`annotations::ALLOCATED_FROM_POOL`], else MetalLB's spelling).
+pub fn recorded_pool(svc: &Service) -> Option<&str> {
+    annotations::lookup(svc.annotations(), &annotations::ALLOCATED_FROM_POOL_KEYS)
+        .map(|(_, pool)| pool)
+        .filter(|pool| !pool.is_empty())
+}
+
+/// Whether `ip` lies in one of `pool`'s entries as written (valid or not).
+pub fn pool_contains(pool: &IPAddressPool, ip: IpAddr) -> bool {
+    pool.spec
+        .addresses
+        .iter()
+        .filter_map(|e| ipam::AddressRange::parse(e).ok())
+        .any(|r| r.contains(ip))
 }
 
 /// A Kubernetes label selector as a plain one; the error names the field inside

@@ -15,8 +15,13 @@ pub struct PoolSpec {
     /// The pool's name.
     pub name: String,
     /// Creation time in seconds since the epoch: when pools overlap, the older one
-    /// is used and the newer one is not.
+    /// is used and the newer one is not (after [`PoolSpec::established`]).
     pub created_at: i64,
+    /// Whether the pool was accepted as it is now (its `Valid` condition is true
+    /// for its current generation). When pools overlap, an established pool is
+    /// used before one that is new or was just edited, so an edit can never
+    /// take addresses away from a pool that was serving them, whatever the ages.
+    pub established: bool,
     /// The entries: CIDRs, ranges, single addresses.
     pub addresses: Vec<String>,
     /// Whether Services that don't ask for this pool may get its addresses.
@@ -33,6 +38,7 @@ impl PoolSpec {
         Self {
             name: name.to_string(),
             created_at: 0,
+            established: false,
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
             auto_assign: true,
             avoid_buggy_ips: false,
@@ -43,6 +49,12 @@ impl PoolSpec {
     /// Sets `autoAssign`.
     pub fn auto_assign(mut self, on: bool) -> Self {
         self.auto_assign = on;
+        self
+    }
+
+    /// Marks the pool as accepted in its current form.
+    pub fn established(mut self, on: bool) -> Self {
+        self.established = on;
         self
     }
 
@@ -133,9 +145,10 @@ pub enum PoolError {
         /// The other.
         second: String,
     },
-    /// The pool shares addresses with an older pool, which keeps them.
+    /// The pool shares addresses with a pool that came first (accepted before
+    /// this pool's current form, or older), which keeps them.
     #[error(
-        "pool {pool}: {range} overlaps {other_range} of pool {other}, which is older; \
+        "pool {pool}: {range} overlaps {other_range} of pool {other}, which came first; \
          this pool is not used until the overlap is removed"
     )]
     Overlap {
@@ -143,9 +156,9 @@ pub enum PoolError {
         pool: String,
         /// Its overlapping range.
         range: AddressRange,
-        /// The older pool.
+        /// The pool that came first.
         other: String,
-        /// The older pool's overlapping range.
+        /// Its overlapping range.
         other_range: AddressRange,
     },
     /// The pool has no entries.
@@ -234,11 +247,14 @@ pub(crate) struct PoolSet {
 
 impl PoolSet {
     /// Validates `specs`. A pool with a bad entry is not used; of two overlapping
-    /// pools the older (then the one whose name sorts first) is used, so adding a
-    /// pool can never take addresses away from one already serving Services.
+    /// pools the established one, then the older, then the one whose name sorts
+    /// first is used, so neither adding a pool nor editing one can take
+    /// addresses away from a pool already serving Services.
     pub(crate) fn build(specs: &[PoolSpec]) -> (Self, Vec<PoolError>) {
         let mut ordered: Vec<&PoolSpec> = specs.iter().collect();
-        ordered.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+        ordered.sort_by(|a, b| {
+            (!a.established, a.created_at, &a.name).cmp(&(!b.established, b.created_at, &b.name))
+        });
         let mut set = PoolSet::default();
         let mut errors = Vec::new();
         for spec in ordered {
@@ -366,6 +382,26 @@ mod tests {
                 first: "10.0.0.0/24".into(),
                 second: "10.0.0.200-10.0.1.5".into()
             }]
+        );
+    }
+
+    #[test]
+    fn an_established_pool_keeps_its_addresses_against_an_older_edited_one() {
+        // zz-old was edited to overlap aa-new, which was accepted as it is.
+        let edited = PoolSpec::new("zz-old", &["10.0.0.0/24"]).created_at(100);
+        let serving = PoolSpec::new("aa-new", &["10.0.0.128/25"])
+            .created_at(200)
+            .established(true);
+        let (set, errors) = PoolSet::build(&[edited, serving]);
+        assert!(set.pools.contains_key("aa-new") && !set.pools.contains_key("zz-old"));
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].pool(), "zz-old");
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("of pool aa-new, which came first"),
+            "{}",
+            errors[0]
         );
     }
 

@@ -47,8 +47,14 @@ pub struct ClusterView<'a> {
     pub default_class: bool,
 }
 
-/// The addresses to announce. An address whose pool no advertisement selects is
-/// allocated but not announced, as in MetalLB; so is one outside every pool.
+/// The addresses to announce. An address's pool is the one the controller
+/// recorded on its Service ([`crate::api::annotations::ALLOCATED_FROM_POOL`]),
+/// never re-validated here: an address keeps answering while its pool is
+/// edited, shrunk, overlapped, invalid or being deleted, exactly as long as the
+/// controller lets the Service keep it. Only a Service with no record (written
+/// before records existed) is matched against the valid pools' ranges. An
+/// address whose pool no advertisement selects is allocated but not announced,
+/// as in MetalLB; so is one with neither a record nor a pool.
 pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
     let specs: Vec<_> = view
         .pools
@@ -72,7 +78,11 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
     }
     let mut out = Vec::new();
     for (address, services) in by_address {
-        let Some(pool) = pools.pool_of(address).map(str::to_string) else {
+        let recorded = services.iter().find_map(|s| translate::recorded_pool(s));
+        let Some(pool) = recorded
+            .or_else(|| pools.pool_of(address))
+            .map(str::to_string)
+        else {
             continue;
         };
         let labels = pool_labels.get(&pool).cloned().unwrap_or_default();
@@ -492,6 +502,70 @@ mod tests {
             slices: slices.iter().collect(),
             default_class: true,
         })
+    }
+
+    fn recorded(mut s: Service, pool: &str) -> Service {
+        s.metadata.annotations = Some(
+            [(
+                crate::api::annotations::ALLOCATED_FROM_POOL.to_string(),
+                pool.to_string(),
+            )]
+            .into(),
+        );
+        s
+    }
+
+    #[test]
+    fn the_recorded_pool_decides_whatever_became_of_the_pool() {
+        let by_name = [ad(
+            "lan",
+            L2AdvertisementSpec {
+                ip_address_pools: vec!["lan".into()],
+                ..Default::default()
+            },
+        )];
+        let services = [recorded(svc("a", "10.0.0.1", false), "lan")];
+        let shrunk = [pool("lan", "10.0.0.128/25")];
+        let mut bad = pool("lan", "10.0.0.0/24");
+        bad.spec.addresses = vec!["not an address".into()];
+        // A newer pool overlapping it, so the older one here is the invalid one.
+        let overlapped = [pool("lan", "10.0.0.0/24"), pool("aaa", "10.0.0.0/16")];
+        for (what, pools) in [
+            ("deleted", &[][..]),
+            ("shrunk past the address", &shrunk[..]),
+            ("invalid", std::slice::from_ref(&bad)),
+            ("overlapped", &overlapped[..]),
+        ] {
+            let out = view(&services, pools, &by_name, &[]);
+            assert_eq!(out.len(), 1, "pool {what}: still announced");
+            assert_eq!(out[0].pool, "lan", "pool {what}");
+        }
+        // Without a record, only a valid pool's range counts.
+        let unrecorded = [svc("a", "10.0.0.1", false)];
+        assert!(view(&unrecorded, &shrunk, &by_name, &[]).is_empty());
+        assert_eq!(
+            view(&unrecorded, &[pool("lan", "10.0.0.0/24")], &by_name, &[]).len(),
+            1
+        );
+        // An advertisement that does not select the recorded pool: not announced.
+        let other = [ad(
+            "other",
+            L2AdvertisementSpec {
+                ip_address_pools: vec!["other".into()],
+                ..Default::default()
+            },
+        )];
+        assert!(view(&services, &shrunk, &other, &[]).is_empty());
+        // MetalLB's record is read too.
+        let mut metallb = svc("a", "10.0.0.1", false);
+        metallb.metadata.annotations = Some(
+            [(
+                crate::api::annotations::METALLB_ALLOCATED_FROM_POOL.to_string(),
+                "lan".to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(view(&[metallb], &[], &by_name, &[]).len(), 1);
     }
 
     #[test]

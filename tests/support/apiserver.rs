@@ -877,8 +877,12 @@ fn commit(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    db.objects
-        .insert(key_of(t.kind, &t.namespace, &name), new.clone());
+    let key = key_of(t.kind, &t.namespace, &name);
+    db.objects.insert(key.clone(), new.clone());
+    if new["metadata"].get("deletionTimestamp").is_some() && !has_finalizers(&new) {
+        // The last finalizer of a Terminating object is gone: so is the object.
+        return remove(db, changes, t.kind, &t.namespace, key);
+    }
     record(db, changes, t.kind, &t.namespace, "MODIFIED", new.clone());
     new
 }
@@ -911,6 +915,8 @@ fn merge_meta(old: &Value, new: &Value) -> Value {
         "creationTimestamp",
         "generation",
         "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
     ] {
         match old.get(fixed) {
             Some(v) => out.insert(fixed.into(), v.clone()),
@@ -1210,18 +1216,49 @@ fn leaves(v: &Value) -> Vec<(String, Value)> {
     out
 }
 
+/// Deletes an object; one with finalizers only gets its `deletionTimestamp`
+/// (Terminating) and goes when the last finalizer is removed.
 fn delete(db: &mut Db, changes: &broadcast::Sender<Change>, t: &Target) -> Result<Value, ApiError> {
     let name = t.name.as_deref().unwrap_or_default();
     let key = key_of(t.kind, &t.namespace, name);
     let mut obj = db
         .objects
-        .remove(&key)
+        .get(&key)
+        .cloned()
         .ok_or_else(|| not_found(t.kind, name))?;
+    if has_finalizers(&obj) {
+        if obj["metadata"].get("deletionTimestamp").is_none() {
+            db.rv += 1;
+            obj["metadata"]["deletionTimestamp"] = json!(now());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            obj["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+            db.objects.insert(key, obj.clone());
+            record(db, changes, t.kind, &t.namespace, "MODIFIED", obj.clone());
+        }
+        return Ok(obj);
+    }
+    Ok(remove(db, changes, t.kind, &t.namespace, key))
+}
+
+fn has_finalizers(obj: &Value) -> bool {
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+}
+
+fn remove(
+    db: &mut Db,
+    changes: &broadcast::Sender<Change>,
+    kind: Kind,
+    namespace: &str,
+    key: ObjectKey,
+) -> Value {
+    let mut obj = db.objects.remove(&key).expect("the object exists");
     db.managers.remove(&key);
     db.rv += 1;
     obj["metadata"]["resourceVersion"] = json!(db.rv.to_string());
-    record(db, changes, t.kind, &t.namespace, "DELETED", obj.clone());
-    Ok(obj)
+    record(db, changes, kind, namespace, "DELETED", obj.clone());
+    obj
 }
 
 fn watch(

@@ -188,6 +188,21 @@ pub struct Installed<'a> {
 
 impl Drop for Installed<'_> {
     fn drop(&mut self) {
+        // The controller is gone by now, so nobody would release the pools
+        // that still protect addresses: do it as an operator uninstalling
+        // ironlb would (docs/install.md).
+        let pools = self
+            .cluster
+            .kubectl(&["get", "ipaddresspools", "-o", "name"]);
+        for pool in String::from_utf8_lossy(&pools.stdout).lines() {
+            let _ = self.cluster.kubectl(&[
+                "patch",
+                pool,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
         let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
         let out = self.cluster.kubectl(&[
             "delete",

@@ -334,6 +334,32 @@ pub async fn server_side_apply_owns_fields_and_set_elements(client: &Client, pre
     api.delete(&name, &Default::default()).await.unwrap();
 }
 
+/// Deleting an object that has a finalizer leaves it Terminating (a
+/// `deletionTimestamp`, still readable); removing the last finalizer deletes it.
+pub async fn a_finalizer_holds_a_deleted_object_until_it_is_removed(client: &Client, prefix: &str) {
+    let name = format!("{prefix}-held");
+    let api: Api<IPAddressPool> = Api::all(client.clone());
+    let mut held = pool(&name, &["10.0.0.0/24"]);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    create_pool(client, held).await;
+    api.delete(&name, &Default::default()).await.unwrap();
+    let terminating = api.get(&name).await.expect("still there");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    let ops: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers/0", "value": "example.com/hold"},
+        {"op": "remove", "path": "/metadata/finalizers/0"},
+    ]))
+    .unwrap();
+    api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(ops))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(api.get(&name).await.unwrap_err()).0,
+        404,
+        "gone with its finalizer"
+    );
+}
+
 fn event_name(e: WatchEvent<Service>) -> String {
     match e {
         WatchEvent::Added(s) => format!("ADDED {}", s.metadata.name.unwrap_or_default()),
