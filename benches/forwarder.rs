@@ -362,7 +362,7 @@ fn proxy_nginx(dir: &std::path::Path) -> String {
 
 fn ironlb_conf() -> String {
     format!(
-        "node: proxy\ngossip:\n  listen: {PROXY}:7947\n  secret: bench\n\
+        "node: proxy\ngossip:\n  listen: {PROXY}:7947\n  secret: bench-gossip-secret\n\
          addresses:\n  - address: {VIP}\n    interfaces: [c0]\n\
          forwarder:\n  tcpIdleSeconds: 600\n\
          services:\n\

@@ -502,7 +502,7 @@ fn speaker_config(i: usize) -> String {
         .collect();
     format!(
         "node: node-{i}\n\
-         gossip:\n  listen: 10.99.0.1{i}:7946\n  seeds: [{}]\n  secret: demo-secret\n\
+         gossip:\n  listen: 10.99.0.1{i}:7946\n  seeds: [{}]\n  secret: demo-gossip-secret\n\
          addresses:\n  - address: {ADDRESS}\n    interfaces: [eth0]\n\
          services:\n\
          \x20 - name: web\n    address: {ADDRESS}\n    proxyProtocol: v2\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: {NGINX}}}]\n\

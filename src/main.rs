@@ -106,6 +106,13 @@ struct SpeakerArgs {
     /// node's, reachable by the others (without --static).
     #[arg(long, env = "GOSSIP_LISTEN")]
     gossip_listen: Option<SocketAddr>,
+    /// This node's gossip address alone, IPv4 or IPv6 without brackets (the
+    /// pod IP), used with --gossip-port when --gossip-listen is not given.
+    #[arg(long, env = "GOSSIP_ADDRESS")]
+    gossip_address: Option<std::net::IpAddr>,
+    /// The gossip port, with --gossip-address.
+    #[arg(long, env = "GOSSIP_PORT", default_value_t = ironlb::membership::DEFAULT_PORT)]
+    gossip_port: u16,
     /// Other speakers' gossip addresses, comma-separated (without --static).
     #[arg(long, env = "GOSSIP_SEEDS", value_delimiter = ',')]
     gossip_seeds: Vec<SocketAddr>,
@@ -349,9 +356,12 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
         .await?;
         return Ok(());
     }
-    let listen = args.gossip_listen.context(
-        "--gossip-listen (or GOSSIP_LISTEN) is required without --static: this node's address:port",
-    )?;
+    let listen = ironlb::membership::listen_address(
+        args.gossip_listen,
+        args.gossip_address,
+        args.gossip_port,
+    )
+    .map_err(anyhow::Error::msg)?;
     let secret_file = args
         .gossip_secret_file
         .context("--gossip-secret-file (or GOSSIP_SECRET_FILE) is required without --static")?;

@@ -104,7 +104,7 @@ impl World {
             .map(|j| format!("10.77.0.1{j}:7946"))
             .collect();
         format!(
-            "node: node-{i}\ngossip:\n  listen: 10.77.0.1{i}:7946\n  seeds: [{}]\n  secret: lab\n\
+            "node: node-{i}\ngossip:\n  listen: 10.77.0.1{i}:7946\n  seeds: [{}]\n  secret: lab-gossip-secret\n\
              addresses:\n  - address: {VIP}\n    interfaces: [eth0]\n  - address: 10.77.0.101\n    interfaces: [eth0]\n\
              services:\n{services}",
             seeds.join(", ")
@@ -959,7 +959,7 @@ fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
         ),
     );
     w.peer_server(&ngx, "fd77::22", 5353);
-    let config = "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab\n\
+    let config = "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab-gossip-secret\n\
          addresses:\n  - address: fd77::100\n    interfaces: [eth0]\n\
          services:\n\
          \x20 - name: web6\n    address: fd77::100\n    proxyProtocol: v2\n    ports: [{port: 80, targetPort: 8082}]\n    endpoints: [{address: fd77::22}]\n\

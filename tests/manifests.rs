@@ -95,6 +95,50 @@ fn the_kustomization_lists_every_manifest_and_one_image() {
     assert!(k.contains("- name: ghcr.io/ironlb/ironlb"));
 }
 
+/// `$(POD_IP):7947` is no socket address when the pod IP is IPv6: the
+/// DaemonSet passes the address and the port apart.
+#[test]
+fn the_speaker_gets_its_gossip_address_and_port_apart_for_ipv6_pods() {
+    let text = std::fs::read_to_string(root().join("deploy/speaker.yaml")).unwrap();
+    assert!(
+        !text.contains("$(POD_IP):"),
+        "no address:port glued in the manifest"
+    );
+    let env: Vec<&str> = text.lines().map(str::trim).collect();
+    let value_of = |name: &str| {
+        let i = env
+            .iter()
+            .position(|l| *l == format!("- name: {name}"))
+            .unwrap_or_else(|| panic!("{name} is set"));
+        env[i + 1].to_string()
+    };
+    assert_eq!(value_of("GOSSIP_ADDRESS"), "value: $(POD_IP)");
+    assert_eq!(value_of("GOSSIP_PORT"), "value: \"7947\"");
+    // The binary accepts what the DaemonSet gives an IPv6 pod: it fails on the
+    // missing secret file, past the address.
+    let out = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["speaker", "--kubeconfig", "/nonexistent"])
+        .env("GOSSIP_ADDRESS", "fd00::5")
+        .env("GOSSIP_PORT", "7947")
+        .env_remove("GOSSIP_LISTEN")
+        .env_remove("GOSSIP_SECRET_FILE")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("--gossip-secret-file"), "{said}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["speaker", "--kubeconfig", "/nonexistent"])
+        .env("GOSSIP_ADDRESS", "fd00::5:7947:1:2:3:4:5")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("GOSSIP_ADDRESS") || said.contains("gossip-address"),
+        "{said}"
+    );
+}
+
 #[test]
 fn every_manifest_validates_against_the_schemas_and_a_broken_one_does_not() {
     let Some(python) = python() else {

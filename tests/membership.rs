@@ -84,7 +84,12 @@ async fn a_leaving_speaker_is_gone_without_detection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_speaker_with_the_wrong_secret_never_joins() {
     let (a, b, c) = trio().await;
-    let intruder = speaker("d", b"wrong-secret", vec![a.local_addr(), b.local_addr()]).await;
+    let intruder = speaker(
+        "d",
+        b"wrong-gossip-secret",
+        vec![a.local_addr(), b.local_addr()],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for m in [&a, &b, &c] {
         assert_eq!(*m.members().borrow(), set(&["a", "b", "c"]));
@@ -97,5 +102,23 @@ async fn a_speaker_with_the_wrong_secret_never_joins() {
     );
     for m in [a, b, c, intruder] {
         m.leave().await;
+    }
+}
+
+#[tokio::test]
+async fn an_empty_or_short_secret_is_refused_with_how_to_make_one() {
+    for secret in [&b""[..], b"short-secret"] {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind loopback");
+        let Err(err) = Membership::start(socket, Config::lan("a", secret, vec![])) else {
+            panic!("a {}-byte secret was accepted", secret.len());
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        let said = err.to_string();
+        assert!(
+            said.contains(&format!("{} bytes", secret.len()))
+                && said.contains("at least 16")
+                && said.contains("head -c 32 /dev/urandom | base64"),
+            "{said}"
+        );
     }
 }

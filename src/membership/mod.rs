@@ -168,6 +168,47 @@ pub struct Counters {
     pub changes: Counter,
 }
 
+/// The gossip port a DaemonSet uses: 7947, beside MetalLB's 7946, so both may
+/// run during a migration.
+pub const DEFAULT_PORT: u16 = 7947;
+
+/// Where this speaker gossips: `listen` when given, else `address` on `port`.
+/// The two-part form exists for IPv6: a pod IP such as `fd00::5` cannot be
+/// glued to a port in a manifest (`$(POD_IP):7947` is no socket address, and
+/// `fd00::5:7947` is a different IPv6 address).
+pub fn listen_address(
+    listen: Option<SocketAddr>,
+    address: Option<std::net::IpAddr>,
+    port: u16,
+) -> Result<SocketAddr, String> {
+    listen
+        .or_else(|| address.map(|ip| SocketAddr::new(ip, port)))
+        .ok_or_else(|| {
+            "this node's gossip address is required without --static: --gossip-address \
+             (GOSSIP_ADDRESS, the pod IP) with --gossip-port, or --gossip-listen address:port"
+                .to_string()
+        })
+}
+
+/// The shortest gossip secret a speaker accepts, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Whether `secret` is long enough to authenticate the group; the error says
+/// how to make one that is.
+pub fn check_secret(secret: &[u8]) -> std::io::Result<()> {
+    if secret.len() >= MIN_SECRET_LEN {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "the gossip secret is {} bytes; it must be at least {MIN_SECRET_LEN} (make one with \
+             `head -c 32 /dev/urandom | base64`)",
+            secret.len()
+        ),
+    ))
+}
+
 /// A running member of the group.
 pub struct Membership {
     members: watch::Receiver<BTreeSet<String>>,
@@ -179,8 +220,11 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Joins the group from `socket`, announcing to the seeds.
+    /// Joins the group from `socket`, announcing to the seeds. Refuses a secret
+    /// shorter than [`MIN_SECRET_LEN`] bytes: anyone who guesses it can join
+    /// the group and take addresses.
     pub fn start(socket: UdpSocket, config: Config) -> std::io::Result<Self> {
+        check_secret(&config.secret)?;
         let local = socket.local_addr()?;
         let (tx, members) = watch::channel(BTreeSet::from([config.node.clone()]));
         let counters = Arc::new(Counters::default());
@@ -377,6 +421,23 @@ impl Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listen_address_takes_a_bare_ipv6_pod_ip_and_a_port() {
+        let v6: std::net::IpAddr = "fd00::5".parse().unwrap();
+        assert_eq!(
+            listen_address(None, Some(v6), DEFAULT_PORT),
+            Ok("[fd00::5]:7947".parse().unwrap())
+        );
+        assert_eq!(
+            listen_address(None, Some("10.0.0.5".parse().unwrap()), 7000),
+            Ok("10.0.0.5:7000".parse().unwrap())
+        );
+        let explicit: SocketAddr = "[fd00::9]:7946".parse().unwrap();
+        assert_eq!(listen_address(Some(explicit), Some(v6), 1), Ok(explicit));
+        let missing = listen_address(None, None, DEFAULT_PORT).unwrap_err();
+        assert!(missing.contains("--gossip-address"), "{missing}");
+    }
 
     #[test]
     fn a_sealed_datagram_opens_only_with_its_secret() {

@@ -171,7 +171,7 @@ impl Lab {
             .map(|j| format!("{subnet}.1{j}:7946"))
             .collect();
         let mut config = format!(
-            "node: node-{i}\ngossip:\n  listen: {subnet}.1{i}:7946\n  seeds: [{}]\n  secret: lab-secret\naddresses:\n",
+            "node: node-{i}\ngossip:\n  listen: {subnet}.1{i}:7946\n  seeds: [{}]\n  secret: lab-gossip-secret\naddresses:\n",
             seeds.join(", ")
         );
         for a in addresses {
