@@ -503,7 +503,7 @@ fn source_ranges_refuse_outsiders_and_a_dead_backend_falls_through() {
     assert_eq!(
         metric(
             &m,
-            "ironlb_speaker_forwarder_refused_total{namespace=\"static\",service=\"db\",reason=\"SourceRange\"}"
+            "ironlb_speaker_forwarder_refused_total{namespace=\"static\",service=\"db\",reason=\"source_range\"}"
         ),
         2.0,
         "{m}"
@@ -822,7 +822,7 @@ fn udp_flows_follow_live_backends_and_affinity_limits_and_idle_hold() {
     assert_eq!(
         metric(
             &m,
-            "ironlb_speaker_forwarder_refused_total{namespace=\"static\",service=\"limited\",reason=\"ConnectionLimit\"}"
+            "ironlb_speaker_forwarder_refused_total{namespace=\"static\",service=\"limited\",reason=\"connection_limit\"}"
         ),
         1.0,
         "{m}"

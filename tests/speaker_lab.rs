@@ -428,6 +428,55 @@ fn metrics_show_who_announces_and_who_answered() {
     }
 }
 
+/// A speaker announcing on two interfaces serves a `/metrics` page Prometheus
+/// accepts: one HELP and TYPE per metric, the interfaces as label values.
+#[test]
+fn metrics_with_two_announcing_interfaces_pass_promtool() {
+    let Some(mut lab) = Lab::new("metrics_with_two_announcing_interfaces") else {
+        return;
+    };
+    let ns = lab.namespace("n1");
+    // Two links of the node, the ends of one veth pair: each gets an announcer.
+    lab.exec_ok(
+        &ns,
+        &[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ],
+    );
+    for (link, address) in [("eth0", "10.77.0.11/24"), ("eth1", "10.78.0.11/24")] {
+        lab.exec_ok(&ns, &["ip", "addr", "add", address, "dev", link]);
+        lab.exec_ok(&ns, &["ip", "link", "set", link, "up"]);
+    }
+    let config = "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab-gossip-secret\n\
+                  addresses:\n  - address: 10.77.0.100\n    interfaces: [eth0]\n\
+                  \x20 - address: 10.78.0.100\n    interfaces: [eth1]\n";
+    lab.start_speaker_with(&ns, 1, config);
+    const FETCH: &str = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())";
+    let started = Instant::now();
+    let page = loop {
+        let out = lab.exec(&ns, &["python3", "-c", FETCH]);
+        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+        if page.contains("interface=\"eth0\"") && page.contains("interface=\"eth1\"") {
+            break page;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "both interfaces in the metrics; got:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        page.matches("# HELP ironlb_speaker_gratuitous_sent_total ")
+            .count(),
+        1,
+        "{page}"
+    );
+    if let Some(verdict) = support::promtool_check("metrics_with_two_announcing_interfaces", &page)
+    {
+        verdict.unwrap_or_else(|said| panic!("promtool check metrics: {said}\n{page}"));
+    }
+}
+
 /// Speakers in cluster mode, fed by the test API server running inside the lab.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {

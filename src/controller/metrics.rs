@@ -22,11 +22,11 @@ pub struct PoolLabels {
     pub state: &'static str,
 }
 
-/// Labels of the allocation-error counter.
+/// Labels of the allocation-error counter and the pending-Services gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// The event reason, e.g. `PoolExhausted`.
-    pub reason: &'static str,
+    /// The event reason in snake_case, e.g. `pool_exhausted`.
+    pub reason: String,
 }
 
 /// Everything the controller exports, plus readiness.
@@ -34,6 +34,7 @@ pub struct Metrics {
     registry: Registry,
     addresses: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     allocation_errors: Family<ReasonLabels, Counter>,
+    pending: Family<ReasonLabels, Gauge>,
     reconcile_seconds: Histogram,
     leader: Gauge,
     ready: AtomicBool,
@@ -52,8 +53,14 @@ impl Default for Metrics {
         let allocation_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "allocation_errors",
-            "Services that could not get the address they asked for, by reason, per pass",
+            "Failures to give a Service what it asked for, by reason: each counted once, when its warning event is sent",
             allocation_errors.clone(),
+        );
+        let pending = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "services_pending",
+            "Services whose request cannot be met now, by reason (most have no address)",
+            pending.clone(),
         );
         let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
@@ -71,6 +78,7 @@ impl Default for Metrics {
             registry,
             addresses,
             allocation_errors,
+            pending,
             reconcile_seconds,
             leader,
             ready: AtomicBool::new(false),
@@ -101,15 +109,28 @@ impl Metrics {
         }
     }
 
-    /// Counts allocation failures.
-    pub fn observe_errors<'a>(
+    /// Counts a failure whose warning event a pass sends (each once, not once
+    /// per pass while it lasts).
+    pub fn count_failure(&self, reason: &str) {
+        self.allocation_errors
+            .get_or_create(&ReasonLabels {
+                reason: crate::http::snake_case(reason),
+            })
+            .inc();
+    }
+
+    /// Sets how many Services wait, by reason, after a pass.
+    pub fn observe_pending<'a>(
         &self,
-        errors: impl IntoIterator<Item = (&'a &'static str, &'a usize)>,
+        pending: impl IntoIterator<Item = (&'a &'static str, &'a usize)>,
     ) {
-        for (reason, n) in errors {
-            self.allocation_errors
-                .get_or_create(&ReasonLabels { reason })
-                .inc_by(*n as u64);
+        self.pending.clear();
+        for (reason, n) in pending {
+            self.pending
+                .get_or_create(&ReasonLabels {
+                    reason: crate::http::snake_case(reason),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
     }
 

@@ -250,8 +250,18 @@ pub async fn run(
             now: Time(Timestamp::now()),
         };
         let (actions, outcome) = planner.plan(&snapshot);
+        for action in &actions {
+            if let Action::Event {
+                warning: true,
+                reason,
+                ..
+            } = action
+            {
+                metrics.count_failure(reason);
+            }
+        }
         let failed = apply(&client, &recorder, &snapshot, actions).await;
-        metrics.observe_errors(outcome.errors.iter());
+        metrics.observe_pending(outcome.errors.iter());
         metrics.observe_pools(
             planner.allocator(),
             &pool_state.iter().map(|p| p.name_any()).collect::<Vec<_>>(),

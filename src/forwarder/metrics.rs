@@ -1,6 +1,8 @@
 //! The forwarder's metrics, per Service.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,8 +28,8 @@ impl From<&ServiceKey> for ServiceLabels {
     }
 }
 
-/// Which way bytes went.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+/// Which way bytes went (`to_backend`, `to_client`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Direction {
     /// Client to backend.
     ToBackend,
@@ -35,8 +37,9 @@ pub enum Direction {
     ToClient,
 }
 
-/// Why a connection or datagram was not forwarded.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+/// Why a connection or datagram was not forwarded (`source_range`,
+/// `connection_limit`, `flow_table_full`, `no_backend`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Refusal {
     /// The client is outside `loadBalancerSourceRanges`.
     SourceRange,
@@ -46,6 +49,26 @@ pub enum Refusal {
     FlowTableFull,
     /// No backend accepted.
     NoBackend,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Direction::ToBackend => "to_backend",
+            Direction::ToClient => "to_client",
+        })
+    }
+}
+
+impl EncodeLabelValue for Refusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Refusal::SourceRange => "source_range",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::FlowTableFull => "flow_table_full",
+            Refusal::NoBackend => "no_backend",
+        })
+    }
 }
 
 /// A Service and a direction.

@@ -73,8 +73,9 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// Opens a raw socket on `interface` (needs `CAP_NET_RAW`).
-    pub fn start(interface: &str) -> io::Result<Self> {
+    /// Opens a raw socket on `interface` (needs `CAP_NET_RAW`); its work is
+    /// counted in `counters`.
+    pub fn start(interface: &str, counters: Counters) -> io::Result<Self> {
         let iface = datalink::interfaces()
             .into_iter()
             .find(|i| i.name == interface)
@@ -104,7 +105,7 @@ impl Announcer {
         let owned = Arc::new(RwLock::new(BTreeSet::new()));
         let tx = Arc::new(Mutex::new(tx));
         let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(counters);
         let thread = {
             let (owned, tx, stop, counters) =
                 (owned.clone(), tx.clone(), stop.clone(), counters.clone());
@@ -186,11 +187,6 @@ impl Announcer {
         };
         self.counters.gratuitous_sent.inc();
         send(&self.tx, &frame.encode(), &self.interface);
-    }
-
-    /// What the announcer did.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
     }
 }
 

@@ -3,19 +3,36 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::l2::announcer;
 use crate::membership;
 
+/// An interface, as a label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabel {
+    interface: String,
+}
+
 /// Everything a speaker exports, plus readiness.
+///
+/// Per-interface series are families with an `interface` label, created once:
+/// one HELP and TYPE line each however many interfaces announce (a
+/// sub-registry per interface would repeat them, which Prometheus refuses).
 pub struct Metrics {
-    // Announcers appear as interfaces are first used, so registration happens
-    // after the server is up.
+    // The forwarder and the gossip group register after the server is up.
     registry: Mutex<Registry>,
     announced: Gauge,
     members: Gauge,
+    arp_answered: Family<InterfaceLabel, Counter>,
+    ndp_answered: Family<InterfaceLabel, Counter>,
+    gratuitous_sent: Family<InterfaceLabel, Counter>,
+    malformed_frames: Family<InterfaceLabel, Counter>,
+    announce_failures: Family<InterfaceLabel, Counter>,
     ready: AtomicBool,
 }
 
@@ -34,7 +51,33 @@ impl Default for Metrics {
             "Speakers alive in the gossip group, this one included",
             members.clone(),
         );
+        let family = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<InterfaceLabel, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
         Self {
+            arp_answered: family(&mut registry, "arp_answered", "ARP requests answered"),
+            ndp_answered: family(
+                &mut registry,
+                "ndp_answered",
+                "Neighbor Solicitations answered",
+            ),
+            gratuitous_sent: family(
+                &mut registry,
+                "gratuitous_sent",
+                "Gratuitous ARP and unsolicited Neighbor Advertisements sent",
+            ),
+            malformed_frames: family(
+                &mut registry,
+                "malformed_frames",
+                "ARP and NDP frames that could not be read",
+            ),
+            announce_failures: family(
+                &mut registry,
+                "announce_failures",
+                "Times this node could not announce on an interface it should (missing, down, no permission)",
+            ),
             registry: Mutex::new(registry),
             announced,
             members,
@@ -44,31 +87,27 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Exports an announcer's counters under its interface's name.
-    pub fn register_announcer(&self, interface: &str, c: &announcer::Counters) {
-        let mut registry = self.registry.lock().expect("registry");
-        let sub =
-            registry.sub_registry_with_label(("interface".into(), interface.to_string().into()));
-        sub.register(
-            "arp_answered",
-            "ARP requests answered",
-            c.arp_answered.clone(),
-        );
-        sub.register(
-            "ndp_answered",
-            "Neighbor Solicitations answered",
-            c.ns_answered.clone(),
-        );
-        sub.register(
-            "gratuitous_sent",
-            "Gratuitous ARP and unsolicited Neighbor Advertisements sent",
-            c.gratuitous_sent.clone(),
-        );
-        sub.register(
-            "malformed_frames",
-            "ARP and NDP frames that could not be read",
-            c.malformed.clone(),
-        );
+    /// The counters an announcer on `interface` updates: this interface's
+    /// series (the same ones again when an announcer there is restarted).
+    pub fn announcer_counters(&self, interface: &str) -> announcer::Counters {
+        let label = InterfaceLabel {
+            interface: interface.to_string(),
+        };
+        announcer::Counters {
+            arp_answered: self.arp_answered.get_or_create(&label).clone(),
+            ns_answered: self.ndp_answered.get_or_create(&label).clone(),
+            gratuitous_sent: self.gratuitous_sent.get_or_create(&label).clone(),
+            malformed: self.malformed_frames.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Counts a failure to announce on `interface`.
+    pub fn announce_failed(&self, interface: &str) {
+        self.announce_failures
+            .get_or_create(&InterfaceLabel {
+                interface: interface.to_string(),
+            })
+            .inc();
     }
 
     /// Exports the forwarder's metrics.

@@ -709,12 +709,12 @@ pub async fn run(
             }
             for name in interfaces {
                 if !announcers.contains_key(name) {
-                    match Announcer::start(name) {
+                    match Announcer::start(name, metrics.announcer_counters(name)) {
                         Ok(a) => {
-                            metrics.register_announcer(name, a.counters());
                             announcers.insert(name.clone(), a);
                         }
                         Err(e) => {
+                            metrics.announce_failed(name);
                             warn!(interface = %name, error = %e, "cannot announce on this interface");
                             continue;
                         }

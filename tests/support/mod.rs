@@ -292,3 +292,41 @@ impl Controller {
             .expect("controller run");
     }
 }
+
+/// Runs `promtool check metrics` (Debian's `prometheus` package, which
+/// `./scripts/test` installs) on a `/metrics` page: `Err` with what it said
+/// when Prometheus would refuse or flag the page. `None` (after printing why)
+/// when promtool is missing; with `CI=true` that fails instead.
+pub fn promtool_check(test: &str, page: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        netns::skip(
+            test,
+            Some("promtool is not installed (./scripts/test installs Debian's prometheus)".into()),
+        );
+        return None;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(page.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(said)
+    })
+}

@@ -197,7 +197,7 @@ pub async fn sharing_metallb_annotations_and_exhaustion(env: &Env) {
     env.pool("main", &["198.51.100.16-198.51.100.17"], true)
         .await;
     env.pool("named", &["198.51.100.20"], false).await;
-    let _controller = env.controller("ctl-share");
+    let controller = env.controller("ctl-share");
 
     let pinned = env
         .service("pinned")
@@ -260,4 +260,24 @@ pub async fn sharing_metallb_annotations_and_exhaustion(env: &Env) {
     )
     .await;
     assert_eq!(status.available_ipv4, 0);
+
+    // What an operator alerts on, in a page Prometheus accepts.
+    let page = wait_for("the exhaustion in the metrics", env.patience, || async {
+        controller
+            .get("/metrics")
+            .map(|(_, body)| body)
+            .filter(|b| {
+                b.contains("ironlb_controller_services_pending{reason=\"pool_exhausted\"} 1")
+            })
+    })
+    .await;
+    assert!(
+        page.contains("ironlb_controller_allocation_errors_total{reason=\"pool_exhausted\"} 1"),
+        "counted once, not once per pass:\n{page}"
+    );
+    if let Some(verdict) =
+        super::promtool_check("sharing_metallb_annotations_and_exhaustion", &page)
+    {
+        verdict.unwrap_or_else(|said| panic!("promtool check metrics: {said}\n{page}"));
+    }
 }
