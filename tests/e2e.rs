@@ -266,6 +266,18 @@ async fn restarts_and_replicas_never_move_an_address() {
     scenarios::restarts_and_replicas_never_move_an_address(&env).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_never_writes_over_the_new_one() {
+    let Some(cluster) = Cluster::lock("a_paused_leader_never_writes_over_the_new_one").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let dir = ScratchDir::new("e2e-paused");
+    let env = scenario_env(&cluster, &dir, "paused").await;
+    let _ns = Made::namespace(&cluster, &env.client, &env.namespace).await;
+    scenarios::a_paused_leader_never_writes_over_the_new_one(&env).await;
+}
+
 #[tokio::test]
 async fn sharing_metallb_annotations_and_exhaustion() {
     let Some(cluster) = Cluster::lock("sharing_metallb_annotations_and_exhaustion").await else {

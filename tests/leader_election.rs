@@ -119,3 +119,54 @@ async fn sharing_metallb_annotations_and_exhaustion() {
     let (_server, _dir, env) = on_test_server("sharing").await;
     scenarios::sharing_metallb_annotations_and_exhaustion(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_never_writes_over_the_new_one() {
+    let (_server, _dir, env) = on_test_server("paused").await;
+    scenarios::a_paused_leader_never_writes_over_the_new_one(&env).await;
+}
+
+/// The fence a leader checks before every write: the Lease must name it and
+/// have been renewed recently, by its own clock.
+#[tokio::test]
+async fn the_fence_lets_a_leader_write_only_on_a_fresh_lease_of_its_own() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let fence = ironlb::controller::Fence {
+        namespace: "ironlb-system".into(),
+        name: "ironlb-controller".into(),
+        identity: "me".into(),
+        max_age: Duration::from_secs(10),
+    };
+    let refusal = fence.check(&client).await.expect_err("no Lease yet");
+    assert!(refusal.contains("reading Lease"), "{refusal}");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "ironlb-system");
+    let set = |holder: &str, age: i64| {
+        let renewed = Timestamp::now() - SignedDuration::from_secs(age);
+        serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "ironlb-controller"},
+            "spec": {"holderIdentity": holder, "renewTime": MicroTime(renewed), "leaseDurationSeconds": 15}})
+    };
+    for (holder, age, ok) in [("me", 1, true), ("me", 30, false), ("other", 1, false)] {
+        leases
+            .patch(
+                "ironlb-controller",
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(set(holder, age)),
+            )
+            .await
+            .unwrap();
+        let verdict = fence.check(&client).await;
+        assert_eq!(
+            verdict.is_ok(),
+            ok,
+            "held by {holder}, renewed {age} s ago: {verdict:?}"
+        );
+    }
+}

@@ -55,6 +55,57 @@ pub struct Config {
     pub lease_grace: Duration,
     /// A pass runs at least this often even without events, to retry failed writes.
     pub resync: Duration,
+    /// With leader election: the Lease this replica must hold, freshly renewed,
+    /// for a pass to write anything.
+    pub fence: Option<Fence>,
+}
+
+/// Keeps a replica that was paused or cut off from writing after its lease
+/// could have passed to another: before a pass writes, the Lease must name this
+/// replica and have been renewed less than `max_age` ago (the lease duration
+/// less a safety margin), by this replica's clock, which also wrote the
+/// renewal time. Elections alone cannot promise that: a leader frozen past its
+/// lease still believes it leads for the moment after it resumes.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica's identity in it.
+    pub identity: String,
+    /// How old the last renewal may be.
+    pub max_age: Duration,
+}
+
+impl Fence {
+    /// Whether this replica may write now; the error says why not.
+    pub async fn check(&self, client: &Client) -> Result<(), String> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let lease = Api::<Lease>::namespaced(client.clone(), &self.namespace)
+            .get(&self.name)
+            .await
+            .map_err(|e| format!("reading Lease {}/{}: {e}", self.namespace, self.name))?;
+        let spec = lease.spec.unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Err(format!(
+                "Lease {}/{} is held by {:?}",
+                self.namespace, self.name, spec.holder_identity
+            ));
+        }
+        let renewed = spec
+            .renew_time
+            .map(|t| t.0)
+            .ok_or("the Lease has no renewTime")?;
+        let age = Timestamp::now().duration_since(renewed);
+        let max = k8s_openapi::jiff::SignedDuration::try_from(self.max_age).unwrap_or_default();
+        if age > max {
+            return Err(format!(
+                "the Lease was last renewed {age:#} ago, more than the {max:#} a writer may rely on"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -66,6 +117,7 @@ impl Default for Config {
             lease_duration: Duration::from_secs(15),
             lease_grace: Duration::from_secs(5),
             resync: Duration::from_secs(60),
+            fence: None,
         }
     }
 }
@@ -171,12 +223,18 @@ pub async fn run_with_leader_election(
         info!(identity = %config.identity, "acquired the leader lease");
         metrics.set_leader(true);
         let term = shutdown.child_token();
-        let mut work = Box::pin(run(
-            client.clone(),
-            config.clone(),
-            metrics.clone(),
-            term.clone(),
-        ));
+        let fenced = Config {
+            fence: Some(Fence {
+                namespace: config.lease_namespace.clone(),
+                name: CONTROLLER_NAME.into(),
+                identity: config.identity.clone(),
+                // Renewals are due `lease_grace` before expiry; half of that is
+                // the margin for clock skew and a write in flight.
+                max_age: config.lease_duration.saturating_sub(config.lease_grace / 2),
+            }),
+            ..config.clone()
+        };
+        let mut work = Box::pin(run(client.clone(), fenced, metrics.clone(), term.clone()));
         tokio::select! {
             result = &mut work => {
                 result?;
@@ -231,6 +289,7 @@ pub async fn run(
         },
     );
     let mut planner = Planner::default();
+    let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         // Let a burst of events land before looking.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -250,6 +309,21 @@ pub async fn run(
             now: Time(Timestamp::now()),
         };
         let (actions, outcome) = planner.plan(&snapshot);
+        if !actions.is_empty()
+            && let Some(fence) = &config.fence
+            && let Err(why) = fence.check(&client).await
+        {
+            // The plan may rest on a stale view or collide with another
+            // leader: write nothing, and start from the cluster again once the
+            // lease is ours (the election loop restarts this function).
+            warn!(%why, "not writing: this replica cannot be sure it leads");
+            planner = Planner::default();
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(backoff.delay()) => {}
+            }
+            continue;
+        }
         for action in &actions {
             if let Action::Event {
                 warning: true,
@@ -260,18 +334,23 @@ pub async fn run(
                 metrics.count_failure(reason);
             }
         }
-        let failed = apply(&client, &recorder, &snapshot, actions).await;
+        let written = apply(&client, &recorder, &snapshot, actions).await;
         metrics.observe_pending(outcome.errors.iter());
         metrics.observe_pools(
             planner.allocator(),
             &pool_state.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
         );
         metrics.observe_pass(started.elapsed().as_secs_f64());
-        debug!(services = outcome.assigned_services, failed, "pass done");
+        debug!(services = outcome.assigned_services, ?written, "pass done");
 
-        let retry = if failed > 0 {
-            Duration::from_secs(1)
+        let retry = if written.failed > 0 {
+            backoff.delay()
+        } else if written.conflicts > 0 {
+            // A 409: the view was stale; look again once the watch has caught up.
+            backoff.reset();
+            Duration::from_millis(200)
         } else {
+            backoff.reset();
             config.resync
         };
         tokio::select! {
@@ -316,14 +395,42 @@ where
     store
 }
 
-/// Carries out the pass' writes; returns how many failed (they are retried by
-/// the next pass, which computes them again).
+/// What became of a pass's writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Writes that failed (retried by a later pass, with backoff).
+    pub failed: usize,
+    /// Writes refused with 409 because the object changed since the snapshot:
+    /// the next pass, on a fresher view, decides again.
+    pub conflicts: usize,
+}
+
+/// Carries out the pass' writes, status writes first: each carries the
+/// `resourceVersion` of the snapshot it was computed from, so a 409 means "look
+/// again", never an overwrite, and the other writes (an annotation on the same
+/// Service, say) must not bump the version under it.
 async fn apply(
     client: &Client,
     recorder: &Recorder,
     snap: &Snapshot<'_>,
     actions: Vec<Action>,
-) -> usize {
+) -> Written {
+    let (statuses, others): (Vec<Action>, Vec<Action>) = actions
+        .into_iter()
+        .partition(|a| matches!(a, Action::ServiceStatus { .. } | Action::PoolStatus { .. }));
+    let mut written = apply_all(client, recorder, snap, statuses).await;
+    let rest = apply_all(client, recorder, snap, others).await;
+    written.failed += rest.failed;
+    written.conflicts += rest.conflicts;
+    written
+}
+
+async fn apply_all(
+    client: &Client,
+    recorder: &Recorder,
+    snap: &Snapshot<'_>,
+    actions: Vec<Action>,
+) -> Written {
     let writes = actions.into_iter().map(|action| async move {
         let result = match &action {
             Action::ServiceStatus { key, ingress } => {
@@ -334,7 +441,15 @@ async fn apply(
                 } else {
                     json!(ingress)
                 };
-                let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+                let version = snap
+                    .services
+                    .iter()
+                    .find(|s| translate::service_key(s) == *key)
+                    .and_then(|s| s.metadata.resource_version.clone());
+                let patch = json!({
+                    "metadata": {"resourceVersion": version},
+                    "status": {"loadBalancer": {"ingress": ingress}},
+                });
                 api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .map(|_| ())
@@ -348,7 +463,7 @@ async fn apply(
             }
             Action::PoolFinalizer { name, add } => {
                 let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
-                    return 0;
+                    return Written::default();
                 };
                 let api: Api<IPAddressPool> = Api::all(client.clone());
                 // A JSON patch touches only our entry: other finalizers stay, and
@@ -362,13 +477,16 @@ async fn apply(
                         .map(|_| ()),
                     Err(e) => {
                         warn!(error = %e, "building the finalizer patch");
-                        return 1;
+                        return Written {
+                            failed: 1,
+                            conflicts: 0,
+                        };
                     }
                 }
             }
             Action::PoolEvent { name, reason, note } => {
                 let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
-                    return 0;
+                    return Written::default();
                 };
                 let event = Event {
                     type_: EventType::Warning,
@@ -381,7 +499,12 @@ async fn apply(
             }
             Action::PoolStatus { name, status } => {
                 let api: Api<IPAddressPool> = Api::all(client.clone());
-                let patch = json!({"status": status});
+                let version = snap
+                    .pools
+                    .iter()
+                    .find(|p| p.name_any() == *name)
+                    .and_then(|p| p.metadata.resource_version.clone());
+                let patch = json!({"metadata": {"resourceVersion": version}, "status": status});
                 api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .map(|_| ())
@@ -396,7 +519,7 @@ async fn apply(
                     s.name_any() == key.name
                         && s.namespace().as_deref() == Some(key.namespace.as_str())
                 }) else {
-                    return 0;
+                    return Written::default();
                 };
                 let event = Event {
                     type_: if *warning {
@@ -413,17 +536,69 @@ async fn apply(
             }
         };
         match result {
-            Ok(()) => 0,
+            Ok(()) => Written::default(),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                debug!(
+                    ?action,
+                    "the object changed since the snapshot; the next pass decides again"
+                );
+                Written {
+                    failed: 0,
+                    conflicts: 1,
+                }
+            }
             Err(e) => {
-                warn!(?action, error = %e, "write failed; the next pass retries it");
-                1
+                warn!(?action, error = %e, "write failed; a later pass retries it");
+                Written {
+                    failed: 1,
+                    conflicts: 0,
+                }
             }
         }
     });
     futures::stream::iter(writes)
         .buffer_unordered(16)
-        .fold(0, |n, failed| future::ready(n + failed))
+        .fold(Written::default(), |n, w| {
+            future::ready(Written {
+                failed: n.failed + w.failed,
+                conflicts: n.conflicts + w.conflicts,
+            })
+        })
         .await
+}
+
+/// Delays between retries of failed writes: doubling from 500 ms to 30 s, each
+/// drawn at random between half and all of it, so replicas and controllers
+/// hitting one struggling API server do not retry in step.
+#[derive(Debug)]
+pub struct Backoff {
+    upcoming: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            upcoming: Backoff::FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const CAP: Duration = Duration::from_secs(30);
+
+    /// The next delay.
+    pub fn delay(&mut self) -> Duration {
+        use rand::RngExt;
+        let full = self.upcoming;
+        self.upcoming = (self.upcoming * 2).min(Backoff::CAP);
+        full.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+
+    /// Back to the first delay, after a success.
+    pub fn reset(&mut self) {
+        self.upcoming = Backoff::FIRST;
+    }
 }
 
 /// JSON patch operations that add or remove [`POOL_FINALIZER`] in `current`.
@@ -452,5 +627,45 @@ fn object_reference(svc: &Service) -> ObjectReference {
         uid: svc.metadata.uid.clone(),
         resource_version: svc.metadata.resource_version.clone(),
         field_path: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_a_cap_and_resets() {
+        let mut b = Backoff::default();
+        let mut full = Backoff::FIRST;
+        for _ in 0..10 {
+            let d = b.delay();
+            assert!(d >= full / 2 && d <= full, "{d:?} within half and all of {full:?}");
+            full = (full * 2).min(Backoff::CAP);
+        }
+        assert_eq!(full, Backoff::CAP);
+        b.reset();
+        assert!(b.delay() <= Backoff::FIRST);
+    }
+
+    #[test]
+    fn the_finalizer_patch_touches_only_our_entry() {
+        let ours = POOL_FINALIZER.to_string();
+        assert_eq!(
+            finalizer_patch(&["other".into(), ours.clone()], false),
+            json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": POOL_FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"},
+            ])
+        );
+        assert_eq!(
+            finalizer_patch(&[], true),
+            json!([{"op": "add", "path": "/metadata/finalizers", "value": [POOL_FINALIZER]}])
+        );
+        assert_eq!(
+            finalizer_patch(&["other".into()], true),
+            json!([{"op": "add", "path": "/metadata/finalizers/-", "value": POOL_FINALIZER}])
+        );
+        assert_eq!(finalizer_patch(&[ours], true), json!([]));
     }
 }

@@ -157,6 +157,33 @@ impl Planner {
             self.restored = true;
         }
 
+        // A Service that shows addresses this planner does not know of got
+        // them from another replica (one that led while this one stood by or
+        // was paused): adopt them, never hand out others.
+        let strangers: Vec<(ipam::Service, Vec<IpAddr>)> = requests
+            .iter()
+            .filter_map(|(svc, request)| {
+                let r = request.as_ref().ok()?;
+                let shown = translate::status_addresses(svc);
+                (!shown.is_empty() && self.allocator.assignment(&r.service.key).is_none())
+                    .then(|| (r.service.clone(), shown))
+            })
+            .collect();
+        for result in self
+            .allocator
+            .restore(strangers.iter().map(|(s, a)| (s, a.as_slice())))
+        {
+            if let Err(e) = result {
+                self.event(
+                    &mut actions,
+                    &e.service,
+                    true,
+                    e.kind.reason(),
+                    e.to_string(),
+                );
+            }
+        }
+
         let mut seen = BTreeSet::new();
         for (svc, request) in &requests {
             let key = translate::service_key(svc);

@@ -190,6 +190,113 @@ pub async fn restarts_and_replicas_never_move_an_address(env: &Env) {
     );
 }
 
+/// Every address each Service shows, sampled until `stop`: panics on the first
+/// sample where two Services (other than the `sharing` ones) show one address,
+/// or a Service shows an address other than the first it showed.
+async fn watch_for_fights(
+    client: Client,
+    namespace: String,
+    sharing: &'static [&'static str],
+    stop: tokio_util::sync::CancellationToken,
+) -> usize {
+    let api = Api::<Service>::namespaced(client, &namespace);
+    let mut first: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut samples = 0;
+    while !stop.is_cancelled() {
+        // An API server that is slow or gone costs a sample, nothing else.
+        if let Ok(list) = api.list(&ListParams::default()).await {
+            let all: BTreeMap<String, Vec<String>> = list
+                .items
+                .iter()
+                .map(|s| (s.metadata.name.clone().unwrap_or_default(), ips_of(s)))
+                .collect();
+            let accidents = shared_by_accident(&all, sharing);
+            assert!(
+                accidents.is_empty(),
+                "two Services on one address: {accidents:?} in {all:?}"
+            );
+            for (name, ips) in &all {
+                if ips.is_empty() {
+                    continue;
+                }
+                let was = first.entry(name.clone()).or_insert_with(|| ips.clone());
+                assert_eq!(was, ips, "{name} changed its address");
+            }
+            samples += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    samples
+}
+
+/// The leader is frozen (SIGSTOP) for longer than its lease while Services are
+/// created and deleted; the standby takes over; the old leader is resumed. At
+/// no moment do two Services show one address, and no Service's address
+/// changes: the resumed replica writes nothing until it holds a freshly renewed
+/// lease, and adopts what the other handed out instead of handing out again.
+pub async fn a_paused_leader_never_writes_over_the_new_one(env: &Env) {
+    env.pool("paused", &["198.51.100.32/28"], true).await;
+    let replicas = [env.controller("ctl-p0"), env.controller("ctl-p1")];
+    for i in 0..4 {
+        create_service(&env.client, env.service(&format!("s{i}")).build()).await;
+    }
+    env.wait_addressed(&["s0", "s1", "s2", "s3"]).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn(watch_for_fights(
+        env.client.clone(),
+        env.namespace.clone(),
+        &[],
+        stop.clone(),
+    ));
+
+    let leader = wait_for("a leader", env.patience, || holder(&env.client)).await;
+    let paused = replicas
+        .iter()
+        .find(|r| r.identity == leader)
+        .expect("the leader is one of ours");
+    let pid = paused.child.id().to_string();
+    let signal = |name: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {name} {pid}");
+    };
+    // Frozen most likely between seeing `pending` and writing its address:
+    // awake with that stale plan, it would give `pending` the lowest address it
+    // thinks free, while the new leader (which saw s0 go) gives it s0's.
+    create_service(&env.client, env.service("pending").build()).await;
+    signal("-STOP");
+    // While it sleeps: one Service goes, and its address is handed to a new
+    // one; more come.
+    Api::<Service>::namespaced(env.client.clone(), &env.namespace)
+        .delete("s0", &DeleteParams::default())
+        .await
+        .expect("delete s0");
+    for i in 4..7 {
+        create_service(&env.client, env.service(&format!("s{i}")).build()).await;
+    }
+    let during = env
+        .wait_addressed(&["pending", "s1", "s2", "s3", "s4", "s5", "s6"])
+        .await;
+    let standby = holder(&env.client).await.expect("a leader");
+    assert_ne!(standby, leader, "the standby took over");
+    // Past its lease for sure, then awake again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    create_service(&env.client, env.service("s7").build()).await;
+    let after = env
+        .wait_addressed(&["pending", "s1", "s2", "s3", "s4", "s5", "s6", "s7"])
+        .await;
+    stop.cancel();
+    let samples = watcher.await.expect("the watcher held");
+    assert!(samples > 20, "only {samples} samples");
+    for (name, ips) in &during {
+        assert_eq!(&after[name], ips, "{name} moved after the old leader woke");
+    }
+}
+
 /// Sharing (MetalLB's annotation spellings), a requested address, a named pool
 /// that does not auto-assign, and an exhausted pool's warning event — through a
 /// controller process, with the events and pool status an operator reads.
