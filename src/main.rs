@@ -368,8 +368,11 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
     let secret = std::fs::read(&secret_file)
         .with_context(|| format!("reading --gossip-secret-file {}", secret_file.display()))?;
     let node = args.node.unwrap_or_else(hostname);
-    let gossip =
-        ironlb::membership::Config::lan(node.clone(), trim_secret(secret), args.gossip_seeds);
+    let gossip = ironlb::membership::Config::lan(
+        node.clone(),
+        ironlb::membership::keys_from(&secret),
+        args.gossip_seeds,
+    );
     ironlb::speaker::run_kubernetes(
         client(args.kubeconfig).await?,
         node,
@@ -387,14 +390,6 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
-}
-
-/// A secret file usually ends with a newline that is not part of the secret.
-fn trim_secret(mut secret: Vec<u8>) -> Vec<u8> {
-    while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {
-        secret.pop();
-    }
-    secret
 }
 
 async fn interfaces(args: InterfacesArgs) -> anyhow::Result<()> {

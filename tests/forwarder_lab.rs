@@ -864,6 +864,13 @@ async fn cluster_services_with_embedded_forwarding_are_forwarded() {
         )
         .await
         .unwrap();
+    // The speaker's own Node: only members that are nodes may own addresses.
+    let node: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "node-1"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let status = |ip: &str| serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "Proxy"}]}}});
     for (name, ip, proxy) in [("web", VIP, None), ("bad", "10.77.0.101", Some("v3"))] {

@@ -14,7 +14,7 @@ const SECRET: &[u8] = b"test-gossip-secret";
 
 async fn speaker(node: &str, secret: &[u8], seeds: Vec<SocketAddr>) -> Membership {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind loopback");
-    Membership::start(socket, Config::lan(node, secret, seeds)).expect("start")
+    Membership::start(socket, Config::lan(node, vec![secret.to_vec()], seeds)).expect("start")
 }
 
 fn set(nodes: &[&str]) -> BTreeSet<String> {
@@ -74,7 +74,7 @@ async fn a_leaving_speaker_is_gone_without_detection() {
     // A leave is announced, not detected: faster than the suspicion timeout
     // that a crash has to wait out.
     assert!(
-        took < Config::lan("x", SECRET, vec![]).suspect_to_down_after,
+        took < Config::lan("x", vec![SECRET.to_vec()], vec![]).suspect_to_down_after,
         "took {took:?}"
     );
     a.leave().await;
@@ -109,7 +109,8 @@ async fn a_speaker_with_the_wrong_secret_never_joins() {
 async fn an_empty_or_short_secret_is_refused_with_how_to_make_one() {
     for secret in [&b""[..], b"short-secret"] {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind loopback");
-        let Err(err) = Membership::start(socket, Config::lan("a", secret, vec![])) else {
+        let Err(err) = Membership::start(socket, Config::lan("a", vec![secret.to_vec()], vec![]))
+        else {
             panic!("a {}-byte secret was accepted", secret.len());
         };
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);

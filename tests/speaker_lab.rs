@@ -428,6 +428,98 @@ fn metrics_show_who_announces_and_who_answered() {
     }
 }
 
+/// Gossip captured on the wire and replayed later changes nothing: node-2's
+/// "leave" replayed after it rejoined does not evict it, and node-3's datagrams
+/// replayed after it left for good do not bring it back. The replays are
+/// counted.
+#[test]
+fn replayed_gossip_neither_evicts_nor_resurrects() {
+    let Some(mut w) = world("replay") else {
+        return;
+    };
+    let tap = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/gossip_tap.py");
+    let node1 = w.nodes[0].1.clone();
+    let members = |w: &World| value(&metrics_of(w, &node1), "ironlb_speaker_members");
+    let wait_members = |w: &World, n: f64, what: &str| {
+        let started = Instant::now();
+        while members(w) != n {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}; logs:\n{}",
+                logs(w)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_members(&w, 3.0, "node-1 to see all three");
+
+    // Record what node-1 receives while node-2 leaves and comes back.
+    let capture = w.lab.dir().join("gossip.hex");
+    let log = w.lab.dir().join("tap.log");
+    let capture_arg = capture.to_str().expect("utf-8 path").to_string();
+    let started = Instant::now();
+    w.lab.spawn(
+        &node1,
+        "python3",
+        &[
+            tap,
+            "capture",
+            "eth0",
+            "10.77.0.11",
+            "7946",
+            "5",
+            &capture_arg,
+        ],
+        &log,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let idx = w.speakers[1].take().expect("node-2's speaker");
+    w.lab.terminate(idx);
+    wait_members(&w, 2.0, "node-1 to see node-2 leave");
+    w.speakers[1] = Some(start_speaker(&mut w, 1));
+    wait_members(&w, 3.0, "node-1 to see node-2 back");
+    std::thread::sleep(
+        Duration::from_secs(5).saturating_sub(started.elapsed()) + Duration::from_millis(500),
+    );
+
+    let replay = |w: &World| -> usize {
+        let out = w.lab.exec_ok(
+            &w.client,
+            &["python3", tap, "replay", &capture_arg, "10.77.0.11", "7946"],
+        );
+        out.trim().parse().expect("count of replayed datagrams")
+    };
+    let hold = |w: &World, n: f64, what: &str| {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            assert_eq!(members(w), n, "{what}; logs:\n{}", logs(w));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let sent = replay(&w);
+    assert!(sent > 20, "only {sent} datagrams captured");
+    hold(&w, 3.0, "node-2's replayed leave must not evict it");
+    let replayed = value(
+        &metrics_of(&w, &node1),
+        "ironlb_speaker_gossip_replayed_total",
+    );
+    assert!(
+        replayed >= sent as f64 * 0.9,
+        "{replayed} of {sent} replays counted"
+    );
+
+    // node-3 leaves for good; its recorded datagrams come back.
+    let idx = w.speakers[2].take().expect("node-3's speaker");
+    w.lab.terminate(idx);
+    wait_members(&w, 2.0, "node-1 to see node-3 leave");
+    replay(&w);
+    hold(
+        &w,
+        2.0,
+        "node-3's replayed datagrams must not bring it back",
+    );
+}
+
 /// A speaker announcing on two interfaces serves a `/metrics` page Prometheus
 /// accepts: one HELP and TYPE per metric, the interfaces as label values.
 #[test]

@@ -640,7 +640,10 @@ mod tests {
         let mut full = Backoff::FIRST;
         for _ in 0..10 {
             let d = b.delay();
-            assert!(d >= full / 2 && d <= full, "{d:?} within half and all of {full:?}");
+            assert!(
+                d >= full / 2 && d <= full,
+                "{d:?} within half and all of {full:?}"
+            );
             full = (full * 2).min(Backoff::CAP);
         }
         assert_eq!(full, Backoff::CAP);

@@ -14,9 +14,15 @@
 //! detection, built around its own transport and pulling in a C zstd build; we
 //! need membership only, and tight control of timings.
 //!
-//! Every datagram carries a truncated HMAC-SHA256 of its payload under the
-//! shared secret; a datagram without the right tag is dropped and counted
-//! before `foca` sees it.
+//! Every datagram carries a header — the sender's incarnation (random per
+//! start), its clock and a sequence number — and a truncated HMAC-SHA256 of
+//! header and payload under the shared secret. A datagram that is too large is
+//! dropped before any hashing; one without the right tag, or a replay (a
+//! sequence number of that incarnation already seen, or sent longer ago than
+//! [`REPLAY_WINDOW`]), is dropped and counted before `foca` sees it, so a
+//! captured "leave" cannot evict a member and a departed member's datagrams
+//! cannot bring it back. Several keys may be configured for rotation: the
+//! first signs, any opens.
 
 use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeSet;
@@ -77,8 +83,11 @@ impl Identity for Peer {
 pub struct Config {
     /// This node's name.
     pub node: String,
-    /// The shared secret; speakers with different secrets never see each other.
-    pub secret: Vec<u8>,
+    /// The shared secrets: the first signs, any of them opens, so a new key
+    /// can be rolled out (added second, then moved first, then the old one
+    /// removed) without splitting the group. Speakers with no key in common
+    /// never see each other.
+    pub keys: Vec<Vec<u8>>,
     /// Addresses of other speakers to announce to at start and periodically
     /// (to heal partitions).
     pub seeds: Vec<SocketAddr>,
@@ -94,14 +103,10 @@ pub struct Config {
 impl Config {
     /// Timings for a LAN: a dead speaker is down in about half a second, and
     /// indirect probes plus suspicion ride out a few percent of packet loss.
-    pub fn lan(
-        node: impl Into<String>,
-        secret: impl Into<Vec<u8>>,
-        seeds: Vec<SocketAddr>,
-    ) -> Self {
+    pub fn lan(node: impl Into<String>, keys: Vec<Vec<u8>>, seeds: Vec<SocketAddr>) -> Self {
         Self {
             node: node.into(),
-            secret: secret.into(),
+            keys,
             seeds,
             probe_period: Duration::from_millis(100),
             probe_rtt: Duration::from_millis(40),
@@ -137,35 +142,166 @@ impl Config {
     }
 }
 
-/// Signs `payload` for the wire: tag, then payload.
-pub fn seal(secret: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+/// Bytes of the header after the tag: incarnation, send time, sequence.
+pub const HEADER_LEN: usize = 24;
+
+/// The largest datagram read: `foca`'s packets are at most 1,400 bytes.
+pub const MAX_DATAGRAM: usize = TAG_LEN + HEADER_LEN + 1400;
+
+/// How far a datagram's send time may lie from the receiver's clock, either
+/// way. Generous, so clocks merely kept by NTP never split the group; within
+/// it, sequence numbers catch replays.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Who sent a datagram, when and in what order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Random per start of the sender: a restarted speaker is a new sender.
+    pub incarnation: u64,
+    /// The sender's clock, in milliseconds since the epoch.
+    pub sent_ms: u64,
+    /// Increases by one per datagram of the incarnation.
+    pub seq: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[..8].copy_from_slice(&self.incarnation.to_be_bytes());
+        out[8..16].copy_from_slice(&self.sent_ms.to_be_bytes());
+        out[16..].copy_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let word = |i: usize| Some(u64::from_be_bytes(bytes.get(i..i + 8)?.try_into().ok()?));
+        Some(Self {
+            incarnation: word(0)?,
+            sent_ms: word(8)?,
+            seq: word(16)?,
+        })
+    }
+}
+
+fn tag(key: &[u8], header: &[u8], payload: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(header);
     mac.update(payload);
-    let tag = mac.finalize().into_bytes();
-    let mut out = Vec::with_capacity(TAG_LEN + payload.len());
+    mac
+}
+
+/// Signs `payload` for the wire under `key`: tag, header, payload.
+pub fn seal(key: &[u8], header: Header, payload: &[u8]) -> Vec<u8> {
+    let header = header.encode();
+    let tag = tag(key, &header, payload).finalize().into_bytes();
+    let mut out = Vec::with_capacity(TAG_LEN + HEADER_LEN + payload.len());
     out.extend_from_slice(&tag[..TAG_LEN]);
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
     out
 }
 
-/// The payload of a datagram whose tag is right under `secret`.
-pub fn open<'a>(secret: &[u8], datagram: &'a [u8]) -> Option<&'a [u8]> {
-    let (tag, payload) = datagram.split_at_checked(TAG_LEN)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(payload);
-    mac.verify_truncated_left(tag).ok()?;
-    Some(payload)
+/// The header and payload of a datagram whose tag is right under one of
+/// `keys`; `None` for a datagram too large, too short, or not signed by them.
+pub fn open<'a>(keys: &[Vec<u8>], datagram: &'a [u8]) -> Option<(Header, &'a [u8])> {
+    // The size check comes first: a flood of large datagrams costs no hashing.
+    if datagram.len() > MAX_DATAGRAM {
+        return None;
+    }
+    let (mac, rest) = datagram.split_at_checked(TAG_LEN)?;
+    let (header, payload) = rest.split_at_checked(HEADER_LEN)?;
+    keys.iter()
+        .any(|key| tag(key, header, payload).verify_truncated_left(mac).is_ok())
+        .then(|| Some((Header::decode(header)?, payload)))
+        .flatten()
+}
+
+/// Why an authentic datagram was refused as a replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Sent longer ago than [`REPLAY_WINDOW`] (or that far in the future).
+    Stale,
+    /// Its sequence number was seen already, or is too far behind to tell.
+    Repeated,
+}
+
+/// The sequence numbers seen per sender incarnation: the highest, and which of
+/// the 128 below it. Pure, so it is tested without sockets.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    senders: std::collections::HashMap<u64, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    max: u64,
+    /// Bit `i`: `max - i` was seen.
+    below: u128,
+    last_ms: u64,
+}
+
+impl ReplayGuard {
+    /// Admits a datagram sent with `h`, received at `now_ms`, once.
+    pub fn admit(&mut self, h: Header, now_ms: u64) -> Result<(), Replay> {
+        let window = REPLAY_WINDOW.as_millis() as u64;
+        if h.sent_ms.abs_diff(now_ms) > window {
+            return Err(Replay::Stale);
+        }
+        // Forget senders quiet for two windows: their datagrams are stale now.
+        if self.senders.len() > 64 {
+            self.senders
+                .retain(|_, s| now_ms.saturating_sub(s.last_ms) <= 2 * window);
+        }
+        let seen = self.senders.entry(h.incarnation).or_insert(Seen {
+            max: h.seq,
+            below: 0,
+            last_ms: now_ms,
+        });
+        seen.last_ms = now_ms;
+        if h.seq > seen.max {
+            let shift = h.seq - seen.max;
+            seen.below = if shift >= 128 { 0 } else { seen.below << shift };
+            seen.below |= 1;
+            seen.max = h.seq;
+            return Ok(());
+        }
+        let back = seen.max - h.seq;
+        if back >= 128 || seen.below & (1 << back) != 0 {
+            return Err(Replay::Repeated);
+        }
+        seen.below |= 1 << back;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the epoch by this host's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Counters of the group's traffic, for metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Datagrams dropped for a missing or wrong tag.
+    /// Datagrams dropped for a missing or wrong tag, or too large to check.
     pub bad_tag: Counter,
+    /// Authentic datagrams dropped as replays (repeated or stale).
+    pub replayed: Counter,
     /// Datagrams `foca` refused.
     pub rejected: Counter,
     /// Membership changes seen.
     pub changes: Counter,
+}
+
+/// The keys in a secret file (or a static configuration's `secret`): one per
+/// line, surrounding whitespace ignored, the first one signing. One line is
+/// the usual case; a second line is how a new key is rolled out.
+pub fn keys_from(text: &[u8]) -> Vec<Vec<u8>> {
+    text.split(|b| *b == b'\n')
+        .map(|line| line.trim_ascii().to_vec())
+        .filter(|key| !key.is_empty())
+        .collect()
 }
 
 /// The gossip port a DaemonSet uses: 7947, beside MetalLB's 7946, so both may
@@ -224,7 +360,12 @@ impl Membership {
     /// shorter than [`MIN_SECRET_LEN`] bytes: anyone who guesses it can join
     /// the group and take addresses.
     pub fn start(socket: UdpSocket, config: Config) -> std::io::Result<Self> {
-        check_secret(&config.secret)?;
+        if config.keys.is_empty() {
+            check_secret(&[])?;
+        }
+        for key in &config.keys {
+            check_secret(key)?;
+        }
         let local = socket.local_addr()?;
         let (tx, members) = watch::channel(BTreeSet::from([config.node.clone()]));
         let counters = Arc::new(Counters::default());
@@ -292,10 +433,12 @@ async fn run(
     counters: Arc<Counters>,
     stop: CancellationToken,
 ) {
+    // A fresh identity per start: the generation is the start time, so it
+    // also wins over any earlier incarnation at this address.
     let me = Peer {
         node: config.node.clone(),
         addr: local,
-        generation: 0,
+        generation: u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX),
     };
     let seed = config.node.bytes().fold(u64::from(local.port()), |h, b| {
         h.rotate_left(5) ^ u64::from(b)
@@ -309,9 +452,12 @@ async fn run(
     let mut runtime = AccumulatingRuntime::new();
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<Peer>>();
     let mut buf = vec![0u8; 65536];
-    let wire = Wire {
+    let mut wire = Wire {
         socket,
-        secret: config.secret.clone(),
+        keys: config.keys.clone(),
+        incarnation: rand::random(),
+        seq: 0,
+        guard: ReplayGuard::default(),
         timers: timer_tx,
         members,
         counters,
@@ -343,16 +489,24 @@ async fn run(
             }
             received = wire.socket.recv_from(&mut buf) => {
                 let Ok((len, from)) = received else { continue };
-                match open(&wire.secret, &buf[..len]) {
-                    None => {
-                        wire.counters.bad_tag.inc();
-                        debug!(%from, "dropped a datagram with a bad tag");
+                let Some((header, payload)) = open(&wire.keys, &buf[..len]) else {
+                    wire.counters.bad_tag.inc();
+                    debug!(%from, "dropped a datagram with a bad tag");
+                    continue;
+                };
+                if let Err(why) = wire.guard.admit(header, now_ms()) {
+                    wire.counters.replayed.inc();
+                    if why == Replay::Stale {
+                        warn!(%from, skew_ms = header.sent_ms as i64 - now_ms() as i64,
+                            "dropped a gossip datagram sent too far from this node's clock \
+                             (a replay, or clocks out of step: check NTP)");
+                    } else {
+                        debug!(%from, "dropped a replayed gossip datagram");
                     }
-                    Some(payload) => {
-                        if foca.handle_data(payload, &mut runtime).is_err() {
-                            wire.counters.rejected.inc();
-                        }
-                    }
+                    continue;
+                }
+                if foca.handle_data(payload, &mut runtime).is_err() {
+                    wire.counters.rejected.inc();
                 }
             }
         }
@@ -366,7 +520,10 @@ async fn run(
 /// Where `foca`'s output goes: the socket, the timer queue, the member list.
 struct Wire {
     socket: UdpSocket,
-    secret: Vec<u8>,
+    keys: Vec<Vec<u8>>,
+    incarnation: u64,
+    seq: u64,
+    guard: ReplayGuard,
     timers: mpsc::UnboundedSender<Timer<Peer>>,
     members: watch::Sender<BTreeSet<String>>,
     counters: Arc<Counters>,
@@ -376,16 +533,19 @@ impl Wire {
     /// Sends what `foca` queued, schedules its timers, and publishes the
     /// member list when it changed.
     async fn flush(
-        &self,
+        &mut self,
         runtime: &mut AccumulatingRuntime<Peer>,
         foca: &Foca<Peer, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
     ) {
         while let Some((to, data)) = runtime.to_send() {
-            if let Err(e) = self
-                .socket
-                .send_to(&seal(&self.secret, &data), to.addr)
-                .await
-            {
+            self.seq += 1;
+            let header = Header {
+                incarnation: self.incarnation,
+                sent_ms: now_ms(),
+                seq: self.seq,
+            };
+            let datagram = seal(&self.keys[0], header, &data);
+            if let Err(e) = self.socket.send_to(&datagram, to.addr).await {
                 debug!(error = %e, to = %to.addr, "send failed");
             }
         }
@@ -439,19 +599,73 @@ mod tests {
         assert!(missing.contains("--gossip-address"), "{missing}");
     }
 
+    const H: Header = Header {
+        incarnation: 7,
+        sent_ms: 1_000_000,
+        seq: 1,
+    };
+
     #[test]
-    fn a_sealed_datagram_opens_only_with_its_secret() {
-        let sealed = seal(b"s3cret", b"hello");
-        assert_eq!(sealed.len(), TAG_LEN + 5);
-        assert_eq!(open(b"s3cret", &sealed), Some(&b"hello"[..]));
-        assert_eq!(open(b"other", &sealed), None);
+    fn a_sealed_datagram_opens_only_with_one_of_its_keys() {
+        let key = b"s3cret".to_vec();
+        let keys = std::slice::from_ref(&key);
+        let sealed = seal(&key, H, b"hello");
+        assert_eq!(sealed.len(), TAG_LEN + HEADER_LEN + 5);
+        assert_eq!(open(keys, &sealed), Some((H, &b"hello"[..])));
+        // Rotation: any configured key opens.
+        assert_eq!(
+            open(&[b"new".to_vec(), key.clone()], &sealed),
+            Some((H, &b"hello"[..]))
+        );
+        assert_eq!(open(&[b"other".to_vec()], &sealed), None);
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert_eq!(open(b"s3cret", &tampered), None);
+        assert_eq!(open(keys, &tampered), None);
+        // The header is signed too: a replay cannot be made to look new.
+        let mut renumbered = sealed.clone();
+        renumbered[TAG_LEN + HEADER_LEN - 1] ^= 1;
+        assert_eq!(open(keys, &renumbered), None);
+        assert_eq!(open(keys, &sealed[..TAG_LEN + HEADER_LEN - 1]), None);
+        let huge = seal(&key, H, &vec![0u8; MAX_DATAGRAM]);
+        assert_eq!(open(keys, &huge), None, "too large to check");
+    }
+
+    #[test]
+    fn a_secret_file_holds_one_key_per_line() {
         assert_eq!(
-            open(b"s3cret", &sealed[..TAG_LEN - 1]),
-            None,
-            "shorter than a tag"
+            keys_from(b"new-key\n  old-key \n\n"),
+            [b"new-key".to_vec(), b"old-key".to_vec()]
+        );
+        assert_eq!(keys_from(b"only\n"), [b"only".to_vec()]);
+        assert!(keys_from(b"\n \n").is_empty());
+    }
+
+    #[test]
+    fn the_guard_admits_each_datagram_once_and_nothing_stale() {
+        let mut g = ReplayGuard::default();
+        let at = |seq| Header { seq, ..H };
+        let now = H.sent_ms;
+        assert_eq!(g.admit(at(5), now), Ok(()));
+        assert_eq!(g.admit(at(5), now), Err(Replay::Repeated));
+        assert_eq!(g.admit(at(3), now), Ok(()), "reordered, not seen");
+        assert_eq!(g.admit(at(3), now), Err(Replay::Repeated));
+        assert_eq!(g.admit(at(200), now), Ok(()));
+        assert_eq!(
+            g.admit(at(6), now),
+            Err(Replay::Repeated),
+            "too far behind to tell"
+        );
+        let window = REPLAY_WINDOW.as_millis() as u64;
+        let late = Header { seq: 201, ..H };
+        assert_eq!(g.admit(late, now + window + 1), Err(Replay::Stale));
+        let other = Header {
+            incarnation: 8,
+            ..H
+        };
+        assert_eq!(
+            g.admit(other, now),
+            Ok(()),
+            "another incarnation counts apart"
         );
     }
 }

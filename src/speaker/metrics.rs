@@ -124,6 +124,11 @@ impl Metrics {
             c.bad_tag.clone(),
         );
         registry.register(
+            "gossip_replayed",
+            "Authentic gossip datagrams dropped as replays (seen already, or sent too long ago)",
+            c.replayed.clone(),
+        );
+        registry.register(
             "gossip_rejected",
             "Gossip datagrams the protocol refused",
             c.rejected.clone(),

@@ -134,7 +134,8 @@ pub struct Gossip {
     /// Other speakers.
     #[serde(default)]
     pub seeds: Vec<SocketAddr>,
-    /// The shared secret.
+    /// The shared secret, at least 16 bytes; several lines are several keys
+    /// (the first signs), for rotation.
     pub secret: String,
 }
 
@@ -378,15 +379,31 @@ pub struct Timing {
 }
 
 /// The addresses `me` owns, with the interfaces named for each (empty: choose
-/// by subnet), given the live `members`, the Node objects and the desired
-/// announcements. Pure.
+/// by subnet), given the live `members`, the Node objects (`None` without a
+/// cluster) and the desired announcements. Pure.
+///
+/// With a cluster, only members named like a Node object count: a speaker
+/// that knows the gossip secret but runs on no node of the cluster (a test
+/// box, a stolen secret) never owns an address.
 pub fn owned(
     me: &str,
     members: &BTreeSet<String>,
-    node_objects: &[K8sNode],
+    node_objects: Option<&[K8sNode]>,
     desired: &[Announcement],
 ) -> BTreeMap<IpAddr, Vec<String>> {
-    let objects: Vec<&K8sNode> = node_objects.iter().collect();
+    let objects: Vec<&K8sNode> = node_objects.into_iter().flatten().collect();
+    let known: BTreeSet<String>;
+    let members = match node_objects {
+        Some(_) => {
+            known = members
+                .iter()
+                .filter(|m| objects.iter().any(|n| n.name_any() == **m))
+                .cloned()
+                .collect();
+            &known
+        }
+        None => members,
+    };
     let nodes = view::nodes(members, &objects);
     desired
         .iter()
@@ -446,7 +463,7 @@ pub async fn run_static(
     }
     let gossip = membership::Config::lan(
         node.clone(),
-        config.gossip.secret.as_bytes(),
+        membership::keys_from(config.gossip.secret.as_bytes()),
         config.gossip.seeds.clone(),
     );
     run(
@@ -616,7 +633,7 @@ pub async fn run(
     mut frontends: watch::Receiver<Forwards>,
     mut node_objects: watch::Receiver<Vec<K8sNode>>,
     timing: Timing,
-    discover_seeds: bool,
+    cluster: bool,
     forwarding_settings: crate::forwarder::Settings,
     http: Option<tokio::net::TcpListener>,
     report: Option<mpsc::UnboundedSender<Report>>,
@@ -624,7 +641,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let socket = UdpSocket::bind(listen).await?;
     let mut has_seeds = !gossip.seeds.is_empty();
-    let discover_seeds = !has_seeds && discover_seeds;
+    let discover_seeds = !has_seeds && cluster;
     let membership = Membership::start(socket, gossip)?;
     info!(%node, %listen, "speaker started");
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
@@ -681,13 +698,22 @@ pub async fn run(
     let mut forwarding = Forwarding::new(forwarding_settings, forwarder_metrics);
     // Forwarding problems of owned Services, as last reported.
     let mut reported_problems: BTreeSet<(ServiceKey, String)> = BTreeSet::new();
+    let mut warned_unknown = false;
     loop {
         let alive = members.borrow_and_update().clone();
         if !matches!(trigger, Trigger::Tick | Trigger::View) {
             info!(members = ?alive, "membership");
         }
         let view_now = desired.borrow_and_update().clone();
-        let wanted = owned(&node, &alive, &node_objects.borrow_and_update(), &view_now);
+        let objects = node_objects.borrow_and_update().clone();
+        let unknown =
+            cluster && !objects.is_empty() && !objects.iter().any(|n| n.name_any() == node);
+        if unknown && !warned_unknown {
+            warn!(%node, "no Node object has this speaker's node name, so it owns no address: \
+                   check --node / NODE_NAME (the DaemonSet sets it from spec.nodeName)");
+        }
+        warned_unknown = unknown;
+        let wanted = owned(&node, &alive, cluster.then_some(&objects[..]), &view_now);
         let wanted = resolve_interfaces(wanted).await;
         metrics.observe(wanted.len(), alive.len());
         for (ip, interfaces) in &owned_now {
@@ -1270,14 +1296,14 @@ addresses:
                 members
                     .iter()
                     .filter(|m| {
-                        owned(m, &members, &[], &c.announcements()).contains_key(&a.address)
+                        owned(m, &members, None, &c.announcements()).contains_key(&a.address)
                     })
                     .count()
             })
             .collect();
         assert_eq!(owners, [1, 1]);
         assert!(
-            owned("node-2", &members, &[], &c.announcements())
+            owned("node-2", &members, None, &c.announcements())
                 .contains_key(&"fd00::100".parse().unwrap())
         );
         let without_2: BTreeSet<String> =
@@ -1285,9 +1311,37 @@ addresses:
         assert!(
             members
                 .iter()
-                .all(|m| !owned(m, &without_2, &[], &c.announcements())
+                .all(|m| !owned(m, &without_2, None, &c.announcements())
                     .contains_key(&"fd00::100".parse().unwrap())),
             "an address restricted to a dead node is announced by nobody"
         );
+    }
+
+    #[test]
+    fn with_a_cluster_only_members_that_are_nodes_may_own() {
+        let c = StaticConfig::parse("lab.yaml", FILE).unwrap();
+        let announcements = c.announcements();
+        let node = |name: &str| K8sNode {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // "intruder" knows the secret but is no Node of the cluster.
+        let members: BTreeSet<String> = ["node-1", "intruder"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let objects = [node("node-1"), node("node-2"), node("node-3")];
+        let v4: IpAddr = "10.77.0.100".parse().unwrap();
+        assert!(
+            owned("node-1", &members, Some(&objects), &announcements).contains_key(&v4),
+            "node-1 is the only candidate that is a node"
+        );
+        assert!(owned("intruder", &members, Some(&objects), &announcements).is_empty());
+        // Without a cluster there are no Node objects to check against.
+        let anyone = ["intruder".to_string()].into();
+        assert!(owned("intruder", &anyone, None, &announcements).contains_key(&v4));
     }
 }
