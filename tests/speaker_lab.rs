@@ -741,5 +741,38 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
         },
     )
     .await;
+
+    // The owner's speaker comes back while the API server fails again: with
+    // no view it must not join the group, or its peers would withdraw the
+    // address it cannot announce. The address stays with {next}.
+    server.set_failing(true);
+    let ns = ns_of(&w, &owner).to_string();
+    w.speakers[index] = Some(
+        w.lab
+            .start_cluster_speaker(&ns, index + 1, "10.77.0", &kubeconfig),
+    );
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        w.lab
+            .exec_ok(&w.client, &["ip", "neigh", "flush", "dev", "eth0"]);
+        let _ = resolve(&w, V4);
+        std::thread::sleep(Duration::from_millis(150));
+        let out = w.lab.exec_ok(&w.client, &["ip", "neigh", "show", V4]);
+        assert!(
+            out.contains(&mac),
+            "{V4} must keep answering from {next} while the restarted {owner} has no view; \
+             the client's neighbour entry: {out:?}; logs:\n{}",
+            logs(&w)
+        );
+    }
+    // Once the API server answers, it syncs, joins, and takes its address back.
+    server.set_failing(false);
+    let owner_mac = mac_of(&w, ns_of(&w, &owner));
+    wait_mac(
+        &w,
+        V4,
+        &owner_mac,
+        &format!("{owner} to take {V4} back once it has a view"),
+    );
     server.stop();
 }

@@ -530,6 +530,9 @@ pub async fn run_kubernetes(
             }
         }
         info!("cluster view ready");
+        // Always a notification, even for an empty cluster: it tells `run`
+        // that the view is synced and the speaker may join the group.
+        nodes_tx.send_replace(nodes.state().iter().map(|n| (**n).clone()).collect());
         loop {
             let (svc, pl, ad, sl) = (services.state(), pools.state(), ads.state(), slices.state());
             let view = view::ClusterView {
@@ -642,10 +645,8 @@ pub async fn run(
     let socket = UdpSocket::bind(listen).await?;
     let mut has_seeds = !gossip.seeds.is_empty();
     let discover_seeds = !has_seeds && cluster;
-    let membership = Membership::start(socket, gossip)?;
-    info!(%node, %listen, "speaker started");
+    membership::check_secret(gossip.keys.first().map_or(&[][..], |k| k.as_slice()))?;
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
-    metrics.register_membership(membership.counters());
     if let Some(listener) = http {
         tokio::spawn(crate::http::serve(
             listener,
@@ -653,6 +654,21 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    if cluster {
+        // A speaker without a view could own addresses it knows nothing of:
+        // its peers would withdraw them and nobody would answer. So it joins
+        // the group only once its view is synced; until then the others don't
+        // count it and keep announcing (an API server that is down when a
+        // speaker restarts costs nothing).
+        info!(%node, "waiting for the cluster view before joining the gossip group");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            changed = node_objects.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+    let membership = Membership::start(socket, gossip)?;
+    info!(%node, %listen, "speaker started");
+    metrics.register_membership(membership.counters());
     let mut members = membership.members();
     // Without listed seeds, a cluster speaker finds its peers at the Nodes'
     // InternalIPs, on its own gossip port.
