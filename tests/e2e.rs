@@ -254,40 +254,45 @@ async fn scenario_env(cluster: &Cluster, dir: &ScratchDir, name: &str) -> scenar
     }
 }
 
-#[tokio::test]
-async fn restarts_and_replicas_never_move_an_address() {
-    let Some(cluster) = Cluster::lock("restarts_and_replicas_never_move_an_address").await else {
+/// Runs a scenario of [`support::scenarios`] on the real server, in a
+/// namespace of its own, with `deploy/` installed for the controller's
+/// ServiceAccount.
+async fn on_the_real_server(name: &str, scenario: impl AsyncFnOnce(&scenarios::Env)) {
+    let Some(cluster) = Cluster::lock(name).await else {
         return;
     };
     let _installed = cluster.install();
-    let dir = ScratchDir::new("e2e-restarts");
-    let env = scenario_env(&cluster, &dir, "restarts").await;
+    let dir = ScratchDir::new(&format!("e2e-{name}"));
+    let env = scenario_env(&cluster, &dir, name).await;
     let _ns = Made::namespace(&cluster, &env.client, &env.namespace).await;
-    scenarios::restarts_and_replicas_never_move_an_address(&env).await;
+    scenario(&env).await;
+}
+
+#[tokio::test]
+async fn restarts_and_replicas_never_move_an_address() {
+    on_the_real_server(
+        "restarts",
+        scenarios::restarts_and_replicas_never_move_an_address,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_never_writes_over_the_new_one() {
-    let Some(cluster) = Cluster::lock("a_paused_leader_never_writes_over_the_new_one").await else {
-        return;
-    };
-    let _installed = cluster.install();
-    let dir = ScratchDir::new("e2e-paused");
-    let env = scenario_env(&cluster, &dir, "paused").await;
-    let _ns = Made::namespace(&cluster, &env.client, &env.namespace).await;
-    scenarios::a_paused_leader_never_writes_over_the_new_one(&env).await;
+    on_the_real_server(
+        "paused",
+        scenarios::a_paused_leader_never_writes_over_the_new_one,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn sharing_metallb_annotations_and_exhaustion() {
-    let Some(cluster) = Cluster::lock("sharing_metallb_annotations_and_exhaustion").await else {
-        return;
-    };
-    let _installed = cluster.install();
-    let dir = ScratchDir::new("e2e-sharing");
-    let env = scenario_env(&cluster, &dir, "sharing").await;
-    let _ns = Made::namespace(&cluster, &env.client, &env.namespace).await;
-    scenarios::sharing_metallb_annotations_and_exhaustion(&env).await;
+    on_the_real_server(
+        "sharing",
+        scenarios::sharing_metallb_annotations_and_exhaustion,
+    )
+    .await;
 }
 
 const VIP: &str = "10.77.0.100";
@@ -346,17 +351,12 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
 
     // The lab: a switch, three nodes, a client and nginx as the backend.
     let switch = lab.switch();
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        let ns = lab.namespace(&format!("n{i}"));
-        lab.plug(
-            &switch,
-            &ns,
-            &format!("p{i}"),
-            &[&format!("10.77.0.1{i}/24")],
-        );
-        nodes.push((format!("{}-node-{i}", unique("n")), ns));
-    }
+    let nodes: Vec<(String, String)> = lab
+        .plug_nodes(&switch, "10.77.0", 3)
+        .into_iter()
+        .enumerate()
+        .map(|(i, ns)| (format!("{}-node-{}", unique("n"), i + 1), ns))
+        .collect();
     let client_ns = lab.namespace("client");
     lab.plug(&switch, &client_ns, "pc", &[&format!("{CLIENT}/24")]);
     let backend_ns = lab.namespace("web");

@@ -28,17 +28,7 @@ struct World {
 fn world(test: &str, nodes: usize) -> Option<World> {
     let mut lab = Lab::new(test)?;
     let switch = lab.switch();
-    let mut names = Vec::new();
-    for i in 1..=nodes {
-        let ns = lab.namespace(&format!("n{i}"));
-        lab.plug(
-            &switch,
-            &ns,
-            &format!("p{i}"),
-            &[&format!("10.77.0.1{i}/24")],
-        );
-        names.push(ns);
-    }
+    let names = lab.plug_nodes(&switch, "10.77.0", nodes);
     let client = lab.namespace("client");
     lab.plug(&switch, &client, "pc", &[&format!("{CLIENT}/24")]);
     Some(World {

@@ -123,17 +123,7 @@ async fn every_pool_change_leaves_the_service_its_address_and_the_client_its_ans
         return;
     };
     let switch = lab.switch();
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        let ns = lab.namespace(&format!("n{i}"));
-        lab.plug(
-            &switch,
-            &ns,
-            &format!("p{i}"),
-            &[&format!("10.77.0.1{i}/24")],
-        );
-        nodes.push(ns);
-    }
+    let nodes = lab.plug_nodes(&switch, "10.77.0", 3);
     let client_ns = lab.namespace("client");
     lab.plug(&switch, &client_ns, "pc", &[&format!("{CLIENT}/24")]);
     // The pool's subnet is on the same segment, reached by ARP.

@@ -107,6 +107,23 @@ impl Lab {
         self.exec_ok(host, &["ip", "link", "set", "eth0", "up"]);
     }
 
+    /// `count` nodes plugged into `switch`: namespaces `n1`… with `eth0` at
+    /// `{subnet}.1{i}/24` (port `p{i}`); returns their namespaces.
+    pub fn plug_nodes(&mut self, switch: &str, subnet: &str, count: usize) -> Vec<String> {
+        (1..=count)
+            .map(|i| {
+                let ns = self.namespace(&format!("n{i}"));
+                self.plug(
+                    switch,
+                    &ns,
+                    &format!("p{i}"),
+                    &[&format!("{subnet}.1{i}/24")],
+                );
+                ns
+            })
+            .collect()
+    }
+
     /// Runs `cmd` inside `ns` and returns its output.
     pub fn exec(&self, ns: &str, cmd: &[&str]) -> Output {
         Command::new("ip")

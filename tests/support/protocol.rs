@@ -226,35 +226,23 @@ pub async fn strategic_merge_merges_keyed_lists_and_custom_resources_refuse_it(
     svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].name = Some("http".into());
     api.create(&PostParams::default(), &svc).await.unwrap();
     let add = json!({"spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}});
-    let merged = api
-        .patch("smp", &PatchParams::default(), &Patch::Strategic(&add))
-        .await
-        .unwrap();
-    let ports: Vec<i32> = merged
-        .spec
-        .unwrap()
-        .ports
-        .unwrap()
-        .iter()
-        .map(|p| p.port)
-        .collect();
+    let ports_after = |patch: Patch<serde_json::Value>| {
+        let api = api.clone();
+        async move {
+            let svc = api
+                .patch("smp", &PatchParams::default(), &patch)
+                .await
+                .unwrap();
+            let ports = svc.spec.unwrap().ports.unwrap();
+            ports.iter().map(|p| p.port).collect::<Vec<i32>>()
+        }
+    };
     assert_eq!(
-        ports,
+        ports_after(Patch::Strategic(add.clone())).await,
         [443, 80],
         "merged by port, the patch's entries first"
     );
-    let replaced = api
-        .patch("smp", &PatchParams::default(), &Patch::Merge(&add))
-        .await
-        .unwrap();
-    let ports: Vec<i32> = replaced
-        .spec
-        .unwrap()
-        .ports
-        .unwrap()
-        .iter()
-        .map(|p| p.port)
-        .collect();
+    let ports = ports_after(Patch::Merge(add)).await;
     assert_eq!(ports, [443], "a merge patch replaces the list");
 
     let name = format!("{prefix}-smp");
