@@ -520,6 +520,63 @@ fn replayed_gossip_neither_evicts_nor_resurrects() {
     );
 }
 
+/// The announcing interface appears after the speaker starts, is deleted and
+/// re-created, and goes down and up: each time the speaker announces there
+/// again within seconds, without a restart (it gossips on the loopback, so
+/// nothing else changes to wake it).
+#[test]
+fn an_interface_that_appears_late_or_is_recreated_is_announced_on() {
+    let Some(mut lab) = Lab::new("an_interface_that_appears_late_or_is_recreated") else {
+        return;
+    };
+    let switch = lab.switch();
+    let node = lab.namespace("n1");
+    let client = lab.namespace("client");
+    lab.plug(&switch, &client, "pc", &["10.77.0.50/24"]);
+    let config = "node: node-1\ngossip:\n  listen: 127.0.0.1:7946\n  secret: lab-gossip-secret\n\
+                  addresses:\n  - address: 10.77.0.100\n    interfaces: [eth0]\n";
+    lab.start_speaker_with(&node, 1, config);
+    let log = lab.dir().join("node-1.log");
+    let resolves_to = |lab: &Lab, what: &str| {
+        let out = lab.exec_ok(&node, &["ip", "-o", "link", "show", "eth0"]);
+        let mac = out
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("MAC")
+            .to_string();
+        let started = Instant::now();
+        loop {
+            lab.exec_ok(&client, &["ip", "neigh", "flush", "dev", "eth0"]);
+            let _ = lab.exec(
+                &client,
+                &["bash", "-c", "echo probe > /dev/udp/10.77.0.100/9"],
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            let seen = lab.exec_ok(&client, &["ip", "neigh", "show", "10.77.0.100"]);
+            if seen.contains(&mac) {
+                eprintln!("interfaces: {what}: answered after {:?}", started.elapsed());
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{what}: 10.77.0.100 does not resolve to {mac} ({seen:?}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    lab.plug(&switch, &node, "p1", &["10.77.0.11/24"]);
+    resolves_to(&lab, "eth0 created 3 s after the start");
+    lab.exec_ok(&node, &["ip", "link", "del", "eth0"]);
+    lab.plug(&switch, &node, "p1", &["10.77.0.11/24"]);
+    resolves_to(&lab, "eth0 deleted and re-created");
+    lab.exec_ok(&node, &["ip", "link", "set", "eth0", "down"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.exec_ok(&node, &["ip", "link", "set", "eth0", "up"]);
+    resolves_to(&lab, "eth0 down and up again");
+}
+
 /// A speaker announcing on two interfaces serves a `/metrics` page Prometheus
 /// accepts: one HELP and TYPE per metric, the interfaces as label values.
 #[test]

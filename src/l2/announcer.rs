@@ -64,6 +64,7 @@ pub struct Counters {
 /// Answers for owned addresses on one interface until stopped.
 pub struct Announcer {
     interface: String,
+    index: u32,
     mac: MacAddr,
     owned: Arc<RwLock<BTreeSet<IpAddr>>>,
     tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
@@ -150,6 +151,7 @@ impl Announcer {
         };
         Ok(Self {
             interface: interface.to_string(),
+            index: iface.index,
             mac,
             owned,
             tx,
@@ -162,6 +164,16 @@ impl Announcer {
     /// The interface's name.
     pub fn interface(&self) -> &str {
         &self.interface
+    }
+
+    /// Whether the interface it was started on is still there, the same link
+    /// (an interface deleted and re-created has a new index, which this
+    /// socket never sees) and up. When it is not, the announcer must be
+    /// replaced: it can answer nothing.
+    pub fn serves(&self) -> bool {
+        datalink::interfaces()
+            .into_iter()
+            .any(|i| i.name == self.interface && i.index == self.index && i.is_up())
     }
 
     /// The interface's Ethernet address.

@@ -715,7 +715,7 @@ pub async fn run(
     // Forwarding problems of owned Services, as last reported.
     let mut reported_problems: BTreeSet<(ServiceKey, String)> = BTreeSet::new();
     let mut warned_unknown = false;
-    loop {
+    'run: loop {
         let alive = members.borrow_and_update().clone();
         if !matches!(trigger, Trigger::Tick | Trigger::View) {
             info!(members = ?alive, "membership");
@@ -745,6 +745,9 @@ pub async fn run(
             }
         }
         let mut gained = Vec::new();
+        // Interfaces that cannot announce now (missing, down): left out of
+        // what is owned, so the check below retries them every second.
+        let mut unserved: Vec<(IpAddr, String)> = Vec::new();
         for (ip, interfaces) in &wanted {
             if owned_now.get(ip) == Some(interfaces) {
                 continue;
@@ -757,7 +760,8 @@ pub async fn run(
                         }
                         Err(e) => {
                             metrics.announce_failed(name);
-                            warn!(interface = %name, error = %e, "cannot announce on this interface");
+                            warn!(interface = %name, error = %e, "cannot announce on this interface; retrying");
+                            unserved.push((*ip, name.clone()));
                             continue;
                         }
                     }
@@ -768,6 +772,13 @@ pub async fn run(
             }
             gained.push(*ip);
         }
+        let mut wanted = wanted;
+        for (ip, name) in &unserved {
+            if let Some(interfaces) = wanted.get_mut(ip) {
+                interfaces.retain(|i| i != name);
+            }
+        }
+        let retry = !unserved.is_empty() || wanted.values().any(Vec::is_empty);
         owned_now = wanted;
         let problems = forwarding
             .apply(&node, &owned_now, &frontends.borrow_and_update())
@@ -835,27 +846,49 @@ pub async fn run(
             let all: Vec<IpAddr> = owned_now.keys().copied().collect();
             announce_all(&announcers, &owned_now, &all);
         }
-        trigger = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = members.changed() => {
-                if changed.is_err() {
-                    warn!("membership ended");
-                    break;
+        trigger = loop {
+            let woke = tokio::select! {
+                _ = shutdown.cancelled() => break 'run,
+                changed = members.changed() => {
+                    if changed.is_err() {
+                        warn!("membership ended");
+                        break 'run;
+                    }
+                    Trigger::Membership
                 }
-                Trigger::Membership
-            }
-            changed = desired.changed() => if changed.is_err() { break } else { Trigger::View },
-            changed = frontends.changed() => if changed.is_err() { break } else { Trigger::View },
-            changed = node_objects.changed() => {
-                if changed.is_err() {
-                    break;
+                changed = desired.changed() => if changed.is_err() { break 'run } else { Trigger::View },
+                changed = frontends.changed() => if changed.is_err() { break 'run } else { Trigger::View },
+                changed = node_objects.changed() => {
+                    if changed.is_err() {
+                        break 'run;
+                    }
+                    if discover_seeds {
+                        join_new_seeds(&node_objects.borrow());
+                    }
+                    Trigger::View
                 }
-                if discover_seeds {
-                    join_new_seeds(&node_objects.borrow());
+                _ = tokio::time::sleep_until(last_announce + reannounce) => Trigger::Tick,
+                // An interface deleted, re-created or down cannot announce:
+                // replace its announcer (and retry missing ones) within a
+                // second, without waiting for anything else to change.
+                _ = tokio::time::sleep(LINK_CHECK) => {
+                    let gone: Vec<String> = announcers
+                        .iter()
+                        .filter(|(_, a)| !a.serves())
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    for name in &gone {
+                        warn!(interface = %name, "the interface is gone, re-created or down; announcing there again once it is back");
+                        metrics.announce_failed(name);
+                        announcers.remove(name);
+                        for interfaces in owned_now.values_mut() {
+                            interfaces.retain(|i| i != name);
+                        }
+                    }
+                    if gone.is_empty() && !retry { continue } else { Trigger::View }
                 }
-                Trigger::View
-            }
-            _ = tokio::time::sleep_until(last_announce + reannounce) => Trigger::Tick,
+            };
+            break woke;
         };
     }
     for (ip, interfaces) in &owned_now {
@@ -1225,6 +1258,9 @@ fn service_reference(svc: &ServiceKey) -> k8s_openapi::api::core::v1::ObjectRefe
         ..Default::default()
     }
 }
+
+/// How often the speaker checks that its announcing interfaces still serve.
+const LINK_CHECK: Duration = Duration::from_secs(1);
 
 /// What woke the speaker's loop.
 #[derive(Clone, Copy)]
