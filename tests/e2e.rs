@@ -546,16 +546,17 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
 
     // Who announces is visible with kubectl.
     let reports: Api<ServiceL2Status> = Api::namespaced(client.clone(), &ns.name);
-    let owner = wait_for("a ServiceL2Status for web", PATIENCE, || async {
+    // The one report about web, when there is exactly one.
+    let web_report = || async {
         let list = reports.list(&Default::default()).await.ok()?;
-        let web: Vec<_> = list
+        let mut web: Vec<_> = list
             .items
             .into_iter()
             .filter(|s| s.spec.service == "web")
             .collect();
-        (web.len() == 1).then(|| web[0].spec.clone())
-    })
-    .await;
+        (web.len() == 1).then(|| web.remove(0).spec)
+    };
+    let owner = wait_for("a ServiceL2Status for web", PATIENCE, &web_report).await;
     assert_eq!(owner.addresses, [VIP]);
     assert_eq!(owner.interfaces, ["eth0"]);
     let announcing = wait_for_event(&client, &ns.name, "web", "Announcing").await;
@@ -626,15 +627,7 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
         wait_for(
             "the ServiceL2Status to leave the dead owner",
             PATIENCE,
-            || async {
-                let list = reports.list(&Default::default()).await.ok()?;
-                let web: Vec<_> = list
-                    .items
-                    .into_iter()
-                    .filter(|s| s.spec.service == "web")
-                    .collect();
-                (web.len() == 1 && web[0].spec.node != owner.node).then_some(())
-            },
+            || async { web_report().await.filter(|r| r.node != owner.node) },
         )
         .await;
     } else {
