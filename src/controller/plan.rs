@@ -314,7 +314,14 @@ impl Planner {
             let name = pool.name_any();
             let protected = pool.finalizers().iter().any(|f| f == POOL_FINALIZER);
             let holders = holders(snap, pool);
-            if holders.is_empty() {
+            // What this pass hands out counts too, before any status shows it:
+            // otherwise a pool deleted right after its first allocation would
+            // go unprotected.
+            let handing_out = self
+                .allocator
+                .usage(&name)
+                .is_some_and(|u| u.v4.assigned > 0 || u.v6.assigned > 0);
+            if holders.is_empty() && !handing_out {
                 self.last_pool_event.remove(&name);
                 if protected {
                     actions.push(Action::PoolFinalizer { name, add: false });
@@ -609,4 +616,205 @@ fn same_ingress(a: &[LoadBalancerIngress], b: &[LoadBalancerIngress]) -> bool {
         && a.iter()
             .zip(b)
             .all(|(x, y)| x.ip == y.ip && x.ip_mode == y.ip_mode && x.hostname == y.hostname)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The planner's rules for pools changing under their Services, as tables
+    //! of snapshots and the writes they call for.
+
+    use super::*;
+    use crate::api::IPAddressPoolSpec;
+    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn service(name: &str, shows: Option<&str>, recorded: Option<&str>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                name: Some(name.into()),
+                annotations: recorded.map(|p| {
+                    [(annotations::ALLOCATED_FROM_POOL.to_string(), p.to_string())].into()
+                }),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: shows.map(|ip| ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some(ip.into()),
+                        ip_mode: Some("VIP".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn pool(name: &str, addresses: &str, finalized: bool, terminating: bool) -> IPAddressPool {
+        let mut p = IPAddressPool::new(
+            name,
+            IPAddressPoolSpec {
+                addresses: vec![addresses.into()],
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                service_allocation: None,
+            },
+        );
+        p.metadata.generation = Some(1);
+        if finalized {
+            p.metadata.finalizers = Some(vec![POOL_FINALIZER.into()]);
+        }
+        if terminating {
+            p.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        }
+        p
+    }
+
+    fn plan(planner: &mut Planner, services: &[Service], pools: &[IPAddressPool]) -> Vec<Action> {
+        let namespaces = NamespaceLabels::new();
+        planner
+            .plan(&Snapshot {
+                services: services.iter().collect(),
+                pools: pools.iter().collect(),
+                namespaces: &namespaces,
+                default_class: true,
+                now: Time(Timestamp::UNIX_EPOCH),
+            })
+            .0
+    }
+
+    fn finalizer(actions: &[Action]) -> Option<bool> {
+        actions.iter().find_map(|a| match a {
+            Action::PoolFinalizer { add, .. } => Some(*add),
+            _ => None,
+        })
+    }
+
+    fn record(actions: &[Action]) -> Option<Option<String>> {
+        actions.iter().find_map(|a| match a {
+            Action::ServicePool { pool, .. } => Some(pool.clone()),
+            _ => None,
+        })
+    }
+
+    /// Services, whether the pool has its finalizer and is being deleted; the
+    /// finalizer write (add or remove) and the record write expected.
+    type Row<'a> = (
+        &'a [Service],
+        bool,
+        bool,
+        Option<bool>,
+        Option<Option<String>>,
+    );
+
+    #[test]
+    fn the_finalizer_follows_use_and_the_record_follows_the_address() {
+        let table: &[Row] = &[
+            // A new Service: address, record, protection.
+            (
+                &[service("web", None, None)],
+                false,
+                false,
+                Some(true),
+                Some(Some("lan".into())),
+            ),
+            // Recorded and protected already: nothing to write.
+            (
+                &[service("web", Some("10.0.0.0"), Some("lan"))],
+                true,
+                false,
+                None,
+                None,
+            ),
+            // Unused pool: no protection; an unused protected pool loses it.
+            (&[], false, false, None, None),
+            (&[], true, false, Some(false), None),
+            // Deleted while held: keeps its finalizer; released: lets go.
+            (
+                &[service("web", Some("10.0.0.0"), Some("lan"))],
+                true,
+                true,
+                None,
+                None,
+            ),
+            (&[], true, true, Some(false), None),
+        ];
+        for (i, (services, finalized, terminating, want_finalizer, want_record)) in
+            table.iter().enumerate()
+        {
+            let mut planner = Planner::default();
+            let pools = [pool("lan", "10.0.0.0/30", *finalized, *terminating)];
+            let actions = plan(&mut planner, services, &pools);
+            assert_eq!(finalizer(&actions), *want_finalizer, "row {i}: {actions:?}");
+            assert_eq!(record(&actions), *want_record, "row {i}: {actions:?}");
+        }
+    }
+
+    #[test]
+    fn a_terminating_pool_in_use_warns_once_and_hands_out_nothing() {
+        let mut planner = Planner::default();
+        let pools = [pool("lan", "10.0.0.0/30", true, true)];
+        let held = service("web", Some("10.0.0.0"), Some("lan"));
+        let services = [held.clone(), service("late", None, None)];
+        let first = plan(&mut planner, &services, &pools);
+        let events: Vec<&Action> = first
+            .iter()
+            .filter(|a| matches!(a, Action::PoolEvent { .. }))
+            .collect();
+        assert_eq!(events.len(), 1, "{first:?}");
+        assert!(
+            !first.iter().any(|a| matches!(a,
+                Action::ServiceStatus { key, ingress } if key.name == "late" && !ingress.is_empty())),
+            "nothing is handed out of a pool being deleted: {first:?}"
+        );
+        assert!(
+            !first
+                .iter()
+                .any(|a| matches!(a, Action::ServiceStatus { key, .. } if key.name == "web")),
+            "web keeps its address: {first:?}"
+        );
+        let again = plan(&mut planner, &services, &pools);
+        assert!(
+            !again.iter().any(|a| matches!(a, Action::PoolEvent { .. })),
+            "the same holders are not announced twice: {again:?}"
+        );
+    }
+
+    #[test]
+    fn an_address_another_replica_handed_out_is_adopted_not_replaced() {
+        let mut planner = Planner::default();
+        let pools = [pool("lan", "10.0.0.0/30", true, false)];
+        // This replica has planned before (so its restore is done), without web.
+        plan(&mut planner, &[], &pools);
+        // The other replica gave web .2 meanwhile.
+        let web = service("web", Some("10.0.0.2"), Some("lan"));
+        let actions = plan(&mut planner, std::slice::from_ref(&web), &pools);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::ServiceStatus { .. })),
+            "web keeps 10.0.0.2: {actions:?}"
+        );
+        let next = plan(&mut planner, &[web, service("new", None, None)], &pools);
+        let given = next.iter().find_map(|a| match a {
+            Action::ServiceStatus { key, ingress } if key.name == "new" => ingress[0].ip.clone(),
+            _ => None,
+        });
+        assert_eq!(
+            given.as_deref(),
+            Some("10.0.0.0"),
+            "and .2 is not handed out again"
+        );
+    }
 }
