@@ -229,7 +229,11 @@ impl Lab {
         kubeconfig: &std::path::Path,
     ) -> usize {
         let secret = self.dir.join("secret");
-        std::fs::write(&secret, "cluster-lab-secret\n").expect("write gossip secret");
+        // Written once: rewriting it for the next node could truncate it under
+        // a speaker that is reading it (which then sees an empty secret).
+        if !secret.exists() {
+            std::fs::write(&secret, "cluster-lab-secret\n").expect("write gossip secret");
+        }
         let log = self.dir.join(format!("node-{i}.log"));
         self.spawn(
             ns,
