@@ -298,8 +298,13 @@ impl Planner {
             .collect();
         self.orphan_origin.retain(|ip, _| held.contains(ip));
 
-        actions.extend(self.pool_statuses(snap, &translation_errors));
-        actions.extend(self.pool_lifecycle(snap));
+        let holders: BTreeMap<String, Vec<(ServiceKey, IpAddr)>> = snap
+            .pools
+            .iter()
+            .map(|p| (p.name_any(), holders(snap, p)))
+            .collect();
+        actions.extend(self.pool_statuses(snap, &translation_errors, &holders));
+        actions.extend(self.pool_lifecycle(snap, &holders));
         (actions, outcome)
     }
 
@@ -308,12 +313,16 @@ impl Planner {
     /// until the last holder lets go, while an unused pool — or every pool,
     /// once its Services are gone, when ironlb is uninstalled — is deleted at
     /// once.
-    fn pool_lifecycle(&mut self, snap: &Snapshot<'_>) -> Vec<Action> {
+    fn pool_lifecycle(
+        &mut self,
+        snap: &Snapshot<'_>,
+        held: &BTreeMap<String, Vec<(ServiceKey, IpAddr)>>,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         for pool in &snap.pools {
             let name = pool.name_any();
             let protected = pool.finalizers().iter().any(|f| f == POOL_FINALIZER);
-            let holders = holders(snap, pool);
+            let holders = held.get(&name).map_or(&[][..], Vec::as_slice);
             // What this pass hands out counts too, before any status shows it:
             // otherwise a pool deleted right after its first allocation would
             // go unprotected.
@@ -338,7 +347,7 @@ impl Planner {
                 "IPAddressPool {name} is being deleted, but {} still hold its addresses: they keep \
                  answering, and the pool goes once the last of these Services is deleted or stops \
                  being a LoadBalancer",
-                list_holders(&holders)
+                list_holders(holders)
             );
             if self.last_pool_event.get(&name) != Some(&note) {
                 self.last_pool_event.insert(name.clone(), note.clone());
@@ -473,6 +482,7 @@ impl Planner {
         &self,
         snap: &Snapshot<'_>,
         translation_errors: &BTreeMap<String, String>,
+        held: &BTreeMap<String, Vec<(ServiceKey, IpAddr)>>,
     ) -> Vec<Action> {
         let pool_errors: BTreeMap<&str, &ipam::PoolError> = self
             .allocator
@@ -496,13 +506,13 @@ impl Planner {
             let previous = pool.status.clone().unwrap_or_default();
             let mut status = IPAddressPoolStatus::default();
             let (valid, reason, message) = if translate::is_terminating(pool) {
-                let holders = holders(snap, pool);
+                let holders = held.get(&name).map_or(&[][..], Vec::as_slice);
                 let message = if holders.is_empty() {
                     "being deleted; no Service holds its addresses".to_string()
                 } else {
                     format!(
                         "being deleted; held by {}: it goes once they let go",
-                        list_holders(&holders)
+                        list_holders(holders)
                     )
                 };
                 ("False", "Terminating", message)

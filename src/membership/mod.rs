@@ -345,6 +345,14 @@ pub fn check_secret(secret: &[u8]) -> std::io::Result<()> {
     ))
 }
 
+/// Whether there is a key and every key is long enough ([`check_secret`]).
+pub fn check_keys(keys: &[Vec<u8>]) -> std::io::Result<()> {
+    if keys.is_empty() {
+        return check_secret(&[]);
+    }
+    keys.iter().try_for_each(|key| check_secret(key))
+}
+
 /// A running member of the group.
 pub struct Membership {
     members: watch::Receiver<BTreeSet<String>>,
@@ -360,12 +368,7 @@ impl Membership {
     /// shorter than [`MIN_SECRET_LEN`] bytes: anyone who guesses it can join
     /// the group and take addresses.
     pub fn start(socket: UdpSocket, config: Config) -> std::io::Result<Self> {
-        if config.keys.is_empty() {
-            check_secret(&[])?;
-        }
-        for key in &config.keys {
-            check_secret(key)?;
-        }
+        check_keys(&config.keys)?;
         let local = socket.local_addr()?;
         let (tx, members) = watch::channel(BTreeSet::from([config.node.clone()]));
         let counters = Arc::new(Counters::default());

@@ -645,7 +645,8 @@ pub async fn run(
     let socket = UdpSocket::bind(listen).await?;
     let mut has_seeds = !gossip.seeds.is_empty();
     let discover_seeds = !has_seeds && cluster;
-    membership::check_secret(gossip.keys.first().map_or(&[][..], |k| k.as_slice()))?;
+    // Refused before waiting for the cluster view, not minutes later.
+    membership::check_keys(&gossip.keys)?;
     let metrics = std::sync::Arc::new(metrics::Metrics::default());
     if let Some(listener) = http {
         tokio::spawn(crate::http::serve(
