@@ -3,10 +3,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ironlb::membership::{Config, Membership};
+use ironlb::membership::{Config, Health, MAX_HEALTH_LEN, Membership, Unservable};
 use support::wait_for;
 use tokio::net::UdpSocket;
 
@@ -122,4 +122,93 @@ async fn an_empty_or_short_secret_is_refused_with_how_to_make_one() {
             "{said}"
         );
     }
+}
+
+async fn wait_health(m: &Membership, node: &str, expected: Option<Unservable>, what: &str) {
+    let rx = m.health();
+    wait_for(what, Duration::from_secs(5), || {
+        let ok = rx.borrow().get(node).cloned() == expected;
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_speaker_cannot_serve_reaches_every_peer_and_latecomers() {
+    let (a, b, c) = trio().await;
+    let x: IpAddr = "10.0.0.100".parse().unwrap();
+    let y: IpAddr = "fd00::100".parse().unwrap();
+    a.set_unservable([x, y].into());
+    let both = Unservable::Addresses([x, y].into());
+    wait_health(
+        &b,
+        "a",
+        Some(both.clone()),
+        "b to learn what a cannot serve",
+    )
+    .await;
+    wait_health(
+        &c,
+        "a",
+        Some(both.clone()),
+        "c to learn what a cannot serve",
+    )
+    .await;
+    // A speaker that joins later is told too, though the first record was
+    // spread before it came.
+    let d = speaker("d", SECRET, vec![b.local_addr()]).await;
+    wait_health(
+        &d,
+        "a",
+        Some(both),
+        "a latecomer to learn what a cannot serve",
+    )
+    .await;
+    a.set_unservable([y].into());
+    for (m, name) in [(&b, "b"), (&c, "c"), (&d, "d")] {
+        let only_y = Some(Unservable::Addresses([y].into()));
+        wait_health(
+            m,
+            "a",
+            only_y,
+            &format!("{name} to learn that a serves x again"),
+        )
+        .await;
+    }
+    // A restarted speaker's first record replaces its earlier run's.
+    a.abort();
+    let a2 = speaker("a", SECRET, vec![b.local_addr()]).await;
+    let nothing = Some(Unservable::Addresses(BTreeSet::new()));
+    wait_health(&c, "a", nothing, "c to forget what a's earlier run said").await;
+    for m in [a2, b, c, d] {
+        m.leave().await;
+    }
+}
+
+#[test]
+fn a_health_record_too_long_for_a_datagram_says_everything() {
+    let many: BTreeSet<IpAddr> = (0..1000u32)
+        .map(|i| IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i) + 1)))
+        .collect();
+    let record = Health {
+        node: "a".into(),
+        epoch: 1,
+        version: 1,
+        unservable: many,
+        everything: false,
+    };
+    let wire = record.encode();
+    assert!(wire.len() <= MAX_HEALTH_LEN, "{} bytes", wire.len());
+    let decoded = Health::decode(&wire).unwrap();
+    assert!(decoded.everything && decoded.unservable.is_empty());
+    let few = Health {
+        unservable: [IpAddr::from([10, 0, 0, 1])].into(),
+        ..record.clone()
+    };
+    assert_eq!(
+        Health::decode(&few.encode()).unwrap(),
+        few,
+        "a short list stays a list"
+    );
+    assert!(Health::decode(b"\xff\xff").is_err());
 }

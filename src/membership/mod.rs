@@ -23,16 +23,22 @@
 //! captured "leave" cannot evict a member and a departed member's datagrams
 //! cannot bring it back. Several keys may be configured for rotation: the
 //! first signs, any opens.
+//!
+//! Beside liveness, each speaker spreads the addresses it cannot serve now
+//! (its announcing interface is down, a listener failed): a versioned
+//! [`Health`] record per node, carried as a `foca` custom broadcast, so every
+//! speaker leaves those addresses to nodes that can ([`crate::election`]).
 
 use prometheus_client::metrics::counter::Counter;
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use foca::{
-    AccumulatingRuntime, Config as FocaConfig, Foca, Identity, PeriodicParams, PostcardCodec, Timer,
+    AccumulatingRuntime, BroadcastHandler, Config as FocaConfig, Foca, Identity, Invalidates,
+    PeriodicParams, PostcardCodec, Timer,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use rand::SeedableRng;
@@ -353,9 +359,149 @@ pub fn check_keys(keys: &[Vec<u8>]) -> std::io::Result<()> {
     keys.iter().try_for_each(|key| check_secret(key))
 }
 
+/// What one speaker says it cannot serve, spread to every other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The speaker's node.
+    pub node: String,
+    /// When that speaker started (ms since the epoch): a restarted speaker's
+    /// records replace those of its earlier run.
+    pub epoch: u64,
+    /// Increases with each record of the run.
+    pub version: u64,
+    /// The addresses it cannot serve now.
+    pub unservable: BTreeSet<IpAddr>,
+    /// The list did not fit in a datagram: it cannot serve any address.
+    pub everything: bool,
+}
+
+/// The largest encoded [`Health`] record: it rides in a datagram beside the
+/// membership updates. About 200 IPv4 or 60 IPv6 addresses; a node that
+/// cannot serve more says [`Health::everything`] instead.
+pub const MAX_HEALTH_LEN: usize = 1000;
+
+impl Health {
+    fn newer_than(&self, other: &Health) -> bool {
+        (self.epoch, self.version) > (other.epoch, other.version)
+    }
+
+    /// The record on the wire, shortened to [`Health::everything`] when the
+    /// list is too long.
+    pub fn encode(&self) -> Vec<u8> {
+        let bytes = postcard::to_allocvec(self).unwrap_or_default();
+        if bytes.len() <= MAX_HEALTH_LEN {
+            return bytes;
+        }
+        postcard::to_allocvec(&Health {
+            unservable: BTreeSet::new(),
+            everything: true,
+            ..self.clone()
+        })
+        .unwrap_or_default()
+    }
+
+    /// A record from the wire.
+    pub fn decode(bytes: &[u8]) -> Result<Self, BadHealth> {
+        postcard::from_bytes(bytes).map_err(|_| BadHealth)
+    }
+}
+
+/// Which addresses each other speaker cannot serve, by node, from the newest
+/// record of each. A node that cannot serve anything is listed with
+/// [`Unservable::Everything`].
+pub type HealthMap = BTreeMap<String, Unservable>;
+
+/// What a node cannot serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unservable {
+    /// These addresses.
+    Addresses(BTreeSet<IpAddr>),
+    /// Any address.
+    Everything,
+}
+
+impl Unservable {
+    /// Whether `address` is among them.
+    pub fn contains(&self, address: &IpAddr) -> bool {
+        match self {
+            Unservable::Addresses(a) => a.contains(address),
+            Unservable::Everything => true,
+        }
+    }
+}
+
+/// The key under which `foca` keeps a record while spreading it: a newer
+/// record of the same node replaces an older one still being spread.
+#[derive(Debug)]
+pub struct HealthKey {
+    node: String,
+    epoch: u64,
+    version: u64,
+}
+
+impl Invalidates for HealthKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.node == other.node && (self.epoch, self.version) > (other.epoch, other.version)
+    }
+}
+
+/// A record that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("a malformed health record")]
+pub struct BadHealth;
+
+/// Keeps the newest record per node and publishes the map when it changes.
+struct HealthHandler {
+    me: String,
+    newest: BTreeMap<String, Health>,
+    out: watch::Sender<HealthMap>,
+}
+
+impl BroadcastHandler<Peer> for HealthHandler {
+    type Key = HealthKey;
+    type Error = BadHealth;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&Peer>,
+    ) -> Result<Option<HealthKey>, BadHealth> {
+        let health = Health::decode(data)?;
+        let key = HealthKey {
+            node: health.node.clone(),
+            epoch: health.epoch,
+            version: health.version,
+        };
+        if let Some(known) = self.newest.get(&health.node)
+            && !health.newer_than(known)
+        {
+            return Ok(None);
+        }
+        if health.node != self.me {
+            let unservable = if health.everything {
+                Unservable::Everything
+            } else {
+                Unservable::Addresses(health.unservable.clone())
+            };
+            let node = health.node.clone();
+            self.out.send_if_modified(|map| {
+                let changed = map.get(&node) != Some(&unservable);
+                if changed {
+                    map.insert(node, unservable);
+                }
+                changed
+            });
+        }
+        self.newest.insert(health.node.clone(), health);
+        Ok(Some(key))
+    }
+}
+
 /// A running member of the group.
 pub struct Membership {
     members: watch::Receiver<BTreeSet<String>>,
+    health: watch::Receiver<HealthMap>,
+    unservable: watch::Sender<BTreeSet<IpAddr>>,
     join: mpsc::UnboundedSender<SocketAddr>,
     counters: Arc<Counters>,
     stop: CancellationToken,
@@ -371,6 +517,8 @@ impl Membership {
         check_keys(&config.keys)?;
         let local = socket.local_addr()?;
         let (tx, members) = watch::channel(BTreeSet::from([config.node.clone()]));
+        let (health_tx, health) = watch::channel(HealthMap::new());
+        let (unservable, own) = watch::channel(BTreeSet::new());
         let counters = Arc::new(Counters::default());
         let stop = CancellationToken::new();
         let (join, joins) = mpsc::unbounded_channel();
@@ -378,13 +526,19 @@ impl Membership {
             socket,
             config,
             local,
-            tx,
-            joins,
+            Channels {
+                members: tx,
+                health: health_tx,
+                own,
+                joins,
+            },
             counters.clone(),
             stop.clone(),
         ));
         Ok(Self {
             members,
+            health,
+            unservable,
             join,
             counters,
             stop,
@@ -396,6 +550,22 @@ impl Membership {
     /// The nodes alive now (this one included); changes as the group does.
     pub fn members(&self) -> watch::Receiver<BTreeSet<String>> {
         self.members.clone()
+    }
+
+    /// What the other speakers cannot serve, by node; changes as they say so.
+    pub fn health(&self) -> watch::Receiver<HealthMap> {
+        self.health.clone()
+    }
+
+    /// Tells the group which addresses this speaker cannot serve now.
+    pub fn set_unservable(&self, addresses: BTreeSet<IpAddr>) {
+        self.unservable.send_if_modified(|current| {
+            let changed = *current != addresses;
+            if changed {
+                *current = addresses;
+            }
+            changed
+        });
     }
 
     /// Announces this member to another speaker at `addr`, learnt after the
@@ -427,15 +597,32 @@ impl Membership {
     }
 }
 
+/// The membership task's ends of its channels.
+struct Channels {
+    members: watch::Sender<BTreeSet<String>>,
+    health: watch::Sender<HealthMap>,
+    own: watch::Receiver<BTreeSet<IpAddr>>,
+    joins: mpsc::UnboundedReceiver<SocketAddr>,
+}
+
+/// How often a speaker that cannot serve some address says so again, for
+/// speakers that joined since (`foca` spreads each record a few times only).
+const HEALTH_REPEAT: Duration = Duration::from_secs(5);
+
 async fn run(
     socket: UdpSocket,
     config: Config,
     local: SocketAddr,
-    members: watch::Sender<BTreeSet<String>>,
-    mut joins: mpsc::UnboundedReceiver<SocketAddr>,
+    channels: Channels,
     counters: Arc<Counters>,
     stop: CancellationToken,
 ) {
+    let Channels {
+        members,
+        health,
+        mut own,
+        mut joins,
+    } = channels;
     // A fresh identity per start: the generation is the start time, so it
     // also wins over any earlier incarnation at this address.
     let me = Peer {
@@ -446,12 +633,35 @@ async fn run(
     let seed = config.node.bytes().fold(u64::from(local.port()), |h, b| {
         h.rotate_left(5) ^ u64::from(b)
     });
-    let mut foca = Foca::new(
+    let mut foca = Foca::with_custom_broadcast(
         me,
         config.foca(),
         StdRng::seed_from_u64(seed),
         PostcardCodec,
+        HealthHandler {
+            me: config.node.clone(),
+            newest: BTreeMap::new(),
+            out: health,
+        },
     );
+    let mut record = Health {
+        node: config.node.clone(),
+        epoch: now_ms(),
+        version: 0,
+        unservable: BTreeSet::new(),
+        everything: false,
+    };
+    // Said once at start, even empty: it replaces what an earlier run of this
+    // speaker said.
+    let publish = |foca: &mut Foca<_, _, _, _>, record: &mut Health| {
+        record.version += 1;
+        if let Err(e) = foca.add_broadcast(&record.encode()) {
+            warn!(error = %e, "spreading this speaker's health");
+        }
+    };
+    publish(&mut foca, &mut record);
+    let mut repeat = tokio::time::interval(HEALTH_REPEAT);
+    repeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut runtime = AccumulatingRuntime::new();
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<Peer>>();
     let mut buf = vec![0u8; 65536];
@@ -465,6 +675,7 @@ async fn run(
         members,
         counters,
     };
+    let mut membership_changes = wire.members.subscribe();
     let announce = |foca: &mut Foca<_, _, _, _>, runtime: &mut AccumulatingRuntime<Peer>, addr| {
         // The seed's name is learnt from its answer.
         let placeholder = Peer {
@@ -484,6 +695,21 @@ async fn run(
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(addr) = joins.recv() => announce(&mut foca, &mut runtime, addr),
+            changed = own.changed() => {
+                if changed.is_ok() {
+                    record.unservable = own.borrow_and_update().clone();
+                    publish(&mut foca, &mut record);
+                }
+            }
+            // A newcomer learns what the others cannot serve from their next
+            // record, not from history.
+            _ = membership_changes.changed() => {
+                membership_changes.borrow_and_update();
+                if !record.unservable.is_empty() {
+                    publish(&mut foca, &mut record);
+                }
+            }
+            _ = repeat.tick(), if !record.unservable.is_empty() => publish(&mut foca, &mut record),
             timer = timers.recv() => {
                 let Some(timer) = timer else { break };
                 if let Err(e) = foca.handle_timer(timer, &mut runtime) {
@@ -538,7 +764,7 @@ impl Wire {
     async fn flush(
         &mut self,
         runtime: &mut AccumulatingRuntime<Peer>,
-        foca: &Foca<Peer, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
+        foca: &Foca<Peer, PostcardCodec, StdRng, HealthHandler>,
     ) {
         while let Some((to, data)) = runtime.to_send() {
             self.seq += 1;
