@@ -373,18 +373,21 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
         ironlb::membership::keys_from(&secret),
         args.gossip_seeds,
     );
-    ironlb::speaker::run_kubernetes(
-        client(args.kubeconfig).await?,
+    let speaker = ironlb::speaker::Speaker {
         node,
         listen,
         gossip,
-        args.default_class,
-        ironlb::speaker::Timing {
+        timing: ironlb::speaker::Timing {
             announce_count: args.announce_count,
             announce_interval: Duration::from_millis(args.announce_interval_ms),
             reannounce: Duration::from_secs(args.reannounce_seconds),
         },
-        args.forward.tuning().settings(),
+        forwarding: args.forward.tuning().settings(),
+    };
+    ironlb::speaker::run_kubernetes(
+        client(args.kubeconfig).await?,
+        speaker,
+        args.default_class,
         Some(listener),
         shutdown_on_signal(),
     )

@@ -9,6 +9,12 @@
 //!
 //! The address is hashed, not the Service, so Services sharing an address always
 //! land on the same node.
+//!
+//! A node that says it cannot serve an address (its interface is down, a
+//! listener failed: see [`crate::membership::Health`]) stays eligible but
+//! yields: the owner is the best-scoring eligible node that can serve it, and
+//! only when none can does the best-scoring eligible node keep it — an address
+//! announced by a node with a problem is better than one announced by nobody.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -30,6 +36,33 @@ pub struct Node {
     pub alive: bool,
     /// Its `NetworkUnavailable` condition is `True`.
     pub network_unavailable: bool,
+    /// What its speaker says it cannot serve now.
+    pub cannot_serve: Unservable,
+}
+
+/// What a node cannot serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unservable {
+    /// These addresses.
+    Addresses(BTreeSet<IpAddr>),
+    /// Any address.
+    Everything,
+}
+
+impl Default for Unservable {
+    fn default() -> Self {
+        Unservable::Addresses(BTreeSet::new())
+    }
+}
+
+impl Unservable {
+    /// Whether `address` is among them.
+    pub fn contains(&self, address: &IpAddr) -> bool {
+        match self {
+            Unservable::Addresses(a) => a.contains(address),
+            Unservable::Everything => true,
+        }
+    }
 }
 
 /// The constraints on who may announce one address.
@@ -132,21 +165,26 @@ pub fn score(node: &str, address: IpAddr) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The node that announces `address`: the eligible node with the highest score,
+/// The node that announces `address`: the eligible node with the highest score
+/// among those that can serve it (among all eligible nodes when none can),
 /// ties broken by name. `None` when no node is eligible.
 pub fn owner<'a>(
     address: IpAddr,
     nodes: &'a [Node],
     constraints: &Constraints,
 ) -> Option<&'a Node> {
-    nodes
-        .iter()
-        .filter(|n| eligibility(n, constraints).is_ok())
-        .max_by(|a, b| {
-            score(&a.name, address)
-                .cmp(&score(&b.name, address))
-                .then_with(|| b.name.cmp(&a.name))
-        })
+    let best = |able: bool| {
+        nodes
+            .iter()
+            .filter(|n| eligibility(n, constraints).is_ok())
+            .filter(|n| !able || !n.cannot_serve.contains(&address))
+            .max_by(|a, b| {
+                score(&a.name, address)
+                    .cmp(&score(&b.name, address))
+                    .then_with(|| b.name.cmp(&a.name))
+            })
+    };
+    best(true).or_else(|| best(false))
 }
 
 #[cfg(test)]
@@ -161,6 +199,7 @@ mod tests {
             labels: Labels::new(),
             alive: true,
             network_unavailable: false,
+            cannot_serve: Unservable::default(),
         }
     }
 
@@ -250,23 +289,33 @@ mod tests {
     }
 
     fn nodes_strategy() -> impl Strategy<Value = Vec<Node>> {
-        proptest::collection::vec((0..12u8, any::<bool>(), any::<bool>(), any::<bool>()), 1..8)
-            .prop_map(|raw| {
-                let mut seen = BTreeSet::new();
-                raw.into_iter()
-                    .filter(|(n, ..)| seen.insert(*n))
-                    .map(|(n, alive, zone_a, unavailable)| {
-                        let mut labels = Labels::new();
-                        labels.insert("zone".into(), if zone_a { "a" } else { "b" }.into());
-                        Node {
-                            name: format!("node-{n}"),
-                            labels,
-                            alive,
-                            network_unavailable: unavailable && n % 3 == 0,
-                        }
-                    })
-                    .collect()
-            })
+        proptest::collection::vec(
+            (0..12u8, any::<bool>(), any::<bool>(), any::<bool>(), 0..4u8),
+            1..8,
+        )
+        .prop_map(|raw| {
+            let mut seen = BTreeSet::new();
+            raw.into_iter()
+                .filter(|(n, ..)| seen.insert(*n))
+                .map(|(n, alive, zone_a, unavailable, health)| {
+                    let mut labels = Labels::new();
+                    labels.insert("zone".into(), if zone_a { "a" } else { "b" }.into());
+                    Node {
+                        name: format!("node-{n}"),
+                        labels,
+                        alive,
+                        network_unavailable: unavailable && n % 3 == 0,
+                        // Mostly healthy; some cannot serve the probe
+                        // addresses, one cannot serve anything.
+                        cannot_serve: match health {
+                            0 => Unservable::Everything,
+                            1 => Unservable::Addresses(probes().into_iter().collect()),
+                            _ => Unservable::default(),
+                        },
+                    }
+                })
+                .collect()
+        })
     }
 
     fn constraints_strategy() -> impl Strategy<Value = Constraints> {
@@ -286,8 +335,14 @@ mod tests {
             })
     }
 
+    /// Addresses some generated nodes cannot serve.
+    fn probes() -> [IpAddr; 2] {
+        [ip("10.0.0.1"), ip("fd00::1")]
+    }
+
     fn address_strategy() -> impl Strategy<Value = IpAddr> {
         prop_oneof![
+            proptest::sample::select(probes().to_vec()),
             any::<u32>().prop_map(|n| IpAddr::from(std::net::Ipv4Addr::from(n))),
             any::<u128>().prop_map(|n| IpAddr::from(std::net::Ipv6Addr::from(n))),
         ]
@@ -329,6 +384,41 @@ mod tests {
                 let after = owner(addr, &rest, &c).map(|n| n.name.clone());
                 if before.as_deref() != Some(gone.as_str()) {
                     prop_assert_eq!(before, after, "{} moved though its owner stayed", addr);
+                }
+            }
+        }
+
+        /// A node that cannot serve an address owns it only when no eligible
+        /// node can; and a healthy node's addresses never move because
+        /// another node cannot serve them.
+        #[test]
+        fn a_node_that_cannot_serve_yields_to_one_that_can(
+            nodes in nodes_strategy(),
+            c in constraints_strategy(),
+            addr in address_strategy(),
+        ) {
+            let eligible: Vec<&Node> =
+                nodes.iter().filter(|n| eligibility(n, &c).is_ok()).collect();
+            match owner(addr, &nodes, &c) {
+                None => prop_assert!(eligible.is_empty()),
+                Some(o) if o.cannot_serve.contains(&addr) => prop_assert!(
+                    eligible.iter().all(|n| n.cannot_serve.contains(&addr)),
+                    "{} owns {} though another node can serve it", o.name, addr
+                ),
+                Some(o) => {
+                    let healthy: Vec<Node> = nodes
+                        .iter()
+                        .cloned()
+                        .map(|n| Node { cannot_serve: Unservable::default(), ..n })
+                        .collect();
+                    // Without any health problem, the owner would be the same
+                    // node, or one that cannot serve the address now.
+                    let unhindered = owner(addr, &healthy, &c).expect("eligible nodes");
+                    let unhindered = nodes.iter().find(|n| n.name == unhindered.name).unwrap();
+                    prop_assert!(
+                        unhindered.name == o.name || unhindered.cannot_serve.contains(&addr),
+                        "{} moved to {} though it can serve it", unhindered.name, o.name
+                    );
                 }
             }
         }

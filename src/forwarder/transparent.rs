@@ -50,7 +50,14 @@ pub fn ruleset(mark: u32) -> String {
     )
 }
 
-fn nft(script: &str) -> Result<(), Error> {
+/// Runs `nft` on the blocking pool: it forks and waits.
+async fn nft(script: String) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || nft_blocking(&script))
+        .await
+        .map_err(|e| Error::Nft(std::io::Error::other(e)))?
+}
+
+fn nft_blocking(script: &str) -> Result<(), Error> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -73,7 +80,7 @@ fn nft(script: &str) -> Result<(), Error> {
 
 /// Installs the mark rule, the policy rules and the local table.
 pub async fn install(mark: u32) -> Result<(), Error> {
-    nft(&ruleset(mark))?;
+    nft(ruleset(mark)).await?;
     Host::open()?
         .install_transparent_routing(mark, TABLE)
         .await?;
@@ -84,7 +91,8 @@ pub async fn install(mark: u32) -> Result<(), Error> {
 pub async fn remove(mark: u32) -> Result<(), Error> {
     let host = Host::open()?;
     host.remove_transparent_routing(mark, TABLE).await?;
-    nft(&format!(
+    nft(format!(
         "add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
     ))
+    .await
 }

@@ -64,7 +64,6 @@ pub struct Counters {
 /// Answers for owned addresses on one interface until stopped.
 pub struct Announcer {
     interface: String,
-    index: u32,
     mac: MacAddr,
     owned: Arc<RwLock<BTreeSet<IpAddr>>>,
     tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
@@ -151,7 +150,6 @@ impl Announcer {
         };
         Ok(Self {
             interface: interface.to_string(),
-            index: iface.index,
             mac,
             owned,
             tx,
@@ -166,16 +164,6 @@ impl Announcer {
         &self.interface
     }
 
-    /// Whether the interface it was started on is still there, the same link
-    /// (an interface deleted and re-created has a new index, which this
-    /// socket never sees) and up. When it is not, the announcer must be
-    /// replaced: it can answer nothing.
-    pub fn serves(&self) -> bool {
-        datalink::interfaces()
-            .into_iter()
-            .any(|i| i.name == self.interface && i.index == self.index && i.is_up())
-    }
-
     /// The interface's Ethernet address.
     pub fn mac(&self) -> MacAddr {
         self.mac
@@ -184,6 +172,26 @@ impl Announcer {
     /// Starts answering for `ip`.
     pub fn own(&self, ip: IpAddr) {
         self.owned.write().expect("owned set").insert(ip);
+    }
+
+    /// Whether it answers for `ip`.
+    pub fn owns(&self, ip: &IpAddr) -> bool {
+        self.owned.read().expect("owned set").contains(ip)
+    }
+
+    /// Whether it answers for no address.
+    pub fn owns_nothing(&self) -> bool {
+        self.owned.read().expect("owned set").is_empty()
+    }
+
+    /// The addresses it answers for.
+    pub fn owned(&self) -> Vec<IpAddr> {
+        self.owned
+            .read()
+            .expect("owned set")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Stops answering for `ip`, at once.

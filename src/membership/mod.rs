@@ -50,6 +50,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+pub use crate::election::Unservable;
+
 /// Bytes of HMAC-SHA256 kept in each datagram: 128 bits.
 pub const TAG_LEN: usize = 16;
 
@@ -407,28 +409,8 @@ impl Health {
 }
 
 /// Which addresses each other speaker cannot serve, by node, from the newest
-/// record of each. A node that cannot serve anything is listed with
-/// [`Unservable::Everything`].
+/// record of each.
 pub type HealthMap = BTreeMap<String, Unservable>;
-
-/// What a node cannot serve.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Unservable {
-    /// These addresses.
-    Addresses(BTreeSet<IpAddr>),
-    /// Any address.
-    Everything,
-}
-
-impl Unservable {
-    /// Whether `address` is among them.
-    pub fn contains(&self, address: &IpAddr) -> bool {
-        match self {
-            Unservable::Addresses(a) => a.contains(address),
-            Unservable::Everything => true,
-        }
-    }
-}
 
 /// The key under which `foca` keeps a record while spreading it: a newer
 /// record of the same node replaces an older one still being spread.

@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo};
+use rtnetlink::sys::AsyncSocket as _;
 use serde::Serialize;
 
 use crate::l2::packet::MacAddr;
@@ -28,6 +29,8 @@ pub struct Link {
     pub name: String,
     /// Administratively up.
     pub up: bool,
+    /// Has a carrier (`LOWER_UP`): a cable, or a veth's peer that is up.
+    pub carrier: bool,
     /// The loopback interface.
     pub loopback: bool,
     /// `NOARP`: the interface does no address resolution.
@@ -60,8 +63,11 @@ pub enum Skip {
     #[error("no subnet of it holds the address")]
     OtherSubnet,
     /// Administratively down.
-    #[error("it is down")]
+    #[error("is down")]
     Down,
+    /// Up, but without a carrier.
+    #[error("has no carrier (cable unplugged, or its peer is down)")]
+    NoCarrier,
     /// The loopback interface.
     #[error("it is the loopback")]
     Loopback,
@@ -132,6 +138,9 @@ fn check(link: &Link, address: IpAddr, named: &[String]) -> Result<(), Skip> {
     if !link.up {
         return Err(Skip::Down);
     }
+    if !link.carrier {
+        return Err(Skip::NoCarrier);
+    }
     if link.mac.is_none() {
         return Err(Skip::NoMac);
     }
@@ -164,6 +173,64 @@ pub enum Error {
     Request(#[from] rtnetlink::Error),
 }
 
+/// How often the links are read again even without a notification: the
+/// kernel drops notifications when the socket's buffer is full.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The links of this network namespace, kept current from the kernel's link
+/// and address notifications (an interface created, deleted, set down,
+/// losing its carrier, given an address), until `stop`.
+pub async fn watch_links(
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<tokio::sync::watch::Receiver<Vec<Link>>, Error> {
+    use futures::StreamExt;
+    use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK};
+    let (mut connection, _, mut messages) = rtnetlink::new_connection().map_err(Error::Connect)?;
+    let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(0, groups))
+        .map_err(Error::Connect)?;
+    let connection = tokio::spawn(connection);
+    // Subscribed before the first read, so no change falls in between.
+    let (tx, rx) = tokio::sync::watch::channel(links().await?);
+    tokio::spawn(async move {
+        let mut live = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                message = messages.next(), if live => {
+                    if message.is_none() {
+                        tracing::warn!("interface notifications ended; reading the interfaces every {RESYNC:?}");
+                        live = false;
+                        continue;
+                    }
+                    // Changes come in bursts (a link and its addresses): read
+                    // once they have landed.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    while let Some(Some(_)) = futures::FutureExt::now_or_never(messages.next()) {}
+                }
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+            match links().await {
+                Ok(now) => {
+                    tx.send_if_modified(|current| {
+                        let changed = *current != now;
+                        if changed {
+                            *current = now;
+                        }
+                        changed
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the interfaces"),
+            }
+        }
+        connection.abort();
+    });
+    Ok(rx)
+}
+
 /// Every link of this network namespace with its addresses.
 pub async fn links() -> Result<Vec<Link>, Error> {
     let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
@@ -176,6 +243,7 @@ pub async fn links() -> Result<Vec<Link>, Error> {
             index: msg.header.index,
             name: String::new(),
             up: flags.contains(LinkFlags::Up),
+            carrier: flags.contains(LinkFlags::LowerUp),
             loopback: flags.contains(LinkFlags::Loopback),
             noarp: flags.contains(LinkFlags::Noarp),
             kind: None,
@@ -231,6 +299,7 @@ mod tests {
             index: 1,
             name: name.into(),
             up: true,
+            carrier: true,
             loopback: false,
             noarp: false,
             kind: None,

@@ -205,10 +205,15 @@ fn slices_of<'a>(
     })
 }
 
-/// The election's view of the nodes: alive members with their labels and
-/// network condition. A member without a Node object is still a node (its
-/// labels unknown); a Node without a live speaker is not.
-pub fn nodes(members: &BTreeSet<String>, objects: &[&K8sNode]) -> Vec<Node> {
+/// The election's view of the nodes: alive members with their labels, network
+/// condition and what their speakers say they cannot serve (`health`). A
+/// member without a Node object is still a node (its labels unknown); a Node
+/// without a live speaker is not.
+pub fn nodes(
+    members: &BTreeSet<String>,
+    objects: &[&K8sNode],
+    health: &crate::membership::HealthMap,
+) -> Vec<Node> {
     members
         .iter()
         .map(|name| {
@@ -224,6 +229,7 @@ pub fn nodes(members: &BTreeSet<String>, objects: &[&K8sNode]) -> Vec<Node> {
                         cs.iter()
                             .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
                     }),
+                cannot_serve: health.get(name).cloned().unwrap_or_default(),
             }
         })
         .collect()
@@ -624,6 +630,7 @@ mod tests {
             labels: [("zone".to_string(), z.to_string())].into(),
             alive: true,
             network_unavailable: false,
+            cannot_serve: Default::default(),
         });
         let owner = election::owner(out[0].address, &nodes, &out[0].constraints).unwrap();
         assert_ne!(owner.name, "n3");
@@ -697,7 +704,7 @@ mod tests {
             ..Default::default()
         };
         let members: BTreeSet<String> = ["n1".to_string(), "n2".to_string()].into();
-        let nodes = nodes(&members, &[&object, &dead]);
+        let nodes = nodes(&members, &[&object, &dead], &Default::default());
         assert_eq!(
             nodes.len(),
             2,

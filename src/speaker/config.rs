@@ -1,0 +1,410 @@
+//! A speaker's configuration from a file (`--static`): the addresses, the
+//! gossip group and the Services with their endpoints, for hosts without a
+//! cluster and for the namespace lab.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::view::{self, Announcement};
+use crate::api::annotations::ProxyVersion;
+use crate::election::Constraints;
+use crate::forwarder::plan::{Endpoint, Frontend, FrontendPort, Policy, Protocol};
+use crate::ipam::ServiceKey;
+
+/// A speaker's configuration from a file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticConfig {
+    /// This node's name (default: the host name).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The gossip group.
+    pub gossip: Gossip,
+    /// The addresses to announce.
+    pub addresses: Vec<StaticAddress>,
+    /// Gratuitous packets sent on takeover.
+    #[serde(default = "default_burst_count")]
+    pub announce_count: u32,
+    /// Milliseconds between them.
+    #[serde(default = "default_burst_interval_ms")]
+    pub announce_interval_ms: u64,
+    /// Seconds between re-announcements of every owned address (0: never).
+    /// Switches age MAC entries faster than hosts age ARP entries.
+    #[serde(default = "default_reannounce_s")]
+    pub reannounce_seconds: u64,
+    /// Services the embedded forwarder carries on those addresses.
+    #[serde(default)]
+    pub services: Vec<StaticService>,
+    /// The forwarder's limits and timeouts.
+    #[serde(default)]
+    pub forwarder: crate::forwarder::Tuning,
+}
+
+/// A Service of a static configuration: an address, ports and endpoints, with
+/// the same options as a Kubernetes Service with embedded forwarding.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticService {
+    /// A name for logs and metrics (namespace `static`).
+    pub name: String,
+    /// One of the file's addresses.
+    pub address: IpAddr,
+    /// The ports.
+    pub ports: Vec<StaticPort>,
+    /// The endpoints; each serves every port on its `targetPort`.
+    pub endpoints: Vec<StaticEndpoint>,
+    /// `Cluster` (default) or `Local`: only endpoints on the owning node, and
+    /// they see the client's address.
+    #[serde(default)]
+    pub external_traffic_policy: Option<String>,
+    /// Seconds a client keeps its backend (`sessionAffinity: ClientIP`).
+    #[serde(default)]
+    pub session_affinity_seconds: Option<u64>,
+    /// `v1` or `v2`: the PROXY protocol header sent to TCP backends.
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
+    /// Clients allowed; empty: all.
+    #[serde(default)]
+    pub source_ranges: Vec<ipnetwork::IpNetwork>,
+}
+
+/// A port of a [`StaticService`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticPort {
+    /// The port clients use.
+    pub port: u16,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The endpoints' port (default: `port`).
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+/// An endpoint of a [`StaticService`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticEndpoint {
+    /// Its address.
+    pub address: IpAddr,
+    /// The node it runs on (matters for `Local`).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// What the forwarder is asked to carry, and the Services it can't.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Forwards {
+    /// Services with embedded forwarding.
+    pub frontends: Vec<Frontend>,
+    /// Services with embedded forwarding and a setting that can't be honoured.
+    pub invalid: Vec<view::FrontendError>,
+}
+
+/// The gossip settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gossip {
+    /// Where this speaker listens, `address:port`.
+    pub listen: SocketAddr,
+    /// Other speakers.
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// The shared secret, at least 16 bytes; several lines are several keys
+    /// (the first signs), for rotation.
+    pub secret: String,
+}
+
+/// One address and where it may be announced.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticAddress {
+    /// The address.
+    pub address: IpAddr,
+    /// Interfaces to announce on.
+    pub interfaces: Vec<String>,
+    /// Nodes allowed to announce it; empty: all.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+}
+
+/// Gratuitous packets in a takeover burst, by default.
+pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
+/// Milliseconds between them, by default.
+pub const DEFAULT_ANNOUNCE_INTERVAL_MS: u64 = 100;
+/// Seconds between re-announcements, by default.
+pub const DEFAULT_REANNOUNCE_SECONDS: u64 = 30;
+
+fn default_burst_count() -> u32 {
+    DEFAULT_ANNOUNCE_COUNT
+}
+fn default_burst_interval_ms() -> u64 {
+    DEFAULT_ANNOUNCE_INTERVAL_MS
+}
+fn default_reannounce_s() -> u64 {
+    DEFAULT_REANNOUNCE_SECONDS
+}
+
+/// A configuration file that can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid YAML for the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// A service that can't be forwarded as written.
+    #[error("{path}: services[{service}].{field}: {message}")]
+    Service {
+        /// The file.
+        path: String,
+        /// The service's name.
+        service: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// An address listed twice.
+    #[error("{path}: addresses: {address} is listed twice")]
+    Duplicate {
+        /// The file.
+        path: String,
+        /// The address.
+        address: IpAddr,
+    },
+}
+
+impl StaticConfig {
+    /// Reads and checks a file.
+    pub fn load(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks the text of a file named `path`.
+    pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        let config: StaticConfig =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
+        let mut seen = BTreeSet::new();
+        for a in &config.addresses {
+            if !seen.insert(a.address) {
+                return Err(ConfigError::Duplicate {
+                    path: path.into(),
+                    address: a.address,
+                });
+            }
+        }
+        config.frontends_checked(path)?;
+        Ok(config)
+    }
+
+    /// The file's services as the forwarder sees them.
+    pub fn frontends(&self) -> Vec<Frontend> {
+        // `parse` checked every field, so nothing is dropped here.
+        self.frontends_checked("").unwrap_or_default()
+    }
+
+    fn frontends_checked(&self, path: &str) -> Result<Vec<Frontend>, ConfigError> {
+        let mut out = Vec::new();
+        for s in &self.services {
+            let fail = |field: &'static str, message: String| ConfigError::Service {
+                path: path.into(),
+                service: s.name.clone(),
+                field,
+                message,
+            };
+            if !self.addresses.iter().any(|a| a.address == s.address) {
+                return Err(fail(
+                    "address",
+                    format!("{} is not one of the file's addresses", s.address),
+                ));
+            }
+            let local = match s.external_traffic_policy.as_deref() {
+                None | Some("Cluster") => false,
+                Some("Local") => true,
+                Some(other) => {
+                    return Err(fail(
+                        "externalTrafficPolicy",
+                        format!("{other:?} is not one of \"Cluster\", \"Local\""),
+                    ));
+                }
+            };
+            let proxy = s
+                .proxy_protocol
+                .as_deref()
+                .map(ProxyVersion::parse)
+                .transpose()
+                .map_err(|e| fail("proxyProtocol", e))?;
+            let mut ports = Vec::new();
+            let mut endpoint_ports = BTreeMap::new();
+            for p in &s.ports {
+                let protocol = match p.protocol.as_deref() {
+                    None | Some("TCP") => Protocol::Tcp,
+                    Some("UDP") => Protocol::Udp,
+                    Some(other) => {
+                        return Err(fail(
+                            "ports",
+                            format!("protocol {other:?} is not one of \"TCP\", \"UDP\""),
+                        ));
+                    }
+                };
+                let name = format!("{}-{}", protocol, p.port);
+                endpoint_ports.insert((name.clone(), protocol), p.target_port.unwrap_or(p.port));
+                ports.push(FrontendPort {
+                    name,
+                    port: p.port,
+                    protocol,
+                });
+            }
+            out.push(Frontend {
+                service: ServiceKey::new("static", s.name.clone()),
+                addresses: vec![s.address],
+                ports,
+                policy: Policy {
+                    local,
+                    affinity: s.session_affinity_seconds.map(Duration::from_secs),
+                    proxy,
+                    source_ranges: s.source_ranges.clone(),
+                },
+                endpoints: s
+                    .endpoints
+                    .iter()
+                    .map(|e| Endpoint {
+                        address: e.address,
+                        node: e.node.clone(),
+                        ready: true,
+                        serving: true,
+                        ports: endpoint_ports.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The file's addresses as announcements: named interfaces, and the nodes
+    /// allowed to announce each.
+    /// An address of a `Local` service may only be announced by the nodes of
+    /// its endpoints, as in a cluster.
+    pub fn announcements(&self) -> Vec<Announcement> {
+        self.addresses
+            .iter()
+            .map(|a| {
+                let local_endpoints = self
+                    .services
+                    .iter()
+                    .filter(|s| {
+                        s.address == a.address
+                            && s.external_traffic_policy.as_deref() == Some("Local")
+                    })
+                    .map(|s| s.endpoints.iter().filter_map(|e| e.node.clone()).collect())
+                    .reduce(|x: BTreeSet<String>, y| x.intersection(&y).cloned().collect());
+                Announcement {
+                    address: a.address,
+                    pool: String::new(),
+                    services: Vec::new(),
+                    interfaces: a.interfaces.clone(),
+                    constraints: Constraints {
+                        allowed_nodes: (!a.nodes.is_empty())
+                            .then(|| a.nodes.iter().cloned().collect()),
+                        local_endpoints,
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// When gratuitous packets go out.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            announce_count: self.announce_count,
+            announce_interval: Duration::from_millis(self.announce_interval_ms),
+            reannounce: Duration::from_secs(self.reannounce_seconds),
+        }
+    }
+}
+
+/// When gratuitous packets go out.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Packets in a takeover burst.
+    pub announce_count: u32,
+    /// Time between them.
+    pub announce_interval: Duration,
+    /// Time between re-announcements of every owned address (zero: never).
+    pub reannounce: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "
+node: node-1
+gossip:
+  listen: 10.77.0.11:7946
+  seeds: [10.77.0.12:7946]
+  secret: s3cret
+addresses:
+  - address: 10.77.0.100
+    interfaces: [eth0]
+  - address: fd00::100
+    interfaces: [eth0]
+    nodes: [node-2]
+";
+
+    #[test]
+    fn a_static_file_parses_with_defaults() {
+        let c = StaticConfig::parse("lab.yaml", FILE).unwrap();
+        assert_eq!(c.node.as_deref(), Some("node-1"));
+        assert_eq!(c.addresses.len(), 2);
+        assert_eq!(
+            (
+                c.announce_count,
+                c.announce_interval_ms,
+                c.reannounce_seconds
+            ),
+            (3, 100, 30)
+        );
+    }
+
+    #[test]
+    fn a_bad_file_names_the_file_and_the_problem() {
+        let err = StaticConfig::parse("lab.yaml", &FILE.replace("10.77.0.100", "10.77.0.300"))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("lab.yaml: "), "{err}");
+        let dup = FILE.replace("fd00::100", "10.77.0.100");
+        let err = StaticConfig::parse("lab.yaml", &dup).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lab.yaml: addresses: 10.77.0.100 is listed twice"
+        );
+        let err =
+            StaticConfig::parse("lab.yaml", &FILE.replace("secret:", "secrett:")).unwrap_err();
+        assert!(err.to_string().contains("secrett"), "{err}");
+    }
+}

@@ -1,0 +1,341 @@
+//! Runs the transition's effects ([`super::transition::Effect`]): the
+//! announcers' sockets, the takeover bursts, the forwarder and what it
+//! changes on the node, the reports and the group's health record.
+//!
+//! Bursts run as their own tasks and check before every packet that the
+//! address is still owned, so a withdrawal or a shutdown never waits behind
+//! one. Nothing blocking runs on the event loop: `nft` and the joins of
+//! announcer threads go to the blocking pool.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::metrics::Metrics;
+use super::report::Report;
+use super::transition::{Effect, Iface};
+use crate::forwarder::Forwarder;
+use crate::forwarder::plan::Listener;
+use crate::ipam::ServiceKey;
+use crate::l2::announcer::Announcer;
+use crate::membership::Membership;
+
+/// What running the effects found out, for the next transition.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Addresses whose forwarding failed: the Services and why.
+    pub failed: BTreeMap<IpAddr, Vec<(ServiceKey, String)>>,
+    /// Addresses forwarded as asked.
+    pub forwarded: BTreeSet<IpAddr>,
+    /// Interfaces whose announcer could not start: index and why.
+    pub broken: BTreeMap<String, (u32, String)>,
+    /// The earliest instant the transition asked to be woken at.
+    pub wake: Option<Instant>,
+}
+
+/// The speaker's hands.
+pub struct Executor {
+    announcers: BTreeMap<String, (u32, Arc<Announcer>)>,
+    forwarding: Forwarding,
+    timing: super::config::Timing,
+    metrics: Arc<Metrics>,
+    report: Option<mpsc::UnboundedSender<Report>>,
+    /// Cancels every running burst.
+    bursts: CancellationToken,
+}
+
+impl Executor {
+    /// An executor with no announcer and no listener yet.
+    pub fn new(
+        timing: super::config::Timing,
+        forwarding: crate::forwarder::Settings,
+        metrics: Arc<Metrics>,
+        report: Option<mpsc::UnboundedSender<Report>>,
+    ) -> Self {
+        let forwarder_metrics = crate::forwarder::metrics::Metrics::default();
+        metrics.register_forwarder(&forwarder_metrics);
+        Self {
+            announcers: BTreeMap::new(),
+            forwarding: Forwarding::new(forwarding, forwarder_metrics),
+            timing,
+            metrics,
+            report,
+            bursts: CancellationToken::new(),
+        }
+    }
+
+    /// Runs `effects` in order.
+    pub async fn run(&mut self, effects: Vec<Effect>, membership: Option<&Membership>) -> Outcome {
+        let mut outcome = Outcome::default();
+        for effect in effects {
+            match effect {
+                Effect::Withdraw { address, interface } => {
+                    if let Some((_, a)) = self.announcers.get(&interface.name) {
+                        a.disown(address);
+                    }
+                    info!(%address, interface = %interface.name, "withdrawn");
+                }
+                Effect::Announce { address, interface } => match self.announcer(&interface) {
+                    Ok(a) => {
+                        a.own(address);
+                        info!(%address, interface = %interface.name, mac = %a.mac(), "announcing");
+                    }
+                    Err(e) => {
+                        self.metrics.announce_failed(&interface.name);
+                        warn!(interface = %interface.name, error = %e,
+                                  "cannot announce on this interface; another interface or node takes over, and it is tried again");
+                        outcome
+                            .broken
+                            .insert(interface.name.clone(), (interface.index, e.to_string()));
+                    }
+                },
+                Effect::Burst { addresses, count } => self.burst(addresses, count),
+                Effect::Forward {
+                    listeners,
+                    interfaces,
+                } => {
+                    let failed = self.forwarding.apply(&listeners, &interfaces).await;
+                    outcome.forwarded = listeners
+                        .iter()
+                        .map(|l| l.address.ip())
+                        .filter(|ip| !failed.contains_key(ip))
+                        .collect();
+                    outcome.failed = failed;
+                }
+                Effect::Report(r) => {
+                    if let Report::GaveUp {
+                        address, reason, ..
+                    } = &r
+                    {
+                        warn!(%address, %reason, "cannot serve this address; leaving it to another node");
+                    }
+                    if let Report::NotForwarded { service, message } = &r {
+                        warn!(%service, error = %message, "not forwarded");
+                    }
+                    if let Some(tx) = &self.report {
+                        let _ = tx.send(r);
+                    }
+                }
+                Effect::Publish(addresses) => {
+                    if !addresses.is_empty() {
+                        warn!(addresses = ?addresses, "telling the group this node cannot serve these addresses");
+                    }
+                    if let Some(m) = membership {
+                        m.set_unservable(addresses);
+                    }
+                }
+                Effect::WakeAt(at) => {
+                    outcome.wake = Some(outcome.wake.map_or(at, |w| w.min(at)));
+                }
+            }
+        }
+        self.drop_idle_announcers();
+        outcome
+    }
+
+    /// The announcer of `iface`, started (or restarted, for a re-created
+    /// interface) when needed.
+    fn announcer(&mut self, iface: &Iface) -> std::io::Result<Arc<Announcer>> {
+        if let Some((index, a)) = self.announcers.get(&iface.name)
+            && *index == iface.index
+        {
+            return Ok(a.clone());
+        }
+        if let Some((_, old)) = self.announcers.remove(&iface.name) {
+            release(old);
+        }
+        let a = Arc::new(Announcer::start(
+            &iface.name,
+            self.metrics.announcer_counters(&iface.name),
+        )?);
+        self.announcers
+            .insert(iface.name.clone(), (iface.index, a.clone()));
+        Ok(a)
+    }
+
+    /// Closes the sockets of interfaces that announce nothing now.
+    fn drop_idle_announcers(&mut self) {
+        let idle: Vec<String> = self
+            .announcers
+            .iter()
+            .filter(|(_, (_, a))| a.owns_nothing())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in idle {
+            if let Some((_, a)) = self.announcers.remove(&name) {
+                release(a);
+            }
+        }
+    }
+
+    /// Sends `count` gratuitous packets per address, `announce_interval`
+    /// apart, from a task of its own.
+    fn burst(&self, addresses: Vec<IpAddr>, count: u32) {
+        let targets: Vec<(IpAddr, Arc<Announcer>)> = addresses
+            .iter()
+            .flat_map(|ip| {
+                self.announcers
+                    .values()
+                    .filter(|(_, a)| a.owns(ip))
+                    .map(|(_, a)| (*ip, a.clone()))
+            })
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let stop = self.bursts.clone();
+        let interval = self.timing.announce_interval;
+        tokio::spawn(async move {
+            for n in 0..count {
+                if n > 0 {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                }
+                for (ip, a) in &targets {
+                    // Withdrawn meanwhile: not one more packet.
+                    if a.owns(ip) {
+                        a.announce(*ip);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops every burst, listener and announcer, and removes what was added
+    /// to the node.
+    pub async fn stop(&mut self) {
+        self.bursts.cancel();
+        self.forwarding.stop().await;
+        for (_, (_, a)) in std::mem::take(&mut self.announcers) {
+            for ip in a.owned() {
+                a.disown(ip);
+            }
+            release(a);
+        }
+    }
+}
+
+/// Drops an announcer off the event loop: its reader thread takes up to a
+/// read timeout to notice.
+fn release(a: Arc<Announcer>) {
+    tokio::task::spawn_blocking(move || drop(a));
+}
+
+/// The forwarder and what it changed on the node.
+struct Forwarding {
+    forwarder: Forwarder,
+    /// The firewall mark of transparent connections.
+    mark: u32,
+    /// The Service addresses on the loopback, once known.
+    addresses: Option<BTreeSet<IpAddr>>,
+    transparent: bool,
+}
+
+impl Forwarding {
+    fn new(
+        settings: crate::forwarder::Settings,
+        metrics: crate::forwarder::metrics::Metrics,
+    ) -> Self {
+        Self {
+            mark: settings.mark,
+            forwarder: Forwarder::new(settings, metrics),
+            addresses: None,
+            transparent: false,
+        }
+    }
+
+    /// Runs `listeners`, with their addresses on the loopback and, for
+    /// `Local` Services, the transparent routing. Returns the addresses that
+    /// could not be forwarded as asked, with the Services concerned and why;
+    /// they are tried again on the next call.
+    async fn apply(
+        &mut self,
+        listeners: &[Listener],
+        interfaces: &BTreeSet<String>,
+    ) -> BTreeMap<IpAddr, Vec<(ServiceKey, String)>> {
+        let mut failed: BTreeMap<IpAddr, Vec<(ServiceKey, String)>> = BTreeMap::new();
+        let fail_all = |failed: &mut BTreeMap<_, Vec<_>>, local_only: bool, why: &str| {
+            for l in listeners.iter().filter(|l| !local_only || l.policy.local) {
+                failed
+                    .entry(l.address.ip())
+                    .or_default()
+                    .push((l.service.clone(), why.to_string()));
+            }
+        };
+        let addresses: BTreeSet<IpAddr> = listeners.iter().map(|l| l.address.ip()).collect();
+        if self.addresses.as_ref() != Some(&addresses) {
+            for interface in interfaces {
+                if let Err(e) = crate::netlink::host::quiet_arp(interface) {
+                    warn!(%interface, error = %e, "cannot set arp_ignore/arp_announce");
+                }
+            }
+            match set_service_addresses(&addresses).await {
+                Ok(()) => self.addresses = Some(addresses),
+                Err(e) => {
+                    warn!(error = %e, "cannot put Service addresses on the loopback");
+                    fail_all(
+                        &mut failed,
+                        false,
+                        &format!("cannot put the address on the loopback: {e}"),
+                    );
+                }
+            }
+        }
+        let local = listeners.iter().any(|l| l.policy.local);
+        if local && !self.transparent {
+            match crate::forwarder::transparent::install(self.mark).await {
+                Ok(()) => self.transparent = true,
+                Err(e) => {
+                    warn!(error = %e, "cannot install transparent routing; Local Services won't answer");
+                    fail_all(
+                        &mut failed,
+                        true,
+                        &format!("cannot install the transparent routing: {e}"),
+                    );
+                }
+            }
+        } else if !local && self.transparent {
+            self.remove_transparent().await;
+        }
+        for e in self.forwarder.apply(listeners) {
+            failed
+                .entry(e.address.ip())
+                .or_default()
+                .push((e.service.clone(), e.to_string()));
+        }
+        failed
+    }
+
+    async fn remove_transparent(&mut self) {
+        match crate::forwarder::transparent::remove(self.mark).await {
+            Ok(()) => self.transparent = false,
+            Err(e) => warn!(error = %e, "cannot remove transparent routing"),
+        }
+    }
+
+    /// Stops every listener and removes what was added to the node.
+    async fn stop(&mut self) {
+        self.forwarder.stop_all();
+        if self.addresses.as_ref().is_some_and(|a| !a.is_empty())
+            && let Err(e) = set_service_addresses(&BTreeSet::new()).await
+        {
+            warn!(error = %e, "cannot remove Service addresses from the loopback");
+        }
+        if self.transparent {
+            self.remove_transparent().await;
+        }
+    }
+}
+
+async fn set_service_addresses(addresses: &BTreeSet<IpAddr>) -> Result<(), crate::netlink::Error> {
+    crate::netlink::host::Host::open()?
+        .set_service_addresses(addresses)
+        .await
+}

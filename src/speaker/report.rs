@@ -1,0 +1,275 @@
+//! What a speaker tells the cluster: `ServiceL2Status` objects and events on
+//! the Services. Written off the announcement path: an unreachable API server
+//! delays reports, never announcements.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::ipam::ServiceKey;
+
+/// What a speaker tells the cluster about its announcements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// This node now announces `address` for `services` on `interfaces`.
+    Announcing {
+        /// The address.
+        address: IpAddr,
+        /// The Services on it.
+        services: Vec<ServiceKey>,
+        /// Where it is announced.
+        interfaces: Vec<String>,
+    },
+    /// This node no longer announces `address`.
+    Withdrawn {
+        /// The address.
+        address: IpAddr,
+        /// The Services that were on it.
+        services: Vec<ServiceKey>,
+    },
+    /// This node owns an address of `service` but can't forward it as asked.
+    NotForwarded {
+        /// The Service.
+        service: ServiceKey,
+        /// Why, naming the annotation or field.
+        message: String,
+    },
+    /// This node would announce `address` but cannot serve it, so it leaves
+    /// it to another node.
+    GaveUp {
+        /// The address.
+        address: IpAddr,
+        /// The Services on it.
+        services: Vec<ServiceKey>,
+        /// Why it cannot serve it.
+        reason: String,
+    },
+}
+
+impl Report {
+    /// What a later report supersedes: the address, or the Service's problem.
+    fn key(&self) -> String {
+        match self {
+            Report::Announcing { address, .. } | Report::Withdrawn { address, .. } => {
+                address.to_string()
+            }
+            Report::NotForwarded { service, message } => format!("{service} {message}"),
+            Report::GaveUp { address, .. } => format!("{address} given up"),
+        }
+    }
+}
+
+/// Writes [`Report`]s as `ServiceL2Status` objects and events on the Services.
+/// Runs off the announcement path: an unreachable API server delays reports,
+/// never announcements.
+struct ClusterReporter {
+    client: kube::Client,
+    node: String,
+    recorder: kube::runtime::events::Recorder,
+}
+
+impl ClusterReporter {
+    fn new(client: kube::Client, node: String) -> Self {
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "ironlb-speaker".into(),
+                instance: Some(node.clone()),
+            },
+        );
+        Self {
+            client,
+            node,
+            recorder,
+        }
+    }
+
+    /// Writes one report; false when a write must be tried again.
+    async fn report(&self, report: &Report) -> bool {
+        use crate::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL};
+        use crate::api::{ServiceL2Status, ServiceL2StatusSpec};
+        use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+        use kube::runtime::events::{Event, EventType};
+
+        let (address, services, interfaces) = match report {
+            Report::Announcing {
+                address,
+                services,
+                interfaces,
+            } => (address, services, Some(interfaces)),
+            Report::Withdrawn { address, services } => (address, services, None),
+            Report::NotForwarded { service, message } => {
+                let note = format!("node {}: {message}", self.node);
+                return self.warn(service, "NotForwarded", "Forward", note).await;
+            }
+            Report::GaveUp {
+                address,
+                services,
+                reason,
+            } => {
+                let note = format!(
+                    "node {} cannot serve {address} ({reason}); another node announces it",
+                    self.node
+                );
+                let mut landed = true;
+                for service in services {
+                    landed &= self
+                        .warn(service, "AddressGivenUp", "Announce", note.clone())
+                        .await;
+                }
+                return landed;
+            }
+        };
+        let mut landed = true;
+        for svc in services {
+            let api: kube::Api<ServiceL2Status> =
+                kube::Api::namespaced(self.client.clone(), &svc.namespace);
+            let name = format!("{}-{}", svc.name, self.node);
+            let result = match interfaces {
+                Some(interfaces) => {
+                    let mut status = ServiceL2Status::new(
+                        &name,
+                        ServiceL2StatusSpec {
+                            service: svc.name.clone(),
+                            node: self.node.clone(),
+                            addresses: vec![address.to_string()],
+                            interfaces: interfaces.clone(),
+                        },
+                    );
+                    status.metadata.labels = Some(
+                        [
+                            (SERVICE_NAME_LABEL.to_string(), svc.name.clone()),
+                            (NODE_LABEL.to_string(), self.node.clone()),
+                        ]
+                        .into(),
+                    );
+                    let applied = api
+                        .patch(
+                            &name,
+                            &PatchParams::apply("ironlb-speaker").force(),
+                            &Patch::Apply(&status),
+                        )
+                        .await
+                        .map(|_| ());
+                    // Reports of a node that died are stale now that this one announces.
+                    let selector = format!("{SERVICE_NAME_LABEL}={}", svc.name);
+                    if let Ok(list) = api.list(&ListParams::default().labels(&selector)).await {
+                        for stale in list.items.iter().filter(|s| s.spec.node != self.node) {
+                            let _ = api
+                                .delete(&stale.name_any(), &DeleteParams::default())
+                                .await;
+                        }
+                    }
+                    applied
+                }
+                None => match api.delete(&name, &DeleteParams::default()).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    other => other.map(|_| ()),
+                },
+            };
+            if let Err(e) = result {
+                warn!(service = %svc, error = %e, "reporting the announcement; will retry");
+                landed = false;
+                // The event waits for the status write, so a retry does not
+                // repeat it.
+                continue;
+            }
+            let (reason, note) = match interfaces {
+                Some(i) => (
+                    "Announcing",
+                    format!("node {} announces {address} on {}", self.node, i.join(", ")),
+                ),
+                None => (
+                    "Withdrawn",
+                    format!("node {} no longer announces {address}", self.node),
+                ),
+            };
+            let event = Event {
+                type_: EventType::Normal,
+                reason: reason.into(),
+                note: Some(note),
+                action: "Announce".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &service_reference(svc)).await {
+                warn!(service = %svc, error = %e, "recording an event");
+            }
+        }
+        landed
+    }
+}
+
+impl ClusterReporter {
+    /// Records a warning event on `service`; false when it must be tried again.
+    async fn warn(&self, service: &ServiceKey, reason: &str, action: &str, note: String) -> bool {
+        use kube::runtime::events::{Event, EventType};
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        match self
+            .recorder
+            .publish(&event, &service_reference(service))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(%service, error = %e, "recording an event; will retry");
+                false
+            }
+        }
+    }
+}
+
+fn service_reference(svc: &ServiceKey) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some(svc.name.clone()),
+        namespace: Some(svc.namespace.clone()),
+        ..Default::default()
+    }
+}
+
+/// Starts writing the reports sent on the returned channel for `node`. Reports
+/// that did not land (API server unreachable or overloaded) are tried again
+/// every two seconds; a newer report about the same address or Service
+/// replaces an older one still waiting. The task ends when the sender is
+/// dropped and what it holds was tried once more.
+pub fn spawn(
+    client: kube::Client,
+    node: String,
+) -> (mpsc::UnboundedSender<Report>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
+    let reporter = ClusterReporter::new(client, node);
+    let worker = tokio::spawn(async move {
+        let mut pending: BTreeMap<String, Report> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                received = rx.recv() => {
+                    let Some(r) = received else { break };
+                    let key = r.key();
+                    pending.remove(&key);
+                    if !reporter.report(&r).await {
+                        pending.insert(key, r);
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(2)), if !pending.is_empty() => {
+                    for (key, r) in std::mem::take(&mut pending) {
+                        if !reporter.report(&r).await {
+                            pending.insert(key, r);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (tx, worker)
+}
