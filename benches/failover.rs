@@ -81,6 +81,7 @@ fn owner(alive: &[String]) -> usize {
             labels: Default::default(),
             alive: true,
             network_unavailable: false,
+            cannot_serve: Default::default(),
         })
         .collect();
     let ip: IpAddr = ADDRESS.parse().expect("address");

@@ -92,6 +92,7 @@ fn expected_owner(alive: &[&str], address: &str) -> String {
             labels: Default::default(),
             alive: true,
             network_unavailable: false,
+            cannot_serve: Default::default(),
         })
         .collect();
     let ip: IpAddr = address.parse().expect("address");

@@ -25,9 +25,10 @@ use crate::ipam::ServiceKey;
 use crate::membership::HealthMap;
 use crate::netlink::{Link, Skip};
 
-/// How long a node waits, once it can serve an address again, before it
-/// takes the address back: time for its peers to hear that it can, so the
-/// current owner lets go as it takes over and the two never both answer.
+/// How long a node must be able to serve an address again before it says so
+/// and takes the address back: a flapping link moves the address once, not
+/// at every flap. Until then the node goes on telling the group it cannot
+/// serve it, so the current owner keeps it meanwhile.
 pub const RECOVERY_GRACE: Duration = Duration::from_secs(1);
 
 /// What the transition needs to know of its own speaker.
@@ -101,14 +102,29 @@ pub struct State {
     reported: BTreeMap<IpAddr, Vec<ServiceKey>>,
     /// Forwarding problems of owned Services, as last reported.
     reported_problems: BTreeSet<(ServiceKey, String)>,
-    /// What this node told the group it cannot serve, and why.
+    /// What this node cannot serve, and why.
     pub unservable: BTreeMap<IpAddr, String>,
-    /// Addresses this node can serve again, and since when.
+    /// Addresses this node can serve again, and since when: still told to
+    /// the group as unservable until [`RECOVERY_GRACE`] has passed.
     recovered: BTreeMap<IpAddr, Instant>,
     /// Addresses given up to another node, as last reported.
     gave_up: BTreeSet<IpAddr>,
     /// The speaker's node name matched no Node object last time.
     warned_unknown: bool,
+}
+
+impl State {
+    /// What this node tells the group it cannot serve.
+    pub fn told(&self) -> BTreeSet<IpAddr> {
+        told(&self.unservable, &self.recovered)
+    }
+}
+
+fn told(
+    unservable: &BTreeMap<IpAddr, String>,
+    recovered: &BTreeMap<IpAddr, Instant>,
+) -> BTreeSet<IpAddr> {
+    unservable.keys().chain(recovered.keys()).copied().collect()
 }
 
 /// One thing to do.
@@ -230,7 +246,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     let mut usable: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
     let mut unservable: BTreeMap<IpAddr, String> = BTreeMap::new();
     for a in &world.desired {
-        if !me_node.is_some_and(|n| election::eligibility(n, &a.constraints).is_ok()) {
+        if me_node.is_none_or(|n| election::eligibility(n, &a.constraints).is_err()) {
             continue;
         }
         let fault = world.faults.get(&a.address).map(|problems| {
@@ -250,6 +266,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
             }
         }
     }
+    let recovered_before = state.recovered.clone();
     for ip in state.unservable.keys() {
         if !unservable.contains_key(ip) {
             state.recovered.insert(*ip, world.now);
@@ -261,21 +278,16 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     if let Some(first) = state.recovered.values().min() {
         effects.push(Effect::WakeAt(*first + RECOVERY_GRACE));
     }
-    if unservable.keys().ne(state.unservable.keys()) {
-        effects.push(Effect::Publish(unservable.keys().copied().collect()));
-    }
+    let before = told(&state.unservable, &recovered_before);
     state.unservable = unservable;
+    let own = state.told();
+    if own != before {
+        effects.push(Effect::Publish(own.clone()));
+    }
 
-    // The election, with this node's own health as it is now (its peers
-    // learn it within a gossip round) and recovering addresses still held
-    // back.
+    // The election, with this node's own health as it is now: its peers
+    // learn it within a gossip round, as they learn of a node joining.
     let mut health = world.health.clone();
-    let own: BTreeSet<IpAddr> = state
-        .unservable
-        .keys()
-        .chain(state.recovered.keys())
-        .copied()
-        .collect();
     health.insert(me.to_string(), Unservable::Addresses(own));
     let nodes = view::nodes(&members, &objects, &health);
     let mut healthy_me = health.clone();
@@ -528,5 +540,563 @@ impl Faults {
             .map(|h| h.until)
             .filter(|u| *u > now)
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::Constraints;
+    use crate::l2::packet::MacAddr;
+
+    const A: &str = "10.0.0.100";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn link(name: &str, index: u32) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            up: true,
+            carrier: true,
+            loopback: false,
+            noarp: false,
+            kind: None,
+            enslaved: false,
+            mac: Some(MacAddr::new(2, 0, 0, 0, 0, index as u8)),
+            networks: vec!["10.0.0.1/24".parse().unwrap()],
+        }
+    }
+
+    fn eth0() -> Vec<Link> {
+        vec![link("eth0", 2)]
+    }
+
+    fn announcement(address: &str, interfaces: &[&str]) -> Announcement {
+        Announcement {
+            address: ip(address),
+            pool: "p".into(),
+            services: vec![ServiceKey::new("default", "web")],
+            interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+            constraints: Constraints::default(),
+        }
+    }
+
+    fn settings(node: &str) -> Settings {
+        Settings {
+            node: node.into(),
+            cluster: false,
+            timing: Timing {
+                announce_count: 3,
+                announce_interval: Duration::from_millis(100),
+                reannounce: Duration::from_secs(30),
+            },
+        }
+    }
+
+    fn world(
+        members: &[&str],
+        desired: Vec<Announcement>,
+        links: Vec<Link>,
+        now: Instant,
+    ) -> World {
+        World {
+            members: members.iter().map(|s| s.to_string()).collect(),
+            health: HealthMap::new(),
+            desired,
+            node_objects: Vec::new(),
+            links,
+            forwards: Forwards::default(),
+            faults: BTreeMap::new(),
+            broken: BTreeMap::new(),
+            now,
+        }
+    }
+
+    /// The nodes in the order of their score for `address`, best first.
+    fn ranked(nodes: &[&str], address: &str) -> Vec<String> {
+        let mut v: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
+        v.sort_by_key(|n| std::cmp::Reverse(election::score(n, ip(address))));
+        v
+    }
+
+    fn announced(effects: &[Effect]) -> Vec<(IpAddr, String, u32)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Announce { address, interface } => {
+                    Some((*address, interface.name.clone(), interface.index))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn withdrawn(effects: &[Effect]) -> Vec<(IpAddr, String, u32)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Withdraw { address, interface } => {
+                    Some((*address, interface.name.clone(), interface.index))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn published(effects: &[Effect]) -> Option<BTreeSet<IpAddr>> {
+        effects.iter().find_map(|e| match e {
+            Effect::Publish(set) => Some(set.clone()),
+            _ => None,
+        })
+    }
+
+    fn bursts(effects: &[Effect]) -> Vec<(Vec<IpAddr>, u32)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Burst { addresses, count } => Some((addresses.clone(), *count)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A group of speakers, each with its own links, stepped together: what
+    /// each publishes reaches the others before the next round, as gossip
+    /// does within a round or two.
+    struct Group {
+        nodes: BTreeMap<String, (State, Vec<Link>)>,
+        desired: Vec<Announcement>,
+        now: Instant,
+    }
+
+    impl Group {
+        fn new(names: &[&str], desired: Vec<Announcement>) -> Self {
+            Self {
+                nodes: names
+                    .iter()
+                    .map(|n| (n.to_string(), (State::default(), eth0())))
+                    .collect(),
+                desired,
+                now: Instant::now(),
+            }
+        }
+
+        /// One round: every node steps once with the others' last health.
+        fn round(&mut self, cause: Cause) -> BTreeMap<String, Vec<Effect>> {
+            let health: HealthMap = self
+                .nodes
+                .iter()
+                .map(|(n, (s, _))| (n.clone(), Unservable::Addresses(s.told())))
+                .collect();
+            let members: Vec<String> = self.nodes.keys().cloned().collect();
+            let members: Vec<&str> = members.iter().map(String::as_str).collect();
+            let mut out = BTreeMap::new();
+            for (name, (state, links)) in &mut self.nodes {
+                let mut w = world(&members, self.desired.clone(), links.clone(), self.now);
+                w.health = health.clone();
+                w.health.remove(name);
+                out.insert(name.clone(), step(&settings(name), state, &w, cause));
+            }
+            out
+        }
+
+        fn owners(&self, address: &str) -> Vec<String> {
+            self.nodes
+                .iter()
+                .filter(|(_, (s, _))| s.owned.contains_key(&ip(address)))
+                .map(|(n, _)| n.clone())
+                .collect()
+        }
+
+        fn links(&mut self, node: &str) -> &mut Vec<Link> {
+            &mut self.nodes.get_mut(node).unwrap().1
+        }
+    }
+
+    #[test]
+    fn exactly_one_live_node_owns_each_address_and_only_an_allowed_one() {
+        let mut restricted = announcement("fd00::100", &["eth0"]);
+        restricted.constraints.allowed_nodes = Some(["node-2".to_string()].into());
+        let mut g = Group::new(
+            &["node-1", "node-2", "node-3"],
+            vec![announcement(A, &["eth0"]), restricted],
+        );
+        g.nodes
+            .values_mut()
+            .for_each(|(_, l)| l[0].networks.push("fd00::1/64".parse().unwrap()));
+        g.round(Cause::Start);
+        assert_eq!(g.owners(A).len(), 1);
+        assert_eq!(g.owners("fd00::100"), ["node-2"]);
+        g.nodes.remove("node-2");
+        g.round(Cause::Membership);
+        assert!(
+            g.owners("fd00::100").is_empty(),
+            "an address restricted to a dead node is announced by nobody"
+        );
+    }
+
+    #[test]
+    fn with_a_cluster_only_members_that_are_nodes_may_own() {
+        let node = |name: &str| K8sNode {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut w = world(
+            &["node-1", "intruder"],
+            vec![announcement(A, &["eth0"])],
+            eth0(),
+            Instant::now(),
+        );
+        w.node_objects = vec![node("node-1"), node("node-2")];
+        let cluster = |n: &str| Settings {
+            cluster: true,
+            ..settings(n)
+        };
+        let mut intruder = State::default();
+        step(&cluster("intruder"), &mut intruder, &w, Cause::Start);
+        assert!(intruder.owned.is_empty(), "knows the secret, is no Node");
+        let mut one = State::default();
+        step(&cluster("node-1"), &mut one, &w, Cause::Start);
+        assert!(
+            one.owned.contains_key(&ip(A)),
+            "the only candidate that is a node"
+        );
+        // Without a cluster there are no Node objects to check against.
+        w.members = ["intruder".to_string()].into();
+        let mut anyone = State::default();
+        step(&settings("intruder"), &mut anyone, &w, Cause::Start);
+        assert!(anyone.owned.contains_key(&ip(A)));
+    }
+
+    #[test]
+    fn an_owner_whose_interface_goes_down_gives_the_address_up_and_takes_it_back() {
+        let names = ["n1", "n2", "n3"];
+        let order = ranked(&names, A);
+        let (first, second) = (order[0].clone(), order[1].clone());
+        let mut g = Group::new(&names, vec![announcement(A, &["eth0"])]);
+        g.round(Cause::Start);
+        assert_eq!(g.owners(A), [first.as_str()]);
+
+        // Down on the owner: it withdraws at once and says so.
+        g.links(&first)[0].up = false;
+        let effects = g.round(Cause::View);
+        let mine = &effects[&first];
+        assert_eq!(withdrawn(mine), [(ip(A), "eth0".to_string(), 2)]);
+        assert_eq!(published(mine), Some([ip(A)].into()));
+        let gave_up: Vec<&Effect> = mine
+            .iter()
+            .filter(|e| matches!(e, Effect::Report(Report::GaveUp { .. })))
+            .collect();
+        assert_eq!(gave_up.len(), 1, "{mine:?}");
+        let Effect::Report(Report::GaveUp { reason, .. }) = gave_up[0] else {
+            unreachable!()
+        };
+        assert!(reason.contains("eth0 is down"), "{reason}");
+        // The next best node takes it as soon as it hears, with a burst.
+        let effects = g.round(Cause::View);
+        assert_eq!(g.owners(A), [second.as_str()]);
+        assert_eq!(
+            announced(&effects[&second]),
+            [(ip(A), "eth0".to_string(), 2)]
+        );
+        assert_eq!(bursts(&effects[&second]), [(vec![ip(A)], 3)]);
+        assert!(
+            !effects[&first]
+                .iter()
+                .any(|e| matches!(e, Effect::Report(Report::GaveUp { .. }))),
+            "given up once, reported once"
+        );
+
+        // Back up: the first node waits out the grace, still saying it
+        // cannot serve the address, so the second keeps it meanwhile.
+        g.links(&first)[0].up = true;
+        let effects = g.round(Cause::View);
+        assert_eq!(published(&effects[&first]), None, "not yet");
+        let wake = effects[&first].iter().find_map(|e| match e {
+            Effect::WakeAt(at) => Some(*at),
+            _ => None,
+        });
+        assert_eq!(wake, Some(g.now + RECOVERY_GRACE));
+        g.round(Cause::View);
+        assert_eq!(g.owners(A), [second.as_str()], "not before the grace");
+        // A flap within the grace starts it again.
+        g.now += RECOVERY_GRACE / 2;
+        g.links(&first)[0].up = false;
+        g.round(Cause::View);
+        g.links(&first)[0].up = true;
+        g.round(Cause::View);
+        g.now += RECOVERY_GRACE / 2;
+        g.round(Cause::View);
+        assert_eq!(
+            g.owners(A),
+            [second.as_str()],
+            "the flap restarted the grace"
+        );
+        g.now += RECOVERY_GRACE;
+        let effects = g.round(Cause::View);
+        assert_eq!(published(&effects[&first]), Some(BTreeSet::new()));
+        assert!(
+            g.owners(A).contains(&first),
+            "taken back once the grace is over"
+        );
+        let effects = g.round(Cause::View);
+        assert_eq!(
+            g.owners(A),
+            [first.as_str()],
+            "back to its usual owner alone"
+        );
+        assert_eq!(
+            withdrawn(&effects[&second]),
+            [(ip(A), "eth0".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn no_carrier_or_a_missing_interface_counts_as_down_and_its_return_is_picked_up() {
+        let names = ["n1", "n2"];
+        let first = ranked(&names, A)[0].clone();
+        let mut g = Group::new(&names, vec![announcement(A, &["eth1"])]);
+        // eth1 does not exist yet on the best node: it never takes the address.
+        g.nodes
+            .values_mut()
+            .for_each(|(_, l)| l.push(link("eth1", 7)));
+        g.links(&first).retain(|l| l.name != "eth1");
+        let effects = g.round(Cause::Start);
+        assert!(announced(&effects[&first]).is_empty());
+        let gave_up = effects[&first]
+            .iter()
+            .find_map(|e| match e {
+                Effect::Report(Report::GaveUp { reason, .. }) => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("a report");
+        assert!(gave_up.contains("eth1 does not exist"), "{gave_up}");
+        g.round(Cause::View);
+        assert_ne!(g.owners(A), [first.as_str()]);
+        assert_eq!(g.owners(A).len(), 1);
+        // It appears: picked up from the links alone.
+        g.links(&first).push(link("eth1", 9));
+        g.round(Cause::View);
+        g.now += RECOVERY_GRACE;
+        g.round(Cause::View);
+        g.round(Cause::View);
+        assert_eq!(g.owners(A), [first.as_str()], "eth1 appeared, no restart");
+        // Without carrier (a pulled cable, a veth whose peer is down).
+        g.links(&first).last_mut().unwrap().carrier = false;
+        let effects = g.round(Cause::View);
+        assert_eq!(
+            withdrawn(&effects[&first]),
+            [(ip(A), "eth1".to_string(), 9)]
+        );
+    }
+
+    #[test]
+    fn a_recreated_interface_is_announced_on_again_with_its_new_index() {
+        let mut state = State::default();
+        let desired = vec![announcement(A, &["eth0"])];
+        let now = Instant::now();
+        step(
+            &settings("n1"),
+            &mut state,
+            &world(&["n1"], desired.clone(), eth0(), now),
+            Cause::Start,
+        );
+        let effects = step(
+            &settings("n1"),
+            &mut state,
+            &world(&["n1"], desired, vec![link("eth0", 12)], now),
+            Cause::View,
+        );
+        assert_eq!(withdrawn(&effects), [(ip(A), "eth0".to_string(), 2)]);
+        assert_eq!(announced(&effects), [(ip(A), "eth0".to_string(), 12)]);
+        assert_eq!(bursts(&effects), [(vec![ip(A)], 3)]);
+        let first_withdraw = effects
+            .iter()
+            .position(|e| matches!(e, Effect::Withdraw { .. }));
+        let first_announce = effects
+            .iter()
+            .position(|e| matches!(e, Effect::Announce { .. }));
+        assert!(first_withdraw < first_announce, "withdrawals come first");
+    }
+
+    #[test]
+    fn one_interface_down_of_two_keeps_the_address_on_the_other() {
+        let mut state = State::default();
+        let desired = vec![announcement(A, &["eth0", "eth1"])];
+        let now = Instant::now();
+        let links = vec![link("eth0", 2), link("eth1", 3)];
+        step(
+            &settings("n1"),
+            &mut state,
+            &world(&["n1", "n2"], desired.clone(), links.clone(), now),
+            Cause::Start,
+        );
+        let mut down = links;
+        down[1].up = false;
+        let effects = step(
+            &settings("n1"),
+            &mut state,
+            &world(&["n1", "n2"], desired, down, now),
+            Cause::View,
+        );
+        if state.owned.contains_key(&ip(A)) {
+            assert_eq!(withdrawn(&effects), [(ip(A), "eth1".to_string(), 3)]);
+        }
+        assert!(state.unservable.is_empty(), "eth0 still serves it");
+        assert_eq!(published(&effects), None);
+    }
+
+    #[test]
+    fn an_address_nobody_can_serve_is_still_owned_by_its_usual_owner() {
+        let names = ["n1", "n2"];
+        let first = ranked(&names, A)[0].clone();
+        let mut g = Group::new(&names, vec![announcement(A, &["eth0"])]);
+        g.nodes.values_mut().for_each(|(_, l)| l[0].up = false);
+        g.round(Cause::Start);
+        g.round(Cause::View);
+        assert_eq!(
+            g.owners(A),
+            [first],
+            "better a node with a problem than nobody"
+        );
+    }
+
+    #[test]
+    fn a_forwarding_failure_gives_the_address_up_until_its_hold_down_ends() {
+        let names = ["n1", "n2"];
+        let order = ranked(&names, A);
+        let mut state = State::default();
+        let now = Instant::now();
+        let desired = vec![announcement(A, &["eth0"])];
+        let me = settings(&order[0]);
+        step(
+            &me,
+            &mut state,
+            &world(&names, desired.clone(), eth0(), now),
+            Cause::Start,
+        );
+        assert!(state.owned.contains_key(&ip(A)));
+        let mut faults = Faults::default();
+        let problem = (
+            ServiceKey::new("default", "web"),
+            "TCP 10.0.0.100:80: address in use".to_string(),
+        );
+        assert!(faults.fail(ip(A), vec![problem.clone()], now));
+        assert!(
+            !faults.fail(ip(A), vec![problem.clone()], now),
+            "held: no news"
+        );
+        let mut w = world(&names, desired.clone(), eth0(), now);
+        w.faults = faults.active(now);
+        let effects = step(&me, &mut state, &w, Cause::View);
+        assert!(
+            !state.owned.contains_key(&ip(A)),
+            "given up to {}",
+            order[1]
+        );
+        assert_eq!(published(&effects), Some([ip(A)].into()));
+        assert!(effects.contains(&Effect::Report(Report::NotForwarded {
+            service: problem.0.clone(),
+            message: problem.1.clone(),
+        })));
+        // The hold-down ends: tried again; a second failure holds twice as long.
+        let later = now + Faults::FIRST_HOLD;
+        assert_eq!(faults.next_end(now), Some(later));
+        assert!(faults.active(later).is_empty());
+        assert!(faults.fail(ip(A), vec![problem.clone()], later));
+        assert_eq!(faults.next_end(later), Some(later + 2 * Faults::FIRST_HOLD));
+        faults.succeed(&ip(A));
+        assert!(faults.fail(ip(A), vec![problem], later));
+        assert_eq!(
+            faults.next_end(later),
+            Some(later + Faults::FIRST_HOLD),
+            "a success forgets"
+        );
+    }
+
+    #[test]
+    fn bursts_follow_the_cause_and_stop_withdraws_everything() {
+        let mut state = State::default();
+        let now = Instant::now();
+        let me = settings("n1");
+        let one = vec![announcement(A, &["eth0"])];
+        let effects = step(
+            &me,
+            &mut state,
+            &world(&["n1"], one.clone(), eth0(), now),
+            Cause::Start,
+        );
+        assert_eq!(bursts(&effects), [(vec![ip(A)], 3)]);
+        let two = vec![
+            announcement(A, &["eth0"]),
+            announcement("10.0.0.101", &["eth0"]),
+        ];
+        let effects = step(
+            &me,
+            &mut state,
+            &world(&["n1"], two.clone(), eth0(), now),
+            Cause::View,
+        );
+        assert_eq!(
+            bursts(&effects),
+            [(vec![ip("10.0.0.101")], 3)],
+            "only what was gained"
+        );
+        let effects = step(
+            &me,
+            &mut state,
+            &world(&["n1", "n2", "n3"], two.clone(), eth0(), now),
+            Cause::Membership,
+        );
+        let owned: Vec<IpAddr> = state.owned.keys().copied().collect();
+        if !owned.is_empty() {
+            assert_eq!(
+                bursts(&effects),
+                [(owned.clone(), 3)],
+                "everything after a change of group"
+            );
+        }
+        let effects = step(
+            &me,
+            &mut state,
+            &world(&["n1"], two.clone(), eth0(), now),
+            Cause::Reannounce,
+        );
+        assert_eq!(bursts(&effects), [(vec![ip(A), ip("10.0.0.101")], 1)]);
+        assert!(
+            !effects.iter().any(|e| matches!(e, Effect::Forward { .. })),
+            "a re-announcement touches nothing else"
+        );
+        let effects = stop(&mut state);
+        assert_eq!(withdrawn(&effects).len(), 2);
+        assert!(state.owned.is_empty());
+        assert_eq!(
+            effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Report(Report::Withdrawn { .. })))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_node_not_eligible_for_an_address_never_says_it_cannot_serve_it() {
+        let mut elsewhere = announcement(A, &["eth9"]);
+        elsewhere.constraints.allowed_nodes = Some(["n2".to_string()].into());
+        let mut state = State::default();
+        let effects = step(
+            &settings("n1"),
+            &mut state,
+            &world(&["n1", "n2"], vec![elsewhere], eth0(), Instant::now()),
+            Cause::Start,
+        );
+        assert_eq!(published(&effects), None);
+        assert!(state.unservable.is_empty());
     }
 }
