@@ -993,3 +993,72 @@ fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
         "{udp}"
     );
 }
+
+/// A node that cannot open a Service's listener (another program of the node
+/// holds the port) gives the address up to a node that can, and takes it back
+/// once the port is free, after its hold-down.
+#[test]
+fn a_node_whose_listener_cannot_start_gives_the_address_up_and_retries() {
+    use ironlb::election::{self, Constraints, Node};
+    let Some(mut w) = world("listener_cannot_start", 2) else {
+        return;
+    };
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 8080);
+    let nodes: Vec<Node> = ["node-1", "node-2"]
+        .iter()
+        .map(|n| Node {
+            name: n.to_string(),
+            labels: Default::default(),
+            alive: true,
+            network_unavailable: false,
+            cannot_serve: Default::default(),
+        })
+        .collect();
+    let vip: std::net::IpAddr = VIP.parse().expect("address");
+    let owner = election::owner(vip, &nodes, &Constraints::default())
+        .expect("owner")
+        .name
+        .clone();
+    let (owner_i, other_i) = if owner == "node-1" { (1, 2) } else { (2, 1) };
+    // A program of the owner's node listening on every address, port 80.
+    let hog = w.lab.spawn(
+        &w.nodes[owner_i - 1].clone(),
+        "python3",
+        &[
+            "-c",
+            "import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 80))\ns.listen()\ntime.sleep(3600)",
+        ],
+        &w.lab.dir().join("hog.log"),
+    );
+    w.wait_listening(&w.nodes[owner_i - 1].clone(), 80);
+    let services = service("web", 80, "10.77.0.21", 8080, "");
+    w.speaker(1, &services);
+    w.speaker(2, &services);
+    let answer = w.wait_tcp(VIP, 80);
+    assert!(
+        answer.starts_with(&format!("peer=10.77.0.1{other_i}:")),
+        "forwarded by node-{other_i}, since node-{owner_i} cannot listen: {answer}\n{}",
+        w.logs()
+    );
+    let log = w.lab.dir().join(format!("node-{owner_i}.log"));
+    let text = wait_for_file(&log, "cannot serve");
+    assert!(text.contains("cannot serve"), "{text}");
+
+    // The port is freed: once the hold-down is over the owner tries again,
+    // succeeds, and the address comes back.
+    w.lab.kill(hog);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = w.tcp(VIP, 80, "hello");
+        if answer.starts_with(&format!("peer=10.77.0.1{owner_i}:")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-{owner_i} never took {VIP} back (last: {answer}):\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -235,6 +235,111 @@ fn when_the_link_comes_back_the_owner_takes_its_address_back() {
     eprintln!("heal: {V4} back on {owner} {took:?} after the link came up");
 }
 
+/// Gossip on one segment, announcement on another (as with a dedicated
+/// management network): the owner's announcing link goes down, or loses its
+/// carrier, while its speaker stays in the group. It must give the address up
+/// to a node that can serve it, and take it back once its link is back.
+#[test]
+fn an_owner_whose_announcing_link_fails_while_gossip_goes_on_gives_the_address_up() {
+    let Some(mut w) = topology("announcing_link_fails_gossip_goes_on") else {
+        return;
+    };
+    let gossip = w.lab.switch_named("gsw");
+    for i in 1..=3 {
+        let ns = w.nodes[i - 1].1.clone();
+        w.lab.plug_as(
+            &gossip,
+            &ns,
+            &format!("g{i}"),
+            "gossip",
+            &[&format!("10.78.0.1{i}/24")],
+        );
+    }
+    for i in 1..=3 {
+        let seeds: Vec<String> = (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| format!("10.78.0.1{j}:7946"))
+            .collect();
+        let config = format!(
+            "node: node-{i}\ngossip:\n  listen: 10.78.0.1{i}:7946\n  seeds: [{}]\n  secret: lab-gossip-secret\naddresses:\n  - address: {V4}\n    interfaces: [eth0]\n",
+            seeds.join(", ")
+        );
+        let ns = w.nodes[i - 1].1.clone();
+        let idx = w.lab.start_speaker_with(&ns, i, &config);
+        w.speakers.push(Some(idx));
+    }
+    let all = ["node-1", "node-2", "node-3"];
+    let owner = expected_owner(&all, V4);
+    let others: Vec<&str> = all.iter().copied().filter(|n| *n != owner).collect();
+    let next = expected_owner(&others, V4);
+    let owner_ns = ns_of(&w, &owner).to_string();
+    let owner_mac = mac_of(&w, &owner_ns);
+    let next_mac = mac_of(&w, ns_of(&w, &next));
+    wait_mac(&w, V4, &owner_mac, &format!("{V4} to resolve to {owner}"));
+    let index = w
+        .nodes
+        .iter()
+        .position(|(n, _)| *n == owner)
+        .expect("owner")
+        + 1;
+    let membership_before = membership_changes(&w, index);
+
+    w.lab
+        .exec_ok(&owner_ns, &["ip", "link", "set", "eth0", "down"]);
+    let took = wait_mac(
+        &w,
+        V4,
+        &next_mac,
+        &format!("{next} to take {V4} from {owner} whose eth0 is down"),
+    );
+    eprintln!("announcing link down: {V4} on {next} after {took:?}");
+    let log = std::fs::read_to_string(w.lab.dir().join(format!("{owner}.log"))).unwrap_or_default();
+    assert!(
+        log.contains("cannot serve"),
+        "{owner} says why it gave {V4} up:\n{log}"
+    );
+    assert_eq!(
+        arp_answerers(&w, V4, 1.0),
+        BTreeSet::from([next_mac.clone()]),
+        "only {next} answers while {owner}'s link is down"
+    );
+
+    w.lab
+        .exec_ok(&owner_ns, &["ip", "link", "set", "eth0", "up"]);
+    let back = wait_mac(&w, V4, &owner_mac, &format!("{V4} to return to {owner}"));
+    eprintln!("announcing link up again: {V4} back on {owner} after {back:?}");
+
+    // The switch's end of the link goes down: up on the node, no carrier.
+    let sw = w.switch.clone();
+    w.lab
+        .exec_ok(&sw, &["ip", "link", "set", &format!("p{index}"), "down"]);
+    let took = wait_mac(
+        &w,
+        V4,
+        &next_mac,
+        &format!("{next} to take {V4} from {owner} without carrier"),
+    );
+    eprintln!("announcing link without carrier: {V4} on {next} after {took:?}");
+    w.lab
+        .exec_ok(&sw, &["ip", "link", "set", &format!("p{index}"), "up"]);
+    wait_mac(
+        &w,
+        V4,
+        &owner_mac,
+        &format!("{V4} to return to {owner} with its carrier"),
+    );
+    assert_eq!(
+        arp_answerers(&w, V4, 1.0),
+        BTreeSet::from([owner_mac]),
+        "one answer once it is over"
+    );
+    assert_eq!(
+        membership_changes(&w, index),
+        membership_before,
+        "{owner} stayed in the group all along: only health moved the address"
+    );
+}
+
 /// Asks for `address` every 100 ms for `seconds` from the client's eth0 with
 /// raw ARP requests, and returns every MAC that answered.
 fn arp_answerers(w: &World, address: &str, seconds: f64) -> BTreeSet<String> {
@@ -566,9 +671,9 @@ fn an_interface_that_appears_late_or_is_recreated_is_announced_on() {
             );
         }
     };
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(5));
     lab.plug(&switch, &node, "p1", &["10.77.0.11/24"]);
-    resolves_to(&lab, "eth0 created 3 s after the start");
+    resolves_to(&lab, "eth0 created 5 s after the start");
     lab.exec_ok(&node, &["ip", "link", "del", "eth0"]);
     lab.plug(&switch, &node, "p1", &["10.77.0.11/24"]);
     resolves_to(&lab, "eth0 deleted and re-created");

@@ -85,7 +85,12 @@ impl Lab {
 
     /// A namespace holding bridge `br0`, the lab's Ethernet segment.
     pub fn switch(&mut self) -> String {
-        let sw = self.namespace("sw");
+        self.switch_named("sw")
+    }
+
+    /// Another segment, in namespace `short`.
+    pub fn switch_named(&mut self, short: &str) -> String {
+        let sw = self.namespace(short);
         self.exec_ok(&sw, &["ip", "link", "add", "br0", "type", "bridge"]);
         self.exec_ok(&sw, &["ip", "link", "set", "br0", "up"]);
         sw
@@ -94,17 +99,29 @@ impl Lab {
     /// Plugs `host` into the switch: its `eth0` is one end of a veth pair whose
     /// other end (`port`) is a port of `br0`. `addresses` go on `eth0`.
     pub fn plug(&mut self, switch: &str, host: &str, port: &str, addresses: &[&str]) {
+        self.plug_as(switch, host, port, "eth0", addresses);
+    }
+
+    /// [`Lab::plug`], with the host's end named `link`.
+    pub fn plug_as(
+        &mut self,
+        switch: &str,
+        host: &str,
+        port: &str,
+        link: &str,
+        addresses: &[&str],
+    ) {
         self.exec_ok(
             switch,
             &[
-                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host,
+                "ip", "link", "add", port, "type", "veth", "peer", "name", link, "netns", host,
             ],
         );
         self.exec_ok(switch, &["ip", "link", "set", port, "master", "br0", "up"]);
         for a in addresses {
-            self.exec_ok(host, &["ip", "addr", "add", a, "dev", "eth0", "nodad"]);
+            self.exec_ok(host, &["ip", "addr", "add", a, "dev", link, "nodad"]);
         }
-        self.exec_ok(host, &["ip", "link", "set", "eth0", "up"]);
+        self.exec_ok(host, &["ip", "link", "set", link, "up"]);
     }
 
     /// `count` nodes plugged into `switch`: namespaces `n1`… with `eth0` at
