@@ -939,3 +939,90 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
     );
     server.stop();
 }
+
+/// A takeover burst runs beside the speaker's loop, never in it: an address
+/// withdrawn in the middle of a long burst gets no further packet, and
+/// SIGTERM ends the speaker long before the burst would have.
+#[test]
+fn a_long_burst_delays_neither_a_withdrawal_nor_shutdown() {
+    let Some(mut lab) = Lab::new("a_long_burst_delays_nothing") else {
+        return;
+    };
+    let switch = lab.switch();
+    let node = lab.namespace("n1");
+    lab.plug(&switch, &node, "p1", &["10.77.0.11/24"]);
+    // 200 packets 100 ms apart: a 20 s burst.
+    let config = |addresses: &str| {
+        format!(
+            "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab-gossip-secret\n\
+             announceCount: 200\nannounceIntervalMs: 100\naddresses:{addresses}"
+        )
+    };
+    let with = "\n  - address: 10.77.0.100\n    interfaces: [eth0]\n";
+    let speaker = lab.start_speaker_with(&node, 1, &config(with));
+    const FETCH: &str = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())";
+    let sent = |lab: &Lab| -> f64 {
+        let out = lab.exec(&node, &["python3", "-c", FETCH]);
+        series(
+            &String::from_utf8_lossy(&out.stdout),
+            "ironlb_speaker_gratuitous_sent_total{interface=\"eth0\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let log = lab.dir().join("node-1.log");
+    let started = Instant::now();
+    while sent(&lab) < 3.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the burst never started:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Withdrawn mid-burst: not one more packet for it.
+    std::fs::write(lab.speaker_config_path(1), config(" []\n")).expect("rewrite");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("withdrawn")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the withdrawal waited for the burst:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after_withdrawal = sent(&lab);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        sent(&lab),
+        after_withdrawal,
+        "gratuitous packets went on for a withdrawn address"
+    );
+    // A new burst, then SIGTERM in the middle of it.
+    std::fs::write(lab.speaker_config_path(1), config(with)).expect("rewrite");
+    let started = Instant::now();
+    while sent(&lab) < after_withdrawal + 3.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no second burst"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopping = Instant::now();
+    lab.terminate(speaker);
+    let took = stopping.elapsed();
+    eprintln!("burst: stopped {took:?} after SIGTERM, mid-burst");
+    assert!(
+        took < Duration::from_secs(10),
+        "SIGTERM waited {took:?}, as long as the 20 s burst"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("speaker stopped"),
+        "a clean stop"
+    );
+}
