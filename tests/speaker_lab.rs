@@ -294,6 +294,14 @@ fn an_owner_whose_announcing_link_fails_while_gossip_goes_on_gives_the_address_u
     );
     eprintln!("announcing link down: {V4} on {next} after {took:?}");
     let log = std::fs::read_to_string(w.lab.dir().join(format!("{owner}.log"))).unwrap_or_default();
+    assert_eq!(
+        value(
+            &metrics_of(&w, &owner_ns),
+            "ironlb_speaker_unservable_addresses"
+        ),
+        1.0,
+        "{owner} counts the address it cannot serve"
+    );
     assert!(
         log.contains("cannot serve"),
         "{owner} says why it gave {V4} up:\n{log}"
@@ -472,8 +480,10 @@ fn membership_changes(w: &World, i: usize) -> usize {
         .count()
 }
 
+/// The speaker's metrics page in `ns`.
+const FETCH: &str = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())";
+
 fn metrics_of(w: &World, ns: &str) -> String {
-    const FETCH: &str = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())";
     w.lab.exec_ok(ns, &["python3", "-c", FETCH])
 }
 
@@ -706,7 +716,6 @@ fn metrics_with_two_announcing_interfaces_pass_promtool() {
                   addresses:\n  - address: 10.77.0.100\n    interfaces: [eth0]\n\
                   \x20 - address: 10.78.0.100\n    interfaces: [eth1]\n";
     lab.start_speaker_with(&ns, 1, config);
-    const FETCH: &str = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())";
     let started = Instant::now();
     let page = loop {
         let out = lab.exec(&ns, &["python3", "-c", FETCH]);
@@ -960,7 +969,6 @@ fn a_long_burst_delays_neither_a_withdrawal_nor_shutdown() {
     };
     let with = "\n  - address: 10.77.0.100\n    interfaces: [eth0]\n";
     let speaker = lab.start_speaker_with(&node, 1, &config(with));
-    const FETCH: &str = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())";
     let sent = |lab: &Lab| -> f64 {
         let out = lab.exec(&node, &["python3", "-c", FETCH]);
         series(
@@ -1025,4 +1033,51 @@ fn a_long_burst_delays_neither_a_withdrawal_nor_shutdown() {
             .contains("speaker stopped"),
         "a clean stop"
     );
+}
+
+/// A node cut off long enough for the others to declare it down (and it
+/// them) rejoins every time its link comes back, however often that happens:
+/// left alone, it announces itself to its seeds until it is back. Before that
+/// it could stay alone for good after a short flap, holding its addresses in
+/// a group of one while the others held them too.
+#[test]
+fn a_node_whose_link_flaps_rejoins_the_group_every_time() {
+    let Some(w) = world("link_flaps_rejoin") else {
+        return;
+    };
+    let members = |ns: &str| -> f64 {
+        let page =
+            String::from_utf8_lossy(&w.lab.exec(ns, &["python3", "-c", FETCH]).stdout).into_owned();
+        series(&page, "ironlb_speaker_members").unwrap_or(0.0)
+    };
+    let wait_members = |ns: &str, want: f64, what: &str| {
+        let started = Instant::now();
+        while members(ns) != want {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{what}: {ns} sees {} members, not {want}; logs:\n{}",
+                members(ns),
+                logs(&w)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        started.elapsed()
+    };
+    let ns = w.nodes[2].1.clone();
+    wait_members(&ns, 3.0, "the group forms");
+    for flap in 1..=4 {
+        w.lab
+            .exec_ok(&w.switch, &["ip", "link", "set", "p3", "down"]);
+        wait_members(&ns, 1.0, &format!("flap {flap}: node-3 alone"));
+        w.lab.exec_ok(&w.switch, &["ip", "link", "set", "p3", "up"]);
+        let took = wait_members(&ns, 3.0, &format!("flap {flap}: node-3 back in the group"));
+        for (_, other) in &w.nodes[..2] {
+            wait_members(
+                other,
+                3.0,
+                &format!("flap {flap}: the others see node-3 again"),
+            );
+        }
+        eprintln!("flap {flap}: node-3 rejoined {took:?} after its link came back");
+    }
 }

@@ -96,8 +96,9 @@ pub struct Config {
     /// removed) without splitting the group. Speakers with no key in common
     /// never see each other.
     pub keys: Vec<Vec<u8>>,
-    /// Addresses of other speakers to announce to at start and periodically
-    /// (to heal partitions).
+    /// Addresses of other speakers to announce to at start, and again every
+    /// [`REJOIN_PERIOD`] while this speaker knows no live peer (to heal
+    /// partitions).
     pub seeds: Vec<SocketAddr>,
     /// How often each speaker probes one other.
     pub probe_period: Duration,
@@ -587,6 +588,9 @@ struct Channels {
     joins: mpsc::UnboundedReceiver<SocketAddr>,
 }
 
+/// How often a speaker that knows no live peer announces itself to its seeds.
+pub const REJOIN_PERIOD: Duration = Duration::from_millis(500);
+
 /// How often a speaker that cannot serve some address says so again, for
 /// speakers that joined since (`foca` spreads each record a few times only).
 const HEALTH_REPEAT: Duration = Duration::from_secs(5);
@@ -669,14 +673,30 @@ async fn run(
             warn!(error = %e, %addr, "announce failed");
         }
     };
-    for addr in &config.seeds {
+    let mut seeds: BTreeSet<SocketAddr> = config.seeds.iter().copied().collect();
+    for addr in &seeds {
         announce(&mut foca, &mut runtime, *addr);
     }
+    let mut rejoin = tokio::time::interval(REJOIN_PERIOD);
+    rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         wire.flush(&mut runtime, &foca).await;
         tokio::select! {
             _ = stop.cancelled() => break,
-            Some(addr) = joins.recv() => announce(&mut foca, &mut runtime, addr),
+            Some(addr) = joins.recv() => {
+                seeds.insert(addr);
+                announce(&mut foca, &mut runtime, addr);
+            }
+            // A speaker cut off from all its peers, whose identity was then
+            // renewed (the others declared it down), has nobody left to talk
+            // to: `foca` waits for someone to announce, and the others may
+            // have given up on it. It announces itself to the seeds until it
+            // is back in the group.
+            _ = rejoin.tick(), if foca.iter_members().next().is_none() && !seeds.is_empty() => {
+                for addr in &seeds {
+                    announce(&mut foca, &mut runtime, *addr);
+                }
+            }
             changed = own.changed() => {
                 if changed.is_ok() {
                     record.unservable = own.borrow_and_update().clone();

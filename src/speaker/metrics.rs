@@ -27,6 +27,7 @@ pub struct Metrics {
     // The forwarder and the gossip group register after the server is up.
     registry: Mutex<Registry>,
     announced: Gauge,
+    unservable: Gauge,
     members: Gauge,
     arp_answered: Family<InterfaceLabel, Counter>,
     ndp_answered: Family<InterfaceLabel, Counter>,
@@ -44,6 +45,12 @@ impl Default for Metrics {
             "announced_addresses",
             "Addresses this node announces now",
             announced.clone(),
+        );
+        let unservable = Gauge::default();
+        registry.register(
+            "unservable_addresses",
+            "Addresses this node may announce but cannot serve now (interface missing, down or without carrier, listener failed): it leaves them to other nodes",
+            unservable.clone(),
         );
         let members = Gauge::default();
         registry.register(
@@ -76,10 +83,11 @@ impl Default for Metrics {
             announce_failures: family(
                 &mut registry,
                 "announce_failures",
-                "Times this node could not announce on an interface it should (missing, down, no permission)",
+                "Times an announcer could not open its socket on an interface it should announce on",
             ),
             registry: Mutex::new(registry),
             announced,
+            unservable,
             members,
             ready: AtomicBool::new(false),
         }
@@ -140,10 +148,13 @@ impl Metrics {
         );
     }
 
-    /// Records how many addresses this node announces and how many speakers live.
-    pub fn observe(&self, announced: usize, members: usize) {
+    /// Records how many addresses this node announces and cannot serve, and
+    /// how many speakers live.
+    pub fn observe(&self, announced: usize, unservable: usize, members: usize) {
         self.announced
             .set(i64::try_from(announced).unwrap_or(i64::MAX));
+        self.unservable
+            .set(i64::try_from(unservable).unwrap_or(i64::MAX));
         self.members.set(i64::try_from(members).unwrap_or(i64::MAX));
     }
 

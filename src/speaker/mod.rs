@@ -61,15 +61,27 @@ pub struct Speaker {
     pub forwarding: crate::forwarder::Settings,
 }
 
+/// What a speaker is asked to do, as one value, so that a change of the
+/// cluster is seen whole (never announcements of one moment with the
+/// forwarding of another).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// The addresses to announce.
+    pub announcements: Vec<Announcement>,
+    /// What the forwarder is asked to carry.
+    pub forwards: Forwards,
+    /// The Node objects (with a cluster).
+    pub node_objects: Vec<K8sNode>,
+}
+
 /// What a speaker is fed.
 pub struct Sources {
-    /// The addresses to announce.
-    pub desired: watch::Receiver<Vec<Announcement>>,
-    /// What the forwarder is asked to carry.
-    pub frontends: watch::Receiver<Forwards>,
-    /// With a cluster, the Node objects; its first value means the view is
-    /// synced. `None` without a cluster.
-    pub node_objects: Option<watch::Receiver<Vec<K8sNode>>>,
+    /// What it is asked to do.
+    pub desired: watch::Receiver<Desired>,
+    /// Whether that comes from a cluster: then the first change of `desired`
+    /// means the view is synced, and only members named like a Node object
+    /// may own addresses.
+    pub cluster: bool,
 }
 
 /// How long an interface whose announcer could not start is left out before
@@ -95,11 +107,9 @@ pub async fn run(
     } = speaker;
     let Sources {
         mut desired,
-        mut frontends,
-        mut node_objects,
+        cluster,
     } = sources;
     let socket = UdpSocket::bind(listen).await?;
-    let cluster = node_objects.is_some();
     let mut has_seeds = !gossip.seeds.is_empty();
     let discover_seeds = !has_seeds && cluster;
     // Refused before waiting for the cluster view, not minutes later.
@@ -115,7 +125,7 @@ pub async fn run(
     let mut links = crate::netlink::watch_links(shutdown.clone())
         .await
         .map_err(std::io::Error::other)?;
-    if let Some(objects) = &mut node_objects {
+    if cluster {
         // A speaker without a view could own addresses it knows nothing of:
         // its peers would withdraw them and nobody would answer. So it joins
         // the group only once its view is synced; until then the others don't
@@ -124,7 +134,7 @@ pub async fn run(
         info!(%node, "waiting for the cluster view before joining the gossip group");
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            changed = objects.changed() => if changed.is_err() { return Ok(()) },
+            changed = desired.changed() => if changed.is_err() { return Ok(()) },
         }
     }
     let membership = Membership::start(socket, gossip)?;
@@ -144,17 +154,17 @@ pub async fn run(
         }
         !seeds_joined.is_empty()
     };
-    if discover_seeds && let Some(objects) = &mut node_objects {
+    if discover_seeds {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while objects.borrow().is_empty() {
-            if tokio::time::timeout_at(deadline, objects.changed())
+        while desired.borrow().node_objects.is_empty() {
+            if tokio::time::timeout_at(deadline, desired.changed())
                 .await
                 .is_err()
             {
                 break;
             }
         }
-        has_seeds = join_new_seeds(&objects.borrow());
+        has_seeds = join_new_seeds(&desired.borrow().node_objects);
     }
     settle(&mut members, has_seeds).await;
     metrics.set_ready();
@@ -174,16 +184,18 @@ pub async fn run(
     loop {
         let now = Instant::now();
         broken.retain(|_, (.., until)| now < *until);
+        let Desired {
+            announcements,
+            forwards,
+            node_objects,
+        } = desired.borrow_and_update().clone();
         let world = World {
             members: members.borrow_and_update().clone(),
             health: health.borrow_and_update().clone(),
-            desired: desired.borrow_and_update().clone(),
-            node_objects: node_objects
-                .as_mut()
-                .map(|o| o.borrow_and_update().clone())
-                .unwrap_or_default(),
+            desired: announcements,
+            node_objects,
             links: links.borrow_and_update().clone(),
-            forwards: frontends.borrow_and_update().clone(),
+            forwards,
             faults: faults.active(now),
             broken: broken
                 .iter()
@@ -195,7 +207,11 @@ pub async fn run(
             info!(members = ?world.members, "membership");
         }
         let effects = transition::step(&settings, &mut state, &world, cause);
-        metrics.observe(state.owned.len(), world.members.len());
+        metrics.observe(
+            state.owned.len(),
+            state.unservable.len(),
+            world.members.len(),
+        );
         if effects.iter().any(|e| matches!(e, Effect::Burst { .. })) {
             next_reannounce = tokio::time::Instant::now() + timing.reannounce;
         }
@@ -234,15 +250,13 @@ pub async fn run(
                 Cause::Membership
             }
             changed = health.changed() => if changed.is_err() { break } else { Cause::View },
-            changed = desired.changed() => if changed.is_err() { break } else { Cause::View },
-            changed = frontends.changed() => if changed.is_err() { break } else { Cause::View },
             changed = links.changed() => if changed.is_err() { break } else { Cause::View },
-            changed = changed_if_some(&mut node_objects) => {
+            changed = desired.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                if discover_seeds && let Some(objects) = &node_objects {
-                    join_new_seeds(&objects.borrow());
+                if discover_seeds {
+                    join_new_seeds(&desired.borrow().node_objects);
                 }
                 Cause::View
             }
@@ -256,16 +270,6 @@ pub async fn run(
     membership.leave().await;
     info!("speaker stopped: addresses withdrawn, left the group");
     Ok(())
-}
-
-/// A change of `rx`, or never without one.
-async fn changed_if_some<T>(
-    rx: &mut Option<watch::Receiver<T>>,
-) -> Result<(), watch::error::RecvError> {
-    match rx {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Sleeps until `at`, or forever without it.

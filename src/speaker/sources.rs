@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::{Forwards, StaticConfig};
-use super::{Sources, Speaker, report, view};
+use super::{Desired, Sources, Speaker, report, view};
 use crate::membership;
 
 /// Runs a speaker from a static configuration until `shutdown`, then withdraws
@@ -25,12 +25,15 @@ pub async fn run_static(
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let (desired_tx, desired) = watch::channel(config.announcements());
-    let forwards = |c: &StaticConfig| Forwards {
-        frontends: c.frontends(),
-        invalid: Vec::new(),
+    let desired_of = |c: &StaticConfig| Desired {
+        announcements: c.announcements(),
+        forwards: Forwards {
+            frontends: c.frontends(),
+            invalid: Vec::new(),
+        },
+        node_objects: Vec::new(),
     };
-    let (frontends_tx, frontends) = watch::channel(forwards(&config));
+    let (desired_tx, desired) = watch::channel(desired_of(&config));
     if let Some(path) = path {
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -49,8 +52,7 @@ pub async fn run_static(
                 match StaticConfig::load(&path) {
                     Ok(c) => {
                         info!(%path, "configuration reloaded");
-                        desired_tx.send_replace(c.announcements());
-                        frontends_tx.send_replace(forwards(&c));
+                        desired_tx.send_replace(desired_of(&c));
                     }
                     Err(e) => {
                         warn!(error = %e, "configuration not reloaded; keeping the last good one")
@@ -73,8 +75,7 @@ pub async fn run_static(
     };
     let sources = Sources {
         desired,
-        frontends,
-        node_objects: None,
+        cluster: false,
     };
     super::run(speaker, sources, http, None, shutdown).await
 }
@@ -103,9 +104,7 @@ pub async fn run_kubernetes(
     let slices = cache::<EndpointSlice>(Api::all(client.clone()), wake.clone(), shutdown.clone());
     let report_client = client.clone();
     let nodes = cache::<K8sNode>(Api::all(client), wake.clone(), shutdown.clone());
-    let (desired_tx, desired) = watch::channel(Vec::new());
-    let (frontends_tx, frontends) = watch::channel(Forwards::default());
-    let (nodes_tx, node_objects) = watch::channel(Vec::new());
+    let (desired_tx, desired) = watch::channel(Desired::default());
     let feeder_stop = shutdown.clone();
     tokio::spawn(async move {
         for ready in [
@@ -121,9 +120,7 @@ pub async fn run_kubernetes(
             }
         }
         info!("cluster view ready");
-        // Always a notification, even for an empty cluster: it tells `run`
-        // that the view is synced and the speaker may join the group.
-        nodes_tx.send_replace(nodes.state().iter().map(|n| (**n).clone()).collect());
+        let mut first = true;
         loop {
             let (svc, pl, ad, sl) = (services.state(), pools.state(), ads.state(), slices.state());
             let view = view::ClusterView {
@@ -133,31 +130,23 @@ pub async fn run_kubernetes(
                 slices: sl.iter().map(AsRef::as_ref).collect(),
                 default_class,
             };
-            let announcements = view::announcements(&view);
             let (frontends, invalid) = view::frontends(&view);
-            let fronts = Forwards { frontends, invalid };
-            frontends_tx.send_if_modified(|current| {
-                let changed = *current != fronts;
-                if changed {
-                    *current = fronts;
-                }
-                changed
-            });
+            let now = Desired {
+                announcements: view::announcements(&view),
+                forwards: Forwards { frontends, invalid },
+                node_objects: nodes.state().iter().map(|n| (**n).clone()).collect(),
+            };
+            // The first value is always sent, even for an empty cluster: it
+            // tells `run` that the view is synced and the speaker may join
+            // the group.
             desired_tx.send_if_modified(|current| {
-                let changed = *current != announcements;
+                let changed = first || *current != now;
                 if changed {
-                    *current = announcements;
+                    *current = now;
                 }
                 changed
             });
-            let objects: Vec<K8sNode> = nodes.state().iter().map(|n| (**n).clone()).collect();
-            nodes_tx.send_if_modified(|current| {
-                let changed = *current != objects;
-                if changed {
-                    *current = objects;
-                }
-                changed
-            });
+            first = false;
             tokio::select! {
                 _ = feeder_stop.cancelled() => return,
                 _ = wake.notified() => {}
@@ -169,8 +158,7 @@ pub async fn run_kubernetes(
     let (report_tx, worker) = report::spawn(report_client, speaker.node.clone());
     let sources = Sources {
         desired,
-        frontends,
-        node_objects: Some(node_objects),
+        cluster: true,
     };
     let result = super::run(speaker, sources, http, Some(report_tx), shutdown).await;
     // The last reports (withdrawals) go out before the process ends, if the
