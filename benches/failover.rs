@@ -11,11 +11,9 @@
 #[path = "../tests/support/netns.rs"]
 mod netns;
 
-use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use ironlb::election::{self, Constraints, Node};
 use netns::Lab;
 
 const ADDRESS: &str = "10.88.0.100";
@@ -74,22 +72,9 @@ struct Bench {
 }
 
 fn owner(alive: &[String]) -> usize {
-    let nodes: Vec<Node> = alive
-        .iter()
-        .map(|n| Node {
-            name: n.clone(),
-            labels: Default::default(),
-            alive: true,
-            network_unavailable: false,
-            cannot_serve: Default::default(),
-        })
-        .collect();
-    let ip: IpAddr = ADDRESS.parse().expect("address");
-    let name = election::owner(ip, &nodes, &Constraints::default())
-        .expect("owner")
-        .name
-        .clone();
-    name.trim_start_matches("node-")
+    let alive: Vec<&str> = alive.iter().map(String::as_str).collect();
+    netns::expected_owner(&alive, ADDRESS)
+        .trim_start_matches("node-")
         .parse::<usize>()
         .expect("index")
         - 1

@@ -999,27 +999,12 @@ fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
 /// once the port is free, after its hold-down.
 #[test]
 fn a_node_whose_listener_cannot_start_gives_the_address_up_and_retries() {
-    use ironlb::election::{self, Constraints, Node};
     let Some(mut w) = world("listener_cannot_start", 2) else {
         return;
     };
     let be = w.backend_host("be", "pb", "10.77.0.21");
     w.peer_server(&be, "10.77.0.21", 8080);
-    let nodes: Vec<Node> = ["node-1", "node-2"]
-        .iter()
-        .map(|n| Node {
-            name: n.to_string(),
-            labels: Default::default(),
-            alive: true,
-            network_unavailable: false,
-            cannot_serve: Default::default(),
-        })
-        .collect();
-    let vip: std::net::IpAddr = VIP.parse().expect("address");
-    let owner = election::owner(vip, &nodes, &Constraints::default())
-        .expect("owner")
-        .name
-        .clone();
+    let owner = support::netns::expected_owner(&["node-1", "node-2"], VIP);
     let (owner_i, other_i) = if owner == "node-1" { (1, 2) } else { (2, 1) };
     // A program of the owner's node listening on every address, port 80.
     let hog = w.lab.spawn(

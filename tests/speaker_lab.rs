@@ -5,11 +5,9 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ironlb::election::{self, Constraints, Node};
-use support::netns::Lab;
+use support::netns::{Lab, expected_owner};
 
 const V4: &str = "10.77.0.100";
 const V6: &str = "fd77::100";
@@ -82,24 +80,6 @@ fn resolve(w: &World, address: &str) -> Option<String> {
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .map(String::from)
-}
-
-fn expected_owner(alive: &[&str], address: &str) -> String {
-    let nodes: Vec<Node> = alive
-        .iter()
-        .map(|n| Node {
-            name: n.to_string(),
-            labels: Default::default(),
-            alive: true,
-            network_unavailable: false,
-            cannot_serve: Default::default(),
-        })
-        .collect();
-    let ip: IpAddr = address.parse().expect("address");
-    election::owner(ip, &nodes, &Constraints::default())
-        .expect("an owner")
-        .name
-        .clone()
 }
 
 fn ns_of<'a>(w: &'a World, node: &str) -> &'a str {

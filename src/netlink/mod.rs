@@ -63,10 +63,10 @@ pub enum Skip {
     #[error("no subnet of it holds the address")]
     OtherSubnet,
     /// Administratively down.
-    #[error("is down")]
+    #[error("it is down")]
     Down,
     /// Up, but without a carrier.
-    #[error("has no carrier (cable unplugged, or its peer is down)")]
+    #[error("it has no carrier (cable unplugged, or its peer is down)")]
     NoCarrier,
     /// The loopback interface.
     #[error("it is the loopback")]
@@ -290,23 +290,29 @@ pub async fn links() -> Result<Vec<Link>, Error> {
     Ok(by_index.into_values().collect())
 }
 
+/// An Ethernet link that is up, with one network, for tests.
+#[cfg(test)]
+pub(crate) fn test_link(name: &str, index: u32, net: &str) -> Link {
+    Link {
+        index,
+        name: name.into(),
+        up: true,
+        carrier: true,
+        loopback: false,
+        noarp: false,
+        kind: None,
+        enslaved: false,
+        mac: Some(MacAddr::new(2, 0, 0, 0, 0, index as u8)),
+        networks: vec![net.parse().expect("a network")],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn link(name: &str, net: &str) -> Link {
-        Link {
-            index: 1,
-            name: name.into(),
-            up: true,
-            carrier: true,
-            loopback: false,
-            noarp: false,
-            kind: None,
-            enslaved: false,
-            mac: Some(MacAddr::new(2, 0, 0, 0, 0, 1)),
-            networks: vec![net.parse().unwrap()],
-        }
+        test_link(name, 1, net)
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -196,7 +196,7 @@ fn interfaces(
             skipped
                 .iter()
                 .filter(|(_, skip)| *skip != Skip::OtherSubnet)
-                .map(|(l, skip)| format!("{} {skip}", l.name)),
+                .map(|(l, skip)| format!("{}: {skip}", l.name)),
         );
         if why.is_empty() {
             return Err("no interface's subnet holds it (name one in the L2Advertisement)".into());
@@ -211,7 +211,7 @@ fn interfaces(
             skipped
                 .iter()
                 .filter(|(_, skip)| *skip != Skip::NotNamed)
-                .map(|(l, skip)| format!("{} {skip}", l.name)),
+                .map(|(l, skip)| format!("{}: {skip}", l.name)),
         );
     }
     Err(format!("no interface can announce it: {}", why.join("; ")))
@@ -547,7 +547,6 @@ impl Faults {
 mod tests {
     use super::*;
     use crate::election::Constraints;
-    use crate::l2::packet::MacAddr;
 
     const A: &str = "10.0.0.100";
 
@@ -556,18 +555,7 @@ mod tests {
     }
 
     fn link(name: &str, index: u32) -> Link {
-        Link {
-            index,
-            name: name.into(),
-            up: true,
-            carrier: true,
-            loopback: false,
-            noarp: false,
-            kind: None,
-            enslaved: false,
-            mac: Some(MacAddr::new(2, 0, 0, 0, 0, index as u8)),
-            networks: vec!["10.0.0.1/24".parse().unwrap()],
-        }
+        crate::netlink::test_link(name, index, "10.0.0.1/24")
     }
 
     fn eth0() -> Vec<Link> {
@@ -797,7 +785,7 @@ mod tests {
         let Effect::Report(Report::GaveUp { reason, .. }) = gave_up[0] else {
             unreachable!()
         };
-        assert!(reason.contains("eth0 is down"), "{reason}");
+        assert!(reason.contains("eth0: it is down"), "{reason}");
         // The next best node takes it as soon as it hears, with a burst.
         let effects = g.round(Cause::View);
         assert_eq!(g.owners(A), [second.as_str()]);

@@ -407,3 +407,24 @@ fn run(program: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The node that owns `address` when `alive` are the live speakers and
+/// nothing else constrains it: what every speaker computes.
+pub fn expected_owner(alive: &[&str], address: &str) -> String {
+    use ironlb::election::{self, Constraints, Node};
+    let nodes: Vec<Node> = alive
+        .iter()
+        .map(|n| Node {
+            name: n.to_string(),
+            labels: Default::default(),
+            alive: true,
+            network_unavailable: false,
+            cannot_serve: Default::default(),
+        })
+        .collect();
+    let ip: std::net::IpAddr = address.parse().expect("address");
+    election::owner(ip, &nodes, &Constraints::default())
+        .expect("an owner")
+        .name
+        .clone()
+}
