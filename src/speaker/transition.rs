@@ -239,8 +239,10 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
         .filter(|m| !settings.cluster || objects.iter().any(|n| n.name_any() == **m))
         .cloned()
         .collect();
-    let bare = view::nodes(&members, &objects, &HealthMap::new());
-    let me_node = bare.iter().find(|n| n.name == me);
+    // What the others say they cannot serve; this node's own entry is filled
+    // in below, once known (eligibility does not depend on it).
+    let mut unhindered = view::nodes(&members, &objects, &world.health);
+    let me_node = unhindered.iter().find(|n| n.name == me);
 
     // What this node cannot serve, among the addresses it may announce.
     let mut usable: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
@@ -287,12 +289,15 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
 
     // The election, with this node's own health as it is now: its peers
     // learn it within a gossip round, as they learn of a node joining.
-    let mut health = world.health.clone();
-    health.insert(me.to_string(), Unservable::Addresses(own));
-    let nodes = view::nodes(&members, &objects, &health);
-    let mut healthy_me = health.clone();
-    healthy_me.remove(me);
-    let unhindered = view::nodes(&members, &objects, &healthy_me);
+    // `unhindered` keeps this node healthy: whom it would own without its
+    // problem, to say what it gave up.
+    for n in unhindered.iter_mut().filter(|n| n.name == me) {
+        n.cannot_serve = Unservable::default();
+    }
+    let mut nodes = unhindered.clone();
+    for n in nodes.iter_mut().filter(|n| n.name == me) {
+        n.cannot_serve = Unservable::Addresses(own.clone());
+    }
     let mut wanted: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
     let mut gave_up: BTreeSet<IpAddr> = BTreeSet::new();
     for a in &world.desired {
@@ -610,28 +615,30 @@ mod tests {
         v
     }
 
-    fn announced(effects: &[Effect]) -> Vec<(IpAddr, String, u32)> {
+    /// The (address, interface, index) of each announcement, or with
+    /// `withdrawals`, of each withdrawal.
+    fn moves(effects: &[Effect], withdrawals: bool) -> Vec<(IpAddr, String, u32)> {
         effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Announce { address, interface } => {
-                    Some((*address, interface.name.clone(), interface.index))
+                Effect::Announce { address, interface } if !withdrawals => {
+                    Some((address, interface))
+                }
+                Effect::Withdraw { address, interface } if withdrawals => {
+                    Some((address, interface))
                 }
                 _ => None,
             })
+            .map(|(address, i)| (*address, i.name.clone(), i.index))
             .collect()
     }
 
+    fn announced(effects: &[Effect]) -> Vec<(IpAddr, String, u32)> {
+        moves(effects, false)
+    }
+
     fn withdrawn(effects: &[Effect]) -> Vec<(IpAddr, String, u32)> {
-        effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Withdraw { address, interface } => {
-                    Some((*address, interface.name.clone(), interface.index))
-                }
-                _ => None,
-            })
-            .collect()
+        moves(effects, true)
     }
 
     fn published(effects: &[Effect]) -> Option<BTreeSet<IpAddr>> {
