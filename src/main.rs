@@ -31,7 +31,7 @@ enum Command {
     /// Run the controller: give LoadBalancer Services addresses from IPAddressPools.
     Controller(ControllerArgs),
     /// Run a speaker: announce the addresses this node owns (ARP / NDP).
-    Speaker(SpeakerArgs),
+    Speaker(Box<SpeakerArgs>),
     /// List this host's interfaces and, for --address, which ones would announce
     /// it and why the others would not.
     Interfaces(InterfacesArgs),
@@ -158,6 +158,14 @@ struct ForwardArgs {
     /// Seconds connections live on after their endpoint or address is gone [default: 30].
     #[arg(long)]
     forward_drain_seconds: Option<u64>,
+    /// TCP ports the node keeps for itself: never forwarded on a Service
+    /// address, besides the kubelet's (10250) and ironlb's metrics port
+    /// (comma-separated, e.g. 22,9100).
+    #[arg(long, value_delimiter = ',')]
+    forward_reserved_tcp_ports: Vec<u16>,
+    /// UDP ports the node keeps for itself, besides ironlb's gossip port.
+    #[arg(long, value_delimiter = ',')]
+    forward_reserved_udp_ports: Vec<u16>,
 }
 
 impl ForwardArgs {
@@ -169,6 +177,8 @@ impl ForwardArgs {
             max_connections: self.forward_max_connections,
             max_flows: self.forward_max_flows,
             drain_seconds: self.forward_drain_seconds,
+            reserved_tcp_ports: self.forward_reserved_tcp_ports.clone(),
+            reserved_udp_ports: self.forward_reserved_udp_ports.clone(),
         }
     }
 }
@@ -237,7 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DemoUdpEcho { listen } => ironlb::demo::udp_echo_server(listen)?,
         Command::Speaker(args) => {
             init_logs();
-            runtime(true)?.block_on(run_speaker(args))?;
+            runtime(true)?.block_on(run_speaker(*args))?;
         }
         Command::Controller(args) => {
             init_logs();

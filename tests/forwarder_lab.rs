@@ -1047,3 +1047,48 @@ fn a_node_whose_listener_cannot_start_gives_the_address_up_and_retries() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Only the Services' ports answer on a Service address: the node's own
+/// programs listening on every address (an sshd stand-in on 22, ironlb's
+/// metrics on 9121) do not, though they still answer on the node's own
+/// address; and a Service asking for a port the node keeps is refused,
+/// naming the port and whose it is.
+#[test]
+fn only_the_services_ports_answer_on_its_address() {
+    let Some(mut w) = world("only_service_ports", 1) else {
+        return;
+    };
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 8080);
+    let node = w.nodes[0].clone();
+    w.peer_server(&node.clone(), "0.0.0.0", 22);
+    let services = service("web", 80, "10.77.0.21", 8080, "")
+        + &format!(
+            "  - name: clash\n    address: {VIP}\n    ports: [{{port: 9121, targetPort: 8080}}]\n    endpoints: [{{address: 10.77.0.21}}]\n"
+        );
+    w.speaker(1, &services);
+    let answer = w.wait_tcp(VIP, 80);
+    assert!(answer.ends_with("got=hello"), "{answer}");
+    for port in [22, 9121] {
+        let out = w.tcp(VIP, port, "hello");
+        assert_eq!(
+            out,
+            "TIMEOUT",
+            "{VIP}:{port} must not answer:\n{}",
+            w.logs()
+        );
+        let own = w.tcp("10.77.0.11", port, "hello");
+        assert_ne!(own, "TIMEOUT", "the node's own address still serves {port}");
+    }
+    let log = w.lab.dir().join("node-1.log");
+    let text = wait_for_file(&log, "TCP port 9121 is the node's own (ironlb's metrics)");
+    assert!(
+        text.contains("TCP port 9121 is the node's own (ironlb's metrics)"),
+        "{text}"
+    );
+    let table = w
+        .lab
+        .exec_ok(&node, &["nft", "list", "table", "inet", "ironlb"]);
+    assert!(table.contains(&format!("{VIP} . tcp . 80")), "{table}");
+    assert!(!table.contains("9121"), "{table}");
+}

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub mod balance;
+pub mod firewall;
 pub mod metrics;
 pub mod plan;
 pub mod proxy_header;
@@ -49,6 +50,10 @@ pub struct Settings {
     /// The firewall mark that routes replies of transparent connections back
     /// to the forwarder ([`transparent`]).
     pub mark: u32,
+    /// Ports the node keeps for itself, never forwarded on a Service address
+    /// (besides those the speaker adds: the kubelet's, its gossip and metrics
+    /// ports).
+    pub reserved: Vec<(Protocol, u16)>,
 }
 
 impl Default for Settings {
@@ -62,6 +67,7 @@ impl Default for Settings {
             max_flows: 65_536,
             drain: Duration::from_secs(30),
             mark: transparent::DEFAULT_MARK,
+            reserved: Vec::new(),
         }
     }
 }
@@ -83,6 +89,10 @@ pub struct Tuning {
     pub max_flows: Option<usize>,
     /// [`Settings::drain`], in seconds.
     pub drain_seconds: Option<u64>,
+    /// TCP ports of [`Settings::reserved`].
+    pub reserved_tcp_ports: Vec<u16>,
+    /// UDP ports of [`Settings::reserved`].
+    pub reserved_udp_ports: Vec<u16>,
 }
 
 impl Tuning {
@@ -103,6 +113,12 @@ impl Tuning {
             max_flows: self.max_flows.unwrap_or(d.max_flows).max(1),
             drain: self.drain_seconds.map_or(d.drain, Duration::from_secs),
             mark: d.mark,
+            reserved: self
+                .reserved_tcp_ports
+                .iter()
+                .map(|p| (Protocol::Tcp, *p))
+                .chain(self.reserved_udp_ports.iter().map(|p| (Protocol::Udp, *p)))
+                .collect(),
         }
     }
 }

@@ -236,6 +236,8 @@ struct Forwarding {
     /// The Service addresses on the loopback, once known.
     addresses: Option<BTreeSet<IpAddr>>,
     transparent: bool,
+    /// ironlb's nftables table as last written.
+    table: Option<crate::forwarder::firewall::Ruleset>,
 }
 
 impl Forwarding {
@@ -248,6 +250,7 @@ impl Forwarding {
             forwarder: Forwarder::new(settings, metrics),
             addresses: None,
             transparent: false,
+            table: None,
         }
     }
 
@@ -269,6 +272,48 @@ impl Forwarding {
                     .push((l.service.clone(), why.to_string()));
             }
         };
+        let local = listeners.iter().any(|l| l.policy.local);
+        // Only the Services' ports reach their addresses, from before the
+        // addresses go on the loopback; a table that cannot be written would
+        // leave the node's own programs reachable there, so the addresses
+        // are given up instead.
+        let mut table = crate::forwarder::firewall::Ruleset {
+            mark: local.then_some(self.mark),
+            open: Default::default(),
+        };
+        for l in listeners {
+            table
+                .open
+                .entry(l.address.ip())
+                .or_default()
+                .insert((l.protocol, l.address.port()));
+        }
+        if table == Default::default() {
+            // Nothing forwarded: no table (a node that never forwards never
+            // gets one).
+            if self.table.take().is_some()
+                && let Err(e) = crate::forwarder::firewall::remove().await
+            {
+                warn!(error = %e, "cannot remove the nftables table");
+            }
+        } else if self.table.as_ref() != Some(&table) {
+            match crate::forwarder::firewall::apply(&table).await {
+                Ok(()) => self.table = Some(table),
+                Err(e) => {
+                    warn!(error = %e, "cannot write the nftables table that keeps the node's own ports off Service addresses");
+                    self.table = None;
+                    fail_all(
+                        &mut failed,
+                        false,
+                        &format!("cannot filter the address's ports: {e}"),
+                    );
+                    // No address goes on the loopback unfiltered; the table
+                    // is tried again on the next call (nft left the last
+                    // one in place).
+                    return failed;
+                }
+            }
+        }
         let addresses: BTreeSet<IpAddr> = listeners.iter().map(|l| l.address.ip()).collect();
         if self.addresses.as_ref() != Some(&addresses) {
             for interface in interfaces {
@@ -288,7 +333,6 @@ impl Forwarding {
                 }
             }
         }
-        let local = listeners.iter().any(|l| l.policy.local);
         if local && !self.transparent {
             match crate::forwarder::transparent::install(self.mark).await {
                 Ok(()) => self.transparent = true,
@@ -323,6 +367,11 @@ impl Forwarding {
     /// Stops every listener and removes what was added to the node.
     async fn stop(&mut self) {
         self.forwarder.stop_all();
+        if self.table.is_some()
+            && let Err(e) = crate::forwarder::firewall::remove().await
+        {
+            warn!(error = %e, "cannot remove the nftables table");
+        }
         if self.addresses.as_ref().is_some_and(|a| !a.is_empty())
             && let Err(e) = set_service_addresses(&BTreeSet::new()).await
         {

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::forwarder::plan::Protocol;
 use crate::membership::{self, Membership};
 use executor::Executor;
 use transition::{Cause, Effect, Faults, World};
@@ -115,6 +116,7 @@ pub async fn run(
     // Refused before waiting for the cluster view, not minutes later.
     membership::check_keys(&gossip.keys)?;
     let metrics = Arc::new(metrics::Metrics::default());
+    let reserved = reserved_ports(&forwarding, listen, http.as_ref());
     if let Some(listener) = http {
         tokio::spawn(crate::http::serve(
             listener,
@@ -173,6 +175,7 @@ pub async fn run(
         node: node.clone(),
         cluster,
         timing,
+        reserved,
     };
     let mut state = transition::State::default();
     let mut executor = Executor::new(timing, forwarding, metrics.clone(), report);
@@ -270,6 +273,34 @@ pub async fn run(
     membership.leave().await;
     info!("speaker stopped: addresses withdrawn, left the group");
     Ok(())
+}
+
+/// The kubelet's port.
+const KUBELET_PORT: u16 = 10250;
+
+/// The ports this node keeps for itself, and whose they are: the kubelet's,
+/// this speaker's gossip and metrics ports, and the configured ones.
+fn reserved_ports(
+    forwarding: &crate::forwarder::Settings,
+    gossip: SocketAddr,
+    http: Option<&tokio::net::TcpListener>,
+) -> BTreeMap<(Protocol, u16), String> {
+    let mut reserved = BTreeMap::from([
+        ((Protocol::Tcp, KUBELET_PORT), "the kubelet's".to_string()),
+        (
+            (Protocol::Udp, gossip.port()),
+            "ironlb's gossip".to_string(),
+        ),
+    ]);
+    if let Some(port) = http.and_then(|l| l.local_addr().ok()).map(|a| a.port()) {
+        reserved.insert((Protocol::Tcp, port), "ironlb's metrics".to_string());
+    }
+    for port in &forwarding.reserved {
+        reserved
+            .entry(*port)
+            .or_insert_with(|| "listed in the reserved ports".to_string());
+    }
+    reserved
 }
 
 /// Sleeps until `at`, or forever without it.

@@ -20,7 +20,7 @@ use super::config::{Forwards, Timing};
 use super::report::Report;
 use super::view::{self, Announcement};
 use crate::election::{self, Unservable};
-use crate::forwarder::plan::Listener;
+use crate::forwarder::plan::{Listener, Protocol};
 use crate::ipam::ServiceKey;
 use crate::membership::HealthMap;
 use crate::netlink::{Link, Skip};
@@ -41,6 +41,9 @@ pub struct Settings {
     pub cluster: bool,
     /// When gratuitous packets go out.
     pub timing: Timing,
+    /// Ports the node keeps for itself, and whose they are: never forwarded
+    /// on a Service address.
+    pub reserved: BTreeMap<(Protocol, u16), String>,
 }
 
 /// Everything the speaker decides from, read at one instant.
@@ -360,7 +363,14 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     // being forwarded as asked is reported once.
     if cause != Cause::Reannounce {
         let keys: BTreeSet<IpAddr> = state.owned.keys().copied().collect();
-        let plan = crate::forwarder::plan::plan(me, &keys, &world.forwards.frontends);
+        let mut plan = crate::forwarder::plan::plan(me, &keys, &world.forwards.frontends);
+        let (listeners, refused): (Vec<Listener>, Vec<Listener>) =
+            plan.listeners.into_iter().partition(|l| {
+                !settings
+                    .reserved
+                    .contains_key(&(l.protocol, l.address.port()))
+            });
+        plan.listeners = listeners;
         let mut problems: BTreeSet<(ServiceKey, String)> = world
             .forwards
             .invalid
@@ -374,6 +384,18 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
                 format!(
                     "{} {} is already forwarded for Service {}",
                     c.protocol, c.address, c.kept
+                ),
+            ));
+        }
+        for l in &refused {
+            let port = l.address.port();
+            problems.insert((
+                l.service.clone(),
+                format!(
+                    "{} port {port} is the node's own ({}): it is never forwarded on a \
+                     Service address; choose another port",
+                    l.protocol,
+                    settings.reserved[&(l.protocol, port)]
                 ),
             ));
         }
@@ -586,6 +608,7 @@ mod tests {
                 announce_interval: Duration::from_millis(100),
                 reannounce: Duration::from_secs(30),
             },
+            reserved: BTreeMap::new(),
         }
     }
 
@@ -1093,5 +1116,108 @@ mod tests {
         );
         assert_eq!(published(&effects), None);
         assert!(state.unservable.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+    use crate::forwarder::plan::{Endpoint, Frontend, FrontendPort, Policy};
+
+    fn frontend(name: &str, port: u16, protocol: Protocol) -> Frontend {
+        Frontend {
+            service: ServiceKey::new("default", name),
+            addresses: vec!["10.0.0.100".parse().unwrap()],
+            ports: vec![FrontendPort {
+                name: String::new(),
+                port,
+                protocol,
+            }],
+            policy: Policy::default(),
+            endpoints: vec![Endpoint {
+                address: "10.0.0.21".parse().unwrap(),
+                node: None,
+                ready: true,
+                serving: true,
+                ports: [((String::new(), protocol), 8080)].into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_port_the_node_keeps_is_never_forwarded_and_the_service_is_told_whose_it_is() {
+        let address: IpAddr = "10.0.0.100".parse().unwrap();
+        let settings = Settings {
+            node: "n1".into(),
+            cluster: false,
+            timing: Timing {
+                announce_count: 1,
+                announce_interval: Duration::from_millis(100),
+                reannounce: Duration::ZERO,
+            },
+            reserved: [
+                ((Protocol::Tcp, 10250), "the kubelet's".to_string()),
+                ((Protocol::Udp, 7947), "ironlb's gossip".to_string()),
+            ]
+            .into(),
+        };
+        let world = World {
+            members: ["n1".to_string()].into(),
+            health: HealthMap::new(),
+            desired: vec![Announcement {
+                address,
+                pool: "p".into(),
+                services: vec![],
+                interfaces: vec!["eth0".into()],
+                constraints: Default::default(),
+            }],
+            node_objects: Vec::new(),
+            links: vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")],
+            forwards: Forwards {
+                frontends: vec![
+                    frontend("web", 80, Protocol::Tcp),
+                    frontend("kubelet-clash", 10250, Protocol::Tcp),
+                    // The same number over the other protocol is not the node's.
+                    frontend("udp-10250", 10250, Protocol::Udp),
+                    frontend("gossip-clash", 7947, Protocol::Udp),
+                ],
+                invalid: Vec::new(),
+            },
+            faults: BTreeMap::new(),
+            broken: BTreeMap::new(),
+            now: Instant::now(),
+        };
+        let effects = step(&settings, &mut State::default(), &world, Cause::Start);
+        let forwarded: Vec<(Protocol, u16)> = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Forward { listeners, .. } => Some(
+                    listeners
+                        .iter()
+                        .map(|l| (l.protocol, l.address.port()))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .expect("a Forward effect");
+        assert_eq!(forwarded, [(Protocol::Tcp, 80), (Protocol::Udp, 10250)]);
+        let refused: Vec<String> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Report(Report::NotForwarded { service, message }) => {
+                    Some(format!("{}: {message}", service.name))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                "gossip-clash: UDP port 7947 is the node's own (ironlb's gossip): it is never \
+                 forwarded on a Service address; choose another port",
+                "kubelet-clash: TCP port 10250 is the node's own (the kubelet's): it is never \
+                 forwarded on a Service address; choose another port",
+            ]
+        );
     }
 }
