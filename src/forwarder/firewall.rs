@@ -69,11 +69,10 @@ fn set(name: &str, kind: &str, elements: &[String]) -> String {
 impl Ruleset {
     /// The ruleset text for `nft -f -`.
     pub fn text(&self) -> String {
-        let family = |v4: bool| move |ip: &&IpAddr| ip.is_ipv4() == v4;
         let addresses = |v4: bool| -> Vec<String> {
             self.open
                 .keys()
-                .filter(family(v4))
+                .filter(|ip| ip.is_ipv4() == v4)
                 .map(ToString::to_string)
                 .collect()
         };
