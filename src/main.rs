@@ -140,22 +140,40 @@ struct SpeakerArgs {
 /// file has a `forwarder:` section).
 #[derive(Args)]
 struct ForwardArgs {
-    /// Milliseconds a backend connect may take before the next is tried [default: 2000].
+    /// Milliseconds a backend connect may take before the next is tried [default: 5000].
     #[arg(long)]
     forward_connect_timeout_ms: Option<u64>,
-    /// Seconds without a byte before a TCP connection is closed [default: 3600].
+    /// Seconds a TCP connection may stay silent (no byte either way) after
+    /// its backend connected, before it is closed [default: 10].
+    #[arg(long)]
+    forward_tcp_handshake_seconds: Option<u64>,
+    /// Seconds without a byte before a TCP connection is closed [default: 900].
     #[arg(long)]
     forward_tcp_idle_seconds: Option<u64>,
-    /// Seconds without a datagram before a UDP flow is forgotten [default: 120].
+    /// Seconds without a datagram before a UDP flow is forgotten (30 while
+    /// its backend never replied) [default: 120].
     #[arg(long)]
     forward_udp_idle_seconds: Option<u64>,
-    /// TCP connections at once per Service port; more are reset [default: 65536].
+    /// TCP connections at once per Service port; more are reset [default: 16384].
     #[arg(long)]
     forward_max_connections: Option<usize>,
-    /// UDP flows per Service port; new clients beyond are dropped [default: 65536].
+    /// TCP connections at once on the node, over every Service [default: 65536].
+    #[arg(long)]
+    forward_max_connections_total: Option<usize>,
+    /// TCP connections at once per client address and Service port [default: 4096].
+    #[arg(long)]
+    forward_max_connections_per_source: Option<usize>,
+    /// UDP flows per Service port; a new client beyond evicts a flow never
+    /// answered, else the least recently used [default: 8192].
     #[arg(long)]
     forward_max_flows: Option<usize>,
-    /// Seconds connections live on after their endpoint or address is gone [default: 30].
+    /// UDP flows on the node, over every Service [default: 16384].
+    #[arg(long)]
+    forward_max_flows_total: Option<usize>,
+    /// Clients whose backend sessionAffinity remembers, per Service port [default: 65536].
+    #[arg(long)]
+    forward_max_affinity_clients: Option<usize>,
+    /// Seconds connections live on after their address is gone [default: 30].
     #[arg(long)]
     forward_drain_seconds: Option<u64>,
     /// TCP ports the node keeps for itself: never forwarded on a Service
@@ -172,10 +190,15 @@ impl ForwardArgs {
     fn tuning(&self) -> ironlb::forwarder::Tuning {
         ironlb::forwarder::Tuning {
             connect_timeout_ms: self.forward_connect_timeout_ms,
+            tcp_handshake_seconds: self.forward_tcp_handshake_seconds,
             tcp_idle_seconds: self.forward_tcp_idle_seconds,
             udp_idle_seconds: self.forward_udp_idle_seconds,
             max_connections: self.forward_max_connections,
+            max_connections_total: self.forward_max_connections_total,
+            max_connections_per_source: self.forward_max_connections_per_source,
             max_flows: self.forward_max_flows,
+            max_flows_total: self.forward_max_flows_total,
+            max_affinity_clients: self.forward_max_affinity_clients,
             drain_seconds: self.forward_drain_seconds,
             reserved_tcp_ports: self.forward_reserved_tcp_ports.clone(),
             reserved_udp_ports: self.forward_reserved_udp_ports.clone(),

@@ -1092,3 +1092,186 @@ fn only_the_services_ports_answer_on_its_address() {
     assert!(table.contains(&format!("{VIP} . tcp . 80")), "{table}");
     assert!(!table.contains("9121"), "{table}");
 }
+
+/// Open file descriptors and resident memory (KiB) of process `pid`.
+fn process_usage(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (fds, rss)
+}
+
+/// A real UDP client asking `count` times, each from a new socket (a new
+/// flow) with a one-second deadline: prints how many were answered.
+fn udp_client_script(port: u16, count: usize) -> String {
+    format!(
+        "import socket,time\nok=0\n\
+         for i in range({count}):\n\
+         \x20 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(1.0)\n\
+         \x20 s.sendto(b'real%d'%i,('{VIP}',{port}))\n\
+         \x20 try:\n\
+         \x20   if b'got=real' in s.recvfrom(65535)[0]: ok+=1\n\
+         \x20 except Exception: pass\n\
+         \x20 s.close();time.sleep(0.1)\n\
+         print('answered',ok,flush=True)\n"
+    )
+}
+
+/// A flood of datagrams from thousands of spoofed sources fills the flow
+/// table, yet a real client is answered every time within a second: new
+/// clients evict flows instead of being refused. Then 200,000 distinct
+/// sources against a Service with `sessionAffinity: ClientIP`: the flows, the
+/// speaker's sockets, its memory and the affinity table stay within their
+/// caps, and the node can still open UDP sockets of its own.
+#[test]
+fn a_spoofed_udp_flood_neither_starves_real_clients_nor_grows_without_bound() {
+    let Some(mut w) = world("udp_flood", 1) else {
+        return;
+    };
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 6000);
+    let node = w.nodes[0].clone();
+    // Replies to the spoofed sources go to the client's host, which drops
+    // them (it does not forward): they stay inside the lab.
+    w.lab.exec_ok(
+        &node,
+        &["ip", "route", "add", "10.200.0.0/14", "via", CLIENT],
+    );
+    // The affinity cap is below what a debug build takes in during the
+    // flood (about 12,000 of the 200,000 datagrams; the rest overflow the
+    // socket's buffer), so the cap is reached.
+    let (flows, clients) = (500, 5_000);
+    let base = w.config(1, "");
+    let config = base.replace(
+        "services:\n",
+        &format!(
+            "forwarder:\n  maxFlows: {flows}\n  maxAffinityClients: {clients}\n\
+             services:\n\
+             \x20 - name: dns\n    address: {VIP}\n    sessionAffinitySeconds: 600\n    ports: [{{port: 53, protocol: UDP, targetPort: 6000}}]\n    endpoints: [{{address: 10.77.0.21}}]\n"
+        ),
+    );
+    let speaker = w.lab.start_speaker_with(&node, 1, &config);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !w.udp(&w.client, VIP, 53, "hi").contains("got=hi") {
+        assert!(Instant::now() < deadline, "never answered:\n{}", w.logs());
+    }
+    let pid = w.lab.pid(speaker);
+    let (fds_before, rss_before) = process_usage(pid);
+
+    // 1. 3,000 spoofed sources at 2,000 a second, six times the table: a real
+    // client asking meanwhile gets every answer.
+    let flood = |count: usize, rate: usize| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &w.client,
+                "python3",
+                &peer(),
+                "flood",
+                VIP,
+                "53",
+            ])
+            .args([count.to_string(), rate.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let paced = flood(3_000, 2_000);
+    std::thread::sleep(Duration::from_millis(400));
+    let real = w
+        .lab
+        .exec_ok(&w.client, &["python3", "-c", &udp_client_script(53, 10)]);
+    let paced = paced.wait_with_output().unwrap();
+    assert!(paced.status.success(), "{paced:?}");
+    assert_eq!(
+        real.trim(),
+        "answered 10",
+        "a real client was starved by the flood:\n{}",
+        w.logs()
+    );
+    let m = w.metrics(1);
+    let evicted = metric(
+        &m,
+        "ironlb_speaker_forwarder_udp_flows_evicted_total{namespace=\"static\",service=\"dns\",reason=\"least_recent\"}",
+    ) + metric(
+        &m,
+        "ironlb_speaker_forwarder_udp_flows_evicted_total{namespace=\"static\",service=\"dns\",reason=\"unanswered\"}",
+    );
+    assert!(evicted >= 2_000.0, "flows evicted: {evicted}\n{m}");
+    assert!(
+        metric(
+            &m,
+            "ironlb_speaker_forwarder_udp_flows{namespace=\"static\",service=\"dns\"}"
+        ) <= flows as f64
+    );
+
+    // 2. 200,000 distinct sources as fast as they can be sent.
+    let mut unpaced = flood(200_000, 0);
+    let mut peak_fds = 0;
+    while unpaced.try_wait().unwrap().is_none() {
+        peak_fds = peak_fds.max(process_usage(pid).0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = unpaced.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (_, rss_after) = process_usage(pid);
+    let m = w.metrics(1);
+    eprintln!(
+        "{} datagrams: descriptors {fds_before} -> peak {peak_fds}, RSS {rss_before} -> {rss_after} KiB, {}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        m.lines()
+            .filter(|l| l.contains("service=\"dns\"") && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let remembered = metric(
+        &m,
+        "ironlb_speaker_forwarder_affinity_clients{namespace=\"static\",service=\"dns\"}",
+    );
+    let seen = metric(
+        &m,
+        "ironlb_speaker_forwarder_udp_datagrams_total{namespace=\"static\",service=\"dns\"}",
+    );
+    assert!(
+        seen >= (2 * clients) as f64,
+        "only {seen} datagrams reached the forwarder"
+    );
+    assert_eq!(
+        remembered, clients as f64,
+        "affinity remembers {remembered} clients of {seen} (cap {clients})"
+    );
+    // One socket per flow, besides the speaker's own.
+    assert!(
+        peak_fds <= fds_before + flows + 32,
+        "{peak_fds} descriptors open (before the flood: {fds_before}, flow cap {flows})"
+    );
+    // About 120 bytes per remembered client and 1 KiB per flow
+    // (docs/forwarder.md), with room for the allocator's slack.
+    let grown = rss_after.saturating_sub(rss_before);
+    assert!(
+        grown < 16 * 1024,
+        "resident memory grew by {grown} KiB for {clients} clients and {flows} flows"
+    );
+    // The node's own programs still get UDP sockets.
+    let own = w.lab.exec_ok(
+        &node,
+        &[
+            "python3",
+            "-c",
+            "import socket\nss=[socket.socket(socket.AF_INET,socket.SOCK_DGRAM) for _ in range(200)]\n\
+             [s.bind(('0.0.0.0',0)) for s in ss]\nprint('bound',len(ss))",
+        ],
+    );
+    assert_eq!(own.trim(), "bound 200");
+    let real = w
+        .lab
+        .exec_ok(&w.client, &["python3", "-c", &udp_client_script(53, 3)]);
+    assert_eq!(real.trim(), "answered 3", "{}", w.logs());
+}

@@ -1,25 +1,36 @@
 //! Choosing a backend: round robin, with `sessionAffinity: ClientIP`. Pure but
 //! for the clock, which callers pass in.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
+
 use super::plan::Backend;
 
-/// Affinity entries kept before expired ones are swept.
-const AFFINITY_SWEEP_AT: usize = 16_384;
-
 /// One listener's choice of backends.
-#[derive(Default)]
 pub struct Balancer {
     next: AtomicUsize,
-    sticky: Mutex<HashMap<IpAddr, (Backend, Instant)>>,
+    /// Each client's backend and when it last went there. Bounded: a flood of
+    /// new clients (or spoofed UDP sources) pushes out the least recently
+    /// seen, in constant time per client, instead of growing without end.
+    sticky: Mutex<LruCache<IpAddr, (SocketAddr, Instant)>>,
 }
 
 impl Balancer {
+    /// A balancer remembering the backends of at most `clients` clients.
+    pub fn new(clients: usize) -> Self {
+        Self {
+            next: AtomicUsize::new(0),
+            sticky: Mutex::new(LruCache::new(
+                NonZeroUsize::new(clients.max(1)).expect("at least one"),
+            )),
+        }
+    }
+
     /// The backends to try for `client`, best first: its sticky backend when
     /// affinity is on and it is still listed and fresh, then every backend in
     /// round-robin order, so a failed connect falls through to the next.
@@ -41,9 +52,9 @@ impl Balancer {
             .collect();
         if let Some(timeout) = affinity {
             let sticky = self.sticky.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((b, seen)) = sticky.get(&client)
+            if let Some((address, seen)) = sticky.peek(&client)
                 && now.duration_since(*seen) < timeout
-                && let Some(i) = order.iter().position(|o| o == b)
+                && let Some(i) = order.iter().position(|o| o.address == *address)
             {
                 let b = order.remove(i);
                 order.insert(0, b);
@@ -52,20 +63,20 @@ impl Balancer {
         order
     }
 
-    /// Records that `client` went to `backend` at `now`.
+    /// Records that `client` went to `backend` at `now`; returns how many
+    /// clients are remembered.
     pub fn stick(
         &self,
         client: IpAddr,
         backend: &Backend,
         affinity: Option<Duration>,
         now: Instant,
-    ) {
-        let Some(timeout) = affinity else { return };
+    ) -> usize {
         let mut sticky = self.sticky.lock().unwrap_or_else(|e| e.into_inner());
-        if sticky.len() >= AFFINITY_SWEEP_AT {
-            sticky.retain(|_, (_, seen)| now.duration_since(*seen) < timeout);
+        if affinity.is_some() {
+            sticky.put(client, (backend.address, now));
         }
-        sticky.insert(client, (backend.clone(), now));
+        sticky.len()
     }
 }
 
@@ -84,7 +95,7 @@ mod tests {
 
     #[test]
     fn round_robin_visits_every_backend_in_turn() {
-        let b = Balancer::default();
+        let b = Balancer::new(100);
         let list = backends(3);
         let client: IpAddr = "10.9.0.1".parse().unwrap();
         let now = Instant::now();
@@ -99,7 +110,7 @@ mod tests {
 
     #[test]
     fn affinity_sticks_until_the_timeout_or_the_backend_goes() {
-        let b = Balancer::default();
+        let b = Balancer::new(100);
         let list = backends(3);
         let client: IpAddr = "10.9.0.1".parse().unwrap();
         let t0 = Instant::now();
@@ -122,5 +133,56 @@ mod tests {
         );
         let without: Vec<_> = list.iter().filter(|x| **x != first).cloned().collect();
         assert_ne!(b.order(&without, client, ttl, t0)[0], first);
+    }
+}
+
+#[cfg(test)]
+mod bounded {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn backends(n: u8) -> Vec<Backend> {
+        (1..=n)
+            .map(|i| Backend {
+                address: format!("10.1.0.{i}:80").parse().unwrap(),
+                node: None,
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// However many clients come, the table holds at most its capacity,
+        /// and the most recent `capacity` clients still stick.
+        #[test]
+        fn remembers_at_most_its_capacity_and_the_latest_clients(
+            capacity in 1usize..64,
+            clients in proptest::collection::vec(any::<u32>(), 0..400),
+        ) {
+            let b = Balancer::new(capacity);
+            let list = backends(4);
+            let ttl = Some(Duration::from_secs(60));
+            let now = Instant::now();
+            let mut went = std::collections::HashMap::new();
+            for c in &clients {
+                let ip = IpAddr::from(c.to_be_bytes());
+                let first = b.order(&list, ip, ttl, now)[0].clone();
+                let held = b.stick(ip, &first, ttl, now);
+                prop_assert!(held <= capacity);
+                went.insert(ip, first);
+            }
+            let mut recent: Vec<IpAddr> = Vec::new();
+            for c in clients.iter().rev() {
+                let ip = IpAddr::from(c.to_be_bytes());
+                if !recent.contains(&ip) {
+                    recent.push(ip);
+                }
+                if recent.len() == capacity {
+                    break;
+                }
+            }
+            for ip in recent {
+                prop_assert_eq!(&b.order(&list, ip, ttl, now)[0], &went[&ip]);
+            }
+        }
     }
 }

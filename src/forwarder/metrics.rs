@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::flows::Eviction;
 use crate::ipam::ServiceKey;
 
 /// A Service, as a label set.
@@ -38,14 +39,19 @@ pub enum Direction {
 }
 
 /// Why a connection or datagram was not forwarded (`source_range`,
-/// `connection_limit`, `flow_table_full`, `no_backend`).
+/// `connection_limit`, `node_connection_limit`, `source_limit`,
+/// `flow_table_full`, `no_backend`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Refusal {
     /// The client is outside `loadBalancerSourceRanges`.
     SourceRange,
     /// The listener's connection limit was reached.
     ConnectionLimit,
-    /// The UDP flow table was full.
+    /// The node's connection limit, over every listener, was reached.
+    NodeConnectionLimit,
+    /// The client's address had as many connections open as it may.
+    SourceLimit,
+    /// The node's UDP flows were all taken, none of them this listener's.
     FlowTableFull,
     /// No backend accepted.
     NoBackend,
@@ -65,8 +71,59 @@ impl EncodeLabelValue for Refusal {
         encoder.write_str(match self {
             Refusal::SourceRange => "source_range",
             Refusal::ConnectionLimit => "connection_limit",
+            Refusal::NodeConnectionLimit => "node_connection_limit",
+            Refusal::SourceLimit => "source_limit",
             Refusal::FlowTableFull => "flow_table_full",
             Refusal::NoBackend => "no_backend",
+        })
+    }
+}
+
+/// Why a TCP connection was closed by a timeout (`handshake`, `idle`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Timeout {
+    /// No byte moved either way in time after it was set up.
+    Handshake,
+    /// No byte moved either way for the idle timeout.
+    Idle,
+}
+
+impl EncodeLabelValue for Timeout {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Timeout::Handshake => "handshake",
+            Timeout::Idle => "idle",
+        })
+    }
+}
+
+/// A Service and a timeout.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+    /// Which timeout.
+    pub timeout: Timeout,
+}
+
+/// Which UDP flow made room for a new client (`unanswered`, `least_recent`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictedLabels {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+    /// Which kind of flow.
+    pub reason: Eviction,
+}
+
+impl EncodeLabelValue for Eviction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Eviction::Unanswered => "unanswered",
+            Eviction::LeastRecent => "least_recent",
         })
     }
 }
@@ -104,6 +161,16 @@ pub struct Metrics {
     pub bytes: Family<BytesLabels, Counter>,
     /// Connects to a backend that failed or timed out.
     pub backend_connect_failures: Family<ServiceLabels, Counter>,
+    /// Connects to a backend given up after the connect timeout.
+    pub backend_connect_timeouts: Family<ServiceLabels, Counter>,
+    /// TCP connections closed by a timeout.
+    pub timeouts: Family<TimeoutLabels, Counter>,
+    /// Accepts that failed (out of descriptors, memory, …).
+    pub accept_errors: Family<ServiceLabels, Counter>,
+    /// UDP flows removed to make room for a new client.
+    pub udp_flows_evicted: Family<EvictedLabels, Counter>,
+    /// Clients whose backend session affinity remembers.
+    pub affinity_clients: Family<ServiceLabels, Gauge>,
     /// Connections and datagrams refused.
     pub refused: Family<RefusedLabels, Counter>,
     /// UDP flows open now.
@@ -131,6 +198,31 @@ impl Metrics {
             "backend_connect_failures",
             "Connects to a backend that failed or timed out",
             self.backend_connect_failures.clone(),
+        );
+        r.register(
+            "backend_connect_timeouts",
+            "Connects to a backend given up after the connect timeout",
+            self.backend_connect_timeouts.clone(),
+        );
+        r.register(
+            "timeouts",
+            "TCP connections closed by a timeout, by timeout",
+            self.timeouts.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Accepts that failed (out of file descriptors or memory); the listener backs off",
+            self.accept_errors.clone(),
+        );
+        r.register(
+            "udp_flows_evicted",
+            "UDP flows removed to make room for a new client, by kind",
+            self.udp_flows_evicted.clone(),
+        );
+        r.register(
+            "affinity_clients",
+            "Clients whose backend session affinity remembers",
+            self.affinity_clients.clone(),
         );
         r.register(
             "refused",

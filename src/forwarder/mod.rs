@@ -20,6 +20,7 @@ use tracing::info;
 
 pub mod balance;
 pub mod firewall;
+pub mod flows;
 pub mod metrics;
 pub mod plan;
 pub mod proxy_header;
@@ -32,20 +33,34 @@ use plan::{Backend, Listener, Policy, Protocol};
 
 use crate::ipam::ServiceKey;
 
-/// Limits and timeouts of every listener.
+/// Limits and timeouts of every listener. Each is documented with its default
+/// and the reason for it in docs/forwarder.md ("Limits and protections").
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// How long a backend connect may take before the next backend is tried.
     pub connect_timeout: Duration,
+    /// A TCP connection that moved no byte either way this long after the
+    /// backend connected is closed: what a silent client gets.
+    pub tcp_handshake: Duration,
     /// A TCP connection with no byte either way for this long is closed.
     pub tcp_idle: Duration,
     /// A UDP flow with no datagram either way for this long is forgotten.
     pub udp_idle: Duration,
     /// TCP connections open at once per listener; more are reset.
     pub max_connections: usize,
-    /// UDP flows per listener; datagrams of new clients beyond are dropped.
+    /// TCP connections open at once on the node, over every listener.
+    pub max_connections_total: usize,
+    /// TCP connections open at once per client address and listener.
+    pub max_connections_per_source: usize,
+    /// UDP flows per listener; a new client beyond makes room (see
+    /// [`flows`]).
     pub max_flows: usize,
-    /// How long connections live on once their backend or listener is gone.
+    /// UDP flows on the node, over every listener: each holds a socket, and
+    /// without transparency an ephemeral port of the node.
+    pub max_flows_total: usize,
+    /// Clients whose backend a listener with session affinity remembers.
+    pub max_affinity_clients: usize,
+    /// How long connections live on once their listener is gone.
     pub drain: Duration,
     /// The firewall mark that routes replies of transparent connections back
     /// to the forwarder ([`transparent`]).
@@ -56,15 +71,39 @@ pub struct Settings {
     pub reserved: Vec<(Protocol, u16)>,
 }
 
+/// A UDP flow whose backend never replied is forgotten after this long, as
+/// the kernel's connection tracking does (`nf_conntrack_udp_timeout`): a
+/// spoofed source's flow should not last as long as a real client's.
+pub const UNANSWERED_FLOW_IDLE: Duration = Duration::from_secs(30);
+
+/// A new UDP flow's backend has this long to reply before the flow counts as
+/// never answered when room is needed (see [`flows`]).
+pub const REPLY_GRACE: Duration = Duration::from_secs(1);
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(2),
-            tcp_idle: Duration::from_secs(3600),
+            // Past TCP's second SYN retransmission (at 3 s): a backend whose
+            // accept queue overflowed for a moment still gets the connection,
+            // as through HAProxy (which advises at least 3 s) or nginx (60 s).
+            connect_timeout: Duration::from_secs(5),
+            tcp_handshake: Duration::from_secs(10),
+            // IPVS's established-TCP timeout: long enough for database pools
+            // and SSH with keepalives, short enough that one byte does not
+            // hold a connection for hours.
+            tcp_idle: Duration::from_secs(900),
             // kube-proxy's conntrack UDP stream timeout.
             udp_idle: Duration::from_secs(120),
-            max_connections: 65_536,
-            max_flows: 65_536,
+            max_connections: 16_384,
+            max_connections_total: 65_536,
+            // Room for a NAT of a few hundred users, not for one client to
+            // take a listener.
+            max_connections_per_source: 4_096,
+            max_flows: 8_192,
+            // Well inside the default ephemeral port range (28,232 ports), so
+            // the node can still open its own sockets.
+            max_flows_total: 16_384,
+            max_affinity_clients: 65_536,
             drain: Duration::from_secs(30),
             mark: transparent::DEFAULT_MARK,
             reserved: Vec::new(),
@@ -79,14 +118,24 @@ impl Default for Settings {
 pub struct Tuning {
     /// [`Settings::connect_timeout`], in milliseconds.
     pub connect_timeout_ms: Option<u64>,
+    /// [`Settings::tcp_handshake`], in seconds.
+    pub tcp_handshake_seconds: Option<u64>,
     /// [`Settings::tcp_idle`], in seconds.
     pub tcp_idle_seconds: Option<u64>,
     /// [`Settings::udp_idle`], in seconds.
     pub udp_idle_seconds: Option<u64>,
     /// [`Settings::max_connections`].
     pub max_connections: Option<usize>,
+    /// [`Settings::max_connections_total`].
+    pub max_connections_total: Option<usize>,
+    /// [`Settings::max_connections_per_source`].
+    pub max_connections_per_source: Option<usize>,
     /// [`Settings::max_flows`].
     pub max_flows: Option<usize>,
+    /// [`Settings::max_flows_total`].
+    pub max_flows_total: Option<usize>,
+    /// [`Settings::max_affinity_clients`].
+    pub max_affinity_clients: Option<usize>,
     /// [`Settings::drain`], in seconds.
     pub drain_seconds: Option<u64>,
     /// TCP ports of [`Settings::reserved`].
@@ -99,19 +148,25 @@ impl Tuning {
     /// The defaults with these overrides.
     pub fn settings(&self) -> Settings {
         let d = Settings::default();
+        let count = |v: Option<usize>, default: usize| v.unwrap_or(default).max(1);
+        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
         Settings {
             connect_timeout: self
                 .connect_timeout_ms
                 .map_or(d.connect_timeout, Duration::from_millis),
-            tcp_idle: self
-                .tcp_idle_seconds
-                .map_or(d.tcp_idle, Duration::from_secs),
-            udp_idle: self
-                .udp_idle_seconds
-                .map_or(d.udp_idle, Duration::from_secs),
-            max_connections: self.max_connections.unwrap_or(d.max_connections).max(1),
-            max_flows: self.max_flows.unwrap_or(d.max_flows).max(1),
-            drain: self.drain_seconds.map_or(d.drain, Duration::from_secs),
+            tcp_handshake: secs(self.tcp_handshake_seconds, d.tcp_handshake),
+            tcp_idle: secs(self.tcp_idle_seconds, d.tcp_idle),
+            udp_idle: secs(self.udp_idle_seconds, d.udp_idle),
+            max_connections: count(self.max_connections, d.max_connections),
+            max_connections_total: count(self.max_connections_total, d.max_connections_total),
+            max_connections_per_source: count(
+                self.max_connections_per_source,
+                d.max_connections_per_source,
+            ),
+            max_flows: count(self.max_flows, d.max_flows),
+            max_flows_total: count(self.max_flows_total, d.max_flows_total),
+            max_affinity_clients: count(self.max_affinity_clients, d.max_affinity_clients),
+            drain: secs(self.drain_seconds, d.drain),
             mark: d.mark,
             reserved: self
                 .reserved_tcp_ports
@@ -136,7 +191,19 @@ struct Context {
     settings: Settings,
     metrics: metrics::Metrics,
     balancer: Balancer,
+    /// The listener's own connection limit.
     connections: Arc<Semaphore>,
+    /// The node's, shared by every listener: TCP connections, and UDP flows.
+    node: NodeLimits,
+    /// Connections open per client address.
+    sources: tcp::Sources,
+}
+
+/// The node-wide limits every listener draws on.
+#[derive(Clone)]
+struct NodeLimits {
+    connections: Arc<Semaphore>,
+    flows: Arc<Semaphore>,
 }
 
 struct Running {
@@ -163,6 +230,7 @@ pub struct ListenError {
 pub struct Forwarder {
     settings: Settings,
     metrics: metrics::Metrics,
+    node: NodeLimits,
     running: BTreeMap<(SocketAddr, Protocol), Running>,
 }
 
@@ -170,6 +238,10 @@ impl Forwarder {
     /// A forwarder with no listener yet.
     pub fn new(settings: Settings, metrics: metrics::Metrics) -> Self {
         Self {
+            node: NodeLimits {
+                connections: Arc::new(Semaphore::new(settings.max_connections_total)),
+                flows: Arc::new(Semaphore::new(settings.max_flows_total)),
+            },
             settings,
             metrics,
             running: BTreeMap::new(),
@@ -238,8 +310,10 @@ impl Forwarder {
         let ctx = Arc::new(Context {
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
-            balancer: Balancer::default(),
+            balancer: Balancer::new(self.settings.max_affinity_clients),
             connections: Arc::new(Semaphore::new(self.settings.max_connections)),
+            node: self.node.clone(),
+            sources: tcp::Sources::default(),
         });
         let socket = bound_socket(l.address, l.protocol)?;
         match l.protocol {
@@ -320,7 +394,8 @@ fn transparent_socket(from: SocketAddr, to: SocketAddr, kind: Type) -> std::io::
 /// idle checks.
 struct Activity {
     start: std::time::Instant,
-    /// Milliseconds from `start` to the last byte.
+    /// Milliseconds from `start` to the last byte, plus one; zero until the
+    /// first.
     last: std::sync::atomic::AtomicU64,
 }
 
@@ -334,13 +409,20 @@ impl Activity {
 
     /// Records a byte moved now.
     fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last
+            .store(ms + 1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// When the last byte moved.
+    /// Whether a byte has moved yet.
+    fn moved(&self) -> bool {
+        self.last.load(std::sync::atomic::Ordering::Relaxed) != 0
+    }
+
+    /// When the last byte moved (when it began, if none has).
     fn last(&self) -> std::time::Instant {
-        self.start + Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed))
+        let ms = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.start + Duration::from_millis(ms.saturating_sub(1))
     }
 }
 

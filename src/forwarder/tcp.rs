@@ -1,7 +1,8 @@
 //! TCP: accept, choose a backend, send the PROXY header, copy both ways.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -11,10 +12,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::metrics::{Direction, Refusal, ServiceLabels};
-use super::{Activity, Context, Shared, admitted, doomed, proxy_header, transparent_socket};
+use super::metrics::{Direction, Refusal, ServiceLabels, Timeout, TimeoutLabels};
+use super::{
+    Activity, Context, Settings, Shared, admitted, doomed, proxy_header, transparent_socket,
+};
+use crate::ipam::ServiceKey;
 
 pub(super) async fn serve(
     listener: TcpListener,
@@ -25,16 +29,22 @@ pub(super) async fn serve(
     let mut state = state;
     let mut shared = state.borrow_and_update().clone();
     let mut counters = Arc::new(TcpCounters::of(&ctx.metrics, &shared.service));
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (client, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff.succeeded(&shared.service);
+                    a
+                }
                 Err(e) => {
-                    // Out of descriptors and the like: pause rather than spin.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    counters.accept_errors.inc();
+                    let pause = backoff.failed(&shared.service, &e);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
@@ -51,11 +61,13 @@ pub(super) async fn serve(
             reset(client);
             continue;
         }
-        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-            ctx.metrics
-                .refuse(&shared.service, Refusal::ConnectionLimit);
-            reset(client);
-            continue;
+        let permits = match admit(&ctx, peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                ctx.metrics.refuse(&shared.service, why);
+                reset(client);
+                continue;
+            }
         };
         tokio::spawn(connection(
             client,
@@ -67,8 +79,112 @@ pub(super) async fn serve(
                 stop: stop.clone(),
                 ctx: ctx.clone(),
             },
-            permit,
+            permits,
         ));
+    }
+}
+
+/// A connection's places under the listener's, the node's and its source's
+/// limits, given back when it ends.
+struct Permits {
+    _listener: OwnedSemaphorePermit,
+    _node: OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
+/// Takes a place under every connection limit for a client at `source`, or
+/// says which limit is reached.
+fn admit(ctx: &Context, source: IpAddr) -> Result<Permits, Refusal> {
+    let listener = ctx
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal::ConnectionLimit)?;
+    let node = ctx
+        .node
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal::NodeConnectionLimit)?;
+    let source = ctx
+        .sources
+        .take(source, ctx.settings.max_connections_per_source)
+        .ok_or(Refusal::SourceLimit)?;
+    Ok(Permits {
+        _listener: listener,
+        _node: node,
+        _source: source,
+    })
+}
+
+/// TCP connections open per client address on one listener. An address is
+/// forgotten when its last connection ends, so the map is no larger than the
+/// connections open.
+#[derive(Clone, Default)]
+pub(super) struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl Sources {
+    /// A place for one more connection from `source`, unless it has `limit`.
+    fn take(&self, source: IpAddr, limit: usize) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(source).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            source,
+        })
+    }
+}
+
+/// One connection's place under its source's limit.
+struct SourceSlot {
+    sources: Sources,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Pauses after failed accepts. The failing connection stays queued, so an
+/// immediate retry would fail again: out of file descriptors (EMFILE, ENFILE)
+/// lasts until connections close. The pause doubles up to a second, and one
+/// warning is logged per run of failures, not one per attempt.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, service: &ServiceKey, error: &std::io::Error) -> Duration {
+        if self.failures == 0 {
+            warn!(%service, %error, "accept failed; pausing this listener until accepts succeed again");
+        }
+        self.failures = self.failures.saturating_add(1);
+        Self::FIRST
+            .saturating_mul(1 << self.failures.min(10))
+            .min(Self::MAX)
+    }
+
+    fn succeeded(&mut self, service: &ServiceKey) {
+        if self.failures > 0 {
+            info!(%service, failed = self.failures, "accepting again");
+            self.failures = 0;
+        }
     }
 }
 
@@ -102,27 +218,39 @@ struct TcpCounters {
     up: Counter,
     down: Counter,
     failures: Counter,
+    connect_timeouts: Counter,
+    accept_errors: Counter,
+    handshake_timeouts: Counter,
+    idle_timeouts: Counter,
 }
 
 impl TcpCounters {
     fn of(m: &super::metrics::Metrics, service: &crate::ipam::ServiceKey) -> Self {
         let labels = ServiceLabels::from(service);
+        let timeout = |timeout| {
+            m.timeouts
+                .get_or_create(&TimeoutLabels {
+                    namespace: labels.namespace.clone(),
+                    service: labels.service.clone(),
+                    timeout,
+                })
+                .clone()
+        };
         Self {
             connections: m.connections.get_or_create(&labels).clone(),
             active: m.connections_active.get_or_create(&labels).clone(),
             up: m.bytes(service, Direction::ToBackend),
             down: m.bytes(service, Direction::ToClient),
             failures: m.backend_connect_failures.get_or_create(&labels).clone(),
+            connect_timeouts: m.backend_connect_timeouts.get_or_create(&labels).clone(),
+            accept_errors: m.accept_errors.get_or_create(&labels).clone(),
+            handshake_timeouts: timeout(Timeout::Handshake),
+            idle_timeouts: timeout(Timeout::Idle),
         }
     }
 }
 
-async fn connection(
-    client: TcpStream,
-    peer: SocketAddr,
-    listener: Listener,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _permits: Permits) {
     let Listener {
         shared,
         counters,
@@ -143,7 +271,10 @@ async fn connection(
                 break;
             }
             Ok(Err(e)) => debug!(backend = %b.address, error = %e, "backend connect failed"),
-            Err(_) => debug!(backend = %b.address, "backend connect timed out"),
+            Err(_) => {
+                debug!(backend = %b.address, "backend connect timed out");
+                counters.connect_timeouts.inc();
+            }
         }
         counters.failures.inc();
     }
@@ -167,7 +298,7 @@ async fn connection(
     counters.active.inc();
     let cut = doomed(state, backend.clone(), stop, ctx.settings.drain);
     let outcome = tokio::select! {
-        r = pipe(&client, &upstream, ctx.settings.tcp_idle, &counters.up, &counters.down) => r,
+        r = pipe(&client, &upstream, &ctx.settings, &counters) => r,
         _ = cut => Err(std::io::Error::other("drained")),
     };
     counters.active.dec();
@@ -194,7 +325,8 @@ async fn connect(to: SocketAddr, from: Option<SocketAddr>) -> std::io::Result<Tc
 const PIPE_CHUNK: usize = 64 * 1024;
 
 /// Copies both ways until both sides have closed, passing each half-close on;
-/// gives up after `idle` without a byte either way.
+/// gives up when no byte moved for [`Settings::tcp_handshake`] from the start,
+/// or later for [`Settings::tcp_idle`].
 ///
 /// Small exchanges go through one buffer per worker thread (read and written
 /// without awaiting in between); once a read fills that buffer the direction
@@ -204,32 +336,41 @@ const PIPE_CHUNK: usize = 64 * 1024;
 async fn pipe(
     client: &TcpStream,
     upstream: &TcpStream,
-    idle: Duration,
-    up: &Counter,
-    down: &Counter,
+    settings: &Settings,
+    counters: &TcpCounters,
 ) -> std::io::Result<()> {
     let activity = Activity::new();
     let copy = async {
         tokio::try_join!(
-            copy_half(client, upstream, &activity, up),
-            copy_half(upstream, client, &activity, down),
+            copy_half(client, upstream, &activity, &counters.up),
+            copy_half(upstream, client, &activity, &counters.down),
         )
     };
     let watchdog = async {
         loop {
-            let deadline = activity.last() + idle;
+            let deadline = if activity.moved() {
+                activity.last() + settings.tcp_idle
+            } else {
+                activity.last() + settings.tcp_handshake
+            };
             if Instant::now() >= deadline {
-                return;
+                return activity.moved();
             }
             tokio::time::sleep_until(deadline.into()).await;
         }
     };
     tokio::select! {
         r = copy => r.map(|_| ()),
-        // An idle connection is closed politely (FIN both ways), as HAProxy
-        // does on its client and server timeouts.
-        _ = watchdog => {
-            debug!("idle timeout");
+        // A connection that timed out is closed politely (FIN both ways), as
+        // HAProxy does on its client and server timeouts.
+        moved = watchdog => {
+            if moved {
+                debug!("idle timeout");
+                counters.idle_timeouts.inc();
+            } else {
+                debug!("handshake timeout: no byte either way");
+                counters.handshake_timeouts.inc();
+            }
             Ok(())
         }
     }

@@ -1,22 +1,26 @@
 //! UDP: a flow per client address, each with a connected socket to its
-//! backend; replies leave from the Service's address.
+//! backend; replies leave from the Service's address. The flows are bounded
+//! per listener and per node ([`super::flows`] decides which one goes).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use socket2::Type;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::metrics::{Direction, Refusal, ServiceLabels};
+use super::flows::{Eviction, FlowTable};
+use super::metrics::{Direction, EvictedLabels, Refusal, ServiceLabels};
 use super::plan::Backend;
-use super::{Activity, Context, Shared, admitted, transparent_socket};
+use super::{
+    Activity, Context, REPLY_GRACE, Shared, UNANSWERED_FLOW_IDLE, admitted, transparent_socket,
+};
 
 /// The largest UDP payload.
 const DATAGRAM: usize = 65_535;
@@ -26,8 +30,17 @@ struct Flow {
     socket: Arc<UdpSocket>,
     /// Its last datagram, either way.
     activity: Arc<Activity>,
+    /// Tells it apart from an earlier flow of the same client, for the reply
+    /// task's news that its backend answered.
+    id: u64,
     replies: AbortHandle,
+    /// Its place under the node's flow limit, given back when it goes.
+    _slot: OwnedSemaphorePermit,
 }
+
+/// A flow's first reply, as the reply task reports it: the client, and the
+/// flow's id.
+type Answered = (SocketAddr, u64);
 
 impl Drop for Flow {
     fn drop(&mut self) {
@@ -42,19 +55,32 @@ pub(super) async fn serve(
     ctx: Arc<Context>,
 ) {
     let socket = Arc::new(socket);
-    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut flows: FlowTable<SocketAddr, Flow> = FlowTable::new(ctx.settings.max_flows);
     let mut state = state;
     let mut shared = state.borrow_and_update().clone();
     let mut counters: Option<Counters> = None;
     let mut buf = vec![0u8; DATAGRAM];
-    let sweep_every = (ctx.settings.udp_idle / 4).max(Duration::from_millis(100));
+    let udp_idle = ctx.settings.udp_idle;
+    let unanswered_idle = UNANSWERED_FLOW_IDLE.min(udp_idle);
+    let sweep_every = (unanswered_idle / 4).max(Duration::from_millis(100));
     let mut sweep = tokio::time::interval(sweep_every);
+    let (answered_tx, mut answered_rx) = mpsc::unbounded_channel::<Answered>();
+    let mut next_id = 0u64;
     loop {
+        // At most one report per flow, so the channel holds no more than the
+        // flows opened since the last datagram.
+        while let Ok((peer, id)) = answered_rx.try_recv() {
+            if flows.peek(&peer).is_some_and(|f| f.id == id) {
+                flows.answered(&peer);
+            }
+        }
         let (n, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             _ = sweep.tick() => {
-                let idle = ctx.settings.udp_idle;
-                flows.retain(|_, f| f.activity.last().elapsed() < idle);
+                flows.retain(|_, f, answered| {
+                    let idle = if answered { udp_idle } else { unanswered_idle };
+                    f.activity.last().elapsed() < idle
+                });
                 if let Some(c) = &counters {
                     c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
                 }
@@ -83,28 +109,42 @@ pub(super) async fn serve(
         // A flow whose backend left moves to a live one now, not when it idles
         // out (kubernetes#113250).
         if flows
-            .get(&peer)
+            .peek(&peer)
             .is_some_and(|f| !shared.backends.contains(&f.backend))
         {
             flows.remove(&peer);
         }
-        if !flows.contains_key(&peer) {
-            if flows.len() >= ctx.settings.max_flows {
-                ctx.metrics.refuse(&shared.service, Refusal::FlowTableFull);
-                continue;
+        if flows.touch(&peer).is_none() {
+            if flows.is_full() {
+                evict(&mut flows, c);
             }
-            match open(&socket, peer, &shared, &ctx, c.to_client.clone()).await {
-                Some(flow) => {
-                    flows.insert(peer, flow);
-                }
+            let slot = match ctx.node.flows.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                // The node's flows are all taken: this listener gives up one
+                // of its own, if it has any; it never takes another's.
+                Err(_) => match evict(&mut flows, c)
+                    .then(|| ctx.node.flows.clone().try_acquire_owned().ok())
+                    .flatten()
+                {
+                    Some(slot) => slot,
+                    None => {
+                        ctx.metrics.refuse(&shared.service, Refusal::FlowTableFull);
+                        continue;
+                    }
+                },
+            };
+            next_id += 1;
+            let reply = (answered_tx.clone(), next_id);
+            match open(&socket, peer, &shared, &ctx, c, slot, reply).await {
+                Some(flow) => flows.insert(peer, flow),
                 None => {
                     ctx.metrics.refuse(&shared.service, Refusal::NoBackend);
                     continue;
                 }
             }
+            c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
         }
-        c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
-        let Some(flow) = flows.get(&peer) else {
+        let Some(flow) = flows.peek(&peer) else {
             continue;
         };
         flow.activity.touch();
@@ -128,25 +168,55 @@ pub(super) async fn serve(
     }
 }
 
+/// Removes one flow of `flows` to make room; whether there was one.
+fn evict(flows: &mut FlowTable<SocketAddr, Flow>, c: &Counters) -> bool {
+    match flows.evict(|f| f.activity.last().elapsed() < REPLY_GRACE) {
+        Some((_, _, Eviction::Unanswered)) => {
+            c.evicted_unanswered.inc();
+            true
+        }
+        Some((_, _, Eviction::LeastRecent)) => {
+            c.evicted_least_recent.inc();
+            true
+        }
+        None => false,
+    }
+}
+
 /// A listener's counters, looked up once per change of its Service rather
 /// than once per datagram.
 struct Counters {
-    datagrams: prometheus_client::metrics::counter::Counter,
-    to_backend: prometheus_client::metrics::counter::Counter,
-    to_client: prometheus_client::metrics::counter::Counter,
-    failures: prometheus_client::metrics::counter::Counter,
+    datagrams: Counter,
+    to_backend: Counter,
+    to_client: Counter,
+    failures: Counter,
+    evicted_unanswered: Counter,
+    evicted_least_recent: Counter,
     flows: Gauge,
+    affinity: Gauge,
 }
 
 impl Counters {
     fn of(m: &super::metrics::Metrics, service: &crate::ipam::ServiceKey) -> Self {
         let labels = ServiceLabels::from(service);
+        let evicted = |kind| {
+            m.udp_flows_evicted
+                .get_or_create(&EvictedLabels {
+                    namespace: labels.namespace.clone(),
+                    service: labels.service.clone(),
+                    reason: kind,
+                })
+                .clone()
+        };
         Self {
             datagrams: m.udp_datagrams.get_or_create(&labels).clone(),
             to_backend: m.bytes(service, Direction::ToBackend),
             to_client: m.bytes(service, Direction::ToClient),
             failures: m.backend_connect_failures.get_or_create(&labels).clone(),
+            evicted_unanswered: evicted(Eviction::Unanswered),
+            evicted_least_recent: evicted(Eviction::LeastRecent),
             flows: m.udp_flows.get_or_create(&labels).clone(),
+            affinity: m.affinity_clients.get_or_create(&labels).clone(),
         }
     }
 }
@@ -157,7 +227,9 @@ async fn open(
     peer: SocketAddr,
     shared: &Shared,
     ctx: &Arc<Context>,
-    to_client: prometheus_client::metrics::counter::Counter,
+    c: &Counters,
+    slot: OwnedSemaphorePermit,
+    (answered, id): (mpsc::UnboundedSender<Answered>, u64),
 ) -> Option<Flow> {
     let now = Instant::now();
     let order = ctx
@@ -171,22 +243,30 @@ async fn open(
                 continue;
             }
         };
-        ctx.balancer
+        let remembered = ctx
+            .balancer
             .stick(peer.ip(), &backend, shared.policy.affinity, now);
+        if shared.policy.affinity.is_some() {
+            c.affinity
+                .set(i64::try_from(remembered).unwrap_or(i64::MAX));
+        }
         let activity = Arc::new(Activity::new());
         let replies = tokio::spawn(replies(
             socket.clone(),
             listener.clone(),
             peer,
             activity.clone(),
-            to_client.clone(),
+            Some((answered, id)),
+            c.to_client.clone(),
         ))
         .abort_handle();
         return Some(Flow {
             backend,
             socket,
             activity,
+            id,
             replies,
+            _slot: slot,
         });
     }
     None
@@ -223,7 +303,8 @@ async fn replies(
     listener: Arc<UdpSocket>,
     peer: SocketAddr,
     activity: Arc<Activity>,
-    bytes: prometheus_client::metrics::counter::Counter,
+    mut first: Option<(mpsc::UnboundedSender<Answered>, u64)>,
+    bytes: Counter,
 ) {
     loop {
         if backend.readable().await.is_err() {
@@ -245,6 +326,9 @@ async fn replies(
             Some(Ok(n)) => {
                 bytes.inc_by(n as u64);
                 activity.touch();
+                if let Some((answered, id)) = first.take() {
+                    let _ = answered.send((peer, id));
+                }
             }
             // ICMP unreachable from the backend: keep waiting for the flow to
             // be moved or to expire.

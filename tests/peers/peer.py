@@ -6,9 +6,16 @@
   peer.py tcp HOST PORT MESSAGE       send, half-close, print the answer or RESET/REFUSED
   peer.py udp HOST PORT MESSAGE       print "from=<ip>:<port> <answer>" or TIMEOUT
   peer.py fetch HOST PORT             print "<len> <sha256>" of everything received
+  peer.py slowaccept HOST PORT PAUSE  TCP as serve, but with a backlog of 128 and
+                                      no accept for PAUSE seconds: SYNs beyond
+                                      the backlog are dropped meanwhile
+  peer.py flood HOST PORT COUNT RATE  UDP from COUNT spoofed sources (10.200.0.0
+                                      upward, one datagram each, raw socket),
+                                      RATE a second (0: as fast as possible)
 """
 import hashlib
 import socket
+import struct
 import sys
 import threading
 import time
@@ -122,6 +129,38 @@ def fetch(host, port):
     print("%d %s" % (n, digest.hexdigest()))
 
 
+def slowaccept(host, port, pause):
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((host, port))
+    t.listen(128)
+    time.sleep(pause)
+    while True:
+        c, peer = t.accept()
+        threading.Thread(target=answer, args=(c, peer), daemon=True).start()
+
+
+def flood(host, port, count, rate):
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    first = struct.unpack("!I", socket.inet_aton("10.200.0.0"))[0]
+    dst = socket.inet_aton(host)
+    payload = b"spoofed"
+    start = time.time()
+    for i in range(count):
+        udp = struct.pack("!HHHH", 1024 + (i * 7919) % 60000, port, 8 + len(payload), 0) + payload
+        # The kernel fills in the IP checksum; a zero UDP checksum means none.
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+            struct.pack("!I", first + i), dst,
+        )
+        s.sendto(ip + udp, (host, 0))
+        if rate:
+            ahead = start + (i + 1) / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+    print("sent %d in %.1fs" % (count, time.time() - start), flush=True)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve":
@@ -134,3 +173,7 @@ if __name__ == "__main__":
         udp(args[0], int(args[1]), args[2])
     elif cmd == "fetch":
         fetch(args[0], int(args[1]))
+    elif cmd == "slowaccept":
+        slowaccept(args[0], int(args[1]), float(args[2]))
+    elif cmd == "flood":
+        flood(args[0], int(args[1]), int(args[2]), float(args[3]))
