@@ -1275,3 +1275,258 @@ fn a_spoofed_udp_flood_neither_starves_real_clients_nor_grows_without_bound() {
         .exec_ok(&w.client, &["python3", "-c", &udp_client_script(53, 3)]);
     assert_eq!(real.trim(), "answered 3", "{}", w.logs());
 }
+
+/// `count` clients connecting at once, each sending a message and reading
+/// the answer: prints how many were answered, and the other outcomes.
+fn tcp_burst_script(address: &str, port: u16, count: usize) -> String {
+    format!(
+        "import socket,threading,collections\nout=collections.Counter()\n\
+         def one(i):\n\
+         \x20 try:\n\
+         \x20   s=socket.create_connection(('{address}',{port}),timeout=20)\n\
+         \x20   s.sendall(b'burst%d'%i);s.shutdown(socket.SHUT_WR)\n\
+         \x20   data=b''\n\
+         \x20   while True:\n\
+         \x20     c=s.recv(65536)\n\
+         \x20     if not c: break\n\
+         \x20     data+=c\n\
+         \x20   out['answered' if b'got=burst%d'%i in data else 'empty']+=1\n\
+         \x20 except ConnectionResetError: out['reset']+=1\n\
+         \x20 except Exception as e: out[type(e).__name__]+=1\n\
+         ts=[threading.Thread(target=one,args=(i,)) for i in range({count})]\n\
+         [t.start() for t in ts];[t.join() for t in ts]\n\
+         print(' '.join('%s=%d'%kv for kv in sorted(out.items())))\n"
+    )
+}
+
+/// A burst of connections to a backend slow to accept: its queue overflows,
+/// SYNs are dropped, and TCP retransmits them after 1 s and 3 s. The connect
+/// timeout outlasts the second retransmission, so every connection reaches
+/// the backend, as through HAProxy or nginx.
+#[test]
+fn a_burst_reaches_a_backend_slow_to_accept() {
+    let Some(mut w) = world("connect_burst", 1) else {
+        return;
+    };
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.speaker(1, &service("db", 80, "10.77.0.21", 7000, ""));
+    wait_for_file(&w.lab.dir().join("node-1.log"), "listening");
+    // The backend listens (backlog 128) but accepts nothing for 2.5 s.
+    w.lab.spawn(
+        &be,
+        "python3",
+        &[&peer(), "slowaccept", "10.77.0.21", "7000", "2.5"],
+        &w.lab.dir().join("slow.log"),
+    );
+    w.wait_listening(&be, 7000);
+    let out = w.lab.exec_ok(
+        &w.client,
+        &["python3", "-c", &tcp_burst_script(VIP, 80, 300)],
+    );
+    let m = w.metrics(1);
+    assert_eq!(
+        out.trim(),
+        "answered=300",
+        "{}\n{}",
+        m.lines()
+            .filter(|l| l.contains("service=\"db\"") && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        w.logs()
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "ironlb_speaker_forwarder_backend_connect_timeouts_total{namespace=\"static\",service=\"db\"}"
+        ),
+        0.0
+    );
+}
+
+/// One client opens many connections and sends nothing: beyond its
+/// per-source limit it is reset at once, another client is still served, and
+/// the silent connections are closed by the handshake timeout.
+#[test]
+fn silent_connections_are_limited_per_source_and_closed_on_time() {
+    let Some(mut w) = world("silent_connections", 1) else {
+        return;
+    };
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 5432);
+    let other = w.lab.namespace("other");
+    let sw = w.switch.clone();
+    w.lab.plug(&sw, &other, "po", &["10.77.0.61/24"]);
+    let base = w.config(1, "");
+    let config = base.replace(
+        "services:\n",
+        &format!(
+            "forwarder:\n  maxConnectionsPerSource: 20\n  tcpHandshakeSeconds: 2\nservices:\n{}",
+            service("db", 5432, "10.77.0.21", 5432, "")
+        ),
+    );
+    let node = w.nodes[0].clone();
+    w.lab.start_speaker_with(&node, 1, &config);
+    w.wait_tcp(VIP, 5432);
+    // 30 silent connections from the client; each line says how it ended
+    // and when, in seconds after it was opened.
+    let silent = format!(
+        "import socket,select,time\nss=[]\n\
+         for i in range(30):\n\
+         \x20 s=socket.create_connection(('{VIP}',5432));ss.append((s,time.time()))\n\
+         open_=dict((s.fileno(),t) for s,t in ss)\nleft=[s for s,_ in ss]\n\
+         while left:\n\
+         \x20 r,_,_=select.select(left,[],[],15)\n\
+         \x20 if not r: break\n\
+         \x20 for s in r:\n\
+         \x20   try: how='closed' if s.recv(1)==b'' else 'data'\n\
+         \x20   except ConnectionResetError: how='reset'\n\
+         \x20   print(how,round(time.time()-open_[s.fileno()],1),flush=True);left.remove(s)\n\
+         for s in left: print('open',flush=True)\n"
+    );
+    let flood = std::process::Command::new("ip")
+        .args(["netns", "exec", &w.client, "python3", "-c", &silent])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let served = w.tcp_from(&other, VIP, 5432, "query");
+    assert!(
+        served.starts_with("peer=10.77.0.11:") && served.ends_with("got=query"),
+        "another client was not served: {served}"
+    );
+    let out = flood.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let ends: Vec<(&str, f64)> = out
+        .lines()
+        .filter_map(|l| {
+            let (how, t) = l.split_once(' ')?;
+            Some((how, t.parse().ok()?))
+        })
+        .collect();
+    let reset = ends.iter().filter(|(how, _)| *how == "reset").count();
+    let closed: Vec<f64> = ends
+        .iter()
+        .filter(|(how, _)| *how == "closed")
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(reset, 10, "beyond the per-source limit of 20:\n{out}");
+    assert_eq!(closed.len(), 20, "{out}");
+    assert!(
+        closed.iter().all(|t| (1.5..=6.0).contains(t)),
+        "the silent connections were not closed by the 2 s handshake timeout: {closed:?}"
+    );
+    let m = w.metrics(1);
+    let series = |name: &str, label: &str| {
+        metric(
+            &m,
+            &format!(
+                "ironlb_speaker_forwarder_{name}{{namespace=\"static\",service=\"db\",{label}}}"
+            ),
+        )
+    };
+    assert_eq!(
+        series("refused_total", "reason=\"source_limit\""),
+        10.0,
+        "{m}"
+    );
+    assert_eq!(
+        series("timeouts_total", "timeout=\"handshake\""),
+        20.0,
+        "{m}"
+    );
+}
+
+/// Out of file descriptors (a low `RLIMIT_NOFILE`), accepts fail: the
+/// listener pauses and warns once instead of spinning, and serves again once
+/// connections close.
+#[test]
+fn accept_errors_back_off_and_recover() {
+    let Some(mut w) = world("accept_errors", 1) else {
+        return;
+    };
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 8080);
+    let node = w.nodes[0].clone();
+    let config = w.config(1, &service("web", 80, "10.77.0.21", 8080, ""));
+    let path = w.lab.speaker_config_path(1);
+    std::fs::write(&path, config).unwrap();
+    let log = w.lab.dir().join("node-1.log");
+    let speaker = w.lab.spawn(
+        &node,
+        "prlimit",
+        &[
+            "--nofile=64:64",
+            env!("CARGO_BIN_EXE_ironlb"),
+            "speaker",
+            "--static",
+            path.to_str().unwrap(),
+        ],
+        &log,
+    );
+    w.wait_tcp(VIP, 80);
+    let pid = w.lab.pid(speaker);
+    // 60 connections held open (nothing sent, the backend waits): each needs
+    // two descriptors, far more than the speaker has.
+    let hold = format!(
+        "import socket,sys\nss=[]\n\
+         for i in range(60):\n\
+         \x20 s=socket.socket();s.settimeout(5);s.connect(('{VIP}',80));ss.append(s)\n\
+         print('held',len(ss),flush=True)\nsys.stdin.readline()\n"
+    );
+    let mut holder = std::process::Command::new("ip")
+        .args(["netns", "exec", &w.client, "python3", "-c", &hold])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held 60");
+    let cpu = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
+    };
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(3));
+    let ticks = cpu() - before;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings = text.matches("accept failed").count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} accept warnings (one per run of failures):\n{text}"
+    );
+    // Clock ticks are 1/100 s: under 0.3 s of CPU in 3 s.
+    assert!(
+        ticks < 30,
+        "the speaker used {ticks} ticks of CPU while out of descriptors"
+    );
+    assert!(
+        std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+        "the speaker died:\n{text}"
+    );
+    // The held connections close; the listener accepts again.
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    let answer = w.wait_tcp(VIP, 80);
+    assert!(answer.ends_with("got=hello"), "{answer}");
+    let m = w.metrics(1);
+    assert!(
+        metric(
+            &m,
+            "ironlb_speaker_forwarder_accept_errors_total{namespace=\"static\",service=\"web\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("accepting again"), "{text}");
+}

@@ -159,20 +159,33 @@ impl Drop for SourceSlot {
 
 /// Pauses after failed accepts. The failing connection stays queued, so an
 /// immediate retry would fail again: out of file descriptors (EMFILE, ENFILE)
-/// lasts until connections close. The pause doubles up to a second, and one
-/// warning is logged per run of failures, not one per attempt.
+/// lasts until connections close. The pause doubles up to a second and starts
+/// over after a success; a warning is logged at most every ten seconds, since
+/// near the limit accepts succeed and fail by turns.
 #[derive(Default)]
 struct AcceptBackoff {
+    /// Failures in a row.
     failures: u32,
+    /// Failures since the last warning, and when it was logged.
+    unreported: u64,
+    warned: Option<Instant>,
 }
 
 impl AcceptBackoff {
     const FIRST: Duration = Duration::from_millis(10);
     const MAX: Duration = Duration::from_secs(1);
+    const WARN_EVERY: Duration = Duration::from_secs(10);
 
     fn failed(&mut self, service: &ServiceKey, error: &std::io::Error) -> Duration {
-        if self.failures == 0 {
-            warn!(%service, %error, "accept failed; pausing this listener until accepts succeed again");
+        self.unreported += 1;
+        if self
+            .warned
+            .is_none_or(|at| at.elapsed() >= Self::WARN_EVERY)
+        {
+            warn!(%service, %error, failures = self.unreported,
+                  "accept failed; this listener pauses until accepts succeed again");
+            self.warned = Some(Instant::now());
+            self.unreported = 0;
         }
         self.failures = self.failures.saturating_add(1);
         Self::FIRST
@@ -181,10 +194,10 @@ impl AcceptBackoff {
     }
 
     fn succeeded(&mut self, service: &ServiceKey) {
-        if self.failures > 0 {
-            info!(%service, failed = self.failures, "accepting again");
-            self.failures = 0;
+        if self.failures > 0 && self.unreported == 0 && self.warned.is_some() {
+            info!(%service, "accepting again");
         }
+        self.failures = 0;
     }
 }
 
@@ -351,7 +364,7 @@ async fn pipe(
             let deadline = if activity.moved() {
                 activity.last() + settings.tcp_idle
             } else {
-                activity.last() + settings.tcp_handshake
+                activity.last() + settings.tcp_handshake.min(settings.tcp_idle)
             };
             if Instant::now() >= deadline {
                 return activity.moved();
@@ -395,6 +408,7 @@ async fn copy_half(
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut pipe = None;
     let mut bulk = false;
+    let mut no_pipe = false;
     loop {
         from.readable().await?;
         if !bulk {
@@ -429,14 +443,23 @@ async fn copy_half(
                     Err(e) => return Err(e),
                 }
             }
-            bulk = n == CHUNK_SIZE;
+            bulk = n == CHUNK_SIZE && !no_pipe;
             bytes.inc_by(n as u64);
             activity.touch();
             continue;
         }
         let (pipe_out, pipe_in) = match &pipe {
             Some(p) => p,
-            None => pipe.insert(nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?),
+            None => match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
+                Ok(p) => pipe.insert(p),
+                // Out of descriptors: this connection copies through the
+                // buffer instead, rather than failing.
+                Err(_) => {
+                    bulk = false;
+                    no_pipe = true;
+                    continue;
+                }
+            },
         };
         // The pipe is empty here (drained below), so EAGAIN can only mean the
         // socket has nothing, and clearing its readiness is right.
