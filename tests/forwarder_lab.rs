@@ -1530,3 +1530,172 @@ fn accept_errors_back_off_and_recover() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("accepting again"), "{text}");
 }
+
+/// Backends that misbehave, through ironlb and, side by side, directly and
+/// through HAProxy in TCP mode on the node's own address with the same
+/// timeouts. A backend that resets mid-stream: the client gets the bytes sent
+/// before, then the reset — as directly, or through kube-proxy's NAT; HAProxy
+/// turns it into a FIN, which hides that the answer was cut short. A backend
+/// that accepts and never answers: closed by the timeout, through both alike.
+#[test]
+fn misbehaving_backends_look_to_the_client_as_through_haproxy() {
+    let Some(mut w) = world("misbehaving_backends", 1) else {
+        return;
+    };
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    for (port, how) in [("7001", "reset"), ("7002", "silent")] {
+        w.lab.spawn(
+            &be,
+            "python3",
+            &[&peer(), "misbehave", "10.77.0.21", port, how],
+            &w.lab.dir().join(format!("{how}.log")),
+        );
+        w.wait_listening(&be, port.parse().unwrap());
+    }
+    let node = w.nodes[0].clone();
+    let hap_cfg = w.lab.dir().join("haproxy.cfg");
+    std::fs::write(
+        &hap_cfg,
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 2s\n  timeout server 2s\n\
+         listen reset\n  bind 10.77.0.11:8001\n  server be 10.77.0.21:7001\n\
+         listen silent\n  bind 10.77.0.11:8002\n  server be 10.77.0.21:7002\n",
+    )
+    .unwrap();
+    w.lab.spawn(
+        &node,
+        "haproxy",
+        &["-db", "-f", hap_cfg.to_str().unwrap()],
+        &w.lab.dir().join("haproxy.log"),
+    );
+    w.wait_listening(&node, 8002);
+    let base = w.config(1, "");
+    let config = base.replace(
+        "services:\n",
+        &format!(
+            "forwarder:\n  tcpIdleSeconds: 2\n  tcpHandshakeSeconds: 2\nservices:\n{}{}",
+            service("reset", 81, "10.77.0.21", 7001, ""),
+            service("silent", 82, "10.77.0.21", 7002, "")
+        ),
+    );
+    w.lab.start_speaker_with(&node, 1, &config);
+    wait_for_file(&w.lab.dir().join("node-1.log"), "listening");
+    let outcome = |address: &str, port: u16| {
+        let out = w.lab.exec_ok(
+            &w.client,
+            &["python3", &peer(), "outcome", address, &port.to_string()],
+        );
+        let fields: Vec<String> = out.split_whitespace().map(str::to_string).collect();
+        (out.trim().to_string(), fields)
+    };
+    // Resets mid-stream: the bytes sent before, then the reset passed on.
+    let (ours, o) = outcome(VIP, 81);
+    let (direct, d) = outcome("10.77.0.21", 7001);
+    let (theirs, t) = outcome("10.77.0.11", 8001);
+    eprintln!("reset mid-stream: ironlb {ours}; direct {direct}; HAProxy {theirs}");
+    assert_eq!(o[..2], d[..2], "ironlb: {ours}; direct: {direct}");
+    assert_eq!(o[..2], ["bytes=1000", "end=reset"], "{ours}");
+    assert_eq!(o[0], t[0], "ironlb: {ours}; HAProxy: {theirs}");
+    // Accepts and never answers: closed by the 2 s timeout.
+    let (ours, o) = outcome(VIP, 82);
+    let (theirs, t) = outcome("10.77.0.11", 8002);
+    eprintln!("never answers: ironlb {ours}; HAProxy {theirs}");
+    assert_eq!(o[..2], t[..2], "ironlb: {ours}; HAProxy: {theirs}");
+    let after = |f: &[String]| -> f64 {
+        f[2].trim_start_matches("after=")
+            .parse()
+            .unwrap_or(f64::MAX)
+    };
+    assert!(
+        (1.5..=4.0).contains(&after(&o)),
+        "ironlb closed after {ours}"
+    );
+}
+
+/// A backend whose endpoint leaves the EndpointSlice in the middle of a
+/// connection (its pod terminating): the connection goes on past the drain
+/// period until it ends, as through kube-proxy; new connections go to the
+/// endpoint left.
+#[test]
+fn a_connection_outlives_its_endpoint_until_it_ends() {
+    let Some(mut w) = world("endpoint_leaves", 1) else {
+        return;
+    };
+    for (short, port, addr) in [("l1", "pl1", "10.77.0.21"), ("l2", "pl2", "10.77.0.22")] {
+        let ns = w.backend_host(short, port, addr);
+        w.lab.spawn(
+            &ns,
+            "python3",
+            &[&peer(), "lines", addr, "7100"],
+            &w.lab.dir().join(format!("{short}.log")),
+        );
+        w.wait_listening(&ns, 7100);
+    }
+    let base = w.config(1, "");
+    let services = |endpoints: &str| {
+        base.replace(
+            "services:\n",
+            &format!(
+                "forwarder:\n  drainSeconds: 1\nservices:\n  - name: chat\n    address: {VIP}\n    ports: [{{port: 7100}}]\n    endpoints: [{endpoints}]\n"
+            ),
+        )
+    };
+    let node = w.nodes[0].clone();
+    w.lab.start_speaker_with(
+        &node,
+        1,
+        &services("{address: 10.77.0.21}, {address: 10.77.0.22}"),
+    );
+    wait_for_file(&w.lab.dir().join("node-1.log"), "listening");
+    let script = format!(
+        "import socket,sys\ns=socket.create_connection(('{VIP}',7100),timeout=10)\nf=s.makefile('rb')\n\
+         for line in sys.stdin:\n  s.sendall(line.encode());print(f.readline().decode().strip(),flush=True)\n"
+    );
+    let mut chat = std::process::Command::new("ip")
+        .args(["netns", "exec", &w.client, "python3", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut replies = std::io::BufReader::new(chat.stdout.take().unwrap());
+    let mut say = |line: &str| {
+        std::io::Write::write_all(chat.stdin.as_mut().unwrap(), format!("{line}\n").as_bytes())
+            .unwrap();
+        let mut reply = String::new();
+        std::io::BufRead::read_line(&mut replies, &mut reply).unwrap();
+        reply.trim().to_string()
+    };
+    let first = say("one");
+    let at = first
+        .strip_prefix("at=")
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(first.ends_with(" one"), "{first}");
+    let left = if at == "10.77.0.21" {
+        "10.77.0.22"
+    } else {
+        "10.77.0.21"
+    };
+    std::fs::write(
+        w.lab.speaker_config_path(1),
+        services(&format!("{{address: {left}}}")),
+    )
+    .unwrap();
+    wait_for_file(&w.lab.dir().join("node-1.log"), "configuration reloaded");
+    // Well past the 1 s drain.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(say("two"), format!("at={at} two"), "{}", w.logs());
+    let _ = chat.kill();
+    let _ = chat.wait();
+    let fresh = w.lab.exec_ok(
+        &w.client,
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket\ns=socket.create_connection(('{VIP}',7100),timeout=5)\ns.sendall(b'new\\n')\nprint(s.makefile('rb').readline().decode().strip())"
+            ),
+        ],
+    );
+    assert_eq!(fresh.trim(), format!("at={left} new"));
+}

@@ -4,9 +4,9 @@
 //! in a PROXY protocol header otherwise.
 //!
 //! [`plan`] decides the listeners (pure); [`Forwarder::apply`] makes the
-//! running ones match, keeping existing connections alive: a listener whose
-//! address moves away, or a backend that disappears, drains for
-//! [`Settings::drain`] before its connections are cut.
+//! running ones match, keeping existing connections alive: a connection
+//! outlives its backend's endpoint, and a listener whose address moves away
+//! drains for [`Settings::drain`] before its connections are cut.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -433,24 +433,4 @@ fn admitted(policy: &Policy, client: std::net::IpAddr) -> bool {
         v4 => v4,
     };
     policy.source_ranges.is_empty() || policy.source_ranges.iter().any(|r| r.contains(client))
-}
-
-/// Resolves once `backend` has been gone from the listener (or the listener
-/// stopped) for the drain period: the moment a connection to it is cut.
-async fn doomed(
-    mut state: watch::Receiver<Arc<Shared>>,
-    backend: Backend,
-    stop: CancellationToken,
-    drain: Duration,
-) {
-    loop {
-        if stop.is_cancelled() || !state.borrow_and_update().backends.contains(&backend) {
-            break;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            changed = state.changed() => if changed.is_err() { break },
-        }
-    }
-    tokio::time::sleep(drain).await;
 }

@@ -15,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::metrics::{Direction, Refusal, ServiceLabels, Timeout, TimeoutLabels};
-use super::{
-    Activity, Context, Settings, Shared, admitted, doomed, proxy_header, transparent_socket,
-};
+use super::{Activity, Context, Settings, Shared, admitted, proxy_header, transparent_socket};
 use crate::ipam::ServiceKey;
 
 pub(super) async fn serve(
@@ -75,7 +73,6 @@ pub(super) async fn serve(
             Listener {
                 shared: shared.clone(),
                 counters: counters.clone(),
-                state: state.clone(),
                 stop: stop.clone(),
                 ctx: ctx.clone(),
             },
@@ -218,7 +215,6 @@ fn reset(stream: TcpStream) {
 struct Listener {
     shared: Arc<Shared>,
     counters: Arc<TcpCounters>,
-    state: watch::Receiver<Arc<Shared>>,
     stop: CancellationToken,
     ctx: Arc<Context>,
 }
@@ -267,7 +263,6 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
     let Listener {
         shared,
         counters,
-        state,
         stop,
         ctx,
     } = listener;
@@ -309,7 +304,13 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
     }
     counters.connections.inc();
     counters.active.inc();
-    let cut = doomed(state, backend.clone(), stop, ctx.settings.drain);
+    // A connection outlives its backend's endpoint (the pod may still be
+    // terminating, as through kube-proxy's NAT); only its listener going away
+    // cuts it, after the drain period.
+    let cut = async {
+        stop.cancelled().await;
+        tokio::time::sleep(ctx.settings.drain).await;
+    };
     let outcome = tokio::select! {
         r = pipe(&client, &upstream, &ctx.settings, &counters) => r,
         _ = cut => Err(std::io::Error::other("drained")),

@@ -9,6 +9,12 @@
   peer.py slowaccept HOST PORT PAUSE  TCP as serve, but with a backlog of 128 and
                                       no accept for PAUSE seconds: SYNs beyond
                                       the backlog are dropped meanwhile
+  peer.py misbehave HOST PORT HOW     TCP backends that misbehave: "reset" sends
+                                      1000 bytes, then resets; "silent" accepts
+                                      and never reads or answers
+  peer.py lines HOST PORT             TCP: answer each line with "at=<own ip> <line>"
+  peer.py outcome HOST PORT           send a line, read to the end: print
+                                      "bytes=<n> end=eof|reset|timeout after=<s>"
   peer.py flood HOST PORT COUNT RATE  UDP from COUNT spoofed sources (10.200.0.0
                                       upward, one datagram each, raw socket),
                                       RATE a second (0: as fast as possible)
@@ -140,6 +146,57 @@ def slowaccept(host, port, pause):
         threading.Thread(target=answer, args=(c, peer), daemon=True).start()
 
 
+def misbehave(host, port, how):
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((host, port))
+    t.listen(128)
+    held = []
+    while True:
+        c, _ = t.accept()
+        if how == "reset":
+            c.sendall(b"x" * 1000)
+            time.sleep(0.3)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        else:
+            held.append(c)
+
+
+def lines(host, port):
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((host, port))
+    t.listen(128)
+
+    def one(c):
+        with c, c.makefile("rb") as f:
+            for line in f:
+                c.sendall(b"at=%s %s" % (host.encode(), line))
+
+    while True:
+        c, _ = t.accept()
+        threading.Thread(target=one, args=(c,), daemon=True).start()
+
+
+def outcome(host, port):
+    s = socket.create_connection((host, port), timeout=5)
+    s.settimeout(10)
+    start, n, end = time.time(), 0, "eof"
+    s.sendall(b"hello\n")
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            n += len(chunk)
+    except ConnectionResetError:
+        end = "reset"
+    except socket.timeout:
+        end = "timeout"
+    print("bytes=%d end=%s after=%.1f" % (n, end, time.time() - start))
+
+
 def flood(host, port, count, rate):
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     first = struct.unpack("!I", socket.inet_aton("10.200.0.0"))[0]
@@ -175,5 +232,11 @@ if __name__ == "__main__":
         fetch(args[0], int(args[1]))
     elif cmd == "slowaccept":
         slowaccept(args[0], int(args[1]), float(args[2]))
+    elif cmd == "misbehave":
+        misbehave(args[0], int(args[1]), args[2])
+    elif cmd == "lines":
+        lines(args[0], int(args[1]))
+    elif cmd == "outcome":
+        outcome(args[0], int(args[1]))
     elif cmd == "flood":
         flood(args[0], int(args[1]), int(args[2]), float(args[3]))
