@@ -28,6 +28,7 @@ pub mod controller;
 pub mod demo;
 pub mod election;
 pub mod forwarder;
+pub mod handover;
 pub mod http;
 pub mod ipam;
 pub mod l2;

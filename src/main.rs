@@ -132,6 +132,12 @@ struct SpeakerArgs {
     /// (without --static).
     #[arg(long, default_value_t = ironlb::speaker::DEFAULT_REANNOUNCE_SECONDS)]
     reannounce_seconds: u64,
+    /// Unix socket where this speaker passes its sockets to a new speaker on
+    /// the same node (an upgrade), and where it first asks an older one for
+    /// its own: forwarded connections then survive the upgrade. Off when
+    /// not given.
+    #[arg(long, env = "HANDOVER_SOCKET")]
+    handover_socket: Option<PathBuf>,
     #[command(flatten)]
     forward: ForwardArgs,
 }
@@ -370,9 +376,33 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
             .trim()
             .to_string()
     };
-    let listener = ironlb::http::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    // Before binding anything: an older speaker of this node may hold the
+    // ports, and pass them on.
+    let mut handover = match &args.handover_socket {
+        Some(path) => Some(ironlb::handover::Handover {
+            path: path.clone(),
+            taken: ironlb::handover::take_over(path)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot take over from the previous speaker; starting afresh"))
+                .ok()
+                .flatten(),
+        }),
+        None => None,
+    };
+    let listener = match handover
+        .as_mut()
+        .and_then(|h| h.taken.as_mut())
+        .and_then(|t| t.metrics.take())
+    {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)?
+        }
+        None => ironlb::http::bind(args.metrics_addr)
+            .await
+            .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?,
+    };
     if let Some(file) = &args.static_file {
         let config = ironlb::speaker::StaticConfig::load(file)?;
         let node = args
@@ -385,6 +415,7 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
             node,
             Some(listener),
             shutdown_on_signal(),
+            handover,
         )
         .await?;
         return Ok(());
@@ -423,6 +454,7 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
         args.default_class,
         Some(listener),
         shutdown_on_signal(),
+        handover,
     )
     .await?;
     Ok(())

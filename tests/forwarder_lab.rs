@@ -1699,3 +1699,248 @@ fn a_connection_outlives_its_endpoint_until_it_ends() {
     );
     assert_eq!(fresh.trim(), format!("at={left} new"));
 }
+
+/// An upgrade: a new speaker starts beside the old one on the owner's node
+/// (a DaemonSet with `maxSurge: 1`), takes its sockets over, and the old one
+/// is terminated. A long transfer goes on through it with its checksum
+/// intact, a UDP exchange gets every answer, nothing is reset, the node keeps
+/// its address throughout (the other node never announces it), and the old
+/// speaker exits once its connection is done, leaving the address and the
+/// filter in place for its successor.
+#[test]
+fn an_upgrade_hands_the_sockets_over_and_resets_no_connection() {
+    let Some(mut w) = world("handover", 2) else {
+        return;
+    };
+    let size = 8 * 1024 * 1024;
+    let tcp_be = w.backend_host("s1", "p1s", "10.77.0.21");
+    let sent = w.lab.dir().join("sent.log");
+    w.lab.spawn(
+        &tcp_be,
+        "python3",
+        &[
+            &peer(),
+            "stream",
+            "10.77.0.21",
+            "9000",
+            &size.to_string(),
+            sent.to_str().unwrap(),
+        ],
+        &w.lab.dir().join("s1.out"),
+    );
+    w.wait_listening(&tcp_be, 9000);
+    let udp_be = w.backend_host("u1", "p1u", "10.77.0.22");
+    w.peer_server(&udp_be, "10.77.0.22", 6000);
+    let services = "  - name: bulk\n    address: 10.77.0.100\n    ports: [{port: 9000}]\n    endpoints: [{address: 10.77.0.21}]\n\
+                    \x20 - name: game\n    address: 10.77.0.100\n    ports: [{port: 7777, protocol: UDP, targetPort: 6000}]\n    endpoints: [{address: 10.77.0.22}]\n";
+    let start = |w: &mut World, i: usize, log: &str| {
+        let config = w.config(i, services);
+        let path = w.lab.speaker_config_path(i);
+        std::fs::write(&path, config).unwrap();
+        let socket = w.lab.dir().join(format!("handover-{i}.sock"));
+        let ns = w.nodes[i - 1].clone();
+        let log = w.lab.dir().join(log);
+        w.lab.spawn(
+            &ns,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &[
+                "speaker",
+                "--static",
+                path.to_str().unwrap(),
+                "--handover-socket",
+                socket.to_str().unwrap(),
+            ],
+            &log,
+        )
+    };
+    let first = start(&mut w, 1, "node-1.log");
+    let second = start(&mut w, 2, "node-2.log");
+    let owner = support::netns::expected_owner(&["node-1", "node-2"], VIP);
+    let (o, other) = if owner == "node-1" { (1, 2) } else { (2, 1) };
+    let old = if o == 1 { first } else { second };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !w.udp(&w.client, VIP, 7777, "hi").contains("got=hi") {
+        assert!(Instant::now() < deadline, "never answered:\n{}", w.logs());
+    }
+    let transfer = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &w.client,
+            "python3",
+            &peer(),
+            "fetch",
+            VIP,
+            "9000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A datagram every 50 ms for 5 s, each answered within a second.
+    let exchange = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &w.client,
+            "python3",
+            "-c",
+            &format!(
+                "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(1)\nok=0\n\
+                 for i in range(100):\n  s.sendto(b'd%d'%i,('{VIP}',7777))\n  try:\n    ok+=b'got=d%d'%i in s.recvfrom(65535)[0]\n  except OSError: pass\n  time.sleep(0.05)\n\
+                 print('answered',ok,'of',100)"
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let new = start(&mut w, o, &format!("node-{o}-new.log"));
+    let new_log = w.lab.dir().join(format!("node-{o}-new.log"));
+    let text = wait_for_file(&new_log, "took over the sockets");
+    assert!(
+        text.contains("took over the sockets"),
+        "{text}\n{}",
+        w.logs()
+    );
+    // Kubernetes terminates the old pod once the new one is ready.
+    let old_pid = w.lab.pid(old).to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &old_pid])
+        .output();
+
+    let received = transfer.wait_with_output().unwrap();
+    let received = String::from_utf8_lossy(&received.stdout).trim().to_string();
+    let sent = wait_for_file(&sent, " ");
+    assert_eq!(received, sent.trim(), "the transfer broke:\n{}", w.logs());
+    assert!(received.starts_with(&format!("{size} ")), "{received}");
+    let exchange = exchange.wait_with_output().unwrap();
+    let exchange = String::from_utf8_lossy(&exchange.stdout);
+    assert_eq!(exchange.trim(), "answered 100 of 100", "{}", w.logs());
+
+    // The old speaker exits once its connection is done, well before the
+    // 30 s drain.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(format!("/proc/{old_pid}")).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{old_pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(Instant::now() < deadline, "the old speaker never exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let old_log = std::fs::read_to_string(w.lab.dir().join(format!("node-{o}.log"))).unwrap();
+    assert!(
+        old_log.contains("speaker stopped after handing over"),
+        "{old_log}"
+    );
+    // The node kept its address: the other node never announced it, and the
+    // address and the filter are still there for the new speaker.
+    let other_log =
+        plain(&std::fs::read_to_string(w.lab.dir().join(format!("node-{other}.log"))).unwrap());
+    assert!(
+        !other_log
+            .lines()
+            .any(|l| l.contains("announcing") && l.contains(&format!("address={VIP} "))),
+        "node-{other} announced {VIP} during the upgrade:\n{other_log}"
+    );
+    assert!(
+        other_log
+            .lines()
+            .filter(|l| l.contains("membership members="))
+            .all(|l| l.contains(&format!("\"node-{o}\""))),
+        "node-{other} saw node-{o} leave:\n{other_log}"
+    );
+    let node = w.nodes[o - 1].clone();
+    let lo = w
+        .lab
+        .exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    assert!(lo.contains(&format!("inet {VIP}/32")), "{lo}");
+    w.lab
+        .exec_ok(&node, &["nft", "list", "table", "inet", "ironlb"]);
+    let again = w.udp(&w.client, VIP, 7777, "after");
+    assert!(again.contains("got=after"), "{again}");
+    let _ = new;
+}
+
+/// A log without its colours.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A speaker stopped with no successor (SIGTERM) leaves the group and
+/// withdraws at once, but keeps its address until the transfer in flight is
+/// done (up to the drain period), then removes it and exits.
+#[test]
+fn a_stopped_speaker_lets_a_transfer_in_flight_finish() {
+    let Some(mut w) = world("stop_drains", 1) else {
+        return;
+    };
+    let size = 8 * 1024 * 1024;
+    let be = w.backend_host("s1", "p1s", "10.77.0.21");
+    let sent = w.lab.dir().join("sent.log");
+    w.lab.spawn(
+        &be,
+        "python3",
+        &[
+            &peer(),
+            "stream",
+            "10.77.0.21",
+            "9000",
+            &size.to_string(),
+            sent.to_str().unwrap(),
+        ],
+        &w.lab.dir().join("s1.out"),
+    );
+    w.wait_listening(&be, 9000);
+    let speaker = w.speaker(
+        1,
+        &format!("  - name: bulk\n    address: {VIP}\n    ports: [{{port: 9000}}]\n    endpoints: [{{address: 10.77.0.21}}]\n"),
+    );
+    wait_for_file(&w.lab.dir().join("node-1.log"), "listening");
+    let transfer = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &w.client,
+            "python3",
+            &peer(),
+            "fetch",
+            VIP,
+            "9000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let stopped = Instant::now();
+    w.lab.terminate(speaker);
+    let waited = stopped.elapsed();
+    let received = transfer.wait_with_output().unwrap();
+    let received = String::from_utf8_lossy(&received.stdout).trim().to_string();
+    let sent = wait_for_file(&sent, " ");
+    assert_eq!(received, sent.trim(), "the transfer broke:\n{}", w.logs());
+    let log = plain(&std::fs::read_to_string(w.lab.dir().join("node-1.log")).unwrap());
+    assert!(log.contains("connections drained"), "{log}");
+    assert!(
+        waited > Duration::from_secs(1) && waited < Duration::from_secs(20),
+        "the speaker exited after {waited:?}, not when the transfer ended"
+    );
+    let node = w.nodes[0].clone();
+    let lo = w
+        .lab
+        .exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
+    assert!(!lo.contains(VIP), "{lo}");
+}

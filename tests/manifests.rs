@@ -204,3 +204,39 @@ fn the_vagrantfile_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An upgrade runs the new speaker beside the old one on each node so it can
+/// take the old one's sockets: the DaemonSet surges one pod and never takes
+/// one away first, declares no host ports (the scheduler would keep the surge
+/// pod off the node), shares the hand-over socket's directory, and gives the
+/// old pod time to drain.
+#[test]
+fn the_speaker_daemonset_upgrades_by_handing_sockets_over() {
+    let text = std::fs::read_to_string(root().join("deploy/speaker.yaml")).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    for want in [
+        "maxSurge: 1",
+        "maxUnavailable: 0",
+        "value: /run/ironlb/handover.sock",
+        "mountPath: /run/ironlb",
+        "path: /run/ironlb",
+    ] {
+        assert!(lines.contains(&want), "speaker.yaml lacks {want:?}");
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("containerPort:") || l.starts_with("hostPort:")),
+        "host ports keep the surge pod off the node"
+    );
+    let grace: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("terminationGracePeriodSeconds: "))
+        .and_then(|v| v.parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    let drain = ironlb::forwarder::Settings::default().drain.as_secs();
+    assert!(
+        grace > drain,
+        "grace {grace} s must outlast the {drain} s drain"
+    );
+}

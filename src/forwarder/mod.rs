@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,6 +210,8 @@ struct NodeLimits {
 struct Running {
     state: watch::Sender<Arc<Shared>>,
     stop: CancellationToken,
+    /// The listening socket, for a successor to take over.
+    socket: OwnedFd,
 }
 
 /// A listener that could not start.
@@ -232,6 +235,9 @@ pub struct Forwarder {
     metrics: metrics::Metrics,
     node: NodeLimits,
     running: BTreeMap<(SocketAddr, Protocol), Running>,
+    /// Listening sockets taken over from a predecessor, used instead of new
+    /// ones when their listener starts.
+    inherited: BTreeMap<(SocketAddr, Protocol), OwnedFd>,
 }
 
 impl Forwarder {
@@ -245,6 +251,7 @@ impl Forwarder {
             settings,
             metrics,
             running: BTreeMap::new(),
+            inherited: BTreeMap::new(),
         }
     }
 
@@ -296,6 +303,33 @@ impl Forwarder {
         errors
     }
 
+    /// Uses `sockets`, a predecessor's listening sockets, for the listeners
+    /// they match: their queues and the connections waiting in them carry
+    /// over.
+    pub fn inherit(&mut self, sockets: BTreeMap<(SocketAddr, Protocol), OwnedFd>) {
+        self.inherited = sockets;
+    }
+
+    /// Closes the inherited sockets no listener took (Services gone since).
+    pub fn forget_inherited(&mut self) {
+        self.inherited.clear();
+    }
+
+    /// The running listeners' sockets, for a successor.
+    pub fn sockets(&self) -> Vec<((SocketAddr, Protocol), BorrowedFd<'_>)> {
+        self.running
+            .iter()
+            .map(|(key, r)| (*key, r.socket.as_fd()))
+            .collect()
+    }
+
+    /// TCP connections and UDP flows open now, over every listener, stopped
+    /// ones included.
+    pub fn in_use(&self) -> usize {
+        (self.settings.max_connections_total - self.node.connections.available_permits())
+            + (self.settings.max_flows_total - self.node.flows.available_permits())
+    }
+
     /// Stops every listener; connections drain as on any stop.
     pub fn stop_all(&mut self) {
         for r in self.running.values() {
@@ -304,7 +338,7 @@ impl Forwarder {
         self.running.clear();
     }
 
-    fn start(&self, l: &Listener, shared: Shared) -> std::io::Result<Running> {
+    fn start(&mut self, l: &Listener, shared: Shared) -> std::io::Result<Running> {
         let (state, rx) = watch::channel(Arc::new(shared));
         let stop = CancellationToken::new();
         let ctx = Arc::new(Context {
@@ -315,7 +349,15 @@ impl Forwarder {
             node: self.node.clone(),
             sources: tcp::Sources::default(),
         });
-        let socket = bound_socket(l.address, l.protocol)?;
+        let socket = match self.inherited.remove(&(l.address, l.protocol)) {
+            Some(fd) => {
+                let socket = Socket::from(fd);
+                socket.set_nonblocking(true)?;
+                socket
+            }
+            None => bound_socket(l.address, l.protocol)?,
+        };
+        let kept = socket.try_clone()?.into();
         match l.protocol {
             Protocol::Tcp => {
                 // Accepted sockets inherit it: no setsockopt per connection.
@@ -329,7 +371,11 @@ impl Forwarder {
                 tokio::spawn(udp::serve(socket, rx, stop.clone(), ctx));
             }
         }
-        Ok(Running { state, stop })
+        Ok(Running {
+            state,
+            stop,
+            socket: kept,
+        })
     }
 }
 

@@ -15,7 +15,9 @@ use crate::api::annotations::ProxyVersion;
 use crate::ipam::ServiceKey;
 
 /// A transport protocol the forwarder carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
     /// TCP.
     Tcp,

@@ -38,6 +38,11 @@ struct Flow {
     _slot: OwnedSemaphorePermit,
 }
 
+/// A stopped listener's flow ends after this long without a datagram: its
+/// client's next datagrams go to the listener's successor or new owner, so
+/// only the backend's last replies are waited for.
+const STOPPED_FLOW_IDLE: Duration = Duration::from_secs(5);
+
 /// A flow's first reply, as the reply task reports it: the client, and the
 /// flow's id.
 type Answered = (SocketAddr, u64);
@@ -77,10 +82,7 @@ pub(super) async fn serve(
         let (n, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             _ = sweep.tick() => {
-                flows.retain(|_, f, answered| {
-                    let idle = if answered { udp_idle } else { unanswered_idle };
-                    f.activity.last().elapsed() < idle
-                });
+                expire(&mut flows, udp_idle, unanswered_idle);
                 if let Some(c) = &counters {
                     c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
                 }
@@ -162,10 +164,40 @@ pub(super) async fn serve(
             }
         }
     }
+    // Stopped: the flows open go on (their replies still leave from the
+    // listener's socket) until they are quiet for a few seconds or the drain
+    // period ends, as TCP connections do; a successor that took the socket
+    // over serves new datagrams meanwhile.
+    let drained = tokio::time::sleep(ctx.settings.drain);
+    tokio::pin!(drained);
+    let quiet = STOPPED_FLOW_IDLE.min(udp_idle);
+    let mut sweep = tokio::time::interval(Duration::from_millis(500));
+    while !flows.is_empty() {
+        tokio::select! {
+            _ = &mut drained => break,
+            _ = sweep.tick() => expire(&mut flows, quiet, quiet),
+        }
+    }
     flows.clear();
     if let Some(c) = &counters {
         c.flows.set(0);
     }
+}
+
+/// Forgets the flows idle for longer than their timeout.
+fn expire(
+    flows: &mut FlowTable<SocketAddr, Flow>,
+    answered_idle: Duration,
+    unanswered_idle: Duration,
+) {
+    flows.retain(|_, f, answered| {
+        let idle = if answered {
+            answered_idle
+        } else {
+            unanswered_idle
+        };
+        f.activity.last().elapsed() < idle
+    });
 }
 
 /// Removes one flow of `flows` to make room; whether there was one.

@@ -107,6 +107,10 @@ pub struct Config {
     pub probe_rtt: Duration,
     /// How long a suspected speaker has to refute before it is declared down.
     pub suspect_to_down_after: Duration,
+    /// The identity's generation to keep, when taking over from an earlier
+    /// speaker of this node that never left (see [`crate::handover`]); else
+    /// a new one, the start time.
+    pub generation: Option<u32>,
 }
 
 impl Config {
@@ -120,6 +124,7 @@ impl Config {
             probe_period: Duration::from_millis(100),
             probe_rtt: Duration::from_millis(40),
             suspect_to_down_after: Duration::from_millis(300),
+            generation: None,
         }
     }
 
@@ -490,6 +495,7 @@ pub struct Membership {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     local: SocketAddr,
+    generation: u32,
 }
 
 impl Membership {
@@ -505,10 +511,20 @@ impl Membership {
         let counters = Arc::new(Counters::default());
         let stop = CancellationToken::new();
         let (join, joins) = mpsc::unbounded_channel();
+        // A fresh identity per start: the generation is the start time, so it
+        // also wins over any earlier incarnation at this address.
+        let generation = config
+            .generation
+            .unwrap_or_else(|| u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX));
+        let me = Peer {
+            node: config.node.clone(),
+            addr: local,
+            generation,
+        };
         let task = tokio::spawn(run(
             socket,
             config,
-            local,
+            me,
             Channels {
                 members: tx,
                 health: health_tx,
@@ -527,7 +543,13 @@ impl Membership {
             stop,
             task,
             local,
+            generation,
         })
+    }
+
+    /// This member's identity generation.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// The nodes alive now (this one included); changes as the group does.
@@ -598,7 +620,7 @@ const HEALTH_REPEAT: Duration = Duration::from_secs(5);
 async fn run(
     socket: UdpSocket,
     config: Config,
-    local: SocketAddr,
+    me: Peer,
     channels: Channels,
     counters: Arc<Counters>,
     stop: CancellationToken,
@@ -609,13 +631,7 @@ async fn run(
         mut own,
         mut joins,
     } = channels;
-    // A fresh identity per start: the generation is the start time, so it
-    // also wins over any earlier incarnation at this address.
-    let me = Peer {
-        node: config.node.clone(),
-        addr: local,
-        generation: u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX),
-    };
+    let local = me.addr;
     let seed = config.node.bytes().fold(u64::from(local.port()), |h, b| {
         h.rotate_left(5) ^ u64::from(b)
     });

@@ -208,6 +208,47 @@ impl Executor {
         });
     }
 
+    /// Uses a predecessor's listening sockets for the listeners they match.
+    pub fn inherit(
+        &mut self,
+        sockets: BTreeMap<
+            (std::net::SocketAddr, crate::forwarder::plan::Protocol),
+            std::os::fd::OwnedFd,
+        >,
+    ) {
+        self.forwarding.forwarder.inherit(sockets);
+    }
+
+    /// Closes the inherited sockets no listener took.
+    pub fn forget_inherited(&mut self) {
+        self.forwarding.forwarder.forget_inherited();
+    }
+
+    /// The running listeners' sockets, for a successor.
+    pub fn listener_sockets(
+        &self,
+    ) -> Vec<(
+        (std::net::SocketAddr, crate::forwarder::plan::Protocol),
+        std::os::fd::BorrowedFd<'_>,
+    )> {
+        self.forwarding.forwarder.sockets()
+    }
+
+    /// Stops accepting: every listener stops, and the connections and flows
+    /// open go on until they end or the drain period is over. Nothing on the
+    /// node changes.
+    pub fn stop_accepting(&mut self) {
+        self.forwarding.forwarder.stop_all();
+    }
+
+    /// Waits until no connection or flow is open, or `limit` has passed.
+    pub async fn drained(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.forwarding.forwarder.in_use() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops every burst, listener and announcer, and removes what was added
     /// to the node.
     pub async fn stop(&mut self) {

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,28 +90,57 @@ pub struct Sources {
 /// it is tried again (a change of the interface tries it at once).
 const BROKEN_RETRY: Duration = Duration::from_secs(5);
 
-/// Runs a speaker until `shutdown`, then withdraws every address and leaves
-/// the group. When a source goes quiet (an unreachable API server), its last
-/// view stands and failover goes on.
+/// Runs a speaker until `shutdown`, then leaves the group, withdraws every
+/// address, and lets open connections finish (up to the drain period) before
+/// it removes what it added to the node. When a source goes quiet (an
+/// unreachable API server), its last view stands and failover goes on.
+///
+/// With `handover`, it starts from the sockets its predecessor on this node
+/// passed (if any), and passes its own to a successor that asks: then it
+/// exits without withdrawing anything, once its connections are done
+/// ([`crate::handover`]).
 pub async fn run(
     speaker: Speaker,
     sources: Sources,
     http: Option<tokio::net::TcpListener>,
     report: Option<mpsc::UnboundedSender<Report>>,
     shutdown: CancellationToken,
+    handover: Option<crate::handover::Handover>,
 ) -> std::io::Result<()> {
     let Speaker {
         node,
         listen,
-        gossip,
+        mut gossip,
         timing,
         forwarding,
     } = speaker;
+    let (offer_at, mut taken) = match handover {
+        Some(h) => (Some(h.path), h.taken),
+        None => (None, None),
+    };
     let Sources {
         mut desired,
         cluster,
     } = sources;
-    let socket = UdpSocket::bind(listen).await?;
+    let socket = match taken.as_mut().and_then(|t| t.gossip.take()) {
+        Some(fd) => {
+            let socket = std::net::UdpSocket::from(fd);
+            socket.set_nonblocking(true)?;
+            UdpSocket::from_std(socket)?
+        }
+        None => UdpSocket::bind(listen).await?,
+    };
+    if let Some(t) = &taken {
+        // The same member to the group: its peers see no change.
+        gossip.generation = Some(t.generation);
+    }
+    // Kept to pass on to a successor.
+    let gossip_fd = socket.as_fd().try_clone_to_owned()?;
+    let http_fd = http
+        .as_ref()
+        .map(|l| l.as_fd().try_clone_to_owned())
+        .transpose()?;
+    let http_stop = shutdown.child_token();
     let mut has_seeds = !gossip.seeds.is_empty();
     let discover_seeds = !has_seeds && cluster;
     // Refused before waiting for the cluster view, not minutes later.
@@ -121,7 +151,7 @@ pub async fn run(
         tokio::spawn(crate::http::serve(
             listener,
             metrics.clone(),
-            shutdown.clone(),
+            http_stop.clone(),
         ));
     }
     let mut links = crate::netlink::watch_links(shutdown.clone())
@@ -139,8 +169,13 @@ pub async fn run(
             changed = desired.changed() => if changed.is_err() { return Ok(()) },
         }
     }
+    if let Some(t) = &taken {
+        // The predecessor stops gossiping only now, so the group hears from
+        // this node without a gap.
+        t.gossip_turn()?;
+    }
     let membership = Membership::start(socket, gossip)?;
-    info!(%node, %listen, "speaker started");
+    info!(%node, %listen, took_over = taken.is_some(), "speaker started");
     metrics.register_membership(membership.counters());
     let mut members = membership.members();
     let mut health = membership.health();
@@ -178,7 +213,21 @@ pub async fn run(
         reserved,
     };
     let mut state = transition::State::default();
+    let drain = forwarding.drain;
     let mut executor = Executor::new(timing, forwarding, metrics.clone(), report);
+    if let Some(t) = taken.as_mut() {
+        executor.inherit(std::mem::take(&mut t.listeners));
+    }
+    let mut offer = match offer_at.as_deref().map(crate::handover::Offer::listen) {
+        Some(Ok(offer)) => Some(offer),
+        Some(Err(e)) => {
+            warn!(error = %e, "cannot offer this speaker's sockets to a successor; an upgrade will reset connections");
+            None
+        }
+        None => None,
+    };
+    let mut successor: Option<crate::handover::Successor> = None;
+    let mut handing_over = false;
     let mut faults = Faults::default();
     let mut broken: BTreeMap<String, (u32, String, Instant)> = BTreeMap::new();
     let reannounce = (!timing.reannounce.is_zero()).then_some(timing.reannounce);
@@ -219,6 +268,13 @@ pub async fn run(
             next_reannounce = tokio::time::Instant::now() + timing.reannounce;
         }
         let outcome = executor.run(effects, Some(&membership)).await;
+        if let Some(t) = taken.take() {
+            // Listening on everything the predecessor did that is still
+            // wanted: it may stop accepting.
+            executor.forget_inherited();
+            t.ready();
+            info!("took over the sockets of the previous speaker on this node");
+        }
         let mut again = false;
         for (ip, problems) in outcome.failed {
             again |= faults.fail(ip, problems, now);
@@ -244,7 +300,10 @@ pub async fn run(
         .min()
         .map(tokio::time::Instant::from_std);
         cause = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            // A successor holds this speaker's sockets: stopping now would
+            // withdraw its addresses under it. The kubelet's SIGTERM (the
+            // new pod looked ready) waits for the successor's next word.
+            _ = shutdown.cancelled(), if successor.is_none() => break,
             changed = members.changed() => {
                 if changed.is_err() {
                     warn!("membership ended");
@@ -265,14 +324,92 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(next_reannounce), if reannounce.is_some() => Cause::Reannounce,
             _ = sleep_until_some(wake) => Cause::View,
+            Some(mut next) = next_successor(&mut offer), if successor.is_none() => {
+                let mut sockets = vec![(crate::handover::Kind::Gossip, gossip_fd.as_fd())];
+                if let Some(fd) = &http_fd {
+                    sockets.push((crate::handover::Kind::Metrics, fd.as_fd()));
+                }
+                sockets.extend(executor.listener_sockets().into_iter().map(
+                    |((address, protocol), fd)| {
+                        (crate::handover::Kind::Listener { address, protocol }, fd)
+                    },
+                ));
+                match next.give(membership.generation(), &sockets) {
+                    Ok(()) => {
+                        info!(sockets = sockets.len(), "a new speaker on this node took this one's sockets");
+                        successor = Some(next);
+                    }
+                    Err(e) => warn!(error = %e, "cannot hand the sockets over to a new speaker"),
+                }
+                Cause::View
+            }
+            said = said(&mut successor) => match said {
+                crate::handover::Said::Gossip => {
+                    handing_over = true;
+                    break;
+                }
+                _ => {
+                    warn!("the new speaker went away before it took over; this one carries on");
+                    successor = None;
+                    Cause::View
+                }
+            },
         };
     }
-    let effects = transition::stop(&mut state);
-    executor.run(effects, None).await;
-    executor.stop().await;
+    if let (true, Some(mut next)) = (handing_over, successor) {
+        // The successor is this member now: no leave, no withdrawal.
+        membership.abort();
+        next.gossip_stopped();
+        let ready = next.said().await == crate::handover::Said::Ready;
+        if !ready {
+            warn!(
+                "the new speaker went away before it was ready; its connections drain, then this one exits to be restarted"
+            );
+        }
+        http_stop.cancel();
+        executor.stop_accepting();
+        info!("handed over to the new speaker; open connections drain");
+        executor.drained(drain).await;
+        info!("speaker stopped after handing over; addresses stay with its successor");
+        return if ready {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                "the new speaker went away during the hand-over",
+            ))
+        };
+    }
+    // Leave first, so the others take the addresses over at once, then let
+    // the connections open finish while the addresses are still here.
     membership.leave().await;
-    info!("speaker stopped: addresses withdrawn, left the group");
+    let (cleanup, withdraw): (Vec<Effect>, Vec<Effect>) = transition::stop(&mut state)
+        .into_iter()
+        .partition(|e| matches!(e, Effect::Forward { .. }));
+    executor.run(withdraw, None).await;
+    executor.stop_accepting();
+    executor.drained(drain).await;
+    executor.run(cleanup, None).await;
+    executor.stop().await;
+    info!("speaker stopped: left the group, addresses withdrawn, connections drained");
     Ok(())
+}
+
+/// The next successor to connect, or never without an offer.
+async fn next_successor(
+    offer: &mut Option<crate::handover::Offer>,
+) -> Option<crate::handover::Successor> {
+    match offer {
+        Some(offer) => offer.successor().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the successor says next, or never without one.
+async fn said(successor: &mut Option<crate::handover::Successor>) -> crate::handover::Said {
+    match successor {
+        Some(s) => s.said().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The kubelet's port.

@@ -24,6 +24,7 @@ pub async fn run_static(
     node: String,
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
+    handover: Option<crate::handover::Handover>,
 ) -> std::io::Result<()> {
     let desired_of = |c: &StaticConfig| Desired {
         announcements: c.announcements(),
@@ -77,7 +78,7 @@ pub async fn run_static(
         desired,
         cluster: false,
     };
-    super::run(speaker, sources, http, None, shutdown).await
+    super::run(speaker, sources, http, None, shutdown, handover).await
 }
 
 /// Runs a speaker whose view comes from the cluster: Services with addresses,
@@ -90,6 +91,7 @@ pub async fn run_kubernetes(
     default_class: bool,
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
+    handover: Option<crate::handover::Handover>,
 ) -> std::io::Result<()> {
     use crate::api::{IPAddressPool, L2Advertisement};
     use crate::controller::cache;
@@ -160,7 +162,7 @@ pub async fn run_kubernetes(
         desired,
         cluster: true,
     };
-    let result = super::run(speaker, sources, http, Some(report_tx), shutdown).await;
+    let result = super::run(speaker, sources, http, Some(report_tx), shutdown, handover).await;
     // The last reports (withdrawals) go out before the process ends, if the
     // API server answers in time.
     let _ = tokio::time::timeout(Duration::from_secs(3), worker).await;
