@@ -173,7 +173,8 @@ pub async fn take_over(path: &Path) -> Result<Option<Takeover>, Error> {
         })
 }
 
-fn take_over_blocking(path: &Path) -> Result<Option<Takeover>, Error> {
+/// A message socket (blocking) and the address of `path`.
+fn seqpacket(path: &Path) -> Result<(OwnedFd, SocketAddrUnix), Error> {
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -182,6 +183,11 @@ fn take_over_blocking(path: &Path) -> Result<Option<Takeover>, Error> {
     )
     .map_err(io("opening a socket for", path))?;
     let addr = SocketAddrUnix::new(path).map_err(io("naming", path))?;
+    Ok((fd, addr))
+}
+
+fn take_over_blocking(path: &Path) -> Result<Option<Takeover>, Error> {
+    let (fd, addr) = seqpacket(path)?;
     match rustix::net::connect(&fd, &addr) {
         Ok(()) => {}
         Err(Errno::NOENT | Errno::CONNREFUSED) => return Ok(None),
@@ -275,14 +281,7 @@ impl Offer {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = std::fs::remove_file(path);
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io("opening a socket for", path))?;
-        let addr = SocketAddrUnix::new(path).map_err(io("naming", path))?;
+        let (fd, addr) = seqpacket(path)?;
         rustix::net::bind(&fd, &addr).map_err(io("binding", path))?;
         rustix::net::listen(&fd, 4).map_err(io("listening on", path))?;
         let (tx, successors) = mpsc::channel(1);

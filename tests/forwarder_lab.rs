@@ -60,6 +60,48 @@ impl World {
         self.wait_listening(ns, port);
     }
 
+    /// A host at `address` sending `size` bytes slowly (about 3 s) to each
+    /// connection on port 9000 (`peer.py stream`); returns the file where it
+    /// writes what it sent ("<len> <sha256>").
+    fn stream_backend(&mut self, short: &str, port: &str, address: &str, size: usize) -> PathBuf {
+        let ns = self.backend_host(short, port, address);
+        let sent = self.lab.dir().join(format!("sent-{address}.log"));
+        let log = self.lab.dir().join(format!("{short}.out"));
+        self.lab.spawn(
+            &ns,
+            "python3",
+            &[
+                &peer(),
+                "stream",
+                address,
+                "9000",
+                &size.to_string(),
+                sent.to_str().expect("utf-8 path"),
+            ],
+            &log,
+        );
+        self.wait_listening(&ns, 9000);
+        sent
+    }
+
+    /// `peer.py fetch` from the client to `VIP:9000`, in the background.
+    fn fetch(&self) -> std::process::Child {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client,
+                "python3",
+                &peer(),
+                "fetch",
+                VIP,
+                "9000",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn peer.py fetch")
+    }
+
     /// Waits until something in `ns` listens on TCP `port`.
     fn wait_listening(&self, ns: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -506,25 +548,9 @@ fn a_transfer_completes_when_its_endpoint_is_removed() {
         return;
     };
     let size = 8 * 1024 * 1024;
-    let sent_log = |addr: &str, w: &World| w.lab.dir().join(format!("sent-{addr}.log"));
+    let mut sent_logs = Vec::new();
     for (short, port, addr) in [("s1", "p1s", "10.77.0.21"), ("s2", "p2s", "10.77.0.22")] {
-        let ns = w.backend_host(short, port, addr);
-        let log = w.lab.dir().join(format!("{short}.out"));
-        let sent = sent_log(addr, &w);
-        w.lab.spawn(
-            &ns,
-            "python3",
-            &[
-                &peer(),
-                "stream",
-                addr,
-                "9000",
-                &size.to_string(),
-                sent.to_str().unwrap(),
-            ],
-            &log,
-        );
-        w.wait_listening(&ns, 9000);
+        sent_logs.push(w.stream_backend(short, port, addr, size));
     }
     let bulk = |endpoints: &str| {
         format!(
@@ -534,28 +560,12 @@ fn a_transfer_completes_when_its_endpoint_is_removed() {
     w.speaker(1, &bulk("{address: 10.77.0.21}, {address: 10.77.0.22}"));
     // No probe connection: the first connection goes to the first backend.
     wait_for_file(&w.lab.dir().join("node-1.log"), "listening");
-    let fetch = |w: &World| {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &w.client,
-                "python3",
-                &peer(),
-                "fetch",
-                VIP,
-                "9000",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
     let fetched = |child: std::process::Child| {
         let out = child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let started = Instant::now();
-    let transfer = fetch(&w);
+    let transfer = w.fetch();
     std::thread::sleep(Duration::from_millis(700));
     // Its endpoint leaves mid-transfer.
     std::fs::write(
@@ -565,7 +575,7 @@ fn a_transfer_completes_when_its_endpoint_is_removed() {
     .unwrap();
     wait_for_file(&w.lab.dir().join("node-1.log"), "configuration reloaded");
     let received = fetched(transfer);
-    let sent = wait_for_file(&sent_log("10.77.0.21", &w), " ");
+    let sent = wait_for_file(&sent_logs[0], " ");
     let outputs: String = ["s1.out", "s2.out", "sent-10.77.0.22.log"]
         .iter()
         .map(|f| {
@@ -587,8 +597,8 @@ fn a_transfer_completes_when_its_endpoint_is_removed() {
         "the transfer was not slow enough to overlap"
     );
     // New connections go to the endpoint that is left.
-    let again = fetched(fetch(&w));
-    let sent2 = wait_for_file(&sent_log("10.77.0.22", &w), " ");
+    let again = fetched(w.fetch());
+    let sent2 = wait_for_file(&sent_logs[1], " ");
     assert_eq!(again, sent2.trim());
 }
 
@@ -1713,22 +1723,7 @@ fn an_upgrade_hands_the_sockets_over_and_resets_no_connection() {
         return;
     };
     let size = 8 * 1024 * 1024;
-    let tcp_be = w.backend_host("s1", "p1s", "10.77.0.21");
-    let sent = w.lab.dir().join("sent.log");
-    w.lab.spawn(
-        &tcp_be,
-        "python3",
-        &[
-            &peer(),
-            "stream",
-            "10.77.0.21",
-            "9000",
-            &size.to_string(),
-            sent.to_str().unwrap(),
-        ],
-        &w.lab.dir().join("s1.out"),
-    );
-    w.wait_listening(&tcp_be, 9000);
+    let sent = w.stream_backend("s1", "p1s", "10.77.0.21", size);
     let udp_be = w.backend_host("u1", "p1u", "10.77.0.22");
     w.peer_server(&udp_be, "10.77.0.22", 6000);
     let services = "  - name: bulk\n    address: 10.77.0.100\n    ports: [{port: 9000}]\n    endpoints: [{address: 10.77.0.21}]\n\
@@ -1762,20 +1757,7 @@ fn an_upgrade_hands_the_sockets_over_and_resets_no_connection() {
     while !w.udp(&w.client, VIP, 7777, "hi").contains("got=hi") {
         assert!(Instant::now() < deadline, "never answered:\n{}", w.logs());
     }
-    let transfer = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &w.client,
-            "python3",
-            &peer(),
-            "fetch",
-            VIP,
-            "9000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let transfer = w.fetch();
     // A datagram every 50 ms for 5 s, each answered within a second.
     let exchange = std::process::Command::new("ip")
         .args([
@@ -1889,41 +1871,13 @@ fn a_stopped_speaker_lets_a_transfer_in_flight_finish() {
         return;
     };
     let size = 8 * 1024 * 1024;
-    let be = w.backend_host("s1", "p1s", "10.77.0.21");
-    let sent = w.lab.dir().join("sent.log");
-    w.lab.spawn(
-        &be,
-        "python3",
-        &[
-            &peer(),
-            "stream",
-            "10.77.0.21",
-            "9000",
-            &size.to_string(),
-            sent.to_str().unwrap(),
-        ],
-        &w.lab.dir().join("s1.out"),
-    );
-    w.wait_listening(&be, 9000);
+    let sent = w.stream_backend("s1", "p1s", "10.77.0.21", size);
     let speaker = w.speaker(
         1,
         &format!("  - name: bulk\n    address: {VIP}\n    ports: [{{port: 9000}}]\n    endpoints: [{{address: 10.77.0.21}}]\n"),
     );
     wait_for_file(&w.lab.dir().join("node-1.log"), "listening");
-    let transfer = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &w.client,
-            "python3",
-            &peer(),
-            "fetch",
-            VIP,
-            "9000",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let transfer = w.fetch();
     std::thread::sleep(Duration::from_millis(700));
     let stopped = Instant::now();
     w.lab.terminate(speaker);

@@ -83,6 +83,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn backends(n: u8) -> Vec<Backend> {
         (1..=n)
@@ -133,21 +134,6 @@ mod tests {
         );
         let without: Vec<_> = list.iter().filter(|x| **x != first).cloned().collect();
         assert_ne!(b.order(&without, client, ttl, t0)[0], first);
-    }
-}
-
-#[cfg(test)]
-mod bounded {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn backends(n: u8) -> Vec<Backend> {
-        (1..=n)
-            .map(|i| Backend {
-                address: format!("10.1.0.{i}:80").parse().unwrap(),
-                node: None,
-            })
-            .collect()
     }
 
     proptest! {

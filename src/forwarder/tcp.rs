@@ -166,6 +166,8 @@ struct AcceptBackoff {
     /// Failures since the last warning, and when it was logged.
     unreported: u64,
     warned: Option<Instant>,
+    /// Whether a warning awaits its "accepting again".
+    recovery_untold: bool,
 }
 
 impl AcceptBackoff {
@@ -183,6 +185,7 @@ impl AcceptBackoff {
                   "accept failed; this listener pauses until accepts succeed again");
             self.warned = Some(Instant::now());
             self.unreported = 0;
+            self.recovery_untold = true;
         }
         self.failures = self.failures.saturating_add(1);
         Self::FIRST
@@ -191,7 +194,7 @@ impl AcceptBackoff {
     }
 
     fn succeeded(&mut self, service: &ServiceKey) {
-        if self.failures > 0 && self.unreported == 0 && self.warned.is_some() {
+        if std::mem::take(&mut self.recovery_untold) {
             info!(%service, "accepting again");
         }
         self.failures = 0;
