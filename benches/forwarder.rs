@@ -25,8 +25,8 @@
 //! Throughput and short-connection figures are medians of
 //! `IRONLB_BENCH_ROUNDS` (default 3) interleaved rounds.
 //!
-//! `IRONLB_BENCH_SECONDS` (default 8) and `IRONLB_BENCH_IDLE` (default 9000)
-//! shrink it for a smoke run. The idle count stays under half the open-file
+//! `IRONLB_BENCH_SECONDS` (default 8), `IRONLB_BENCH_IDLE` (default 9000) and
+//! `IRONLB_BENCH_BURST` (default 9000) shrink it for a smoke run. The idle count stays under half the open-file
 //! hard limit (20,000 on the machines this was written on, and not raisable
 //! there): each proxied connection is two sockets in the proxy.
 
@@ -45,11 +45,12 @@ const PROXY: &str = "10.50.1.1";
 const VIP: &str = "10.50.1.100";
 const BACKEND: &str = "10.50.2.2";
 
-/// Ports on each proxy: iperf3, http (wrk and idle), udp echo.
+/// Ports on each proxy: iperf3, http (wrk and idle), udp echo, the burst.
 struct Ports {
     iperf: u16,
     http: u16,
     udp: Option<u16>,
+    burst: u16,
 }
 
 #[derive(Default, Clone)]
@@ -58,6 +59,8 @@ struct Row {
     cps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Connections of the burst that reached the backend and got its answer.
+    burst_ok: Option<usize>,
     mem_per_conn_kib: Option<f64>,
     udp_pps: Option<f64>,
 }
@@ -96,6 +99,7 @@ fn main() {
     };
     let seconds = env_u64("IRONLB_BENCH_SECONDS", 8);
     let idle = env_u64("IRONLB_BENCH_IDLE", 9_000) as usize;
+    let burst_total = env_u64("IRONLB_BENCH_BURST", 9_000) as usize;
     raise_nofile();
 
     let client = lab.namespace("client");
@@ -153,6 +157,13 @@ fn main() {
         &["demo-udp-echo", &format!("{BACKEND}:9000")],
         &dir.join("echo.log"),
     );
+    let peer = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
+    lab.spawn(
+        &backend,
+        "python3",
+        &[peer, "slowaccept", BACKEND, "7000", "0"],
+        &dir.join("slowaccept.log"),
+    );
 
     // The proxies.
     let hap_conf = dir.join("haproxy.cfg");
@@ -183,6 +194,7 @@ fn main() {
                 iperf: 5201,
                 http: 8080,
                 udp: Some(9000),
+                burst: 7000,
             },
             None,
         ),
@@ -193,6 +205,7 @@ fn main() {
                 iperf: 8001,
                 http: 8081,
                 udp: None,
+                burst: 8004,
             },
             Some(hap),
         ),
@@ -203,6 +216,7 @@ fn main() {
                 iperf: 8002,
                 http: 8082,
                 udp: Some(9002),
+                burst: 8005,
             },
             Some(ngx),
         ),
@@ -213,6 +227,7 @@ fn main() {
                 iperf: 8003,
                 http: 8083,
                 udp: Some(9003),
+                burst: 8006,
             },
             Some(ilb),
         ),
@@ -288,10 +303,59 @@ fn main() {
         if let Some(port) = ports.udp {
             row.udp_pps = Some(udp_rate(&client, host, port, seconds));
         }
+        if burst_total > 0 {
+            row.burst_ok = Some(burst(&lab, &client, host, ports.burst, burst_total));
+        }
         rows.insert(name, row);
     }
     println!("\n(medians of {rounds} rounds)");
-    report(&rows, seconds, idle);
+    report(&rows, seconds, idle, burst_total);
+}
+
+/// Opens `total` connections to `host:port`, 200 at a time, each sending a
+/// line and reading the answer; returns how many were answered.
+fn burst(lab: &Lab, ns: &str, host: &str, port: u16, total: usize) -> usize {
+    const SCRIPT: &str = r#"
+import socket, sys, threading
+host, port, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ok = [0]
+lock = threading.Lock()
+def one(i):
+    try:
+        s = socket.create_connection((host, port), timeout=60)
+        s.sendall(b"b%d" % i)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            c = s.recv(4096)
+            if not c:
+                break
+            data += c
+        if b"got=b%d" % i in data:
+            with lock:
+                ok[0] += 1
+    except OSError:
+        pass
+for start in range(0, total, 200):
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(start, min(start + 200, total))]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+print(ok[0])
+"#;
+    lab.exec_ok(
+        ns,
+        &[
+            "python3",
+            "-c",
+            SCRIPT,
+            host,
+            &port.to_string(),
+            &total.to_string(),
+        ],
+    )
+    .trim()
+    .parse()
+    .unwrap_or(0)
 }
 
 fn spawn_ironlb(lab: &mut Lab, ns: &str, conf: &std::path::Path, dir: &std::path::Path) -> usize {
@@ -343,7 +407,8 @@ fn haproxy_conf() -> String {
         "global\n  nbthread 1\n  maxconn 9200\n  maxpipes 200\n\
          defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n\
          listen iperf\n  bind {PROXY}:8001\n  server b {BACKEND}:5201\n\
-         listen http\n  bind {PROXY}:8081\n  server b {BACKEND}:8080\n"
+         listen http\n  bind {PROXY}:8081\n  server b {BACKEND}:8080\n\
+         listen burst\n  bind {PROXY}:8004\n  server b {BACKEND}:7000\n"
     )
 }
 
@@ -356,7 +421,8 @@ fn proxy_nginx(dir: &std::path::Path) -> String {
          stream {{\n  proxy_timeout 600s;\n\
          server {{ listen {PROXY}:8002; proxy_pass {BACKEND}:5201; }}\n\
          server {{ listen {PROXY}:8082 backlog=4096; proxy_pass {BACKEND}:8080; }}\n\
-         server {{ listen {PROXY}:9002 udp; proxy_pass {BACKEND}:9000; }}\n}}\n"
+         server {{ listen {PROXY}:9002 udp; proxy_pass {BACKEND}:9000; }}\n\
+         server {{ listen {PROXY}:8005; proxy_half_close on; proxy_pass {BACKEND}:7000; }}\n}}\n"
     )
 }
 
@@ -368,7 +434,8 @@ fn ironlb_conf() -> String {
          services:\n\
          \x20 - name: iperf\n    address: {VIP}\n    ports: [{{port: 8003, targetPort: 5201}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
          \x20 - name: http\n    address: {VIP}\n    ports: [{{port: 8083, targetPort: 8080}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
-         \x20 - name: udp\n    address: {VIP}\n    ports: [{{port: 9003, protocol: UDP, targetPort: 9000}}]\n    endpoints: [{{address: {BACKEND}}}]\n"
+         \x20 - name: udp\n    address: {VIP}\n    ports: [{{port: 9003, protocol: UDP, targetPort: 9000}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: burst\n    address: {VIP}\n    ports: [{{port: 8006, targetPort: 7000}}]\n    endpoints: [{{address: {BACKEND}}}]\n"
     )
 }
 
@@ -527,16 +594,23 @@ fn udp_rate(ns: &str, host: &str, port: u16, seconds: u64) -> f64 {
     })
 }
 
-fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize) {
+fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
     let get = |n: &str| rows.get(n).cloned().unwrap_or_default();
     let (direct, hap, ngx, ilb) = (get("direct"), get("haproxy"), get("nginx"), get("ironlb"));
     println!();
     println!(
-        "forwarder: {seconds} s per measurement, {idle} idle connections, one proxy worker each"
+        "forwarder: {seconds} s per measurement, {idle} idle connections, a burst of {burst}, one proxy worker each"
     );
     println!(
-        "{:<8} {:>10} {:>10} {:>9} {:>9} {:>16} {:>12}",
-        "path", "tput Gb/s", "conn/s", "p50 ms", "p99 ms", "KiB/idle conn", "udp dgram/s"
+        "{:<8} {:>10} {:>10} {:>9} {:>9} {:>16} {:>12} {:>10}",
+        "path",
+        "tput Gb/s",
+        "conn/s",
+        "p50 ms",
+        "p99 ms",
+        "KiB/idle conn",
+        "udp dgram/s",
+        "burst ok"
     );
     for (name, r) in [
         ("direct", &direct),
@@ -545,7 +619,7 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize) {
         ("ironlb", &ilb),
     ] {
         println!(
-            "{:<8} {:>10.2} {:>10.0} {:>9.3} {:>9.3} {:>16} {:>12}",
+            "{:<8} {:>10.2} {:>10.0} {:>9.3} {:>9.3} {:>16} {:>12} {:>10}",
             name,
             r.tput_gbps,
             r.cps,
@@ -553,11 +627,12 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize) {
             r.p99_ms,
             r.mem_per_conn_kib.map_or("-".into(), |m| format!("{m:.1}")),
             r.udp_pps.map_or("-".into(), |u| format!("{u:.0}")),
+            r.burst_ok.map_or("-".into(), |b| b.to_string()),
         );
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     println!(
-        "forwarder tput_vs_haproxy={:.2} tput_vs_direct={:.2} cps_vs_haproxy={:.2} p99_vs_haproxy={:.2} mem_per_conn_vs_haproxy={:.2} udp_vs_nginx={:.2}",
+        "forwarder tput_vs_haproxy={:.2} tput_vs_direct={:.2} cps_vs_haproxy={:.2} p99_vs_haproxy={:.2} mem_per_conn_vs_haproxy={:.2} udp_vs_nginx={:.2} burst_vs_haproxy={:.2}",
         ratio(ilb.tput_gbps, hap.tput_gbps),
         ratio(ilb.tput_gbps, direct.tput_gbps),
         ratio(ilb.cps, hap.cps),
@@ -569,6 +644,10 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize) {
         ratio(
             ilb.udp_pps.unwrap_or(f64::NAN),
             ngx.udp_pps.unwrap_or(f64::NAN)
+        ),
+        ratio(
+            ilb.burst_ok.map_or(f64::NAN, |b| b as f64),
+            hap.burst_ok.map_or(f64::NAN, |b| b as f64)
         ),
     );
 }
