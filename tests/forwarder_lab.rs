@@ -1898,3 +1898,61 @@ fn a_stopped_speaker_lets_a_transfer_in_flight_finish() {
         .exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
     assert!(!lo.contains(VIP), "{lo}");
 }
+
+/// A new speaker that takes the sockets and dies before it is ready (a bad
+/// configuration, a crash-looping pod): the old one carries on serving and
+/// gossiping, and a later successor still takes over.
+#[test]
+fn a_successor_that_dies_before_it_is_ready_leaves_the_old_speaker_serving() {
+    let Some(mut w) = world("handover_dies", 1) else {
+        return;
+    };
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 8080);
+    let config = w.config(1, &service("web", 80, "10.77.0.21", 8080, ""));
+    let path = w.lab.speaker_config_path(1);
+    std::fs::write(&path, config).unwrap();
+    let socket = w.lab.dir().join("handover.sock");
+    let node = w.nodes[0].clone();
+    let speaker = |w: &mut World, config: &std::path::Path, log: &str| {
+        let log = w.lab.dir().join(log);
+        w.lab.spawn(
+            &node,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &[
+                "speaker",
+                "--static",
+                config.to_str().unwrap(),
+                "--handover-socket",
+                socket.to_str().unwrap(),
+            ],
+            &log,
+        )
+    };
+    speaker(&mut w, &path, "node-1.log");
+    w.wait_tcp(VIP, 80);
+    // Its static file does not parse: it takes the sockets, then exits.
+    let broken = w.lab.dir().join("broken.yaml");
+    std::fs::write(&broken, "node: [").unwrap();
+    let dead = speaker(&mut w, &broken, "broken.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{}/stat", w.lab.pid(dead)))
+        .is_ok_and(|s| !s.contains(") Z"))
+    {
+        assert!(Instant::now() < deadline, "the broken speaker did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = w.lab.dir().join("node-1.log");
+    let text = plain(&wait_for_file(&log, "carries on"));
+    assert!(text.contains("took this one's sockets"), "{text}");
+    assert!(text.contains("this one carries on"), "{text}");
+    let answer = w.tcp(VIP, 80, "still");
+    assert!(answer.ends_with("got=still"), "{answer}");
+    // A good successor later still takes over.
+    speaker(&mut w, &path, "node-1-new.log");
+    let new_log = w.lab.dir().join("node-1-new.log");
+    let text = wait_for_file(&new_log, "took over the sockets");
+    assert!(text.contains("took over the sockets"), "{text}");
+    let answer = w.tcp(VIP, 80, "after");
+    assert!(answer.ends_with("got=after"), "{answer}");
+}
