@@ -398,6 +398,29 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(hard)
 }
 
+/// Descriptors the speaker keeps for itself besides connections and flows:
+/// gossip, metrics, netlink, the packet sockets, `nft` and `ip` children.
+const OWN_DESCRIPTORS: u64 = 256;
+
+/// Why `settings` do not fit in an open-file `limit`, if they do not: at its
+/// caps every TCP connection holds two descriptors and every UDP flow one,
+/// and past the limit accepts fail (EMFILE) instead of being refused by a
+/// cap. Pure, for the startup warning.
+pub fn descriptor_shortfall(settings: &Settings, limit: u64) -> Option<String> {
+    let needed = 2 * settings.max_connections_total as u64
+        + settings.max_flows_total as u64
+        + OWN_DESCRIPTORS;
+    (needed > limit).then(|| {
+        format!(
+            "the open-file limit ({limit}) is below what the forwarder's caps may use \
+             ({needed}: 2 per connection x maxConnectionsTotal {}, 1 per flow x maxFlowsTotal {}, \
+             {OWN_DESCRIPTORS} for the speaker); near it, accepts fail and back off instead of being \
+             refused: raise the limit (LimitNOFILE, ulimit -n) or lower the caps",
+            settings.max_connections_total, settings.max_flows_total
+        )
+    })
+}
+
 /// A non-blocking socket bound to `address`. `IP_FREEBIND` lets it bind before
 /// the address is on the node (the two are applied independently) and keeps
 /// it bound if the address goes first.
@@ -479,4 +502,27 @@ fn admitted(policy: &Policy, client: std::net::IpAddr) -> bool {
         v4 => v4,
     };
     policy.source_ranges.is_empty() || policy.source_ranges.iter().any(|r| r.contains(client))
+}
+
+#[cfg(test)]
+mod descriptor_tests {
+    use super::*;
+
+    #[test]
+    fn the_caps_are_checked_against_the_open_file_limit() {
+        let d = Settings::default();
+        // 2 x 65,536 + 16,384 + 256.
+        assert!(descriptor_shortfall(&d, 1_048_576).is_none());
+        let short = descriptor_shortfall(&d, 65_536).expect("too few");
+        assert!(
+            short.contains("(65536)") && short.contains("147712"),
+            "{short}"
+        );
+        let small = Settings {
+            max_connections_total: 100,
+            max_flows_total: 100,
+            ..d
+        };
+        assert!(descriptor_shortfall(&small, 1024).is_none());
+    }
 }

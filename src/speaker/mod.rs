@@ -214,6 +214,12 @@ pub async fn run(
     };
     let mut state = transition::State::default();
     let drain = forwarding.drain;
+    if let Ok((limit, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        && let Some(why) = crate::forwarder::descriptor_shortfall(&forwarding, limit)
+    {
+        warn!("{why}");
+    }
     let mut executor = Executor::new(timing, forwarding, metrics.clone(), report);
     if let Some(t) = taken.as_mut() {
         executor.inherit(std::mem::take(&mut t.listeners));
