@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::netns::Lab;
@@ -82,6 +82,26 @@ impl World {
         );
         self.wait_listening(&ns, 9000);
         sent
+    }
+
+    /// Starts a speaker in node `i`'s namespace from the static file `config`,
+    /// offering and taking sockets at `handover`, logging to `log` in the lab
+    /// directory.
+    fn handover_speaker(&mut self, i: usize, config: &Path, handover: &Path, log: &str) -> usize {
+        let ns = self.nodes[i - 1].clone();
+        let log = self.lab.dir().join(log);
+        self.lab.spawn(
+            &ns,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &[
+                "speaker",
+                "--static",
+                config.to_str().expect("utf-8 path"),
+                "--handover-socket",
+                handover.to_str().expect("utf-8 path"),
+            ],
+            &log,
+        )
     }
 
     /// `peer.py fetch` from the client to `VIP:9000`, in the background.
@@ -1733,20 +1753,7 @@ fn an_upgrade_hands_the_sockets_over_and_resets_no_connection() {
         let path = w.lab.speaker_config_path(i);
         std::fs::write(&path, config).unwrap();
         let socket = w.lab.dir().join(format!("handover-{i}.sock"));
-        let ns = w.nodes[i - 1].clone();
-        let log = w.lab.dir().join(log);
-        w.lab.spawn(
-            &ns,
-            env!("CARGO_BIN_EXE_ironlb"),
-            &[
-                "speaker",
-                "--static",
-                path.to_str().unwrap(),
-                "--handover-socket",
-                socket.to_str().unwrap(),
-            ],
-            &log,
-        )
+        w.handover_speaker(i, &path, &socket, log)
     };
     let first = start(&mut w, 1, "node-1.log");
     let second = start(&mut w, 2, "node-2.log");
@@ -1913,21 +1920,8 @@ fn a_successor_that_dies_before_it_is_ready_leaves_the_old_speaker_serving() {
     let path = w.lab.speaker_config_path(1);
     std::fs::write(&path, config).unwrap();
     let socket = w.lab.dir().join("handover.sock");
-    let node = w.nodes[0].clone();
     let speaker = |w: &mut World, config: &std::path::Path, log: &str| {
-        let log = w.lab.dir().join(log);
-        w.lab.spawn(
-            &node,
-            env!("CARGO_BIN_EXE_ironlb"),
-            &[
-                "speaker",
-                "--static",
-                config.to_str().unwrap(),
-                "--handover-socket",
-                socket.to_str().unwrap(),
-            ],
-            &log,
-        )
+        w.handover_speaker(1, config, &socket, log)
     };
     speaker(&mut w, &path, "node-1.log");
     w.wait_tcp(VIP, 80);
