@@ -44,6 +44,8 @@ const CLIENT: &str = "10.50.1.2";
 const PROXY: &str = "10.50.1.1";
 const VIP: &str = "10.50.1.100";
 const BACKEND: &str = "10.50.2.2";
+/// The lab's small network peers (`slowaccept`, `burst`).
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
 
 /// Ports on each proxy: iperf3, http (wrk and idle), udp echo, the burst.
 struct Ports {
@@ -157,11 +159,10 @@ fn main() {
         &["demo-udp-echo", &format!("{BACKEND}:9000")],
         &dir.join("echo.log"),
     );
-    let peer = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
     lab.spawn(
         &backend,
         "python3",
-        &[peer, "slowaccept", BACKEND, "7000", "0"],
+        &[PEER, "slowaccept", BACKEND, "7000", "0"],
         &dir.join("slowaccept.log"),
     );
 
@@ -315,47 +316,23 @@ fn main() {
 /// Opens `total` connections to `host:port`, 200 at a time, each sending a
 /// line and reading the answer; returns how many were answered.
 fn burst(lab: &Lab, ns: &str, host: &str, port: u16, total: usize) -> usize {
-    const SCRIPT: &str = r#"
-import socket, sys, threading
-host, port, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-ok = [0]
-lock = threading.Lock()
-def one(i):
-    try:
-        s = socket.create_connection((host, port), timeout=60)
-        s.sendall(b"b%d" % i)
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while True:
-            c = s.recv(4096)
-            if not c:
-                break
-            data += c
-        if b"got=b%d" % i in data:
-            with lock:
-                ok[0] += 1
-    except OSError:
-        pass
-for start in range(0, total, 200):
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(start, min(start + 200, total))]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-print(ok[0])
-"#;
-    lab.exec_ok(
+    let out = lab.exec_ok(
         ns,
         &[
             "python3",
-            "-c",
-            SCRIPT,
+            PEER,
+            "burst",
             host,
             &port.to_string(),
             &total.to_string(),
+            "200",
+            "60",
         ],
-    )
-    .trim()
-    .parse()
-    .unwrap_or(0)
+    );
+    out.split_whitespace()
+        .find_map(|f| f.strip_prefix("answered="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn spawn_ironlb(lab: &mut Lab, ns: &str, conf: &std::path::Path, dir: &std::path::Path) -> usize {

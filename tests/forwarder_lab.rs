@@ -1306,29 +1306,6 @@ fn a_spoofed_udp_flood_neither_starves_real_clients_nor_grows_without_bound() {
     assert_eq!(real.trim(), "answered 3", "{}", w.logs());
 }
 
-/// `count` clients connecting at once, each sending a message and reading
-/// the answer: prints how many were answered, and the other outcomes.
-fn tcp_burst_script(address: &str, port: u16, count: usize) -> String {
-    format!(
-        "import socket,threading,collections\nout=collections.Counter()\n\
-         def one(i):\n\
-         \x20 try:\n\
-         \x20   s=socket.create_connection(('{address}',{port}),timeout=20)\n\
-         \x20   s.sendall(b'burst%d'%i);s.shutdown(socket.SHUT_WR)\n\
-         \x20   data=b''\n\
-         \x20   while True:\n\
-         \x20     c=s.recv(65536)\n\
-         \x20     if not c: break\n\
-         \x20     data+=c\n\
-         \x20   out['answered' if b'got=burst%d'%i in data else 'empty']+=1\n\
-         \x20 except ConnectionResetError: out['reset']+=1\n\
-         \x20 except Exception as e: out[type(e).__name__]+=1\n\
-         ts=[threading.Thread(target=one,args=(i,)) for i in range({count})]\n\
-         [t.start() for t in ts];[t.join() for t in ts]\n\
-         print(' '.join('%s=%d'%kv for kv in sorted(out.items())))\n"
-    )
-}
-
 /// A burst of connections to a backend slow to accept: its queue overflows,
 /// SYNs are dropped, and TCP retransmits them after 1 s and 3 s. The connect
 /// timeout outlasts the second retransmission, so every connection reaches
@@ -1351,7 +1328,7 @@ fn a_burst_reaches_a_backend_slow_to_accept() {
     w.wait_listening(&be, 7000);
     let out = w.lab.exec_ok(
         &w.client,
-        &["python3", "-c", &tcp_burst_script(VIP, 80, 300)],
+        &["python3", &peer(), "burst", VIP, "80", "300", "300", "20"],
     );
     let m = w.metrics(1);
     assert_eq!(

@@ -15,10 +15,16 @@
   peer.py lines HOST PORT             TCP: answer each line with "at=<own ip> <line>"
   peer.py outcome HOST PORT           send a line, read to the end: print
                                       "bytes=<n> end=eof|reset|timeout after=<s>"
+  peer.py burst HOST PORT TOTAL BATCH TIMEOUT
+                                      TOTAL connections, BATCH at once, each
+                                      sending a message and reading the answer
+                                      (TIMEOUT s): print "answered=<n>" and the
+                                      other outcomes
   peer.py flood HOST PORT COUNT RATE  UDP from COUNT spoofed sources (10.200.0.0
                                       upward, one datagram each, raw socket),
                                       RATE a second (0: as fast as possible)
 """
+import collections
 import hashlib
 import socket
 import struct
@@ -197,6 +203,36 @@ def outcome(host, port):
     print("bytes=%d end=%s after=%.1f" % (n, end, time.time() - start))
 
 
+def burst(host, port, total, batch, timeout):
+    out = collections.Counter()
+    lock = threading.Lock()
+
+    def one(i):
+        try:
+            s = socket.create_connection((host, port), timeout=timeout)
+            s.sendall(b"burst%d" % i)
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                data += c
+            how = "answered" if b"got=burst%d" % i in data else "empty"
+        except ConnectionResetError:
+            how = "reset"
+        except Exception as e:
+            how = type(e).__name__
+        with lock:
+            out[how] += 1
+
+    for start in range(0, total, batch):
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(start, min(start + batch, total))]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+    print(" ".join("%s=%d" % kv for kv in sorted(out.items())))
+
+
 def flood(host, port, count, rate):
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     first = struct.unpack("!I", socket.inet_aton("10.200.0.0"))[0]
@@ -238,5 +274,7 @@ if __name__ == "__main__":
         lines(args[0], int(args[1]))
     elif cmd == "outcome":
         outcome(args[0], int(args[1]))
+    elif cmd == "burst":
+        burst(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
     elif cmd == "flood":
         flood(args[0], int(args[1]), int(args[2]), float(args[3]))
