@@ -52,12 +52,19 @@ fn the_crds_deserialise_into_kubernetes_types() {
         [
             "ipaddresspools.ironlb.dev",
             "l2advertisements.ironlb.dev",
-            "servicel2statuses.ironlb.dev"
+            "servicel2statuses.ironlb.dev",
+            "bgppeers.ironlb.dev",
+            "bgpadvertisements.ironlb.dev",
+            "bfdprofiles.ironlb.dev",
+            "communities.ironlb.dev",
+            "bgpsessionstates.ironlb.dev",
+            "servicebgpstatuses.ironlb.dev",
         ]
     );
     for crd in &loaded {
         assert_eq!(crd.spec.group, "ironlb.dev");
-        let scope = if crd.spec.names.kind == "ServiceL2Status" {
+        let kind = crd.spec.names.kind.as_str();
+        let scope = if ["ServiceL2Status", "ServiceBGPStatus"].contains(&kind) {
             "Namespaced"
         } else {
             "Cluster"
@@ -66,8 +73,10 @@ fn the_crds_deserialise_into_kubernetes_types() {
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         assert!(version.served && version.storage);
-        // A ServiceL2Status is itself a report: it has no separate status.
-        if crd.spec.names.kind != "ServiceL2Status" {
+        // Kinds whose status something writes have the status subresource;
+        // the Service reports are themselves reports, and the BGP kinds'
+        // problems go to events.
+        if ["IPAddressPool", "L2Advertisement", "BGPSessionState"].contains(&kind) {
             let sub = version.subresources.as_ref().expect("subresources");
             assert!(
                 sub.status.is_some(),

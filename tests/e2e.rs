@@ -209,6 +209,191 @@ async fn the_crds_apply_without_warnings_and_refuse_bad_pools_naming_the_entry()
         .expect("delete pool");
 }
 
+/// The BGP kinds as a user meets them: bad values refused at `kubectl apply`
+/// with the field named and what would be right, defaults filled in, and a
+/// session's state readable in `kubectl get bgpsessionstates`.
+#[tokio::test]
+async fn the_bgp_kinds_refuse_bad_fields_naming_them_and_show_sessions() {
+    let Some(cluster) = Cluster::lock("the_bgp_kinds_refuse_bad_fields").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let dir = ScratchDir::new("e2e-bgp");
+    let manifest = dir.0.join("objects.yaml");
+    let apply = |yaml: String| {
+        std::fs::write(&manifest, yaml).expect("write manifest");
+        cluster.kubectl(&["apply", "-f", manifest.to_str().expect("utf-8 path")])
+    };
+    let refused = |yaml: String, expected: &[&str], not: &[&str]| {
+        let out = apply(yaml);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "refused: {said}");
+        for e in expected {
+            assert!(said.contains(e), "expected {e:?} in:\n{said}");
+        }
+        for n in not {
+            assert!(!said.contains(n), "did not expect {n:?} in:\n{said}");
+        }
+    };
+    let name = unique("bgp");
+    refused(
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec:\n  \
+             myASN: 23456\n  peerASN: 4294967296\n  peerAddress: 10.0.0.300\n  peerPort: 0\n  \
+             holdTime: 2s\n  keepaliveTime: fast\n  connectTime: 0s\n  routerID: \"fd00::1\"\n"
+        ),
+        &[
+            "spec.myASN: Invalid value: 23456: 23456 is AS_TRANS (RFC 6793)",
+            "spec.peerASN: Invalid value: 4294967296: spec.peerASN in body should be less than or equal to 4294967295",
+            "spec.peerAddress: Invalid value: \"10.0.0.300\": must be an IPv4 or IPv6 address",
+            "spec.peerPort: Invalid value: 0",
+            "spec.holdTime: Invalid value: \"2s\": must be 0s or between 3s and 65535s (RFC 4271)",
+            "spec.keepaliveTime: Invalid value: \"fast\": spec.keepaliveTime in body should match",
+            "spec.connectTime: Invalid value: \"0s\": must be between 1s and 65535s",
+            "spec.routerID: Invalid value: \"fd00::1\": must be an IPv4 address",
+        ],
+        // A field already refused does not also break the rules across fields.
+        &["type conversion error", "parse error"],
+    );
+    refused(
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec:\n  \
+             myASN: 64512\n  peerASN: 64513\n  peerAddress: 10.0.0.1\n  sourceAddress: \"fd00::1\"\n  \
+             holdTime: 9s\n  keepaliveTime: 10s\n"
+        ),
+        &[
+            "spec.keepaliveTime: Invalid value: keepaliveTime must be shorter than holdTime",
+            "spec.sourceAddress: Invalid value: sourceAddress must be of the same family as peerAddress",
+        ],
+        &[],
+    );
+    refused(
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: {name}}}\nspec:\n  \
+             aggregationLength: 33\n  aggregationLengthV6: 129\n  localPref: -1\n  \
+             communities: [\"65536:1\", \"65000:100\", \"large:1:2:4294967296\", \"large:1:2:3\", \"Bad Name\", \"backbone\"]\n"
+        ),
+        &[
+            "spec.aggregationLength: Invalid value: 33",
+            "spec.aggregationLengthV6: Invalid value: 129",
+            "spec.localPref: Invalid value: -1",
+            "spec.communities[0]: Invalid value: \"65536:1\": must be a standard community (65000:100, each half at most 65535)",
+            "spec.communities[2]: Invalid value: \"large:1:2:4294967296\"",
+            "spec.communities[4]: Invalid value: \"Bad Name\"",
+        ],
+        &[
+            "spec.communities[1]",
+            "spec.communities[3]",
+            "spec.communities[5]",
+        ],
+    );
+    refused(
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: BFDProfile\nmetadata: {{name: {name}}}\nspec:\n  \
+             receiveInterval: 5\n  transmitInterval: 60001\n  detectMultiplier: 1\n  minimumTtl: 255\n"
+        ),
+        &[
+            "spec.receiveInterval: Invalid value: 5",
+            "spec.transmitInterval: Invalid value: 60001",
+            "spec.detectMultiplier: Invalid value: 1",
+            "spec.minimumTtl: Invalid value: 255",
+        ],
+        &[],
+    );
+    refused(
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: Community\nmetadata: {{name: {name}}}\nspec:\n  \
+             communities: [{{name: backbone, value: \"no-export\"}}, {{name: Bad, value: \"65000:1\"}}]\n"
+        ),
+        &[
+            "spec.communities[0].value: Invalid value: \"no-export\": must be a standard community",
+            "spec.communities[1].name: Invalid value: \"Bad\"",
+        ],
+        &[],
+    );
+
+    // Good objects: the API server fills in the port, and a 4-byte ASN fits.
+    let out = apply(format!(
+        "apiVersion: ironlb.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec:\n  \
+         myASN: 4200000000\n  peerASN: 64513\n  peerAddress: \"fd00::1\"\n  holdTime: 9s\n  \
+         keepaliveTime: 3s\n  bfdProfile: {name}\n---\n\
+         apiVersion: ironlb.dev/v1alpha1\nkind: BFDProfile\nmetadata: {{name: {name}}}\nspec:\n  \
+         receiveInterval: 100\n  transmitInterval: 100\n---\n\
+         apiVersion: ironlb.dev/v1alpha1\nkind: Community\nmetadata: {{name: {name}}}\nspec:\n  \
+         communities: [{{name: backbone, value: \"65000:300\"}}]\n---\n\
+         apiVersion: ironlb.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: {name}}}\nspec:\n  \
+         aggregationLength: 24\n  localPref: 4294967295\n  communities: [\"backbone\", \"large:4200000000:1:2\"]\n"
+    ));
+    let _made: Vec<Made> = ["bgppeer", "bfdprofile", "community", "bgpadvertisement"]
+        .into_iter()
+        .map(|kind| Made::new(&cluster, kind, &name))
+        .collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peer: serde_json::Value = cluster
+        .kubectl_ok(&["get", "bgppeer", &name, "-o", "json"])
+        .parse()
+        .expect("JSON");
+    assert_eq!(peer["spec"]["peerPort"], json!(179));
+    assert_eq!(peer["spec"]["myASN"], json!(4200000000u32));
+    let client = cluster.client().await;
+    let peers = Api::<ironlb::api::BGPPeer>::all(client.clone());
+    let read = peers.get(&name).await.expect("read the peer");
+    assert_eq!(read.spec.bfd_profile.as_deref(), Some(name.as_str()));
+
+    // A session report as a speaker writes it: the object, then its status.
+    let sessions = Api::<ironlb::api::BGPSessionState>::all(client.clone());
+    let session = ironlb::api::BGPSessionState::new(
+        &name,
+        ironlb::api::BGPSessionStateSpec {
+            node: "node-a".into(),
+            peer: name.clone(),
+            peer_address: "fd00::1".into(),
+        },
+    );
+    let _session = Made::new(&cluster, "bgpsessionstate", &name);
+    sessions
+        .create(&PostParams::default(), &session)
+        .await
+        .expect("create the session report");
+    sessions
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "state": "Active",
+                "bfdState": "Down",
+                "since": "2026-12-02T10:00:00Z",
+                "lastError": "connect: connection refused",
+                "prefixesSent": 0,
+            }})),
+        )
+        .await
+        .expect("write its status");
+    let table = cluster.kubectl_ok(&["get", "bgpsessionstates", &name]);
+    let header = table.lines().next().unwrap_or_default();
+    for column in [
+        "NODE",
+        "PEER",
+        "STATE",
+        "BFD",
+        "SENT",
+        "SINCE",
+        "LAST ERROR",
+    ] {
+        assert!(header.contains(column), "column {column} in:\n{table}");
+    }
+    assert!(
+        table.contains("node-a")
+            && table.contains("Active")
+            && table.contains("connection refused"),
+        "{table}"
+    );
+}
+
 /// The protocol checks the test server passes in tests/apiserver.rs hold on the
 /// real server too.
 #[tokio::test]

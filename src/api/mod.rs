@@ -6,10 +6,16 @@
 //! object and the field, and never pass kube types deeper.
 
 pub mod annotations;
+pub mod bgp;
 mod l2advertisement;
 pub mod l2status;
 mod pool;
 
+pub use bgp::{
+    BFDProfile, BFDProfileSpec, BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec,
+    BGPSessionState, BGPSessionStateSpec, BGPSessionStateStatus, Community, CommunityAlias,
+    CommunitySpec, SecretReference, ServiceBGPStatus, ServiceBGPStatusSpec,
+};
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
 pub use l2status::{ServiceL2Status, ServiceL2StatusSpec};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
@@ -51,6 +57,12 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         IPAddressPool::crd(),
         L2Advertisement::crd(),
         ServiceL2Status::crd(),
+        BGPPeer::crd(),
+        BGPAdvertisement::crd(),
+        BFDProfile::crd(),
+        Community::crd(),
+        BGPSessionState::crd(),
+        ServiceBGPStatus::crd(),
     ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {

@@ -169,14 +169,13 @@ impl Cluster {
             "-k",
             deploy,
         ]);
-        self.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/ipaddresspools.ironlb.dev",
-            "crd/l2advertisements.ironlb.dev",
-            "crd/servicel2statuses.ironlb.dev",
-        ]);
+        let crds: Vec<String> = ironlb::api::crds()
+            .iter()
+            .map(|c| format!("crd/{}", c.metadata.name.as_deref().unwrap_or_default()))
+            .collect();
+        let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        wait.extend(crds.iter().map(String::as_str));
+        self.kubectl_ok(&wait);
         Installed { cluster: self }
     }
 }
