@@ -12,5 +12,8 @@
 //! alternatives fell short: `bgp-rs` and `zettabgp` only parse (or build
 //! with hand-set flags), and `bgpkit-parser` reads MRT dumps, not sessions.
 
+pub mod config;
+pub mod md5;
+pub mod peer;
 pub mod session;
 pub mod wire;

@@ -53,8 +53,9 @@ pub struct Config {
     pub my_asn: u32,
     /// The router's AS.
     pub peer_asn: u32,
-    /// This speaker's BGP identifier.
-    pub router_id: Ipv4Addr,
+    /// This speaker's BGP identifier; `None`: the session's own IPv4
+    /// address, or for an IPv6 session the last 32 bits of its address.
+    pub router_id: Option<Ipv4Addr>,
     /// The hold time proposed, in seconds (0, or 3 to 65535).
     pub hold_time: u16,
     /// The keepalive interval, in seconds; `None`: a third of the negotiated
@@ -493,7 +494,7 @@ impl Session {
             ));
         }
         let id = open.bgp_id();
-        if id.is_unspecified() || (self.ibgp && id == self.config.router_id) {
+        if id.is_unspecified() || (self.ibgp && Some(id) == self.local.map(|l| self.router_id(l))) {
             return Err((
                 format!("the router's BGP identifier {id} is unusable"),
                 BgpNotificationMessage::OpenMessageError(OpenMessageError::BadBgpIdentifier {
@@ -502,6 +503,16 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    fn router_id(&self, local: IpAddr) -> Ipv4Addr {
+        self.config.router_id.unwrap_or(match local {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(a) => {
+                let o = a.octets();
+                Ipv4Addr::new(o[12], o[13], o[14], o[15])
+            }
+        })
     }
 
     fn open(&self, local: IpAddr) -> BgpOpenMessage {
@@ -525,7 +536,7 @@ impl Session {
         BgpOpenMessage::new(
             my_as,
             self.config.hold_time,
-            self.config.router_id,
+            self.router_id(local),
             [BgpOpenMessageParameter::Capabilities(caps.into())],
         )
     }
@@ -723,7 +734,7 @@ mod tests {
         Config {
             my_asn,
             peer_asn,
-            router_id: Ipv4Addr::new(10, 0, 0, 2),
+            router_id: None,
             hold_time: HOLD,
             keepalive: None,
             connect_time: Duration::from_secs(5),

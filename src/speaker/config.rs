@@ -41,6 +41,38 @@ pub struct StaticConfig {
     /// The forwarder's limits and timeouts.
     #[serde(default)]
     pub forwarder: crate::forwarder::Tuning,
+    /// BGP routers to advertise addresses to.
+    #[serde(default)]
+    pub bgp: StaticBgp,
+}
+
+/// The BGP part of a static configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticBgp {
+    /// The routers.
+    #[serde(default)]
+    pub peers: Vec<StaticPeer>,
+    /// Names for communities, as a `Community` object gives them.
+    #[serde(default)]
+    pub communities: BTreeMap<String, String>,
+}
+
+/// A BGP router of a static configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticPeer {
+    /// Its name, for advertisements' `peers` and the logs.
+    pub name: String,
+    /// The session, as a `BGPPeer`'s spec writes it (its `nodeSelectors`
+    /// and `passwordSecret` are not used here).
+    pub spec: crate::api::BGPPeerSpec,
+    /// The TCP MD5 password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Nodes that open the session; empty: all.
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 /// A Service of a static configuration: an address, ports and endpoints, with
@@ -125,11 +157,18 @@ pub struct Gossip {
 pub struct StaticAddress {
     /// The address.
     pub address: IpAddr,
-    /// Interfaces to announce on.
+    /// Interfaces to announce on (ARP/NDP). With `bgp` and no interfaces,
+    /// the address is advertised over BGP only.
+    #[serde(default)]
     pub interfaces: Vec<String>,
     /// Nodes allowed to announce it; empty: all.
     #[serde(default)]
     pub nodes: Vec<String>,
+    /// Advertise it over BGP, as a `BGPAdvertisement`'s spec writes it
+    /// (`peers`, `localPref`, `communities`, `aggregationLength`); every
+    /// allowed node advertises.
+    #[serde(default)]
+    pub bgp: Option<crate::api::BGPAdvertisementSpec>,
 }
 
 /// Gratuitous packets in a takeover burst, by default.
@@ -181,6 +220,14 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A BGP peer or advertisement that can't be used.
+    #[error("{path}: {message}")]
+    Bgp {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the peer or address and the field.
+        message: String,
+    },
     /// An address listed twice.
     #[error("{path}: addresses: {address} is listed twice")]
     Duplicate {
@@ -218,7 +265,77 @@ impl StaticConfig {
             }
         }
         config.frontends_checked(path)?;
+        config.bgp_checked(path)?;
         Ok(config)
+    }
+
+    /// The file's BGP routers.
+    pub fn bgp_peers(&self) -> Vec<view::WantedPeer> {
+        // `parse` checked every peer, so nothing is dropped here.
+        self.bgp_checked("").map(|(p, _)| p).unwrap_or_default()
+    }
+
+    fn bgp_checked(
+        &self,
+        path: &str,
+    ) -> Result<
+        (
+            Vec<view::WantedPeer>,
+            BTreeMap<IpAddr, view::BgpAdvertisement>,
+        ),
+        ConfigError,
+    > {
+        let fail = |message: String| ConfigError::Bgp {
+            path: path.into(),
+            message,
+        };
+        let mut peers = Vec::new();
+        for p in &self.bgp.peers {
+            if peers
+                .iter()
+                .any(|w: &view::WantedPeer| w.spec.name == p.name)
+            {
+                return Err(fail(format!("bgp.peers: {} is listed twice", p.name)));
+            }
+            let spec = crate::bgp::config::peer_spec(&p.name, &p.spec, p.password.clone(), false)
+                .map_err(fail)?;
+            peers.push(view::WantedPeer {
+                spec,
+                constraints: Constraints {
+                    allowed_nodes: (!p.nodes.is_empty()).then(|| p.nodes.iter().cloned().collect()),
+                    ..Default::default()
+                },
+            });
+        }
+        let mut ads = BTreeMap::new();
+        for a in &self.addresses {
+            let Some(ad) = &a.bgp else { continue };
+            for peer in &ad.peers {
+                if !self.bgp.peers.iter().any(|p| &p.name == peer) {
+                    return Err(fail(format!(
+                        "addresses[{}].bgp.peers: {peer} is not one of bgp.peers",
+                        a.address
+                    )));
+                }
+            }
+            let (prefix, attributes) = crate::bgp::config::advertisement(
+                &a.address.to_string(),
+                ad,
+                a.address,
+                &self.bgp.communities,
+            )
+            .map_err(fail)?;
+            ads.insert(
+                a.address,
+                view::BgpAdvertisement {
+                    node_selectors: Vec::new(),
+                    peers: ad.peers.clone(),
+                    prefix_length: prefix.prefix(),
+                    attributes,
+                },
+            );
+        }
+        Ok((peers, ads))
     }
 
     /// The file's services as the forwarder sees them.
@@ -310,6 +427,7 @@ impl StaticConfig {
     /// An address of a `Local` service may only be announced by the nodes of
     /// its endpoints, as in a cluster.
     pub fn announcements(&self) -> Vec<Announcement> {
+        let bgp = self.bgp_checked("").map(|(_, a)| a).unwrap_or_default();
         self.addresses
             .iter()
             .map(|a| {
@@ -333,6 +451,8 @@ impl StaticConfig {
                         local_endpoints,
                         ..Default::default()
                     },
+                    l2: a.bgp.is_none() || !a.interfaces.is_empty(),
+                    bgp: bgp.get(&a.address).cloned().into_iter().collect(),
                 }
             })
             .collect()

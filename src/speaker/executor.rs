@@ -47,6 +47,8 @@ pub struct Executor {
     report: Option<mpsc::UnboundedSender<Report>>,
     /// Cancels every running burst.
     bursts: CancellationToken,
+    /// The BGP sessions, by `BGPPeer` name.
+    peers: BTreeMap<String, crate::bgp::peer::Peer>,
 }
 
 impl Executor {
@@ -66,6 +68,7 @@ impl Executor {
             metrics,
             report,
             bursts: CancellationToken::new(),
+            peers: BTreeMap::new(),
         }
     }
 
@@ -129,6 +132,7 @@ impl Executor {
                         m.set_unservable(addresses);
                     }
                 }
+                Effect::Bgp(plan) => self.bgp(plan).await,
                 Effect::WakeAt(at) => {
                     outcome.wake = Some(outcome.wake.map_or(at, |w| w.min(at)));
                 }
@@ -249,10 +253,46 @@ impl Executor {
         }
     }
 
-    /// Stops every burst, listener and announcer, and removes what was added
-    /// to the node.
+    /// Runs exactly `plan`'s sessions: a session whose settings changed
+    /// starts over (the router withdraws its routes meanwhile, as it would
+    /// for any reconfigured neighbor); the others get their new routes.
+    async fn bgp(&mut self, plan: super::transition::Bgp) {
+        let wanted: BTreeMap<&str, &crate::bgp::peer::PeerSpec> =
+            plan.peers.iter().map(|p| (p.name.as_str(), p)).collect();
+        let ended: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(name, p)| wanted.get(name.as_str()) != Some(&&p.spec))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in ended {
+            if let Some(p) = self.peers.remove(&name) {
+                info!(peer = %name, router = %p.spec.address, "BGP session ends");
+                p.stop(crate::bgp::peer::Ending::Withdraw).await;
+            }
+        }
+        for (name, spec) in wanted {
+            let routes = plan.routes_for(name);
+            match self.peers.get(name) {
+                Some(p) => p.advertise(routes),
+                None => {
+                    info!(peer = %name, router = %spec.address, "BGP session starts");
+                    self.peers.insert(
+                        name.to_string(),
+                        crate::bgp::peer::Peer::start(spec.clone(), routes),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops every burst, listener, announcer and BGP session (with a Cease:
+    /// routers withdraw at once), and removes what was added to the node.
     pub async fn stop(&mut self) {
         self.bursts.cancel();
+        for (_, p) in std::mem::take(&mut self.peers) {
+            p.stop(crate::bgp::peer::Ending::Withdraw).await;
+        }
         self.forwarding.stop().await;
         for (_, (_, a)) in std::mem::take(&mut self.announcers) {
             for ip in a.owned() {

@@ -74,6 +74,8 @@ pub struct Desired {
     pub forwards: Forwards,
     /// The Node objects (with a cluster).
     pub node_objects: Vec<K8sNode>,
+    /// The BGP routers, and which nodes talk to each.
+    pub bgp_peers: Vec<view::WantedPeer>,
 }
 
 /// What a speaker is fed.
@@ -246,12 +248,14 @@ pub async fn run(
             announcements,
             forwards,
             node_objects,
+            bgp_peers,
         } = desired.borrow_and_update().clone();
         let world = World {
             members: members.borrow_and_update().clone(),
             health: health.borrow_and_update().clone(),
             desired: announcements,
             node_objects,
+            bgp_peers,
             links: links.borrow_and_update().clone(),
             forwards,
             faults: faults.active(now),

@@ -33,6 +33,7 @@ pub async fn run_static(
             invalid: Vec::new(),
         },
         node_objects: Vec::new(),
+        bgp_peers: c.bgp_peers(),
     };
     let (desired_tx, desired) = watch::channel(desired_of(&config));
     if let Some(path) = path {
@@ -137,6 +138,7 @@ pub async fn run_kubernetes(
                 announcements: view::announcements(&view),
                 forwards: Forwards { frontends, invalid },
                 node_objects: nodes.state().iter().map(|n| (**n).clone()).collect(),
+                bgp_peers: Vec::new(),
             };
             // The first value is always sent, even for an empty cluster: it
             // tells `run` that the view is synced and the speaker may join

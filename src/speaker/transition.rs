@@ -57,6 +57,8 @@ pub struct World {
     pub desired: Vec<Announcement>,
     /// The Node objects (with a cluster; empty until known).
     pub node_objects: Vec<K8sNode>,
+    /// The BGP routers, and which nodes talk to each.
+    pub bgp_peers: Vec<view::WantedPeer>,
     /// This node's network interfaces.
     pub links: Vec<Link>,
     /// What the forwarder is asked to carry.
@@ -114,6 +116,59 @@ pub struct State {
     gave_up: BTreeSet<IpAddr>,
     /// The speaker's node name matched no Node object last time.
     warned_unknown: bool,
+    /// What this node advertises over BGP, as last told to the executor.
+    pub bgp: Bgp,
+}
+
+/// This node's BGP sessions and the routes they carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bgp {
+    /// The sessions this node opens.
+    pub peers: Vec<crate::bgp::peer::PeerSpec>,
+    /// The routes, each with the peers it goes to (empty: all).
+    pub routes: Vec<Route>,
+}
+
+/// One route this node advertises.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    /// The Service address it is for.
+    pub address: IpAddr,
+    /// The prefix: the address, or its aggregate.
+    pub prefix: ipnetwork::IpNetwork,
+    /// The `BGPPeer`s it goes to; empty: all of this node's.
+    pub peers: Vec<String>,
+    /// LOCAL_PREF and communities.
+    pub attributes: crate::bgp::session::Attributes,
+}
+
+impl Bgp {
+    /// The routes `peer` is given: those of every advertisement that names
+    /// it or names no peer, attributes merged where two give one prefix
+    /// (communities joined, the highest LOCAL_PREF).
+    pub fn routes_for(
+        &self,
+        peer: &str,
+    ) -> BTreeMap<ipnetwork::IpNetwork, crate::bgp::session::Attributes> {
+        let mut out: BTreeMap<ipnetwork::IpNetwork, crate::bgp::session::Attributes> =
+            BTreeMap::new();
+        for r in self
+            .routes
+            .iter()
+            .filter(|r| r.peers.is_empty() || r.peers.iter().any(|p| p == peer))
+        {
+            let a = out.entry(r.prefix).or_default();
+            a.communities.extend(&r.attributes.communities);
+            a.large_communities.extend(&r.attributes.large_communities);
+            a.local_pref = a.local_pref.max(r.attributes.local_pref);
+        }
+        out
+    }
+
+    /// The addresses advertised.
+    pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        self.routes.iter().map(|r| r.address).collect()
+    }
 }
 
 impl State {
@@ -169,6 +224,8 @@ pub enum Effect {
     Publish(BTreeSet<IpAddr>),
     /// Look again at this instant, even if nothing else changes.
     WakeAt(Instant),
+    /// Run exactly these BGP sessions, advertising these routes.
+    Bgp(Bgp),
 }
 
 /// The interfaces of this node that can announce `a`, or why none can.
@@ -250,7 +307,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     // What this node cannot serve, among the addresses it may announce.
     let mut usable: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
     let mut unservable: BTreeMap<IpAddr, String> = BTreeMap::new();
-    for a in &world.desired {
+    for a in world.desired.iter().filter(|a| a.l2) {
         if me_node.is_none_or(|n| election::eligibility(n, &a.constraints).is_err()) {
             continue;
         }
@@ -303,7 +360,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     }
     let mut wanted: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
     let mut gave_up: BTreeSet<IpAddr> = BTreeSet::new();
-    for a in &world.desired {
+    for a in world.desired.iter().filter(|a| a.l2) {
         let owner = election::owner(a.address, &nodes, &a.constraints);
         if owner.is_some_and(|o| o.name == me) {
             // Owned even when it cannot be served here, if no node can: then
@@ -359,10 +416,69 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     }
     state.owned = wanted;
 
+    // BGP: no election; every eligible node advertises (routers spread the
+    // traffic over them), except an address this node failed to forward.
+    let me_now = nodes.iter().find(|n| n.name == me);
+    let mut bgp = Bgp::default();
+    if let Some(node) = me_now {
+        bgp.peers = world
+            .bgp_peers
+            .iter()
+            .filter(|p| election::eligibility(node, &p.constraints).is_ok())
+            .map(|p| p.spec.clone())
+            .collect();
+        for a in &world.desired {
+            if world.faults.contains_key(&a.address) {
+                continue;
+            }
+            for ad in &a.bgp {
+                let constraints = crate::election::Constraints {
+                    node_selectors: ad.node_selectors.clone(),
+                    ..a.constraints.clone()
+                };
+                if election::eligibility(node, &constraints).is_err() {
+                    continue;
+                }
+                let Ok(prefix) = ipnetwork::IpNetwork::new(a.address, ad.prefix_length)
+                    .and_then(|n| ipnetwork::IpNetwork::new(n.network(), ad.prefix_length))
+                else {
+                    continue;
+                };
+                bgp.routes.push(Route {
+                    address: a.address,
+                    prefix,
+                    peers: ad.peers.clone(),
+                    attributes: ad.attributes.clone(),
+                });
+            }
+        }
+        bgp.routes.sort();
+        bgp.routes.dedup();
+    }
+    // Routers stop sending before the listeners close, and start only once
+    // they are open: routes that go away are withdrawn first, new ones come
+    // after the forwarding below.
+    let bgp_changed = bgp != state.bgp;
+    if bgp_changed {
+        let kept = Bgp {
+            peers: bgp.peers.clone(),
+            routes: state
+                .bgp
+                .routes
+                .iter()
+                .filter(|r| bgp.routes.contains(r))
+                .cloned()
+                .collect(),
+        };
+        if kept != state.bgp {
+            effects.push(Effect::Bgp(kept));
+        }
+    }
+
     // Forwarding: the listeners of owned addresses; what keeps a Service from
     // being forwarded as asked is reported once.
-    if cause != Cause::Reannounce {
-        let keys: BTreeSet<IpAddr> = state.owned.keys().copied().collect();
+    if cause != Cause::Reannounce || bgp_changed {
+        let keys: BTreeSet<IpAddr> = state.owned.keys().copied().chain(bgp.addresses()).collect();
         let mut plan = crate::forwarder::plan::plan(me, &keys, &world.forwards.frontends);
         let (listeners, refused): (Vec<Listener>, Vec<Listener>) =
             plan.listeners.into_iter().partition(|l| {
@@ -427,6 +543,10 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
             interfaces,
         });
     }
+    if bgp_changed {
+        effects.push(Effect::Bgp(bgp.clone()));
+        state.bgp = bgp;
+    }
 
     // Reports of what this node announces.
     for (ip, services) in std::mem::take(&mut state.reported) {
@@ -482,6 +602,10 @@ pub fn stop(state: &mut State) -> Vec<Effect> {
                 .map(move |interface| Effect::Withdraw { address, interface })
         })
         .collect();
+    // Routers stop sending here before the listeners close.
+    if std::mem::take(&mut state.bgp) != Bgp::default() {
+        effects.push(Effect::Bgp(Bgp::default()));
+    }
     effects.push(Effect::Forward {
         listeners: Vec::new(),
         interfaces: BTreeSet::new(),
@@ -596,6 +720,8 @@ mod tests {
             services: vec![ServiceKey::new("default", "web")],
             interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
             constraints: Constraints::default(),
+            l2: true,
+            bgp: Vec::new(),
         }
     }
 
@@ -623,6 +749,7 @@ mod tests {
             health: HealthMap::new(),
             desired,
             node_objects: Vec::new(),
+            bgp_peers: Vec::new(),
             links,
             forwards: Forwards::default(),
             faults: BTreeMap::new(),
@@ -1170,8 +1297,11 @@ mod reserved_tests {
                 services: vec![],
                 interfaces: vec!["eth0".into()],
                 constraints: Default::default(),
+                l2: true,
+                bgp: Vec::new(),
             }],
             node_objects: Vec::new(),
+            bgp_peers: Vec::new(),
             links: vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")],
             forwards: Forwards {
                 frontends: vec![

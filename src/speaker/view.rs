@@ -31,6 +31,35 @@ pub struct Announcement {
     pub interfaces: Vec<String>,
     /// Node selectors and local endpoints.
     pub constraints: Constraints,
+    /// Announced on the LAN (ARP/NDP) by one elected node.
+    pub l2: bool,
+    /// Advertised over BGP by every eligible node, once per advertisement.
+    pub bgp: Vec<BgpAdvertisement>,
+}
+
+/// How one BGP advertisement advertises an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BgpAdvertisement {
+    /// The nodes that advertise; empty: every node. With
+    /// `externalTrafficPolicy: Local`, only those of them with a ready
+    /// endpoint (the announcement's constraints say which).
+    pub node_selectors: Vec<LabelSelector>,
+    /// The `BGPPeer`s to advertise to; empty: all of this node's.
+    pub peers: Vec<String>,
+    /// The prefix length of the route: the address alone, or the aggregate
+    /// that holds it.
+    pub prefix_length: u8,
+    /// LOCAL_PREF and communities.
+    pub attributes: crate::bgp::session::Attributes,
+}
+
+/// A BGP router this node may talk to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WantedPeer {
+    /// The session.
+    pub spec: crate::bgp::peer::PeerSpec,
+    /// The nodes that open it.
+    pub constraints: Constraints,
 }
 
 /// Everything the speaker reads from the cluster.
@@ -137,6 +166,8 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
                 local_endpoints,
                 allowed_nodes: None,
             },
+            l2: true,
+            bgp: Vec::new(),
         });
     }
     out

@@ -1,0 +1,317 @@
+//! One BGP session on a real socket: the thin adapter around
+//! [`super::session::Session`]. It connects, reads and writes, sleeps until
+//! the session's next deadline, and publishes what the session says.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ipnetwork::IpNetwork;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::session::{Action, Attributes, Config, Input, Session, State};
+use super::wire::Wire;
+
+/// Everything one session needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// The `BGPPeer`'s name.
+    pub name: String,
+    /// The router, address and port.
+    pub address: SocketAddr,
+    /// The local address to connect from.
+    pub source: Option<IpAddr>,
+    /// The session's settings.
+    pub session: Config,
+    /// The TTL of the session's packets: 1 for a directly connected eBGP
+    /// router, 255 with `ebgpMultiHop`; `None`: the system's.
+    pub ttl: Option<u32>,
+    /// The TCP MD5 password.
+    pub password: Option<String>,
+}
+
+/// What a session last said, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The state.
+    pub state: State,
+    /// Since when.
+    pub since: Instant,
+    /// Why it last failed.
+    pub last_error: Option<String>,
+    /// Prefixes the router has from it.
+    pub prefixes_sent: usize,
+}
+
+/// How a session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Cease: the router withdraws this node's routes at once.
+    Withdraw,
+    /// Close without a word: a router that agreed to graceful restart keeps
+    /// the routes until this node's next speaker sends them again.
+    Graceful,
+}
+
+/// A running session.
+pub struct Peer {
+    /// What it is.
+    pub spec: PeerSpec,
+    routes: watch::Sender<BTreeMap<IpNetwork, Attributes>>,
+    bfd_down: watch::Sender<u64>,
+    status: watch::Receiver<Status>,
+    stop: watch::Sender<Option<Ending>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    /// Starts a session with `spec`, advertising `routes` once established.
+    pub fn start(spec: PeerSpec, routes: BTreeMap<IpNetwork, Attributes>) -> Self {
+        let now = Instant::now();
+        let session = Session::new(spec.session.clone(), now);
+        let (routes_tx, routes_rx) = watch::channel(routes);
+        let (bfd_tx, bfd_rx) = watch::channel(0);
+        let (status_tx, status) = watch::channel(Status {
+            state: State::Idle,
+            since: now,
+            last_error: None,
+            prefixes_sent: 0,
+        });
+        let (stop, stop_rx) = watch::channel(None);
+        let done = tokio::spawn(run(
+            spec.clone(),
+            session,
+            routes_rx,
+            bfd_rx,
+            status_tx,
+            stop_rx,
+        ));
+        Self {
+            spec,
+            routes: routes_tx,
+            bfd_down: bfd_tx,
+            status,
+            stop,
+            done,
+        }
+    }
+
+    /// Advertises exactly `routes` from now on.
+    pub fn advertise(&self, routes: BTreeMap<IpNetwork, Attributes>) {
+        self.routes.send_if_modified(|r| {
+            let changed = *r != routes;
+            *r = routes;
+            changed
+        });
+    }
+
+    /// BFD says the path is down: the session closes at once (and is tried
+    /// again, as after any failure).
+    pub fn bfd_down(&self) {
+        self.bfd_down.send_modify(|n| *n += 1);
+    }
+
+    /// What the session last said.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Ends the session and waits until its last words are sent.
+    pub async fn stop(self, ending: Ending) {
+        let _ = self.stop.send(Some(ending));
+        let _ = self.done.await;
+    }
+}
+
+/// A session's loop: the only place its socket is touched.
+async fn run(
+    spec: PeerSpec,
+    mut session: Session,
+    mut routes: watch::Receiver<BTreeMap<IpNetwork, Attributes>>,
+    mut bfd: watch::Receiver<u64>,
+    status: watch::Sender<Status>,
+    mut stop: watch::Receiver<Option<Ending>>,
+) {
+    let mut stream: Option<TcpStream> = None;
+    let mut wire = Wire::new();
+    let mut connecting: Option<tokio::task::JoinHandle<Result<TcpStream, String>>> = None;
+    let mut buf = vec![0u8; 65536];
+    let first = routes.borrow_and_update().clone();
+    let mut pending = session.input(Input::Routes(first), Instant::now());
+    let peer = &spec.name;
+    loop {
+        // Run what the session asked for.
+        for action in std::mem::take(&mut pending) {
+            match action {
+                Action::Connect => {
+                    wire = Wire::new();
+                    let spec = spec.clone();
+                    connecting = Some(tokio::spawn(async move { connect(&spec).await }));
+                }
+                Action::Send(message) => {
+                    let Some(s) = stream.as_mut() else { continue };
+                    let mut out = BytesMut::new();
+                    if let Err(e) = wire.encode(message, &mut out) {
+                        warn!(%peer, error = %e, "not sent");
+                        continue;
+                    }
+                    if let Err(e) = s.write_all(&out).await {
+                        stream = None;
+                        pending.extend(
+                            session.input(Input::Closed(format!("write: {e}")), Instant::now()),
+                        );
+                    }
+                }
+                Action::Close => {
+                    if let Some(mut s) = stream.take() {
+                        let _ = s.shutdown().await;
+                    }
+                    if let Some(c) = connecting.take() {
+                        c.abort();
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        let said = Status {
+            state: session.state(),
+            since: session.since(),
+            last_error: session.last_error().map(str::to_string),
+            prefixes_sent: session.prefixes_sent(),
+        };
+        status.send_if_modified(|s| {
+            if *s == said {
+                return false;
+            }
+            if s.state != said.state {
+                match (&said.last_error, said.state) {
+                    (_, State::Established) => {
+                        info!(%peer, router = %spec.address, "BGP session established")
+                    }
+                    (Some(e), State::Active) if s.state == State::Established => {
+                        warn!(%peer, router = %spec.address, error = %e, "BGP session down")
+                    }
+                    _ => {}
+                }
+            }
+            *s = said;
+            true
+        });
+        if stop.borrow().is_some() && session.state() == State::Idle && stream.is_none() {
+            return;
+        }
+        let sleep = session
+            .deadline()
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {
+                pending = session.input(Input::Timer, Instant::now());
+            }
+            done = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                connecting = None;
+                let now = Instant::now();
+                pending = match done {
+                    Ok(Ok(s)) => match s.local_addr() {
+                        Ok(local) => {
+                            stream = Some(s);
+                            session.input(Input::Connected { local: local.ip() }, now)
+                        }
+                        Err(e) => session.input(Input::ConnectFailed(e.to_string()), now),
+                    },
+                    Ok(Err(e)) => session.input(Input::ConnectFailed(e), now),
+                    Err(e) => session.input(Input::ConnectFailed(e.to_string()), now),
+                };
+            }
+            read = async { stream.as_mut().expect("guarded").read(&mut buf).await }, if stream.is_some() => {
+                let now = Instant::now();
+                match read {
+                    Ok(0) => {
+                        stream = None;
+                        pending = session.input(Input::Closed("the router closed the connection".into()), now);
+                    }
+                    Err(e) => {
+                        stream = None;
+                        pending = session.input(Input::Closed(format!("read: {e}")), now);
+                    }
+                    Ok(n) => {
+                        wire.feed(&buf[..n]);
+                        loop {
+                            match wire.next_message() {
+                                Ok(Some(m)) => pending.extend(session.input(Input::Message(m), now)),
+                                Ok(None) => break,
+                                Err(bad) => {
+                                    warn!(%peer, error = %bad.why, "malformed BGP message");
+                                    pending.extend(session.input(
+                                        Input::Malformed(bad.why, Box::new(bad.notification)),
+                                        now,
+                                    ));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            changed = routes.changed() => {
+                if changed.is_ok() {
+                    let r = routes.borrow_and_update().clone();
+                    pending = session.input(Input::Routes(r), Instant::now());
+                }
+            }
+            changed = bfd.changed() => {
+                if changed.is_ok() {
+                    pending = session.input(Input::BfdDown, Instant::now());
+                }
+            }
+            changed = stop.changed() => {
+                let ending = if changed.is_ok() { *stop.borrow() } else { Some(Ending::Withdraw) };
+                if let Some(ending) = ending {
+                    pending = session.input(
+                        Input::Stop { graceful: ending == Ending::Graceful },
+                        Instant::now(),
+                    );
+                    if pending.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens the TCP connection as the peer's settings say.
+async fn connect(spec: &PeerSpec) -> Result<TcpStream, String> {
+    let socket = if spec.address.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(password) = &spec.password {
+        super::md5::set(&socket, spec.address, password)?;
+    }
+    if let Some(source) = spec.source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| format!("cannot bind {source}: {e}"))?;
+    }
+    let stream = tokio::time::timeout(spec.session.connect_time, socket.connect(spec.address))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    if let Some(ttl) = spec.ttl {
+        // The SYN left with the system's TTL; a directly connected router
+        // accepts it, and from here on the session keeps to one hop.
+        stream.set_ttl(ttl).map_err(|e| e.to_string())?;
+    }
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}

@@ -1,0 +1,393 @@
+//! BGP against real routers in a namespace lab: FRR (zebra + bgpd, Debian's
+//! `frr`) as the top-of-rack router, three nodes running `ironlb speaker
+//! --static` on its LAN, and a client behind the router on a network of its
+//! own, so every packet to a Service address follows the routes the router
+//! learned from the speakers.
+//!
+//! ```text
+//!   client 10.78.1.2 ── 10.78.1.1 router 10.78.0.1 ── switch ── n1 10.78.0.11
+//!                                                            ├─ n2 10.78.0.12
+//!                                                            ├─ n3 10.78.0.13
+//!                                                            └─ backend 10.78.0.50
+//! ```
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::netns::Lab;
+
+const SUBNET: &str = "10.78.0";
+const ROUTER: &str = "10.78.0.1";
+const CLIENT: &str = "10.78.1.2";
+const BACKEND: &str = "10.78.0.50";
+/// Advertised by every node (externalTrafficPolicy Cluster).
+const VIP: &str = "10.78.9.100";
+/// Advertised only by node-2, the one with the endpoint (Local).
+const LOCAL_VIP: &str = "10.78.9.101";
+/// The pod on node-2 behind the Local Service.
+const POD: &str = "10.78.2.2";
+const MY_ASN: u32 = 64512;
+const ROUTER_ASN: u32 = 64513;
+
+struct World {
+    lab: Lab,
+    nodes: Vec<String>,
+    router: String,
+    client: String,
+    frr: PathBuf,
+    speakers: Vec<usize>,
+}
+
+fn peer_py() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py").to_string()
+}
+
+/// The lab with FRR running and no speaker yet; `None` (after saying why)
+/// where labs can't run or FRR is missing.
+fn world(test: &str) -> Option<World> {
+    if !std::path::Path::new("/usr/lib/frr/bgpd").exists() {
+        support::netns::skip(
+            test,
+            Some(
+                "FRR is not installed (apt-get install frr; scripts/test installs it as root)"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    let mut lab = Lab::new(test)?;
+    let switch = lab.switch();
+    let nodes = lab.plug_nodes(&switch, SUBNET, 3);
+    let router = lab.namespace("r");
+    lab.plug(&switch, &router, "pr", &[&format!("{ROUTER}/24")]);
+    let client = lab.namespace("c");
+    lab.wire(
+        &router,
+        "rc",
+        "10.78.1.1/24",
+        &client,
+        "eth0",
+        &format!("{CLIENT}/24"),
+    );
+    lab.exec_ok(
+        &client,
+        &["ip", "route", "add", "default", "via", "10.78.1.1"],
+    );
+    for n in &nodes {
+        lab.exec_ok(n, &["ip", "route", "add", "default", "via", ROUTER]);
+    }
+    lab.exec_ok(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // Hash on ports too, so one client's connections spread over the nodes
+    // (the default hashes on addresses only).
+    lab.exec_ok(
+        &router,
+        &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+    );
+    let backend = lab.namespace("b");
+    lab.plug(&switch, &backend, "pb", &[&format!("{BACKEND}/24")]);
+    let log = lab.dir().join("backend.log");
+    lab.spawn(
+        &backend,
+        "python3",
+        &[&peer_py(), "serve", BACKEND, "8080"],
+        &log,
+    );
+    let frr = lab.dir().join("frr");
+    std::fs::create_dir_all(&frr).expect("frr directory");
+    let mut w = World {
+        lab,
+        nodes,
+        router,
+        client,
+        frr,
+        speakers: Vec::new(),
+    };
+    w.start_frr();
+    Some(w)
+}
+
+impl World {
+    /// zebra and bgpd in the router's namespace, in the foreground (the lab
+    /// kills them), accepting sessions from any node of the LAN.
+    fn start_frr(&mut self) {
+        let d = self.frr.clone();
+        let conf = d.join("frr.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "hostname r\nlog file {log}\n!\nrouter bgp {ROUTER_ASN}\n bgp router-id {ROUTER}\n bgp log-neighbor-changes\n \
+                 no bgp ebgp-requires-policy\n neighbor nodes peer-group\n neighbor nodes remote-as {MY_ASN}\n \
+                 bgp listen range {SUBNET}.0/24 peer-group nodes\n !\n address-family ipv4 unicast\n  \
+                 maximum-paths 8\n exit-address-family\n!\n",
+                log = d.join("frr.log").display()
+            ),
+        )
+        .expect("frr.conf");
+        let p = d.to_str().expect("utf-8 path").to_string();
+        std::process::Command::new("chown")
+            .args(["-R", "frr:frr", &p])
+            .status()
+            .expect("chown");
+        let conf = conf.to_str().expect("utf-8 path").to_string();
+        let zserv = format!("{p}/zserv.api");
+        for daemon in ["zebra", "bgpd"] {
+            let log = d.join(format!("{daemon}.out"));
+            let router = self.router.clone();
+            self.lab.spawn(
+                &router,
+                &format!("/usr/lib/frr/{daemon}"),
+                &[
+                    "-i",
+                    &format!("{p}/{daemon}.pid"),
+                    "-z",
+                    &zserv,
+                    "--vty_socket",
+                    &p,
+                    "-f",
+                    &conf,
+                    "-u",
+                    "frr",
+                    "-g",
+                    "frr",
+                ],
+                &log,
+            );
+            if daemon == "zebra" {
+                wait_for("zebra's socket", Duration::from_secs(10), || {
+                    std::path::Path::new(&zserv).exists().then_some(())
+                });
+            }
+        }
+        wait_for("bgpd's vty", Duration::from_secs(10), || {
+            self.vtysh_json("show bgp summary json")
+        });
+    }
+
+    fn vtysh_json(&self, command: &str) -> Option<Value> {
+        let out = self.lab.exec(
+            &self.router,
+            &["vtysh", "--vty_socket", self.frr.to_str()?, "-c", command],
+        );
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn start_speakers(&mut self) {
+        for i in 1..=3 {
+            let config = self.node_config(i);
+            let ns = self.nodes[i - 1].clone();
+            let index = self.lab.start_speaker_with(&ns, i, &config);
+            self.speakers.push(index);
+        }
+    }
+
+    /// Node `i`'s configuration: its addresses advertised over BGP only.
+    fn node_config(&self, i: usize) -> String {
+        let seeds: Vec<String> = (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| format!("{SUBNET}.1{j}:7946"))
+            .collect();
+        format!(
+            "node: node-{i}\ngossip:\n  listen: {SUBNET}.1{i}:7946\n  seeds: [{}]\n  secret: lab-gossip-secret\n\
+             addresses:\n  - address: {VIP}\n    bgp: {{communities: [\"65000:100\", \"large:64512:1:2\"]}}\n  \
+             - address: {LOCAL_VIP}\n    bgp: {{}}\n\
+             bgp:\n  peers:\n    - name: tor\n      spec: {{myASN: {MY_ASN}, peerASN: {ROUTER_ASN}, \
+             peerAddress: {ROUTER}, holdTime: 9s}}\n\
+             services:\n  - name: web\n    address: {VIP}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
+             endpoints: [{{address: {BACKEND}}}]\n  - name: local\n    address: {LOCAL_VIP}\n    \
+             externalTrafficPolicy: Local\n    ports: [{{port: 80, targetPort: 8081}}]\n    \
+             endpoints: [{{address: {POD}, node: node-2}}]\n",
+            seeds.join(", ")
+        )
+    }
+
+    /// The router's established sessions, by neighbor address.
+    fn established(&self) -> BTreeSet<String> {
+        let Some(summary) = self.vtysh_json("show bgp ipv4 unicast summary json") else {
+            return BTreeSet::new();
+        };
+        summary["peers"]
+            .as_object()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .filter(|(_, p)| p["state"] == "Established")
+                    .map(|(a, _)| a.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The next hops of `address`/32 in the router's kernel table.
+    fn next_hops(&self, address: &str) -> BTreeSet<String> {
+        let out = self
+            .lab
+            .exec(&self.router, &["ip", "-j", "route", "show", address]);
+        let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let mut hops = BTreeSet::new();
+        for r in routes.as_array().into_iter().flatten() {
+            if let Some(g) = r["gateway"].as_str() {
+                hops.insert(g.to_string());
+            }
+            for n in r["nexthops"].as_array().into_iter().flatten() {
+                if let Some(g) = n["gateway"].as_str() {
+                    hops.insert(g.to_string());
+                }
+            }
+        }
+        hops
+    }
+
+    /// One connection from the client to `address:80`: the backend's answer.
+    fn fetch(&self, address: &str) -> String {
+        let out = self.lab.exec(
+            &self.client,
+            &["python3", &peer_py(), "tcp", address, "80", "hello"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for f in ["node-1.log", "node-2.log", "node-3.log", "frr/frr.log"] {
+            let text = std::fs::read_to_string(self.lab.dir().join(f)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- {f}\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Polls `f` until it gives a value or `limit` passes (then panics naming
+/// `what`).
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn nodes_addresses() -> BTreeSet<String> {
+    (1..=3).map(|i| format!("{SUBNET}.1{i}")).collect()
+}
+
+#[test]
+fn frr_learns_every_nodes_route_and_traffic_crosses_all_three() {
+    let Some(mut w) = world("frr_learns_every_nodes_route_and_traffic_crosses_all_three") else {
+        return;
+    };
+    // A pod on node-2 (its own namespace behind a veth, as a CNI makes it:
+    // the transparent replies must cross the node's prerouting) backs the
+    // Local Service.
+    let n2 = w.nodes[1].clone();
+    let pod = w.lab.namespace("pod");
+    w.lab.wire(
+        &n2,
+        "veth-pod",
+        "10.78.2.1/24",
+        &pod,
+        "eth0",
+        &format!("{POD}/24"),
+    );
+    w.lab
+        .exec_ok(&pod, &["ip", "route", "add", "default", "via", "10.78.2.1"]);
+    w.lab
+        .exec_ok(&n2, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let log = w.lab.dir().join("pod.log");
+    w.lab
+        .spawn(&pod, "python3", &[&peer_py(), "serve", POD, "8081"], &log);
+    w.start_speakers();
+
+    let all = nodes_addresses();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.established() != all || w.next_hops(VIP) != all {
+        assert!(
+            Instant::now() < deadline,
+            "sessions {:?}, next hops of {VIP} {:?}\n{}",
+            w.established(),
+            w.next_hops(VIP),
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Only the node with the endpoint advertises the Local Service.
+    assert_eq!(
+        w.next_hops(LOCAL_VIP),
+        [format!("{SUBNET}.12")].into(),
+        "{}",
+        w.logs()
+    );
+    // The attributes arrive as set.
+    let route = w
+        .vtysh_json(&format!("show bgp ipv4 unicast {VIP}/32 json"))
+        .expect("the route");
+    let paths = route["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 3, "{route}");
+    for p in paths {
+        assert_eq!(p["community"]["string"], "65000:100", "{p}");
+        assert_eq!(p["largeCommunity"]["string"], "64512:1:2", "{p}");
+        assert_eq!(p["aspath"]["string"], MY_ASN.to_string(), "{p}");
+    }
+
+    // Traffic from behind the router reaches the Service through every node
+    // (the backend sees the forwarding node's address).
+    let mut via = BTreeSet::new();
+    for _ in 0..60 {
+        let answer = w.fetch(VIP);
+        let peer = answer
+            .strip_prefix("peer=")
+            .and_then(|a| a.split(':').next())
+            .unwrap_or_else(|| panic!("answer {answer:?}\n{}", w.logs()))
+            .to_string();
+        via.insert(peer);
+    }
+    assert_eq!(via, all, "connections went through {via:?}");
+    let local = w.fetch(LOCAL_VIP);
+    assert!(
+        local.starts_with(&format!("peer={CLIENT}:")),
+        "the Local Service sees the client: {local}"
+    );
+
+    // A speaker killed outright: its connection closes, the router drops its
+    // routes, and every connection still succeeds through the other two.
+    let killed = w.speakers[2];
+    w.lab.kill(killed);
+    let two: BTreeSet<String> = all.iter().take(2).cloned().collect();
+    wait_for(
+        "the killed node's route withdrawn",
+        Duration::from_secs(15),
+        || (w.next_hops(VIP) == two).then_some(()),
+    );
+    for _ in 0..30 {
+        let answer = w.fetch(VIP);
+        assert!(answer.starts_with("peer="), "{answer}\n{}", w.logs());
+        assert!(
+            !answer.starts_with(&format!("peer={SUBNET}.13")),
+            "{answer}"
+        );
+    }
+
+    // A speaker stopped (SIGTERM) says Cease: its routes go at once.
+    w.lab.terminate(w.speakers[1]);
+    wait_for("node-2's routes withdrawn", Duration::from_secs(10), || {
+        (w.next_hops(VIP) == [format!("{SUBNET}.11")].into() && w.next_hops(LOCAL_VIP).is_empty())
+            .then_some(())
+    });
+    let frr_log = std::fs::read_to_string(w.frr.join("frr.log")).unwrap_or_default();
+    assert!(
+        frr_log.contains("Cease/Administrative Shutdown"),
+        "the router logged the Cease:\n{frr_log}"
+    );
+    assert!(w.fetch(VIP).starts_with(&format!("peer={SUBNET}.11")));
+}
