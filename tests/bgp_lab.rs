@@ -46,14 +46,16 @@ fn peer_py() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py").to_string()
 }
 
-/// The lab with FRR running and no speaker yet; `None` (after saying why)
-/// where labs can't run or FRR is missing.
+/// The lab, no router daemon nor speaker yet; `None` (after saying why)
+/// where labs can't run or the routers are missing. The LAN has IPv6 too
+/// (fd78::1 the router, fd78::1i the nodes).
 fn world(test: &str) -> Option<World> {
-    if !std::path::Path::new("/usr/lib/frr/bgpd").exists() {
+    if !std::path::Path::new("/usr/lib/frr/bgpd").exists() || !which("bird") {
         support::netns::skip(
             test,
             Some(
-                "FRR is not installed (apt-get install frr; scripts/test installs it as root)"
+                "FRR or BIRD is not installed (apt-get install frr bird2; scripts/test \
+                 installs them as root)"
                     .into(),
             ),
         );
@@ -63,7 +65,27 @@ fn world(test: &str) -> Option<World> {
     let switch = lab.switch();
     let nodes = lab.plug_nodes(&switch, SUBNET, 3);
     let router = lab.namespace("r");
-    lab.plug(&switch, &router, "pr", &[&format!("{ROUTER}/24")]);
+    lab.plug(
+        &switch,
+        &router,
+        "pr",
+        &[&format!("{ROUTER}/24"), "fd78::1/64"],
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        lab.exec_ok(
+            n,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("fd78::1{}/64", i + 1),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        lab.exec_ok(n, &["ip", "route", "add", "default", "via", ROUTER]);
+    }
     let client = lab.namespace("c");
     lab.wire(
         &router,
@@ -77,9 +99,6 @@ fn world(test: &str) -> Option<World> {
         &client,
         &["ip", "route", "add", "default", "via", "10.78.1.1"],
     );
-    for n in &nodes {
-        lab.exec_ok(n, &["ip", "route", "add", "default", "via", ROUTER]);
-    }
     lab.exec_ok(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     // Hash on ports too, so one client's connections spread over the nodes
     // (the default hashes on addresses only).
@@ -98,31 +117,45 @@ fn world(test: &str) -> Option<World> {
     );
     let frr = lab.dir().join("frr");
     std::fs::create_dir_all(&frr).expect("frr directory");
-    let mut w = World {
+    Some(World {
         lab,
         nodes,
         router,
         client,
         frr,
         speakers: Vec::new(),
-    };
-    w.start_frr();
-    Some(w)
+    })
+}
+
+fn which(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// FRR's `router bgp` block accepting eBGP sessions from any node of the
+/// LAN, with ECMP over up to 8 paths; `neighbor_extra` adds lines for the
+/// `nodes` peer-group.
+fn frr_dynamic(neighbor_extra: &str) -> String {
+    format!(
+        "router bgp {ROUTER_ASN}\n bgp router-id {ROUTER}\n bgp log-neighbor-changes\n \
+         no bgp ebgp-requires-policy\n neighbor nodes peer-group\n neighbor nodes remote-as {MY_ASN}\n\
+         {neighbor_extra} bgp listen range {SUBNET}.0/24 peer-group nodes\n !\n address-family ipv4 unicast\n  \
+         maximum-paths 8\n exit-address-family\n!\n"
+    )
 }
 
 impl World {
-    /// zebra and bgpd in the router's namespace, in the foreground (the lab
-    /// kills them), accepting sessions from any node of the LAN.
-    fn start_frr(&mut self) {
+    /// zebra, bfdd and bgpd in the router's namespace, in the foreground (the
+    /// lab kills them), with `bgp` (a `router bgp` block) as configuration.
+    fn start_frr(&mut self, bgp: &str) {
         let d = self.frr.clone();
         let conf = d.join("frr.conf");
         std::fs::write(
             &conf,
             format!(
-                "hostname r\nlog file {log}\n!\nrouter bgp {ROUTER_ASN}\n bgp router-id {ROUTER}\n bgp log-neighbor-changes\n \
-                 no bgp ebgp-requires-policy\n neighbor nodes peer-group\n neighbor nodes remote-as {MY_ASN}\n \
-                 bgp listen range {SUBNET}.0/24 peer-group nodes\n !\n address-family ipv4 unicast\n  \
-                 maximum-paths 8\n exit-address-family\n!\n",
+                "hostname r\nlog file {log}\n!\n{bgp}",
                 log = d.join("frr.log").display()
             ),
         )
@@ -134,7 +167,7 @@ impl World {
             .expect("chown");
         let conf = conf.to_str().expect("utf-8 path").to_string();
         let zserv = format!("{p}/zserv.api");
-        for daemon in ["zebra", "bgpd"] {
+        for daemon in ["zebra", "bfdd", "bgpd"] {
             let log = d.join(format!("{daemon}.out"));
             let router = self.router.clone();
             self.lab.spawn(
@@ -167,6 +200,51 @@ impl World {
         });
     }
 
+    /// BIRD 2 in the router's namespace with `protocols` after a common head
+    /// (router id, device and kernel protocols exporting every route, ECMP
+    /// merged).
+    fn start_bird(&mut self, protocols: &str) {
+        let d = self.lab.dir().join("bird");
+        std::fs::create_dir_all(&d).expect("bird directory");
+        let conf = d.join("bird.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "router id {ROUTER};\nprotocol device {{}}\n\
+                 protocol kernel kernel4 {{ ipv4 {{ export all; }}; merge paths yes; }}\n\
+                 protocol kernel kernel6 {{ ipv6 {{ export all; }}; merge paths yes; }}\n{protocols}"
+            ),
+        )
+        .expect("bird.conf");
+        let ctl = d.join("bird.ctl");
+        let log = d.join("bird.out");
+        let router = self.router.clone();
+        self.lab.spawn(
+            &router,
+            "bird",
+            &[
+                "-f",
+                "-c",
+                conf.to_str().expect("utf-8 path"),
+                "-s",
+                ctl.to_str().expect("utf-8 path"),
+            ],
+            &log,
+        );
+        wait_for("BIRD's control socket", Duration::from_secs(10), || {
+            self.birdc("show status")
+                .contains("Daemon is up")
+                .then_some(())
+        });
+    }
+
+    fn birdc(&self, command: &str) -> String {
+        let ctl = self.lab.dir().join("bird/bird.ctl");
+        let mut args = vec!["birdc", "-s", ctl.to_str().expect("utf-8 path")];
+        args.extend(command.split(' '));
+        String::from_utf8_lossy(&self.lab.exec(&self.router, &args).stdout).into_owned()
+    }
+
     fn vtysh_json(&self, command: &str) -> Option<Value> {
         let out = self.lab.exec(
             &self.router,
@@ -175,35 +253,47 @@ impl World {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    fn start_speakers(&mut self) {
+    /// Starts every node's speaker with `node_config(i)`.
+    fn start_speakers(&mut self, node_config: impl Fn(usize) -> String) {
         for i in 1..=3 {
-            let config = self.node_config(i);
+            let config = node_config(i);
             let ns = self.nodes[i - 1].clone();
             let index = self.lab.start_speaker_with(&ns, i, &config);
             self.speakers.push(index);
         }
     }
+}
 
-    /// Node `i`'s configuration: its addresses advertised over BGP only.
-    fn node_config(&self, i: usize) -> String {
-        let seeds: Vec<String> = (1..=3)
-            .filter(|j| *j != i)
-            .map(|j| format!("{SUBNET}.1{j}:7946"))
-            .collect();
-        format!(
-            "node: node-{i}\ngossip:\n  listen: {SUBNET}.1{i}:7946\n  seeds: [{}]\n  secret: lab-gossip-secret\n\
-             addresses:\n  - address: {VIP}\n    bgp: {{communities: [\"65000:100\", \"large:64512:1:2\"]}}\n  \
+/// Node `i`'s gossip settings, then `rest` (addresses, bgp, services).
+fn node_config(i: usize, rest: &str) -> String {
+    let seeds: Vec<String> = (1..=3)
+        .filter(|j| *j != i)
+        .map(|j| format!("{SUBNET}.1{j}:7946"))
+        .collect();
+    format!(
+        "node: node-{i}\ngossip:\n  listen: {SUBNET}.1{i}:7946\n  seeds: [{}]\n  secret: lab-gossip-secret\n{rest}",
+        seeds.join(", ")
+    )
+}
+
+/// The first lab's nodes: both addresses over BGP only, to the router.
+fn ecmp_config(i: usize) -> String {
+    node_config(
+        i,
+        &format!(
+            "addresses:\n  - address: {VIP}\n    bgp: {{communities: [\"65000:100\", \"large:64512:1:2\"]}}\n  \
              - address: {LOCAL_VIP}\n    bgp: {{}}\n\
              bgp:\n  peers:\n    - name: tor\n      spec: {{myASN: {MY_ASN}, peerASN: {ROUTER_ASN}, \
              peerAddress: {ROUTER}, holdTime: 9s}}\n\
              services:\n  - name: web\n    address: {VIP}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
              endpoints: [{{address: {BACKEND}}}]\n  - name: local\n    address: {LOCAL_VIP}\n    \
              externalTrafficPolicy: Local\n    ports: [{{port: 80, targetPort: 8081}}]\n    \
-             endpoints: [{{address: {POD}, node: node-2}}]\n",
-            seeds.join(", ")
-        )
-    }
+             endpoints: [{{address: {POD}, node: node-2}}]\n"
+        ),
+    )
+}
 
+impl World {
     /// The router's established sessions, by neighbor address.
     fn established(&self) -> BTreeSet<String> {
         let Some(summary) = self.vtysh_json("show bgp ipv4 unicast summary json") else {
@@ -223,9 +313,11 @@ impl World {
 
     /// The next hops of `address`/32 in the router's kernel table.
     fn next_hops(&self, address: &str) -> BTreeSet<String> {
-        let out = self
-            .lab
-            .exec(&self.router, &["ip", "-j", "route", "show", address]);
+        let family = if address.contains(':') { "-6" } else { "-4" };
+        let out = self.lab.exec(
+            &self.router,
+            &["ip", family, "-j", "route", "show", address],
+        );
         let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         let mut hops = BTreeSet::new();
         for r in routes.as_array().into_iter().flatten() {
@@ -307,7 +399,8 @@ fn frr_learns_every_nodes_route_and_traffic_crosses_all_three() {
     let log = w.lab.dir().join("pod.log");
     w.lab
         .spawn(&pod, "python3", &[&peer_py(), "serve", POD, "8081"], &log);
-    w.start_speakers();
+    w.start_frr(&frr_dynamic(""));
+    w.start_speakers(ecmp_config);
 
     let all = nodes_addresses();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -390,4 +483,116 @@ fn frr_learns_every_nodes_route_and_traffic_crosses_all_three() {
         "the router logged the Cease:\n{frr_log}"
     );
     assert!(w.fetch(VIP).starts_with(&format!("peer={SUBNET}.11")));
+}
+
+/// Advertised over the IPv6 sessions.
+const VIP6: &str = "2001:db8:78::100";
+
+#[test]
+fn bird_takes_ibgp_with_local_pref_and_ipv6_over_ipv6_sessions() {
+    let Some(mut w) = world("bird_takes_ibgp_with_local_pref_and_ipv6_over_ipv6_sessions") else {
+        return;
+    };
+    // iBGP (one AS): BIRD accepts any node of the LAN, over IPv4 and IPv6.
+    w.start_bird(&format!(
+        "protocol bgp nodes4 {{ local {ROUTER} as {MY_ASN}; neighbor range {SUBNET}.0/24 as {MY_ASN}; \
+         direct; ipv4 {{ import all; export none; gateway direct; }}; }}\n\
+         protocol bgp nodes6 {{ local fd78::1 as {MY_ASN}; neighbor range fd78::/64 as {MY_ASN}; \
+         direct; ipv6 {{ import all; export none; gateway direct; }}; }}\n"
+    ));
+    w.start_speakers(|i| {
+        node_config(
+            i,
+            &format!(
+                "addresses:\n  - address: {VIP}\n    bgp: {{peers: [tor4], localPref: 300}}\n  \
+                 - address: {VIP6}\n    bgp: {{peers: [tor6]}}\n\
+                 bgp:\n  peers:\n    - name: tor4\n      spec: {{myASN: {MY_ASN}, peerASN: {MY_ASN}, peerAddress: {ROUTER}}}\n    \
+                 - name: tor6\n      spec: {{myASN: {MY_ASN}, peerASN: {MY_ASN}, peerAddress: \"fd78::1\"}}\n\
+                 services:\n  - name: web\n    address: {VIP}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
+                 endpoints: [{{address: {BACKEND}}}]\n"
+            ),
+        )
+    });
+    let v6_hops: BTreeSet<String> = (1..=3).map(|i| format!("fd78::1{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.next_hops(VIP) != nodes_addresses() || w.next_hops(VIP6) != v6_hops {
+        assert!(
+            Instant::now() < deadline,
+            "next hops {:?} and {:?}\n{}\n{}",
+            w.next_hops(VIP),
+            w.next_hops(VIP6),
+            w.birdc("show protocols"),
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let route = w.birdc(&format!("show route for {VIP} all"));
+    assert_eq!(route.matches("BGP.local_pref: 300").count(), 3, "{route}");
+    let route6 = w.birdc(&format!("show route for {VIP6} all"));
+    for i in 1..=3 {
+        assert!(
+            route6.contains(&format!("BGP.next_hop: fd78::1{i}")),
+            "{route6}"
+        );
+    }
+    // No IPv6 route went over the IPv4 sessions, nor the other way round.
+    assert!(!route.contains("fd78::"), "{route}");
+    let answer = w.fetch(VIP);
+    assert!(
+        answer.starts_with("peer=10.78.0.1"),
+        "{answer}\n{}",
+        w.logs()
+    );
+}
+
+#[test]
+fn tcp_md5_lets_the_right_password_in_and_keeps_a_wrong_one_out() {
+    let Some(mut w) = world("tcp_md5_lets_the_right_password_in_and_keeps_a_wrong_one_out") else {
+        return;
+    };
+    let mut bgp = format!(
+        "router bgp {ROUTER_ASN}\n bgp router-id {ROUTER}\n bgp log-neighbor-changes\n no bgp ebgp-requires-policy\n"
+    );
+    for i in 1..=3 {
+        bgp.push_str(&format!(
+            " neighbor {SUBNET}.1{i} remote-as {MY_ASN}\n neighbor {SUBNET}.1{i} password right-secret\n"
+        ));
+    }
+    bgp.push_str(" address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n!\n");
+    w.start_frr(&bgp);
+    w.start_speakers(|i| {
+        // node-1 and node-3 know the password; node-2 has a wrong one.
+        let password = if i == 2 { "wrong-secret" } else { "right-secret" };
+        node_config(
+            i,
+            &format!(
+                "addresses:\n  - address: {VIP}\n    bgp: {{}}\n\
+                 bgp:\n  peers:\n    - name: tor\n      password: {password}\n      \
+                 spec: {{myASN: {MY_ASN}, peerASN: {ROUTER_ASN}, peerAddress: {ROUTER}, connectTime: 2s}}\n\
+                 services:\n  - name: web\n    address: {VIP}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
+                 endpoints: [{{address: {BACKEND}}}]\n"
+            ),
+        )
+    });
+    let right: BTreeSet<String> = [format!("{SUBNET}.11"), format!("{SUBNET}.13")].into();
+    wait_for(
+        "the sessions with the right password",
+        Duration::from_secs(15),
+        || (w.established() == right && w.next_hops(VIP) == right).then_some(()),
+    );
+    // The wrong password never gets a session: the router's kernel drops
+    // its segments, the speaker's connection attempts time out and say so.
+    let log = w.lab.dir().join("node-2.log");
+    wait_for(
+        "node-2 to report its failing session",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log).ok().filter(|l| {
+                l.contains("BGP session not established; retrying")
+                    && l.contains("connect: timed out")
+            })
+        },
+    );
+    assert_eq!(w.established(), right, "{}", w.logs());
+    assert_eq!(w.next_hops(VIP), right);
 }

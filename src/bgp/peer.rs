@@ -190,16 +190,19 @@ async fn run(
             if *s == said {
                 return false;
             }
-            if s.state != said.state {
-                match (&said.last_error, said.state) {
-                    (_, State::Established) => {
-                        info!(%peer, router = %spec.address, "BGP session established")
-                    }
-                    (Some(e), State::Active) if s.state == State::Established => {
-                        warn!(%peer, router = %spec.address, error = %e, "BGP session down")
-                    }
-                    _ => {}
+            match (&said.last_error, said.state) {
+                (_, State::Established) if s.state != State::Established => {
+                    info!(%peer, router = %spec.address, "BGP session established")
                 }
+                (Some(e), State::Active) if s.state == State::Established => {
+                    warn!(%peer, router = %spec.address, error = %e, "BGP session down")
+                }
+                // A new reason it cannot come up; the same one again (every
+                // retry) is not repeated.
+                (Some(e), State::Active) if s.last_error.as_ref() != Some(e) => {
+                    warn!(%peer, router = %spec.address, error = %e, "BGP session not established; retrying")
+                }
+                _ => {}
             }
             *s = said;
             true
