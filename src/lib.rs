@@ -24,6 +24,7 @@
 //! - [`speaker`]: decides which addresses this node owns and announces them.
 
 pub mod api;
+pub mod bfd;
 pub mod bgp;
 pub mod controller;
 pub mod demo;

@@ -596,3 +596,79 @@ fn tcp_md5_lets_the_right_password_in_and_keeps_a_wrong_one_out() {
     assert_eq!(w.established(), right, "{}", w.logs());
     assert_eq!(w.next_hops(VIP), right);
 }
+
+#[test]
+fn bfd_withdraws_a_node_whose_link_dies_long_before_the_hold_time() {
+    let Some(mut w) = world("bfd_withdraws_a_node_whose_link_dies_long_before_the_hold_time")
+    else {
+        return;
+    };
+    let bfd = "bfd\n profile fast\n  transmit-interval 100\n  receive-interval 100\n  detect-multiplier 3\n !\n!\n";
+    w.start_frr(&format!(
+        "{bfd}{}",
+        frr_dynamic(" neighbor nodes bfd\n neighbor nodes bfd profile fast\n")
+    ));
+    // The default hold time (90 s): only BFD can make this quick.
+    w.start_speakers(|i| {
+        node_config(
+            i,
+            &format!(
+                "addresses:\n  - address: {VIP}\n    bgp: {{}}\n\
+                 bgp:\n  bfdProfiles:\n    fast: {{receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}}\n  \
+                 peers:\n    - name: tor\n      spec: {{myASN: {MY_ASN}, peerASN: {ROUTER_ASN}, peerAddress: {ROUTER}, bfdProfile: fast}}\n\
+                 services:\n  - name: web\n    address: {VIP}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
+                 endpoints: [{{address: {BACKEND}}}]\n"
+            ),
+        )
+    });
+    let all = nodes_addresses();
+    let bfd_up = |w: &World| -> BTreeSet<String> {
+        w.vtysh_json("show bfd peers json")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p["status"] == "up")
+            .filter_map(|p| p["peer"].as_str().map(str::to_string))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.next_hops(VIP) != all || bfd_up(&w) != all {
+        assert!(
+            Instant::now() < deadline,
+            "next hops {:?}, BFD up with {:?}\n{}",
+            w.next_hops(VIP),
+            bfd_up(&w),
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // node-3's link dies: no FIN, no RST, only silence.
+    let n3 = w.nodes[2].clone();
+    w.lab.exec_ok(&n3, &["ip", "link", "set", "eth0", "down"]);
+    let cut = Instant::now();
+    let two: BTreeSet<String> = all.iter().take(2).cloned().collect();
+    wait_for("node-3 withdrawn by BFD", Duration::from_secs(10), || {
+        (w.next_hops(VIP) == two).then_some(())
+    });
+    let took = cut.elapsed();
+    println!("withdrawn {took:?} after the link went down (hold time 90 s)");
+    for _ in 0..20 {
+        let answer = w.fetch(VIP);
+        assert!(answer.starts_with("peer=10.78.0.1"), "{answer}");
+        assert!(
+            !answer.starts_with(&format!("peer={SUBNET}.13")),
+            "{answer}"
+        );
+    }
+    // The speaker saw it too, from its side.
+    let log = w.lab.dir().join("node-3.log");
+    wait_for(
+        "node-3's speaker to see BFD down",
+        Duration::from_secs(5),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains("BFD session down"))
+        },
+    );
+}

@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 
 use super::peer::PeerSpec;
 use super::session::{Attributes, Config, GracefulRestart};
-use crate::api::{BGPAdvertisementSpec, BGPPeerSpec};
+use crate::api::{BFDProfileSpec, BGPAdvertisementSpec, BGPPeerSpec};
 
 /// The hold time when a peer sets none (RFC 4271's suggestion, MetalLB's).
 pub const DEFAULT_HOLD: u16 = 90;
@@ -81,6 +81,7 @@ pub fn peer_spec(
     name: &str,
     spec: &BGPPeerSpec,
     password: Option<String>,
+    bfd: Option<&BFDProfileSpec>,
     restarting: bool,
 ) -> Result<PeerSpec, String> {
     let at = |e: String| format!("BGPPeer {name}: spec.{e}");
@@ -166,7 +167,19 @@ pub fn peer_spec(
             (false, _) => None,
         },
         password,
+        bfd: bfd.map(bfd_settings),
     })
+}
+
+/// A `BFDProfile`'s settings, with RFC 5880's usual defaults (300 ms, 3).
+pub fn bfd_settings(p: &BFDProfileSpec) -> crate::bfd::session::Settings {
+    let ms = |v: Option<u32>| Duration::from_millis(v.unwrap_or(300).clamp(10, 60_000).into());
+    crate::bfd::session::Settings {
+        transmit_interval: ms(p.transmit_interval),
+        receive_interval: ms(p.receive_interval),
+        detect_multiplier: p.detect_multiplier.unwrap_or(3).clamp(2, 255) as u8,
+        passive: p.passive_mode.unwrap_or(false),
+    }
 }
 
 /// A community as written in an advertisement or an alias.
@@ -294,7 +307,7 @@ mod tests {
             "myASN": 64512, "peerASN": 64513, "peerAddress": "10.0.0.1"
         }))
         .expect("spec");
-        let p = peer_spec("tor", &spec, None, false).expect("valid");
+        let p = peer_spec("tor", &spec, None, None, false).expect("valid");
         assert_eq!(p.address, "10.0.0.1:179".parse().expect("addr"));
         assert_eq!(p.session.hold_time, DEFAULT_HOLD);
         assert_eq!(p.ttl, Some(1));
@@ -302,24 +315,24 @@ mod tests {
         spec.hold_time = Some("3s".into());
         spec.keepalive_time = Some("3s".into());
         assert_eq!(
-            peer_spec("tor", &spec, None, false).expect_err("keepalive"),
+            peer_spec("tor", &spec, None, None, false).expect_err("keepalive"),
             "BGPPeer tor: spec.keepaliveTime: must be shorter than holdTime"
         );
         spec.keepalive_time = None;
         spec.hold_time = Some("2s".into());
         assert_eq!(
-            peer_spec("tor", &spec, None, false).expect_err("hold"),
+            peer_spec("tor", &spec, None, None, false).expect_err("hold"),
             "BGPPeer tor: spec.holdTime: 2s is outside 3s to 65535s"
         );
         spec.hold_time = Some("0s".into());
         assert_eq!(
-            peer_spec("tor", &spec, None, false)
+            peer_spec("tor", &spec, None, None, false)
                 .expect("0s: no keepalives")
                 .ttl,
             Some(255)
         );
         assert!(
-            peer_spec("tor", &spec, Some("x".repeat(81)), false)
+            peer_spec("tor", &spec, Some("x".repeat(81)), None, false)
                 .expect_err("long password")
                 .contains("passwordSecret")
         );

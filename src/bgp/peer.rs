@@ -10,7 +10,8 @@ use bytes::BytesMut;
 use ipnetwork::IpNetwork;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::session::{Action, Attributes, Config, Input, Session, State};
@@ -32,6 +33,8 @@ pub struct PeerSpec {
     pub ttl: Option<u32>,
     /// The TCP MD5 password.
     pub password: Option<String>,
+    /// BFD with the router, and how fast.
+    pub bfd: Option<crate::bfd::session::Settings>,
 }
 
 /// What a session last said, for status and metrics.
@@ -46,6 +49,9 @@ pub struct Status {
     /// Prefixes the router has from it.
     pub prefixes_sent: usize,
 }
+
+/// A session's BFD state, when it runs BFD.
+pub type BfdState = Option<watch::Receiver<crate::bfd::packet::State>>;
 
 /// How a session ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,19 +68,32 @@ pub struct Peer {
     /// What it is.
     pub spec: PeerSpec,
     routes: watch::Sender<BTreeMap<IpNetwork, Attributes>>,
-    bfd_down: watch::Sender<u64>,
+    bfd: BfdState,
+    bfd_stop: CancellationToken,
     status: watch::Receiver<Status>,
     stop: watch::Sender<Option<Ending>>,
     done: tokio::task::JoinHandle<()>,
 }
 
 impl Peer {
-    /// Starts a session with `spec`, advertising `routes` once established.
-    pub fn start(spec: PeerSpec, routes: BTreeMap<IpNetwork, Attributes>) -> Self {
+    /// Starts a session with `spec`, advertising `routes` once established;
+    /// with BFD in `spec`, its BFD session runs on `mux`.
+    pub fn start(
+        spec: PeerSpec,
+        routes: BTreeMap<IpNetwork, Attributes>,
+        mux: Option<&crate::bfd::Mux>,
+    ) -> Self {
         let now = Instant::now();
         let session = Session::new(spec.session.clone(), now);
         let (routes_tx, routes_rx) = watch::channel(routes);
-        let (bfd_tx, bfd_rx) = watch::channel(0);
+        let (bfd_tx, bfd_rx) = mpsc::unbounded_channel();
+        let bfd_stop = CancellationToken::new();
+        let bfd = match (spec.bfd, mux) {
+            (Some(settings), Some(mux)) => {
+                Some(mux.session(spec.address.ip(), settings, bfd_tx, bfd_stop.clone()))
+            }
+            _ => None,
+        };
         let (status_tx, status) = watch::channel(Status {
             state: State::Idle,
             since: now,
@@ -93,7 +112,8 @@ impl Peer {
         Self {
             spec,
             routes: routes_tx,
-            bfd_down: bfd_tx,
+            bfd,
+            bfd_stop,
             status,
             stop,
             done,
@@ -109,10 +129,9 @@ impl Peer {
         });
     }
 
-    /// BFD says the path is down: the session closes at once (and is tried
-    /// again, as after any failure).
-    pub fn bfd_down(&self) {
-        self.bfd_down.send_modify(|n| *n += 1);
+    /// The BFD session's state, when there is one.
+    pub fn bfd_state(&self) -> Option<crate::bfd::packet::State> {
+        self.bfd.as_ref().map(|b| *b.borrow())
     }
 
     /// What the session last said.
@@ -122,6 +141,7 @@ impl Peer {
 
     /// Ends the session and waits until its last words are sent.
     pub async fn stop(self, ending: Ending) {
+        self.bfd_stop.cancel();
         let _ = self.stop.send(Some(ending));
         let _ = self.done.await;
     }
@@ -132,7 +152,7 @@ async fn run(
     spec: PeerSpec,
     mut session: Session,
     mut routes: watch::Receiver<BTreeMap<IpNetwork, Attributes>>,
-    mut bfd: watch::Receiver<u64>,
+    mut bfd: mpsc::UnboundedReceiver<()>,
     status: watch::Sender<Status>,
     mut stop: watch::Receiver<Option<Ending>>,
 ) {
@@ -269,10 +289,8 @@ async fn run(
                     pending = session.input(Input::Routes(r), Instant::now());
                 }
             }
-            changed = bfd.changed() => {
-                if changed.is_ok() {
-                    pending = session.input(Input::BfdDown, Instant::now());
-                }
+            Some(()) = bfd.recv() => {
+                pending = session.input(Input::BfdDown, Instant::now());
             }
             changed = stop.changed() => {
                 let ending = if changed.is_ok() { *stop.borrow() } else { Some(Ending::Withdraw) };

@@ -56,6 +56,10 @@ pub struct StaticBgp {
     /// Names for communities, as a `Community` object gives them.
     #[serde(default)]
     pub communities: BTreeMap<String, String>,
+    /// BFD profiles by name, as `BFDProfile` specs, for the peers'
+    /// `bfdProfile`.
+    #[serde(default)]
+    pub bfd_profiles: BTreeMap<String, crate::api::BFDProfileSpec>,
 }
 
 /// A BGP router of a static configuration.
@@ -297,8 +301,18 @@ impl StaticConfig {
             {
                 return Err(fail(format!("bgp.peers: {} is listed twice", p.name)));
             }
-            let spec = crate::bgp::config::peer_spec(&p.name, &p.spec, p.password.clone(), false)
-                .map_err(fail)?;
+            let bfd = match &p.spec.bfd_profile {
+                Some(name) => Some(self.bgp.bfd_profiles.get(name).ok_or_else(|| {
+                    fail(format!(
+                        "bgp.peers[{}].spec.bfdProfile: {name} is not one of bgp.bfdProfiles",
+                        p.name
+                    ))
+                })?),
+                None => None,
+            };
+            let spec =
+                crate::bgp::config::peer_spec(&p.name, &p.spec, p.password.clone(), bfd, false)
+                    .map_err(fail)?;
             peers.push(view::WantedPeer {
                 spec,
                 constraints: Constraints {

@@ -49,6 +49,8 @@ pub struct Executor {
     bursts: CancellationToken,
     /// The BGP sessions, by `BGPPeer` name.
     peers: BTreeMap<String, crate::bgp::peer::Peer>,
+    /// The BFD receiver, bound when a first session asks for BFD.
+    bfd: Option<crate::bfd::Mux>,
 }
 
 impl Executor {
@@ -69,6 +71,7 @@ impl Executor {
             report,
             bursts: CancellationToken::new(),
             peers: BTreeMap::new(),
+            bfd: None,
         }
     }
 
@@ -276,10 +279,17 @@ impl Executor {
             match self.peers.get(name) {
                 Some(p) => p.advertise(routes),
                 None => {
-                    info!(peer = %name, router = %spec.address, "BGP session starts");
+                    if spec.bfd.is_some() && self.bfd.is_none() {
+                        match crate::bfd::Mux::bind() {
+                            Ok(m) => self.bfd = Some(m),
+                            Err(e) => warn!(error = %e,
+                                "cannot listen for BFD on UDP 3784; BGP sessions run without BFD"),
+                        }
+                    }
+                    info!(peer = %name, router = %spec.address, bfd = spec.bfd.is_some(), "BGP session starts");
                     self.peers.insert(
                         name.to_string(),
-                        crate::bgp::peer::Peer::start(spec.clone(), routes),
+                        crate::bgp::peer::Peer::start(spec.clone(), routes, self.bfd.as_ref()),
                     );
                 }
             }
