@@ -14,11 +14,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::netns::Lab;
+use support::routers::{Frr, frr_installed, next_hops};
 
 const SUBNET: &str = "10.78.0";
 const ROUTER: &str = "10.78.0.1";
@@ -38,7 +38,7 @@ struct World {
     nodes: Vec<String>,
     router: String,
     client: String,
-    frr: PathBuf,
+    frr: Option<Frr>,
     speakers: Vec<usize>,
 }
 
@@ -50,7 +50,7 @@ fn peer_py() -> String {
 /// where labs can't run or the routers are missing. The LAN has IPv6 too
 /// (fd78::1 the router, fd78::1i the nodes).
 fn world(test: &str) -> Option<World> {
-    if !std::path::Path::new("/usr/lib/frr/bgpd").exists() || !which("bird") {
+    if !frr_installed() || !which("bird") {
         support::netns::skip(
             test,
             Some(
@@ -115,14 +115,12 @@ fn world(test: &str) -> Option<World> {
         &[&peer_py(), "serve", BACKEND, "8080"],
         &log,
     );
-    let frr = lab.dir().join("frr");
-    std::fs::create_dir_all(&frr).expect("frr directory");
     Some(World {
         lab,
         nodes,
         router,
         client,
-        frr,
+        frr: None,
         speakers: Vec::new(),
     })
 }
@@ -147,57 +145,10 @@ fn frr_dynamic(neighbor_extra: &str) -> String {
 }
 
 impl World {
-    /// zebra, bfdd and bgpd in the router's namespace, in the foreground (the
-    /// lab kills them), with `bgp` (a `router bgp` block) as configuration.
+    /// FRR in the router's namespace with `bgp` as configuration.
     fn start_frr(&mut self, bgp: &str) {
-        let d = self.frr.clone();
-        let conf = d.join("frr.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "hostname r\nlog file {log}\n!\n{bgp}",
-                log = d.join("frr.log").display()
-            ),
-        )
-        .expect("frr.conf");
-        let p = d.to_str().expect("utf-8 path").to_string();
-        std::process::Command::new("chown")
-            .args(["-R", "frr:frr", &p])
-            .status()
-            .expect("chown");
-        let conf = conf.to_str().expect("utf-8 path").to_string();
-        let zserv = format!("{p}/zserv.api");
-        for daemon in ["zebra", "bfdd", "bgpd"] {
-            let log = d.join(format!("{daemon}.out"));
-            let router = self.router.clone();
-            self.lab.spawn(
-                &router,
-                &format!("/usr/lib/frr/{daemon}"),
-                &[
-                    "-i",
-                    &format!("{p}/{daemon}.pid"),
-                    "-z",
-                    &zserv,
-                    "--vty_socket",
-                    &p,
-                    "-f",
-                    &conf,
-                    "-u",
-                    "frr",
-                    "-g",
-                    "frr",
-                ],
-                &log,
-            );
-            if daemon == "zebra" {
-                wait_for("zebra's socket", Duration::from_secs(10), || {
-                    std::path::Path::new(&zserv).exists().then_some(())
-                });
-            }
-        }
-        wait_for("bgpd's vty", Duration::from_secs(10), || {
-            self.vtysh_json("show bgp summary json")
-        });
+        let router = self.router.clone();
+        self.frr = Some(Frr::start(&mut self.lab, &router, bgp));
     }
 
     /// BIRD 2 in the router's namespace with `protocols` after a common head
@@ -246,11 +197,7 @@ impl World {
     }
 
     fn vtysh_json(&self, command: &str) -> Option<Value> {
-        let out = self.lab.exec(
-            &self.router,
-            &["vtysh", "--vty_socket", self.frr.to_str()?, "-c", command],
-        );
-        serde_json::from_slice(&out.stdout).ok()
+        self.frr.as_ref()?.json(&self.lab, command)
     }
 
     /// Starts every node's speaker with `node_config(i)`.
@@ -294,43 +241,15 @@ fn ecmp_config(i: usize) -> String {
 }
 
 impl World {
-    /// The router's established sessions, by neighbor address.
     fn established(&self) -> BTreeSet<String> {
-        let Some(summary) = self.vtysh_json("show bgp ipv4 unicast summary json") else {
-            return BTreeSet::new();
-        };
-        summary["peers"]
-            .as_object()
-            .map(|peers| {
-                peers
-                    .iter()
-                    .filter(|(_, p)| p["state"] == "Established")
-                    .map(|(a, _)| a.clone())
-                    .collect()
-            })
+        self.frr
+            .as_ref()
+            .map(|f| f.established(&self.lab))
             .unwrap_or_default()
     }
 
-    /// The next hops of `address`/32 in the router's kernel table.
     fn next_hops(&self, address: &str) -> BTreeSet<String> {
-        let family = if address.contains(':') { "-6" } else { "-4" };
-        let out = self.lab.exec(
-            &self.router,
-            &["ip", family, "-j", "route", "show", address],
-        );
-        let routes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let mut hops = BTreeSet::new();
-        for r in routes.as_array().into_iter().flatten() {
-            if let Some(g) = r["gateway"].as_str() {
-                hops.insert(g.to_string());
-            }
-            for n in r["nexthops"].as_array().into_iter().flatten() {
-                if let Some(g) = n["gateway"].as_str() {
-                    hops.insert(g.to_string());
-                }
-            }
-        }
-        hops
+        next_hops(&self.lab, &self.router, address)
     }
 
     /// One connection from the client to `address:80`: the backend's answer.
@@ -344,7 +263,7 @@ impl World {
 
     fn logs(&self) -> String {
         let mut out = String::new();
-        for f in ["node-1.log", "node-2.log", "node-3.log", "frr/frr.log"] {
+        for f in ["node-1.log", "node-2.log", "node-3.log"] {
             let text = std::fs::read_to_string(self.lab.dir().join(f)).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             out.push_str(&format!("--- {f}\n"));
@@ -477,7 +396,7 @@ fn frr_learns_every_nodes_route_and_traffic_crosses_all_three() {
         (w.next_hops(VIP) == [format!("{SUBNET}.11")].into() && w.next_hops(LOCAL_VIP).is_empty())
             .then_some(())
     });
-    let frr_log = std::fs::read_to_string(w.frr.join("frr.log")).unwrap_or_default();
+    let frr_log = w.frr.as_ref().map(Frr::log).unwrap_or_default();
     assert!(
         frr_log.contains("Cease/Administrative Shutdown"),
         "the router logged the Cease:\n{frr_log}"

@@ -791,6 +791,111 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
         );
     }
 
+    // BGP from the cluster's objects, with the speakers' own RBAC: an FRR
+    // router on the LAN, a BGPPeer whose TCP MD5 password is in a Secret, a
+    // pool only a BGPAdvertisement selects; every node advertises its
+    // address, and the client reaches it through the router.
+    if support::routers::frr_installed() {
+        let router_ns = lab.namespace("tor");
+        lab.plug(&switch, &router_ns, "pt", &["10.77.0.1/24"]);
+        lab.exec_ok(&router_ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let frr = support::routers::Frr::start(
+            &mut lab,
+            &router_ns,
+            "router bgp 64513\n bgp router-id 10.77.0.1\n no bgp ebgp-requires-policy\n \
+             neighbor nodes peer-group\n neighbor nodes remote-as 64512\n neighbor nodes password e2e-md5-secret\n \
+             bgp listen range 10.77.0.0/24 peer-group nodes\n address-family ipv4 unicast\n  maximum-paths 8\n \
+             exit-address-family\n",
+        );
+        lab.exec_ok(
+            &client_ns,
+            &["ip", "route", "add", "10.77.9.0/24", "via", "10.77.0.1"],
+        );
+        let secret_name = unique("bgp");
+        let bgp_secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": secret_name, "namespace": "ironlb-system"},
+            "type": "kubernetes.io/basic-auth",
+            "stringData": {"password": "e2e-md5-secret"},
+        }))
+        .expect("secret");
+        Api::<Secret>::namespaced(client.clone(), "ironlb-system")
+            .create(&PostParams::default(), &bgp_secret)
+            .await
+            .expect("create the password Secret");
+        let _made_secret = Made::new(&cluster, "secret", &secret_name);
+        let bgp_objects = format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {tor}}}\nspec:\n  \
+             myASN: 64512\n  peerASN: 64513\n  peerAddress: 10.77.0.1\n  holdTime: 9s\n  \
+             passwordSecret: {{name: {secret_name}}}\n---\n\
+             apiVersion: ironlb.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {{name: {bgp_pool}}}\nspec:\n  \
+             addresses: [10.77.9.100/32]\n---\n\
+             apiVersion: ironlb.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: {tor}}}\nspec:\n  \
+             ipAddressPools: [{bgp_pool}]\n  communities: [\"65000:77\"]\n",
+            tor = unique("tor"),
+            bgp_pool = unique("bgp"),
+        );
+        let manifest = dir.join("bgp.yaml");
+        std::fs::write(&manifest, bgp_objects).expect("write the BGP objects");
+        cluster.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+        let _made_bgp: Vec<Made> = [
+            ("bgppeer", unique("tor")),
+            ("bgpadvertisement", unique("tor")),
+        ]
+        .into_iter()
+        .map(|(kind, name)| Made::new(&cluster, kind, &name))
+        .collect();
+        let mut routed = Svc::lb(&ns.name, "routed")
+            .class(LOAD_BALANCER_CLASS)
+            .annotation(ironlb::api::annotations::FORWARDING, "embedded")
+            .annotation(ironlb::api::annotations::PROXY_PROTOCOL, "v2")
+            .annotation(ironlb::api::annotations::ADDRESS_POOL, &unique("bgp"))
+            .build();
+        let spec = routed.spec.as_mut().expect("spec");
+        spec.selector = None;
+        spec.ports.as_mut().expect("ports")[0].target_port =
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080));
+        create_service(&client, routed).await;
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "routed-1", "namespace": ns.name, "labels": {
+                "kubernetes.io/service-name": "routed",
+                "endpointslice.kubernetes.io/managed-by": "ironlb-e2e"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [BACKEND], "nodeName": nodes[0].0, "conditions": {"ready": true}}],
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+        }))
+        .expect("slice");
+        Api::<EndpointSlice>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &slice)
+            .await
+            .expect("create EndpointSlice");
+        let all: std::collections::BTreeSet<String> =
+            (1..=3).map(|i| format!("10.77.0.1{i}")).collect();
+        let deadline = Instant::now() + PATIENCE;
+        while support::routers::next_hops(&lab, &router_ns, "10.77.9.100") != all {
+            assert!(
+                Instant::now() < deadline,
+                "the router's next hops for 10.77.9.100: {:?}; sessions {:?}\n{}\n{}",
+                support::routers::next_hops(&lab, &router_ns, "10.77.9.100"),
+                frr.established(&lab),
+                frr.log(),
+                speaker_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let out = lab.exec(
+            &client_ns,
+            &["curl", "-sS", "--max-time", "2", "http://10.77.9.100/"],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("client={CLIENT}"),
+            "through the router: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("e2e: FRR is not installed: the BGP part is not tried");
+    }
+
     // The API server hangs; the owner dies; the address moves all the same.
     if let Some(frozen) = cluster.freeze() {
         let index = nodes

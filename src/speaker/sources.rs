@@ -105,6 +105,27 @@ pub async fn run_kubernetes(
     let pools = cache::<IPAddressPool>(Api::all(client.clone()), wake.clone(), shutdown.clone());
     let ads = cache::<L2Advertisement>(Api::all(client.clone()), wake.clone(), shutdown.clone());
     let slices = cache::<EndpointSlice>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    // The BGP kinds are not waited for: a cluster whose CRDs predate them
+    // keeps announcing over layer 2 (their watchers log and retry).
+    let bgp_peers =
+        cache::<crate::api::BGPPeer>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let bgp_ads = cache::<crate::api::BGPAdvertisement>(
+        Api::all(client.clone()),
+        wake.clone(),
+        shutdown.clone(),
+    );
+    let bfd_profiles =
+        cache::<crate::api::BFDProfile>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let communities =
+        cache::<crate::api::Community>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    // TCP MD5 passwords: Secrets of the speaker's own namespace only.
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "ironlb-system".into());
+    let secrets = cache::<k8s_openapi::api::core::v1::Secret>(
+        Api::namespaced(client.clone(), &namespace),
+        wake.clone(),
+        shutdown.clone(),
+    );
+    let restarting = handover.as_ref().is_some_and(|h| h.taken.is_some());
     let report_client = client.clone();
     let nodes = cache::<K8sNode>(Api::all(client), wake.clone(), shutdown.clone());
     let (desired_tx, desired) = watch::channel(Desired::default());
@@ -124,21 +145,44 @@ pub async fn run_kubernetes(
         }
         info!("cluster view ready");
         let mut first = true;
+        let mut said: Vec<String> = Vec::new();
         loop {
             let (svc, pl, ad, sl) = (services.state(), pools.state(), ads.state(), slices.state());
+            let (bp, ba, bf, co, se) = (
+                bgp_peers.state(),
+                bgp_ads.state(),
+                bfd_profiles.state(),
+                communities.state(),
+                secrets.state(),
+            );
             let view = view::ClusterView {
                 services: svc.iter().map(AsRef::as_ref).collect(),
                 pools: pl.iter().map(AsRef::as_ref).collect(),
                 advertisements: ad.iter().map(AsRef::as_ref).collect(),
                 slices: sl.iter().map(AsRef::as_ref).collect(),
                 default_class,
+                bgp: view::BgpObjects {
+                    peers: bp.iter().map(AsRef::as_ref).collect(),
+                    advertisements: ba.iter().map(AsRef::as_ref).collect(),
+                    bfd_profiles: bf.iter().map(AsRef::as_ref).collect(),
+                    communities: co.iter().map(AsRef::as_ref).collect(),
+                    secrets: se.iter().map(AsRef::as_ref).collect(),
+                },
             };
             let (frontends, invalid) = view::frontends(&view);
+            let (peers, mut problems) = view::bgp_peers(&view, restarting);
+            problems.extend(view::bgp_advertisement_problems(&view));
+            if problems != said {
+                for p in problems.iter().filter(|p| !said.contains(p)) {
+                    warn!(problem = %p, "BGP object not used as written");
+                }
+                said = problems;
+            }
             let now = Desired {
                 announcements: view::announcements(&view),
                 forwards: Forwards { frontends, invalid },
                 node_objects: nodes.state().iter().map(|n| (**n).clone()).collect(),
-                bgp_peers: Vec::new(),
+                bgp_peers: peers,
             };
             // The first value is always sent, even for an empty cluster: it
             // tells `run` that the view is synced and the speaker may join

@@ -74,6 +74,177 @@ pub struct ClusterView<'a> {
     pub slices: Vec<&'a EndpointSlice>,
     /// Serve Services without a class.
     pub default_class: bool,
+    /// The BGP objects.
+    pub bgp: BgpObjects<'a>,
+}
+
+/// The BGP kinds as the speaker reads them.
+#[derive(Default)]
+pub struct BgpObjects<'a> {
+    /// All BGPPeers.
+    pub peers: Vec<&'a crate::api::BGPPeer>,
+    /// All BGPAdvertisements.
+    pub advertisements: Vec<&'a crate::api::BGPAdvertisement>,
+    /// All BFDProfiles.
+    pub bfd_profiles: Vec<&'a crate::api::BFDProfile>,
+    /// All Communities.
+    pub communities: Vec<&'a crate::api::Community>,
+    /// The Secrets of the speaker's namespace (for `passwordSecret`).
+    pub secrets: Vec<&'a k8s_openapi::api::core::v1::Secret>,
+}
+
+impl BgpObjects<'_> {
+    /// Community aliases by name, from every Community object.
+    fn aliases(&self) -> BTreeMap<String, String> {
+        self.communities
+            .iter()
+            .flat_map(|c| c.spec.communities.iter())
+            .map(|a| (a.name.clone(), a.value.clone()))
+            .collect()
+    }
+}
+
+/// The BGP routers of the cluster, with the nodes that talk to each, and what
+/// keeps some from being used (the object named, for the log and events).
+/// `restarting`: this speaker took over from one on the same node, so the
+/// forwarding state survived (graceful restart's F bit).
+pub fn bgp_peers(view: &ClusterView<'_>, restarting: bool) -> (Vec<WantedPeer>, Vec<String>) {
+    let mut peers = Vec::new();
+    let mut problems = Vec::new();
+    for p in &view.bgp.peers {
+        let name = p.name_any();
+        let bfd = match &p.spec.bfd_profile {
+            Some(profile) => match view
+                .bgp
+                .bfd_profiles
+                .iter()
+                .find(|b| b.name_any() == *profile)
+            {
+                Some(b) => Some(&b.spec),
+                None => {
+                    problems.push(format!(
+                        "BGPPeer {name}: spec.bfdProfile: BFDProfile {profile} does not exist"
+                    ));
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let password = match &p.spec.password_secret {
+            Some(r) => {
+                let secret = view.bgp.secrets.iter().find(|s| {
+                    s.name_any() == r.name
+                        && r.namespace
+                            .as_ref()
+                            .is_none_or(|n| s.namespace().as_ref() == Some(n))
+                });
+                match secret
+                    .and_then(|s| s.data.as_ref())
+                    .and_then(|d| d.get("password"))
+                    .map(|b| String::from_utf8(b.0.clone()))
+                {
+                    Some(Ok(pw)) => Some(pw),
+                    _ => {
+                        problems.push(format!(
+                            "BGPPeer {name}: spec.passwordSecret: Secret {} has no key \
+                             \"password\" in the speaker's namespace",
+                            r.name
+                        ));
+                        continue;
+                    }
+                }
+            }
+            None => None,
+        };
+        let selectors: Result<Vec<_>, _> = p
+            .spec
+            .node_selectors
+            .iter()
+            .map(translate::selector)
+            .collect();
+        let Ok(node_selectors) = selectors else {
+            problems.push(format!(
+                "BGPPeer {name}: spec.nodeSelectors: unreadable selector"
+            ));
+            continue;
+        };
+        match crate::bgp::config::peer_spec(&name, &p.spec, password, bfd, restarting) {
+            Ok(spec) => peers.push(WantedPeer {
+                spec,
+                constraints: Constraints {
+                    node_selectors,
+                    ..Default::default()
+                },
+            }),
+            Err(e) => problems.push(e),
+        }
+    }
+    (peers, problems)
+}
+
+/// The BGP advertisements of `pool`'s address `address`.
+fn bgp_advertisements(
+    view: &ClusterView<'_>,
+    pool: &str,
+    labels: &BTreeMap<String, String>,
+    address: IpAddr,
+    aliases: &BTreeMap<String, String>,
+) -> Vec<BgpAdvertisement> {
+    let mut out = Vec::new();
+    for ad in &view.bgp.advertisements {
+        let spec = &ad.spec;
+        let selected = (spec.ip_address_pools.is_empty()
+            && spec.ip_address_pool_selectors.is_empty())
+            || spec.ip_address_pools.iter().any(|p| p == pool)
+            || spec
+                .ip_address_pool_selectors
+                .iter()
+                .filter_map(|s| translate::selector(s).ok())
+                .any(|s| s.matches(labels));
+        if !selected {
+            continue;
+        }
+        let Ok((prefix, attributes)) =
+            crate::bgp::config::advertisement(&ad.name_any(), spec, address, aliases)
+        else {
+            continue;
+        };
+        let selectors: Result<Vec<_>, _> = spec
+            .node_selectors
+            .iter()
+            .map(translate::selector)
+            .collect();
+        out.push(BgpAdvertisement {
+            node_selectors: selectors.unwrap_or_else(|_| vec![nothing()]),
+            peers: spec.peers.clone(),
+            prefix_length: prefix.prefix(),
+            attributes,
+        });
+    }
+    out
+}
+
+/// What keeps BGPAdvertisements from being used as written, naming the
+/// object and field (for the log and events).
+pub fn bgp_advertisement_problems(view: &ClusterView<'_>) -> Vec<String> {
+    let aliases = view.bgp.aliases();
+    let mut problems = Vec::new();
+    for ad in &view.bgp.advertisements {
+        let name = ad.name_any();
+        if let Err(e) =
+            crate::bgp::config::advertisement(&name, &ad.spec, IpAddr::from([0, 0, 0, 0]), &aliases)
+        {
+            problems.push(e);
+        }
+        for peer in &ad.spec.peers {
+            if !view.bgp.peers.iter().any(|p| p.name_any() == *peer) {
+                problems.push(format!(
+                    "BGPAdvertisement {name}: spec.peers: BGPPeer {peer} does not exist"
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// The addresses to announce. An address's pool is the one the controller
@@ -97,6 +268,7 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
         .map(|p| (p.name_any(), p.labels().clone()))
         .collect();
 
+    let aliases = view.bgp.aliases();
     let mut by_address: BTreeMap<IpAddr, Vec<&Service>> = BTreeMap::new();
     for svc in &view.services {
         if translate::is_eligible(svc, view.default_class) {
@@ -120,7 +292,8 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
             .iter()
             .filter(|ad| selects_pool(ad, &pool, &labels))
             .collect();
-        if ads.is_empty() {
+        let bgp = bgp_advertisements(view, &pool, &labels, address, &aliases);
+        if ads.is_empty() && bgp.is_empty() {
             continue;
         }
         let mut interfaces: BTreeSet<String> = BTreeSet::new();
@@ -166,8 +339,8 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
                 local_endpoints,
                 allowed_nodes: None,
             },
-            l2: true,
-            bgp: Vec::new(),
+            l2: !ads.is_empty(),
+            bgp,
         });
     }
     out
@@ -538,6 +711,7 @@ mod tests {
             advertisements: ads.iter().collect(),
             slices: slices.iter().collect(),
             default_class: true,
+            bgp: Default::default(),
         })
     }
 

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod netns;
 pub mod process;
 pub mod protocol;
+pub mod routers;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
