@@ -882,6 +882,25 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // Each node's session is readable with kubectl.
+        let by_peer = format!("{}={}", ironlb::api::bgp::BGP_PEER_LABEL, unique("tor"));
+        let sessions = Api::<ironlb::api::BGPSessionState>::all(client.clone());
+        wait_for("three established BGPSessionStates", PATIENCE, || async {
+            let list = sessions
+                .list(&kube::api::ListParams::default().labels(&by_peer))
+                .await
+                .ok()?;
+            (list.items.len() == 3
+                && list.items.iter().all(|s| {
+                    s.status
+                        .as_ref()
+                        .is_some_and(|st| st.state == "Established" && st.prefixes_sent == 1)
+                }))
+            .then_some(())
+        })
+        .await;
+        let table = cluster.kubectl_ok(&["get", "bgpsessionstates", "-l", &by_peer]);
+        assert_eq!(table.matches("Established").count(), 3, "{table}");
         let out = lab.exec(
             &client_ns,
             &["curl", "-sS", "--max-time", "2", "http://10.77.9.100/"],

@@ -130,8 +130,8 @@ impl Peer {
     }
 
     /// The BFD session's state, when there is one.
-    pub fn bfd_state(&self) -> Option<crate::bfd::packet::State> {
-        self.bfd.as_ref().map(|b| *b.borrow())
+    pub fn bfd_state(&self) -> BfdState {
+        self.bfd.clone()
     }
 
     /// What the session last said.

@@ -271,7 +271,17 @@ impl Executor {
         for name in ended {
             if let Some(p) = self.peers.remove(&name) {
                 info!(peer = %name, router = %p.spec.address, "BGP session ends");
+                let address = p.spec.address.ip();
                 p.stop(crate::bgp::peer::Ending::Withdraw).await;
+                if let Some(tx) = &self.report
+                    && !wanted.contains_key(name.as_str())
+                {
+                    let _ = tx.send(Report::BgpSession {
+                        peer: name,
+                        peer_address: address,
+                        status: None,
+                    });
+                }
             }
         }
         for (name, spec) in wanted {
@@ -287,10 +297,12 @@ impl Executor {
                         }
                     }
                     info!(peer = %name, router = %spec.address, bfd = spec.bfd.is_some(), "BGP session starts");
-                    self.peers.insert(
-                        name.to_string(),
-                        crate::bgp::peer::Peer::start(spec.clone(), routes, self.bfd.as_ref()),
-                    );
+                    let peer =
+                        crate::bgp::peer::Peer::start(spec.clone(), routes, self.bfd.as_ref());
+                    if let Some(tx) = &self.report {
+                        report_session(tx.clone(), &peer);
+                    }
+                    self.peers.insert(name.to_string(), peer);
                 }
             }
         }
@@ -311,6 +323,48 @@ impl Executor {
             release(a);
         }
     }
+}
+
+/// Reports `peer`'s state as it changes, until the session ends.
+fn report_session(tx: mpsc::UnboundedSender<Report>, peer: &crate::bgp::peer::Peer) {
+    let (name, address) = (peer.spec.name.clone(), peer.spec.address.ip());
+    let mut status = peer.status();
+    let mut bfd = peer.bfd_state();
+    tokio::spawn(async move {
+        loop {
+            // A session that ended says nothing more: its last word is the
+            // executor's (removed, or the next session's).
+            if status.has_changed().is_err() {
+                return;
+            }
+            let s = status.borrow_and_update().clone();
+            let bfd_now = bfd.as_mut().map(|b| b.borrow_and_update().to_string());
+            let report = Report::BgpSession {
+                peer: name.clone(),
+                peer_address: address,
+                status: Some(super::report::BgpSessionStatus {
+                    state: s.state.to_string(),
+                    bfd: bfd_now,
+                    since: std::time::SystemTime::now() - s.since.elapsed(),
+                    last_error: s.last_error,
+                    prefixes_sent: s.prefixes_sent as u64,
+                }),
+            };
+            if tx.send(report).is_err() {
+                return;
+            }
+            let bfd_changed = async {
+                match bfd.as_mut() {
+                    Some(b) => b.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = status.changed() => if r.is_err() { return },
+                r = bfd_changed => if r.is_err() { return },
+            }
+        }
+    });
 }
 
 /// Drops an announcer off the event loop: its reader thread takes up to a

@@ -38,6 +38,16 @@ pub enum Report {
         /// Why, naming the annotation or field.
         message: String,
     },
+    /// A BGP session of this node changed (`None`: it is no longer
+    /// configured).
+    BgpSession {
+        /// The `BGPPeer`'s name.
+        peer: String,
+        /// The router's address.
+        peer_address: IpAddr,
+        /// What the session says now.
+        status: Option<BgpSessionStatus>,
+    },
     /// This node would announce `address` but cannot serve it, so it leaves
     /// it to another node.
     GaveUp {
@@ -50,6 +60,21 @@ pub enum Report {
     },
 }
 
+/// A BGP session's state, as `BGPSessionState` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BgpSessionStatus {
+    /// The RFC 4271 state.
+    pub state: String,
+    /// The BFD state, with BFD.
+    pub bfd: Option<String>,
+    /// When the session reached its state.
+    pub since: std::time::SystemTime,
+    /// Why it last failed.
+    pub last_error: Option<String>,
+    /// Prefixes advertised.
+    pub prefixes_sent: u64,
+}
+
 impl Report {
     /// What a later report supersedes: the address, or the Service's problem.
     fn key(&self) -> String {
@@ -59,6 +84,7 @@ impl Report {
             }
             Report::NotForwarded { service, message } => format!("{service} {message}"),
             Report::GaveUp { address, .. } => format!("{address} given up"),
+            Report::BgpSession { peer, .. } => format!("bgp {peer}"),
         }
     }
 }
@@ -96,6 +122,11 @@ impl ClusterReporter {
         use kube::runtime::events::{Event, EventType};
 
         let (address, services, interfaces) = match report {
+            Report::BgpSession {
+                peer,
+                peer_address,
+                status,
+            } => return self.session(peer, *peer_address, status.as_ref()).await,
             Report::Announcing {
                 address,
                 services,
@@ -204,6 +235,74 @@ impl ClusterReporter {
 }
 
 impl ClusterReporter {
+    /// Writes (or deletes) this node's `BGPSessionState` for `peer`; false
+    /// when it must be tried again.
+    async fn session(
+        &self,
+        peer: &str,
+        peer_address: IpAddr,
+        status: Option<&BgpSessionStatus>,
+    ) -> bool {
+        use crate::api::bgp::{BGP_NODE_LABEL, BGP_PEER_LABEL};
+        use crate::api::{BGPSessionState, BGPSessionStateSpec};
+        use kube::api::{DeleteParams, Patch, PatchParams};
+        let api: kube::Api<BGPSessionState> = kube::Api::all(self.client.clone());
+        let name = format!("{peer}-{}", self.node);
+        let Some(status) = status else {
+            return match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => true,
+                Err(kube::Error::Api(e)) if e.code == 404 => true,
+                Err(e) => {
+                    warn!(%peer, error = %e, "removing the BGP session report; will retry");
+                    false
+                }
+            };
+        };
+        let mut object = BGPSessionState::new(
+            &name,
+            BGPSessionStateSpec {
+                node: self.node.clone(),
+                peer: peer.to_string(),
+                peer_address: peer_address.to_string(),
+            },
+        );
+        object.metadata.labels = Some(
+            [
+                (BGP_NODE_LABEL.to_string(), self.node.clone()),
+                (BGP_PEER_LABEL.to_string(), peer.to_string()),
+            ]
+            .into(),
+        );
+        let params = PatchParams::apply("ironlb-speaker").force();
+        let since = k8s_openapi::jiff::Timestamp::try_from(status.since)
+            .ok()
+            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
+        let patch = serde_json::json!({
+            "apiVersion": "ironlb.dev/v1alpha1",
+            "kind": "BGPSessionState",
+            "status": crate::api::BGPSessionStateStatus {
+                state: status.state.clone(),
+                bfd_state: status.bfd.clone(),
+                since,
+                last_error: status.last_error.clone(),
+                prefixes_sent: status.prefixes_sent,
+            },
+        });
+        let result = async {
+            api.patch(&name, &params, &Patch::Apply(&object)).await?;
+            api.patch_status(&name, &params, &Patch::Apply(&patch))
+                .await
+        }
+        .await;
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(%peer, error = %e, "reporting the BGP session; will retry");
+                false
+            }
+        }
+    }
+
     /// Records a warning event on `service`; false when it must be tried again.
     async fn warn(&self, service: &ServiceKey, reason: &str, action: &str, note: String) -> bool {
         use kube::runtime::events::{Event, EventType};
