@@ -591,3 +591,56 @@ fn bfd_withdraws_a_node_whose_link_dies_long_before_the_hold_time() {
         },
     );
 }
+
+#[test]
+fn a_speaker_restarted_with_graceful_restart_keeps_its_routes_at_the_router() {
+    let Some(mut w) =
+        world("a_speaker_restarted_with_graceful_restart_keeps_its_routes_at_the_router")
+    else {
+        return;
+    };
+    w.start_frr(&frr_dynamic(" bgp graceful-restart\n"));
+    let config = |i: usize| {
+        node_config(
+            i,
+            &format!(
+                "addresses:\n  - address: {VIP}\n    bgp: {{}}\n\
+                 bgp:\n  peers:\n    - name: tor\n      spec: {{myASN: {MY_ASN}, peerASN: {ROUTER_ASN}, \
+                 peerAddress: {ROUTER}, enableGracefulRestart: true}}\n\
+                 services:\n  - name: web\n    address: {VIP}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
+                 endpoints: [{{address: {BACKEND}}}]\n"
+            ),
+        )
+    };
+    w.start_speakers(config);
+    let all = nodes_addresses();
+    wait_for("three next hops", Duration::from_secs(20), || {
+        (w.next_hops(VIP) == all).then_some(())
+    });
+    // node-1's speaker dies (its connection closes, no Cease) and comes back.
+    w.lab.kill(w.speakers[0]);
+    let gone = Instant::now();
+    let mut seen = Vec::new();
+    while gone.elapsed() < Duration::from_secs(2) {
+        seen.push(w.next_hops(VIP));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n1 = w.nodes[0].clone();
+    w.lab.start_speaker_with(&n1, 1, &config(1));
+    wait_for("node-1's session back", Duration::from_secs(15), || {
+        w.established()
+            .contains(&format!("{SUBNET}.11"))
+            .then_some(())
+    });
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(2) {
+        seen.push(w.next_hops(VIP));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        seen.iter().all(|hops| *hops == all),
+        "the router kept node-1's route while its speaker restarted: {:?}\n{}",
+        seen.iter().find(|h| **h != all),
+        w.logs()
+    );
+}

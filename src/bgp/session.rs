@@ -64,8 +64,7 @@ pub struct Config {
     /// How long one connection attempt may take.
     pub connect_time: Duration,
     /// Graceful restart (RFC 4724): the restart time offered, and whether this
-    /// speaker is coming back from a restart (the R bit, with forwarding
-    /// preserved: the node's addresses and forwarder stayed up).
+    /// speaker is coming back from a restart (the R bit).
     pub graceful_restart: Option<GracefulRestart>,
 }
 
@@ -528,7 +527,11 @@ impl Session {
                     gr.restarting,
                     false,
                     gr.restart_time.min(4095),
-                    [GracefulRestartAddressFamily::new(gr.restarting, family)],
+                    // Forwarding state "preserved" (F bit) always: the
+                    // node's addresses and routes outlive its speaker, so a
+                    // router keeps the routes until this speaker's
+                    // End-of-RIB rather than dropping them when it reconnects.
+                    [GracefulRestartAddressFamily::new(true, family)],
                 ),
             ));
         }
