@@ -901,6 +901,28 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
         .await;
         let table = cluster.kubectl_ok(&["get", "bgpsessionstates", "-l", &by_peer]);
         assert_eq!(table.matches("Established").count(), 3, "{table}");
+        // Which nodes advertise the Service, as ServiceL2Status says for layer 2.
+        let statuses = Api::<ironlb::api::ServiceBGPStatus>::namespaced(client.clone(), &ns.name);
+        let advertisers = wait_for("three ServiceBGPStatus for routed", PATIENCE, || async {
+            let list = statuses.list(&Default::default()).await.ok()?;
+            let routed: std::collections::BTreeSet<String> = list
+                .items
+                .iter()
+                .filter(|s| {
+                    s.spec.service == "routed"
+                        && s.spec.peers == [unique("tor")]
+                        && s.spec.addresses == ["10.77.9.100"]
+                })
+                .map(|s| s.spec.node.clone())
+                .collect();
+            (routed.len() == 3).then_some(routed)
+        })
+        .await;
+        assert_eq!(
+            advertisers,
+            nodes.iter().map(|(n, _)| n.clone()).collect(),
+            "every node advertises"
+        );
         let out = lab.exec(
             &client_ns,
             &["curl", "-sS", "--max-time", "2", "http://10.77.9.100/"],

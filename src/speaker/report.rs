@@ -38,6 +38,22 @@ pub enum Report {
         /// Why, naming the annotation or field.
         message: String,
     },
+    /// This node advertises `address` for `services` over BGP to `peers`.
+    BgpAdvertising {
+        /// The address.
+        address: IpAddr,
+        /// The Services on it.
+        services: Vec<ServiceKey>,
+        /// The `BGPPeer`s it goes to.
+        peers: Vec<String>,
+    },
+    /// This node no longer advertises `address` over BGP.
+    BgpWithdrawn {
+        /// The address.
+        address: IpAddr,
+        /// The Services that were on it.
+        services: Vec<ServiceKey>,
+    },
     /// A BGP session of this node changed (`None`: it is no longer
     /// configured).
     BgpSession {
@@ -85,6 +101,9 @@ impl Report {
             Report::NotForwarded { service, message } => format!("{service} {message}"),
             Report::GaveUp { address, .. } => format!("{address} given up"),
             Report::BgpSession { peer, .. } => format!("bgp {peer}"),
+            Report::BgpAdvertising { address, .. } | Report::BgpWithdrawn { address, .. } => {
+                format!("bgp {address}")
+            }
         }
     }
 }
@@ -127,6 +146,14 @@ impl ClusterReporter {
                 peer_address,
                 status,
             } => return self.session(peer, *peer_address, status.as_ref()).await,
+            Report::BgpAdvertising {
+                address,
+                services,
+                peers,
+            } => return self.advertising(*address, services, Some(peers)).await,
+            Report::BgpWithdrawn { address, services } => {
+                return self.advertising(*address, services, None).await;
+            }
             Report::Announcing {
                 address,
                 services,
@@ -235,6 +262,62 @@ impl ClusterReporter {
 }
 
 impl ClusterReporter {
+    /// Writes (with `peers`) or deletes this node's `ServiceBGPStatus` of
+    /// each of `services`; false when a write must be tried again.
+    async fn advertising(
+        &self,
+        address: IpAddr,
+        services: &[ServiceKey],
+        peers: Option<&Vec<String>>,
+    ) -> bool {
+        use crate::api::bgp::BGP_NODE_LABEL;
+        use crate::api::l2status::SERVICE_NAME_LABEL;
+        use crate::api::{ServiceBGPStatus, ServiceBGPStatusSpec};
+        use kube::api::{DeleteParams, Patch, PatchParams};
+        let mut landed = true;
+        for svc in services {
+            let api: kube::Api<ServiceBGPStatus> =
+                kube::Api::namespaced(self.client.clone(), &svc.namespace);
+            let name = format!("{}-{}", svc.name, self.node);
+            let result = match peers {
+                Some(peers) => {
+                    let mut status = ServiceBGPStatus::new(
+                        &name,
+                        ServiceBGPStatusSpec {
+                            service: svc.name.clone(),
+                            node: self.node.clone(),
+                            peers: peers.clone(),
+                            addresses: vec![address.to_string()],
+                        },
+                    );
+                    status.metadata.labels = Some(
+                        [
+                            (SERVICE_NAME_LABEL.to_string(), svc.name.clone()),
+                            (BGP_NODE_LABEL.to_string(), self.node.clone()),
+                        ]
+                        .into(),
+                    );
+                    api.patch(
+                        &name,
+                        &PatchParams::apply("ironlb-speaker").force(),
+                        &Patch::Apply(&status),
+                    )
+                    .await
+                    .map(|_| ())
+                }
+                None => match api.delete(&name, &DeleteParams::default()).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    other => other.map(|_| ()),
+                },
+            };
+            if let Err(e) = result {
+                warn!(service = %svc, error = %e, "reporting the BGP advertisement; will retry");
+                landed = false;
+            }
+        }
+        landed
+    }
+
     /// Writes (or deletes) this node's `BGPSessionState` for `peer`; false
     /// when it must be tried again.
     async fn session(

@@ -118,6 +118,9 @@ pub struct State {
     warned_unknown: bool,
     /// What this node advertises over BGP, as last told to the executor.
     pub bgp: Bgp,
+    /// Address → the Services and peers of its BGP advertisement, as last
+    /// reported.
+    bgp_reported: BTreeMap<IpAddr, (Vec<ServiceKey>, Vec<String>)>,
 }
 
 /// This node's BGP sessions and the routes they carry.
@@ -547,6 +550,49 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
         effects.push(Effect::Bgp(bgp.clone()));
         state.bgp = bgp;
     }
+    // Reports of what this node advertises over BGP.
+    let mut advertised: BTreeMap<IpAddr, (Vec<ServiceKey>, Vec<String>)> = BTreeMap::new();
+    for a in &world.desired {
+        let routes: Vec<&Route> = state
+            .bgp
+            .routes
+            .iter()
+            .filter(|r| r.address == a.address)
+            .collect();
+        if routes.is_empty() {
+            continue;
+        }
+        let peers: BTreeSet<String> = state
+            .bgp
+            .peers
+            .iter()
+            .map(|p| p.name.clone())
+            .filter(|p| {
+                routes
+                    .iter()
+                    .any(|r| r.peers.is_empty() || r.peers.contains(p))
+            })
+            .collect();
+        advertised.insert(a.address, (a.services.clone(), peers.into_iter().collect()));
+    }
+    for (address, (services, _)) in &state.bgp_reported {
+        if !advertised.contains_key(address) {
+            effects.push(Effect::Report(Report::BgpWithdrawn {
+                address: *address,
+                services: services.clone(),
+            }));
+        }
+    }
+    for (address, (services, peers)) in &advertised {
+        if state.bgp_reported.get(address) != Some(&(services.clone(), peers.clone())) {
+            effects.push(Effect::Report(Report::BgpAdvertising {
+                address: *address,
+                services: services.clone(),
+                peers: peers.clone(),
+            }));
+        }
+    }
+    state.bgp_reported = advertised;
 
     // Reports of what this node announces.
     for (ip, services) in std::mem::take(&mut state.reported) {
@@ -606,6 +652,9 @@ pub fn stop(state: &mut State) -> Vec<Effect> {
     if std::mem::take(&mut state.bgp) != Bgp::default() {
         effects.push(Effect::Bgp(Bgp::default()));
     }
+    effects.extend(std::mem::take(&mut state.bgp_reported).into_iter().map(
+        |(address, (services, _))| Effect::Report(Report::BgpWithdrawn { address, services }),
+    ));
     effects.push(Effect::Forward {
         listeners: Vec::new(),
         interfaces: BTreeSet::new(),
