@@ -1,5 +1,13 @@
 //! Failover benchmark: `cargo bench --bench failover` (root; not a test).
 //!
+//! Layer 2 first, then BGP (when FRR is installed): the same nodes' speakers
+//! advertise the address to an FRR router, a client behind the router
+//! connects through ECMP, and each trial kills a node's speaker and listener
+//! or takes its link down; the time measured runs to the last failed connect
+//! before a second of only successful ones. BFD (100 ms × 3) rows, and rows
+//! without BFD at the default hold time (90 s, so one trial each by default:
+//! `IRONLB_FAILOVER_HOLD_TRIALS`).
+//!
 //! Three nodes run real `ironlb speaker --static` processes in a namespace lab;
 //! each holds the Service address on its loopback with `arp_ignore=1` (the
 //! kernel accepts traffic for it but never answers ARP for it, as kube-proxy's
@@ -10,6 +18,9 @@
 
 #[path = "../tests/support/netns.rs"]
 mod netns;
+#[allow(dead_code)] // the bench uses a part of it
+#[path = "../tests/support/routers.rs"]
+mod routers;
 
 use std::process::Command;
 use std::time::Duration;
@@ -216,5 +227,205 @@ fn main() {
         );
         line.push(format!("{mode}_p50_ms={p50:.0} {mode}_p99_ms={p99:.0}"));
     }
+    match bgp_rows(trials) {
+        Some(rows) => {
+            for (key, times) in &rows {
+                let (p50, p99) = (percentile(times, 0.5), percentile(times, 0.99));
+                println!(
+                    "{:<10} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+                    key,
+                    p50,
+                    p99,
+                    times.last().copied().unwrap_or_default(),
+                    times.first().copied().unwrap_or_default()
+                );
+            }
+            for (key, times) in &rows {
+                if let Some(short) = key.strip_suffix("_bfd") {
+                    line.push(format!("{short}_p99_ms={:.0}", percentile(times, 0.99)));
+                }
+            }
+        }
+        None => println!("(BGP rows skipped: FRR is not installed)"),
+    }
     println!("\nfailover {}", line.join(" "));
+}
+
+const BGP_VIP: &str = "10.89.9.100";
+
+/// From the client behind the router: the time from the disruption to the
+/// last failed connect before a full second of successful ones.
+const BGP_PROBER: &str = r#"
+import os, signal, socket, subprocess, sys, time
+addr, mode, arg, limit = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+def connect():
+    s = socket.socket(); s.settimeout(0.05)
+    try:
+        s.connect((addr, 8080)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+ok = 0
+deadline = time.monotonic() + 10
+while ok < 50:
+    ok = ok + 1 if connect() else 0
+    if time.monotonic() > deadline: print("never-stable"); sys.exit(1)
+t0 = time.monotonic()
+if mode == "kill":
+    for pid in arg.split(","): os.kill(int(pid), signal.SIGKILL)
+else: subprocess.run(arg.split(), check=True)
+last_fail = None
+while True:
+    now = time.monotonic()
+    if not connect(): last_fail = time.monotonic()
+    elif last_fail is not None and now - last_fail > 1.0: break
+    # Withdrawn before any connect hashed to the lost node.
+    elif last_fail is None and now - t0 > 2.0: break
+    if now - t0 > limit: print("timeout"); sys.exit(1)
+print(round(((last_fail or t0) - t0) * 1000, 1))
+"#;
+
+/// The BGP lab: FRR (10.89.0.1) between a client (10.89.1.2) and three
+/// nodes (10.89.0.1i); each node holds the address on its loopback with a
+/// listener, and its speaker advertises it. Returns the rows, or `None`
+/// without FRR.
+fn bgp_rows(trials: usize) -> Option<Vec<(String, Vec<f64>)>> {
+    if !routers::frr_installed() {
+        return None;
+    }
+    let hold_trials: usize = std::env::var("IRONLB_FAILOVER_HOLD_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut rows = Vec::new();
+    for bfd in [true, false] {
+        let mut lab = Lab::new("bgp failover bench")?;
+        let switch = lab.switch();
+        let nodes = lab.plug_nodes(&switch, "10.89.0", 3);
+        let router = lab.namespace("r");
+        lab.plug(&switch, &router, "pr", &["10.89.0.1/24"]);
+        let client = lab.namespace("c");
+        lab.wire(
+            &router,
+            "rc",
+            "10.89.1.1/24",
+            &client,
+            "eth0",
+            "10.89.1.2/24",
+        );
+        lab.exec_ok(
+            &client,
+            &["ip", "route", "add", "default", "via", "10.89.1.1"],
+        );
+        lab.exec_ok(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        lab.exec_ok(
+            &router,
+            &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+        );
+        let frr_bfd = if bfd {
+            "bfd\n profile fast\n  transmit-interval 100\n  receive-interval 100\n !\n!\n"
+        } else {
+            ""
+        };
+        let neighbor_bfd = if bfd {
+            " neighbor nodes bfd\n neighbor nodes bfd profile fast\n"
+        } else {
+            ""
+        };
+        routers::Frr::start(
+            &mut lab,
+            &router,
+            &format!(
+                "{frr_bfd}router bgp 64513\n no bgp ebgp-requires-policy\n neighbor nodes peer-group\n \
+                 neighbor nodes remote-as 64512\n{neighbor_bfd} bgp listen range 10.89.0.0/24 peer-group nodes\n \
+                 address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n"
+            ),
+        );
+        let config = |i: usize| {
+            let seeds: Vec<String> = (1..=3)
+                .filter(|j| *j != i)
+                .map(|j| format!("10.89.0.1{j}:7946"))
+                .collect();
+            let profile = if bfd { ", bfdProfile: fast" } else { "" };
+            format!(
+                "node: node-{i}\ngossip:\n  listen: 10.89.0.1{i}:7946\n  seeds: [{}]\n  secret: lab-gossip-secret\n\
+                 addresses:\n  - address: {BGP_VIP}\n    bgp: {{}}\n\
+                 bgp:\n  bfdProfiles:\n    fast: {{receiveInterval: 100, transmitInterval: 100}}\n  \
+                 peers:\n    - name: tor\n      spec: {{myASN: 64512, peerASN: 64513, peerAddress: 10.89.0.1{profile}}}\n",
+                seeds.join(", ")
+            )
+        };
+        let mut speakers = Vec::new();
+        let mut listeners = Vec::new();
+        for (i, ns) in nodes.iter().enumerate() {
+            lab.exec_ok(
+                ns,
+                &["ip", "addr", "add", &format!("{BGP_VIP}/32"), "dev", "lo"],
+            );
+            lab.exec_ok(ns, &["ip", "route", "add", "default", "via", "10.89.0.1"]);
+            speakers.push(lab.start_speaker_with(ns, i + 1, &config(i + 1)));
+            let log = lab.dir().join(format!("listener-{}.log", i + 1));
+            listeners.push(lab.spawn(ns, "python3", &["-c", LISTENER, BGP_VIP], &log));
+        }
+        let all: std::collections::BTreeSet<String> =
+            (1..=3).map(|i| format!("10.89.0.1{i}")).collect();
+        let settled = |lab: &Lab| {
+            routers::wait_until("three next hops", Duration::from_secs(60), || {
+                routers::next_hops(lab, &router, BGP_VIP) == all
+            })
+        };
+        settled(&lab);
+        for mode in ["kill", "linkdown"] {
+            let n = if bfd || mode == "kill" {
+                trials
+            } else {
+                hold_trials
+            };
+            let limit = if bfd { "30" } else { "200" };
+            let mut times = Vec::new();
+            for t in 0..n {
+                let o = t % 3;
+                let arg = match mode {
+                    "kill" => format!("{},{}", lab.pid(speakers[o]), lab.pid(listeners[o])),
+                    _ => format!("ip netns exec {switch} ip link set p{} down", o + 1),
+                };
+                let out = lab.exec(
+                    &client,
+                    &["python3", "-c", BGP_PROBER, BGP_VIP, mode, &arg, limit],
+                );
+                let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                let ms: f64 = text.parse().unwrap_or_else(|_| {
+                    panic!(
+                        "bgp {mode} trial failed: {text} {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+                times.push(ms);
+                match mode {
+                    "kill" => {
+                        lab.kill(speakers[o]);
+                        lab.kill(listeners[o]);
+                        let ns = nodes[o].clone();
+                        speakers[o] = lab.start_speaker_with(&ns, o + 1, &config(o + 1));
+                        let log = lab.dir().join(format!("listener-{}.log", o + 1));
+                        listeners[o] = lab.spawn(&ns, "python3", &["-c", LISTENER, BGP_VIP], &log);
+                    }
+                    _ => {
+                        lab.exec_ok(
+                            &switch,
+                            &["ip", "link", "set", &format!("p{}", o + 1), "up"],
+                        );
+                    }
+                }
+                settled(&lab);
+                // Let BFD settle on its fast rate again.
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            times.sort_by(f64::total_cmp);
+            let key = format!("bgp_{mode}{}", if bfd { "_bfd" } else { "_hold" });
+            rows.push((key, times));
+        }
+    }
+    Some(rows)
 }

@@ -33,6 +33,9 @@ pub struct Options {
     pub keep: bool,
     /// Install missing Debian packages with apt-get.
     pub install: bool,
+    /// The BGP story: an FRR router in front, every node advertising the
+    /// address, BFD taking a dead node out.
+    pub bgp: bool,
 }
 
 /// What the demo measured.
@@ -148,6 +151,9 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
         dir: dir.clone(),
         cleanup: cleanup.clone(),
     };
+    if opts.bgp {
+        return bgp_demo(opts, &lab, &exe);
+    }
 
     step(
         1,
@@ -346,6 +352,332 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
     Ok(summary)
 }
 
+/// The client's network behind the router in the BGP demo.
+const BGP_CLIENT: &str = "10.99.1.2";
+
+/// `ironlb demo --bgp`: the same Service, advertised over BGP by all three
+/// nodes to an FRR router (with BFD, 100 ms × 3); the client sits behind the
+/// router, so its traffic follows the routes; one node's link is cut.
+fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
+    let dir = &lab.dir;
+    step(
+        1,
+        &format!(
+            "building the lab: bridge in {p}-sw; FRR router 10.99.0.1; node-1..3 at \
+             10.99.0.11-13; nginx {NGINX}; UDP echo {ECHO}; client {BGP_CLIENT} behind the router",
+            p = opts.prefix
+        ),
+    );
+    let sw = lab.namespace("sw")?;
+    lab.exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
+    lab.exec(&sw, &["ip", "link", "set", "br0", "up"])?;
+    let mut hosts = Vec::new();
+    for (short, port, addr) in [
+        ("node1", "p1", "10.99.0.11"),
+        ("node2", "p2", "10.99.0.12"),
+        ("node3", "p3", "10.99.0.13"),
+        ("router", "pr", "10.99.0.1"),
+        ("nginx", "pn", NGINX),
+        ("echo", "pe", ECHO),
+    ] {
+        let ns = lab.namespace(short)?;
+        lab.exec(
+            &sw,
+            &[
+                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        lab.exec(&sw, &["ip", "link", "set", port, "master", "br0", "up"])?;
+        lab.exec(
+            &ns,
+            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        )?;
+        lab.exec(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        hosts.push(ns);
+    }
+    let (nodes, router) = (&hosts[..3], &hosts[3]);
+    for n in nodes {
+        lab.exec(n, &["ip", "route", "add", "default", "via", "10.99.0.1"])?;
+    }
+    let client = lab.namespace("client")?;
+    lab.exec(
+        router,
+        &[
+            "ip", "link", "add", "rc", "type", "veth", "peer", "name", "eth0", "netns", &client,
+        ],
+    )?;
+    lab.exec(router, &["ip", "addr", "add", "10.99.1.1/24", "dev", "rc"])?;
+    lab.exec(router, &["ip", "link", "set", "rc", "up"])?;
+    lab.exec(
+        &client,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{BGP_CLIENT}/24"),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    lab.exec(&client, &["ip", "link", "set", "eth0", "up"])?;
+    lab.exec(
+        &client,
+        &["ip", "route", "add", "default", "via", "10.99.1.1"],
+    )?;
+    lab.exec(router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    // Spread one client's connections over the nodes by port as well.
+    lab.exec(
+        router,
+        &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+    )?;
+
+    step(
+        2,
+        "starting the backends (nginx with PROXY protocol, a UDP echo) and FRR (zebra, bfdd, bgpd)",
+    );
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir))?;
+    lab.spawn(
+        "nginx",
+        &hosts[4],
+        Path::new("nginx"),
+        &["-c", path(&conf), "-e", path(&dir.join("nginx-error.log"))],
+    )?;
+    lab.spawn(
+        "udp-echo",
+        &hosts[5],
+        exe,
+        &["demo-udp-echo", &format!("{ECHO}:5353")],
+    )?;
+    let frr = dir.join("frr");
+    std::fs::create_dir_all(&frr)?;
+    let frr_conf = frr.join("frr.conf");
+    std::fs::write(
+        &frr_conf,
+        format!(
+            "hostname tor\nlog file {}\n!\nbfd\n profile fast\n  transmit-interval 100\n  \
+             receive-interval 100\n !\n!\nrouter bgp 64513\n bgp router-id 10.99.0.1\n \
+             no bgp ebgp-requires-policy\n neighbor nodes peer-group\n neighbor nodes remote-as 64512\n \
+             neighbor nodes bfd\n neighbor nodes bfd profile fast\n bgp listen range 10.99.0.0/24 peer-group nodes\n \
+             address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n",
+            path(&frr.join("frr.log"))
+        ),
+    )?;
+    run("chown", &["-R", "frr:frr", path(&frr)])?;
+    let zserv = frr.join("zserv.api");
+    for daemon in ["zebra", "bfdd", "bgpd"] {
+        lab.spawn(
+            daemon,
+            router,
+            &Path::new("/usr/lib/frr").join(daemon),
+            &[
+                "-i",
+                path(&frr.join(format!("{daemon}.pid"))),
+                "-z",
+                path(&zserv),
+                "--vty_socket",
+                path(&frr),
+                "-f",
+                path(&frr_conf),
+                "-u",
+                "frr",
+                "-g",
+                "frr",
+            ],
+        )?;
+        if daemon == "zebra" {
+            wait_until("zebra", Duration::from_secs(10), || {
+                zserv.exists().then_some(())
+            })?;
+        }
+    }
+
+    step(
+        3,
+        &format!(
+            "starting 3 speakers: each opens a BGP session (AS 64512 → 64513) with BFD and \
+             advertises {ADDRESS}/32; web {ADDRESS}:80 → nginx, echo {ADDRESS}:7/udp"
+        ),
+    );
+    for i in 1..=3 {
+        let config = dir.join(format!("node-{i}.yaml"));
+        std::fs::write(&config, bgp_speaker_config(i))?;
+        lab.spawn(
+            &format!("speaker node-{i}"),
+            &nodes[i - 1],
+            exe,
+            &["speaker", "--static", path(&config)],
+        )?;
+    }
+    let hops = |router: &str| {
+        run_out(
+            "ip",
+            &["netns", "exec", router, "ip", "route", "show", ADDRESS],
+        )
+        .map(|r| r.matches(" via ").count())
+        .unwrap_or(0)
+    };
+    wait_until(
+        "the router to learn three paths",
+        Duration::from_secs(30),
+        || (hops(router) == 3).then_some(()),
+    )?;
+    let table = run_out(
+        "ip",
+        &["netns", "exec", router, "ip", "route", "show", ADDRESS],
+    )
+    .unwrap_or_default();
+    detail(&format!(
+        "the router's table (ECMP over the three nodes):\n        {}",
+        table.trim().replace('\n', "\n        ")
+    ));
+
+    // BFD starts slow (one packet a second) and speeds up once up.
+    let bfd_up = |router: &str| {
+        run_out(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                router,
+                "vtysh",
+                "--vty_socket",
+                path(&frr),
+                "-c",
+                "show bfd peers json",
+            ],
+        )
+        .map(|j| j.matches("\"status\":\"up\"").count())
+        .unwrap_or(0)
+    };
+    wait_until(
+        "BFD up with the three nodes",
+        Duration::from_secs(30),
+        || (bfd_up(router) == 3).then_some(()),
+    )?;
+    detail("BFD is up with the three nodes (100 ms × 3)");
+    std::thread::sleep(Duration::from_secs(1));
+
+    step(
+        4,
+        &format!("the client ({BGP_CLIENT}, behind the router) asks http://{ADDRESS}/"),
+    );
+    let backend_saw = wait_until("an answer", Duration::from_secs(10), || {
+        in_netns(&client, || http_get(ADDRESS, Duration::from_secs(1)))
+    })?;
+    detail(&format!(
+        "nginx answered: \"nginx saw client {backend_saw}\""
+    ));
+    let udp_ok = in_netns(&client, udp_echo);
+    detail(&format!(
+        "UDP to {ADDRESS}:7: {}",
+        if udp_ok {
+            "the echo answered"
+        } else {
+            "no answer"
+        }
+    ));
+
+    step(
+        5,
+        "cutting node-3's link (no FIN, no RST: only BFD can tell)",
+    );
+    let start = Instant::now();
+    lab.exec(&sw, &["ip", "link", "set", "p3", "down"])?;
+    let failover = in_netns(&client, || {
+        // Served again: the last failed request before a second of answers.
+        let mut last_fail = None;
+        let mut ok_since = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if http_get(ADDRESS, Duration::from_millis(100)).is_some() {
+                // A second of answers after the last failure, or two without
+                // any (the route went before a request hashed to node-3).
+                let quiet = if last_fail.is_some() { 1 } else { 2 };
+                if ok_since.elapsed() > Duration::from_secs(quiet) {
+                    break;
+                }
+            } else {
+                last_fail = Some(start.elapsed());
+                ok_since = Instant::now();
+            }
+        }
+        last_fail.unwrap_or_default()
+    });
+    step(
+        6,
+        &format!(
+            "failover: BFD took node-3 out; the last failed request was {:.2} s after the cut",
+            failover.as_secs_f64()
+        ),
+    );
+    wait_until("the router to drop node-3", Duration::from_secs(5), || {
+        (hops(router) == 2).then_some(())
+    })?;
+    let table = run_out(
+        "ip",
+        &["netns", "exec", router, "ip", "route", "show", ADDRESS],
+    )
+    .unwrap_or_default();
+    detail(&format!(
+        "the router's table now:\n        {}",
+        table.trim().replace('\n', "\n        ")
+    ));
+
+    let summary = Summary {
+        owner: "node-1,node-2,node-3".into(),
+        new_owner: "node-1,node-2".into(),
+        failover,
+        backend_saw,
+        udp_ok,
+    };
+    if opts.keep {
+        step(7, "keeping the lab up (--keep); explore it:");
+        let p = &opts.prefix;
+        for line in [
+            format!("ip netns exec {p}-client curl -s http://{ADDRESS}/"),
+            format!(
+                "ip netns exec {p}-router vtysh --vty_socket {} -c 'show bgp summary'",
+                path(&frr)
+            ),
+            format!(
+                "ip netns exec {p}-router vtysh --vty_socket {} -c 'show bfd peers'",
+                path(&frr)
+            ),
+            format!("ip netns exec {p}-router ip route show {ADDRESS}"),
+            format!("ironlb demo --clean{}", prefix_flag(p)),
+        ] {
+            println!("      {line}");
+        }
+        lock(&lab.cleanup).children.clear();
+        lock(&lab.cleanup).namespaces.clear();
+        lock(&lab.cleanup).dir = None;
+    } else {
+        step(
+            7,
+            "cleaning up: speakers and FRR stopped, namespaces deleted",
+        );
+    }
+    Ok(summary)
+}
+
+fn bgp_speaker_config(i: usize) -> String {
+    let seeds: Vec<String> = (1..=3)
+        .filter(|j| *j != i)
+        .map(|j| format!("10.99.0.1{j}:7946"))
+        .collect();
+    format!(
+        "node: node-{i}\n\
+         gossip:\n  listen: 10.99.0.1{i}:7946\n  seeds: [{}]\n  secret: demo-gossip-secret\n\
+         addresses:\n  - address: {ADDRESS}\n    bgp: {{}}\n\
+         bgp:\n  bfdProfiles:\n    fast: {{receiveInterval: 100, transmitInterval: 100}}\n  \
+         peers:\n    - name: tor\n      spec: {{myASN: 64512, peerASN: 64513, peerAddress: 10.99.0.1, bfdProfile: fast}}\n\
+         services:\n\
+         \x20 - name: web\n    address: {ADDRESS}\n    proxyProtocol: v2\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: {NGINX}}}]\n\
+         \x20 - name: echo\n    address: {ADDRESS}\n    ports: [{{port: 7, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: {ECHO}}}]\n",
+        seeds.join(", ")
+    )
+}
+
 fn prefix_flag(p: &str) -> String {
     if p == "ilbdemo" {
         String::new()
@@ -458,6 +790,9 @@ fn preflight(opts: &Options) -> anyhow::Result<()> {
     }
     if !have("nginx") {
         missing.push("nginx");
+    }
+    if opts.bgp && !Path::new("/usr/lib/frr/bgpd").exists() {
+        missing.push("frr");
     }
     if missing.is_empty() {
         return Ok(());

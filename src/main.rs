@@ -85,6 +85,10 @@ struct DemoArgs {
     /// Prefix of the namespaces' names.
     #[arg(long, default_value = "ilbdemo")]
     prefix: String,
+    /// The BGP story: an FRR router in front of the nodes, every node
+    /// advertising the address, BFD taking a node whose link is cut out.
+    #[arg(long)]
+    bgp: bool,
 }
 
 #[derive(Args)]
@@ -320,6 +324,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         prefix: args.prefix,
         keep: args.keep,
         install: !args.no_install,
+        bgp: args.bgp,
     };
     println!(
         "ironlb demo: one Service address, three nodes, a client and two backends, \

@@ -561,8 +561,28 @@ fn bfd_withdraws_a_node_whose_link_dies_long_before_the_hold_time() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // node-3's link dies: no FIN, no RST, only silence.
+    // node-3's speaker restarts first (a node reboot, an upgrade without
+    // hand-over): BFD comes back up with the new one.
     let n3 = w.nodes[2].clone();
+    w.lab.kill(w.speakers[2]);
+    wait_for("node-3's BFD down", Duration::from_secs(10), || {
+        (!bfd_up(&w).contains(&format!("{SUBNET}.13"))).then_some(())
+    });
+    let config3 = std::fs::read_to_string(w.lab.speaker_config_path(3)).expect("node-3's config");
+    w.speakers[2] = w.lab.start_speaker_with(&n3, 3, &config3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.next_hops(VIP) != all || bfd_up(&w) != all {
+        assert!(
+            Instant::now() < deadline,
+            "after the restart: next hops {:?}, BFD up with {:?}\n{}\n{}",
+            w.next_hops(VIP),
+            bfd_up(&w),
+            w.vtysh_json("show bfd peers json").unwrap_or_default(),
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // node-3's link dies: no FIN, no RST, only silence.
     w.lab.exec_ok(&n3, &["ip", "link", "set", "eth0", "down"]);
     let cut = Instant::now();
     let two: BTreeSet<String> = all.iter().take(2).cloned().collect();

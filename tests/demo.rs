@@ -115,3 +115,54 @@ fn an_interrupted_demo_cleans_up() {
     );
     assert!(!std::path::Path::new(&std::env::temp_dir().join(&prefix)).exists());
 }
+
+#[test]
+fn the_bgp_demo_routes_through_every_node_and_bfd_takes_a_cut_node_out() {
+    if skip("demo_bgp") {
+        return;
+    }
+    if !std::path::Path::new("/usr/lib/frr/bgpd").exists() {
+        netns::skip(
+            "demo_bgp",
+            Some("FRR is not installed (./scripts/test installs it)".into()),
+        );
+        return;
+    }
+    let prefix = format!("ilbb{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["demo", "--bgp", "--no-install", "--prefix", &prefix])
+        .output()
+        .expect("run the demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("nexthop via 10.99.0.11")
+            && text.contains("nexthop via 10.99.0.12")
+            && text.contains("nexthop via 10.99.0.13"),
+        "three paths:\n{text}"
+    );
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("no summary:\n{text}"));
+    assert!(
+        summary.contains("backend_saw=10.99.1.2") && summary.contains("udp_echo=ok"),
+        "{summary}"
+    );
+    let after = text
+        .split("the router's table now:")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        !after.contains("10.99.0.13") && after.contains("10.99.0.11"),
+        "node-3 withdrawn:\n{text}"
+    );
+    assert!(
+        namespaces_with(&prefix).is_empty(),
+        "namespaces left behind"
+    );
+}

@@ -901,6 +901,26 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
         .await;
         let table = cluster.kubectl_ok(&["get", "bgpsessionstates", "-l", &by_peer]);
         assert_eq!(table.matches("Established").count(), 3, "{table}");
+        // What the schema cannot catch is a warning event on the object.
+        let dangling = unique("dangling");
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: ironlb.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: {dangling}}}\n\
+                 spec:\n  ipAddressPools: [{bgp_pool}]\n  peers: [no-such-peer]\n",
+                bgp_pool = unique("bgp")
+            ),
+        )
+        .expect("write the advertisement");
+        cluster.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+        let _made_dangling = Made::new(&cluster, "bgpadvertisement", &dangling);
+        let note = wait_for_event(&client, "default", &dangling, "InvalidConfiguration").await;
+        assert!(
+            note.contains(&format!(
+                "BGPAdvertisement {dangling}: spec.peers: BGPPeer no-such-peer does not exist"
+            )),
+            "{note}"
+        );
         // Which nodes advertise the Service, as ServiceL2Status says for layer 2.
         let statuses = Api::<ironlb::api::ServiceBGPStatus>::namespaced(client.clone(), &ns.name);
         let advertisers = wait_for("three ServiceBGPStatus for routed", PATIENCE, || async {

@@ -54,6 +54,8 @@ pub enum Report {
         /// The Services that were on it.
         services: Vec<ServiceKey>,
     },
+    /// A BGP object cannot be used as written: a warning event on it.
+    BgpProblem(super::view::BgpProblem),
     /// A BGP session of this node changed (`None`: it is no longer
     /// configured).
     BgpSession {
@@ -101,6 +103,7 @@ impl Report {
             Report::NotForwarded { service, message } => format!("{service} {message}"),
             Report::GaveUp { address, .. } => format!("{address} given up"),
             Report::BgpSession { peer, .. } => format!("bgp {peer}"),
+            Report::BgpProblem(p) => format!("{} {} {}", p.kind, p.name, p.message),
             Report::BgpAdvertising { address, .. } | Report::BgpWithdrawn { address, .. } => {
                 format!("bgp {address}")
             }
@@ -154,6 +157,7 @@ impl ClusterReporter {
             Report::BgpWithdrawn { address, services } => {
                 return self.advertising(*address, services, None).await;
             }
+            Report::BgpProblem(p) => return self.bgp_problem(p).await,
             Report::Announcing {
                 address,
                 services,
@@ -262,6 +266,32 @@ impl ClusterReporter {
 }
 
 impl ClusterReporter {
+    /// A warning event on the BGP object concerned (cluster-scoped: the
+    /// event goes to the `default` namespace, as for Nodes).
+    async fn bgp_problem(&self, p: &super::view::BgpProblem) -> bool {
+        use kube::runtime::events::{Event, EventType};
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidConfiguration".into(),
+            note: Some(format!("node {}: {}", self.node, p.message)),
+            action: "Configure".into(),
+            secondary: None,
+        };
+        let regarding = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(format!("{}/v1alpha1", crate::api::GROUP)),
+            kind: Some(p.kind.into()),
+            name: Some(p.name.clone()),
+            ..Default::default()
+        };
+        match self.recorder.publish(&event, &regarding).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(object = %p.name, error = %e, "recording an event; will retry");
+                false
+            }
+        }
+    }
+
     /// Writes (with `peers`) or deletes this node's `ServiceBGPStatus` of
     /// each of `services`; false when a write must be tried again.
     async fn advertising(

@@ -129,6 +129,8 @@ pub async fn run_kubernetes(
     let report_client = client.clone();
     let nodes = cache::<K8sNode>(Api::all(client), wake.clone(), shutdown.clone());
     let (desired_tx, desired) = watch::channel(Desired::default());
+    let (report_tx, worker) = report::spawn(report_client, speaker.node.clone());
+    let problem_tx = report_tx.clone();
     let feeder_stop = shutdown.clone();
     tokio::spawn(async move {
         for ready in [
@@ -145,7 +147,7 @@ pub async fn run_kubernetes(
         }
         info!("cluster view ready");
         let mut first = true;
-        let mut said: Vec<String> = Vec::new();
+        let mut said: Vec<view::BgpProblem> = Vec::new();
         loop {
             let (svc, pl, ad, sl) = (services.state(), pools.state(), ads.state(), slices.state());
             let (bp, ba, bf, co, se) = (
@@ -174,7 +176,8 @@ pub async fn run_kubernetes(
             problems.extend(view::bgp_advertisement_problems(&view));
             if problems != said {
                 for p in problems.iter().filter(|p| !said.contains(p)) {
-                    warn!(problem = %p, "BGP object not used as written");
+                    warn!(problem = %p.message, "BGP object not used as written");
+                    let _ = problem_tx.send(report::Report::BgpProblem(p.clone()));
                 }
                 said = problems;
             }
@@ -203,7 +206,6 @@ pub async fn run_kubernetes(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    let (report_tx, worker) = report::spawn(report_client, speaker.node.clone());
     let sources = Sources {
         desired,
         cluster: true,

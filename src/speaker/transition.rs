@@ -1400,3 +1400,131 @@ mod reserved_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod bgp_tests {
+    use super::*;
+    use crate::bgp::peer::PeerSpec;
+    use crate::speaker::view::{BgpAdvertisement, WantedPeer};
+
+    fn peer(name: &str) -> WantedPeer {
+        let spec: crate::api::BGPPeerSpec = serde_json::from_value(serde_json::json!({
+            "myASN": 64512, "peerASN": 64513, "peerAddress": "10.0.0.1"
+        }))
+        .expect("spec");
+        WantedPeer {
+            spec: crate::bgp::config::peer_spec(name, &spec, None, None, false).expect("valid"),
+            constraints: Default::default(),
+        }
+    }
+
+    fn settings(node: &str) -> Settings {
+        Settings {
+            node: node.into(),
+            cluster: false,
+            timing: Timing {
+                announce_count: 1,
+                announce_interval: Duration::from_millis(100),
+                reannounce: Duration::from_secs(30),
+            },
+            reserved: BTreeMap::new(),
+        }
+    }
+
+    fn both(address: &str) -> Announcement {
+        Announcement {
+            address: address.parse().expect("ip"),
+            pool: "p".into(),
+            services: vec![ServiceKey::new("default", "web")],
+            interfaces: vec!["eth0".into()],
+            constraints: Default::default(),
+            l2: true,
+            bgp: vec![BgpAdvertisement {
+                node_selectors: Vec::new(),
+                peers: Vec::new(),
+                prefix_length: 32,
+                attributes: Default::default(),
+            }],
+        }
+    }
+
+    fn world(members: &[&str], desired: Vec<Announcement>) -> World {
+        World {
+            members: members.iter().map(|s| s.to_string()).collect(),
+            health: HealthMap::new(),
+            desired,
+            node_objects: Vec::new(),
+            bgp_peers: vec![peer("tor")],
+            links: vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")],
+            forwards: Forwards::default(),
+            faults: BTreeMap::new(),
+            broken: BTreeMap::new(),
+            now: Instant::now(),
+        }
+    }
+
+    fn advertised(effects: &[Effect]) -> Option<(Vec<PeerSpec>, Vec<ipnetwork::IpNetwork>)> {
+        effects.iter().rev().find_map(|e| match e {
+            Effect::Bgp(b) => Some((b.peers.clone(), b.routes.iter().map(|r| r.prefix).collect())),
+            _ => None,
+        })
+    }
+
+    /// A pool announced over layer 2 and advertised over BGP (as MetalLB
+    /// allows): one node answers ARP, every node advertises.
+    #[test]
+    fn a_pool_with_both_is_announced_by_one_node_and_advertised_by_all() {
+        let nodes = ["node-1", "node-2", "node-3"];
+        let mut announcing = 0;
+        for n in nodes {
+            let mut state = State::default();
+            let effects = step(
+                &settings(n),
+                &mut state,
+                &world(&nodes, vec![both("10.0.0.100")]),
+                Cause::Start,
+            );
+            announcing += usize::from(effects.iter().any(|e| matches!(e, Effect::Announce { .. })));
+            let (peers, routes) = advertised(&effects).expect("a BGP effect");
+            assert_eq!(peers.len(), 1, "{n}");
+            assert_eq!(
+                routes,
+                ["10.0.0.100/32"
+                    .parse::<ipnetwork::IpNetwork>()
+                    .expect("net")],
+                "{n}"
+            );
+        }
+        assert_eq!(announcing, 1, "exactly one node answers ARP");
+    }
+
+    /// BGP only: no node answers ARP; a node whose forwarding of the address
+    /// failed stops advertising it; stopping withdraws before the listeners
+    /// close.
+    #[test]
+    fn bgp_only_no_arp_a_failed_node_stops_advertising_and_stop_withdraws_first() {
+        let mut a = both("10.0.0.100");
+        a.l2 = false;
+        let mut state = State::default();
+        let mut w = world(&["node-1"], vec![a]);
+        let effects = step(&settings("node-1"), &mut state, &w, Cause::Start);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Announce { .. })));
+        assert_eq!(advertised(&effects).expect("advertised").1.len(), 1);
+        w.faults.insert(
+            "10.0.0.100".parse().expect("ip"),
+            vec![(ServiceKey::new("default", "web"), "bind failed".into())],
+        );
+        let effects = step(&settings("node-1"), &mut state, &w, Cause::View);
+        assert_eq!(advertised(&effects).expect("withdrawn").1.len(), 0);
+        w.faults.clear();
+        step(&settings("node-1"), &mut state, &w, Cause::View);
+        let effects = stop(&mut state);
+        let bgp = effects
+            .iter()
+            .position(|e| matches!(e, Effect::Bgp(b) if b.routes.is_empty()));
+        let forward = effects
+            .iter()
+            .position(|e| matches!(e, Effect::Forward { .. }));
+        assert!(bgp.is_some() && bgp < forward, "{effects:?}");
+    }
+}

@@ -104,32 +104,63 @@ impl BgpObjects<'_> {
     }
 }
 
+/// A BGP object that cannot be used as written: what the schema cannot
+/// catch (names of other objects, a Secret's content).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BgpProblem {
+    /// `BGPPeer` or `BGPAdvertisement`.
+    pub kind: &'static str,
+    /// The object's name.
+    pub name: String,
+    /// What is wrong, naming the object and the field.
+    pub message: String,
+}
+
+impl BgpProblem {
+    fn peer(name: &str, message: String) -> Self {
+        Self {
+            kind: "BGPPeer",
+            name: name.to_string(),
+            message,
+        }
+    }
+
+    fn advertisement(name: &str, message: String) -> Self {
+        Self {
+            kind: "BGPAdvertisement",
+            name: name.to_string(),
+            message,
+        }
+    }
+}
+
 /// The BGP routers of the cluster, with the nodes that talk to each, and what
 /// keeps some from being used (the object named, for the log and events).
 /// `restarting`: this speaker took over from one on the same node, so the
 /// forwarding state survived (graceful restart's F bit).
-pub fn bgp_peers(view: &ClusterView<'_>, restarting: bool) -> (Vec<WantedPeer>, Vec<String>) {
+pub fn bgp_peers(view: &ClusterView<'_>, restarting: bool) -> (Vec<WantedPeer>, Vec<BgpProblem>) {
     let mut peers = Vec::new();
     let mut problems = Vec::new();
     for p in &view.bgp.peers {
         let name = p.name_any();
-        let bfd = match &p.spec.bfd_profile {
-            Some(profile) => match view
-                .bgp
-                .bfd_profiles
-                .iter()
-                .find(|b| b.name_any() == *profile)
-            {
-                Some(b) => Some(&b.spec),
-                None => {
-                    problems.push(format!(
+        let bfd =
+            match &p.spec.bfd_profile {
+                Some(profile) => match view
+                    .bgp
+                    .bfd_profiles
+                    .iter()
+                    .find(|b| b.name_any() == *profile)
+                {
+                    Some(b) => Some(&b.spec),
+                    None => {
+                        problems.push(BgpProblem::peer(&name, format!(
                         "BGPPeer {name}: spec.bfdProfile: BFDProfile {profile} does not exist"
-                    ));
-                    continue;
-                }
-            },
-            None => None,
-        };
+                    )));
+                        continue;
+                    }
+                },
+                None => None,
+            };
         let password = match &p.spec.password_secret {
             Some(r) => {
                 let secret = view.bgp.secrets.iter().find(|s| {
@@ -145,10 +176,13 @@ pub fn bgp_peers(view: &ClusterView<'_>, restarting: bool) -> (Vec<WantedPeer>, 
                 {
                     Some(Ok(pw)) => Some(pw),
                     _ => {
-                        problems.push(format!(
-                            "BGPPeer {name}: spec.passwordSecret: Secret {} has no key \
+                        problems.push(BgpProblem::peer(
+                            &name,
+                            format!(
+                                "BGPPeer {name}: spec.passwordSecret: Secret {} has no key \
                              \"password\" in the speaker's namespace",
-                            r.name
+                                r.name
+                            ),
                         ));
                         continue;
                     }
@@ -163,8 +197,9 @@ pub fn bgp_peers(view: &ClusterView<'_>, restarting: bool) -> (Vec<WantedPeer>, 
             .map(translate::selector)
             .collect();
         let Ok(node_selectors) = selectors else {
-            problems.push(format!(
-                "BGPPeer {name}: spec.nodeSelectors: unreadable selector"
+            problems.push(BgpProblem::peer(
+                &name,
+                format!("BGPPeer {name}: spec.nodeSelectors: unreadable selector"),
             ));
             continue;
         };
@@ -176,7 +211,7 @@ pub fn bgp_peers(view: &ClusterView<'_>, restarting: bool) -> (Vec<WantedPeer>, 
                     ..Default::default()
                 },
             }),
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(BgpProblem::peer(&name, e)),
         }
     }
     (peers, problems)
@@ -226,7 +261,7 @@ fn bgp_advertisements(
 
 /// What keeps BGPAdvertisements from being used as written, naming the
 /// object and field (for the log and events).
-pub fn bgp_advertisement_problems(view: &ClusterView<'_>) -> Vec<String> {
+pub fn bgp_advertisement_problems(view: &ClusterView<'_>) -> Vec<BgpProblem> {
     let aliases = view.bgp.aliases();
     let mut problems = Vec::new();
     for ad in &view.bgp.advertisements {
@@ -234,12 +269,13 @@ pub fn bgp_advertisement_problems(view: &ClusterView<'_>) -> Vec<String> {
         if let Err(e) =
             crate::bgp::config::advertisement(&name, &ad.spec, IpAddr::from([0, 0, 0, 0]), &aliases)
         {
-            problems.push(e);
+            problems.push(BgpProblem::advertisement(&name, e));
         }
         for peer in &ad.spec.peers {
             if !view.bgp.peers.iter().any(|p| p.name_any() == *peer) {
-                problems.push(format!(
-                    "BGPAdvertisement {name}: spec.peers: BGPPeer {peer} does not exist"
+                problems.push(BgpProblem::advertisement(
+                    &name,
+                    format!("BGPAdvertisement {name}: spec.peers: BGPPeer {peer} does not exist"),
                 ));
             }
         }
