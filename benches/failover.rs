@@ -333,7 +333,7 @@ fn bgp_rows(trials: usize) -> Option<Vec<(String, Vec<f64>)>> {
         } else {
             ""
         };
-        routers::Frr::start(
+        let frr = routers::Frr::start(
             &mut lab,
             &router,
             &format!(
@@ -370,9 +370,18 @@ fn bgp_rows(trials: usize) -> Option<Vec<(String, Vec<f64>)>> {
         }
         let all: std::collections::BTreeSet<String> =
             (1..=3).map(|i| format!("10.89.0.1{i}")).collect();
+        // Three paths, and with BFD, BFD up with all three (it comes up a
+        // few seconds after the session: one packet a second until up).
         let settled = |lab: &Lab| {
             routers::wait_until("three next hops", Duration::from_secs(60), || {
                 routers::next_hops(lab, &router, BGP_VIP) == all
+                    && (!bfd
+                        || frr
+                            .json(lab, "show bfd peers json")
+                            .and_then(|v| v.as_array().cloned())
+                            .is_some_and(|peers| {
+                                peers.iter().filter(|p| p["status"] == "up").count() == 3
+                            }))
             })
         };
         settled(&lab);
