@@ -263,6 +263,15 @@ impl World {
 
     fn logs(&self) -> String {
         let mut out = String::new();
+        if let Some(f) = &self.frr {
+            let log = f.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            out.push_str("--- frr.log\n");
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
         for f in ["node-1.log", "node-2.log", "node-3.log"] {
             let text = std::fs::read_to_string(self.lab.dir().join(f)).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
@@ -585,7 +594,8 @@ fn bfd_withdraws_a_node_whose_link_dies_long_before_the_hold_time() {
     }
     println!("BFD up again {:?} after the restart", restarted.elapsed());
     // node-3's link dies: no FIN, no RST, only silence.
-    w.lab.exec_ok(&n3, &["ip", "link", "set", "eth0", "down"]);
+    let sw = format!("{}sw", w.nodes[0].trim_end_matches("n1"));
+    w.lab.exec_ok(&sw, &["ip", "link", "set", "p3", "down"]);
     let cut = Instant::now();
     let two: BTreeSet<String> = all.iter().take(2).cloned().collect();
     wait_for("node-3 withdrawn by BFD", Duration::from_secs(10), || {

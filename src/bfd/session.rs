@@ -165,6 +165,15 @@ impl Session {
         if p.poll {
             out.push(Output::Send(self.packet(false, true)));
         }
+        // A peer that now wants packets faster (its slow start over) gets
+        // them at once: it times this session out on the new rate, not on
+        // the one this session last scheduled with (RFC 5880 6.8.3).
+        let interval = self.tx_interval();
+        if let Some(t) = self.next_tx
+            && t > now + interval
+        {
+            self.next_tx = Some(now + self.jittered(interval));
+        }
         if before != self.state && self.state == State::Up {
             // Up: switch to the configured rate, with a Poll (6.8.3).
             self.desired_tx = self.settings.transmit_interval;
@@ -327,6 +336,55 @@ mod tests {
         // Up, packets go at 75-100 ms.
         let next = a.deadline().expect("a deadline");
         assert!(next - t <= Duration::from_millis(300), "{:?}", next - t);
+    }
+
+    #[test]
+    fn a_peer_that_speeds_up_is_sent_to_at_the_new_rate_at_once() {
+        let t0 = Instant::now();
+        let mut s = Session::new(fast(), 1, t0);
+        let slow = Packet {
+            diagnostic: 0,
+            state: State::Down,
+            poll: false,
+            final_: false,
+            detect_mult: 3,
+            my_discriminator: 9,
+            your_discriminator: 0,
+            desired_min_tx: 1_000_000,
+            required_min_rx: 1_000_000,
+        };
+        s.timer(t0);
+        s.receive(&slow, t0);
+        assert_eq!(s.state(), State::Init);
+        s.receive(
+            &Packet {
+                state: State::Up,
+                your_discriminator: 1,
+                ..slow
+            },
+            t0,
+        );
+        assert_eq!(s.state(), State::Up);
+        // The peer is up and now wants a packet every 100 ms.
+        let t = t0 + Duration::from_millis(50);
+        s.timer(t);
+        s.receive(
+            &Packet {
+                state: State::Up,
+                poll: true,
+                your_discriminator: 1,
+                desired_min_tx: 100_000,
+                required_min_rx: 100_000,
+                ..slow
+            },
+            t,
+        );
+        let next = s.deadline().expect("a deadline");
+        assert!(
+            next - t <= Duration::from_millis(100),
+            "next packet {:?} after the peer sped up",
+            next - t
+        );
     }
 
     #[test]
