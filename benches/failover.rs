@@ -211,14 +211,14 @@ fn main() {
         "failover: time from the owner's loss to the client's first TCP connect, {trials} trials each\n"
     );
     println!(
-        "{:<10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<18} {:>9} {:>9} {:>9} {:>9}",
         "mode", "p50_ms", "p99_ms", "max_ms", "min_ms"
     );
     let mut line = Vec::new();
     for (mode, times) in &results {
         let (p50, p99) = (percentile(times, 0.5), percentile(times, 0.99));
         println!(
-            "{:<10} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+            "{:<18} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
             mode,
             p50,
             p99,
@@ -232,7 +232,7 @@ fn main() {
             for (key, times) in &rows {
                 let (p50, p99) = (percentile(times, 0.5), percentile(times, 0.99));
                 println!(
-                    "{:<10} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+                    "{:<18} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
                     key,
                     p50,
                     p99,
