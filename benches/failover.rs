@@ -184,6 +184,20 @@ fn trial(b: &mut Bench, mode: &str) -> f64 {
     ms
 }
 
+/// Prints one row of the table; returns its p50 and p99.
+fn print_row(name: &str, sorted: &[f64]) -> (f64, f64) {
+    let (p50, p99) = (percentile(sorted, 0.5), percentile(sorted, 0.99));
+    println!(
+        "{:<18} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+        name,
+        p50,
+        p99,
+        sorted.last().copied().unwrap_or_default(),
+        sorted.first().copied().unwrap_or_default()
+    );
+    (p50, p99)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -216,29 +230,13 @@ fn main() {
     );
     let mut line = Vec::new();
     for (mode, times) in &results {
-        let (p50, p99) = (percentile(times, 0.5), percentile(times, 0.99));
-        println!(
-            "{:<18} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
-            mode,
-            p50,
-            p99,
-            times.last().copied().unwrap_or_default(),
-            times.first().copied().unwrap_or_default()
-        );
+        let (p50, p99) = print_row(mode, times);
         line.push(format!("{mode}_p50_ms={p50:.0} {mode}_p99_ms={p99:.0}"));
     }
     match bgp_rows(trials) {
         Some(rows) => {
             for (key, times) in &rows {
-                let (p50, p99) = (percentile(times, 0.5), percentile(times, 0.99));
-                println!(
-                    "{:<18} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
-                    key,
-                    p50,
-                    p99,
-                    times.last().copied().unwrap_or_default(),
-                    times.first().copied().unwrap_or_default()
-                );
+                print_row(key, times);
             }
             for (key, times) in &rows {
                 if let Some(short) = key.strip_suffix("_bfd") {

@@ -163,33 +163,14 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
             p = opts.prefix
         ),
     );
-    let sw = lab.namespace("sw")?;
-    lab.exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
-    lab.exec(&sw, &["ip", "link", "set", "br0", "up"])?;
-    let mut hosts = Vec::new();
-    for (short, port, addr) in [
+    let (_, hosts) = lab.switch_with(&[
         ("node1", "p1", "10.99.0.11"),
         ("node2", "p2", "10.99.0.12"),
         ("node3", "p3", "10.99.0.13"),
         ("client", "pc", CLIENT),
         ("nginx", "pn", NGINX),
         ("echo", "pe", ECHO),
-    ] {
-        let ns = lab.namespace(short)?;
-        lab.exec(
-            &sw,
-            &[
-                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        )?;
-        lab.exec(&sw, &["ip", "link", "set", port, "master", "br0", "up"])?;
-        lab.exec(
-            &ns,
-            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
-        )?;
-        lab.exec(&ns, &["ip", "link", "set", "eth0", "up"])?;
-        hosts.push(ns);
-    }
+    ])?;
     let (nodes, client, nginx, echo) = (&hosts[..3], &hosts[3], &hosts[4], &hosts[5]);
 
     step(
@@ -368,33 +349,14 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
             p = opts.prefix
         ),
     );
-    let sw = lab.namespace("sw")?;
-    lab.exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
-    lab.exec(&sw, &["ip", "link", "set", "br0", "up"])?;
-    let mut hosts = Vec::new();
-    for (short, port, addr) in [
+    let (sw, hosts) = lab.switch_with(&[
         ("node1", "p1", "10.99.0.11"),
         ("node2", "p2", "10.99.0.12"),
         ("node3", "p3", "10.99.0.13"),
         ("router", "pr", "10.99.0.1"),
         ("nginx", "pn", NGINX),
         ("echo", "pe", ECHO),
-    ] {
-        let ns = lab.namespace(short)?;
-        lab.exec(
-            &sw,
-            &[
-                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        )?;
-        lab.exec(&sw, &["ip", "link", "set", port, "master", "br0", "up"])?;
-        lab.exec(
-            &ns,
-            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
-        )?;
-        lab.exec(&ns, &["ip", "link", "set", "eth0", "up"])?;
-        hosts.push(ns);
-    }
+    ])?;
     let (nodes, router) = (&hosts[..3], &hosts[3]);
     for n in nodes {
         lab.exec(n, &["ip", "route", "add", "default", "via", "10.99.0.1"])?;
@@ -715,6 +677,33 @@ impl Lab {
         lock(&self.cleanup).namespaces.push(name.clone());
         self.exec(&name, &["ip", "link", "set", "lo", "up"])?;
         Ok(name)
+    }
+
+    /// The lab's bridge (`br0` in namespace `sw`) with `hosts` plugged in:
+    /// `(short name, bridge port, address)`, each host's `eth0` in a /24.
+    /// Returns the switch's namespace and the hosts', in order.
+    fn switch_with(&self, hosts: &[(&str, &str, &str)]) -> anyhow::Result<(String, Vec<String>)> {
+        let sw = self.namespace("sw")?;
+        self.exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        self.exec(&sw, &["ip", "link", "set", "br0", "up"])?;
+        let mut out = Vec::new();
+        for (short, port, addr) in hosts {
+            let ns = self.namespace(short)?;
+            self.exec(
+                &sw,
+                &[
+                    "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
+            )?;
+            self.exec(&sw, &["ip", "link", "set", port, "master", "br0", "up"])?;
+            self.exec(
+                &ns,
+                &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+            )?;
+            self.exec(&ns, &["ip", "link", "set", "eth0", "up"])?;
+            out.push(ns);
+        }
+        Ok((sw, out))
     }
 
     fn exec(&self, ns: &str, cmd: &[&str]) -> anyhow::Result<()> {

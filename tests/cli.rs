@@ -24,8 +24,23 @@ fn crds_prints_one_document_per_crd() {
     let out = ironlb(&["crds"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).expect("utf-8");
-    assert_eq!(text.lines().filter(|l| *l == "---").count(), 3);
-    assert!(text.contains("kind: IPAddressPool") && text.contains("kind: L2Advertisement"));
+    assert_eq!(
+        text.lines().filter(|l| *l == "---").count(),
+        ironlb::api::crds().len()
+    );
+    for kind in [
+        "IPAddressPool",
+        "L2Advertisement",
+        "ServiceL2Status",
+        "BGPPeer",
+        "BGPAdvertisement",
+        "BFDProfile",
+        "Community",
+        "BGPSessionState",
+        "ServiceBGPStatus",
+    ] {
+        assert!(text.contains(&format!("kind: {kind}\n")), "{kind}");
+    }
 }
 
 #[test]

@@ -484,6 +484,37 @@ const VIP: &str = "10.77.0.100";
 const CLIENT: &str = "10.77.0.2";
 const BACKEND: &str = "10.77.0.50";
 
+/// Creates `svc` as ironlb serves it with embedded forwarding and PROXY v2,
+/// its one endpoint nginx (`BACKEND:8080`) on `node`, in an EndpointSlice
+/// made by hand (no kubelet, no EndpointSlice controller for selectorless
+/// Services).
+async fn nginx_service(client: &Client, ns: &str, svc: Svc, node: &str) {
+    let mut svc = svc
+        .class(LOAD_BALANCER_CLASS)
+        .annotation(ironlb::api::annotations::FORWARDING, "embedded")
+        .annotation(ironlb::api::annotations::PROXY_PROTOCOL, "v2")
+        .build();
+    let name = svc.metadata.name.clone().expect("a name");
+    let spec = svc.spec.as_mut().expect("spec");
+    spec.selector = None;
+    spec.ports.as_mut().expect("ports")[0].target_port =
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080));
+    create_service(client, svc).await;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-1"), "namespace": ns, "labels": {
+            "kubernetes.io/service-name": name,
+            "endpointslice.kubernetes.io/managed-by": "ironlb-e2e"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [BACKEND], "nodeName": node, "conditions": {"ready": true}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    }))
+    .expect("slice");
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("create EndpointSlice");
+}
+
 /// `curl http://VIP/` from the client: nginx behind the forwarder answers with
 /// the client address the PROXY v2 header gave it.
 fn fetch(lab: &Lab, client: &str) -> Option<String> {
@@ -631,29 +662,8 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
             .await
             .expect("node address");
     }
-    let svc = Svc::lb(&ns.name, "web")
-        .class(LOAD_BALANCER_CLASS)
-        .annotation(ironlb::api::annotations::FORWARDING, "embedded")
-        .annotation(ironlb::api::annotations::PROXY_PROTOCOL, "v2");
-    let mut svc = svc.build();
-    let spec = svc.spec.as_mut().expect("spec");
-    spec.selector = None;
-    spec.ports.as_mut().expect("ports")[0].target_port =
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080));
-    create_service(&client, svc).await;
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": "web-1", "namespace": ns.name, "labels": {
-            "kubernetes.io/service-name": "web",
-            "endpointslice.kubernetes.io/managed-by": "ironlb-e2e"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [BACKEND], "nodeName": nodes[0].0, "conditions": {"ready": true}}],
-        "ports": [{"port": 8080, "protocol": "TCP"}],
-    }))
-    .expect("slice");
-    Api::<EndpointSlice>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &slice)
-        .await
-        .expect("create EndpointSlice");
+    let svc = Svc::lb(&ns.name, "web");
+    nginx_service(&client, &ns.name, svc, &nodes[0].0).await;
 
     let status = wait_for("web's status", PATIENCE, || async {
         let s = Api::<Service>::namespaced(client.clone(), &ns.name)
@@ -844,30 +854,9 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
         .into_iter()
         .map(|(kind, name)| Made::new(&cluster, kind, &name))
         .collect();
-        let mut routed = Svc::lb(&ns.name, "routed")
-            .class(LOAD_BALANCER_CLASS)
-            .annotation(ironlb::api::annotations::FORWARDING, "embedded")
-            .annotation(ironlb::api::annotations::PROXY_PROTOCOL, "v2")
-            .annotation(ironlb::api::annotations::ADDRESS_POOL, &unique("bgp"))
-            .build();
-        let spec = routed.spec.as_mut().expect("spec");
-        spec.selector = None;
-        spec.ports.as_mut().expect("ports")[0].target_port =
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080));
-        create_service(&client, routed).await;
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": "routed-1", "namespace": ns.name, "labels": {
-                "kubernetes.io/service-name": "routed",
-                "endpointslice.kubernetes.io/managed-by": "ironlb-e2e"}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [BACKEND], "nodeName": nodes[0].0, "conditions": {"ready": true}}],
-            "ports": [{"port": 8080, "protocol": "TCP"}],
-        }))
-        .expect("slice");
-        Api::<EndpointSlice>::namespaced(client.clone(), &ns.name)
-            .create(&PostParams::default(), &slice)
-            .await
-            .expect("create EndpointSlice");
+        let routed = Svc::lb(&ns.name, "routed")
+            .annotation(ironlb::api::annotations::ADDRESS_POOL, &unique("bgp"));
+        nginx_service(&client, &ns.name, routed, &nodes[0].0).await;
         let all: std::collections::BTreeSet<String> =
             (1..=3).map(|i| format!("10.77.0.1{i}")).collect();
         let deadline = Instant::now() + PATIENCE;

@@ -102,11 +102,6 @@ impl Session {
         self.state
     }
 
-    /// The local discriminator.
-    pub fn discriminator(&self) -> u32 {
-        self.local_discriminator
-    }
-
     /// The detection time in force: how long the peer may be silent.
     pub fn detection_time(&self) -> Duration {
         self.settings

@@ -221,11 +221,6 @@ impl Session {
         self.sent.len()
     }
 
-    /// The hold time agreed with the router (established sessions).
-    pub fn negotiated_hold(&self) -> Option<Duration> {
-        (self.state == State::Established).then_some(self.hold)
-    }
-
     /// The next instant the session must be woken with [`Input::Timer`].
     pub fn deadline(&self) -> Option<Instant> {
         [self.connect_at, self.hold_at, self.keepalive_at]
@@ -646,7 +641,7 @@ fn notification(n: BgpNotificationMessage) -> Action {
 }
 
 /// A NOTIFICATION as an operator reads it: "Cease (AdministrativeShutdown)".
-pub fn describe(n: &BgpNotificationMessage) -> String {
+fn describe(n: &BgpNotificationMessage) -> String {
     let detail = format!("{n:?}");
     let kind = detail.split('(').next().unwrap_or_default().to_string();
     let sub = detail
@@ -960,7 +955,6 @@ mod tests {
         );
         assert_eq!(r.end_of_rib, 1);
         assert_eq!(s.prefixes_sent(), 1);
-        assert_eq!(s.negotiated_hold(), Some(Duration::from_secs(HOLD.into())));
     }
 
     #[test]
