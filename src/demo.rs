@@ -471,27 +471,23 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
             &["speaker", "--static", path(&config)],
         )?;
     }
-    let hops = |router: &str| {
+    // The router's route to the address, as `ip route` shows it.
+    let table = || {
         run_out(
             "ip",
             &["netns", "exec", router, "ip", "route", "show", ADDRESS],
         )
-        .map(|r| r.matches(" via ").count())
-        .unwrap_or(0)
+        .unwrap_or_default()
     };
+    let hops = || table().matches(" via ").count();
     wait_until(
         "the router to learn three paths",
         Duration::from_secs(30),
-        || (hops(router) == 3).then_some(()),
+        || (hops() == 3).then_some(()),
     )?;
-    let table = run_out(
-        "ip",
-        &["netns", "exec", router, "ip", "route", "show", ADDRESS],
-    )
-    .unwrap_or_default();
     detail(&format!(
         "the router's table (ECMP over the three nodes):\n        {}",
-        table.trim().replace('\n', "\n        ")
+        table().trim().replace('\n', "\n        ")
     ));
 
     // BFD starts slow (one packet a second) and speeds up once up.
@@ -573,16 +569,11 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         ),
     );
     wait_until("the router to drop node-3", Duration::from_secs(5), || {
-        (hops(router) == 2).then_some(())
+        (hops() == 2).then_some(())
     })?;
-    let table = run_out(
-        "ip",
-        &["netns", "exec", router, "ip", "route", "show", ADDRESS],
-    )
-    .unwrap_or_default();
     detail(&format!(
         "the router's table now:\n        {}",
-        table.trim().replace('\n', "\n        ")
+        table().trim().replace('\n', "\n        ")
     ));
 
     let summary = Summary {
