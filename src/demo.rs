@@ -204,7 +204,7 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
     );
     for i in 1..=3 {
         let config = dir.join(format!("node-{i}.yaml"));
-        std::fs::write(&config, speaker_config(i))?;
+        std::fs::write(&config, speaker_config(i, L2_ANNOUNCE))?;
         lab.spawn(
             &format!("speaker node-{i}"),
             &nodes[i - 1],
@@ -463,7 +463,7 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
     );
     for i in 1..=3 {
         let config = dir.join(format!("node-{i}.yaml"));
-        std::fs::write(&config, bgp_speaker_config(i))?;
+        std::fs::write(&config, speaker_config(i, BGP_ANNOUNCE))?;
         lab.spawn(
             &format!("speaker node-{i}"),
             &nodes[i - 1],
@@ -611,24 +611,6 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         );
     }
     Ok(summary)
-}
-
-fn bgp_speaker_config(i: usize) -> String {
-    let seeds: Vec<String> = (1..=3)
-        .filter(|j| *j != i)
-        .map(|j| format!("10.99.0.1{j}:7946"))
-        .collect();
-    format!(
-        "node: node-{i}\n\
-         gossip:\n  listen: 10.99.0.1{i}:7946\n  seeds: [{}]\n  secret: demo-gossip-secret\n\
-         addresses:\n  - address: {ADDRESS}\n    bgp: {{}}\n\
-         bgp:\n  bfdProfiles:\n    fast: {{receiveInterval: 100, transmitInterval: 100}}\n  \
-         peers:\n    - name: tor\n      spec: {{myASN: 64512, peerASN: 64513, peerAddress: 10.99.0.1, bfdProfile: fast}}\n\
-         services:\n\
-         \x20 - name: web\n    address: {ADDRESS}\n    proxyProtocol: v2\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: {NGINX}}}]\n\
-         \x20 - name: echo\n    address: {ADDRESS}\n    ports: [{{port: 7, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: {ECHO}}}]\n",
-        seeds.join(", ")
-    )
 }
 
 fn prefix_flag(p: &str) -> String {
@@ -810,7 +792,10 @@ fn nginx_conf(dir: &Path) -> String {
     )
 }
 
-fn speaker_config(i: usize) -> String {
+/// Node `i`'s static file: the demo's gossip group and Services, with
+/// `announce` saying how the address goes out (the address entry's own
+/// fields, then any top-level block such as `bgp:`).
+fn speaker_config(i: usize, announce: &str) -> String {
     let seeds: Vec<String> = (1..=3)
         .filter(|j| *j != i)
         .map(|j| format!("10.99.0.1{j}:7946"))
@@ -818,13 +803,21 @@ fn speaker_config(i: usize) -> String {
     format!(
         "node: node-{i}\n\
          gossip:\n  listen: 10.99.0.1{i}:7946\n  seeds: [{}]\n  secret: demo-gossip-secret\n\
-         addresses:\n  - address: {ADDRESS}\n    interfaces: [eth0]\n\
+         addresses:\n  - address: {ADDRESS}\n{announce}\
          services:\n\
          \x20 - name: web\n    address: {ADDRESS}\n    proxyProtocol: v2\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: {NGINX}}}]\n\
          \x20 - name: echo\n    address: {ADDRESS}\n    ports: [{{port: 7, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: {ECHO}}}]\n",
         seeds.join(", ")
     )
 }
+
+/// Over layer 2, on the nodes' `eth0`.
+const L2_ANNOUNCE: &str = "    interfaces: [eth0]\n";
+
+/// Over BGP only, to the FRR router, with BFD at 100 ms × 3.
+const BGP_ANNOUNCE: &str = "    bgp: {}\n\
+     bgp:\n  bfdProfiles:\n    fast: {receiveInterval: 100, transmitInterval: 100}\n  \
+     peers:\n    - name: tor\n      spec: {myASN: 64512, peerASN: 64513, peerAddress: 10.99.0.1, bfdProfile: fast}\n";
 
 /// Runs `f` on a thread inside network namespace `ns` (its name under
 /// `/run/netns`); the calling thread stays where it is.
