@@ -551,17 +551,15 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
         state.bgp = bgp;
     }
     // Reports of what this node advertises over BGP.
+    let mut by_address: BTreeMap<IpAddr, Vec<&Route>> = BTreeMap::new();
+    for r in &state.bgp.routes {
+        by_address.entry(r.address).or_default().push(r);
+    }
     let mut advertised: BTreeMap<IpAddr, (Vec<ServiceKey>, Vec<String>)> = BTreeMap::new();
     for a in &world.desired {
-        let routes: Vec<&Route> = state
-            .bgp
-            .routes
-            .iter()
-            .filter(|r| r.address == a.address)
-            .collect();
-        if routes.is_empty() {
+        let Some(routes) = by_address.get(&a.address) else {
             continue;
-        }
+        };
         let peers: BTreeSet<String> = state
             .bgp
             .peers
