@@ -5,7 +5,9 @@
 //! [`packet`] and [`session`] are pure; the sockets are here: one receiving
 //! socket per node on UDP 3784 ([`Mux`]), handing packets to the session of
 //! their source address, and one sending socket per session, from a port in
-//! 49152–65535 with TTL 255 as RFC 5881 asks.
+//! 49152–65535 with TTL 255 as RFC 5881 asks. The receiver reads each
+//! packet's TTL (hop limit) and drops those below the session's
+//! `minimumTtl`, so a host further away than the router cannot speak for it.
 
 pub mod packet;
 pub mod session;
@@ -15,6 +17,12 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -23,17 +31,29 @@ use tracing::{debug, info, warn};
 use packet::{Packet, State};
 use session::{Output, Session, Settings};
 
-type Sessions = Arc<Mutex<HashMap<IpAddr, mpsc::UnboundedSender<Packet>>>>;
+/// Where the receiver hands a source's packets, and the lowest TTL it takes.
+struct Route {
+    packets: mpsc::UnboundedSender<Packet>,
+    minimum_ttl: u8,
+}
+
+type Sessions = Arc<Mutex<HashMap<IpAddr, Route>>>;
 
 /// The node's BFD receiver: packets to port 3784, by source address.
 pub struct Mux {
     sessions: Sessions,
     stop: CancellationToken,
+    #[cfg(test)]
+    port: u16,
 }
 
 impl Mux {
     /// Binds UDP 3784 on every address (IPv4 and IPv6 on one socket).
     pub fn bind() -> std::io::Result<Self> {
+        Self::bind_port(packet::PORT)
+    }
+
+    fn bind_port(port: u16) -> std::io::Result<Self> {
         let socket = socket2::Socket::new(
             socket2::Domain::IPV6,
             socket2::Type::DGRAM,
@@ -41,17 +61,23 @@ impl Mux {
         )?;
         socket.set_only_v6(false)?;
         socket.set_nonblocking(true)?;
-        socket.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), packet::PORT).into())?;
+        socket.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+        // IPv4 options apply to the IPv4 packets a dual-stack socket receives.
+        setsockopt(&socket, sockopt::Ipv4RecvTtl, &true)?;
+        setsockopt(&socket, sockopt::Ipv6RecvHopLimit, &true)?;
+        #[cfg(test)]
+        let port = socket.local_addr()?.as_socket().map_or(port, |a| a.port());
         let socket = UdpSocket::from_std(socket.into())?;
         let sessions: Sessions = Arc::default();
         let stop = CancellationToken::new();
         let (table, done) = (sessions.clone(), stop.clone());
         tokio::spawn(async move {
             let mut buf = [0u8; 128];
+            let mut control = nix::cmsg_space!(libc::c_int);
             loop {
-                let (n, from) = tokio::select! {
+                let (n, source, ttl) = tokio::select! {
                     _ = done.cancelled() => return,
-                    r = socket.recv_from(&mut buf) => match r {
+                    r = socket.async_io(Interest::READABLE, || receive(&socket, &mut buf, &mut control)) => match r {
                         Ok(r) => r,
                         Err(e) => {
                             warn!(error = %e, "BFD receive failed");
@@ -60,22 +86,34 @@ impl Mux {
                         }
                     },
                 };
-                let source = from.ip().to_canonical();
-                match Packet::decode(&buf[..n]) {
-                    Ok(p) => {
-                        let tx = table.lock().ok().and_then(|t| t.get(&source).cloned());
-                        match tx {
-                            Some(tx) => {
-                                let _ = tx.send(p);
-                            }
-                            None => debug!(%source, "BFD packet from an address without a session"),
-                        }
+                let Some(source) = source else { continue };
+                let packet = match Packet::decode(&buf[..n]) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        debug!(%source, error = %e, "BFD packet discarded");
+                        continue;
                     }
-                    Err(e) => debug!(%source, error = %e, "BFD packet discarded"),
+                };
+                let Ok(table) = table.lock() else { return };
+                match table.get(&source) {
+                    // A packet without a TTL reading is refused too: the
+                    // check must not be skipped silently.
+                    Some(route) if ttl.is_none_or(|t| t < route.minimum_ttl) => {
+                        debug!(%source, ?ttl, minimum = route.minimum_ttl, "BFD packet below the minimum TTL discarded");
+                    }
+                    Some(route) => {
+                        let _ = route.packets.send(packet);
+                    }
+                    None => debug!(%source, "BFD packet from an address without a session"),
                 }
             }
         });
-        Ok(Self { sessions, stop })
+        Ok(Self {
+            sessions,
+            stop,
+            #[cfg(test)]
+            port,
+        })
     }
 
     /// Runs a session with `peer`: it calls `down` each time the session goes
@@ -90,7 +128,14 @@ impl Mux {
     ) -> watch::Receiver<State> {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut t) = self.sessions.lock() {
-            t.insert(peer, tx);
+            let minimum_ttl = settings.minimum_ttl;
+            t.insert(
+                peer,
+                Route {
+                    packets: tx,
+                    minimum_ttl,
+                },
+            );
         }
         let (state_tx, state) = watch::channel(State::Down);
         let sessions = self.sessions.clone();
@@ -169,6 +214,36 @@ async fn run(
     }
 }
 
+/// Reads one datagram: its length, its source and the TTL (hop limit) it
+/// arrived with.
+fn receive(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    control: &mut [u8],
+) -> std::io::Result<(usize, Option<IpAddr>, Option<u8>)> {
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(control),
+        MsgFlags::empty(),
+    )?;
+    let source = msg.address.as_ref().and_then(|a| {
+        a.as_sockaddr_in6()
+            .map(|a| IpAddr::V6(a.ip()).to_canonical())
+            .or_else(|| a.as_sockaddr_in().map(|a| IpAddr::V4(a.ip())))
+    });
+    let ttl = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) => {
+                u8::try_from(t).ok()
+            }
+            _ => None,
+        })
+    });
+    Ok((msg.bytes, source, ttl))
+}
+
 /// A sending socket from a port in 49152–65535 with TTL 255 (RFC 5881 4, 5).
 async fn sender(peer: IpAddr) -> std::io::Result<UdpSocket> {
     let unspecified: IpAddr = if peer.is_ipv4() {
@@ -194,4 +269,78 @@ async fn sender(peer: IpAddr) -> std::io::Result<UdpSocket> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no source port free")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A peer's packet sent with `ttl` to the receiver: does the session see
+    /// it (Down → Init)?
+    async fn heard_with_ttl(peer: IpAddr, ttl: u32) -> bool {
+        let mux = Mux::bind_port(0).expect("bind the receiver");
+        let settings = Settings {
+            passive: true,
+            ..Settings::default()
+        };
+        let (down, _) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let mut state = mux.session(peer, settings, down, stop.clone());
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(peer, 0)).expect("bind the peer");
+        if peer.is_ipv4() {
+            socket.set_ttl(ttl).expect("set the TTL");
+        } else {
+            socket2::SockRef::from(&socket)
+                .set_unicast_hops_v6(ttl)
+                .expect("set the hop limit");
+        }
+        let hello = Packet {
+            diagnostic: 0,
+            state: State::Down,
+            poll: false,
+            final_: false,
+            detect_mult: 3,
+            my_discriminator: 7,
+            your_discriminator: 0,
+            desired_min_tx: 1_000_000,
+            required_min_rx: 1_000_000,
+        };
+        let heard = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                socket
+                    .send_to(&hello.encode(), SocketAddr::new(peer, mux.port))
+                    .expect("send");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if *state.borrow_and_update() != State::Down {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok();
+        stop.cancel();
+        heard
+    }
+
+    #[tokio::test]
+    async fn packets_below_the_minimum_ttl_are_dropped_on_both_families() {
+        for peer in [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ] {
+            assert!(
+                heard_with_ttl(peer, 255).await,
+                "{peer}: TTL 255 is a neighbour"
+            );
+            assert!(
+                heard_with_ttl(peer, 254).await,
+                "{peer}: TTL 254 is the minimum"
+            );
+            assert!(
+                !heard_with_ttl(peer, 64).await,
+                "{peer}: TTL 64 is not a neighbour"
+            );
+        }
+    }
 }

@@ -21,6 +21,8 @@ pub struct Settings {
     pub detect_multiplier: u8,
     /// Wait for the peer to speak first.
     pub passive: bool,
+    /// Packets that arrive with a lower TTL are dropped by the receiver.
+    pub minimum_ttl: u8,
 }
 
 impl Default for Settings {
@@ -30,6 +32,7 @@ impl Default for Settings {
             receive_interval: Duration::from_millis(300),
             detect_multiplier: 3,
             passive: false,
+            minimum_ttl: 254,
         }
     }
 }
@@ -278,7 +281,7 @@ mod tests {
             transmit_interval: Duration::from_millis(100),
             receive_interval: Duration::from_millis(100),
             detect_multiplier: 3,
-            passive: false,
+            ..Settings::default()
         }
     }
 
@@ -418,7 +421,7 @@ mod tests {
                 transmit_interval: Duration::from_millis(tx),
                 receive_interval: Duration::from_millis(rx),
                 detect_multiplier: mult,
-                passive: false,
+                ..Settings::default()
             };
             let t0 = Instant::now();
             let mut a = Session::new(settings, 11, t0);

@@ -179,6 +179,7 @@ pub fn bfd_settings(p: &BFDProfileSpec) -> crate::bfd::session::Settings {
         receive_interval: ms(p.receive_interval),
         detect_multiplier: p.detect_multiplier.unwrap_or(3).clamp(2, 255) as u8,
         passive: p.passive_mode.unwrap_or(false),
+        minimum_ttl: p.minimum_ttl.unwrap_or(254).clamp(1, 254) as u8,
     }
 }
 
