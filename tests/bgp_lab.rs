@@ -361,6 +361,37 @@ fn frr_learns_every_nodes_route_and_traffic_crosses_all_three() {
         assert_eq!(p["aspath"]["string"], MY_ASN.to_string(), "{p}");
     }
 
+    // Route refresh: the router asks every node for its routes again (no
+    // soft-reconfiguration kept on its side), and each sends them again.
+    let stats = |w: &World| -> Vec<(u64, u64)> {
+        let n = w.vtysh_json("show bgp neighbors json").unwrap_or_default();
+        all.iter()
+            .map(|a| {
+                let m = &n[a.as_str()]["messageStats"];
+                let count = |k: &str| m[k].as_u64().unwrap_or(0);
+                (count("routeRefreshSent"), count("updatesRecv"))
+            })
+            .collect()
+    };
+    let before = stats(&w);
+    if let Some(frr) = &w.frr {
+        let out = frr.vtysh(&w.lab, "clear bgp ipv4 unicast * soft in");
+        assert!(out.status.success(), "{out:?}");
+    }
+    wait_for(
+        "every node answering the route refresh",
+        Duration::from_secs(10),
+        || {
+            let after = stats(&w);
+            before
+                .iter()
+                .zip(&after)
+                .all(|(b, a)| a.0 > b.0 && a.1 > b.1)
+                .then_some(())
+        },
+    );
+    assert_eq!(w.next_hops(VIP), all, "{}", w.logs());
+
     // Traffic from behind the router reaches the Service through every node
     // (the backend sees the forwarding node's address).
     let mut via = BTreeSet::new();

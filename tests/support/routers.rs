@@ -83,11 +83,13 @@ impl Frr {
 
     /// The JSON `vtysh -c command` prints.
     pub fn json(&self, lab: &Lab, command: &str) -> Option<Value> {
-        let out = lab.exec(
-            &self.ns,
-            &["vtysh", "--vty_socket", self.dir.to_str()?, "-c", command],
-        );
-        serde_json::from_slice(&out.stdout).ok()
+        serde_json::from_slice(&self.vtysh(lab, command).stdout).ok()
+    }
+
+    /// Runs one vtysh command.
+    pub fn vtysh(&self, lab: &Lab, command: &str) -> std::process::Output {
+        let socket = self.dir.to_string_lossy();
+        lab.exec(&self.ns, &["vtysh", "--vty_socket", &socket, "-c", command])
     }
 
     /// The neighbors with an established IPv4 session.
