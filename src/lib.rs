@@ -30,6 +30,7 @@ pub mod controller;
 pub mod demo;
 pub mod election;
 pub mod forwarder;
+pub mod gateway;
 pub mod handover;
 pub mod http;
 pub mod ipam;

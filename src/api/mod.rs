@@ -7,6 +7,7 @@
 
 pub mod annotations;
 pub mod bgp;
+pub mod gateway;
 mod l2advertisement;
 pub mod l2status;
 mod pool;
