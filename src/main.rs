@@ -238,6 +238,10 @@ struct ControllerArgs {
     /// ironlb.dev/ironlb).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     default_class: bool,
+    /// Implement GatewayClasses with controllerName ironlb.dev/gateway-controller
+    /// (it waits quietly while the Gateway API CRDs are not installed).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    gateway: bool,
     /// Where /healthz, /readyz and /metrics listen.
     #[arg(long, default_value = "0.0.0.0:9120")]
     metrics_addr: SocketAddr,
@@ -564,6 +568,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     });
     let config = controller::Config {
         default_class: args.default_class,
+        gateway: args.gateway,
         identity,
         lease_namespace: args.lease_namespace,
         lease_duration: Duration::from_secs(args.lease_duration_seconds),

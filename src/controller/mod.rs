@@ -45,6 +45,8 @@ pub const CONTROLLER_NAME: &str = "ironlb-controller";
 pub struct Config {
     /// Serve Services without a `loadBalancerClass`.
     pub default_class: bool,
+    /// Run the Gateway API controller beside the Service one.
+    pub gateway: bool,
     /// This replica's name, for events and the Lease.
     pub identity: String,
     /// The namespace of the leader-election Lease.
@@ -112,6 +114,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             default_class: true,
+            gateway: true,
             identity: CONTROLLER_NAME.into(),
             lease_namespace: "ironlb-system".into(),
             lease_duration: Duration::from_secs(15),
@@ -277,6 +280,11 @@ pub async fn run(
         if !ready {
             return Err(Error::CacheNotReady(name));
         }
+    }
+    if config.gateway {
+        let gateways =
+            crate::gateway::controller::run(client.clone(), config.fence.clone(), shutdown.clone());
+        tokio::spawn(gateways);
     }
     info!("caches synced; restoring addresses from Service status");
     metrics.set_ready(true);

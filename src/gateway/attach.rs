@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::hostname;
 use crate::api::gateway::{
     GATEWAY_GROUP, Gateway, GatewayClass, Listener, ParentReference, ReferenceGrant,
-    RouteGroupKind, RouteRule, TCPRoute, TLSRoute, UDPRoute,
+    RouteGroupKind, RouteRule, RouteStatus, TCPRoute, TLSRoute, UDPRoute,
 };
 use crate::controller::translate::{self, NamespaceLabels};
 
@@ -96,6 +96,10 @@ pub struct Route<'a> {
     pub hostnames: &'a [String],
     /// `spec.rules`.
     pub rules: &'a [RouteRule],
+    /// `status`, whose other controllers' entries the writer keeps.
+    pub status: Option<&'a RouteStatus>,
+    /// `metadata.resourceVersion`, for a compare-and-swap status write.
+    pub resource_version: Option<String>,
 }
 
 impl<'a> Route<'a> {
@@ -105,6 +109,7 @@ impl<'a> Route<'a> {
         parent_refs: &'a [ParentReference],
         hostnames: &'a [String],
         rules: &'a [RouteRule],
+        status: Option<&'a RouteStatus>,
     ) -> Self {
         Self {
             kind,
@@ -115,23 +120,46 @@ impl<'a> Route<'a> {
             parent_refs,
             hostnames,
             rules,
+            status,
+            resource_version: object.meta().resource_version.clone(),
         }
     }
 
     /// A TCPRoute.
     pub fn tcp(r: &'a TCPRoute) -> Self {
-        Self::new(RouteKind::Tcp, r, &r.spec.parent_refs, &[], &r.spec.rules)
+        Self::new(
+            RouteKind::Tcp,
+            r,
+            &r.spec.parent_refs,
+            &[],
+            &r.spec.rules,
+            r.status.as_ref(),
+        )
     }
 
     /// A UDPRoute.
     pub fn udp(r: &'a UDPRoute) -> Self {
-        Self::new(RouteKind::Udp, r, &r.spec.parent_refs, &[], &r.spec.rules)
+        Self::new(
+            RouteKind::Udp,
+            r,
+            &r.spec.parent_refs,
+            &[],
+            &r.spec.rules,
+            r.status.as_ref(),
+        )
     }
 
     /// A TLSRoute.
     pub fn tls(r: &'a TLSRoute) -> Self {
         let s = &r.spec;
-        Self::new(RouteKind::Tls, r, &s.parent_refs, &s.hostnames, &s.rules)
+        Self::new(
+            RouteKind::Tls,
+            r,
+            &s.parent_refs,
+            &s.hostnames,
+            &s.rules,
+            r.status.as_ref(),
+        )
     }
 }
 
@@ -175,6 +203,9 @@ pub struct Snapshot<'a> {
     pub namespaces: NamespaceLabels,
     /// Each Gateway's address, by (namespace, name); absent is `Pending`.
     pub addresses: BTreeMap<(String, String), Address>,
+    /// Whether the data path routes TLS by SNI; without it a TLS listener
+    /// is accepted but never says it is programmed.
+    pub sni_routing: bool,
 }
 
 /// A status condition as the rules decide it; the adapter adds times and
@@ -844,6 +875,12 @@ fn gateway_outcome(
                 "Invalid",
                 "the listener is not accepted",
             ),
+            (_, true) if c.protocol == Some(Protocol::Tls) && !snap.sni_routing => cond(
+                "Programmed",
+                false,
+                "Pending",
+                "this ironlb version does not route TLS by SNI yet",
+            ),
             (Address::Assigned { .. }, true) => cond("Programmed", true, "Programmed", ""),
             (_, true) => cond(
                 "Programmed",
@@ -1050,6 +1087,7 @@ mod tests {
             gateways,
             grants,
             routes,
+            sni_routing: true,
             ..Snapshot::default()
         };
         for (ns, name, port) in [

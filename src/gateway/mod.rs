@@ -7,4 +7,5 @@
 //! share.
 
 pub mod attach;
+pub mod controller;
 pub mod hostname;

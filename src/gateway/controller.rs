@@ -1,0 +1,713 @@
+//! The Gateway controller's adapter: watches the Gateway API kinds, runs
+//! [`attach::decide`], and writes what it returns.
+//!
+//! A Gateway's address is an ordinary ironlb address: for every Gateway of
+//! an ironlb class the controller keeps a selector-less `LoadBalancer`
+//! Service (owned by the Gateway, so it goes with it) whose ports are the
+//! Gateway's valid listeners. ironlb's allocator gives it an address with
+//! the usual pool, sharing and stability rules, and the speakers announce
+//! and forward it like any other (layer 2 or BGP). The routes' backends
+//! reach that Service as EndpointSlices the controller mirrors from the
+//! backend Services, so the embedded forwarder and kube-proxy both carry
+//! TCP and UDP routes without knowing of Gateways.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::attach::{self, Address, Cond, GatewayOutcome, Program, Protocol, Route, Snapshot};
+use crate::api::annotations;
+use crate::api::gateway::{
+    GATEWAY_GROUP, Gateway, GatewayClass, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute,
+};
+use crate::controller::{Fence, cache};
+
+/// The field manager of the controller's Gateway writes.
+pub const FIELD_MANAGER: &str = "ironlb-gateway";
+/// The label upstream asks implementations to put on what they create for a
+/// Gateway.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// The annotation on a Gateway's Service holding its [`Program`] as JSON.
+pub const PROGRAM_ANNOTATION: &str = "ironlb.dev/gateway-program";
+/// `endpointslice.kubernetes.io/managed-by` on the mirrored slices, so the
+/// EndpointSlice controller leaves them alone.
+const SLICE_MANAGER: &str = attach::CONTROLLER_NAME;
+const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+const MANAGED_BY: &str = "ironlb-gateway";
+
+/// The name of the Service carrying a Gateway's address.
+pub fn service_name(gateway: &str) -> String {
+    let name = format!("{gateway}-ironlb-gateway");
+    if name.len() <= 63 {
+        return name;
+    }
+    // Keep it unique and within the DNS label limit.
+    let hash = gateway.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{}-{:08x}-ironlb-gw", &gateway[..40], hash as u32)
+}
+
+/// Runs the Gateway controller until `shutdown`: it waits (quietly, checking
+/// each minute) for the Gateway API CRDs, then reconciles on every change.
+pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationToken) {
+    let mut told = false;
+    let kinds = loop {
+        match installed(&client).await {
+            Ok(kinds) if kinds.contains("gateways") && kinds.contains("gatewayclasses") => {
+                break kinds;
+            }
+            Ok(_) | Err(_) if !told => {
+                info!(
+                    "Gateway API CRDs (gateway.networking.k8s.io/v1) are not installed; the Gateway controller waits for them"
+                );
+                told = true;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    };
+    info!(kinds = ?kinds, "Gateway controller running");
+    let wake = Arc::new(Notify::new());
+    let c = |w: &Arc<Notify>| (w.clone(), shutdown.clone());
+    let (w, s) = c(&wake);
+    let classes = cache::<GatewayClass>(Api::all(client.clone()), w, s);
+    let (w, s) = c(&wake);
+    let gateways = cache::<Gateway>(Api::all(client.clone()), w, s);
+    let optional = |kind: &str| kinds.contains(kind);
+    let (w, s) = c(&wake);
+    let grants = optional("referencegrants")
+        .then(|| cache::<ReferenceGrant>(Api::all(client.clone()), w, s));
+    let (w, s) = c(&wake);
+    let tcp = optional("tcproutes").then(|| cache::<TCPRoute>(Api::all(client.clone()), w, s));
+    let (w, s) = c(&wake);
+    let udp = optional("udproutes").then(|| cache::<UDPRoute>(Api::all(client.clone()), w, s));
+    let (w, s) = c(&wake);
+    let tls = optional("tlsroutes").then(|| cache::<TLSRoute>(Api::all(client.clone()), w, s));
+    let (w, s) = c(&wake);
+    let services = cache::<Service>(Api::all(client.clone()), w, s);
+    let (w, s) = c(&wake);
+    let slices = cache::<EndpointSlice>(Api::all(client.clone()), w, s);
+    let (w, s) = c(&wake);
+    let namespaces = cache::<Namespace>(Api::all(client.clone()), w, s);
+    if classes.wait_until_ready().await.is_err()
+        || gateways.wait_until_ready().await.is_err()
+        || services.wait_until_ready().await.is_err()
+        || slices.wait_until_ready().await.is_err()
+        || namespaces.wait_until_ready().await.is_err()
+    {
+        warn!("the Gateway controller's caches did not fill; it stops");
+        return;
+    }
+    for s in [&grants].into_iter().flatten() {
+        let _ = s.wait_until_ready().await;
+    }
+    for s in [&tcp].into_iter().flatten() {
+        let _ = s.wait_until_ready().await;
+    }
+    for s in [&udp].into_iter().flatten() {
+        let _ = s.wait_until_ready().await;
+    }
+    for s in [&tls].into_iter().flatten() {
+        let _ = s.wait_until_ready().await;
+    }
+
+    while !shutdown.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (class_list, gateway_list) = (owned(&classes), owned(&gateways));
+        let grant_list: Vec<ReferenceGrant> = grants.as_ref().map(owned).unwrap_or_default();
+        let (tcp_list, udp_list, tls_list): (Vec<TCPRoute>, Vec<UDPRoute>, Vec<TLSRoute>) = (
+            tcp.as_ref().map(owned).unwrap_or_default(),
+            udp.as_ref().map(owned).unwrap_or_default(),
+            tls.as_ref().map(owned).unwrap_or_default(),
+        );
+        let service_list = owned(&services);
+        let slice_list = owned(&slices);
+        let mut snap = Snapshot {
+            classes: &class_list,
+            gateways: &gateway_list,
+            grants: &grant_list,
+            routes: tcp_list
+                .iter()
+                .map(Route::tcp)
+                .chain(udp_list.iter().map(Route::udp))
+                .chain(tls_list.iter().map(Route::tls))
+                .collect(),
+            services: service_list
+                .iter()
+                .map(|s| {
+                    let ports = s
+                        .spec
+                        .iter()
+                        .flat_map(|s| s.ports.iter().flatten())
+                        .map(|p| (p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
+                        .collect();
+                    ((s.namespace().unwrap_or_default(), s.name_any()), ports)
+                })
+                .collect(),
+            namespaces: namespaces
+                .state()
+                .iter()
+                .map(|n| (n.name_any(), n.labels().clone()))
+                .collect(),
+            ..Snapshot::default()
+        };
+        for g in &gateway_list {
+            let key = (g.namespace().unwrap_or_default(), g.name_any());
+            snap.addresses.insert(key, address_of(g, &service_list));
+        }
+        let outcome = attach::decide(&snap);
+
+        if let Some(fence) = &fence
+            && let Err(why) = fence.check(&client).await
+        {
+            warn!(%why, "Gateway controller not writing: this replica cannot be sure it leads");
+        } else {
+            let failed = write(&client, &snap, &outcome, &service_list, &slice_list).await;
+            if failed > 0 {
+                debug!(failed, "some Gateway writes failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+fn owned<K: Clone + Resource + 'static>(store: &Store<K>) -> Vec<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state().iter().map(|o| (**o).clone()).collect()
+}
+
+/// Which resources of `gateway.networking.k8s.io/v1` the API server serves.
+async fn installed(client: &Client) -> Result<BTreeSet<String>, kube::Error> {
+    let list = client
+        .list_api_group_resources(&format!("{GATEWAY_GROUP}/v1"))
+        .await?;
+    Ok(list.resources.into_iter().map(|r| r.name).collect())
+}
+
+/// The Gateway's address, read from its Service.
+fn address_of(gateway: &Gateway, services: &[Service]) -> Address {
+    let ns = gateway.namespace().unwrap_or_default();
+    let name = service_name(&gateway.name_any());
+    let Some(svc) = services
+        .iter()
+        .find(|s| s.namespace().as_deref() == Some(&ns) && s.name_any() == name)
+    else {
+        return Address::Pending;
+    };
+    if !is_ours(svc, gateway) {
+        return Address::Refused {
+            reason: "AddressNotAssigned",
+            message: format!(
+                "Service {ns}/{name} exists and does not belong to this Gateway; rename or delete it"
+            ),
+        };
+    }
+    let addresses: Vec<IpAddr> = svc
+        .status
+        .iter()
+        .flat_map(|s| {
+            s.load_balancer
+                .iter()
+                .flat_map(|lb| lb.ingress.iter().flatten())
+        })
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect();
+    if addresses.is_empty() {
+        return Address::Pending;
+    }
+    // Ports other Services sharing the address hold.
+    let mut taken = BTreeMap::new();
+    for other in services
+        .iter()
+        .filter(|s| s.metadata.uid != svc.metadata.uid)
+    {
+        let shares = other
+            .status
+            .iter()
+            .flat_map(|s| {
+                s.load_balancer
+                    .iter()
+                    .flat_map(|lb| lb.ingress.iter().flatten())
+            })
+            .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok())
+            .any(|a| addresses.contains(&a));
+        if !shares {
+            continue;
+        }
+        for p in other.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+            let transport = if p.protocol.as_deref() == Some("UDP") {
+                "UDP"
+            } else {
+                "TCP"
+            };
+            taken.insert(
+                (p.port, transport),
+                format!(
+                    "{}/{}",
+                    other.namespace().unwrap_or_default(),
+                    other.name_any()
+                ),
+            );
+        }
+    }
+    Address::Assigned { addresses, taken }
+}
+
+fn is_ours(svc: &Service, gateway: &Gateway) -> bool {
+    svc.owner_references()
+        .iter()
+        .any(|o| o.kind == "Gateway" && Some(&o.uid) == gateway.metadata.uid.as_ref())
+}
+
+/// Conditions as Kubernetes wants them: a transition time that only moves
+/// when the status does, and the generation they speak of.
+fn conditions(
+    decided: &[Cond],
+    current: &[Condition],
+    generation: i64,
+    now: &Time,
+) -> Vec<Condition> {
+    decided
+        .iter()
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" };
+            let since = current
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.status == status)
+                .map_or_else(|| now.clone(), |o| o.last_transition_time.clone());
+            Condition {
+                type_: c.type_.into(),
+                status: status.into(),
+                reason: c.reason.into(),
+                message: c.message.clone(),
+                observed_generation: Some(generation),
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+/// Carries out the outcome; returns how many writes failed.
+async fn write(
+    client: &Client,
+    snap: &Snapshot<'_>,
+    outcome: &attach::Outcome,
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> usize {
+    let now = Time(Timestamp::now());
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    let count = |r: Result<(), kube::Error>, what: String| {
+        if let Err(e) = r {
+            warn!(error = %e, "{what}");
+            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+
+    for class in &outcome.classes {
+        let current = snap.classes.iter().find(|c| c.name_any() == class.name);
+        let old = current
+            .and_then(|c| c.status.as_ref())
+            .map(|s| &s.conditions[..])
+            .unwrap_or(&[]);
+        let new = conditions(&class.conditions, old, class.generation, &now);
+        if new != old {
+            let api: Api<GatewayClass> = Api::all(client.clone());
+            let patch = json!({"status": {"conditions": new}});
+            let r = api
+                .patch_status(&class.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            count(
+                r.map(drop),
+                format!("writing GatewayClass {} status", class.name),
+            );
+        }
+    }
+
+    let mut wanted_services = BTreeSet::new();
+    for g in &outcome.gateways {
+        let Some(gateway) = snap
+            .gateways
+            .iter()
+            .find(|x| x.namespace().as_deref() == Some(&g.namespace) && x.name_any() == g.name)
+        else {
+            continue;
+        };
+        let svc_name = service_name(&g.name);
+        wanted_services.insert((g.namespace.clone(), svc_name.clone()));
+        let existing = services
+            .iter()
+            .find(|s| s.namespace().as_deref() == Some(&g.namespace) && s.name_any() == svc_name);
+        if existing.is_none_or(|s| is_ours(s, gateway)) {
+            let desired = desired_service(gateway, &svc_name, &g.program);
+            let api: Api<Service> = Api::namespaced(client.clone(), &g.namespace);
+            if existing.is_none_or(|s| differs(s, &desired)) {
+                let r = api.patch(&svc_name, &params, &Patch::Apply(&desired)).await;
+                count(
+                    r.map(drop),
+                    format!(
+                        "writing Service {}/{svc_name} for Gateway {}",
+                        g.namespace, g.name
+                    ),
+                );
+            }
+            let mirrored = mirror(
+                client,
+                &g.namespace,
+                &svc_name,
+                &g.program,
+                services,
+                slices,
+            );
+            failed.fetch_add(mirrored.await, std::sync::atomic::Ordering::Relaxed);
+        }
+        let old = gateway.status.clone().unwrap_or_default();
+        let status = gateway_status(g, &old, &now);
+        if serde_json::to_value(&old).ok() != Some(status.clone()) {
+            let api: Api<Gateway> = Api::namespaced(client.clone(), &g.namespace);
+            let patch = json!({"status": status});
+            let r = api
+                .patch_status(&g.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            count(
+                r.map(drop),
+                format!("writing Gateway {}/{} status", g.namespace, g.name),
+            );
+        }
+    }
+
+    // Services of Gateways that left ironlb's classes (deleted Gateways take
+    // theirs along through the owner reference).
+    for s in services
+        .iter()
+        .filter(|s| s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY))
+    {
+        let key = (s.namespace().unwrap_or_default(), s.name_any());
+        if !wanted_services.contains(&key) {
+            let api: Api<Service> = Api::namespaced(client.clone(), &key.0);
+            let r = api.delete(&key.1, &DeleteParams::default()).await;
+            count(r.map(drop), format!("deleting Service {}/{}", key.0, key.1));
+        }
+    }
+
+    for r in &outcome.routes {
+        let Some(route) = snap
+            .routes
+            .iter()
+            .find(|x| x.kind == r.kind && x.namespace == r.namespace && x.name == r.name)
+        else {
+            continue;
+        };
+        let old_parents: Vec<Value> = route
+            .status
+            .map(|s| {
+                s.parents
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut parents: Vec<Value> = old_parents
+            .iter()
+            .filter(|p| p["controllerName"] != attach::CONTROLLER_NAME)
+            .cloned()
+            .collect();
+        for p in &r.parents {
+            let old: &[Condition] = route
+                .status
+                .and_then(|s| {
+                    s.parents.iter().find(|o| {
+                        o.controller_name == attach::CONTROLLER_NAME && o.parent_ref == p.parent_ref
+                    })
+                })
+                .map_or(&[], |o| &o.conditions[..]);
+            parents.push(json!({
+                "parentRef": p.parent_ref,
+                "controllerName": attach::CONTROLLER_NAME,
+                "conditions": conditions(&p.conditions, old, r.generation, &now),
+            }));
+        }
+        if parents == old_parents {
+            continue;
+        }
+        // The resourceVersion makes this a compare-and-swap: other
+        // controllers' entries are kept, never overwritten by a stale view.
+        let patch = json!({"metadata": {"resourceVersion": route.resource_version}, "status": {"parents": parents}});
+        let pp = PatchParams::default();
+        let result = match r.kind {
+            attach::RouteKind::Tcp => Api::<TCPRoute>::namespaced(client.clone(), &r.namespace)
+                .patch_status(&r.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+            attach::RouteKind::Udp => Api::<UDPRoute>::namespaced(client.clone(), &r.namespace)
+                .patch_status(&r.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+            attach::RouteKind::Tls => Api::<TLSRoute>::namespaced(client.clone(), &r.namespace)
+                .patch_status(&r.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+        };
+        count(
+            result,
+            format!(
+                "writing {} {}/{} status",
+                r.kind.kind(),
+                r.namespace,
+                r.name
+            ),
+        );
+    }
+    failed.into_inner()
+}
+
+fn gateway_status(
+    g: &GatewayOutcome,
+    old: &crate::api::gateway::GatewayStatus,
+    now: &Time,
+) -> Value {
+    let listeners: Vec<Value> = g
+        .listeners
+        .iter()
+        .map(|l| {
+            let before = old
+                .listeners
+                .iter()
+                .find(|o| o.name == l.name)
+                .map(|o| &o.conditions[..])
+                .unwrap_or(&[]);
+            json!({
+                "name": l.name,
+                "supportedKinds": l.supported_kinds,
+                "attachedRoutes": l.attached_routes,
+                "conditions": conditions(&l.conditions, before, g.generation, now),
+            })
+        })
+        .collect();
+    json!({
+        "addresses": g.addresses.iter().map(|a| json!({"type": "IPAddress", "value": a.to_string()})).collect::<Vec<_>>(),
+        "conditions": conditions(&g.conditions, &old.conditions, g.generation, now),
+        "listeners": listeners,
+    })
+}
+
+/// The Service carrying the Gateway's address: its valid listeners' ports,
+/// the infrastructure labels and annotations (a pool, sharing key or PROXY
+/// protocol choice goes there), requested addresses, and the program.
+fn desired_service(gateway: &Gateway, name: &str, program: &Program) -> Value {
+    let infra = gateway.spec.infrastructure.clone().unwrap_or_default();
+    let mut labels = infra.labels.clone();
+    labels.insert(GATEWAY_NAME_LABEL.into(), gateway.name_any());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    let mut annotations = infra.annotations.clone();
+    annotations.insert(
+        PROGRAM_ANNOTATION.into(),
+        serde_json::to_string(program).unwrap_or_default(),
+    );
+    let requested: Vec<&str> = gateway
+        .spec
+        .addresses
+        .iter()
+        .map(|a| a.value.as_str())
+        .collect();
+    if !requested.is_empty() {
+        annotations.insert(annotations::LOAD_BALANCER_IPS.into(), requested.join(","));
+    }
+    let mut ports: Vec<Value> = program
+        .ports
+        .iter()
+        .map(|p| {
+            let transport = p.protocol.transport();
+            json!({"name": port_name(p.port, p.protocol), "port": p.port, "protocol": transport, "targetPort": p.port})
+        })
+        .collect();
+    ports.dedup();
+    let owner = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "name": gateway.name_any(), "uid": gateway.metadata.uid,
+        "controller": true, "blockOwnerDeletion": true,
+    });
+    let mut spec = json!({"type": "LoadBalancer", "ports": ports});
+    if ports.is_empty() {
+        // A Service needs a port; this one holds the address while no
+        // listener is valid.
+        spec["ports"] = json!([{"name": "placeholder", "port": 9, "protocol": "TCP"}]);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": gateway.namespace(), "labels": labels, "annotations": annotations, "ownerReferences": [owner]},
+        "spec": spec,
+    })
+}
+
+fn port_name(port: u16, protocol: Protocol) -> String {
+    format!("{}-{port}", protocol.transport().to_ascii_lowercase())
+}
+
+/// Whether the fields the controller owns differ from `desired`.
+fn differs(current: &Service, desired: &Value) -> bool {
+    let Ok(current) = serde_json::to_value(current) else {
+        return true;
+    };
+    let pick = |v: &Value| {
+        let ports: Vec<Value> = v["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| json!([p["name"], p["port"], p["protocol"]]))
+            .collect();
+        json!([ports, v["spec"]["type"]])
+    };
+    let labels_differ = desired["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| &current["metadata"]["labels"][k] != v);
+    let annotations_differ = desired["metadata"]["annotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| &current["metadata"]["annotations"][k] != v);
+    labels_differ || annotations_differ || pick(&current) != pick(desired)
+}
+
+/// Keeps the Gateway Service's EndpointSlices equal to the ready endpoints
+/// of the backends of the first route on each TCP and UDP port. Returns the
+/// failed writes.
+async fn mirror(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    program: &Program,
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> usize {
+    let mut wanted: BTreeMap<String, Value> = BTreeMap::new();
+    for p in program.ports.iter().filter(|p| p.protocol != Protocol::Tls) {
+        let Some(route) = p.routes.first() else {
+            continue;
+        };
+        for (i, b) in route
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.usable && b.weight > 0)
+        {
+            // The backend Service port's name is what its slices' ports use.
+            let Some(port_name_of_backend) = services
+                .iter()
+                .find(|s| s.namespace().as_deref() == Some(&b.namespace) && s.name_any() == b.name)
+                .and_then(|s| {
+                    s.spec
+                        .as_ref()?
+                        .ports
+                        .as_ref()?
+                        .iter()
+                        .find(|sp| sp.port == i32::from(b.port))
+                })
+                .map(|sp| sp.name.clone().unwrap_or_default())
+            else {
+                continue;
+            };
+            for source in slices.iter().filter(|s| {
+                s.namespace().as_deref() == Some(&b.namespace)
+                    && s.labels().get("kubernetes.io/service-name") == Some(&b.name)
+            }) {
+                let Some(target) = source
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|sp| sp.name.clone().unwrap_or_default() == port_name_of_backend)
+                    .and_then(|sp| sp.port)
+                else {
+                    continue;
+                };
+                let endpoints: Vec<Value> = source
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                    .map(|e| json!({"addresses": e.addresses, "conditions": {"ready": true}, "nodeName": e.node_name, "zone": e.zone}))
+                    .collect();
+                if endpoints.is_empty() {
+                    continue;
+                }
+                let name = format!(
+                    "{service}-{}-{i}-{}",
+                    port_name(p.port, p.protocol),
+                    source.name_any()
+                );
+                let name: String = name.chars().take(253).collect();
+                wanted.insert(name.clone(), json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": name, "namespace": namespace, "labels": {
+                        "kubernetes.io/service-name": service,
+                        "endpointslice.kubernetes.io/managed-by": SLICE_MANAGER,
+                    }},
+                    "addressType": source.address_type,
+                    "ports": [{"name": port_name(p.port, p.protocol), "port": target, "protocol": p.protocol.transport()}],
+                    "endpoints": endpoints,
+                }));
+            }
+        }
+    }
+    let mut failed = 0;
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let ours: Vec<&EndpointSlice> = slices
+        .iter()
+        .filter(|s| {
+            s.namespace().as_deref() == Some(namespace)
+                && s.labels()
+                    .get("kubernetes.io/service-name")
+                    .map(String::as_str)
+                    == Some(service)
+                && s.labels()
+                    .get("endpointslice.kubernetes.io/managed-by")
+                    .map(String::as_str)
+                    == Some(SLICE_MANAGER)
+        })
+        .collect();
+    for (name, slice) in &wanted {
+        let current = ours
+            .iter()
+            .find(|s| &s.name_any() == name)
+            .and_then(|s| serde_json::to_value(s).ok());
+        let same = current
+            .is_some_and(|c| c["endpoints"] == slice["endpoints"] && c["ports"] == slice["ports"]);
+        if !same && let Err(e) = api.patch(name, &params, &Patch::Apply(slice)).await {
+            warn!(error = %e, "writing EndpointSlice {namespace}/{name}");
+            failed += 1;
+        }
+    }
+    for s in ours.iter().filter(|s| !wanted.contains_key(&s.name_any())) {
+        if let Err(e) = api.delete(&s.name_any(), &DeleteParams::default()).await {
+            warn!(error = %e, "deleting EndpointSlice {namespace}/{}", s.name_any());
+            failed += 1;
+        }
+    }
+    failed
+}
