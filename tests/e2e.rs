@@ -980,3 +980,327 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
         r.abort();
     }
 }
+
+/// The Gateway controller on the real API server, with the upstream v1.6.1
+/// CRDs (applied server-side and left installed: deleting them would delete
+/// every Gateway object of the cluster) and the controller's own
+/// ServiceAccount: class, Gateway, listener and route status as the spec
+/// words them, the Gateway's address from a pool through its Service, the
+/// backends mirrored as EndpointSlices, and a ReferenceGrant added and
+/// removed.
+#[tokio::test]
+async fn gateways_get_addresses_and_status_and_routes_follow_reference_grants() {
+    let Some(cluster) = Cluster::lock("gateways_get_addresses_and_status").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/gateway-api/v1.6.1");
+    cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/gateways.gateway.networking.k8s.io",
+        "crd/tcproutes.gateway.networking.k8s.io",
+        "crd/udproutes.gateway.networking.k8s.io",
+        "crd/tlsroutes.gateway.networking.k8s.io",
+        "crd/referencegrants.gateway.networking.k8s.io",
+    ]);
+    let dir = ScratchDir::new("e2e-gateway");
+    let env = scenario_env(&cluster, &dir, "gw").await;
+    let ns = env.namespace.clone();
+    let apps = unique("gw-apps");
+    let _ns = Made::namespace(&cluster, &env.client, &ns).await;
+    let _apps = Made::namespace(&cluster, &env.client, &apps).await;
+    let pool = unique("gw-pool");
+    create_pool(&env.client, support::pool(&pool, &["198.51.100.40"])).await;
+    let _pool = Made::new(&cluster, "ipaddresspool", &pool);
+    let class = unique("gw-class");
+    let _class = Made::new(&cluster, "gatewayclass", &class);
+
+    let manifest = dir.0.join("gateway.yaml");
+    let apply = |yaml: String| {
+        std::fs::write(&manifest, yaml).expect("write manifest");
+        cluster.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+    };
+    apply(format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {class}}}
+spec: {{controllerName: ironlb.dev/gateway-controller}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: {ns}}}
+spec: {{ports: [{{name: pg, port: 5432, targetPort: 15432}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-1
+  namespace: {ns}
+  labels: {{kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{{name: pg, port: 15432, protocol: TCP}}]
+endpoints:
+  - addresses: [10.80.0.7]
+    conditions: {{ready: true}}
+  - addresses: [10.80.0.8]
+    conditions: {{ready: false}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: {ns}}}
+spec:
+  gatewayClassName: {class}
+  infrastructure:
+    annotations: {{ironlb.dev/address-pool: {pool}}}
+  listeners:
+    - {{name: postgres, port: 5432, protocol: TCP, allowedRoutes: {{namespaces: {{from: All}}}}}}
+    - {{name: dns, port: 53, protocol: UDP}}
+    - {{name: web, port: 80, protocol: HTTP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: pg, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: postgres}}]
+  rules: [{{backendRefs: [{{name: db, port: 5432}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {{name: dns, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: coredns, port: 53}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: borrowed, namespace: {apps}}}
+spec:
+  parentRefs: [{{name: edge, namespace: {ns}, sectionName: postgres}}]
+  rules: [{{backendRefs: [{{name: db, namespace: {ns}, port: 5432}}]}}]
+"#
+    ));
+    let controller = ControllerProcess::spawn(
+        &env.kubeconfig,
+        &dir.0,
+        "ctl-gateway",
+        &["--default-class=false"],
+    );
+    let get = |kind: &str, namespace: &str, name: &str| {
+        let out = cluster.kubectl(&["get", kind, "-n", namespace, name, "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let condition =
+        |object: &serde_json::Value, path: &str, type_: &str| -> Option<(String, String)> {
+            let list = object.pointer(path)?.as_array()?;
+            let c = list.iter().find(|c| c["type"] == type_)?;
+            Some((
+                c["status"].as_str()?.to_string(),
+                c["reason"].as_str()?.to_string(),
+            ))
+        };
+    let pair = |s: &str, r: &str| Some((s.to_string(), r.to_string()));
+    let logs = || controller.log();
+
+    // The class is accepted.
+    support::wait_for("the GatewayClass accepted", PATIENCE, || async {
+        let c = get("gatewayclass", "default", &class);
+        (condition(&c, "/status/conditions", "Accepted") == pair("True", "Accepted")).then_some(())
+    })
+    .await;
+    // The Gateway is programmed on the pool's address, partly valid.
+    let gw = support::wait_for("the Gateway programmed", PATIENCE, || async {
+        let g = get("gateway", &ns, "edge");
+        (condition(&g, "/status/conditions", "Programmed") == pair("True", "Programmed"))
+            .then_some(g)
+    })
+    .await;
+    assert_eq!(
+        gw["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": "198.51.100.40"}]),
+        "{gw}\n{}",
+        logs()
+    );
+    assert_eq!(
+        condition(&gw, "/status/conditions", "Accepted"),
+        pair("True", "ListenersNotValid")
+    );
+    assert_eq!(
+        gw["status"]["conditions"][0]["observedGeneration"],
+        gw["metadata"]["generation"]
+    );
+    let listeners = gw["status"]["listeners"]
+        .as_array()
+        .expect("listener status");
+    let listener = |name: &str| {
+        listeners
+            .iter()
+            .find(|l| l["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // pg, and borrowed (attached though its backend is not resolved).
+    assert_eq!(listener("postgres")["attachedRoutes"], 2, "{gw}");
+    assert_eq!(listener("dns")["attachedRoutes"], 1, "{gw}");
+    assert_eq!(
+        condition(&listener("web"), "/conditions", "Accepted"),
+        pair("False", "UnsupportedProtocol")
+    );
+    assert_eq!(
+        listener("postgres")["supportedKinds"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "TCPRoute"}])
+    );
+
+    // The Gateway's Service carries its ports and address; the backend's
+    // ready endpoint is mirrored with the backend's target port.
+    let svc_name = ironlb::gateway::controller::service_name("edge");
+    let svc = get("service", &ns, &svc_name);
+    let ports: Vec<(i64, String)> = svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap_or(0),
+                p["protocol"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [(53, "UDP".to_string()), (5432, "TCP".to_string())],
+        "{svc}"
+    );
+    assert_eq!(svc["metadata"]["ownerReferences"][0]["kind"], "Gateway");
+    let slices = support::wait_for("the mirrored EndpointSlice", PATIENCE, || async {
+        let list = Api::<EndpointSlice>::namespaced(env.client.clone(), &ns)
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("kubernetes.io/service-name={svc_name}")),
+            )
+            .await
+            .ok()?;
+        (!list.items.is_empty()).then_some(list.items)
+    })
+    .await;
+    assert_eq!(slices.len(), 1, "{slices:?}");
+    let endpoints: Vec<&String> = slices[0]
+        .endpoints
+        .iter()
+        .flat_map(|e| &e.addresses)
+        .collect();
+    assert_eq!(endpoints, ["10.80.0.7"], "ready endpoints only");
+    assert_eq!(
+        slices[0].ports.as_ref().and_then(|p| p[0].port),
+        Some(15432)
+    );
+    assert_eq!(
+        slices[0]
+            .ports
+            .as_ref()
+            .and_then(|p| p[0].name.clone())
+            .as_deref(),
+        Some("tcp-5432")
+    );
+
+    // Routes: attached and resolved; a missing backend; a cross-namespace
+    // backend refused until a ReferenceGrant allows it, and again after.
+    let route_status = |kind: &str, namespace: &str, name: &str| {
+        let r = get(kind, namespace, name);
+        (
+            condition(&r, "/status/parents/0/conditions", "Accepted"),
+            condition(&r, "/status/parents/0/conditions", "ResolvedRefs"),
+        )
+    };
+    let wait_route = |kind: &'static str,
+                      namespace: String,
+                      name: &'static str,
+                      accepted: (&'static str, &'static str),
+                      resolved: (&'static str, &'static str)| {
+        let route_status = &route_status;
+        async move {
+            support::wait_for(
+                &format!("{kind} {namespace}/{name}: {accepted:?} {resolved:?}"),
+                PATIENCE,
+                || async {
+                    (route_status(kind, &namespace, name)
+                        == (pair(accepted.0, accepted.1), pair(resolved.0, resolved.1)))
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    wait_route(
+        "tcproute",
+        ns.clone(),
+        "pg",
+        ("True", "Accepted"),
+        ("True", "ResolvedRefs"),
+    )
+    .await;
+    wait_route(
+        "udproute",
+        ns.clone(),
+        "dns",
+        ("True", "Accepted"),
+        ("False", "BackendNotFound"),
+    )
+    .await;
+    wait_route(
+        "tcproute",
+        apps.clone(),
+        "borrowed",
+        ("True", "Accepted"),
+        ("False", "RefNotPermitted"),
+    )
+    .await;
+    apply(format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {{name: apps-to-db, namespace: {ns}}}\n\
+         spec:\n  from: [{{group: gateway.networking.k8s.io, kind: TCPRoute, namespace: {apps}}}]\n  to: [{{group: \"\", kind: Service, name: db}}]\n"
+    ));
+    wait_route(
+        "tcproute",
+        apps.clone(),
+        "borrowed",
+        ("True", "Accepted"),
+        ("True", "ResolvedRefs"),
+    )
+    .await;
+    cluster.kubectl_ok(&["delete", "referencegrant", "-n", &ns, "apps-to-db"]);
+    wait_route(
+        "tcproute",
+        apps.clone(),
+        "borrowed",
+        ("True", "Accepted"),
+        ("False", "RefNotPermitted"),
+    )
+    .await;
+    let g = get("gateway", &ns, "edge");
+    let postgres = g["status"]["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["name"] == "postgres")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        postgres["attachedRoutes"], 2,
+        "attached even with an unresolved backend: {g}"
+    );
+
+    // The Gateway gone, its Service goes with it (owner reference).
+    cluster.kubectl_ok(&["delete", "gateway", "-n", &ns, "edge"]);
+    support::wait_for("the Gateway's Service deleted", PATIENCE, || async {
+        Api::<Service>::namespaced(env.client.clone(), &ns)
+            .get_opt(&svc_name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    drop(controller);
+}

@@ -43,8 +43,8 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// The annotation on a Gateway's Service holding its [`Program`] as JSON.
 pub const PROGRAM_ANNOTATION: &str = "ironlb.dev/gateway-program";
 /// `endpointslice.kubernetes.io/managed-by` on the mirrored slices, so the
-/// EndpointSlice controller leaves them alone.
-const SLICE_MANAGER: &str = attach::CONTROLLER_NAME;
+/// EndpointSlice controllers leave them alone (a label value: no `/`).
+const SLICE_MANAGER: &str = "gateway-controller.ironlb.dev";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "ironlb-gateway";
 
@@ -551,7 +551,11 @@ fn desired_service(gateway: &Gateway, name: &str, program: &Program) -> Value {
         "name": gateway.name_any(), "uid": gateway.metadata.uid,
         "controller": true, "blockOwnerDeletion": true,
     });
-    let mut spec = json!({"type": "LoadBalancer", "ports": ports});
+    let mut spec = json!({
+        "type": "LoadBalancer",
+        "loadBalancerClass": crate::api::LOAD_BALANCER_CLASS,
+        "ports": ports,
+    });
     if ports.is_empty() {
         // A Service needs a port; this one holds the address while no
         // listener is valid.

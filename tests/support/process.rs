@@ -27,6 +27,7 @@ impl ControllerProcess {
     pub fn spawn(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[&str]) -> Self {
         let metrics_port = free_port();
         let log = dir.join(format!("{identity}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ironlb"))
             .args(["controller", "--kubeconfig"])
             .arg(kubeconfig)
@@ -40,8 +41,9 @@ impl ControllerProcess {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
+            // tracing writes to stdout; panics go to stderr.
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(file)
             .spawn()
             .expect("spawn ironlb controller");
         Self {
