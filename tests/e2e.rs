@@ -1249,35 +1249,23 @@ spec:
         ("False", "BackendNotFound"),
     )
     .await;
-    wait_route(
-        "tcproute",
-        apps.clone(),
-        "borrowed",
-        ("True", "Accepted"),
-        ("False", "RefNotPermitted"),
-    )
-    .await;
+    let borrowed = |resolved| {
+        wait_route(
+            "tcproute",
+            apps.clone(),
+            "borrowed",
+            ("True", "Accepted"),
+            resolved,
+        )
+    };
+    borrowed(("False", "RefNotPermitted")).await;
     apply(format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {{name: apps-to-db, namespace: {ns}}}\n\
          spec:\n  from: [{{group: gateway.networking.k8s.io, kind: TCPRoute, namespace: {apps}}}]\n  to: [{{group: \"\", kind: Service, name: db}}]\n"
     ));
-    wait_route(
-        "tcproute",
-        apps.clone(),
-        "borrowed",
-        ("True", "Accepted"),
-        ("True", "ResolvedRefs"),
-    )
-    .await;
+    borrowed(("True", "ResolvedRefs")).await;
     cluster.kubectl_ok(&["delete", "referencegrant", "-n", &ns, "apps-to-db"]);
-    wait_route(
-        "tcproute",
-        apps.clone(),
-        "borrowed",
-        ("True", "Accepted"),
-        ("False", "RefNotPermitted"),
-    )
-    .await;
+    borrowed(("False", "RefNotPermitted")).await;
     let g = get("gateway", &ns, "edge");
     let postgres = g["status"]["listeners"]
         .as_array()

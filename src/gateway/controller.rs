@@ -12,7 +12,6 @@
 //! TCP and UDP routes without knowing of Gateways.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ use crate::api::annotations;
 use crate::api::gateway::{
     GATEWAY_GROUP, Gateway, GatewayClass, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute,
 };
-use crate::controller::{Fence, cache};
+use crate::controller::{Fence, cache, translate};
 
 /// The field manager of the controller's Gateway writes.
 pub const FIELD_MANAGER: &str = "ironlb-gateway";
@@ -45,6 +44,8 @@ pub const PROGRAM_ANNOTATION: &str = "ironlb.dev/gateway-program";
 /// `endpointslice.kubernetes.io/managed-by` on the mirrored slices, so the
 /// EndpointSlice controllers leave them alone (a label value: no `/`).
 const SLICE_MANAGER: &str = "gateway-controller.ironlb.dev";
+const SLICE_MANAGER_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "ironlb-gateway";
 
@@ -225,16 +226,7 @@ fn address_of(gateway: &Gateway, services: &[Service]) -> Address {
             ),
         };
     }
-    let addresses: Vec<IpAddr> = svc
-        .status
-        .iter()
-        .flat_map(|s| {
-            s.load_balancer
-                .iter()
-                .flat_map(|lb| lb.ingress.iter().flatten())
-        })
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect();
+    let addresses = translate::status_addresses(svc);
     if addresses.is_empty() {
         return Address::Pending;
     }
@@ -244,16 +236,9 @@ fn address_of(gateway: &Gateway, services: &[Service]) -> Address {
         .iter()
         .filter(|s| s.metadata.uid != svc.metadata.uid)
     {
-        let shares = other
-            .status
+        let shares = translate::status_addresses(other)
             .iter()
-            .flat_map(|s| {
-                s.load_balancer
-                    .iter()
-                    .flat_map(|lb| lb.ingress.iter().flatten())
-            })
-            .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok())
-            .any(|a| addresses.contains(&a));
+            .any(|a| addresses.contains(a));
         if !shares {
             continue;
         }
@@ -411,6 +396,26 @@ async fn write(
             let api: Api<Service> = Api::namespaced(client.clone(), &key.0);
             let r = api.delete(&key.1, &DeleteParams::default()).await;
             count(r.map(drop), format!("deleting Service {}/{}", key.0, key.1));
+        }
+    }
+    // Mirrored slices of those Services (slices carry no owner reference).
+    for s in slices
+        .iter()
+        .filter(|s| s.labels().get(SLICE_MANAGER_LABEL).map(String::as_str) == Some(SLICE_MANAGER))
+    {
+        let service = s
+            .labels()
+            .get(SERVICE_NAME_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        let namespace = s.namespace().unwrap_or_default();
+        if !wanted_services.contains(&(namespace.clone(), service)) {
+            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
+            let r = api.delete(&s.name_any(), &DeleteParams::default()).await;
+            count(
+                r.map(drop),
+                format!("deleting EndpointSlice {namespace}/{}", s.name_any()),
+            );
         }
     }
 
@@ -639,7 +644,7 @@ async fn mirror(
             };
             for source in slices.iter().filter(|s| {
                 s.namespace().as_deref() == Some(&b.namespace)
-                    && s.labels().get("kubernetes.io/service-name") == Some(&b.name)
+                    && s.labels().get(SERVICE_NAME_LABEL) == Some(&b.name)
             }) {
                 let Some(target) = source
                     .ports
@@ -668,8 +673,8 @@ async fn mirror(
                 wanted.insert(name.clone(), json!({
                     "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                     "metadata": {"name": name, "namespace": namespace, "labels": {
-                        "kubernetes.io/service-name": service,
-                        "endpointslice.kubernetes.io/managed-by": SLICE_MANAGER,
+                        (SERVICE_NAME_LABEL): service,
+                        (SLICE_MANAGER_LABEL): SLICE_MANAGER,
                     }},
                     "addressType": source.address_type,
                     "ports": [{"name": port_name(p.port, p.protocol), "port": target, "protocol": p.protocol.transport()}],
@@ -685,14 +690,8 @@ async fn mirror(
         .iter()
         .filter(|s| {
             s.namespace().as_deref() == Some(namespace)
-                && s.labels()
-                    .get("kubernetes.io/service-name")
-                    .map(String::as_str)
-                    == Some(service)
-                && s.labels()
-                    .get("endpointslice.kubernetes.io/managed-by")
-                    .map(String::as_str)
-                    == Some(SLICE_MANAGER)
+                && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
+                && s.labels().get(SLICE_MANAGER_LABEL).map(String::as_str) == Some(SLICE_MANAGER)
         })
         .collect();
     for (name, slice) in &wanted {

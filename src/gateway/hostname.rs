@@ -2,10 +2,7 @@
 //! TLSRoutes write them, and as a ClientHello's SNI is matched against them.
 //!
 //! A wildcard `*.example.com` stands for one or more labels in front of
-//! `example.com` (never `example.com` itself), and the more labels follow
-//! the `*`, the more specific it is.
-
-use std::cmp::Ordering;
+//! `example.com` (never `example.com` itself).
 
 /// Whether `name` (an SNI hostname) is one `pattern` covers. Both are
 /// compared without regard to ASCII case.
@@ -43,16 +40,6 @@ pub fn intersect(listener: Option<&str>, route: &str) -> Option<String> {
             }
         }
     }
-}
-
-/// Orders patterns from the most to the least specific: exact names first,
-/// then wildcards by the number of labels after the `*`.
-pub fn precedence(a: &str, b: &str) -> Ordering {
-    let rank = |p: &str| match p.strip_prefix("*.") {
-        Some(suffix) => (1, usize::MAX - suffix.split('.').count()),
-        None => (0, 0),
-    };
-    rank(a).cmp(&rank(b))
 }
 
 #[cfg(test)]
@@ -101,26 +88,6 @@ mod tests {
         assert_eq!(intersect(Some("*.example.com"), "*.example.org"), None);
         assert_eq!(intersect(Some("a.example.com"), "b.example.com"), None);
         assert_eq!(intersect(Some("*.example.com"), "example.com"), None);
-    }
-
-    #[test]
-    fn exact_names_come_before_wildcards_and_longer_wildcards_first() {
-        let mut p = vec![
-            "*.example.com",
-            "a.b.example.com",
-            "*.b.example.com",
-            "*.com",
-        ];
-        p.sort_by(|a, b| precedence(a, b));
-        assert_eq!(
-            p,
-            [
-                "a.b.example.com",
-                "*.b.example.com",
-                "*.example.com",
-                "*.com"
-            ]
-        );
     }
 
     fn label() -> impl Strategy<Value = String> {
