@@ -1266,6 +1266,27 @@ spec:
     borrowed(("True", "ResolvedRefs")).await;
     cluster.kubectl_ok(&["delete", "referencegrant", "-n", &ns, "apps-to-db"]);
     borrowed(("False", "RefNotPermitted")).await;
+    // A pass with nothing new changes nothing: a namespace label wakes the
+    // controller, and no object it keeps gets a new resourceVersion.
+    let versions = || {
+        let slice = format!("{svc_name}-tcp-5432-0-db-1");
+        [
+            ("gateway", "edge"),
+            ("tcproute", "pg"),
+            ("service", svc_name.as_str()),
+            ("endpointslice", slice.as_str()),
+        ]
+        .map(|(kind, name)| get(kind, &ns, name)["metadata"]["resourceVersion"].clone())
+    };
+    let before = versions();
+    assert!(
+        before.iter().all(serde_json::Value::is_string),
+        "{before:?}"
+    );
+    cluster.kubectl_ok(&["label", "namespace", &apps, "touched=yes"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(versions(), before, "{}", logs());
+
     let g = get("gateway", &ns, "edge");
     let postgres = g["status"]["listeners"]
         .as_array()

@@ -190,15 +190,15 @@ pub enum Address {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot<'a> {
     /// Every GatewayClass (only ironlb's are acted on).
-    pub classes: &'a [GatewayClass],
+    pub classes: Vec<&'a GatewayClass>,
     /// Every Gateway.
-    pub gateways: &'a [Gateway],
+    pub gateways: Vec<&'a Gateway>,
     /// Every route of the three kinds.
     pub routes: Vec<Route<'a>>,
     /// Every ReferenceGrant.
-    pub grants: &'a [ReferenceGrant],
-    /// Every Service's ports as (port, protocol), by (namespace, name).
-    pub services: BTreeMap<(String, String), Vec<(i32, String)>>,
+    pub grants: Vec<&'a ReferenceGrant>,
+    /// Every Service's port numbers, by (namespace, name).
+    pub services: BTreeMap<(String, String), Vec<i32>>,
     /// Labels of every namespace.
     pub namespaces: NamespaceLabels,
     /// Each Gateway's address, by (namespace, name); absent is `Pending`.
@@ -373,17 +373,16 @@ struct Checked<'a> {
 
 /// Decides every status and data path from the snapshot.
 pub fn decide(snap: &Snapshot<'_>) -> Outcome {
-    let ours: BTreeSet<&str> = snap
+    let our_classes: Vec<&GatewayClass> = snap
         .classes
         .iter()
+        .copied()
         .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
-        .map(|c| c.metadata.name.as_deref().unwrap_or_default())
         .collect();
+    let ours: BTreeSet<String> = our_classes.iter().map(|c| c.name_any()).collect();
     let mut out = Outcome {
-        classes: snap
-            .classes
+        classes: our_classes
             .iter()
-            .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
             .map(|c| ClassOutcome {
                 name: c.name_any(),
                 generation: c.metadata.generation.unwrap_or(0),
@@ -401,7 +400,8 @@ pub fn decide(snap: &Snapshot<'_>) -> Outcome {
     let gateways: Vec<(&Gateway, Vec<Checked<'_>>)> = snap
         .gateways
         .iter()
-        .filter(|g| ours.contains(g.spec.gateway_class_name.as_str()))
+        .copied()
+        .filter(|g| ours.contains(&g.spec.gateway_class_name))
         .map(|g| (g, check_listeners(g, snap)))
         .collect();
 
@@ -798,7 +798,7 @@ fn resolve(route: &Route<'_>, snap: &Snapshot<'_>) -> (Cond, Vec<ProgramBackend>
                         b.name
                     ),
                 )),
-                Some(ports) if !ports.iter().any(|(p, _)| *p == port) => Some((
+                Some(ports) if !ports.contains(&port) => Some((
                     "BackendNotFound",
                     format!(
                         "backendRefs[{i}]: Service {namespace}/{} has no port {port}",
@@ -1083,9 +1083,9 @@ mod tests {
         routes: Vec<Route<'a>>,
     ) -> Snapshot<'a> {
         let mut snap = Snapshot {
-            classes,
-            gateways,
-            grants,
+            classes: classes.iter().collect(),
+            gateways: gateways.iter().collect(),
+            grants: grants.iter().collect(),
             routes,
             sni_routing: true,
             ..Snapshot::default()
@@ -1097,8 +1097,7 @@ mod tests {
             ("infra", "web", 443),
             ("infra", "api", 443),
         ] {
-            snap.services
-                .insert((ns.into(), name.into()), vec![(port, "TCP".into())]);
+            snap.services.insert((ns.into(), name.into()), vec![port]);
         }
         snap.namespaces.insert(
             "apps".into(),

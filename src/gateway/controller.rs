@@ -86,69 +86,55 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
     };
     info!(kinds = ?kinds, "Gateway controller running");
     let wake = Arc::new(Notify::new());
-    let c = |w: &Arc<Notify>| (w.clone(), shutdown.clone());
-    let (w, s) = c(&wake);
-    let classes = cache::<GatewayClass>(Api::all(client.clone()), w, s);
-    let (w, s) = c(&wake);
-    let gateways = cache::<Gateway>(Api::all(client.clone()), w, s);
+    let classes = watch::<GatewayClass>(&client, &wake, &shutdown);
+    let gateways = watch::<Gateway>(&client, &wake, &shutdown);
+    let services = watch::<Service>(&client, &wake, &shutdown);
+    let slices = watch::<EndpointSlice>(&client, &wake, &shutdown);
+    let namespaces = watch::<Namespace>(&client, &wake, &shutdown);
+    // The route kinds and ReferenceGrant are optional: an API server may
+    // serve only some of them.
     let optional = |kind: &str| kinds.contains(kind);
-    let (w, s) = c(&wake);
-    let grants = optional("referencegrants")
-        .then(|| cache::<ReferenceGrant>(Api::all(client.clone()), w, s));
-    let (w, s) = c(&wake);
-    let tcp = optional("tcproutes").then(|| cache::<TCPRoute>(Api::all(client.clone()), w, s));
-    let (w, s) = c(&wake);
-    let udp = optional("udproutes").then(|| cache::<UDPRoute>(Api::all(client.clone()), w, s));
-    let (w, s) = c(&wake);
-    let tls = optional("tlsroutes").then(|| cache::<TLSRoute>(Api::all(client.clone()), w, s));
-    let (w, s) = c(&wake);
-    let services = cache::<Service>(Api::all(client.clone()), w, s);
-    let (w, s) = c(&wake);
-    let slices = cache::<EndpointSlice>(Api::all(client.clone()), w, s);
-    let (w, s) = c(&wake);
-    let namespaces = cache::<Namespace>(Api::all(client.clone()), w, s);
-    if classes.wait_until_ready().await.is_err()
-        || gateways.wait_until_ready().await.is_err()
-        || services.wait_until_ready().await.is_err()
-        || slices.wait_until_ready().await.is_err()
-        || namespaces.wait_until_ready().await.is_err()
-    {
+    let grants =
+        optional("referencegrants").then(|| watch::<ReferenceGrant>(&client, &wake, &shutdown));
+    let tcp = optional("tcproutes").then(|| watch::<TCPRoute>(&client, &wake, &shutdown));
+    let udp = optional("udproutes").then(|| watch::<UDPRoute>(&client, &wake, &shutdown));
+    let tls = optional("tlsroutes").then(|| watch::<TLSRoute>(&client, &wake, &shutdown));
+    let ready = classes.wait_until_ready().await.is_ok()
+        && gateways.wait_until_ready().await.is_ok()
+        && services.wait_until_ready().await.is_ok()
+        && slices.wait_until_ready().await.is_ok()
+        && namespaces.wait_until_ready().await.is_ok()
+        && ready_if_watched(&grants).await
+        && ready_if_watched(&tcp).await
+        && ready_if_watched(&udp).await
+        && ready_if_watched(&tls).await;
+    if !ready {
         warn!("the Gateway controller's caches did not fill; it stops");
         return;
-    }
-    for s in [&grants].into_iter().flatten() {
-        let _ = s.wait_until_ready().await;
-    }
-    for s in [&tcp].into_iter().flatten() {
-        let _ = s.wait_until_ready().await;
-    }
-    for s in [&udp].into_iter().flatten() {
-        let _ = s.wait_until_ready().await;
-    }
-    for s in [&tls].into_iter().flatten() {
-        let _ = s.wait_until_ready().await;
     }
 
     while !shutdown.is_cancelled() {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (class_list, gateway_list) = (owned(&classes), owned(&gateways));
-        let grant_list: Vec<ReferenceGrant> = grants.as_ref().map(owned).unwrap_or_default();
-        let (tcp_list, udp_list, tls_list): (Vec<TCPRoute>, Vec<UDPRoute>, Vec<TLSRoute>) = (
-            tcp.as_ref().map(owned).unwrap_or_default(),
-            udp.as_ref().map(owned).unwrap_or_default(),
-            tls.as_ref().map(owned).unwrap_or_default(),
-        );
-        let service_list = owned(&services);
-        let slice_list = owned(&slices);
-        let mut snap = Snapshot {
-            classes: &class_list,
-            gateways: &gateway_list,
-            grants: &grant_list,
-            routes: tcp_list
+        // The caches' own objects, shared, never copied: a pass runs on
+        // every Service and EndpointSlice change of the cluster.
+        let (class_state, gateway_state) = (classes.state(), gateways.state());
+        let (service_state, slice_state) = (services.state(), slices.state());
+        let grant_state: Vec<Arc<ReferenceGrant>> =
+            grants.as_ref().map(Store::state).unwrap_or_default();
+        let tcp_state: Vec<Arc<TCPRoute>> = tcp.as_ref().map(Store::state).unwrap_or_default();
+        let udp_state: Vec<Arc<UDPRoute>> = udp.as_ref().map(Store::state).unwrap_or_default();
+        let tls_state: Vec<Arc<TLSRoute>> = tls.as_ref().map(Store::state).unwrap_or_default();
+        let service_list = refs(&service_state);
+        let slice_list = refs(&slice_state);
+        let snap = Snapshot {
+            classes: refs(&class_state),
+            gateways: refs(&gateway_state),
+            grants: refs(&grant_state),
+            routes: tcp_state
                 .iter()
-                .map(Route::tcp)
-                .chain(udp_list.iter().map(Route::udp))
-                .chain(tls_list.iter().map(Route::tls))
+                .map(|r| Route::tcp(r))
+                .chain(udp_state.iter().map(|r| Route::udp(r)))
+                .chain(tls_state.iter().map(|r| Route::tls(r)))
                 .collect(),
             services: service_list
                 .iter()
@@ -157,7 +143,7 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
                         .spec
                         .iter()
                         .flat_map(|s| s.ports.iter().flatten())
-                        .map(|p| (p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
+                        .map(|p| p.port)
                         .collect();
                     ((s.namespace().unwrap_or_default(), s.name_any()), ports)
                 })
@@ -167,12 +153,15 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
                 .iter()
                 .map(|n| (n.name_any(), n.labels().clone()))
                 .collect(),
+            addresses: gateway_state
+                .iter()
+                .map(|g| {
+                    let key = (g.namespace().unwrap_or_default(), g.name_any());
+                    (key, address_of(g, &service_list))
+                })
+                .collect(),
             ..Snapshot::default()
         };
-        for g in &gateway_list {
-            let key = (g.namespace().unwrap_or_default(), g.name_any());
-            snap.addresses.insert(key, address_of(g, &service_list));
-        }
         let outcome = attach::decide(&snap);
 
         if let Some(fence) = &fence
@@ -193,11 +182,29 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
     }
 }
 
-fn owned<K: Clone + Resource + 'static>(store: &Store<K>) -> Vec<K>
+/// A cache of every `K` of the cluster whose changes wake the pass.
+fn watch<K>(client: &Client, wake: &Arc<Notify>, shutdown: &CancellationToken) -> Store<K>
 where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    cache(Api::all(client.clone()), wake.clone(), shutdown.clone())
+}
+
+/// Whether an optional cache, if there is one, filled.
+async fn ready_if_watched<K>(store: &Option<Store<K>>) -> bool
+where
+    K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    store.state().iter().map(|o| (**o).clone()).collect()
+    match store {
+        Some(s) => s.wait_until_ready().await.is_ok(),
+        None => true,
+    }
+}
+
+fn refs<K>(objects: &[Arc<K>]) -> Vec<&K> {
+    objects.iter().map(AsRef::as_ref).collect()
 }
 
 /// Which resources of `gateway.networking.k8s.io/v1` the API server serves.
@@ -209,7 +216,7 @@ async fn installed(client: &Client) -> Result<BTreeSet<String>, kube::Error> {
 }
 
 /// The Gateway's address, read from its Service.
-fn address_of(gateway: &Gateway, services: &[Service]) -> Address {
+fn address_of(gateway: &Gateway, services: &[&Service]) -> Address {
     let ns = gateway.namespace().unwrap_or_default();
     let name = service_name(&gateway.name_any());
     let Some(svc) = services
@@ -295,22 +302,27 @@ fn conditions(
         .collect()
 }
 
+/// 1 when a write failed (and says so), else 0.
+fn failure<T>(result: Result<T, kube::Error>, what: String) -> usize {
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            warn!(error = %e, "{what}");
+            1
+        }
+    }
+}
+
 /// Carries out the outcome; returns how many writes failed.
 async fn write(
     client: &Client,
     snap: &Snapshot<'_>,
     outcome: &attach::Outcome,
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[&Service],
+    slices: &[&EndpointSlice],
 ) -> usize {
     let now = Time(Timestamp::now());
-    let failed = std::sync::atomic::AtomicUsize::new(0);
-    let count = |r: Result<(), kube::Error>, what: String| {
-        if let Err(e) = r {
-            warn!(error = %e, "{what}");
-            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    };
+    let mut failed = 0;
     let params = PatchParams::apply(FIELD_MANAGER).force();
 
     for class in &outcome.classes {
@@ -326,20 +338,18 @@ async fn write(
             let r = api
                 .patch_status(&class.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await;
-            count(
-                r.map(drop),
-                format!("writing GatewayClass {} status", class.name),
-            );
+            failed += failure(r, format!("writing GatewayClass {} status", class.name));
         }
     }
 
+    let gateways: BTreeMap<(String, String), &Gateway> = snap
+        .gateways
+        .iter()
+        .map(|g| ((g.namespace().unwrap_or_default(), g.name_any()), *g))
+        .collect();
     let mut wanted_services = BTreeSet::new();
     for g in &outcome.gateways {
-        let Some(gateway) = snap
-            .gateways
-            .iter()
-            .find(|x| x.namespace().as_deref() == Some(&g.namespace) && x.name_any() == g.name)
-        else {
+        let Some(gateway) = gateways.get(&(g.namespace.clone(), g.name.clone())) else {
             continue;
         };
         let svc_name = service_name(&g.name);
@@ -352,8 +362,8 @@ async fn write(
             let api: Api<Service> = Api::namespaced(client.clone(), &g.namespace);
             if existing.is_none_or(|s| differs(s, &desired)) {
                 let r = api.patch(&svc_name, &params, &Patch::Apply(&desired)).await;
-                count(
-                    r.map(drop),
+                failed += failure(
+                    r,
                     format!(
                         "writing Service {}/{svc_name} for Gateway {}",
                         g.namespace, g.name
@@ -368,7 +378,7 @@ async fn write(
                 services,
                 slices,
             );
-            failed.fetch_add(mirrored.await, std::sync::atomic::Ordering::Relaxed);
+            failed += mirrored.await;
         }
         let old = gateway.status.clone().unwrap_or_default();
         let status = gateway_status(g, &old, &now);
@@ -378,8 +388,8 @@ async fn write(
             let r = api
                 .patch_status(&g.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await;
-            count(
-                r.map(drop),
+            failed += failure(
+                r,
                 format!("writing Gateway {}/{} status", g.namespace, g.name),
             );
         }
@@ -395,7 +405,7 @@ async fn write(
         if !wanted_services.contains(&key) {
             let api: Api<Service> = Api::namespaced(client.clone(), &key.0);
             let r = api.delete(&key.1, &DeleteParams::default()).await;
-            count(r.map(drop), format!("deleting Service {}/{}", key.0, key.1));
+            failed += failure(r, format!("deleting Service {}/{}", key.0, key.1));
         }
     }
     // Mirrored slices of those Services (slices carry no owner reference).
@@ -412,19 +422,20 @@ async fn write(
         if !wanted_services.contains(&(namespace.clone(), service)) {
             let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
             let r = api.delete(&s.name_any(), &DeleteParams::default()).await;
-            count(
-                r.map(drop),
+            failed += failure(
+                r,
                 format!("deleting EndpointSlice {namespace}/{}", s.name_any()),
             );
         }
     }
 
+    let routes: BTreeMap<(attach::RouteKind, &str, &str), &Route<'_>> = snap
+        .routes
+        .iter()
+        .map(|r| ((r.kind, r.namespace.as_str(), r.name.as_str()), r))
+        .collect();
     for r in &outcome.routes {
-        let Some(route) = snap
-            .routes
-            .iter()
-            .find(|x| x.kind == r.kind && x.namespace == r.namespace && x.name == r.name)
-        else {
+        let Some(route) = routes.get(&(r.kind, r.namespace.as_str(), r.name.as_str())) else {
             continue;
         };
         let old_parents: Vec<Value> = route
@@ -477,7 +488,7 @@ async fn write(
                 .await
                 .map(drop),
         };
-        count(
+        failed += failure(
             result,
             format!(
                 "writing {} {}/{} status",
@@ -487,7 +498,7 @@ async fn write(
             ),
         );
     }
-    failed.into_inner()
+    failed
 }
 
 fn gateway_status(
@@ -612,8 +623,8 @@ async fn mirror(
     namespace: &str,
     service: &str,
     program: &Program,
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[&Service],
+    slices: &[&EndpointSlice],
 ) -> usize {
     let mut wanted: BTreeMap<String, Value> = BTreeMap::new();
     for p in program.ports.iter().filter(|p| p.protocol != Protocol::Tls) {
@@ -688,6 +699,7 @@ async fn mirror(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let ours: Vec<&EndpointSlice> = slices
         .iter()
+        .copied()
         .filter(|s| {
             s.namespace().as_deref() == Some(namespace)
                 && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
@@ -695,22 +707,26 @@ async fn mirror(
         })
         .collect();
     for (name, slice) in &wanted {
-        let current = ours
+        // Compared as typed slices: an absent field and a null are the same.
+        let same = ours
             .iter()
             .find(|s| &s.name_any() == name)
-            .and_then(|s| serde_json::to_value(s).ok());
-        let same = current
-            .is_some_and(|c| c["endpoints"] == slice["endpoints"] && c["ports"] == slice["ports"]);
-        if !same && let Err(e) = api.patch(name, &params, &Patch::Apply(slice)).await {
-            warn!(error = %e, "writing EndpointSlice {namespace}/{name}");
-            failed += 1;
+            .is_some_and(|current| {
+                serde_json::from_value::<EndpointSlice>(slice.clone()).is_ok_and(|want| {
+                    want.endpoints == current.endpoints && want.ports == current.ports
+                })
+            });
+        if !same {
+            let r = api.patch(name, &params, &Patch::Apply(slice)).await;
+            failed += failure(r, format!("writing EndpointSlice {namespace}/{name}"));
         }
     }
     for s in ours.iter().filter(|s| !wanted.contains_key(&s.name_any())) {
-        if let Err(e) = api.delete(&s.name_any(), &DeleteParams::default()).await {
-            warn!(error = %e, "deleting EndpointSlice {namespace}/{}", s.name_any());
-            failed += 1;
-        }
+        let r = api.delete(&s.name_any(), &DeleteParams::default()).await;
+        failed += failure(
+            r,
+            format!("deleting EndpointSlice {namespace}/{}", s.name_any()),
+        );
     }
     failed
 }
