@@ -14,10 +14,9 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
@@ -295,17 +294,7 @@ mod tests {
                 .set_unicast_hops_v6(ttl)
                 .expect("set the hop limit");
         }
-        let hello = Packet {
-            diagnostic: 0,
-            state: State::Down,
-            poll: false,
-            final_: false,
-            detect_mult: 3,
-            my_discriminator: 7,
-            your_discriminator: 0,
-            desired_min_tx: 1_000_000,
-            required_min_rx: 1_000_000,
-        };
+        let hello = Packet::first_hello(7);
         let heard = tokio::time::timeout(Duration::from_millis(500), async {
             loop {
                 socket

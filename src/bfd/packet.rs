@@ -152,6 +152,24 @@ impl Packet {
 }
 
 #[cfg(test)]
+impl Packet {
+    /// What a session says first: Down, its discriminator, slow rates.
+    pub(crate) fn first_hello(my_discriminator: u32) -> Self {
+        Self {
+            diagnostic: 0,
+            state: State::Down,
+            poll: false,
+            final_: false,
+            detect_mult: 3,
+            my_discriminator,
+            your_discriminator: 0,
+            desired_min_tx: 1_000_000,
+            required_min_rx: 1_000_000,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -182,18 +200,7 @@ mod tests {
 
     #[test]
     fn what_rfc_5880_says_to_discard_is_refused() {
-        let good = Packet {
-            diagnostic: 0,
-            state: State::Down,
-            poll: false,
-            final_: false,
-            detect_mult: 3,
-            my_discriminator: 7,
-            your_discriminator: 0,
-            desired_min_tx: 1_000_000,
-            required_min_rx: 100_000,
-        }
-        .encode();
+        let good = Packet::first_hello(7).encode();
         assert!(Packet::decode(&good).is_ok());
         let mut b = good;
         b[0] = 2 << 5;

@@ -171,15 +171,25 @@ pub fn peer_spec(
     })
 }
 
-/// A `BFDProfile`'s settings, with RFC 5880's usual defaults (300 ms, 3).
+/// A `BFDProfile`'s settings; what it leaves out keeps the session's
+/// defaults (300 ms, 3, TTL 254).
 pub fn bfd_settings(p: &BFDProfileSpec) -> crate::bfd::session::Settings {
-    let ms = |v: Option<u32>| Duration::from_millis(v.unwrap_or(300).clamp(10, 60_000).into());
+    let d = crate::bfd::session::Settings::default();
+    let ms = |v: Option<u32>, default: Duration| {
+        v.map_or(default, |v| {
+            Duration::from_millis(v.clamp(10, 60_000).into())
+        })
+    };
     crate::bfd::session::Settings {
-        transmit_interval: ms(p.transmit_interval),
-        receive_interval: ms(p.receive_interval),
-        detect_multiplier: p.detect_multiplier.unwrap_or(3).clamp(2, 255) as u8,
-        passive: p.passive_mode.unwrap_or(false),
-        minimum_ttl: p.minimum_ttl.unwrap_or(254).clamp(1, 254) as u8,
+        transmit_interval: ms(p.transmit_interval, d.transmit_interval),
+        receive_interval: ms(p.receive_interval, d.receive_interval),
+        detect_multiplier: p
+            .detect_multiplier
+            .map_or(d.detect_multiplier, |m| m.clamp(2, 255) as u8),
+        passive: p.passive_mode.unwrap_or(d.passive),
+        minimum_ttl: p
+            .minimum_ttl
+            .map_or(d.minimum_ttl, |t| t.clamp(1, 254) as u8),
     }
 }
 
