@@ -415,13 +415,16 @@ pub fn decide(snap: &Snapshot<'_>) -> Outcome {
     let mut attached: BTreeMap<(usize, usize), Vec<ProgramRoute>> = BTreeMap::new();
     for route in routes {
         let mut parents = Vec::new();
+        // The backends are the route's, whichever parent: resolved once, and
+        // only for a route with a parent of ironlb's.
+        let mut resolution = None;
         for parent_ref in route.parent_refs {
             let Some(gi) = gateway_of(route, parent_ref, &gateways) else {
                 continue;
             };
             let (gateway, listeners) = &gateways[gi];
             let (accepted, matched) = attach(route, parent_ref, gateway, listeners, snap);
-            let (resolved, backends) = resolve(route, snap);
+            let (resolved, backends) = resolution.get_or_insert_with(|| resolve(route, snap));
             if accepted.status {
                 for (li, hostnames) in matched {
                     attached.entry((gi, li)).or_default().push(ProgramRoute {
@@ -433,7 +436,7 @@ pub fn decide(snap: &Snapshot<'_>) -> Outcome {
             }
             parents.push(ParentOutcome {
                 parent_ref: parent_ref.clone(),
-                conditions: vec![accepted, resolved],
+                conditions: vec![accepted, resolved.clone()],
             });
         }
         if !parents.is_empty() {
