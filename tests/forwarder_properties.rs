@@ -74,6 +74,7 @@ fn frontend(index: usize) -> impl Strategy<Value = Frontend> {
                     name,
                     port,
                     protocol,
+                    routing: None,
                 })
                 .collect(),
             policy: Policy {
@@ -242,6 +243,7 @@ fn an_endpoint_port_map_is_matched_by_name_and_protocol() {
             name: "dns".into(),
             port: 53,
             protocol: Protocol::Udp,
+            routing: None,
         }],
         policy: Policy::default(),
         endpoints: vec![Endpoint {

@@ -20,6 +20,10 @@ pub const FORWARDING: &str = "ironlb.dev/forwarding";
 /// With embedded forwarding, send a PROXY protocol header (`v1` or `v2`) to the
 /// backend before the client's bytes.
 pub const PROXY_PROTOCOL: &str = "ironlb.dev/proxy-protocol";
+/// Written by the Gateway controller on a Gateway's Service: the Gateway's
+/// ports and routes as JSON, which the speakers' forwarders run. Read only on
+/// a Service whose controlling owner is a Gateway.
+pub const GATEWAY_PROGRAM: &str = "ironlb.dev/gateway-program";
 
 /// Written by the controller: the `IPAddressPool` the Service's addresses came
 /// from. Speakers announce an address by this record and the advertisements,

@@ -40,8 +40,8 @@ pub enum Direction {
 
 /// Why a connection or datagram was not forwarded (`source_range`,
 /// `connection_limit`, `node_connection_limit`, `source_limit`,
-/// `flow_table_full`, `no_backend`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+/// `flow_table_full`, `no_backend`, `no_route`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Refusal {
     /// The client is outside `loadBalancerSourceRanges`.
     SourceRange,
@@ -55,6 +55,9 @@ pub enum Refusal {
     FlowTableFull,
     /// No backend accepted.
     NoBackend,
+    /// On a Gateway's TLS port, no route takes the ClientHello's server
+    /// name (or the client sent no ClientHello).
+    NoRoute,
 }
 
 impl EncodeLabelValue for Direction {
@@ -75,6 +78,7 @@ impl EncodeLabelValue for Refusal {
             Refusal::SourceLimit => "source_limit",
             Refusal::FlowTableFull => "flow_table_full",
             Refusal::NoBackend => "no_backend",
+            Refusal::NoRoute => "no_route",
         })
     }
 }

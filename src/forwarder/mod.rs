@@ -25,12 +25,15 @@ pub mod flows;
 pub mod metrics;
 pub mod plan;
 pub mod proxy_header;
+pub mod routing;
+pub mod sni;
 mod tcp;
 pub mod transparent;
 mod udp;
 
 use balance::Balancer;
 use plan::{Backend, Listener, Policy, Protocol};
+use routing::{Routing, Spreader};
 
 use crate::ipam::ServiceKey;
 
@@ -185,6 +188,28 @@ struct Shared {
     service: ServiceKey,
     backends: Vec<Backend>,
     policy: Policy,
+    routing: Option<Routing>,
+}
+
+impl Shared {
+    /// The backends a new connection or flow may go to: the Service's, or on
+    /// a Gateway port those of the share its route's weights give it. The
+    /// route is the one that takes `server_name`, the ClientHello's (TLS
+    /// ports; `None` elsewhere).
+    fn backends_for(
+        &self,
+        spreader: &Spreader,
+        server_name: Option<&str>,
+    ) -> Result<&[Backend], metrics::Refusal> {
+        let Some(routing) = &self.routing else {
+            return Ok(&self.backends);
+        };
+        let route = routing
+            .route(server_name)
+            .ok_or(metrics::Refusal::NoRoute)?;
+        let share = spreader.share(route).ok_or(metrics::Refusal::NoBackend)?;
+        Ok(&share.backends)
+    }
 }
 
 /// Per-listener state its connection tasks share.
@@ -192,6 +217,8 @@ struct Context {
     settings: Settings,
     metrics: metrics::Metrics,
     balancer: Balancer,
+    /// A Gateway port's choice among its routes' shares.
+    spreader: Spreader,
     /// The listener's own connection limit.
     connections: Arc<Semaphore>,
     /// The node's, shared by every listener: TCP connections, and UDP flows.
@@ -275,6 +302,7 @@ impl Forwarder {
                 service: l.service.clone(),
                 backends: l.backends.clone(),
                 policy: l.policy.clone(),
+                routing: l.routing.clone(),
             };
             if let Some(r) = self.running.get(&key) {
                 r.state.send_if_modified(|s| {
@@ -345,6 +373,7 @@ impl Forwarder {
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
             balancer: Balancer::new(self.settings.max_affinity_clients),
+            spreader: Spreader::default(),
             connections: Arc::new(Semaphore::new(self.settings.max_connections)),
             node: self.node.clone(),
             sources: tcp::Sources::default(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
+use super::routing::{Route, Routing, Share};
 use crate::api::annotations::ProxyVersion;
 use crate::ipam::ServiceKey;
 
@@ -59,6 +60,41 @@ pub struct FrontendPort {
     pub port: u16,
     /// Its protocol.
     pub protocol: Protocol,
+    /// A Gateway's routes behind the port; `None` for a Service's own port,
+    /// served by the Service's endpoints.
+    pub routing: Option<FrontendRouting>,
+}
+
+/// A Gateway port's routes, their backends still as endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendRouting {
+    /// TLS passthrough: routes are chosen by the ClientHello's server name.
+    pub sni: bool,
+    /// The attached routes, oldest first.
+    pub routes: Vec<FrontendRoute>,
+}
+
+/// One route of a Gateway port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendRoute {
+    /// `Kind namespace/name`.
+    pub name: String,
+    /// Server names it takes (TLS only).
+    pub hostnames: Vec<String>,
+    /// Its backend references.
+    pub shares: Vec<FrontendShare>,
+}
+
+/// One backend reference of a route: a Service port and its weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendShare {
+    /// Its weight.
+    pub weight: u32,
+    /// The backend Service port's name, as its endpoints list it; `None`
+    /// when the reference is unusable (its share is refused).
+    pub port: Option<String>,
+    /// The backend Service's endpoints.
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// How a listener treats clients.
@@ -109,10 +145,13 @@ pub struct Listener {
     /// The Service it belongs to.
     pub service: ServiceKey,
     /// The backends, in a stable order; empty when the Service has no usable
-    /// endpoint (connections are then refused).
+    /// endpoint (connections are then refused). On a Gateway port, every
+    /// backend of every route.
     pub backends: Vec<Backend>,
     /// The Service's policy.
     pub policy: Policy,
+    /// A Gateway port's routes, which choose among the backends.
+    pub routing: Option<Routing>,
 }
 
 impl Listener {
@@ -156,7 +195,19 @@ pub fn plan(node: &str, owned: &BTreeSet<IpAddr>, frontends: &[Frontend]) -> Pla
     let mut conflicts = Vec::new();
     for f in sorted {
         for port in &f.ports {
-            let backends = backends(node, f, port);
+            let routing = port.routing.as_ref().map(|r| routing(node, f, port, r));
+            let backends = match &routing {
+                None => backends(node, f, &f.endpoints, &(port.name.clone(), port.protocol)),
+                Some(r) => r
+                    .routes
+                    .iter()
+                    .flat_map(|r| &r.shares)
+                    .flat_map(|s| s.backends.iter().cloned())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+            };
+            let family = |b: &Backend, ip: &IpAddr| b.address.is_ipv4() == ip.is_ipv4();
             let addresses: BTreeSet<IpAddr> = f.addresses.iter().copied().collect();
             for ip in addresses.into_iter().filter(|ip| owned.contains(ip)) {
                 let address = SocketAddr::new(ip, port.port);
@@ -180,10 +231,33 @@ pub fn plan(node: &str, owned: &BTreeSet<IpAddr>, frontends: &[Frontend]) -> Pla
                         service: f.service.clone(),
                         backends: backends
                             .iter()
-                            .filter(|b| b.address.is_ipv4() == ip.is_ipv4())
+                            .filter(|b| family(b, &ip))
                             .cloned()
                             .collect(),
                         policy: f.policy.clone(),
+                        routing: routing.as_ref().map(|r| Routing {
+                            sni: r.sni,
+                            routes: r
+                                .routes
+                                .iter()
+                                .map(|route| Route {
+                                    shares: route
+                                        .shares
+                                        .iter()
+                                        .map(|s| Share {
+                                            weight: s.weight,
+                                            backends: s
+                                                .backends
+                                                .iter()
+                                                .filter(|b| family(b, &ip))
+                                                .cloned()
+                                                .collect(),
+                                        })
+                                        .collect(),
+                                    ..route.clone()
+                                })
+                                .collect(),
+                        }),
                     },
                 );
             }
@@ -210,16 +284,46 @@ pub fn usable<T>(endpoints: Vec<T>, state: impl Fn(&T) -> (bool, bool)) -> Vec<T
         .collect()
 }
 
-fn backends(node: &str, f: &Frontend, port: &FrontendPort) -> Vec<Backend> {
-    let candidates: Vec<(&Endpoint, u16)> = f
-        .endpoints
+/// A Gateway port's routes with each share's usable backends, of every
+/// address family (the listener keeps its own).
+fn routing(node: &str, f: &Frontend, port: &FrontendPort, r: &FrontendRouting) -> Routing {
+    Routing {
+        sni: r.sni,
+        routes: r
+            .routes
+            .iter()
+            .map(|route| Route {
+                name: route.name.clone(),
+                hostnames: route.hostnames.clone(),
+                shares: route
+                    .shares
+                    .iter()
+                    .map(|s| Share {
+                        weight: s.weight,
+                        backends: match &s.port {
+                            Some(name) => {
+                                backends(node, f, &s.endpoints, &(name.clone(), port.protocol))
+                            }
+                            None => Vec::new(),
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The usable backends among `endpoints` for the endpoint port `key`.
+fn backends(
+    node: &str,
+    f: &Frontend,
+    endpoints: &[Endpoint],
+    key: &(String, Protocol),
+) -> Vec<Backend> {
+    let candidates: Vec<(&Endpoint, u16)> = endpoints
         .iter()
         .filter(|e| !f.policy.local || e.node.as_deref() == Some(node))
-        .filter_map(|e| {
-            e.ports
-                .get(&(port.name.clone(), port.protocol))
-                .map(|p| (e, *p))
-        })
+        .filter_map(|e| e.ports.get(key).map(|p| (e, *p)))
         .collect();
     let chosen: BTreeSet<Backend> = usable(candidates, |(e, _)| (e.ready, e.serving))
         .into_iter()
@@ -257,6 +361,7 @@ mod tests {
                 name: "http".into(),
                 port: 80,
                 protocol: Protocol::Tcp,
+                routing: None,
             }],
             policy: Policy {
                 local,
@@ -342,6 +447,7 @@ mod tests {
             name: "http".into(),
             port: 80,
             protocol: Protocol::Udp,
+            routing: None,
         });
         f.endpoints[0]
             .ports

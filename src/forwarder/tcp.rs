@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::metrics::{Direction, Refusal, ServiceLabels, Timeout, TimeoutLabels};
-use super::{Activity, Context, Settings, Shared, admitted, proxy_header, transparent_socket};
+use super::{Activity, Context, Settings, Shared, admitted, proxy_header, sni, transparent_socket};
 use crate::ipam::ServiceKey;
 
 pub(super) async fn serve(
@@ -269,10 +269,33 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
         stop,
         ctx,
     } = listener;
+    let hello = match shared.routing.as_ref().filter(|r| r.sni) {
+        Some(_) => match read_hello(&client, ctx.settings.tcp_handshake).await {
+            Some(hello) => hello,
+            None => {
+                counters.handshake_timeouts.inc();
+                return;
+            }
+        },
+        None => Hello::default(),
+    };
+    let backends = match shared.backends_for(&ctx.spreader, hello.server_name.as_deref()) {
+        Ok(b) => b,
+        Err(why) => {
+            debug!(client = %peer, server_name = ?hello.server_name, ?why, "refused");
+            ctx.metrics.refuse(&shared.service, why);
+            if why == Refusal::NoRoute {
+                unrecognized_name(client).await;
+            } else {
+                reset(client);
+            }
+            return;
+        }
+    };
     let now = Instant::now();
     let order = ctx
         .balancer
-        .order(&shared.backends, peer.ip(), shared.policy.affinity, now);
+        .order(backends, peer.ip(), shared.policy.affinity, now);
     let mut chosen = None;
     for b in order {
         let from = shared.policy.local.then_some(peer);
@@ -305,6 +328,13 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
             return;
         }
     }
+    if !hello.bytes.is_empty() {
+        if upstream.write_all(&hello.bytes).await.is_err() {
+            reset(client);
+            return;
+        }
+        counters.up.inc_by(hello.bytes.len() as u64);
+    }
     counters.connections.inc();
     counters.active.inc();
     // A connection outlives its backend's endpoint (the pod may still be
@@ -325,6 +355,57 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
         let _ = client.set_zero_linger();
         let _ = upstream.set_zero_linger();
     }
+}
+
+/// What was read of a TLS client before its backend was chosen.
+#[derive(Default)]
+struct Hello {
+    /// The bytes, sent on to the backend first.
+    bytes: Vec<u8>,
+    /// The server name the ClientHello asks for.
+    server_name: Option<String>,
+}
+
+/// Reads a client's ClientHello: at most [`sni::MAX_HELLO`] bytes, for at
+/// most `patience`. `None` when the client closed or stayed silent first.
+async fn read_hello(client: &TcpStream, patience: Duration) -> Option<Hello> {
+    let mut buf = vec![0u8; sni::MAX_HELLO];
+    let mut filled = 0;
+    let deadline = tokio::time::Instant::now() + patience;
+    let server_name = loop {
+        let n = match tokio::time::timeout_at(deadline, async {
+            loop {
+                client.readable().await?;
+                match client.try_read(&mut buf[filled..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        filled += n;
+        match sni::parse(&buf[..filled]) {
+            sni::Hello::Incomplete => continue,
+            sni::Hello::ServerName(name) => break name,
+            sni::Hello::NotClientHello => break None,
+        }
+    };
+    buf.truncate(filled);
+    Some(Hello {
+        bytes: buf,
+        server_name,
+    })
+}
+
+/// Turns away a TLS client no route takes: an `unrecognized_name` alert,
+/// then a FIN, so its error names the cause.
+async fn unrecognized_name(mut client: TcpStream) {
+    let _ = client.write_all(&sni::UNRECOGNIZED_NAME_ALERT).await;
+    let _ = client.shutdown().await;
 }
 
 async fn connect(to: SocketAddr, from: Option<SocketAddr>) -> std::io::Result<TcpStream> {

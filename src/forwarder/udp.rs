@@ -138,9 +138,9 @@ pub(super) async fn serve(
             next_id += 1;
             let reply = (answered_tx.clone(), next_id);
             match open(&socket, peer, &shared, &ctx, c, slot, reply).await {
-                Some(flow) => flows.insert(peer, flow),
-                None => {
-                    ctx.metrics.refuse(&shared.service, Refusal::NoBackend);
+                Ok(flow) => flows.insert(peer, flow),
+                Err(why) => {
+                    ctx.metrics.refuse(&shared.service, why);
                     continue;
                 }
             }
@@ -253,7 +253,8 @@ impl Counters {
     }
 }
 
-/// Opens a flow for `peer` to the first backend that takes a socket.
+/// Opens a flow for `peer` to the first backend that takes a socket, or says
+/// why none does.
 async fn open(
     listener: &Arc<UdpSocket>,
     peer: SocketAddr,
@@ -262,11 +263,12 @@ async fn open(
     c: &Counters,
     slot: OwnedSemaphorePermit,
     (answered, id): (mpsc::UnboundedSender<Answered>, u64),
-) -> Option<Flow> {
+) -> Result<Flow, Refusal> {
     let now = Instant::now();
+    let backends = shared.backends_for(&ctx.spreader, None)?;
     let order = ctx
         .balancer
-        .order(&shared.backends, peer.ip(), shared.policy.affinity, now);
+        .order(backends, peer.ip(), shared.policy.affinity, now);
     for backend in order {
         let socket = match backend_socket(peer, backend.address, shared.policy.local).await {
             Ok(s) => Arc::new(s),
@@ -292,7 +294,7 @@ async fn open(
             c.to_client.clone(),
         ))
         .abort_handle();
-        return Some(Flow {
+        return Ok(Flow {
             backend,
             socket,
             activity,
@@ -301,7 +303,7 @@ async fn open(
             _slot: slot,
         });
     }
-    None
+    Err(Refusal::NoBackend)
 }
 
 async fn backend_socket(

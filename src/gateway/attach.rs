@@ -203,9 +203,6 @@ pub struct Snapshot<'a> {
     pub namespaces: NamespaceLabels,
     /// Each Gateway's address, by (namespace, name); absent is `Pending`.
     pub addresses: BTreeMap<(String, String), Address>,
-    /// Whether the data path routes TLS by SNI; without it a TLS listener
-    /// is accepted but never says it is programmed.
-    pub sni_routing: bool,
 }
 
 /// A status condition as the rules decide it; the adapter adds times and
@@ -878,12 +875,6 @@ fn gateway_outcome(
                 "Invalid",
                 "the listener is not accepted",
             ),
-            (_, true) if c.protocol == Some(Protocol::Tls) && !snap.sni_routing => cond(
-                "Programmed",
-                false,
-                "Pending",
-                "this ironlb version does not route TLS by SNI yet",
-            ),
             (Address::Assigned { .. }, true) => cond("Programmed", true, "Programmed", ""),
             (_, true) => cond(
                 "Programmed",
@@ -1090,7 +1081,6 @@ mod tests {
             gateways: gateways.iter().collect(),
             grants: grants.iter().collect(),
             routes,
-            sni_routing: true,
             ..Snapshot::default()
         };
         for (ns, name, port) in [

@@ -39,8 +39,6 @@ pub const FIELD_MANAGER: &str = "ironlb-gateway";
 /// The label upstream asks implementations to put on what they create for a
 /// Gateway.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
-/// The annotation on a Gateway's Service holding its [`Program`] as JSON.
-pub const PROGRAM_ANNOTATION: &str = "ironlb.dev/gateway-program";
 /// `endpointslice.kubernetes.io/managed-by` on the mirrored slices, so the
 /// EndpointSlice controllers leave them alone (a label value: no `/`).
 const SLICE_MANAGER: &str = "gateway-controller.ironlb.dev";
@@ -160,7 +158,6 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
                     (key, address_of(g, &service_list))
                 })
                 .collect(),
-            ..Snapshot::default()
         };
         let outcome = attach::decide(&snap);
 
@@ -533,7 +530,8 @@ fn gateway_status(
 
 /// The Service carrying the Gateway's address: its valid listeners' ports,
 /// the infrastructure labels and annotations (a pool, sharing key or PROXY
-/// protocol choice goes there), requested addresses, and the program.
+/// protocol choice goes there), requested addresses, the program, and
+/// embedded forwarding.
 fn desired_service(gateway: &Gateway, name: &str, program: &Program) -> Value {
     let infra = gateway.spec.infrastructure.clone().unwrap_or_default();
     let mut labels = infra.labels.clone();
@@ -541,9 +539,12 @@ fn desired_service(gateway: &Gateway, name: &str, program: &Program) -> Value {
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations = infra.annotations.clone();
     annotations.insert(
-        PROGRAM_ANNOTATION.into(),
+        annotations::GATEWAY_PROGRAM.into(),
         serde_json::to_string(program).unwrap_or_default(),
     );
+    // The routes run on the embedded forwarder only: kube-proxy knows
+    // nothing of hostnames and weights.
+    annotations.insert(annotations::FORWARDING.into(), "embedded".into());
     let requested: Vec<&str> = gateway
         .spec
         .addresses

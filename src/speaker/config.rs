@@ -408,6 +408,7 @@ impl StaticConfig {
                     name,
                     port: p.port,
                     protocol,
+                    routing: None,
                 });
             }
             out.push(Frontend {

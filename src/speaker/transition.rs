@@ -1306,6 +1306,7 @@ mod reserved_tests {
                 name: String::new(),
                 port,
                 protocol,
+                routing: None,
             }],
             policy: Policy::default(),
             endpoints: vec![Endpoint {

@@ -15,7 +15,10 @@ use kube::ResourceExt;
 use crate::api::{IPAddressPool, L2Advertisement};
 use crate::controller::translate;
 use crate::election::{Constraints, Node};
-use crate::forwarder::plan::{Endpoint, Frontend, FrontendPort, Policy, Protocol};
+use crate::forwarder::plan::{
+    Endpoint, Frontend, FrontendPort, FrontendRoute, FrontendRouting, FrontendShare, Policy,
+    Protocol,
+};
 use crate::ipam::{Allocator, LabelSelector, ServiceKey};
 
 /// One address to announce, and the rules for who may.
@@ -547,6 +550,13 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
                 .unwrap_or(10_800);
             std::time::Duration::from_secs(u64::try_from(seconds.max(1)).unwrap_or(1))
         });
+        let mut routing = match gateway_routing(svc, view) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(fail(e));
+                continue;
+            }
+        };
         let mut ports = Vec::new();
         for p in spec.ports.iter().flatten() {
             let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
@@ -567,6 +577,12 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
                 name: p.name.clone().unwrap_or_default(),
                 port,
                 protocol,
+                routing: routing.as_mut().map(|r| {
+                    r.remove(&(port, protocol)).unwrap_or(FrontendRouting {
+                        sni: false,
+                        routes: Vec::new(),
+                    })
+                }),
             });
         }
         out.push(Frontend {
@@ -583,6 +599,92 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
         });
     }
     (out, errors)
+}
+
+/// A Gateway's routes by port and transport.
+type GatewayPorts = BTreeMap<(u16, Protocol), FrontendRouting>;
+
+/// The routes of a Gateway's Service, by port and transport, from the
+/// program its Gateway controller wrote; `None` for every other Service. A
+/// program is read only on a Service a Gateway controls: a Service's own
+/// endpoints are what its writer may choose, a program's backends are not.
+fn gateway_routing(
+    svc: &Service,
+    view: &ClusterView<'_>,
+) -> Result<Option<GatewayPorts>, String> {
+    use crate::api::annotations::GATEWAY_PROGRAM;
+    use crate::gateway::attach::{self, Program};
+    let by_gateway = svc.owner_references().iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "Gateway"
+            && o.api_version.starts_with("gateway.networking.k8s.io/")
+    });
+    let Some(text) = svc
+        .annotations()
+        .get(GATEWAY_PROGRAM)
+        .filter(|_| by_gateway)
+    else {
+        return Ok(None);
+    };
+    let program: Program = serde_json::from_str(text).map_err(|e| {
+        format!("annotation {GATEWAY_PROGRAM}: not a program this speaker reads: {e}")
+    })?;
+    let mut out = BTreeMap::new();
+    for p in program.ports {
+        let (protocol, sni) = match p.protocol {
+            attach::Protocol::Tcp => (Protocol::Tcp, false),
+            attach::Protocol::Tls => (Protocol::Tcp, true),
+            attach::Protocol::Udp => (Protocol::Udp, false),
+        };
+        let routes = p
+            .routes
+            .into_iter()
+            .map(|r| FrontendRoute {
+                name: r.route,
+                hostnames: r.hostnames,
+                shares: r
+                    .backends
+                    .iter()
+                    .map(|b| backend_share(b, protocol, view))
+                    .collect(),
+            })
+            .collect();
+        out.insert((p.port, protocol), FrontendRouting { sni, routes });
+    }
+    Ok(Some(out))
+}
+
+/// A route's backend Service port as a share: its endpoints, found by the
+/// Service port's name as its EndpointSlices list it. A backend that is not
+/// usable, or whose Service or port is gone, keeps its weight with no
+/// endpoint port: its share is refused.
+fn backend_share(
+    b: &crate::gateway::attach::ProgramBackend,
+    protocol: Protocol,
+    view: &ClusterView<'_>,
+) -> FrontendShare {
+    let key = ServiceKey::new(&b.namespace, &b.name);
+    let port = view
+        .services
+        .iter()
+        .filter(|_| b.usable)
+        .find(|s| translate::service_key(s) == key)
+        .and_then(|s| s.spec.as_ref()?.ports.as_ref())
+        .and_then(|ports| {
+            ports.iter().find(|p| {
+                i32::from(b.port) == p.port
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol.to_string()
+            })
+        })
+        .map(|p| p.name.clone().unwrap_or_default());
+    FrontendShare {
+        weight: b.weight,
+        endpoints: match port {
+            Some(_) => endpoints_of(&key, &view.slices),
+            None => Vec::new(),
+        },
+        port,
+    }
 }
 
 /// The endpoints of Service `key` from its EndpointSlices. An unset `ready` is
@@ -760,6 +862,116 @@ mod tests {
             .into(),
         );
         s
+    }
+
+    /// A Gateway's Service: its program's backends become each route's
+    /// shares with the backend Services' endpoints, at the endpoint port the
+    /// Service port names; an unusable or vanished backend keeps its weight
+    /// with no backend.
+    #[test]
+    fn a_gateways_program_becomes_weighted_routes_of_its_backends_endpoints() {
+        use crate::forwarder::plan::plan;
+        let program = serde_json::json!({"ports": [
+            {"port": 5432, "protocol": "TCP", "routes": [{"route": "TCPRoute infra/pg", "backends": [
+                {"namespace": "apps", "name": "db", "port": 5432, "weight": 80, "usable": true},
+                {"namespace": "apps", "name": "gone", "port": 5432, "weight": 15, "usable": true},
+                {"namespace": "apps", "name": "db", "port": 5432, "weight": 5, "usable": false},
+            ]}]},
+            {"port": 443, "protocol": "TLS", "routes": [{"route": "TLSRoute infra/web", "hostnames": ["*.example.com"], "backends": [
+                {"namespace": "apps", "name": "db", "port": 5432, "weight": 1, "usable": true},
+            ]}]},
+        ]});
+        let gateway_service = |owner_kind: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "infra", "name": "gw-ironlb-gateway",
+                    "annotations": {"ironlb.dev/forwarding": "embedded", "ironlb.dev/gateway-program": program.to_string()},
+                    "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": owner_kind, "name": "gw", "uid": "u", "controller": true}]},
+                "spec": {"type": "LoadBalancer", "ports": [
+                    {"name": "tcp-5432", "port": 5432, "protocol": "TCP"},
+                    {"name": "tcp-443", "port": 443, "protocol": "TCP"}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}},
+            }))
+            .unwrap()
+        };
+        let db: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "apps", "name": "db"},
+            "spec": {"ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "targetPort": 15432}]},
+        }))
+        .unwrap();
+        let db_slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "apps", "name": "db-1", "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "pg", "port": 15432, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.42.0.7"], "conditions": {"ready": true}}],
+        }))
+        .unwrap();
+        let listeners = |services: &[Service]| {
+            let view = ClusterView {
+                services: services.iter().collect(),
+                pools: Vec::new(),
+                advertisements: Vec::new(),
+                slices: vec![&db_slice],
+                default_class: true,
+                bgp: Default::default(),
+            };
+            let (frontends, errors) = frontends(&view);
+            assert!(errors.is_empty(), "{errors:?}");
+            let owned = ["10.0.0.1".parse().unwrap()].into();
+            plan("n1", &owned, &frontends).listeners
+        };
+
+        let got = listeners(&[gateway_service("Gateway"), db.clone()]);
+        assert_eq!(got.len(), 2);
+        let (tls, tcp) = (&got[0], &got[1]);
+        assert_eq!(tcp.address.port(), 5432);
+        let routing = tcp.routing.as_ref().expect("a Gateway port is routed");
+        assert!(!routing.sni);
+        let shares: Vec<(u32, Vec<String>)> = routing.routes[0]
+            .shares
+            .iter()
+            .map(|s| {
+                let b = s.backends.iter().map(|b| b.address.to_string()).collect();
+                (s.weight, b)
+            })
+            .collect();
+        let endpoint = vec!["10.42.0.7:15432".to_string()];
+        assert_eq!(
+            shares,
+            [(80, endpoint.clone()), (15, vec![]), (5, vec![])],
+            "usable backends get their endpoints; a missing or unusable one none"
+        );
+        assert_eq!(tcp.backends.len(), 1, "every route's backends, once");
+        let tls_routing = tls.routing.as_ref().expect("routed");
+        assert!(tls_routing.sni, "a TLS listener routes by server name");
+        assert_eq!(tls_routing.routes[0].hostnames, ["*.example.com"]);
+
+        // The annotation on a Service no Gateway controls is not read.
+        let forged = listeners(&[gateway_service("Deployment"), db.clone()]);
+        assert!(forged.iter().all(|l| l.routing.is_none()));
+
+        // An unreadable program leaves the Service out, naming the annotation.
+        let mut bad = gateway_service("Gateway");
+        bad.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("ironlb.dev/gateway-program".into(), "{\"ports\": 7}".into());
+        let services = [bad];
+        let view = ClusterView {
+            services: services.iter().collect(),
+            pools: Vec::new(),
+            advertisements: Vec::new(),
+            slices: Vec::new(),
+            default_class: true,
+            bgp: Default::default(),
+        };
+        let (frontends, errors) = frontends(&view);
+        assert!(frontends.is_empty());
+        assert!(
+            errors[0].message.contains("ironlb.dev/gateway-program"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]
