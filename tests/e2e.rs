@@ -982,8 +982,7 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
 }
 
 /// The Gateway controller on the real API server, with the upstream v1.6.1
-/// CRDs (applied server-side and left installed: deleting them would delete
-/// every Gateway object of the cluster) and the controller's own
+/// CRDs ([`install_gateway_crds`]) and the controller's own
 /// ServiceAccount: class, Gateway, listener and route status as the spec
 /// words them, the Gateway's address from a pool through its Service, the
 /// backends mirrored as EndpointSlices, and a ReferenceGrant added and
@@ -994,18 +993,7 @@ async fn gateways_get_addresses_and_status_and_routes_follow_reference_grants() 
         return;
     };
     let _installed = cluster.install();
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/gateway-api/v1.6.1");
-    cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/gateways.gateway.networking.k8s.io",
-        "crd/tcproutes.gateway.networking.k8s.io",
-        "crd/udproutes.gateway.networking.k8s.io",
-        "crd/tlsroutes.gateway.networking.k8s.io",
-        "crd/referencegrants.gateway.networking.k8s.io",
-    ]);
+    install_gateway_crds(&cluster);
     let dir = ScratchDir::new("e2e-gateway");
     let env = scenario_env(&cluster, &dir, "gw").await;
     let ns = env.namespace.clone();
@@ -1312,4 +1300,427 @@ spec:
     })
     .await;
     drop(controller);
+}
+
+/// Applies the upstream Gateway API CRDs server-side (left installed:
+/// deleting them would delete every Gateway object of the cluster) and waits
+/// until they serve.
+fn install_gateway_crds(cluster: &Cluster) {
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/gateway-api/v1.6.1");
+    cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/gateways.gateway.networking.k8s.io",
+        "crd/tcproutes.gateway.networking.k8s.io",
+        "crd/udproutes.gateway.networking.k8s.io",
+        "crd/tlsroutes.gateway.networking.k8s.io",
+        "crd/referencegrants.gateway.networking.k8s.io",
+    ]);
+}
+
+/// One Gateway address carries a PostgreSQL-like TCP listener limited to a
+/// source range, a DNS-like UDP listener and a TLS passthrough listener, on
+/// the real API server with the deployed RBAC: the controller and a speaker
+/// in a node namespace run them. TCP connections split 80/20 by weight
+/// (1,000 measured), each UDP flow stays with one backend, two hostnames
+/// reach two TLS servers (the client sees each one's certificate) with the
+/// client's address in PROXY v2, a name no route takes gets a TLS alert,
+/// and a client outside the range is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_address_carries_tcp_udp_and_tls_routes_to_their_backends() {
+    let test = "a_gateway_address_carries_tcp_udp_and_tls_routes";
+    let Some(cluster) = Cluster::lock(test).await else {
+        return;
+    };
+    let Some(mut lab) = Lab::new(test) else {
+        return;
+    };
+    let _installed = cluster.install();
+    install_gateway_crds(&cluster);
+    let client = cluster.client().await;
+    let dir = lab.dir().to_path_buf();
+    let peer = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
+
+    // The lab: one node, a client inside the source range and one outside,
+    // two hosts answering TCP and UDP (peer.py), two TLS servers (nginx).
+    let switch = lab.switch();
+    let node_ns = lab.plug_nodes(&switch, "10.77.0", 1).remove(0);
+    let node = format!("{}-node-1", unique("gw"));
+    let client_ns = lab.namespace("client");
+    lab.plug(&switch, &client_ns, "pc", &[&format!("{CLIENT}/24")]);
+    let outsider_ns = lab.namespace("out");
+    lab.plug(&switch, &outsider_ns, "po", &["10.77.0.60/24"]);
+    for (short, address) in [("ha", "10.77.0.21"), ("hb", "10.77.0.22")] {
+        let ns = lab.namespace(short);
+        lab.plug(
+            &switch,
+            &ns,
+            &format!("p{short}"),
+            &[&format!("{address}/24")],
+        );
+        let log = dir.join(format!("{short}.log"));
+        lab.spawn(&ns, "python3", &[peer, "serve", address, "15432"], &log);
+    }
+    for (short, address, name) in [
+        ("ta", "10.77.0.31", "a.example.com"),
+        ("tb", "10.77.0.32", "b.example.com"),
+    ] {
+        let ns = lab.namespace(short);
+        lab.plug(
+            &switch,
+            &ns,
+            &format!("p{short}"),
+            &[&format!("{address}/24")],
+        );
+        let (key, cert) = (
+            dir.join(format!("{short}.key")),
+            dir.join(format!("{short}.crt")),
+        );
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl req");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        lab.nginx(
+            &ns,
+            short,
+            &format!(
+                "stream {{ server {{ listen {address}:8443 ssl proxy_protocol;\n\
+                 ssl_certificate {}; ssl_certificate_key {};\n\
+                 return \"backend={short} client=$proxy_protocol_addr sni=$ssl_server_name\\n\"; }} }}\n",
+                cert.display(),
+                key.display()
+            ),
+        );
+    }
+
+    // The controller, with its ServiceAccount; it makes the gossip Secret.
+    let controller_kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-controller", &dir, None);
+    let controller = ControllerProcess::spawn(
+        &controller_kubeconfig,
+        &dir,
+        "gw-ctl",
+        &["--default-class=false"],
+    );
+    let secret = wait_for("the gossip Secret", PATIENCE, || async {
+        Api::<Secret>::namespaced(client.clone(), "ironlb-system")
+            .get_opt("ironlb-gossip")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.data)
+            .and_then(|d| d.get(ironlb::controller::GOSSIP_SECRET_KEY).cloned())
+    })
+    .await;
+
+    // The cluster's side: the node, a pool and advertisement, the backend
+    // Services with their endpoints, the class, the Gateway and its routes.
+    let _node = Made::new(&cluster, "node", &node);
+    let node_object: Node =
+        serde_json::from_value(json!({"metadata": {"name": node}})).expect("node");
+    let nodes = Api::<Node>::all(client.clone());
+    nodes
+        .create(&PostParams::default(), &node_object)
+        .await
+        .expect("create node");
+    let address =
+        json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.77.0.11"}]}});
+    nodes
+        .patch_status(&node, &PatchParams::default(), &Patch::Merge(address))
+        .await
+        .expect("node address");
+    let ns = Made::namespace(&cluster, &client, &unique("gw-lab")).await;
+    let pool_name = unique("gw-lab");
+    create_pool(&client, pool(&pool_name, &[VIP])).await;
+    let _pool = Made::new(&cluster, "ipaddresspool", &pool_name);
+    let ad_name = unique("gw-lab");
+    let _ad = Made::new(&cluster, "l2advertisement", &ad_name);
+    let ad = L2Advertisement::new(
+        &ad_name,
+        L2AdvertisementSpec {
+            ip_address_pools: vec![pool_name.clone()],
+            interfaces: vec!["eth0".into()],
+            ..Default::default()
+        },
+    );
+    Api::<L2Advertisement>::all(client.clone())
+        .create(&PostParams::default(), &ad)
+        .await
+        .expect("create L2Advertisement");
+    let class = unique("gw-lab");
+    let _class = Made::new(&cluster, "gatewayclass", &class);
+    let n = &ns.name;
+    let mut yaml = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {class}}}
+spec: {{controllerName: ironlb.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: {n}}}
+spec:
+  gatewayClassName: {class}
+  addresses: [{{type: IPAddress, value: {VIP}}}]
+  infrastructure:
+    annotations:
+      ironlb.dev/address-pool: {pool_name}
+      ironlb.dev/proxy-protocol: v2
+      service.beta.kubernetes.io/load-balancer-source-ranges: 10.77.0.0/28
+  listeners:
+    - {{name: postgres, port: 5432, protocol: TCP}}
+    - {{name: dns, port: 53, protocol: UDP}}
+    - {{name: tls, port: 443, protocol: TLS, tls: {{mode: Passthrough}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: pg, namespace: {n}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: postgres}}]
+  rules: [{{backendRefs: [{{name: pg-a, port: 5432, weight: 80}}, {{name: pg-b, port: 5432, weight: 20}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {{name: dns, namespace: {n}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: dns}}]
+  rules: [{{backendRefs: [{{name: dns-a, port: 53}}, {{name: dns-b, port: 53}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: a, namespace: {n}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: tls}}]
+  hostnames: [a.example.com]
+  rules: [{{backendRefs: [{{name: tls-a, port: 443}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: b, namespace: {n}}}
+spec:
+  parentRefs: [{{name: edge, sectionName: tls}}]
+  hostnames: ["*.example.com"]
+  rules: [{{backendRefs: [{{name: tls-b, port: 443}}]}}]
+"#
+    );
+    for (service, port, protocol, target, address) in [
+        ("pg-a", 5432, "TCP", 15432, "10.77.0.21"),
+        ("pg-b", 5432, "TCP", 15432, "10.77.0.22"),
+        ("dns-a", 53, "UDP", 15432, "10.77.0.21"),
+        ("dns-b", 53, "UDP", 15432, "10.77.0.22"),
+        ("tls-a", 443, "TCP", 8443, "10.77.0.31"),
+        ("tls-b", 443, "TCP", 8443, "10.77.0.32"),
+    ] {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: v1
+kind: Service
+metadata: {{name: {service}, namespace: {n}}}
+spec: {{ports: [{{name: app, port: {port}, protocol: {protocol}, targetPort: {target}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {service}-1
+  namespace: {n}
+  labels: {{kubernetes.io/service-name: {service}, endpointslice.kubernetes.io/managed-by: ironlb-e2e}}
+addressType: IPv4
+ports: [{{name: app, port: {target}, protocol: {protocol}}}]
+endpoints: [{{addresses: [{address}], nodeName: {node}, conditions: {{ready: true}}}}]
+"#
+        ));
+    }
+    let manifest = dir.join("gateway.yaml");
+    std::fs::write(&manifest, yaml).expect("write manifest");
+    cluster.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+
+    // The speaker: its ServiceAccount, the API server through a relay.
+    let speaker_kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-speaker", &dir, None);
+    let secret_file = dir.join("gossip-secret");
+    std::fs::write(&secret_file, &secret.0).expect("write the gossip secret");
+    let api = cluster.server_addr();
+    let relay = relay(&node_ns, api, api);
+    lab.spawn(
+        &node_ns,
+        env!("CARGO_BIN_EXE_ironlb"),
+        &[
+            "speaker",
+            "--kubeconfig",
+            speaker_kubeconfig.to_str().expect("utf-8 path"),
+            "--node",
+            &node,
+            "--default-class=false",
+            "--metrics-addr",
+            "127.0.0.1:9121",
+            "--gossip-listen",
+            "10.77.0.11:7947",
+            "--gossip-secret-file",
+            secret_file.to_str().expect("utf-8 path"),
+        ],
+        &dir.join("speaker.log"),
+    );
+    let logs = || {
+        format!(
+            "--- controller\n{}\n--- speaker\n{}",
+            controller.log(),
+            std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+        )
+    };
+    let run = |ns: &str, args: &[&str]| -> String {
+        let mut cmd = vec!["python3", peer];
+        cmd.extend_from_slice(args);
+        lab.exec_ok(ns, &cmd).trim().to_string()
+    };
+
+    // The Gateway is programmed at the address it asked for.
+    let gateway = || {
+        let out = cluster.kubectl(&["get", "gateway", "-n", n, "edge", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    wait_for("the Gateway programmed", PATIENCE, || async {
+        let g = gateway();
+        let programmed = g["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Programmed" && c["status"] == "True");
+        (programmed && g["status"]["addresses"][0]["value"] == VIP).then_some(())
+    })
+    .await;
+    let g = gateway();
+    for listener in g["status"]["listeners"].as_array().expect("listeners") {
+        let programmed = listener["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Programmed" && c["status"] == "True");
+        assert!(programmed, "{listener}");
+    }
+
+    // TCP: answered once the speaker forwards; then 1,000 connections.
+    let started = Instant::now();
+    loop {
+        let out = run(&client_ns, &["tcp", VIP, "5432", "hello"]);
+        if out.contains("at=") {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "5432 never answered (last: {out})\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let spread = run(&client_ns, &["spread", VIP, "5432", "1000"]);
+    let count = |text: &str, key: &str| -> i64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (a, b) = (count(&spread, "10.77.0.21"), count(&spread, "10.77.0.22"));
+    eprintln!("e2e gateway: weights 80/20 over 1000 connections: {spread}");
+    assert_eq!(count(&spread, "failed"), 0, "{spread}");
+    assert!((a - 800).abs() <= 50 && (b - 200).abs() <= 50, "{spread}");
+
+    // The source range: the outsider is turned away.
+    let outside = run(&outsider_ns, &["tcp", VIP, "5432", "hello"]);
+    assert!(!outside.contains("at="), "outside the range: {outside}");
+
+    // UDP: every flow keeps its backend; flows go to both.
+    let flows = run(&client_ns, &["flows", VIP, "53", "20", "5"]);
+    eprintln!("e2e gateway: UDP flows: {flows}");
+    assert_eq!(count(&flows, "sticky"), 20, "{flows}");
+    assert!(
+        count(&flows, "10.77.0.21") > 0 && count(&flows, "10.77.0.22") > 0,
+        "{flows}"
+    );
+
+    // TLS passthrough: the exact name beats the wildcard, a name under the
+    // wildcard goes to its route, nginx sees the client in PROXY v2.
+    let tls = |name: &str| -> String {
+        let out = lab.exec(
+            &client_ns,
+            &[
+                "timeout",
+                "10",
+                "openssl",
+                "s_client",
+                "-connect",
+                &format!("{VIP}:443"),
+                "-servername",
+                name,
+                "-ign_eof",
+            ],
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for (name, backend) in [
+        ("a.example.com", "ta"),
+        ("b.example.com", "tb"),
+        ("x.example.com", "tb"),
+    ] {
+        let out = tls(name);
+        let cn = if backend == "ta" {
+            "a.example.com"
+        } else {
+            "b.example.com"
+        };
+        assert!(out.contains(&format!("CN = {cn}")), "{name}: {out}");
+        assert!(
+            out.contains(&format!("backend={backend} client={CLIENT} sni={name}")),
+            "{name}: {out}"
+        );
+    }
+    let refused = tls("db.other.org");
+    assert!(refused.contains("unrecognized name"), "{refused}");
+    let metrics = lab.exec_ok(
+        &node_ns,
+        &[
+            "python3",
+            "-c",
+            "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9121/metrics').read().decode())",
+        ],
+    );
+    assert!(
+        metrics.lines().any(|l| l.contains("refused")
+            && l.contains("reason=\"no_route\"")
+            && !l.ends_with(" 0")),
+        "no_route counted:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    relay.abort();
 }

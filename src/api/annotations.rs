@@ -20,6 +20,10 @@ pub const FORWARDING: &str = "ironlb.dev/forwarding";
 /// With embedded forwarding, send a PROXY protocol header (`v1` or `v2`) to the
 /// backend before the client's bytes.
 pub const PROXY_PROTOCOL: &str = "ironlb.dev/proxy-protocol";
+/// Kubernetes' older spelling of `spec.loadBalancerSourceRanges` (comma
+/// separated), honoured when the field is empty, as kube-proxy does: the way
+/// a Gateway's `infrastructure.annotations` limit who may connect.
+pub const SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 /// Written by the Gateway controller on a Gateway's Service: the Gateway's
 /// ports and routes as JSON, which the speakers' forwarders run. Read only on
 /// a Service whose controlling owner is a Gateway.

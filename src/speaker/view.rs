@@ -495,7 +495,9 @@ pub struct FrontendError {
 /// that ignores the PROXY protocol or the source ranges the user asked for
 /// would be worse than none).
 pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) {
-    use crate::api::annotations::{FORWARDING, Forwarding, PROXY_PROTOCOL, ProxyVersion};
+    use crate::api::annotations::{
+        FORWARDING, Forwarding, PROXY_PROTOCOL, ProxyVersion, SOURCE_RANGES,
+    };
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for svc in &view.services {
@@ -529,12 +531,28 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
                 continue;
             }
         };
+        // The field, or else the older annotation, as kube-proxy reads them;
+        // a Gateway's infrastructure annotations can set only the latter.
+        let (ranges, where_): (Vec<&str>, String) =
+            match spec.load_balancer_source_ranges.as_deref() {
+                Some(r) if !r.is_empty() => (
+                    r.iter().map(String::as_str).collect(),
+                    "spec.loadBalancerSourceRanges".into(),
+                ),
+                _ => (
+                    annotations
+                        .get(SOURCE_RANGES)
+                        .map(|v| v.split(',').filter(|r| !r.trim().is_empty()).collect())
+                        .unwrap_or_default(),
+                    format!("annotation {SOURCE_RANGES}"),
+                ),
+            };
         let mut source_ranges = Vec::new();
         let mut bad_range = None;
-        for r in spec.load_balancer_source_ranges.iter().flatten() {
+        for r in ranges {
             match r.trim().parse::<ipnetwork::IpNetwork>() {
                 Ok(n) => source_ranges.push(n),
-                Err(e) => bad_range = Some(format!("spec.loadBalancerSourceRanges: {r:?}: {e}")),
+                Err(e) => bad_range = Some(format!("{where_}: {r:?}: {e}")),
             }
         }
         if let Some(m) = bad_range {
@@ -608,10 +626,7 @@ type GatewayPorts = BTreeMap<(u16, Protocol), FrontendRouting>;
 /// program its Gateway controller wrote; `None` for every other Service. A
 /// program is read only on a Service a Gateway controls: a Service's own
 /// endpoints are what its writer may choose, a program's backends are not.
-fn gateway_routing(
-    svc: &Service,
-    view: &ClusterView<'_>,
-) -> Result<Option<GatewayPorts>, String> {
+fn gateway_routing(svc: &Service, view: &ClusterView<'_>) -> Result<Option<GatewayPorts>, String> {
     use crate::api::annotations::GATEWAY_PROGRAM;
     use crate::gateway::attach::{self, Program};
     let by_gateway = svc.owner_references().iter().any(|o| {

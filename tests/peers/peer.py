@@ -20,6 +20,13 @@
                                       sending a message and reading the answer
                                       (TIMEOUT s): print "answered=<n>" and the
                                       other outcomes
+  peer.py spread HOST PORT COUNT      TCP: COUNT connections one after another,
+                                      each sending a line; print "<ip>=<n>"
+                                      for each backend's at=, and failed=<n>
+  peer.py flows HOST PORT FLOWS EACH  UDP: FLOWS sockets, each sending EACH
+                                      datagrams; print "sticky=<n>" (flows
+                                      answered by one backend only) and
+                                      "<ip>=<n>" flows per backend
   peer.py flood HOST PORT COUNT RATE  UDP from COUNT spoofed sources (10.200.0.0
                                       upward, one datagram each, raw socket),
                                       RATE a second (0: as fast as possible)
@@ -105,7 +112,8 @@ def tcp(host, port, message):
             if not chunk:
                 break
             out += chunk
-        print(out.decode() if out else "EMPTY")
+        # A PROXY v2 header echoed back is binary.
+        print(out.decode(errors="replace") if out else "EMPTY")
     except ConnectionResetError:
         print("RESET")
     except ConnectionRefusedError:
@@ -233,6 +241,55 @@ def burst(host, port, total, batch, timeout):
     print(" ".join("%s=%d" % kv for kv in sorted(out.items())))
 
 
+def backend_of(answer):
+    for word in answer.split():
+        if word.startswith(b"at="):
+            return word[3:].decode()
+    return None
+
+
+def spread(host, port, count):
+    seen = collections.Counter()
+    for _ in range(count):
+        try:
+            c = socket.create_connection((host, port), timeout=5)
+            c.sendall(b"spread\n")
+            c.shutdown(socket.SHUT_WR)
+            data = b""
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            c.close()
+            seen[backend_of(data) or "failed"] += 1
+        except OSError:
+            seen["failed"] += 1
+    seen.setdefault("failed", 0)
+    print(" ".join("%s=%d" % kv for kv in sorted(seen.items())))
+
+
+def flows(host, port, count, each):
+    per_backend = collections.Counter()
+    sticky = 0
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        answered = set()
+        for i in range(each):
+            s.send(b"flow %d" % i)
+            try:
+                answered.add(backend_of(s.recv(65535)))
+            except OSError:
+                answered.add(None)
+        s.close()
+        if len(answered) == 1 and None not in answered:
+            sticky += 1
+            per_backend[answered.pop()] += 1
+    print("sticky=%d %s" % (sticky, " ".join("%s=%d" % kv for kv in sorted(per_backend.items()))))
+
+
 def flood(host, port, count, rate):
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     first = struct.unpack("!I", socket.inet_aton("10.200.0.0"))[0]
@@ -256,7 +313,11 @@ def flood(host, port, count, rate):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "serve":
+    if cmd == "spread":
+        spread(args[0], int(args[1]), int(args[2]))
+    elif cmd == "flows":
+        flows(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "serve":
         serve(args[0], int(args[1]))
     elif cmd == "stream":
         stream(args[0], int(args[1]), int(args[2]), args[3])
