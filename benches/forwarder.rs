@@ -53,6 +53,8 @@ struct Ports {
     http: u16,
     udp: Option<u16>,
     burst: u16,
+    /// TLS passthrough routed by server name; `None`: not measured there.
+    sni: Option<u16>,
 }
 
 #[derive(Default, Clone)]
@@ -65,6 +67,9 @@ struct Row {
     burst_ok: Option<usize>,
     mem_per_conn_kib: Option<f64>,
     udp_pps: Option<f64>,
+    /// New connections per second and p99 (ms) of ClientHellos routed by
+    /// server name.
+    sni: Option<(f64, f64)>,
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -196,6 +201,7 @@ fn main() {
                 http: 8080,
                 udp: Some(9000),
                 burst: 7000,
+                sni: Some(8443),
             },
             None,
         ),
@@ -207,6 +213,7 @@ fn main() {
                 http: 8081,
                 udp: None,
                 burst: 8004,
+                sni: Some(8007),
             },
             Some(hap),
         ),
@@ -218,6 +225,7 @@ fn main() {
                 http: 8082,
                 udp: Some(9002),
                 burst: 8005,
+                sni: None,
             },
             Some(ngx),
         ),
@@ -229,6 +237,7 @@ fn main() {
                 http: 8083,
                 udp: Some(9003),
                 burst: 8006,
+                sni: Some(8008),
             },
             Some(ilb),
         ),
@@ -249,6 +258,7 @@ fn main() {
     // round, so a noisy moment on the shared machine hits them all alike;
     // each figure is the median of its rounds.
     let mut samples: BTreeMap<&str, Vec<(f64, f64, f64, f64)>> = BTreeMap::new();
+    let mut sni_samples: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     for round in 1..=rounds {
         for (name, host, ports, process) in &targets {
             eprintln!("round {round}/{rounds}: {name} …");
@@ -281,6 +291,11 @@ fn main() {
             }
             eprintln!("  {tput:.2} Gb/s, {cps:.0} conn/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
             samples.entry(name).or_default().push((tput, cps, p50, p99));
+            if let Some(port) = ports.sni {
+                let (cps, p99) = sni_rate(&client, host, port, seconds);
+                eprintln!("  TLS by server name: {cps:.0} conn/s, p99 {p99:.2} ms");
+                sni_samples.entry(name).or_default().push((cps, p99));
+            }
         }
     }
     let median = |mut v: Vec<f64>| {
@@ -296,6 +311,12 @@ fn main() {
             cps: median(s.iter().map(|x| x.1).collect()),
             p50_ms: median(s.iter().map(|x| x.2).collect()),
             p99_ms: median(s.iter().map(|x| x.3).collect()),
+            sni: sni_samples.get(name).map(|s| {
+                (
+                    median(s.iter().map(|x| x.0).collect()),
+                    median(s.iter().map(|x| x.1).collect()),
+                )
+            }),
             ..Row::default()
         };
         if let Some(index) = process {
@@ -368,12 +389,15 @@ fn raise_nofile() {
 fn backend_nginx(dir: &std::path::Path) -> String {
     let d = dir.display();
     format!(
-        "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/backend-nginx.pid;\n\
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         daemon off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/backend-nginx.pid;\n\
          error_log {d}/backend-nginx-error.log;\nevents {{ worker_connections 19500; }}\n\
          http {{\n  access_log off;\n  keepalive_timeout 600s;\n  client_header_timeout 600s;\n\
          client_body_temp_path {d}/b1; proxy_temp_path {d}/b2; fastcgi_temp_path {d}/b3;\n\
          uwsgi_temp_path {d}/b4; scgi_temp_path {d}/b5;\n\
-         server {{ listen {BACKEND}:8080 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+         server {{ listen {BACKEND}:8080 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n\
+         stream {{ server {{ listen {BACKEND}:8443 backlog=4096; listen {BACKEND}:8444 backlog=4096;\n\
+         ssl_preread on; return \"ok $ssl_preread_server_name\\n\"; }} }}\n"
     )
 }
 
@@ -385,7 +409,13 @@ fn haproxy_conf() -> String {
          defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n\
          listen iperf\n  bind {PROXY}:8001\n  server b {BACKEND}:5201\n\
          listen http\n  bind {PROXY}:8081\n  server b {BACKEND}:8080\n\
-         listen burst\n  bind {PROXY}:8004\n  server b {BACKEND}:7000\n"
+         listen burst\n  bind {PROXY}:8004\n  server b {BACKEND}:7000\n\
+         frontend sni\n  bind {PROXY}:8007\n  tcp-request inspect-delay 5s\n\
+         \x20 tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
+         \x20 use_backend sni_exact if {{ req.ssl_sni -i {SNI_NAME} }}\n\
+         \x20 use_backend sni_wildcard if {{ req.ssl_sni -m end .example.com }}\n\
+         backend sni_exact\n  server a {BACKEND}:8443\n\
+         backend sni_wildcard\n  server b {BACKEND}:8444\n"
     )
 }
 
@@ -412,7 +442,11 @@ fn ironlb_conf() -> String {
          \x20 - name: iperf\n    address: {VIP}\n    ports: [{{port: 8003, targetPort: 5201}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
          \x20 - name: http\n    address: {VIP}\n    ports: [{{port: 8083, targetPort: 8080}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
          \x20 - name: udp\n    address: {VIP}\n    ports: [{{port: 9003, protocol: UDP, targetPort: 9000}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
-         \x20 - name: burst\n    address: {VIP}\n    ports: [{{port: 8006, targetPort: 7000}}]\n    endpoints: [{{address: {BACKEND}}}]\n"
+         \x20 - name: burst\n    address: {VIP}\n    ports: [{{port: 8006, targetPort: 7000}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: sni\n    address: {VIP}\n    endpoints: []\n    ports:\n\
+         \x20     - port: 8008\n        tlsRoutes:\n\
+         \x20         - {{hostnames: [{SNI_NAME}], endpoints: [{{address: {BACKEND}}}], targetPort: 8443}}\n\
+         \x20         - {{hostnames: [\"*.example.com\"], endpoints: [{{address: {BACKEND}}}], targetPort: 8444}}\n"
     )
 }
 
@@ -571,6 +605,69 @@ fn udp_rate(ns: &str, host: &str, port: u16, seconds: u64) -> f64 {
     })
 }
 
+/// The server name the SNI row's clients ask for: the exact route, beside a
+/// wildcard one, on every proxy.
+const SNI_NAME: &str = "a.example.com";
+
+/// New connections per second and p99 latency (ms) of clients that each send
+/// a ClientHello naming [`SNI_NAME`] and read the backend's answer to the
+/// end, 32 at a time. The backend (nginx `ssl_preread`) answers once it has
+/// read the ClientHello, without a handshake: the row measures the proxies'
+/// routing by server name, not TLS cryptography, which passthrough leaves to
+/// the endpoints.
+fn sni_rate(ns: &str, host: &str, port: u16, seconds: u64) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let target: SocketAddr = format!("{host}:{port}").parse().expect("address");
+    let hello = ironlb::forwarder::sni::client_hello(Some(SNI_NAME));
+    let expected = format!("ok {SNI_NAME}\n");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let (mut latencies, failed) = in_netns(ns, || {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..32)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let (mut took, mut failed) = (Vec::new(), 0usize);
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            let answer = (|| -> std::io::Result<String> {
+                                let mut c =
+                                    TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+                                c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                                c.write_all(&hello)?;
+                                let mut out = String::new();
+                                c.read_to_string(&mut out)?;
+                                Ok(out)
+                            })();
+                            match answer {
+                                Ok(a) if a == expected => took.push(t.elapsed()),
+                                _ => failed += 1,
+                            }
+                        }
+                        (took, failed)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .fold((Vec::new(), 0), |(mut all, f), w| {
+                    let (took, failed) = w.join().expect("SNI client");
+                    all.extend(took);
+                    (all, f + failed)
+                })
+        })
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    if failed > 0 {
+        eprintln!("  {failed} SNI connections to {target} failed or got a wrong answer");
+    }
+    latencies.sort();
+    let p99 = latencies
+        .get(latencies.len().saturating_sub(1) * 99 / 100)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    (latencies.len() as f64 / elapsed, p99)
+}
+
 fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
     let get = |n: &str| rows.get(n).cloned().unwrap_or_default();
     let (direct, hap, ngx, ilb) = (get("direct"), get("haproxy"), get("nginx"), get("ironlb"));
@@ -579,7 +676,7 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
         "forwarder: {seconds} s per measurement, {idle} idle connections, a burst of {burst}, one proxy worker each"
     );
     println!(
-        "{:<8} {:>10} {:>10} {:>9} {:>9} {:>16} {:>12} {:>10}",
+        "{:<8} {:>10} {:>10} {:>9} {:>9} {:>16} {:>12} {:>10} {:>11} {:>11}",
         "path",
         "tput Gb/s",
         "conn/s",
@@ -587,7 +684,9 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
         "p99 ms",
         "KiB/idle conn",
         "udp dgram/s",
-        "burst ok"
+        "burst ok",
+        "sni conn/s",
+        "sni p99 ms"
     );
     for (name, r) in [
         ("direct", &direct),
@@ -596,7 +695,7 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
         ("ironlb", &ilb),
     ] {
         println!(
-            "{:<8} {:>10.2} {:>10.0} {:>9.3} {:>9.3} {:>16} {:>12} {:>10}",
+            "{:<8} {:>10.2} {:>10.0} {:>9.3} {:>9.3} {:>16} {:>12} {:>10} {:>11} {:>11}",
             name,
             r.tput_gbps,
             r.cps,
@@ -605,11 +704,13 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
             r.mem_per_conn_kib.map_or("-".into(), |m| format!("{m:.1}")),
             r.udp_pps.map_or("-".into(), |u| format!("{u:.0}")),
             r.burst_ok.map_or("-".into(), |b| b.to_string()),
+            r.sni.map_or("-".into(), |(c, _)| format!("{c:.0}")),
+            r.sni.map_or("-".into(), |(_, p)| format!("{p:.3}")),
         );
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     println!(
-        "forwarder tput_vs_haproxy={:.2} tput_vs_direct={:.2} cps_vs_haproxy={:.2} p99_vs_haproxy={:.2} mem_per_conn_vs_haproxy={:.2} udp_vs_nginx={:.2} burst_vs_haproxy={:.2}",
+        "forwarder tput_vs_haproxy={:.2} tput_vs_direct={:.2} cps_vs_haproxy={:.2} p99_vs_haproxy={:.2} mem_per_conn_vs_haproxy={:.2} udp_vs_nginx={:.2} burst_vs_haproxy={:.2} tls_sni_cps_vs_haproxy={:.2} tls_sni_p99_vs_haproxy={:.2}",
         ratio(ilb.tput_gbps, hap.tput_gbps),
         ratio(ilb.tput_gbps, direct.tput_gbps),
         ratio(ilb.cps, hap.cps),
@@ -625,6 +726,14 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
         ratio(
             ilb.burst_ok.map_or(f64::NAN, |b| b as f64),
             hap.burst_ok.map_or(f64::NAN, |b| b as f64)
+        ),
+        ratio(
+            ilb.sni.map_or(f64::NAN, |s| s.0),
+            hap.sni.map_or(f64::NAN, |s| s.0)
+        ),
+        ratio(
+            ilb.sni.map_or(f64::NAN, |s| s.1),
+            hap.sni.map_or(f64::NAN, |s| s.1)
         ),
     );
 }

@@ -271,9 +271,11 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
     } = listener;
     let hello = match shared.routing.as_ref().filter(|r| r.sni) {
         Some(_) => match read_hello(&client, ctx.settings.tcp_handshake).await {
-            Some(hello) => hello,
-            None => {
-                counters.handshake_timeouts.inc();
+            Ok(hello) => hello,
+            Err(timed_out) => {
+                if timed_out {
+                    counters.handshake_timeouts.inc();
+                }
                 return;
             }
         },
@@ -367,38 +369,38 @@ struct Hello {
 }
 
 /// Reads a client's ClientHello: at most [`sni::MAX_HELLO`] bytes, for at
-/// most `patience`. `None` when the client closed or stayed silent first.
-async fn read_hello(client: &TcpStream, patience: Duration) -> Option<Hello> {
-    let mut buf = vec![0u8; sni::MAX_HELLO];
-    let mut filled = 0;
+/// most `patience`. Fails when the client closed first (`false`) or took
+/// longer (`true`).
+async fn read_hello(client: &TcpStream, patience: Duration) -> Result<Hello, bool> {
+    // Most ClientHellos are a few hundred bytes to two KiB: the buffer
+    // starts there and grows only for a larger one.
+    let mut bytes = Vec::with_capacity(2048);
     let deadline = tokio::time::Instant::now() + patience;
-    let server_name = loop {
-        let n = match tokio::time::timeout_at(deadline, async {
+    loop {
+        if bytes.len() == bytes.capacity() {
+            bytes.reserve((bytes.capacity()).min(sni::MAX_HELLO - bytes.len()));
+        }
+        let read = tokio::time::timeout_at(deadline, async {
             loop {
                 client.readable().await?;
-                match client.try_read(&mut buf[filled..]) {
+                match client.try_read_buf(&mut bytes) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     other => return other,
                 }
             }
-        })
-        .await
-        {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return None,
-        };
-        filled += n;
-        match sni::parse(&buf[..filled]) {
-            sni::Hello::Incomplete => continue,
-            sni::Hello::ServerName(name) => break name,
-            sni::Hello::NotClientHello => break None,
+        });
+        match read.await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(false),
+            Err(_) => return Err(true),
         }
-    };
-    buf.truncate(filled);
-    Some(Hello {
-        bytes: buf,
-        server_name,
-    })
+        let server_name = match sni::parse(&bytes) {
+            sni::Hello::Incomplete => continue,
+            sni::Hello::ServerName(name) => name,
+            sni::Hello::NotClientHello => None,
+        };
+        return Ok(Hello { bytes, server_name });
+    }
 }
 
 /// Turns away a TLS client no route takes: an `unrecognized_name` alert,

@@ -4,6 +4,22 @@
 //! A wildcard `*.example.com` stands for one or more labels in front of
 //! `example.com` (never `example.com` itself).
 
+/// Whether `pattern` is a hostname as the Gateway API writes them: DNS
+/// labels (RFC 1123), the first of which may be a `*` wildcard.
+pub fn valid(pattern: &str) -> bool {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// Whether `name` (an SNI hostname) is one `pattern` covers. Both are
 /// compared without regard to ASCII case.
 pub fn matches(pattern: &str, name: &str) -> bool {
@@ -46,6 +62,19 @@ pub fn intersect(listener: Option<&str>, route: &str) -> Option<String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn hostnames_are_dns_labels_with_an_optional_leading_wildcard() {
+        for good in ["a.example.com", "*.example.com", "localhost", "x-1.y"] {
+            assert!(valid(good), "{good}");
+        }
+        for bad in [
+            "", "*.", "*", "a.*.com", "a..b", "-a.com", "a-.com", "a.com.", "a b.com", "*.*.com",
+        ] {
+            assert!(!valid(bad), "{bad}");
+        }
+        assert!(!valid(&format!("{}.com", "a".repeat(64))));
+    }
 
     #[test]
     fn wildcards_cover_one_or_more_labels_and_never_the_bare_suffix() {

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use super::view::{self, Announcement};
 use crate::api::annotations::ProxyVersion;
 use crate::election::Constraints;
-use crate::forwarder::plan::{Endpoint, Frontend, FrontendPort, Policy, Protocol};
+use crate::forwarder::plan::{
+    Endpoint, Frontend, FrontendPort, FrontendRoute, FrontendRouting, FrontendShare, Policy,
+    Protocol,
+};
 use crate::ipam::ServiceKey;
 
 /// A speaker's configuration from a file.
@@ -119,6 +122,26 @@ pub struct StaticPort {
     /// The endpoints' port (default: `port`).
     #[serde(default)]
     pub target_port: Option<u16>,
+    /// TLS passthrough on this TCP port: each client goes to the route whose
+    /// hostnames best match its ClientHello's server name (as a Gateway's
+    /// TLSRoutes), instead of to the service's endpoints.
+    #[serde(default)]
+    pub tls_routes: Vec<StaticTlsRoute>,
+}
+
+/// A route of a TLS passthrough port.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticTlsRoute {
+    /// Server names, exact or `*.` wildcards; empty: every name, and
+    /// clients that send none.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Where its connections go.
+    pub endpoints: Vec<StaticEndpoint>,
+    /// The endpoints' port (default: the port's `targetPort`, else `port`).
+    #[serde(default)]
+    pub target_port: Option<u16>,
 }
 
 /// An endpoint of a [`StaticService`].
@@ -130,6 +153,46 @@ pub struct StaticEndpoint {
     /// The node it runs on (matters for `Local`).
     #[serde(default)]
     pub node: Option<String>,
+}
+
+/// A static port's TLS routes, each one share of its endpoints at the
+/// route's target port.
+fn static_tls_routing(p: &StaticPort, target: u16) -> Result<FrontendRouting, String> {
+    let mut routes = Vec::new();
+    for (i, r) in p.tls_routes.iter().enumerate() {
+        if let Some(bad) = r
+            .hostnames
+            .iter()
+            .find(|h| !crate::gateway::hostname::valid(h))
+        {
+            return Err(format!(
+                "port {}: tlsRoutes[{i}].hostnames: {bad:?} is not a hostname or a *. wildcard",
+                p.port
+            ));
+        }
+        let port = format!("tls-route-{i}");
+        let target = r.target_port.unwrap_or(target);
+        routes.push(FrontendRoute {
+            name: format!("port {} tlsRoutes[{i}]", p.port),
+            hostnames: r.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            shares: vec![FrontendShare {
+                weight: 1,
+                endpoints: r
+                    .endpoints
+                    .iter()
+                    .map(|e| Endpoint {
+                        address: e.address,
+                        node: e.node.clone(),
+                        ready: true,
+                        serving: true,
+                        ports: [((port.clone(), Protocol::Tcp), target)].into(),
+                    })
+                    .collect(),
+                port: Some(port),
+            }],
+        });
+    }
+    Ok(FrontendRouting { sni: true, routes })
 }
 
 /// What the forwarder is asked to carry, and the Services it can't.
@@ -403,12 +466,23 @@ impl StaticConfig {
                     }
                 };
                 let name = format!("{}-{}", protocol, p.port);
-                endpoint_ports.insert((name.clone(), protocol), p.target_port.unwrap_or(p.port));
+                let target = p.target_port.unwrap_or(p.port);
+                endpoint_ports.insert((name.clone(), protocol), target);
+                let routing = if p.tls_routes.is_empty() {
+                    None
+                } else if protocol != Protocol::Tcp {
+                    return Err(fail(
+                        "ports",
+                        format!("port {}: tlsRoutes need TCP", p.port),
+                    ));
+                } else {
+                    Some(static_tls_routing(p, target).map_err(|m| fail("ports", m))?)
+                };
                 ports.push(FrontendPort {
                     name,
                     port: p.port,
                     protocol,
-                    routing: None,
+                    routing,
                 });
             }
             out.push(Frontend {
@@ -525,6 +599,50 @@ addresses:
             ),
             (3, 100, 30)
         );
+    }
+
+    #[test]
+    fn tls_routes_route_a_tcp_port_by_server_name_and_bad_ones_are_named() {
+        let with = |ports: &str| {
+            format!(
+                "{FILE}services:\n  - name: tls\n    address: 10.77.0.100\n    ports: [{ports}]\n    endpoints: []\n"
+            )
+        };
+        let c = StaticConfig::parse(
+            "lab.yaml",
+            &with("{port: 443, tlsRoutes: [{hostnames: [A.example.com], endpoints: [{address: 10.0.0.5}], targetPort: 8443}, {endpoints: [{address: 10.0.0.6}]}]}"),
+        )
+        .unwrap();
+        let owned = ["10.77.0.100".parse().unwrap()].into();
+        let plan = crate::forwarder::plan::plan("node-1", &owned, &c.frontends());
+        let routing = plan.listeners[0].routing.as_ref().expect("routed");
+        assert!(routing.sni);
+        let route = |name| {
+            routing
+                .route(Some(name))
+                .map(|r| r.shares[0].backends[0].address.to_string())
+        };
+        assert_eq!(route("a.example.com").as_deref(), Some("10.0.0.5:8443"));
+        assert_eq!(route("other.org").as_deref(), Some("10.0.0.6:443"));
+
+        let err = StaticConfig::parse(
+            "lab.yaml",
+            &with("{port: 443, tlsRoutes: [{hostnames: [\"a..com\"], endpoints: []}]}"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("tls")
+                && err
+                    .to_string()
+                    .contains("tlsRoutes[0].hostnames: \"a..com\""),
+            "{err}"
+        );
+        let err = StaticConfig::parse(
+            "lab.yaml",
+            &with("{port: 53, protocol: UDP, tlsRoutes: [{endpoints: []}]}"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tlsRoutes need TCP"), "{err}");
     }
 
     #[test]
