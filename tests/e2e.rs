@@ -472,6 +472,23 @@ async fn a_paused_leader_never_writes_over_the_new_one() {
 }
 
 #[tokio::test]
+async fn a_gateway_gets_an_address_and_its_route_status() {
+    let name = "gateway-scenario";
+    let Some(cluster) = Cluster::lock(name).await else {
+        return;
+    };
+    let _installed = cluster.install();
+    install_gateway_crds(&cluster);
+    let dir = ScratchDir::new(&format!("e2e-{name}"));
+    let env = scenario_env(&cluster, &dir, name).await;
+    let _ns = Made::namespace(&cluster, &env.client, &env.namespace).await;
+    // The scenario names its pool and class after its prefix.
+    let _pool = Made::new(&cluster, "ipaddresspool", &format!("{}-gw", env.prefix));
+    let _class = Made::new(&cluster, "gatewayclass", &format!("{}-gw", env.prefix));
+    scenarios::a_gateway_gets_an_address_and_its_route_status(&env).await;
+}
+
+#[tokio::test]
 async fn sharing_metallb_annotations_and_exhaustion() {
     on_the_real_server(
         "sharing",
@@ -995,6 +1012,35 @@ async fn gateways_get_addresses_and_status_and_routes_follow_reference_grants() 
     let _installed = cluster.install();
     install_gateway_crds(&cluster);
     let dir = ScratchDir::new("e2e-gateway");
+    // The worked examples are what the API server accepts, in namespaces
+    // of their own (the names they use, made unique).
+    {
+        let client = cluster.client().await;
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/gateway");
+        let mut text = String::new();
+        for file in ["class.yaml", "one-address.yaml"] {
+            let body = std::fs::read_to_string(format!("{examples}/{file}")).expect("example");
+            text.push_str(&format!("{body}\n---\n"));
+        }
+        let mut made = Vec::new();
+        for name in ["edge", "databases", "dns", "web"] {
+            let unique_name = unique(name);
+            text = text.replace(
+                &format!("namespace: {name}"),
+                &format!("namespace: {unique_name}"),
+            );
+            made.push(Made::namespace(&cluster, &client, &unique_name).await);
+        }
+        let file = dir.0.join("examples.yaml");
+        std::fs::write(&file, text).expect("write examples");
+        let out = cluster.kubectl_ok(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            file.to_str().expect("utf-8 path"),
+        ]);
+        assert_eq!(out.matches("(server dry run)").count(), 8, "{out}");
+    }
     let env = scenario_env(&cluster, &dir, "gw").await;
     let ns = env.namespace.clone();
     let apps = unique("gw-apps");

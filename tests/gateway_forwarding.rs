@@ -67,12 +67,7 @@ fn listen(forwarder: &mut Forwarder, routing: Routing) -> SocketAddr {
         .expect("free port")
         .port();
     let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-    let backends = routing
-        .routes
-        .iter()
-        .flat_map(|r| &r.shares)
-        .flat_map(|s| s.backends.clone())
-        .collect();
+    let backends = routing.backends();
     let errors = forwarder.apply(&[Listener {
         address,
         protocol: Protocol::Tcp,

@@ -115,6 +115,12 @@ async fn restarts_and_replicas_never_move_an_address() {
 }
 
 #[tokio::test]
+async fn a_gateway_gets_an_address_and_its_route_status() {
+    let (_server, _dir, env) = on_test_server("gateway").await;
+    scenarios::a_gateway_gets_an_address_and_its_route_status(&env).await;
+}
+
+#[tokio::test]
 async fn sharing_metallb_annotations_and_exhaustion() {
     let (_server, _dir, env) = on_test_server("sharing").await;
     scenarios::sharing_metallb_annotations_and_exhaustion(&env).await;

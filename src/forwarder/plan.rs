@@ -198,16 +198,8 @@ pub fn plan(node: &str, owned: &BTreeSet<IpAddr>, frontends: &[Frontend]) -> Pla
             let routing = port.routing.as_ref().map(|r| routing(node, f, port, r));
             let backends = match &routing {
                 None => backends(node, f, &f.endpoints, &(port.name.clone(), port.protocol)),
-                Some(r) => r
-                    .routes
-                    .iter()
-                    .flat_map(|r| &r.shares)
-                    .flat_map(|s| s.backends.iter().cloned())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
+                Some(r) => r.backends(),
             };
-            let family = |b: &Backend, ip: &IpAddr| b.address.is_ipv4() == ip.is_ipv4();
             let addresses: BTreeSet<IpAddr> = f.addresses.iter().copied().collect();
             for ip in addresses.into_iter().filter(|ip| owned.contains(ip)) {
                 let address = SocketAddr::new(ip, port.port);
@@ -231,33 +223,11 @@ pub fn plan(node: &str, owned: &BTreeSet<IpAddr>, frontends: &[Frontend]) -> Pla
                         service: f.service.clone(),
                         backends: backends
                             .iter()
-                            .filter(|b| family(b, &ip))
+                            .filter(|b| b.address.is_ipv4() == ip.is_ipv4())
                             .cloned()
                             .collect(),
                         policy: f.policy.clone(),
-                        routing: routing.as_ref().map(|r| Routing {
-                            sni: r.sni,
-                            routes: r
-                                .routes
-                                .iter()
-                                .map(|route| Route {
-                                    shares: route
-                                        .shares
-                                        .iter()
-                                        .map(|s| Share {
-                                            weight: s.weight,
-                                            backends: s
-                                                .backends
-                                                .iter()
-                                                .filter(|b| family(b, &ip))
-                                                .cloned()
-                                                .collect(),
-                                        })
-                                        .collect(),
-                                    ..route.clone()
-                                })
-                                .collect(),
-                        }),
+                        routing: routing.as_ref().map(|r| r.of_family(ip)),
                     },
                 );
             }

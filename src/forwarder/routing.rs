@@ -53,6 +53,29 @@ fn specificity(pattern: &str, name: &str) -> Option<(u8, usize)> {
 }
 
 impl Routing {
+    /// Every backend of every route, once, in order.
+    pub fn backends(&self) -> Vec<Backend> {
+        let all: std::collections::BTreeSet<&Backend> = self
+            .routes
+            .iter()
+            .flat_map(|r| &r.shares)
+            .flat_map(|s| &s.backends)
+            .collect();
+        all.into_iter().cloned().collect()
+    }
+
+    /// The routes with only the backends of `ip`'s address family: what a
+    /// listener on `ip` can connect to.
+    pub fn of_family(&self, ip: std::net::IpAddr) -> Routing {
+        let mut out = self.clone();
+        for share in out.routes.iter_mut().flat_map(|r| r.shares.iter_mut()) {
+            share
+                .backends
+                .retain(|b| b.address.is_ipv4() == ip.is_ipv4());
+        }
+        out
+    }
+
     /// The route for a connection whose ClientHello named `server_name`
     /// (`None`: no name, or not a TLS port): on a TCP or UDP port the first
     /// route; on a TLS port the most specific match, the oldest among equals.

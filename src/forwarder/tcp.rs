@@ -376,7 +376,25 @@ async fn read_hello(client: &TcpStream, patience: Duration) -> Result<Hello, boo
     // starts there and grows only for a larger one.
     let mut bytes = Vec::with_capacity(2048);
     let deadline = tokio::time::Instant::now() + patience;
+    // A read tried at once, as HAProxy does after accept: the hello usually
+    // arrived with the handshake's last ACK, and the reactor need not be
+    // asked first whether it has (a turn of the event loop per connection).
+    let mut first = [0u8; 2048];
+    match std::io::Read::read(&mut &*socket2::SockRef::from(client), &mut first) {
+        Ok(0) => return Err(false),
+        Ok(n) => bytes.extend_from_slice(&first[..n]),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(_) => return Err(false),
+    }
     loop {
+        let server_name = match sni::parse(&bytes) {
+            sni::Hello::Incomplete => None,
+            sni::Hello::ServerName(name) => Some(name),
+            sni::Hello::NotClientHello => Some(None),
+        };
+        if let Some(server_name) = server_name {
+            return Ok(Hello { bytes, server_name });
+        }
         if bytes.len() == bytes.capacity() {
             bytes.reserve((bytes.capacity()).min(sni::MAX_HELLO - bytes.len()));
         }
@@ -394,12 +412,6 @@ async fn read_hello(client: &TcpStream, patience: Duration) -> Result<Hello, boo
             Ok(_) => return Err(false),
             Err(_) => return Err(true),
         }
-        let server_name = match sni::parse(&bytes) {
-            sni::Hello::Incomplete => continue,
-            sni::Hello::ServerName(name) => name,
-            sni::Hello::NotClientHello => None,
-        };
-        return Ok(Hello { bytes, server_name });
     }
 }
 

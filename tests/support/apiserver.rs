@@ -126,6 +126,57 @@ const KINDS: &[Kind] = &[
         namespaced: false,
         status_subresource: true,
     },
+    // Gateway API, as the upstream standard-channel CRDs serve it (without
+    // their schemas' defaults and validation: the real server's are tested
+    // in e2e.rs).
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "gatewayclasses",
+        kind: "GatewayClass",
+        namespaced: false,
+        status_subresource: true,
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "gateways",
+        kind: "Gateway",
+        namespaced: true,
+        status_subresource: true,
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "tcproutes",
+        kind: "TCPRoute",
+        namespaced: true,
+        status_subresource: true,
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "udproutes",
+        kind: "UDPRoute",
+        namespaced: true,
+        status_subresource: true,
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "tlsroutes",
+        kind: "TLSRoute",
+        namespaced: true,
+        status_subresource: true,
+    },
+    Kind {
+        group: "gateway.networking.k8s.io",
+        version: "v1",
+        plural: "referencegrants",
+        kind: "ReferenceGrant",
+        namespaced: true,
+        status_subresource: false,
+    },
 ];
 
 impl Kind {
@@ -358,6 +409,48 @@ fn find_kind(group: &str, plural: &str) -> Option<Kind> {
         .find(|k| k.group == group && k.plural == plural)
 }
 
+/// Discovery of one group version (`/api/v1`, `/apis/GROUP/VERSION`): the
+/// resources the server serves there, with their status subresources, as
+/// the real server lists them.
+fn resource_list(path: &str) -> Option<Value> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version) = match segs.as_slice() {
+        ["api", version] => ("", *version),
+        ["apis", group, version] => (*group, *version),
+        _ => return None,
+    };
+    let kinds: Vec<&Kind> = KINDS
+        .iter()
+        .filter(|k| k.group == group && k.version == version)
+        .collect();
+    if kinds.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for k in kinds {
+        resources.push(json!({
+            "name": k.plural, "singularName": k.kind.to_ascii_lowercase(),
+            "namespaced": k.namespaced, "kind": k.kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        }));
+        if k.status_subresource {
+            resources.push(json!({
+                "name": format!("{}/status", k.plural), "singularName": "",
+                "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({
+        "kind": "APIResourceList", "apiVersion": "v1",
+        "groupVersion": group_version, "resources": resources,
+    }))
+}
+
 /// What a request path names.
 struct Target {
     kind: Kind,
@@ -474,6 +567,11 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if method == Method::GET
+        && let Some(list) = resource_list(uri.path())
+    {
+        return (StatusCode::OK, axum::Json(list)).into_response();
+    }
     let Some(target) = parse_path(uri.path()) else {
         return status_error(
             404,

@@ -388,3 +388,202 @@ pub async fn sharing_metallb_annotations_and_exhaustion(env: &Env) {
         verdict.unwrap_or_else(|said| panic!("promtool check metrics: {said}\n{page}"));
     }
 }
+
+/// The API of `kind` in `api_version` (any kind the server serves).
+fn dynamic(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    namespace: Option<&str>,
+) -> Api<kube::api::DynamicObject> {
+    use kube::api::{ApiResource, GroupVersionKind};
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "GatewayClass" => "gatewayclasses".to_string(),
+        other => format!("{}s", other.to_ascii_lowercase()),
+    };
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// Creates `object`, as `kubectl create` would.
+async fn create_json(client: &Client, object: serde_json::Value) {
+    let api_version = object["apiVersion"]
+        .as_str()
+        .expect("apiVersion")
+        .to_string();
+    let kind = object["kind"].as_str().expect("kind").to_string();
+    let object: kube::api::DynamicObject = serde_json::from_value(object).expect("an object");
+    dynamic(
+        client,
+        &api_version,
+        &kind,
+        object.metadata.namespace.as_deref(),
+    )
+    .create(&kube::api::PostParams::default(), &object)
+    .await
+    .unwrap_or_else(|e| panic!("create {kind}: {e}"));
+}
+
+/// An object as JSON (`Value::Null` when it is not there).
+async fn get_json(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> serde_json::Value {
+    match dynamic(client, api_version, kind, Some(namespace))
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(o)) => serde_json::to_value(o).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// A condition's (status, reason) in a conditions list.
+fn condition(conditions: &serde_json::Value, type_: &str) -> Option<(String, String)> {
+    let c = conditions.as_array()?.iter().find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+/// A Gateway of ironlb's class gets its address from the pool its
+/// infrastructure annotation names, through the Service the controller keeps
+/// for it; its listeners and route show the spec's conditions; the Service
+/// carries the program the speakers run — the weights, a missing backend's
+/// share kept and refused — and asks for embedded forwarding. Objects are
+/// written as a user writes them, without the defaults a real server's
+/// CRD schemas fill in (weight 1, `allowedRoutes` from `Same`), which the
+/// controller must supply itself.
+pub async fn a_gateway_gets_an_address_and_its_route_status(env: &Env) {
+    use serde_json::json;
+    let ns = &env.namespace;
+    let class = env.pool_name("gw");
+    env.pool("gw", &["198.51.100.60"], false).await;
+    let objects = [
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": class}, "spec": {"controllerName": "ironlb.dev/gateway-controller"}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": ns},
+            "spec": {"ports": [{"name": "pg", "port": 5432, "targetPort": 15432}]}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": ns},
+            "spec": {"gatewayClassName": class,
+                "infrastructure": {"annotations": {"ironlb.dev/address-pool": env.pool_name("gw")}},
+                "listeners": [
+                    {"name": "postgres", "port": 5432, "protocol": "TCP"},
+                    {"name": "tls", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}]}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TCPRoute",
+            "metadata": {"name": "pg", "namespace": ns},
+            "spec": {"parentRefs": [{"name": "edge", "sectionName": "postgres"}],
+                "rules": [{"backendRefs": [{"name": "db", "port": 5432, "weight": 3}, {"name": "missing", "port": 5432}]}]}}),
+    ];
+    for o in objects {
+        create_json(&env.client, o).await;
+    }
+    let controller = env.controller("ctl-gateway");
+    const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+    let pair = |s: &str, r: &str| Some((s.to_string(), r.to_string()));
+    let gateway = wait_for("the Gateway programmed", env.patience, || async {
+        let g = get_json(&env.client, GATEWAY_API, "Gateway", ns, "edge").await;
+        (condition(&g["status"]["conditions"], "Programmed") == pair("True", "Programmed"))
+            .then_some(g)
+    })
+    .await;
+    assert_eq!(
+        gateway["status"]["addresses"],
+        json!([{"type": "IPAddress", "value": "198.51.100.60"}]),
+        "{}",
+        controller.log()
+    );
+    let listeners = gateway["status"]["listeners"]
+        .as_array()
+        .expect("listeners");
+    let listener = |name: &str| {
+        listeners
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("listener {name} in {gateway}"))
+    };
+    assert_eq!(listener("postgres")["attachedRoutes"], 1);
+    assert_eq!(listener("tls")["attachedRoutes"], 0);
+    for name in ["postgres", "tls"] {
+        let c = &listener(name)["conditions"];
+        assert_eq!(
+            condition(c, "Programmed"),
+            pair("True", "Programmed"),
+            "{name}"
+        );
+        assert_eq!(
+            condition(c, "ResolvedRefs"),
+            pair("True", "ResolvedRefs"),
+            "{name}"
+        );
+    }
+
+    let parent = wait_for("the route's status", env.patience, || async {
+        let r = get_json(&env.client, GATEWAY_API, "TCPRoute", ns, "pg").await;
+        let parents = r["status"]["parents"].as_array()?.clone();
+        parents
+            .into_iter()
+            .find(|p| p["controllerName"] == "ironlb.dev/gateway-controller")
+    })
+    .await;
+    assert_eq!(
+        condition(&parent["conditions"], "Accepted"),
+        pair("True", "Accepted")
+    );
+    assert_eq!(
+        condition(&parent["conditions"], "ResolvedRefs"),
+        pair("False", "BackendNotFound")
+    );
+
+    let service = get_json(&env.client, "v1", "Service", ns, "edge-ironlb-gateway").await;
+    let annotations = &service["metadata"]["annotations"];
+    assert_eq!(annotations[annotations::FORWARDING], "embedded");
+    let program: serde_json::Value = serde_json::from_str(
+        annotations[annotations::GATEWAY_PROGRAM]
+            .as_str()
+            .expect("a program"),
+    )
+    .expect("program JSON");
+    let port = program["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["port"] == 5432)
+        .expect("port 5432")
+        .clone();
+    let backends: Vec<(String, u64, bool)> = port["routes"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap_or_default().to_string(),
+                b["weight"].as_u64().unwrap_or_default(),
+                b["usable"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("db".to_string(), 3, true),
+            ("missing".to_string(), 1, false)
+        ],
+        "an unset weight is 1; a missing backend keeps its share, refused"
+    );
+    assert_eq!(
+        service["metadata"]["ownerReferences"][0]["kind"], "Gateway",
+        "the Gateway owns its Service"
+    );
+    drop(controller);
+}
