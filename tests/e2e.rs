@@ -544,6 +544,93 @@ fn fetch(lab: &Lab, client: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Waits for the gossip Secret the controller creates, and returns its key.
+async fn gossip_secret(client: &Client) -> k8s_openapi::ByteString {
+    wait_for(
+        "the controller to create the gossip Secret",
+        PATIENCE,
+        || async {
+            Api::<Secret>::namespaced(client.clone(), "ironlb-system")
+                .get_opt("ironlb-gossip")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.data)
+                .and_then(|d| d.get(ironlb::controller::GOSSIP_SECRET_KEY).cloned())
+        },
+    )
+    .await
+}
+
+/// Creates Node `name` with InternalIP `address` (no kubelet makes it).
+async fn create_node(client: &Client, name: &str, address: &str) {
+    let nodes = Api::<Node>::all(client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).expect("node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": address}]}});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("node address");
+}
+
+/// Creates pool `pool_name` holding [`VIP`] and an L2Advertisement of it on
+/// the lab nodes' `eth0`, named `ad_name`.
+async fn announced_pool(client: &Client, pool_name: &str, ad_name: &str) {
+    create_pool(client, pool(pool_name, &[VIP])).await;
+    let ad = L2Advertisement::new(
+        ad_name,
+        L2AdvertisementSpec {
+            ip_address_pools: vec![pool_name.to_string()],
+            interfaces: vec!["eth0".into()],
+            ..Default::default()
+        },
+    );
+    Api::<L2Advertisement>::all(client.clone())
+        .create(&PostParams::default(), &ad)
+        .await
+        .expect("create L2Advertisement");
+}
+
+/// Starts a speaker as node `node` in namespace `node_ns` (whose `eth0` is
+/// `address`), with the speaker ServiceAccount's kubeconfig, gossiping on
+/// port 7947 with `seeds`; logs to `log`. Returns its index in the lab.
+#[allow(clippy::too_many_arguments)]
+fn spawn_speaker(
+    lab: &mut Lab,
+    node_ns: &str,
+    node: &str,
+    address: &str,
+    kubeconfig: &Path,
+    secret_file: &Path,
+    seeds: &[String],
+    log: &Path,
+) -> usize {
+    let listen = format!("{address}:7947");
+    let seeds = seeds.join(",");
+    let mut args = vec![
+        "speaker",
+        "--kubeconfig",
+        kubeconfig.to_str().expect("utf-8 path"),
+        "--node",
+        node,
+        "--default-class=false",
+        "--metrics-addr",
+        "127.0.0.1:9121",
+        "--gossip-listen",
+        &listen,
+        "--gossip-secret-file",
+        secret_file.to_str().expect("utf-8 path"),
+    ];
+    if !seeds.is_empty() {
+        args.extend(["--gossip-seeds", &seeds]);
+    }
+    lab.spawn(node_ns, env!("CARGO_BIN_EXE_ironlb"), &args, log)
+}
+
 fn wait_fetch(lab: &Lab, client: &str, what: &str, logs: &dyn Fn() -> String) -> Duration {
     let started = Instant::now();
     loop {
@@ -629,55 +716,19 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
     };
     let leader = wait_for("a controller to lead", PATIENCE, || holder(&client)).await;
     assert!(leader.starts_with("e2e-ctl-"), "leader {leader}");
-    let secret = wait_for(
-        "the controller to create the gossip Secret",
-        PATIENCE,
-        || async {
-            Api::<Secret>::namespaced(client.clone(), "ironlb-system")
-                .get_opt("ironlb-gossip")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|s| s.data)
-                .and_then(|d| d.get(ironlb::controller::GOSSIP_SECRET_KEY).cloned())
-        },
-    )
-    .await;
+    let secret = gossip_secret(&client).await;
     assert!(secret.0.len() >= 32, "a 32-byte random secret");
 
     // The world, as an operator makes it.
     let ns = Made::namespace(&cluster, &client, &unique("lab")).await;
     let pool_name = unique("lab");
-    create_pool(&client, pool(&pool_name, &[VIP])).await;
-    let ad_name = unique("lab");
-    let ad = L2Advertisement::new(
-        &ad_name,
-        L2AdvertisementSpec {
-            ip_address_pools: vec![pool_name.clone()],
-            interfaces: vec!["eth0".into()],
-            ..Default::default()
-        },
-    );
-    Api::<L2Advertisement>::all(client.clone())
-        .create(&PostParams::default(), &ad)
-        .await
-        .expect("create L2Advertisement");
-    let nodes_api = Api::<Node>::all(client.clone());
+    announced_pool(&client, &pool_name, &unique("lab")).await;
     let _made_nodes: Vec<Made> = nodes
         .iter()
         .map(|(n, _)| Made::new(&cluster, "node", n))
         .collect();
     for (i, (name, _)) in nodes.iter().enumerate() {
-        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).expect("node");
-        nodes_api
-            .create(&PostParams::default(), &node)
-            .await
-            .expect("create node");
-        let address = json!({"status": {"addresses": [{"type": "InternalIP", "address": format!("10.77.0.1{}", i + 1)}]}});
-        nodes_api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(address))
-            .await
-            .expect("node address");
+        create_node(&client, name, &format!("10.77.0.1{}", i + 1)).await;
     }
     let svc = Svc::lb(&ns.name, "web");
     nginx_service(&client, &ns.name, svc, &nodes[0].0).await;
@@ -716,25 +767,14 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
             .filter(|j| *j != i + 1)
             .map(|j| format!("10.77.0.1{j}:7947"))
             .collect();
-        let idx = lab.spawn(
+        let idx = spawn_speaker(
+            &mut lab,
             node_ns,
-            env!("CARGO_BIN_EXE_ironlb"),
-            &[
-                "speaker",
-                "--kubeconfig",
-                speaker_kubeconfig.to_str().expect("utf-8 path"),
-                "--node",
-                name,
-                "--default-class=false",
-                "--metrics-addr",
-                "127.0.0.1:9121",
-                "--gossip-listen",
-                &format!("10.77.0.1{}:7947", i + 1),
-                "--gossip-seeds",
-                &seeds.join(","),
-                "--gossip-secret-file",
-                secret_file.to_str().expect("utf-8 path"),
-            ],
+            name,
+            &format!("10.77.0.1{}", i + 1),
+            &speaker_kubeconfig,
+            &secret_file,
+            &seeds,
             &dir.join(format!("speaker-{}.log", i + 1)),
         );
         speakers.push(idx);
@@ -1473,51 +1513,18 @@ async fn a_gateway_address_carries_tcp_udp_and_tls_routes_to_their_backends() {
         "gw-ctl",
         &["--default-class=false"],
     );
-    let secret = wait_for("the gossip Secret", PATIENCE, || async {
-        Api::<Secret>::namespaced(client.clone(), "ironlb-system")
-            .get_opt("ironlb-gossip")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|s| s.data)
-            .and_then(|d| d.get(ironlb::controller::GOSSIP_SECRET_KEY).cloned())
-    })
-    .await;
+    let secret = gossip_secret(&client).await;
 
     // The cluster's side: the node, a pool and advertisement, the backend
     // Services with their endpoints, the class, the Gateway and its routes.
     let _node = Made::new(&cluster, "node", &node);
-    let node_object: Node =
-        serde_json::from_value(json!({"metadata": {"name": node}})).expect("node");
-    let nodes = Api::<Node>::all(client.clone());
-    nodes
-        .create(&PostParams::default(), &node_object)
-        .await
-        .expect("create node");
-    let address =
-        json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.77.0.11"}]}});
-    nodes
-        .patch_status(&node, &PatchParams::default(), &Patch::Merge(address))
-        .await
-        .expect("node address");
+    create_node(&client, &node, "10.77.0.11").await;
     let ns = Made::namespace(&cluster, &client, &unique("gw-lab")).await;
     let pool_name = unique("gw-lab");
-    create_pool(&client, pool(&pool_name, &[VIP])).await;
-    let _pool = Made::new(&cluster, "ipaddresspool", &pool_name);
     let ad_name = unique("gw-lab");
+    let _pool = Made::new(&cluster, "ipaddresspool", &pool_name);
     let _ad = Made::new(&cluster, "l2advertisement", &ad_name);
-    let ad = L2Advertisement::new(
-        &ad_name,
-        L2AdvertisementSpec {
-            ip_address_pools: vec![pool_name.clone()],
-            interfaces: vec!["eth0".into()],
-            ..Default::default()
-        },
-    );
-    Api::<L2Advertisement>::all(client.clone())
-        .create(&PostParams::default(), &ad)
-        .await
-        .expect("create L2Advertisement");
+    announced_pool(&client, &pool_name, &ad_name).await;
     let class = unique("gw-lab");
     let _class = Made::new(&cluster, "gatewayclass", &class);
     let n = &ns.name;
@@ -1612,23 +1619,14 @@ endpoints: [{{addresses: [{address}], nodeName: {node}, conditions: {{ready: tru
     std::fs::write(&secret_file, &secret.0).expect("write the gossip secret");
     let api = cluster.server_addr();
     let relay = relay(&node_ns, api, api);
-    lab.spawn(
+    spawn_speaker(
+        &mut lab,
         &node_ns,
-        env!("CARGO_BIN_EXE_ironlb"),
-        &[
-            "speaker",
-            "--kubeconfig",
-            speaker_kubeconfig.to_str().expect("utf-8 path"),
-            "--node",
-            &node,
-            "--default-class=false",
-            "--metrics-addr",
-            "127.0.0.1:9121",
-            "--gossip-listen",
-            "10.77.0.11:7947",
-            "--gossip-secret-file",
-            secret_file.to_str().expect("utf-8 path"),
-        ],
+        &node,
+        "10.77.0.11",
+        &speaker_kubeconfig,
+        &secret_file,
+        &[],
         &dir.join("speaker.log"),
     );
     let logs = || {

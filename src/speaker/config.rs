@@ -180,19 +180,26 @@ fn static_tls_routing(p: &StaticPort, target: u16) -> Result<FrontendRouting, St
                 endpoints: r
                     .endpoints
                     .iter()
-                    .map(|e| Endpoint {
-                        address: e.address,
-                        node: e.node.clone(),
-                        ready: true,
-                        serving: true,
-                        ports: [((port.clone(), Protocol::Tcp), target)].into(),
-                    })
+                    .map(|e| e.endpoint([((port.clone(), Protocol::Tcp), target)].into()))
                     .collect(),
                 port: Some(port),
             }],
         });
     }
     Ok(FrontendRouting { sni: true, routes })
+}
+
+impl StaticEndpoint {
+    /// The endpoint, always ready, serving `ports`.
+    fn endpoint(&self, ports: BTreeMap<(String, Protocol), u16>) -> Endpoint {
+        Endpoint {
+            address: self.address,
+            node: self.node.clone(),
+            ready: true,
+            serving: true,
+            ports,
+        }
+    }
 }
 
 /// What the forwarder is asked to carry, and the Services it can't.
@@ -498,13 +505,7 @@ impl StaticConfig {
                 endpoints: s
                     .endpoints
                     .iter()
-                    .map(|e| Endpoint {
-                        address: e.address,
-                        node: e.node.clone(),
-                        ready: true,
-                        serving: true,
-                        ports: endpoint_ports.clone(),
-                    })
+                    .map(|e| e.endpoint(endpoint_ports.clone()))
                     .collect(),
             });
         }
