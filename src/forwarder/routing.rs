@@ -236,7 +236,56 @@ mod tests {
         }
     }
 
+    /// Hostnames over a small alphabet, so that routes and names overlap.
+    fn pattern() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ab]\\.[ab]\\.example",
+            "\\*\\.[ab]\\.example",
+            Just("*.example".to_string()),
+        ]
+    }
+
     proptest! {
+        /// The chosen route takes the name, no route takes it more
+        /// specifically, and among equals it is the oldest; a name some
+        /// route takes is never refused.
+        #[test]
+        fn the_chosen_route_is_the_most_specific_then_the_oldest(
+            routes in proptest::collection::vec(proptest::collection::vec(pattern(), 0..3), 0..6),
+            name in "[ab]\\.[ab]\\.example",
+        ) {
+            let routing = Routing {
+                sni: true,
+                routes: routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let h: Vec<&str> = h.iter().map(String::as_str).collect();
+                        route(&i.to_string(), &h)
+                    })
+                    .collect(),
+            };
+            let score = |r: &Route| {
+                if r.hostnames.is_empty() {
+                    return Some((0, 0));
+                }
+                r.hostnames.iter().filter_map(|p| specificity(p, &name)).max()
+            };
+            match routing.route(Some(&name)) {
+                None => prop_assert!(routing.routes.iter().all(|r| score(r).is_none())),
+                Some(chosen) => {
+                    let best = score(chosen).expect("the chosen route takes the name");
+                    let index: usize = chosen.name.parse().unwrap();
+                    for (i, r) in routing.routes.iter().enumerate() {
+                        if let Some(s) = score(r) {
+                            prop_assert!(s < best || (s == best && i >= index),
+                                "route {i} ({:?}) beats {index} ({:?})", r.hostnames, chosen.hostnames);
+                        }
+                    }
+                }
+            }
+        }
+
         /// Every run of consecutive picks, from any start, gives each share
         /// its weight's part of the run within a few picks.
         #[test]

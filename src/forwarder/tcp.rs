@@ -322,21 +322,21 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
     ctx.balancer
         .stick(peer.ip(), &backend, shared.policy.affinity, now);
     let _ = upstream.set_nodelay(true);
-    if let Some(version) = shared.policy.proxy {
-        let local = client.local_addr().unwrap_or(peer);
-        let header = proxy_header::tcp(version, peer, local);
-        if upstream.write_all(&header).await.is_err() {
-            reset(client);
-            return;
+    // The PROXY header and the bytes read before choosing (a ClientHello)
+    // go in one write: one segment to the backend, not two.
+    let mut first = match shared.policy.proxy {
+        Some(version) => {
+            let local = client.local_addr().unwrap_or(peer);
+            proxy_header::tcp(version, peer, local)
         }
+        None => Vec::new(),
+    };
+    first.extend_from_slice(&hello.bytes);
+    if !first.is_empty() && upstream.write_all(&first).await.is_err() {
+        reset(client);
+        return;
     }
-    if !hello.bytes.is_empty() {
-        if upstream.write_all(&hello.bytes).await.is_err() {
-            reset(client);
-            return;
-        }
-        counters.up.inc_by(hello.bytes.len() as u64);
-    }
+    counters.up.inc_by(hello.bytes.len() as u64);
     counters.connections.inc();
     counters.active.inc();
     // A connection outlives its backend's endpoint (the pod may still be
