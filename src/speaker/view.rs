@@ -629,10 +629,16 @@ type GatewayPorts = BTreeMap<(u16, Protocol), FrontendRouting>;
 fn gateway_routing(svc: &Service, view: &ClusterView<'_>) -> Result<Option<GatewayPorts>, String> {
     use crate::api::annotations::GATEWAY_PROGRAM;
     use crate::gateway::attach::{self, Program};
+    // The Service the controller keeps for its Gateway owner, by its name:
+    // another Service pointing at the same Gateway cannot take that name, and
+    // one pointing at a Gateway that does not exist is deleted by the
+    // garbage collector.
     let by_gateway = svc.owner_references().iter().any(|o| {
         o.controller == Some(true)
             && o.kind == "Gateway"
             && o.api_version.starts_with("gateway.networking.k8s.io/")
+            && svc.metadata.name.as_deref()
+                == Some(&crate::gateway::controller::service_name(&o.name))
     });
     let Some(text) = svc
         .annotations()
@@ -960,8 +966,13 @@ mod tests {
         assert!(tls_routing.sni, "a TLS listener routes by server name");
         assert_eq!(tls_routing.routes[0].hostnames, ["*.example.com"]);
 
-        // The annotation on a Service no Gateway controls is not read.
+        // The annotation on a Service no Gateway controls, or on one that is
+        // not the Service the controller keeps for its Gateway, is not read.
         let forged = listeners(&[gateway_service("Deployment"), db.clone()]);
+        assert!(forged.iter().all(|l| l.routing.is_none()));
+        let mut renamed = gateway_service("Gateway");
+        renamed.metadata.name = Some("my-own".into());
+        let forged = listeners(&[renamed, db.clone()]);
         assert!(forged.iter().all(|l| l.routing.is_none()));
 
         // An unreadable program leaves the Service out, naming the annotation.
