@@ -157,6 +157,10 @@ async fn tls_passthrough_routes_by_name_and_turns_away_what_it_cannot_route() {
     // takes every name here), a forged record length: the alert, then EOF.
     let mut forged = hello.clone();
     forged[3..5].copy_from_slice(&[0xff, 0xff]);
+    // A record length within TLS's limit but past the one-record read:
+    // turned away once that much has come, not waited for.
+    let mut oversized = vec![0x16, 0x03, 0x01, 0x40, 0xff, 0x01];
+    oversized.resize(20_000, 0x42);
     for (what, bytes) in [
         ("unknown name", sni::client_hello(Some("db.other.org"))),
         (
@@ -165,6 +169,7 @@ async fn tls_passthrough_routes_by_name_and_turns_away_what_it_cannot_route() {
         ),
         ("no name", sni::client_hello(None)),
         ("forged length", forged),
+        ("past one record", oversized),
     ] {
         assert_eq!(
             exchange(vip, &bytes, true).await,
@@ -172,7 +177,7 @@ async fn tls_passthrough_routes_by_name_and_turns_away_what_it_cannot_route() {
             "{what}"
         );
     }
-    assert_eq!(counted(&metrics, "refused", "reason=\"no_route\""), 4);
+    assert_eq!(counted(&metrics, "refused", "reason=\"no_route\""), 5);
 
     // Silence, or half a hello, until the handshake timeout: closed with
     // nothing sent on, no backend reached, counted as a handshake timeout.

@@ -396,7 +396,9 @@ async fn read_hello(client: &TcpStream, patience: Duration) -> Result<Hello, boo
             return Ok(Hello { bytes, server_name });
         }
         if bytes.len() == bytes.capacity() {
-            bytes.reserve((bytes.capacity()).min(sni::MAX_HELLO - bytes.len()));
+            // Exact, so the buffer never holds more than MAX_HELLO: parse
+            // says Incomplete only below it.
+            bytes.reserve_exact(bytes.capacity().min(sni::MAX_HELLO - bytes.len()));
         }
         let read = tokio::time::timeout_at(deadline, async {
             loop {
