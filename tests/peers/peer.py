@@ -218,14 +218,7 @@ def burst(host, port, total, batch, timeout):
     def one(i):
         try:
             s = socket.create_connection((host, port), timeout=timeout)
-            s.sendall(b"burst%d" % i)
-            s.shutdown(socket.SHUT_WR)
-            data = b""
-            while True:
-                c = s.recv(65536)
-                if not c:
-                    break
-                data += c
+            data = send_and_read(s, b"burst%d" % i)
             how = "answered" if b"got=burst%d" % i in data else "empty"
         except ConnectionResetError:
             how = "reset"
@@ -241,6 +234,18 @@ def burst(host, port, total, batch, timeout):
     print(" ".join("%s=%d" % kv for kv in sorted(out.items())))
 
 
+def send_and_read(s, message):
+    """Sends message, half-closes, and returns everything received."""
+    s.sendall(message)
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def backend_of(answer):
     for word in answer.split():
         if word.startswith(b"at="):
@@ -253,14 +258,7 @@ def spread(host, port, count):
     for _ in range(count):
         try:
             c = socket.create_connection((host, port), timeout=5)
-            c.sendall(b"spread\n")
-            c.shutdown(socket.SHUT_WR)
-            data = b""
-            while True:
-                chunk = c.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = send_and_read(c, b"spread\n")
             c.close()
             seen[backend_of(data) or "failed"] += 1
         except OSError:
