@@ -1874,7 +1874,7 @@ fn a_stopped_speaker_lets_a_transfer_in_flight_finish() {
     assert!(log.contains("connections drained"), "{log}");
     assert!(
         waited > Duration::from_secs(1) && waited < Duration::from_secs(20),
-        "the speaker exited after {waited:?}, not when the transfer ended"
+        "the speaker exited after {waited:?}, not when the transfer ended:\n{log}"
     );
     let node = w.nodes[0].clone();
     let lo = w
