@@ -192,6 +192,24 @@ async fn tls_passthrough_routes_by_name_and_turns_away_what_it_cannot_route() {
     assert_eq!(counted(&metrics, "timeouts", "timeout=\"handshake\""), 2);
 }
 
+/// A TCP port of a Gateway with no route attached resets its clients, as a
+/// Service without endpoints does: no TLS alert to a client that speaks no
+/// TLS.
+#[tokio::test]
+async fn a_tcp_port_without_a_route_resets_without_an_alert() {
+    let metrics = Metrics::default();
+    let mut forwarder = Forwarder::new(Settings::default(), metrics.clone());
+    let vip = listen(
+        &mut forwarder,
+        Routing {
+            sni: false,
+            routes: vec![],
+        },
+    );
+    assert_eq!(exchange(vip, b"SELECT 1;", true).await, b"");
+    assert_eq!(counted(&metrics, "refused", "reason=\"no_route\""), 1);
+}
+
 #[tokio::test]
 async fn an_unusable_backends_share_is_refused_not_spread() {
     let mut live = recorder("live").await;

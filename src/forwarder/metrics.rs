@@ -55,8 +55,9 @@ pub enum Refusal {
     FlowTableFull,
     /// No backend accepted.
     NoBackend,
-    /// On a Gateway's TLS port, no route takes the ClientHello's server
-    /// name (or the client sent no ClientHello).
+    /// On a Gateway's port, no route takes the connection: none attached,
+    /// or on a TLS port none for the ClientHello's server name (or no
+    /// ClientHello came).
     NoRoute,
 }
 

@@ -269,8 +269,9 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
         stop,
         ctx,
     } = listener;
-    let hello = match shared.routing.as_ref().filter(|r| r.sni) {
-        Some(_) => match read_hello(&client, ctx.settings.tcp_handshake).await {
+    let sni = shared.routing.as_ref().is_some_and(|r| r.sni);
+    let hello = if sni {
+        match read_hello(&client, ctx.settings.tcp_handshake).await {
             Ok(hello) => hello,
             Err(timed_out) => {
                 if timed_out {
@@ -278,15 +279,18 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
                 }
                 return;
             }
-        },
-        None => Hello::default(),
+        }
+    } else {
+        Hello::default()
     };
     let backends = match shared.backends_for(&ctx.spreader, hello.server_name.as_deref()) {
         Ok(b) => b,
         Err(why) => {
             debug!(client = %peer, server_name = ?hello.server_name, ?why, "refused");
             ctx.metrics.refuse(&shared.service, why);
-            if why == Refusal::NoRoute {
+            // The alert only to a TLS client; on a TCP port without a
+            // route the client is reset, as on a Service without endpoints.
+            if why == Refusal::NoRoute && sni {
                 unrecognized_name(client).await;
             } else {
                 reset(client);
