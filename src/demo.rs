@@ -220,7 +220,8 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
     }
     let owner = wait_until("a node to own the address", Duration::from_secs(15), || {
         owner_of(nodes)
-    })?;
+    })
+    .map_err(|e| explained(e, &dir))?;
     detail(&format!(
         "{owner} owns {ADDRESS}: it answers ARP for it and forwards its traffic"
     ));
@@ -228,7 +229,8 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
     step(4, &format!("the client asks http://{ADDRESS}/"));
     let backend_saw = wait_until("an answer", Duration::from_secs(10), || {
         in_netns(client, || http_get(ADDRESS, Duration::from_secs(1)))
-    })?;
+    })
+    .map_err(|e| explained(e, &dir))?;
     detail(&format!(
         "nginx answered: \"nginx saw client {backend_saw}\" — the client is {CLIENT}{}",
         if backend_saw == CLIENT {
@@ -484,7 +486,8 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         "the router to learn three paths",
         Duration::from_secs(30),
         || (hops() == 3).then_some(()),
-    )?;
+    )
+    .map_err(|e| explained(e, dir))?;
     detail(&format!(
         "the router's table (ECMP over the three nodes):\n        {}",
         table().trim().replace('\n', "\n        ")
@@ -522,7 +525,8 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
     );
     let backend_saw = wait_until("an answer", Duration::from_secs(10), || {
         in_netns(&client, || http_get(ADDRESS, Duration::from_secs(1)))
-    })?;
+    })
+    .map_err(|e| explained(e, dir))?;
     detail(&format!(
         "nginx answered: \"nginx saw client {backend_saw}\""
     ));
@@ -753,6 +757,11 @@ fn preflight(opts: &Options) -> anyhow::Result<()> {
     if !have("nginx") {
         missing.push("nginx");
     }
+    // The speakers keep the node's own ports off the Service address with
+    // nftables; without it they give the address up.
+    if !have("nft") {
+        missing.push("nftables");
+    }
     if opts.bgp && !Path::new("/usr/lib/frr/bgpd").exists() {
         missing.push("frr");
     }
@@ -904,6 +913,41 @@ fn udp_echo() -> bool {
     false
 }
 
+/// `err` with what the speakers warned of in their logs (`dir`), so a wait
+/// that timed out says why: a node that cannot filter or listen says so.
+fn explained(err: anyhow::Error, dir: &Path) -> anyhow::Error {
+    let said = speaker_warnings(dir);
+    if said.is_empty() {
+        return err;
+    }
+    anyhow::anyhow!(
+        "{err}; the speakers said:\n  {}\n(their logs: {}/speaker-node-*.log)",
+        said.join("\n  "),
+        dir.display()
+    )
+}
+
+/// The distinct warnings and errors of the speakers' logs in `dir`, as
+/// `node-N: message`, at most eight.
+fn speaker_warnings(dir: &Path) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for i in 1..=3 {
+        let log = std::fs::read_to_string(dir.join(format!("speaker-node-{i}.log")));
+        for line in log.unwrap_or_default().lines() {
+            // `<time>  WARN target: message fields`: keep from the level on.
+            let Some(at) = line.find(" WARN ").or_else(|| line.find(" ERROR ")) else {
+                continue;
+            };
+            let message = line[at..].trim().to_string();
+            if out.len() < 8 && seen.insert(message.clone()) {
+                out.push(format!("node-{i}: {message}"));
+            }
+        }
+    }
+    out
+}
+
 /// Polls `f` until it returns something, printing a line every second so no
 /// step is silent.
 fn wait_until<T>(
@@ -935,5 +979,40 @@ pub fn udp_echo_server(listen: SocketAddr) -> std::io::Result<()> {
     loop {
         let (n, from) = socket.recv_from(&mut buf)?;
         socket.send_to(&buf[..n], from)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wait that timed out carries the speakers' warnings, once each.
+    #[test]
+    fn a_timeout_says_what_the_speakers_warned_of() {
+        let dir = std::env::temp_dir().join(format!("ironlb-demo-warn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let warning = "2026-12-04T10:00:00.000000Z  WARN ironlb::speaker::executor: cannot write the \
+                       nftables table error=the nft command is not installed";
+        std::fs::write(
+            dir.join("speaker-node-1.log"),
+            format!("2026-12-04T10:00:00.000000Z  INFO ironlb: starting\n{warning}\n{warning}\n"),
+        )
+        .unwrap();
+        let err = explained(
+            anyhow::anyhow!("timed out after 10 s waiting for an answer"),
+            &dir,
+        );
+        let said = err.to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            said.starts_with("timed out after 10 s waiting for an answer; the speakers said:"),
+            "{said}"
+        );
+        assert_eq!(
+            said.matches("the nft command is not installed").count(),
+            1,
+            "{said}"
+        );
+        assert!(!said.contains("starting"), "{said}");
     }
 }

@@ -19,6 +19,22 @@ use tracing::info;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the controller and speaker log: `text` (colours only on a
+    /// terminal) or `json` (one object per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "IRONLB_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -38,6 +54,10 @@ enum Command {
     /// Show pools and LoadBalancer Services: addresses, pool, announcing node
     /// and interface, forwarding mode.
     Status(StatusArgs),
+    /// Prepare the cluster for `kubectl delete -k deploy/`: stop the
+    /// controller, release the pools' finalizers and (unless
+    /// --keep-service-addresses) take ironlb's addresses off the Services.
+    Uninstall(UninstallArgs),
     /// Show ironlb working on this machine (root): three nodes, a client and
     /// backends in network namespaces; ownership, the client address the
     /// backend sees, and a measured failover. Cleans up after itself.
@@ -52,9 +72,14 @@ enum Command {
 
 #[derive(Args)]
 struct StatusArgs {
-    /// Kubeconfig to use; else $KUBECONFIG, else the in-cluster service account.
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig to use; else as kubectl finds it ($KUBECONFIG, a
+    /// colon-separated list, else ~/.kube/config), else the in-cluster
+    /// service account.
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
     /// `table` or `json`.
     #[arg(short = 'o', long = "output", default_value = "table")]
     output: OutputFormat,
@@ -62,6 +87,24 @@ struct StatusArgs {
     /// controller's --default-class).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     default_class: bool,
+}
+
+#[derive(Args)]
+struct UninstallArgs {
+    /// Kubeconfig to use; else as kubectl finds it.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
+    /// Where ironlb is installed.
+    #[arg(long, default_value = "ironlb-system")]
+    namespace: String,
+    /// Leave the Services' addresses in their status (for another provider
+    /// that adopts them, such as MetalLB); by default they are removed,
+    /// since nothing announces them any more.
+    #[arg(long)]
+    keep_service_addresses: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -103,8 +146,10 @@ struct SpeakerArgs {
     /// Where /healthz, /readyz and /metrics listen.
     #[arg(long, default_value = "0.0.0.0:9121")]
     metrics_addr: SocketAddr,
-    /// Kubeconfig to use; else $KUBECONFIG, else the in-cluster service account.
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig to use; else as kubectl finds it ($KUBECONFIG, a
+    /// colon-separated list, else ~/.kube/config), else the in-cluster
+    /// service account.
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Where this speaker gossips, `address:port`; the address must be this
     /// node's, reachable by the others (without --static).
@@ -126,6 +171,11 @@ struct SpeakerArgs {
     /// Serve Services that have no spec.loadBalancerClass (without --static).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     default_class: bool,
+    /// Forward the routes of Gateways of ironlb's GatewayClasses, read from
+    /// the Gateway API objects (without --static; it waits quietly while the
+    /// Gateway API CRDs are not installed).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    gateway: bool,
     /// Gratuitous ARP / unsolicited NA packets sent on takeover (without --static).
     #[arg(long, default_value_t = ironlb::speaker::DEFAULT_ANNOUNCE_COUNT)]
     announce_count: u32,
@@ -231,8 +281,10 @@ struct InterfacesArgs {
 
 #[derive(Args)]
 struct ControllerArgs {
-    /// Kubeconfig to use; else $KUBECONFIG, else the in-cluster service account.
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig to use; else as kubectl finds it ($KUBECONFIG, a
+    /// colon-separated list, else ~/.kube/config), else the in-cluster
+    /// service account.
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Serve Services that have no spec.loadBalancerClass (as well as those of class
     /// ironlb.dev/ironlb).
@@ -281,13 +333,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Interfaces(args) => runtime(false)?.block_on(interfaces(args))?,
         Command::Demo(args) => demo(args)?,
         Command::Status(args) => runtime(false)?.block_on(status(args))?,
+        Command::Uninstall(args) => runtime(false)?.block_on(uninstall(args))?,
         Command::DemoUdpEcho { listen } => ironlb::demo::udp_echo_server(listen)?,
         Command::Speaker(args) => {
-            init_logs();
+            init_logs(cli.log_format);
             runtime(true)?.block_on(run_speaker(*args))?;
         }
         Command::Controller(args) => {
-            init_logs();
+            init_logs(cli.log_format);
             runtime(true)?.block_on(run_controller(args))?;
         }
     }
@@ -305,10 +358,42 @@ fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let status = ironlb::status::fetch(client(args.kubeconfig).await?, args.default_class)
+async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let client = client(args.kubeconfig, args.context).await?;
+    let done = ironlb::uninstall::prepare(client, &args.namespace, !args.keep_service_addresses)
         .await
-        .context("reading pools, Services and ServiceL2Statuses")?;
+        .context("preparing the uninstall")?;
+    if done.controller_stopped {
+        println!(
+            "stopped the controller ({}/ironlb-controller scaled to 0)",
+            args.namespace
+        );
+    }
+    println!(
+        "released {} pool(s): {}",
+        done.pools_released.len(),
+        done.pools_released.join(", ")
+    );
+    if args.keep_service_addresses {
+        println!("left the Services' addresses in their status (--keep-service-addresses)");
+    } else {
+        println!(
+            "took ironlb's address off {} Service(s): {}",
+            done.services_cleaned.len(),
+            done.services_cleaned.join(", ")
+        );
+    }
+    println!("now: kubectl delete -k deploy/   (or the overlay you installed)");
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let status = ironlb::status::fetch(
+        client(args.kubeconfig, args.context).await?,
+        args.default_class,
+    )
+    .await
+    .context("reading pools, Services and ServiceL2Statuses")?;
     match args.output {
         OutputFormat::Table => print!("{}", ironlb::status::table(&status)),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
@@ -349,13 +434,20 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logs() {
-    tracing_subscriber::fmt()
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube_lease_manager=warn".into()),
         )
-        .init();
+        // Colour codes only where a person reads them: `kubectl logs` and
+        // files would show them as garbage.
+        .with_ansi(std::io::stdout().is_terminal());
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 /// A token cancelled by SIGINT or SIGTERM.
@@ -458,9 +550,12 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
         forwarding: args.forward.tuning().settings(),
     };
     ironlb::speaker::run_kubernetes(
-        client(args.kubeconfig).await?,
+        client(args.kubeconfig, None).await?,
         speaker,
-        args.default_class,
+        ironlb::speaker::ClusterOptions {
+            default_class: args.default_class,
+            gateway: args.gateway,
+        },
         Some(listener),
         shutdown_on_signal(),
         handover,
@@ -530,23 +625,65 @@ async fn interfaces(args: InterfacesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+/// A client as kubectl would make it: `--kubeconfig`, else `$KUBECONFIG` (a
+/// colon-separated list, merged), else `~/.kube/config`, else the Pod's
+/// service account; `context` picks a kubeconfig context.
+async fn client(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> anyhow::Result<kube::Client> {
+    let options = KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
     let config = match &kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .with_context(|| format!("using kubeconfig {}", path.display()))?
         }
-        None => kube::Config::incluster()
-            .context("no --kubeconfig given and not running in a cluster")?,
+        None => match kubectl_kubeconfig()? {
+            Some(kc) => kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .context("using the kubeconfig from $KUBECONFIG or ~/.kube/config")?,
+            None => kube::Config::incluster().map_err(|_| {
+                anyhow::anyhow!(
+                    "no kubeconfig: none given with --kubeconfig, none in $KUBECONFIG or at \
+                     ~/.kube/config, and this is not a Pod with a service account"
+                )
+            })?,
+        },
     };
     Ok(kube::Client::try_from(config)?)
 }
 
+/// The kubeconfig kubectl would use: the files `$KUBECONFIG` lists that
+/// exist, merged in order (kubectl skips missing ones, which kube's own
+/// reader refuses), else `~/.kube/config`; `None` when there is neither.
+fn kubectl_kubeconfig() -> anyhow::Result<Option<Kubeconfig>> {
+    let paths: Vec<PathBuf> = match std::env::var_os("KUBECONFIG") {
+        Some(list) => std::env::split_paths(&list).collect(),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".kube/config"))
+            .into_iter()
+            .collect(),
+    };
+    let mut merged: Option<Kubeconfig> = None;
+    for path in paths.iter().filter(|p| p.is_file()) {
+        let kc = Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        merged = Some(match merged {
+            Some(m) => m.merge(kc)?,
+            None => kc,
+        });
+    }
+    Ok(merged)
+}
+
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = client(args.kubeconfig).await?;
+    let client = client(args.kubeconfig, None).await?;
     if !args.gossip_secret.is_empty() {
         match controller::ensure_gossip_secret(
             client.clone(),

@@ -342,6 +342,16 @@ fn frr_learns_every_nodes_route_and_traffic_crosses_all_three() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Each node's metrics say its session is up (what an alert reads).
+    for ns in &w.nodes {
+        let page = w
+            .lab
+            .exec_ok(ns, &["curl", "-sS", "http://127.0.0.1:9121/metrics"]);
+        assert!(
+            page.contains("ironlb_speaker_bgp_session_established{peer=\"tor\"} 1"),
+            "{ns}:\n{page}"
+        );
+    }
     // Only the node with the endpoint advertises the Local Service.
     assert_eq!(
         w.next_hops(LOCAL_VIP),

@@ -194,8 +194,8 @@ fn cel_rules_compile_and_fit_the_cost_budget() {
         .expect("addresses has items");
     assert_eq!(
         entry.validations.len(),
-        2,
-        "both entry rules sit on the items"
+        6,
+        "the syntax, host-bits and four special-purpose rules sit on the items"
     );
     for rule in entry.validations.iter().flatten() {
         let warnings = estimate_rule_cost(&rule.rule.rule, entry);
@@ -322,6 +322,7 @@ fn every_selector_operator_is_an_enum_the_api_server_enforces() {
     assert_eq!(
         paths,
         [
+            "IPAddressPool.spec.crossNamespaceSharing.namespaceSelectors[].matchExpressions[].operator",
             "IPAddressPool.spec.serviceAllocation.namespaceSelectors[].matchExpressions[].operator",
             "IPAddressPool.spec.serviceAllocation.serviceSelectors[].matchExpressions[].operator",
             "L2Advertisement.spec.ipAddressPoolSelectors[].matchExpressions[].operator",
@@ -392,6 +393,29 @@ fn cel_rejects_host_bits_and_names_the_network_meant() {
           (the whole network) or 10.1.0.9/32 (one address)"
         ]
     );
+}
+
+#[test]
+fn cel_rejects_special_purpose_addresses_naming_the_kind() {
+    for (bad, kind) in [
+        ("0.0.0.0/0", "the unspecified address"),
+        ("127.0.0.1", "a loopback address"),
+        ("10.0.0.250-127.0.0.1", "a loopback address"),
+        ("169.254.1.0/24", "a link-local address"),
+        ("224.0.0.0/4", "a multicast or broadcast address"),
+        ("255.255.255.255", "a multicast or broadcast address"),
+        ("::/0", "the unspecified address"),
+        ("::1", "a loopback address"),
+        ("fe80::/64", "a link-local address"),
+        ("ff02::1", "a multicast or broadcast address"),
+    ] {
+        let errors = cel_errors(&pool(&["10.0.0.0/24", bad]));
+        assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("{bad} is or holds {kind} (")),
+            "{bad}: {errors:?}"
+        );
+    }
 }
 
 #[test]

@@ -166,3 +166,44 @@ fn the_bgp_demo_routes_through_every_node_and_bfd_takes_a_cut_node_out() {
         "namespaces left behind"
     );
 }
+
+/// Without nftables, which the speakers filter a Service address's ports
+/// with, and told not to install anything, the demo stops before it starts
+/// and names the package, rather than timing out without a reason.
+#[test]
+fn without_nft_the_demo_names_the_package_instead_of_timing_out() {
+    if skip("demo-without-nft") {
+        return;
+    }
+    let prefix = format!("ilbn{}", std::process::id());
+    // A PATH with what the demo needs but nft.
+    let bin = std::env::temp_dir().join(format!("{prefix}-bin"));
+    std::fs::create_dir_all(&bin).unwrap();
+    for cmd in ["sh", "ip", "nginx"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .output()
+            .unwrap();
+        let target = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(!target.is_empty(), "{cmd} is installed");
+        let _ = std::os::unix::fs::symlink(target, bin.join(cmd));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["demo", "--no-install", "--prefix", &prefix])
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&bin);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("the demo needs nftables")
+            && said.contains("apt-get install")
+            && said.contains("nftables"),
+        "{said}"
+    );
+    assert!(
+        namespaces_with(&prefix).is_empty(),
+        "nothing is left behind"
+    );
+}

@@ -19,6 +19,7 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use ironlb::api::{L2Advertisement, L2AdvertisementSpec, LOAD_BALANCER_CLASS, Ser
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use support::cluster::{Cluster, PATIENCE};
 use support::netns::{Lab, relay};
@@ -91,7 +92,7 @@ async fn the_crds_apply_without_warnings_and_refuse_bad_pools_naming_the_entry()
     // As a user installs them: server-side, and any warning (an unknown
     // format, say) is an error.
     let _installed = cluster.install();
-    for file in ["crds/ironlb.yaml", "deploy/crds.yaml"] {
+    for file in ["crds/ironlb.yaml", "deploy/base/crds.yaml"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         cluster.kubectl_ok(&[
             "apply",
@@ -131,6 +132,43 @@ async fn the_crds_apply_without_warnings_and_refuse_bad_pools_naming_the_entry()
         !said.contains("spec.addresses[0]"),
         "10.0.0.0/24 is fine: {said}"
     );
+
+    // Special-purpose addresses, one entry per kind: the schema names each
+    // one it can see (an entry's ends); the controller judges the middle.
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {{name: {bad}}}\n\
+             spec:\n  addresses: [\"0.0.0.0/8\", \"127.0.0.1\", \"169.254.0.0/16\", \"224.0.0.1\", \
+             \"255.255.255.255\", \"::/0\", \"::1\", \"fe80::1-fe80::9\", \"ff02::1\", \"10.0.0.0/24\"]\n"
+        ),
+    )
+    .expect("write manifest");
+    let out = cluster.kubectl(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+    assert!(
+        !out.status.success(),
+        "a pool of special addresses is refused"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    for (i, entry, kind) in [
+        (0, "0.0.0.0/8", "the unspecified address"),
+        (1, "127.0.0.1", "a loopback address"),
+        (2, "169.254.0.0/16", "a link-local address"),
+        (3, "224.0.0.1", "a multicast or broadcast address"),
+        (4, "255.255.255.255", "a multicast or broadcast address"),
+        (5, "::/0", "the unspecified address"),
+        (6, "::1", "a loopback address"),
+        (7, "fe80::1-fe80::9", "a link-local address"),
+        (8, "ff02::1", "a multicast or broadcast address"),
+    ] {
+        let expected =
+            format!("spec.addresses[{i}]: Invalid value: \"{entry}\": {entry} is or holds {kind}");
+        assert!(
+            said.contains(&expected),
+            "expected {expected:?} in:\n{said}"
+        );
+    }
+    assert!(!said.contains("spec.addresses[9]"), "10.0.0.0/24: {said}");
 
     // A selector operator is checked by the schema.
     std::fs::write(
@@ -394,6 +432,156 @@ async fn the_bgp_kinds_refuse_bad_fields_naming_them_and_show_sessions() {
     );
 }
 
+/// What a ServiceAccount may do beyond what every authenticated user may, as
+/// (resource, resource names, verb), from `kubectl auth can-i --list`.
+fn can_i(cluster: &Cluster, user: &str, namespace: &str, baseline: &str) -> BTreeSet<Grant> {
+    let list = |user: &str| {
+        let out = cluster.kubectl_ok(&["auth", "can-i", "--list", "--as", user, "-n", namespace]);
+        let mut lines = out.lines();
+        let header = lines.next().expect("a header");
+        let column = |name: &str| {
+            header
+                .find(name)
+                .unwrap_or_else(|| panic!("{name} in {header}"))
+        };
+        let (names_at, verbs_at) = (column("Resource Names"), column("Verbs"));
+        let mut grants = BTreeSet::new();
+        for line in lines {
+            let cell =
+                |from: usize, to: usize| line.get(from..to.min(line.len())).unwrap_or("").trim();
+            let resource = cell(0, column("Non-Resource URLs"));
+            if resource.is_empty() {
+                continue;
+            }
+            let words = |text: &str| -> Vec<String> {
+                text.trim_matches(['[', ']'])
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect()
+            };
+            let mut names = words(cell(names_at, verbs_at));
+            names.sort();
+            for verb in words(cell(verbs_at, line.len())) {
+                grants.insert((resource.to_string(), names.join(" "), verb));
+            }
+        }
+        grants
+    };
+    &list(user) - &list(baseline)
+}
+
+/// A (resource, resource names, verb) that RBAC grants.
+type Grant = (String, String, String);
+
+/// The grants docs/security.md's table after `<!-- can-i: WHAT -->` lists.
+fn documented_grants(doc: &str, what: &str) -> BTreeSet<Grant> {
+    let marker = format!("<!-- can-i: {what} -->");
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/security.md has no {marker}"));
+    let mut grants = BTreeSet::new();
+    for line in doc[start + marker.len()..]
+        .lines()
+        .skip(1)
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let names = if cells[1] == "—" { "" } else { cells[1] };
+        for verb in cells[2].split_whitespace() {
+            grants.insert((cells[0].to_string(), names.to_string(), verb.to_string()));
+        }
+    }
+    grants
+}
+
+/// docs/security.md lists what each ServiceAccount may do (`kubectl auth
+/// can-i --list`, beyond what any authenticated user may), with `deploy/`
+/// and with the Gateway component; the API server agrees, row for row. Every
+/// documented overlay renders, and the one for clusters before 1.30 has no
+/// admission policy.
+#[tokio::test]
+async fn the_rbac_table_is_the_truth() {
+    let Some(cluster) = Cluster::lock("the_rbac_table_is_the_truth").await else {
+        return;
+    };
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md"))
+        .expect("docs/security.md");
+    for overlay in [
+        "deploy",
+        "deploy/overlays/gateway",
+        "deploy/overlays/pre-1.30",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(overlay);
+        let rendered = cluster.kubectl_ok(&["kustomize", path.to_str().expect("utf-8 path")]);
+        let policies = rendered
+            .matches("kind: ValidatingAdmissionPolicy\n")
+            .count();
+        assert_eq!(
+            policies,
+            if overlay.ends_with("pre-1.30") { 0 } else { 4 },
+            "{overlay}"
+        );
+    }
+    let mut installed = cluster.install();
+    let client = cluster.client().await;
+    let ns = Made::namespace(&cluster, &client, &unique("rbac")).await;
+    cluster.kubectl_ok(&["create", "serviceaccount", "nobody", "-n", &ns.name]);
+    let nobody = format!("system:serviceaccount:{}:nobody", ns.name);
+    let grants = |who: &str, namespace: &str| {
+        can_i(
+            &cluster,
+            &format!("system:serviceaccount:ironlb-system:{who}"),
+            namespace,
+            &nobody,
+        )
+    };
+    let mut base = BTreeMap::new();
+    for who in ["ironlb-controller", "ironlb-speaker"] {
+        let everywhere = grants(who, &ns.name);
+        let home = &grants(who, "ironlb-system") - &everywhere;
+        assert_eq!(
+            everywhere,
+            documented_grants(&doc, &format!("base {who} everywhere")),
+            "{who}, everywhere"
+        );
+        assert_eq!(
+            home,
+            documented_grants(&doc, &format!("base {who} ironlb-system")),
+            "{who}, in ironlb-system"
+        );
+        base.insert(who, (everywhere, home));
+    }
+    // Each component on top of what is there: what it adds, everywhere and
+    // in ironlb-system, is what its tables say (none: it grants nothing).
+    let mut before = base;
+    let mut installed_so_far: Vec<&str> = Vec::new();
+    for component in ["gateway", "bgp", "monitoring"] {
+        installed_so_far.push(component);
+        installed.add_components(&installed_so_far);
+        let mut now = BTreeMap::new();
+        for who in ["ironlb-controller", "ironlb-speaker"] {
+            let everywhere = grants(who, &ns.name);
+            let home = &grants(who, "ironlb-system") - &everywhere;
+            let (was_everywhere, was_home) = &before[who];
+            for (scope, added) in [
+                ("everywhere", &everywhere - was_everywhere),
+                ("ironlb-system", &home - was_home),
+            ] {
+                let what = format!("{component} {who} {scope}");
+                let documented = if doc.contains(&format!("<!-- can-i: {what} -->")) {
+                    documented_grants(&doc, &what)
+                } else {
+                    BTreeSet::new()
+                };
+                assert_eq!(added, documented, "what {component} adds to {who}, {scope}");
+            }
+            now.insert(who, (everywhere, home));
+        }
+        before = now;
+    }
+}
+
 /// The protocol checks the test server passes in tests/apiserver.rs hold on the
 /// real server too.
 #[tokio::test]
@@ -433,6 +621,7 @@ async fn scenario_env(cluster: &Cluster, dir: &ScratchDir, name: &str) -> scenar
         ),
         client,
         namespace: unique(name),
+        other_namespace: unique(&format!("{name}-other")),
         prefix: unique(name),
         dir: dir.0.clone(),
         patience: PATIENCE,
@@ -450,6 +639,7 @@ async fn on_the_real_server(name: &str, scenario: impl AsyncFnOnce(&scenarios::E
     let dir = ScratchDir::new(&format!("e2e-{name}"));
     let env = scenario_env(&cluster, &dir, name).await;
     let _ns = Made::namespace(&cluster, &env.client, &env.namespace).await;
+    let _other = Made::namespace(&cluster, &env.client, &env.other_namespace).await;
     scenario(&env).await;
 }
 
@@ -458,6 +648,15 @@ async fn restarts_and_replicas_never_move_an_address() {
     on_the_real_server(
         "restarts",
         scenarios::restarts_and_replicas_never_move_an_address,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sharing_stays_within_a_namespace_unless_the_pool_allows() {
+    on_the_real_server(
+        "tenancy",
+        scenarios::sharing_stays_within_a_namespace_unless_the_pool_allows,
     )
     .await;
 }
@@ -477,7 +676,7 @@ async fn a_gateway_gets_an_address_and_its_route_status() {
     let Some(cluster) = Cluster::lock(name).await else {
         return;
     };
-    let _installed = cluster.install();
+    let _installed = cluster.install_with_gateway();
     install_gateway_crds(&cluster);
     let dir = ScratchDir::new(&format!("e2e-{name}"));
     let env = scenario_env(&cluster, &dir, name).await;
@@ -530,6 +729,29 @@ async fn nginx_service(client: &Client, ns: &str, svc: Svc, node: &str) {
         .create(&PostParams::default(), &slice)
         .await
         .expect("create EndpointSlice");
+}
+
+/// nginx at [`BACKEND`]`:8080` on `switch`, reading the PROXY protocol and
+/// answering with the client address it gave (`client=…`).
+fn nginx_backend(lab: &mut Lab, switch: &str) {
+    let ns = lab.namespace("web");
+    lab.plug(switch, &ns, "pw", &[&format!("{BACKEND}/24")]);
+    let temp = lab.nginx_temp_paths("nginx");
+    lab.nginx(
+        &ns,
+        "nginx",
+        &format!(
+            "http {{\n{temp}  access_log off;\n  server {{ listen {BACKEND}:8080 proxy_protocol;\n\
+               location / {{ return 200 \"client=$proxy_protocol_addr\\n\"; }} }}\n}}\n"
+        ),
+    );
+}
+
+/// Writes the gossip secret where speakers read it; returns the file.
+fn gossip_secret_file(dir: &Path, secret: &k8s_openapi::ByteString) -> std::path::PathBuf {
+    let file = dir.join("gossip-secret");
+    std::fs::write(&file, &secret.0).expect("write the gossip secret");
+    file
 }
 
 /// `curl http://VIP/` from the client: nginx behind the forwarder answers with
@@ -597,7 +819,9 @@ async fn announced_pool(client: &Client, pool_name: &str, ad_name: &str) {
 
 /// Starts a speaker as node `node` in namespace `node_ns` (whose `eth0` is
 /// `address`), with the speaker ServiceAccount's kubeconfig, gossiping on
-/// port 7947 with `seeds`; logs to `log`. Returns its index in the lab.
+/// port 7947 with `seeds`; logs to `log`. With `gateway`, it forwards
+/// Gateways' routes (as `deploy/overlays/gateway` runs it). Returns its
+/// index in the lab.
 #[allow(clippy::too_many_arguments)]
 fn spawn_speaker(
     lab: &mut Lab,
@@ -608,6 +832,7 @@ fn spawn_speaker(
     secret_file: &Path,
     seeds: &[String],
     log: &Path,
+    gateway: bool,
 ) -> usize {
     let listen = format!("{address}:7947");
     let seeds = seeds.join(",");
@@ -624,6 +849,11 @@ fn spawn_speaker(
         &listen,
         "--gossip-secret-file",
         secret_file.to_str().expect("utf-8 path"),
+        if gateway {
+            "--gateway=true"
+        } else {
+            "--gateway=false"
+        },
     ];
     if !seeds.is_empty() {
         args.extend(["--gossip-seeds", &seeds]);
@@ -665,7 +895,8 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
     let Some(mut lab) = Lab::new(test) else {
         return;
     };
-    let _installed = cluster.install();
+    // BGP with a TCP MD5 password below: the component that grants it.
+    let _installed = cluster.install_with(&["bgp"]);
     let client = cluster.client().await;
     let dir = lab.dir().to_path_buf();
 
@@ -679,17 +910,7 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
         .collect();
     let client_ns = lab.namespace("client");
     lab.plug(&switch, &client_ns, "pc", &[&format!("{CLIENT}/24")]);
-    let backend_ns = lab.namespace("web");
-    lab.plug(&switch, &backend_ns, "pw", &[&format!("{BACKEND}/24")]);
-    let temp = lab.nginx_temp_paths("nginx");
-    lab.nginx(
-        &backend_ns,
-        "nginx",
-        &format!(
-            "http {{\n{temp}  access_log off;\n  server {{ listen {BACKEND}:8080 proxy_protocol;\n\
-               location / {{ return 200 \"client=$proxy_protocol_addr\\n\"; }} }}\n}}\n"
-        ),
-    );
+    nginx_backend(&mut lab, &switch);
 
     // The controller: two replicas, the ServiceAccount's token.
     let controller_kubeconfig =
@@ -699,13 +920,13 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
             &controller_kubeconfig,
             &dir,
             "e2e-ctl-a",
-            &["--default-class=false"],
+            &["--default-class=false", "--gateway=false"],
         ),
         ControllerProcess::spawn(
             &controller_kubeconfig,
             &dir,
             "e2e-ctl-b",
-            &["--default-class=false"],
+            &["--default-class=false", "--gateway=false"],
         ),
     ];
     let controller_logs = || {
@@ -750,12 +971,10 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
     let allocated = wait_for_event(&client, &ns.name, "web", "IPAllocated").await;
     assert!(allocated.contains(&pool_name), "{allocated}");
 
-    // The speakers: the speaker ServiceAccount's token; the API server reached
-    // at its own address through a relay inside each node.
-    let speaker_kubeconfig =
-        cluster.service_account_kubeconfig("ironlb-system", "ironlb-speaker", &dir, None);
-    let secret_file = dir.join("gossip-secret");
-    std::fs::write(&secret_file, &secret.0).expect("write the gossip secret");
+    // The speakers: the speaker ServiceAccount's token, bound to a Pod on
+    // each one's node as the kubelet's is; the API server reached at its own
+    // address through a relay inside each node.
+    let secret_file = gossip_secret_file(&dir, &secret);
     let api = cluster.server_addr();
     let mut relays = Vec::new();
     let mut speakers = Vec::new();
@@ -772,10 +991,11 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
             node_ns,
             name,
             &format!("10.77.0.1{}", i + 1),
-            &speaker_kubeconfig,
+            &cluster.speaker_kubeconfig(name, &dir, None),
             &secret_file,
             &seeds,
             &dir.join(format!("speaker-{}.log", i + 1)),
+            false,
         );
         speakers.push(idx);
     }
@@ -1049,7 +1269,7 @@ async fn gateways_get_addresses_and_status_and_routes_follow_reference_grants() 
     let Some(cluster) = Cluster::lock("gateways_get_addresses_and_status").await else {
         return;
     };
-    let _installed = cluster.install();
+    let _installed = cluster.install_with_gateway();
     install_gateway_crds(&cluster);
     let dir = ScratchDir::new("e2e-gateway");
     // The worked examples are what the API server accepts, in namespaces
@@ -1229,7 +1449,7 @@ spec:
 
     // The Gateway's Service carries its ports and address; the backend's
     // ready endpoint is mirrored with the backend's target port.
-    let svc_name = ironlb::gateway::controller::service_name("edge");
+    let svc_name = ironlb::gateway::service_name("edge");
     let svc = get("service", &ns, &svc_name);
     let ports: Vec<(i64, String)> = svc["spec"]["ports"]
         .as_array()
@@ -1423,7 +1643,7 @@ async fn a_gateway_address_carries_tcp_udp_and_tls_routes_to_their_backends() {
     let Some(mut lab) = Lab::new(test) else {
         return;
     };
-    let _installed = cluster.install();
+    let _installed = cluster.install_with_gateway();
     install_gateway_crds(&cluster);
     let client = cluster.client().await;
     let dir = lab.dir().to_path_buf();
@@ -1612,11 +1832,10 @@ endpoints: [{{addresses: [{address}], nodeName: {node}, conditions: {{ready: tru
     std::fs::write(&manifest, yaml).expect("write manifest");
     cluster.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
 
-    // The speaker: its ServiceAccount, the API server through a relay.
-    let speaker_kubeconfig =
-        cluster.service_account_kubeconfig("ironlb-system", "ironlb-speaker", &dir, None);
-    let secret_file = dir.join("gossip-secret");
-    std::fs::write(&secret_file, &secret.0).expect("write the gossip secret");
+    // The speaker: its ServiceAccount (a token bound to a Pod on its node),
+    // the API server through a relay.
+    let speaker_kubeconfig = cluster.speaker_kubeconfig(&node, &dir, None);
+    let secret_file = gossip_secret_file(&dir, &secret);
     let api = cluster.server_addr();
     let relay = relay(&node_ns, api, api);
     spawn_speaker(
@@ -1628,6 +1847,7 @@ endpoints: [{{addresses: [{address}], nodeName: {node}, conditions: {{ready: tru
         &secret_file,
         &[],
         &dir.join("speaker.log"),
+        true,
     );
     let logs = || {
         format!(
@@ -1767,4 +1987,868 @@ endpoints: [{{addresses: [{address}], nodeName: {node}, conditions: {{ready: tru
             .join("\n")
     );
     relay.abort();
+}
+
+/// What a kubectl run said, stdout and stderr, and whether it succeeded.
+fn said(out: &std::process::Output) -> (bool, String) {
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `curl http://URL` from `ns`: the body, or the error.
+fn curl(lab: &Lab, ns: &str, url: &str) -> String {
+    let (_, text) = said(&lab.exec(ns, &["curl", "-sS", "--max-time", "2", url]));
+    text.trim().to_string()
+}
+
+/// Asks `url` from the client a few times over `seconds`: none of the
+/// answers may be the secret backend's.
+fn never_the_secret(lab: &Lab, ns: &str, url: &str, what: &str) {
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let answer = curl(lab, ns, url);
+        assert!(
+            !answer.contains("secret="),
+            "{what}: {url} answered {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A tenant who holds only `edit` in its namespace (and may write Gateway
+/// API objects there, as a platform team would let it) tries every way of
+/// reaching past it, on the real API server with `deploy/`'s RBAC and
+/// policies and the Gateway feature on, with a real speaker in a node
+/// namespace forwarding: a forged Gateway Service with a hand-written route
+/// table (without the Gateway API CRDs, then with a real Gateway's uid of
+/// another class), a route to another namespace's backend without a
+/// ReferenceGrant, joining the team's shared address by key and by address,
+/// reading the team's names or key from events, an address from a pool kept
+/// for the team, and setting the pool record. Each is refused or has no
+/// effect; a ReferenceGrant the team writes opens the backend (so the
+/// refusal was the rule, not a broken path), and the team's own Service
+/// answers throughout. Then the components' own tokens: a speaker cannot
+/// write another node's report, and the controller cannot touch a Service it
+/// does not own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_stay_in_their_namespace() {
+    let test = "tenants_stay_in_their_namespace";
+    let Some(cluster) = Cluster::lock(test).await else {
+        return;
+    };
+    let Some(mut lab) = Lab::new(test) else {
+        return;
+    };
+    let gateway_api = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/gateway-api/v1.6.1");
+    // Without the Gateway API CRDs first, as the default install runs; only
+    // on the local control plane, where removing them deletes nobody's
+    // Gateways.
+    let without_crds = std::env::var_os("IRONLB_K8S_DIR").is_some();
+    if without_crds {
+        cluster.kubectl_ok(&[
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "-f",
+            gateway_api,
+        ]);
+    } else {
+        eprintln!(
+            "e2e: not the local control plane: the forged Service is tried with the Gateway API CRDs installed only"
+        );
+        install_gateway_crds(&cluster);
+    }
+    let _installed = cluster.install_with_gateway();
+    let client = cluster.client().await;
+    let dir = lab.dir().to_path_buf();
+
+    // The lab: one node, a client, the team's database (nginx reading PROXY
+    // v2) and its internal secret service (plain nginx).
+    let switch = lab.switch();
+    let node_ns = lab.plug_nodes(&switch, "10.77.0", 1).remove(0);
+    let node = format!("{}-node-1", unique("tenancy"));
+    let client_ns = lab.namespace("client");
+    lab.plug(&switch, &client_ns, "pc", &[&format!("{CLIENT}/24")]);
+    nginx_backend(&mut lab, &switch);
+    let secret_ns = lab.namespace("secret");
+    lab.plug(&switch, &secret_ns, "ps", &["10.77.0.51/24"]);
+    let temp = lab.nginx_temp_paths("secret");
+    lab.nginx(
+        &secret_ns,
+        "secret",
+        &format!(
+            "http {{\n{temp}  access_log off;\n  server {{ listen 10.77.0.51:8080;\n\
+               location / {{ return 200 \"secret=$remote_addr\\n\"; }} }}\n}}\n"
+        ),
+    );
+
+    // ironlb, with its ServiceAccounts: the controller, and the speaker with
+    // a token bound to a Pod on its node.
+    let controller_kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-controller", &dir, None);
+    let controller = ControllerProcess::spawn(
+        &controller_kubeconfig,
+        &dir,
+        "tenancy-ctl",
+        &["--default-class=false"],
+    );
+    let secret = gossip_secret(&client).await;
+    let _node = Made::new(&cluster, "node", &node);
+    create_node(&client, &node, "10.77.0.11").await;
+    let pool_name = unique("tenancy");
+    let ad_name = unique("tenancy");
+    let _pool = Made::new(&cluster, "ipaddresspool", &pool_name);
+    let _ad = Made::new(&cluster, "l2advertisement", &ad_name);
+    create_pool(&client, pool(&pool_name, &["10.77.0.100-10.77.0.104"])).await;
+    let ad = L2Advertisement::new(
+        &ad_name,
+        L2AdvertisementSpec {
+            ip_address_pools: vec![pool_name.clone()],
+            interfaces: vec!["eth0".into()],
+            ..Default::default()
+        },
+    );
+    Api::<L2Advertisement>::all(client.clone())
+        .create(&PostParams::default(), &ad)
+        .await
+        .expect("create L2Advertisement");
+    let secret_file = gossip_secret_file(&dir, &secret);
+    let api = cluster.server_addr();
+    let relay = relay(&node_ns, api, api);
+    let speaker_kubeconfig = cluster.speaker_kubeconfig(&node, &dir, None);
+    spawn_speaker(
+        &mut lab,
+        &node_ns,
+        &node,
+        "10.77.0.11",
+        &speaker_kubeconfig,
+        &secret_file,
+        &[],
+        &dir.join("speaker.log"),
+        true,
+    );
+    let logs = || {
+        format!(
+            "--- controller\n{}\n--- speaker\n{}",
+            controller.log(),
+            std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+        )
+    };
+
+    // The team: its database on the shared address with a sharing key, and
+    // an internal Service no LAN client may reach.
+    let team = Made::namespace(&cluster, &client, &unique("team")).await;
+    let t = team.name.as_str();
+    let db = Svc::lb(t, "db")
+        .annotation(ironlb::api::annotations::ALLOW_SHARED_IP, "team-secret-key")
+        .annotation(ironlb::api::annotations::LOAD_BALANCER_IPS, VIP);
+    nginx_service(&client, t, db, &node).await;
+    let internal = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: secret-db, namespace: {t}}}\n\
+         spec: {{ports: [{{port: 8080, protocol: TCP}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: secret-db-1, namespace: {t}, labels: {{kubernetes.io/service-name: secret-db, \
+         endpointslice.kubernetes.io/managed-by: ironlb-e2e}}}}\naddressType: IPv4\n\
+         ports: [{{port: 8080, protocol: TCP}}]\n\
+         endpoints: [{{addresses: [10.77.0.51], nodeName: {node}, conditions: {{ready: true}}}}]\n"
+    );
+    let manifest = dir.join("team.yaml");
+    std::fs::write(&manifest, internal).expect("write the team's objects");
+    cluster.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+    wait_fetch(
+        &lab,
+        &client_ns,
+        "the team's database through its address",
+        &logs,
+    );
+
+    // The tenant: edit in its namespace, and the Gateway API kinds there.
+    let tenant = Made::namespace(&cluster, &client, &unique("tenant")).await;
+    let n = tenant.name.as_str();
+    cluster.kubectl_ok(&["create", "serviceaccount", "tenant", "-n", n]);
+    cluster.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "tenant-edit",
+        "-n",
+        n,
+        "--clusterrole=edit",
+        &format!("--serviceaccount={n}:tenant"),
+    ]);
+    // A Role written out: `kubectl create role` would look the kinds up,
+    // and the Gateway API is not installed yet.
+    let role = dir.join("tenant-role.yaml");
+    std::fs::write(
+        &role,
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: gateway-api, namespace: {n}}}\n\
+             rules: [{{apiGroups: [gateway.networking.k8s.io], resources: [gateways, tcproutes, referencegrants], \
+             verbs: [\"*\"]}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: tenant-gateway-api, namespace: {n}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: gateway-api}}\n\
+             subjects: [{{kind: ServiceAccount, name: tenant, namespace: {n}}}]\n"
+        ),
+    )
+    .expect("write the tenant's Role");
+    cluster.kubectl_ok(&["apply", "-f", role.to_str().expect("utf-8 path")]);
+    let tenant_kubeconfig = cluster.service_account_kubeconfig(n, "tenant", &dir, None);
+    let as_tenant = |args: &[&str]| said(&cluster.kubectl_as(&tenant_kubeconfig, args));
+    let apply_as_tenant = |name: &str, yaml: String| {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("write the tenant's manifest");
+        as_tenant(&["apply", "-f", path.to_str().expect("utf-8 path")])
+    };
+
+    // The team's address answers throughout: a client asks every 100 ms.
+    let poll_log = dir.join("poll.log");
+    lab.spawn(
+        &client_ns,
+        "bash",
+        &[
+            "-c",
+            &format!(
+                "while :; do if curl -s --max-time 1 http://{VIP}/ | grep -q client=; \
+                 then echo ok; else echo \"failed at $(date +%T.%N)\"; fi; sleep 0.1; done"
+            ),
+        ],
+        &poll_log,
+    );
+    let address_of = |ns: &str, name: &str| {
+        let (client, ns, name) = (client.clone(), ns.to_string(), name.to_string());
+        async move {
+            let s = Api::<Service>::namespaced(client, &ns)
+                .get(&name)
+                .await
+                .ok()?;
+            ips_of(&s).into_iter().next()
+        }
+    };
+    let program = format!(
+        "{{\"ports\":[{{\"port\":8080,\"protocol\":\"TCP\",\"routes\":[{{\"route\":\"TCPRoute {n}/steal\",\
+         \"backends\":[{{\"namespace\":\"{t}\",\"name\":\"secret-db\",\"port\":8080,\"weight\":1,\"usable\":true}}]}}]}}]}}"
+    );
+    let forged = |uid: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\n  namespace: {n}\n  annotations:\n    \
+             ironlb.dev/forwarding: embedded\n    ironlb.dev/gateway-program: '{program}'\n  ownerReferences:\n  \
+             - {{apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, name: edge, uid: {uid}, controller: true}}\n\
+             spec:\n  type: LoadBalancer\n  loadBalancerClass: {LOAD_BALANCER_CLASS}\n  \
+             ports: [{{port: 8080, protocol: TCP}}]\n",
+            svc = ironlb::gateway::service_name("edge"),
+        )
+    };
+    let forged_name = ironlb::gateway::service_name("edge");
+
+    // 1. A forged Gateway Service, with no Gateway API at all.
+    if without_crds {
+        // The garbage collector still knows the Gateway kind for a while
+        // after the CRDs went (it would delete the Service for its missing
+        // owner); once it forgets, the Service stays, as on a cluster that
+        // never had the CRDs.
+        let deadline = Instant::now() + 3 * PATIENCE;
+        let ip = loop {
+            let (ok, text) =
+                apply_as_tenant("forged", forged("7d0b5e3c-0000-4000-8000-000000000001"));
+            assert!(ok, "the tenant may write Services: {text}");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            if let Some(ip) = address_of(n, &forged_name).await {
+                break ip;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the forged Service never kept an address:\n{}",
+                logs()
+            );
+        };
+        wait_for("the forged Service announced", PATIENCE, || async {
+            let reports = Api::<ServiceL2Status>::namespaced(client.clone(), n);
+            let list = reports.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|r| r.spec.service == forged_name)
+                .then_some(())
+        })
+        .await;
+        never_the_secret(
+            &lab,
+            &client_ns,
+            &format!("http://{ip}:8080/"),
+            "a forged program, no CRDs",
+        );
+        assert_eq!(
+            address_of(n, &forged_name).await,
+            Some(ip),
+            "the forged Service stayed while it was tried"
+        );
+        as_tenant(&["delete", "service", &forged_name, "-n", n]);
+    }
+
+    // 2. The same, owned by a real Gateway of another class.
+    install_gateway_crds(&cluster);
+    let other_class = unique("other");
+    let ironlb_class = unique("ironlb");
+    let _classes = [
+        Made::new(&cluster, "gatewayclass", &other_class),
+        Made::new(&cluster, "gatewayclass", &ironlb_class),
+    ];
+    let classes = dir.join("classes.yaml");
+    std::fs::write(
+        &classes,
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {other_class}}}\n\
+             spec: {{controllerName: example.com/other}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {ironlb_class}}}\n\
+             spec: {{controllerName: ironlb.dev/gateway-controller}}\n"
+        ),
+    )
+    .expect("write the classes");
+    cluster.kubectl_ok(&["apply", "-f", classes.to_str().expect("utf-8 path")]);
+    let gateway = |name: &str, class: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {n}}}\n\
+             spec:\n  gatewayClassName: {class}\n  listeners: [{{name: db, port: 8080, protocol: TCP}}]\n"
+        )
+    };
+    let (ok, text) = apply_as_tenant("other-gateway", gateway("edge", &other_class));
+    assert!(ok, "{text}");
+    let uid = cluster.kubectl_ok(&[
+        "get",
+        "gateway",
+        "edge",
+        "-n",
+        n,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let (ok, text) = apply_as_tenant("forged-with-uid", forged(uid.trim()));
+    assert!(ok, "{text}");
+    let ip = wait_for(
+        "the forged Service's address, another class",
+        PATIENCE,
+        || address_of(n, &forged_name),
+    )
+    .await;
+    never_the_secret(
+        &lab,
+        &client_ns,
+        &format!("http://{ip}:8080/"),
+        "a forged program, another class's Gateway",
+    );
+    as_tenant(&["delete", "service", &forged_name, "-n", n]);
+    as_tenant(&["delete", "gateway", "edge", "-n", n]);
+
+    // 3. A route of the tenant's own ironlb Gateway to the team's internal
+    // Service, without a ReferenceGrant there.
+    let steal = format!(
+        "{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: steal, namespace: {n}}}\n\
+         spec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: secret-db, namespace: {t}, port: 8080}}]}}]\n",
+        gateway("gw", &ironlb_class)
+    );
+    let (ok, text) = apply_as_tenant("steal", steal);
+    assert!(ok, "{text}");
+    let reason = wait_for("the route's RefNotPermitted", PATIENCE, || async {
+        let (_, json) = as_tenant(&["get", "tcproute", "steal", "-n", n, "-o", "json"]);
+        let r: serde_json::Value = serde_json::from_str(&json).ok()?;
+        let conditions = r["status"]["parents"][0]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .map(|c| c["reason"].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    assert_eq!(reason, "RefNotPermitted");
+    let gw_ip = wait_for("the tenant Gateway's address", PATIENCE, || {
+        address_of(n, &ironlb::gateway::service_name("gw"))
+    })
+    .await;
+    let gw_url = format!("http://{gw_ip}:8080/");
+    never_the_secret(
+        &lab,
+        &client_ns,
+        &gw_url,
+        "a route without a ReferenceGrant",
+    );
+    let grant = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {{name: let-in, namespace: {t}}}\n\
+         spec:\n  from: [{{group: gateway.networking.k8s.io, kind: TCPRoute, namespace: {n}}}]\n  \
+         to: [{{group: \"\", kind: Service}}]\n"
+    );
+    let (ok, text) = apply_as_tenant("grant", grant.clone());
+    assert!(
+        !ok && text.contains("forbidden"),
+        "the tenant cannot grant itself: {text}"
+    );
+    // The team grants it: the same path now reaches the backend.
+    let grant_path = dir.join("team-grant.yaml");
+    std::fs::write(&grant_path, grant).expect("write the grant");
+    cluster.kubectl_ok(&["apply", "-f", grant_path.to_str().expect("utf-8 path")]);
+    wait_for(
+        "the granted route to reach the backend",
+        PATIENCE,
+        || async {
+            curl(&lab, &client_ns, &gw_url)
+                .contains("secret=")
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.kubectl_ok(&["delete", "-f", grant_path.to_str().expect("utf-8 path")]);
+    wait_for(
+        "the grant's removal to close the route",
+        PATIENCE,
+        || async { (!curl(&lab, &client_ns, &gw_url).contains("secret=")).then_some(()) },
+    )
+    .await;
+    never_the_secret(&lab, &client_ns, &gw_url, "the grant withdrawn");
+
+    // 4. Joining the team's shared address: by key and address, by address
+    // alone, by key alone.
+    let squat = |name: &str, annotations: &str, port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {n}\n  annotations: {{{annotations}}}\n\
+             spec:\n  type: LoadBalancer\n  loadBalancerClass: {LOAD_BALANCER_CLASS}\n  externalTrafficPolicy: Local\n  \
+             selector: {{app: db}}\n  ports: [{{port: {port}, protocol: TCP}}]\n"
+        )
+    };
+    let key = "ironlb.dev/allow-shared-ip: team-secret-key";
+    let ips = format!("ironlb.dev/load-balancer-ips: {VIP}");
+    for (name, annotations, port) in [
+        ("squat", format!("{key}, {ips}"), 9999),
+        ("squat-ip", ips.clone(), 9998),
+        ("squat-key", key.to_string(), 9997),
+    ] {
+        let (ok, text) = apply_as_tenant(name, squat(name, &annotations, port));
+        assert!(ok, "{text}");
+    }
+    for name in ["squat", "squat-ip"] {
+        let note = wait_for_event(&client, n, name, "AddressInUse").await;
+        assert!(
+            note.contains(&format!("{VIP} is held by a Service in another namespace")),
+            "{name}: {note}"
+        );
+        assert_eq!(address_of(n, name).await, None, "{name} has no address");
+    }
+    let own = wait_for("squat-key's own address", PATIENCE, || {
+        address_of(n, "squat-key")
+    })
+    .await;
+    assert_ne!(own, VIP, "the key alone does not open the team's address");
+
+    // 5. Nothing the tenant can read names the team's objects or key, and it
+    // cannot read the team's events.
+    let (ok, events) = as_tenant(&["get", "events", "-n", n, "-o", "json"]);
+    assert!(ok, "{events}");
+    for secret in [
+        format!("{t}/"),
+        "team-secret-key".into(),
+        "secret-db".into(),
+    ] {
+        assert!(
+            !events.contains(&secret),
+            "the tenant's events tell {secret:?}:\n{events}"
+        );
+    }
+    let (ok, text) = as_tenant(&["get", "events", "-n", t]);
+    assert!(!ok && text.contains("forbidden"), "{text}");
+
+    // 6. An address from a pool kept for the team: by pool, by address.
+    let kept = unique("team-only");
+    let _kept = Made::new(&cluster, "ipaddresspool", &kept);
+    let mut kept_pool = pool(&kept, &["10.77.0.110"]);
+    kept_pool.spec.auto_assign = false;
+    kept_pool.spec.service_allocation = Some(ironlb::api::ServiceAllocation {
+        namespaces: vec![t.to_string()],
+        ..Default::default()
+    });
+    create_pool(&client, kept_pool).await;
+    for (name, annotations) in [
+        ("by-pool", format!("ironlb.dev/address-pool: {kept}")),
+        (
+            "by-ip",
+            "ironlb.dev/load-balancer-ips: 10.77.0.110".to_string(),
+        ),
+    ] {
+        let (ok, text) = apply_as_tenant(name, squat(name, &annotations, 9000));
+        assert!(ok, "{text}");
+        let note = wait_for_event(&client, n, name, "PoolNotAllowed").await;
+        assert!(
+            note.contains(&format!("IPAddressPool {kept} does not serve this Service")),
+            "{name}: {note}"
+        );
+        assert_eq!(address_of(n, name).await, None, "{name} has no address");
+    }
+
+    // 7. The pool record is the controller's; EndpointSlices are nobody's
+    // in a tenant's namespace.
+    let (ok, text) = as_tenant(&[
+        "annotate",
+        "service",
+        "squat-key",
+        "-n",
+        n,
+        &format!("ironlb.dev/ip-allocated-from-pool={kept}"),
+        "--overwrite",
+    ]);
+    assert!(
+        !ok && text.contains("ironlb-pool-record-by-controller"),
+        "{text}"
+    );
+    let (ok, text) = as_tenant(&["auth", "can-i", "create", "endpointslices", "-n", n]);
+    assert!(!ok && text.trim() == "no", "{text}");
+
+    // The components' own tokens. The speaker, bound to its node, writes its
+    // own node's reports and no other node's.
+    let own_report = format!("db-{node}");
+    let (ok, text) = said(&cluster.kubectl_as(
+        &speaker_kubeconfig,
+        &[
+            "annotate",
+            "servicel2status",
+            &own_report,
+            "-n",
+            t,
+            "e2e=own",
+        ],
+    ));
+    assert!(ok, "its own node's report: {text}");
+    let forged_report = dir.join("forged-report.yaml");
+    std::fs::write(
+        &forged_report,
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: ServiceL2Status\nmetadata:\n  name: ghost-elsewhere\n  namespace: {t}\n  \
+             labels: {{ironlb.dev/node: elsewhere, ironlb.dev/service-name: ghost}}\n\
+             spec: {{service: ghost, node: elsewhere, addresses: [10.77.0.104], interfaces: [eth0]}}\n"
+        ),
+    )
+    .expect("write the report");
+    let forged_report = forged_report.to_str().expect("utf-8 path");
+    let (ok, text) =
+        said(&cluster.kubectl_as(&speaker_kubeconfig, &["create", "-f", forged_report]));
+    assert!(
+        !ok && text.contains("ironlb-speaker-writes-own-node"),
+        "{text}"
+    );
+    cluster.kubectl_ok(&["create", "-f", forged_report]);
+    for args in [
+        vec![
+            "annotate",
+            "servicel2status",
+            "ghost-elsewhere",
+            "-n",
+            t,
+            "e2e=taken",
+        ],
+        vec!["delete", "servicel2status", "ghost-elsewhere", "-n", t],
+    ] {
+        let (ok, text) = said(&cluster.kubectl_as(&speaker_kubeconfig, &args));
+        assert!(
+            !ok && text.contains("ironlb-speaker-writes-own-node"),
+            "{args:?}: {text}"
+        );
+    }
+    // The controller changes only the pool record of a Service it does not
+    // own, and deletes none.
+    for args in [
+        vec!["label", "service", "db", "-n", t, "e2e=controller"],
+        vec!["delete", "service", "db", "-n", t],
+    ] {
+        let (ok, text) = said(&cluster.kubectl_as(&controller_kubeconfig, &args));
+        assert!(
+            !ok && text.contains("ironlb-controller-owned-services"),
+            "{args:?}: {text}"
+        );
+    }
+
+    // The team's address answered every time it was asked.
+    std::thread::sleep(Duration::from_millis(500));
+    let polled = std::fs::read_to_string(&poll_log).unwrap_or_default();
+    let answered = polled.lines().filter(|l| *l == "ok").count();
+    let failed: Vec<&str> = polled.lines().filter(|l| l.starts_with("failed")).collect();
+    eprintln!(
+        "e2e: the team's address answered {answered} of {} polls",
+        answered + failed.len()
+    );
+    assert!(answered > 50, "polled {answered} times:\n{polled}");
+    assert!(
+        failed.is_empty(),
+        "the team's address did not answer: {failed:?}\n{}",
+        logs()
+    );
+    relay.abort();
+}
+
+/// `ironlb status` as a kubectl plugin: `kubectl ironlb status` runs the
+/// binary installed as `kubectl-ironlb` on the PATH, with kubectl's
+/// environment (KUBECONFIG).
+#[tokio::test]
+async fn ironlb_status_runs_as_a_kubectl_plugin() {
+    let Some(cluster) = Cluster::lock("ironlb_status_runs_as_a_kubectl_plugin").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let client = cluster.client().await;
+    let name = unique("plugin");
+    let _pool = Made::new(&cluster, "ipaddresspool", &name);
+    create_pool(&client, pool(&name, &["198.51.100.200/30"])).await;
+    let dir = ScratchDir::new("e2e-plugin");
+    let plugin = dir.0.join("kubectl-ironlb");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ironlb"), &plugin).expect("link the plugin");
+    let path = format!(
+        "{}:{}",
+        dir.0.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let kubectl = std::env::var_os("IRONLB_K8S_KUBECTL").unwrap_or_else(|| "kubectl".into());
+    let out = std::process::Command::new(kubectl)
+        .args(["ironlb", "status"])
+        .env("PATH", path)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .expect("kubectl");
+    let (ok, text) = said(&out);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&name) && text.contains("198.51.100.200/30"),
+        "{text}"
+    );
+}
+
+/// An upgrade as a user does it: the previous release's `deploy/`
+/// (`tests/upgrade/previous`) with pools and Services, then today's applied
+/// over it. It applies without a warning, the stored objects stay valid (a
+/// change to each is accepted), and a controller of the new install takes
+/// over from the old one's: no address moves and no Service status is
+/// written again.
+#[tokio::test]
+async fn an_upgrade_from_the_previous_manifests_moves_nothing() {
+    let test = "an_upgrade_from_the_previous_manifests_moves_nothing";
+    let Some(cluster) = Cluster::lock(test).await else {
+        return;
+    };
+    let previous = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/upgrade/previous");
+    cluster.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-k",
+        previous,
+    ]);
+    let mut installed = cluster.install_previous(previous);
+    let client = cluster.client().await;
+    let dir = ScratchDir::new("e2e-upgrade");
+    let ns = Made::namespace(&cluster, &client, &unique("upgrade")).await;
+    let pool_name = unique("upgrade");
+    let _pool = Made::new(&cluster, "ipaddresspool", &pool_name);
+    create_pool(&client, pool(&pool_name, &["198.51.100.64/29"])).await;
+    for name in ["a", "b", "c"] {
+        let svc = Svc::lb(&ns.name, name).class(LOAD_BALANCER_CLASS);
+        create_service(&client, svc.build()).await;
+    }
+    let addresses = || async {
+        let list = Api::<Service>::namespaced(client.clone(), &ns.name)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        let all: BTreeMap<String, (Vec<String>, Option<String>)> = list
+            .items
+            .iter()
+            .map(|s| {
+                (
+                    s.metadata.name.clone().unwrap_or_default(),
+                    (ips_of(s), s.metadata.resource_version.clone()),
+                )
+            })
+            .collect();
+        (all.len() == 3 && all.values().all(|(ips, _)| ips.len() == 1)).then_some(all)
+    };
+    let old_kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-controller", &dir.0, None);
+    let old = ControllerProcess::spawn(
+        &old_kubeconfig,
+        &dir.0,
+        "upgrade-old",
+        &["--default-class=false"],
+    );
+    let before = wait_for("addresses from the old install", PATIENCE, addresses).await;
+    let recorded = wait_for("the pool record on every Service", PATIENCE, || async {
+        let list = Api::<Service>::namespaced(client.clone(), &ns.name)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        let all: BTreeMap<String, String> = list
+            .items
+            .iter()
+            .filter_map(|s| {
+                let pool = s
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get(ironlb::api::annotations::ALLOCATED_FROM_POOL)?;
+                Some((s.metadata.name.clone().unwrap_or_default(), pool.clone()))
+            })
+            .collect();
+        (all.len() == 3).then_some(all)
+    })
+    .await;
+    let settled = wait_for("statuses to settle", PATIENCE, addresses).await;
+
+    // Today's deploy/, over the previous one.
+    installed.upgrade();
+    let pools = Api::<ironlb::api::IPAddressPool>::all(client.clone());
+    let stored = pools.get(&pool_name).await.expect("the pool");
+    assert!(
+        stored
+            .finalizers()
+            .iter()
+            .any(|f| f == ironlb::api::POOL_FINALIZER),
+        "the pool is still protected"
+    );
+    // Stored objects are valid under the new schema: a change is accepted.
+    cluster.kubectl_ok(&["label", "ipaddresspool", &pool_name, "e2e-upgraded=yes"]);
+    // The new install's controller (its token, its RBAC and policies)
+    // takes over; the old one goes.
+    let new_kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-controller", &dir.0, None);
+    let new = ControllerProcess::spawn(
+        &new_kubeconfig,
+        &dir.0,
+        "upgrade-new",
+        &["--default-class=false"],
+    );
+    drop(old);
+    wait_for("the new controller to lead", PATIENCE, || async {
+        (holder(&client).await.as_deref() == Some("upgrade-new")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = addresses().await.expect("every Service keeps an address");
+    for (name, (ips, version)) in &after {
+        assert_eq!(
+            ips,
+            &before[name].0,
+            "{name}'s address moved:\n{}",
+            new.log()
+        );
+        assert_eq!(
+            version,
+            &settled[name].1,
+            "{name} was written again:\n{}",
+            new.log()
+        );
+    }
+    assert_eq!(recorded.len(), 3);
+    drop(new);
+    // The grant a release dropped goes as docs/install.md says.
+    let speaker = "system:serviceaccount:ironlb-system:ironlb-speaker";
+    let can = |verb: &str| {
+        let out = cluster.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            "secrets",
+            "-n",
+            "ironlb-system",
+            "--as",
+            speaker,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        can("list"),
+        "yes",
+        "the previous release let speakers list Secrets"
+    );
+    cluster.kubectl_ok(&[
+        "-n",
+        "ironlb-system",
+        "delete",
+        "role,rolebinding",
+        "ironlb-speaker",
+        "--ignore-not-found",
+    ]);
+    assert_eq!(can("list"), "no");
+}
+
+/// Uninstalling with pools in use, as docs/install.md says: `ironlb
+/// uninstall` (the controller stopped, the pools released, ironlb's
+/// addresses taken off the Services), then `kubectl delete -k deploy/`,
+/// within a minute; the Services stay, without an address or ironlb's
+/// record.
+#[tokio::test]
+async fn uninstalling_with_pools_in_use_finishes_within_a_minute() {
+    let test = "uninstalling_with_pools_in_use_finishes_within_a_minute";
+    let Some(cluster) = Cluster::lock(test).await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let client = cluster.client().await;
+    let dir = ScratchDir::new("e2e-uninstall");
+    let ns = Made::namespace(&cluster, &client, &unique("uninstall")).await;
+    let pool_name = unique("uninstall");
+    let _pool = Made::new(&cluster, "ipaddresspool", &pool_name);
+    create_pool(&client, pool(&pool_name, &["198.51.100.72/30"])).await;
+    create_service(
+        &client,
+        Svc::lb(&ns.name, "web").class(LOAD_BALANCER_CLASS).build(),
+    )
+    .await;
+    let kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-controller", &dir.0, None);
+    let controller = ControllerProcess::spawn(
+        &kubeconfig,
+        &dir.0,
+        "uninstall-ctl",
+        &["--default-class=false"],
+    );
+    let pools = Api::<ironlb::api::IPAddressPool>::all(client.clone());
+    wait_for("the pool to be in use and protected", PATIENCE, || async {
+        let p = pools.get(&pool_name).await.ok()?;
+        (p.finalizers()
+            .iter()
+            .any(|f| f == ironlb::api::POOL_FINALIZER)
+            && p.status?.assigned_ipv4 == 1)
+            .then_some(())
+    })
+    .await;
+    // The controller's Deployment is scaled to zero by the command; here
+    // the controller is this process, which that would stop.
+    drop(controller);
+
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["uninstall", "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .output()
+        .expect("ironlb uninstall");
+    let (ok, text) = said(&out);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&pool_name) && text.contains(&format!("{}/web", ns.name)),
+        "{text}"
+    );
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    cluster.kubectl_ok(&["delete", "-k", deploy, "--wait=true", "--timeout=60s"]);
+    let took = started.elapsed();
+    eprintln!("e2e: uninstalled with a pool in use in {took:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let web = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("web")
+        .await
+        .expect("the Service stays");
+    assert!(ips_of(&web).is_empty(), "no address left in its status");
+    assert!(
+        !web.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(ironlb::api::annotations::ALLOCATED_FROM_POOL),
+        "no pool record left"
+    );
+    let crds = cluster.kubectl_ok(&["get", "crd", "-o", "name"]);
+    assert!(!crds.contains("ironlb.dev"), "{crds}");
 }

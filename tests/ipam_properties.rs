@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ironlb::ipam::{
     AddressRange, AllocErrorKind, AllocationRules, Allocator, Backend, Family, FamilyPolicy,
-    PoolSpec, Port, Protocol, Service, ServiceKey,
+    LabelSelector, NamespaceMatch, PoolSpec, Port, Protocol, Service, ServiceKey,
 };
 use proptest::prelude::*;
 
@@ -60,8 +60,9 @@ fn pool_strategy(name: &'static str) -> impl Strategy<Value = PoolSpec> {
         any::<bool>(),
         proptest::option::of((proptest::option::of(0..3i32), any::<bool>())),
         0..3i64,
+        0..3u8,
     )
-        .prop_map(move |(v4, v6, auto, buggy, rules, created)| {
+        .prop_map(move |(v4, v6, auto, buggy, rules, created, across)| {
             let entries: Vec<&str> = v4.into_iter().chain(v6).collect();
             let mut spec = PoolSpec::new(name, &entries)
                 .auto_assign(auto)
@@ -74,7 +75,17 @@ fn pool_strategy(name: &'static str) -> impl Strategy<Value = PoolSpec> {
                     ..Default::default()
                 });
             }
-            spec
+            match across {
+                1 => spec.cross_namespace(NamespaceMatch {
+                    namespaces: vec!["x".into()],
+                    ..Default::default()
+                }),
+                2 => spec.cross_namespace(NamespaceMatch {
+                    namespace_selectors: vec![LabelSelector::default()],
+                    ..Default::default()
+                }),
+                _ => spec,
+            }
         })
 }
 
@@ -220,10 +231,19 @@ impl World {
 }
 
 /// MetalLB's sharing rule, restated.
-fn may_share(a: &Service, b: &Service) -> bool {
+/// MetalLB's rule within a namespace; across namespaces only where the pool
+/// (`across`) names both, and never for `Local` Services.
+fn may_share(a: &Service, b: &Service, across: Option<&NamespaceMatch>) -> bool {
     let key = |s: &Service| s.sharing_key.clone().filter(|k| !k.is_empty());
     let ports = |s: &Service| s.ports.iter().copied().collect::<BTreeSet<Port>>();
-    key(a).is_some()
+    let namespaces = a.key.namespace == b.key.namespace
+        || (across.is_some_and(|rule| {
+            rule.matches(&a.key.namespace, &a.namespace_labels)
+                && rule.matches(&b.key.namespace, &b.namespace_labels)
+        }) && a.backend == Backend::Cluster
+            && b.backend == Backend::Cluster);
+    namespaces
+        && key(a).is_some()
         && key(a) == key(b)
         && ports(a).is_disjoint(&ports(b))
         && a.backend == b.backend
@@ -283,10 +303,25 @@ fn check_invariants(w: &World) -> Result<(), TestCaseError> {
         }
     }
     for (ip, holders) in &by_address {
+        // Pools redrawn under holders keep them, whatever the new pool says
+        // of namespaces; otherwise the address's pool judges.
+        let pool = members
+            .iter()
+            .find(|(_, m)| m.contains(ip))
+            .and_then(|(name, _)| w.pools.iter().find(|p| &p.name == name));
+        let everyone = NamespaceMatch {
+            namespace_selectors: vec![LabelSelector::default()],
+            ..Default::default()
+        };
+        let across = if w.repartitioned {
+            Some(&everyone)
+        } else {
+            pool.and_then(|p| p.cross_namespace.as_ref())
+        };
         for (i, a) in holders.iter().enumerate() {
             for b in &holders[i + 1..] {
                 prop_assert!(
-                    may_share(a, b),
+                    may_share(a, b, across),
                     "{} held by {} and {}, which may not share",
                     ip,
                     a.key,

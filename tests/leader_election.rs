@@ -101,6 +101,7 @@ async fn on_test_server(name: &str) -> (ApiServer, ScratchDir, scenarios::Env) {
         client: server.client(),
         kubeconfig: server.kubeconfig(&dir.0),
         namespace: "default".into(),
+        other_namespace: "tenant".into(),
         prefix: name.into(),
         dir: dir.0.clone(),
         patience: Duration::from_secs(20),
@@ -124,6 +125,12 @@ async fn a_gateway_gets_an_address_and_its_route_status() {
 async fn sharing_metallb_annotations_and_exhaustion() {
     let (_server, _dir, env) = on_test_server("sharing").await;
     scenarios::sharing_metallb_annotations_and_exhaustion(&env).await;
+}
+
+#[tokio::test]
+async fn sharing_stays_within_a_namespace_unless_the_pool_allows() {
+    let (_server, _dir, env) = on_test_server("tenancy").await;
+    scenarios::sharing_stays_within_a_namespace_unless_the_pool_allows(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,5 +181,41 @@ async fn the_fence_lets_a_leader_write_only_on_a_fresh_lease_of_its_own() {
             ok,
             "held by {holder}, renewed {age} s ago: {verdict:?}"
         );
+    }
+}
+
+/// Logs read well where they are read: plain text with no colour codes
+/// when not on a terminal (`kubectl logs`, files), and with `--log-format
+/// json` one JSON object per line.
+#[tokio::test]
+async fn logs_are_plain_text_off_a_terminal_or_json() {
+    let (_server, _dir, env) = on_test_server("logs").await;
+    for format in ["text", "json"] {
+        let controller = ControllerProcess::spawn(
+            &env.kubeconfig,
+            &env.dir,
+            &format!("logs-{format}"),
+            &["--log-format", format],
+        );
+        let log = wait_for(
+            &format!("the {format} controller to log its start"),
+            env.patience,
+            || async {
+                let log = controller.log();
+                log.contains("caches synced").then_some(log)
+            },
+        )
+        .await;
+        assert!(
+            !log.contains('\u{1b}'),
+            "colour codes in {format} logs:\n{log}"
+        );
+        if format == "json" {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            }
+        }
     }
 }

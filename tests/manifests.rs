@@ -23,6 +23,27 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Runs `program` with `args` in `dir`; fails the test with its output when
+/// it fails.
+fn assert_runs<S: AsRef<std::ffi::OsStr>>(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[S],
+    dir: &Path,
+) {
+    let out = Command::new(program.as_ref())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{:?}: {e}", program.as_ref()));
+    assert!(
+        out.status.success(),
+        "{:?}: {}{}",
+        program.as_ref(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A Python that has kubernetes-validate: $IRONLB_PYTHON, the test command's
 /// virtualenv, or python3.
 fn python() -> Option<String> {
@@ -60,16 +81,16 @@ fn deploy_crds_are_what_ironlb_prints() {
         .arg("crds")
         .output()
         .unwrap();
-    let deployed = std::fs::read_to_string(root().join("deploy/crds.yaml")).unwrap();
+    let deployed = std::fs::read_to_string(root().join("deploy/base/crds.yaml")).unwrap();
     assert!(
         deployed == String::from_utf8_lossy(&out.stdout),
-        "deploy/crds.yaml is stale: cargo run -- crds > deploy/crds.yaml"
+        "deploy/base/crds.yaml is stale: cargo run -- crds > deploy/base/crds.yaml"
     );
 }
 
 #[test]
 fn the_kustomization_lists_every_manifest_and_one_image() {
-    let deploy = root().join("deploy");
+    let deploy = root().join("deploy/base");
     let k = std::fs::read_to_string(deploy.join("kustomization.yaml")).unwrap();
     let listed: Vec<String> = k
         .lines()
@@ -86,7 +107,7 @@ fn the_kustomization_lists_every_manifest_and_one_image() {
     sorted.sort();
     assert_eq!(
         sorted, present,
-        "kustomization.yaml resources vs files in deploy/"
+        "kustomization.yaml resources vs files in deploy/base/"
     );
     for f in ["controller.yaml", "speaker.yaml"] {
         let text = std::fs::read_to_string(deploy.join(f)).unwrap();
@@ -99,7 +120,7 @@ fn the_kustomization_lists_every_manifest_and_one_image() {
 /// DaemonSet passes the address and the port apart.
 #[test]
 fn the_speaker_gets_its_gossip_address_and_port_apart_for_ipv6_pods() {
-    let text = std::fs::read_to_string(root().join("deploy/speaker.yaml")).unwrap();
+    let text = std::fs::read_to_string(root().join("deploy/base/speaker.yaml")).unwrap();
     assert!(
         !text.contains("$(POD_IP):"),
         "no address:port glued in the manifest"
@@ -151,11 +172,17 @@ fn every_manifest_validates_against_the_schemas_and_a_broken_one_does_not() {
         );
         return;
     };
-    let mut files: Vec<PathBuf> = yaml_files(&root().join("deploy"))
-        .into_iter()
-        .filter(|p| !p.ends_with("kustomization.yaml"))
-        .collect();
-    files.extend(yaml_files(&root().join("deploy/examples")));
+    let mut files: Vec<PathBuf> = [
+        "deploy/base",
+        "deploy/components/gateway",
+        "deploy/components/bgp",
+        "deploy/examples",
+    ]
+    .iter()
+    .flat_map(|d| yaml_files(&root().join(d)))
+    .filter(|p| !p.ends_with("kustomization.yaml"))
+    .collect();
+    files.sort();
     let out = validate(&python, &files);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -192,16 +219,10 @@ fn the_vagrantfile_is_valid() {
         );
         return;
     }
-    let out = Command::new("vagrant")
-        .args(["validate", "--ignore-provider"])
-        .current_dir(root().join("vagrant"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    assert_runs(
+        "vagrant",
+        &["validate", "--ignore-provider"],
+        &root().join("vagrant"),
     );
 }
 
@@ -212,7 +233,7 @@ fn the_vagrantfile_is_valid() {
 /// old pod time to drain.
 #[test]
 fn the_speaker_daemonset_upgrades_by_handing_sockets_over() {
-    let text = std::fs::read_to_string(root().join("deploy/speaker.yaml")).unwrap();
+    let text = std::fs::read_to_string(root().join("deploy/base/speaker.yaml")).unwrap();
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     for want in [
         "maxSurge: 1",
@@ -239,4 +260,61 @@ fn the_speaker_daemonset_upgrades_by_handing_sockets_over() {
         grace > drain,
         "grace {grace} s must outlast the {drain} s drain"
     );
+}
+
+/// The release workflow (image, signatures, CLI assets) is valid GitHub
+/// Actions, as actionlint reads it (with shellcheck on its scripts when
+/// that is installed).
+#[test]
+fn the_workflows_pass_actionlint() {
+    let actionlint = root().join("target/pyenv/bin/actionlint");
+    if !actionlint.exists() {
+        netns::skip(
+            "actionlint",
+            Some("actionlint is not installed (./scripts/test installs it in target/pyenv)".into()),
+        );
+        return;
+    }
+    let workflows = yaml_files(&root().join(".github/workflows"));
+    assert!(!workflows.is_empty(), "no workflow in .github/workflows");
+    assert_runs(&actionlint, &workflows, &root());
+}
+
+/// The monitoring component's alerts are rules Prometheus accepts, and each
+/// fires on the series that should raise it, after its `for`, and on no
+/// other (`promtool test rules`, tests/monitoring/alerts.test.yaml).
+#[test]
+fn the_alerts_pass_promtool_and_fire_when_they_should() {
+    let have = Command::new("promtool").arg("--version").output();
+    if !have.is_ok_and(|o| o.status.success()) {
+        netns::skip(
+            "alerts",
+            Some("promtool is not installed (./scripts/test installs Debian's prometheus)".into()),
+        );
+        return;
+    }
+    for args in [
+        [
+            "check",
+            "rules",
+            "deploy/components/monitoring/ironlb.rules.yaml",
+        ],
+        ["test", "rules", "tests/monitoring/alerts.test.yaml"],
+    ] {
+        assert_runs("promtool", &args, &root());
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/components/monitoring/ironlb-dashboard.json"))
+            .unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(exprs.len() >= 9, "{exprs:?}");
+    assert!(exprs.iter().all(|e| e.contains("ironlb_")), "{exprs:?}");
 }

@@ -497,6 +497,14 @@ fn metrics_show_who_announces_and_who_answered() {
     wait_mac(&w, V4, &mac, &format!("{V4} to resolve to {owner} again"));
     for (name, ns) in &w.nodes {
         let m = metrics_of(&w, ns);
+        // Every speaker series an alert reads is exported (BGP's only with a
+        // session: the BGP lab checks it).
+        for metric in support::alerted_metrics("ironlb_speaker_") {
+            assert!(
+                metric.contains("bgp") || m.contains(&format!("{metric} ")),
+                "{name} exports no {metric}"
+            );
+        }
         let expected = usize::from(*name == owner) + usize::from(*name == v6_owner);
         assert_eq!(
             value(&m, "ironlb_speaker_announced_addresses"),
@@ -876,8 +884,10 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
     );
 
     // The new owner's report could not be written then; once the API server
-    // answers again it lands (retried), and the dead owner's is removed.
+    // answers again it lands (retried), and the controller removes the dead
+    // owner's (a speaker may write only its own node's).
     server.set_failing(false);
+    let controller = support::Controller::start(&client);
     support::wait_for(
         &format!("the ServiceL2Status of web to name {next} only, after the outage"),
         std::time::Duration::from_secs(15),
@@ -893,6 +903,7 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
         },
     )
     .await;
+    controller.stop().await;
 
     // The owner's speaker comes back while the API server fails again: with
     // no view it must not join the group, or its peers would withdraw the

@@ -24,6 +24,22 @@ async fn status_joins_pools_services_and_announcements() {
         .await
         .unwrap();
     let services: Api<Service> = Api::namespaced(client.clone(), "web");
+    // Writes `ingress` (a list of ingress entries) as a Service's status.
+    let show = |name: &'static str, ingress: serde_json::Value| {
+        let services = services.clone();
+        async move {
+            services
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}}),
+                    ),
+                )
+                .await
+                .unwrap();
+        }
+    };
     create_service(
         &client,
         Svc::lb("web", "ingress")
@@ -31,14 +47,11 @@ async fn status_joins_pools_services_and_announcements() {
             .build(),
     )
     .await;
-    services
-        .patch_status(
-            "ingress",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.168.10.100", "ipMode": "Proxy"}]}}})),
-        )
-        .await
-        .unwrap();
+    show(
+        "ingress",
+        serde_json::json!([{"ip": "192.168.10.100", "ipMode": "Proxy"}]),
+    )
+    .await;
     create_service(&client, Svc::lb("web", "waiting").build()).await;
     create_service(
         &client,
@@ -58,6 +71,57 @@ async fn status_joins_pools_services_and_announcements() {
                 },
             ),
         )
+        .await
+        .unwrap();
+
+    // The controller's warning about the pending Service (an older one
+    // first, which the newer replaces), and one from someone else.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "web");
+    for (name, controller, reason, at) in [
+        (
+            "w1",
+            "ironlb-controller",
+            "NoMatchingPool",
+            "2026-12-04T10:00:00.000000Z",
+        ),
+        (
+            "w2",
+            "ironlb-controller",
+            "PoolExhausted",
+            "2026-12-04T10:05:00.000000Z",
+        ),
+        (
+            "w3",
+            "someone-else",
+            "Unrelated",
+            "2026-12-04T10:09:00.000000Z",
+        ),
+    ] {
+        let event = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "web"},
+            "eventTime": at, "type": "Warning", "reason": reason,
+            "note": format!("{reason} said here"), "action": "Allocate",
+            "reportingController": controller, "reportingInstance": "ctl-a",
+            "regarding": {"apiVersion": "v1", "kind": "Service", "namespace": "web", "name": "waiting"},
+        }))
+        .unwrap();
+        events.create(&PostParams::default(), &event).await.unwrap();
+    }
+    // An address no node reports announcing.
+    create_service(&client, Svc::lb("web", "silent").build()).await;
+    show("silent", serde_json::json!([{"ip": "192.168.10.101"}])).await;
+
+    // One advertised over BGP.
+    create_service(&client, Svc::lb("web", "routed").build()).await;
+    show("routed", serde_json::json!([{"ip": "192.168.10.102"}])).await;
+    let advertised: ironlb::api::ServiceBGPStatus = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ironlb.dev/v1alpha1", "kind": "ServiceBGPStatus",
+        "metadata": {"name": "routed-node-1", "namespace": "web"},
+        "spec": {"service": "routed", "node": "node-1", "peers": ["tor"], "addresses": ["192.168.10.102"]},
+    }))
+    .unwrap();
+    Api::<ironlb::api::ServiceBGPStatus>::namespaced(client.clone(), "web")
+        .create(&PostParams::default(), &advertised)
         .await
         .unwrap();
 
@@ -99,11 +163,20 @@ async fn status_joins_pools_services_and_announcements() {
     );
     assert_eq!(
         line("web ingress"),
-        "web ingress 192.168.10.100 lan node-2 eth0 embedded"
+        "web ingress 192.168.10.100 lan node-2 eth0 embedded -"
     );
     assert_eq!(
         line("web waiting"),
-        "web waiting <pending> - - - kube-proxy"
+        "web waiting <pending> - - - kube-proxy PoolExhausted: PoolExhausted said here"
+    );
+    assert!(
+        line("web silent")
+            .starts_with("web silent 192.168.10.101 lan - - kube-proxy not announced"),
+        "{text}"
+    );
+    assert_eq!(
+        line("web routed"),
+        "web routed 192.168.10.102 lan node-1 bgp:tor kube-proxy -"
     );
     assert!(
         !text.contains("theirs"),
@@ -119,5 +192,50 @@ async fn status_joins_pools_services_and_announcements() {
     assert_eq!(ingress["interfaces"], serde_json::json!(["eth0"]));
     assert_eq!(ingress["pool"], "lan");
     assert_eq!(ingress["forwarding"], "embedded");
+
+    // As kubectl finds a cluster: ~/.kube/config with nothing else said, and
+    // $KUBECONFIG as a list whose first entry does not exist.
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join(".kube")).unwrap();
+    std::fs::copy(&kubeconfig, home.join(".kube/config")).unwrap();
+    let found = |home: &std::path::Path, env: Option<String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ironlb"));
+        cmd.args(["status", "-o", "json"])
+            .env("HOME", home)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        if let Some(list) = env {
+            cmd.env("KUBECONFIG", list);
+        }
+        cmd.output()
+    };
+    for (what, env) in [
+        ("~/.kube/config", None),
+        (
+            "$KUBECONFIG",
+            Some(format!(
+                "{}:{}",
+                dir.join("absent").display(),
+                kubeconfig.display()
+            )),
+        ),
+    ] {
+        let out = found(&home, env).await.unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(value["pools"][0]["name"], "lan", "{what}");
+    }
+    // Nothing at all: it says where it looked.
+    let out = found(&dir.join("empty-home"), None).await.unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("no kubeconfig") && said.contains("--kubeconfig"),
+        "{said}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,10 +24,6 @@ pub const PROXY_PROTOCOL: &str = "ironlb.dev/proxy-protocol";
 /// separated), honoured when the field is empty, as kube-proxy does: the way
 /// a Gateway's `infrastructure.annotations` limit who may connect.
 pub const SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
-/// Written by the Gateway controller on a Gateway's Service: the Gateway's
-/// ports and routes as JSON, which the speakers' forwarders run. Read only on
-/// a Service whose controlling owner is a Gateway.
-pub const GATEWAY_PROGRAM: &str = "ironlb.dev/gateway-program";
 
 /// Written by the controller: the `IPAddressPool` the Service's addresses came
 /// from. Speakers announce an address by this record and the advertisements,

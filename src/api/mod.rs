@@ -19,7 +19,9 @@ pub use bgp::{
 };
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
 pub use l2status::{ServiceL2Status, ServiceL2StatusSpec};
-pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
+pub use pool::{
+    CrossNamespaceSharing, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSON, JSONSchemaProps, JSONSchemaPropsOrArray,

@@ -91,6 +91,29 @@ pub struct IPAddressPoolSpec {
     /// the pools that match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_allocation: Option<ServiceAllocation>,
+
+    /// Lets Services of different namespaces share this pool's addresses (with
+    /// the same `allow-shared-ip` key), when both namespaces are listed or
+    /// selected here. Without it, a Service shares an address only with
+    /// Services of its own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_namespace_sharing: Option<CrossNamespaceSharing>,
+}
+
+/// Namespaces whose Services may share one address of the pool with each
+/// other. `namespaceSelectors: [{}]` selects every namespace: MetalLB's
+/// behaviour, which lets any namespace's Service that knows (or guesses) a
+/// sharing key join another's address.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CrossNamespaceSharing {
+    /// Namespaces by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Selectors over namespace labels; an empty selector selects every
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_selectors: Vec<LabelSelector>,
 }
 
 /// Every entry parses as a CIDR, a single address, or a two-ended range whose ends
@@ -116,18 +139,66 @@ const HOST_BITS_MESSAGE: &str = "'host bits are set in ' + self + ': write the n
      self.split('/')[1] + ' (the whole network) or ' + self.split('/')[0] + \
      (cidr(self).ip().family() == 4 ? '/32' : '/128') + ' (one address)'";
 
+/// The special-purpose kinds the schema refuses, as (CEL predicate over an
+/// address expression, what to call it). The API server's IP library can only
+/// test single addresses, so a CIDR is judged by its network address and a
+/// range by its two ends; the controller's `Valid` condition catches an entry
+/// that only reaches into such a block in its middle (`126.0.0.0/7`).
+const SPECIAL_KINDS: [(&str, &str); 4] = [
+    (
+        "{a}.isUnspecified()",
+        "the unspecified address (0.0.0.0, ::)",
+    ),
+    ("{a}.isLoopback()", "a loopback address (127.0.0.0/8, ::1)"),
+    (
+        "{a}.isLinkLocalUnicast()",
+        "a link-local address (169.254.0.0/16, fe80::/10)",
+    ),
+    (
+        "({a}.isLinkLocalMulticast() || !({a}.isGlobalUnicast() || {a}.isUnspecified() || \
+         {a}.isLoopback() || {a}.isLinkLocalUnicast()))",
+        "a multicast or broadcast address (224.0.0.0/4, 255.255.255.255, ff00::/8)",
+    ),
+];
+
+/// One rule per kind in [`SPECIAL_KINDS`]: the entry's addresses, as far as
+/// CEL can see them, are none of that kind.
+fn special_purpose_rules() -> Vec<serde_json::Value> {
+    let start = "self.split('-')[0].trim()";
+    let end = "self.split('-')[1].trim()";
+    SPECIAL_KINDS
+        .iter()
+        .map(|(predicate, kind)| {
+            let of = |a: &str| predicate.replace("{a}", a);
+            let rule = format!(
+                "!((isIP(self) && {single}) || (isCIDR(self) && {network}) || \
+                 (self.split('-').size() == 2 && isIP({start}) && isIP({end}) && ({first} || {last})))",
+                single = of("ip(self)"),
+                network = of("cidr(self).ip()"),
+                first = of(&format!("ip({start})")),
+                last = of(&format!("ip({end})")),
+            );
+            serde_json::json!({
+                "rule": rule,
+                "messageExpression": format!("self + ' is or holds {kind}, which no Service can be reached on'"),
+            })
+        })
+        .collect()
+}
+
 /// Puts the entry rules on each item rather than on the list: the API server then
 /// names the offending entry (`spec.addresses[2]`), and a rule over one string of
 /// at most 100 characters stays far inside the CEL cost budget, where a rule
 /// (and above all a message expression) that filters and joins the whole list was
 /// estimated at over 100 times the budget and refused.
 fn entry_rules(schema: &mut schemars::Schema) {
-    let rules = serde_json::json!([
-        {"rule": ENTRY_SYNTAX_RULE, "message": ENTRY_SYNTAX_MESSAGE},
-        {"rule": HOST_BITS_RULE, "messageExpression": HOST_BITS_MESSAGE},
-    ]);
+    let mut rules = vec![
+        serde_json::json!({"rule": ENTRY_SYNTAX_RULE, "message": ENTRY_SYNTAX_MESSAGE}),
+        serde_json::json!({"rule": HOST_BITS_RULE, "messageExpression": HOST_BITS_MESSAGE}),
+    ];
+    rules.extend(special_purpose_rules());
     if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
-        items.insert("x-kubernetes-validations".into(), rules);
+        items.insert("x-kubernetes-validations".into(), rules.into());
     }
 }
 

@@ -20,6 +20,22 @@ pub const DEFAULT_CONNECT: Duration = Duration::from_secs(10);
 /// this node's routes while its speaker comes back.
 pub const RESTART_TIME: u16 = 120;
 
+/// The Secrets of `namespace` that `peers` name as `passwordSecret` (a
+/// reference without a namespace means the speaker's own): the only Secrets
+/// the speakers read.
+pub fn password_secrets(
+    peers: &[&crate::api::BGPPeer],
+    namespace: &str,
+) -> std::collections::BTreeSet<String> {
+    peers
+        .iter()
+        .filter_map(|p| p.spec.password_secret.as_ref())
+        .filter(|r| r.namespace.as_deref().is_none_or(|n| n == namespace))
+        .map(|r| r.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 /// Parses a Go duration as Kubernetes writes them: `90s`, `1m30s`, `500ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration (write it as 90s, 1m30s or 500ms)");

@@ -13,6 +13,7 @@
 
 pub mod metrics;
 pub mod plan;
+pub mod reports;
 pub mod translate;
 
 use std::sync::Arc;
@@ -24,8 +25,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -34,6 +33,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::annotations::ALLOCATED_FROM_POOL;
 use crate::api::{IPAddressPool, POOL_FINALIZER};
+pub use crate::k8s::Fence;
+use crate::k8s::cache_all;
 use metrics::Metrics;
 use plan::{Action, Planner, Snapshot};
 
@@ -60,54 +61,6 @@ pub struct Config {
     /// With leader election: the Lease this replica must hold, freshly renewed,
     /// for a pass to write anything.
     pub fence: Option<Fence>,
-}
-
-/// Keeps a replica that was paused or cut off from writing after its lease
-/// could have passed to another: before a pass writes, the Lease must name this
-/// replica and have been renewed less than `max_age` ago (the lease duration
-/// less a safety margin), by this replica's clock, which also wrote the
-/// renewal time. Elections alone cannot promise that: a leader frozen past its
-/// lease still believes it leads for the moment after it resumes.
-#[derive(Clone, Debug)]
-pub struct Fence {
-    /// The Lease's namespace.
-    pub namespace: String,
-    /// The Lease's name.
-    pub name: String,
-    /// This replica's identity in it.
-    pub identity: String,
-    /// How old the last renewal may be.
-    pub max_age: Duration,
-}
-
-impl Fence {
-    /// Whether this replica may write now; the error says why not.
-    pub async fn check(&self, client: &Client) -> Result<(), String> {
-        use k8s_openapi::api::coordination::v1::Lease;
-        let lease = Api::<Lease>::namespaced(client.clone(), &self.namespace)
-            .get(&self.name)
-            .await
-            .map_err(|e| format!("reading Lease {}/{}: {e}", self.namespace, self.name))?;
-        let spec = lease.spec.unwrap_or_default();
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-            return Err(format!(
-                "Lease {}/{} is held by {:?}",
-                self.namespace, self.name, spec.holder_identity
-            ));
-        }
-        let renewed = spec
-            .renew_time
-            .map(|t| t.0)
-            .ok_or("the Lease has no renewTime")?;
-        let age = Timestamp::now().duration_since(renewed);
-        let max = k8s_openapi::jiff::SignedDuration::try_from(self.max_age).unwrap_or_default();
-        if age > max {
-            return Err(format!(
-                "the Lease was last renewed {age:#} ago, more than the {max:#} a writer may rely on"
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl Default for Config {
@@ -269,9 +222,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let wake = Arc::new(Notify::new());
-    let services = cache::<Service>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    let pools = cache::<IPAddressPool>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    let namespaces = cache::<Namespace>(Api::all(client.clone()), wake.clone(), shutdown.clone());
+    let services = cache_all::<Service>(&client, &wake, &shutdown);
+    let pools = cache_all::<IPAddressPool>(&client, &wake, &shutdown);
+    let namespaces = cache_all::<Namespace>(&client, &wake, &shutdown);
     for (name, ready) in [
         ("Service", services.wait_until_ready().await.is_ok()),
         ("IPAddressPool", pools.wait_until_ready().await.is_ok()),
@@ -281,11 +234,7 @@ pub async fn run(
             return Err(Error::CacheNotReady(name));
         }
     }
-    if config.gateway {
-        let gateways =
-            crate::gateway::controller::run(client.clone(), config.fence.clone(), shutdown.clone());
-        tokio::spawn(gateways);
-    }
+    spawn_companions(&client, &config, &shutdown);
     info!("caches synced; restoring addresses from Service status");
     metrics.set_ready(true);
 
@@ -351,16 +300,7 @@ pub async fn run(
         metrics.observe_pass(started.elapsed().as_secs_f64());
         debug!(services = outcome.assigned_services, ?written, "pass done");
 
-        let retry = if written.failed > 0 {
-            backoff.delay()
-        } else if written.conflicts > 0 {
-            // A 409: the view was stale; look again once the watch has caught up.
-            backoff.reset();
-            Duration::from_millis(200)
-        } else {
-            backoff.reset();
-            config.resync
-        };
+        let retry = next_pass(written, &mut backoff, config.resync);
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = wake.notified() => {}
@@ -370,37 +310,38 @@ pub async fn run(
     Ok(())
 }
 
-/// A reflector cache of `api` whose every change wakes the pass.
-pub(crate) fn cache<K>(api: Api<K>, wake: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects()
-        .for_each(move |event| {
-            if let Err(e) = event {
-                warn!(error = %e, "watch failed; retrying");
-            }
-            wake.notify_one();
-            future::ready(())
-        });
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = stream => {}
-        }
-    });
-    store
+/// Starts what runs beside the Service controller while this replica leads
+/// (`shutdown` ends with the leadership): the Gateway controller, when on,
+/// and the housekeeping of the speakers' reports and Secret grants.
+fn spawn_companions(client: &Client, config: &Config, shutdown: &CancellationToken) {
+    if config.gateway {
+        tokio::spawn(crate::gateway::controller::run(
+            client.clone(),
+            config.fence.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(reports::run(
+        client.clone(),
+        config.lease_namespace.clone(),
+        config.fence.clone(),
+        shutdown.clone(),
+    ));
+}
+
+/// How long until the next pass when nothing wakes it: soon after failed
+/// writes (with back-off) or a conflict, else the resync period.
+fn next_pass(written: Written, backoff: &mut Backoff, resync: Duration) -> Duration {
+    if written.failed > 0 {
+        return backoff.delay();
+    }
+    backoff.reset();
+    if written.conflicts > 0 {
+        // A 409: the view was stale; look again once the watch has caught up.
+        Duration::from_millis(200)
+    } else {
+        resync
+    }
 }
 
 /// What became of a pass's writes.

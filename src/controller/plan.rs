@@ -343,11 +343,14 @@ impl Planner {
                 }
                 continue;
             }
+            // Events about a cluster-scoped object land in `default`, which
+            // tenants may read: they count the Services, the pool's condition
+            // (readable by whoever may read pools) names them.
             let note = format!(
-                "IPAddressPool {name} is being deleted, but {} still hold its addresses: they keep \
-                 answering, and the pool goes once the last of these Services is deleted or stops \
-                 being a LoadBalancer",
-                list_holders(holders)
+                "IPAddressPool {name} is being deleted, but {} Service(s) still hold its addresses \
+                 (its Valid condition names them): they keep answering, and the pool goes once \
+                 the last of these Services is deleted or stops being a LoadBalancer",
+                holders.len()
             );
             if self.last_pool_event.get(&name) != Some(&note) {
                 self.last_pool_event.insert(name.clone(), note.clone());
@@ -679,6 +682,7 @@ mod tests {
                 auto_assign: true,
                 avoid_buggy_ips: false,
                 service_allocation: None,
+                cross_namespace_sharing: None,
             },
         );
         p.metadata.generation = Some(1);

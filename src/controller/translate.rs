@@ -285,7 +285,28 @@ pub fn pool_spec(pool: &IPAddressPool) -> Result<ipam::PoolSpec, String> {
             })
         })
         .transpose()?;
+    let cross_namespace = spec
+        .cross_namespace_sharing
+        .as_ref()
+        .map(|c| -> Result<ipam::NamespaceMatch, String> {
+            let namespace_selectors = c
+                .namespace_selectors
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    selector(s).map_err(|e| {
+                        format!("spec.crossNamespaceSharing.namespaceSelectors[{i}].{e}")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ipam::NamespaceMatch {
+                namespaces: c.namespaces.clone(),
+                namespace_selectors,
+            })
+        })
+        .transpose()?;
     Ok(ipam::PoolSpec {
+        cross_namespace,
         name: pool.name_any(),
         created_at: seconds(pool.metadata.creation_timestamp.as_ref()),
         established: is_established(pool),
@@ -555,6 +576,7 @@ mod tests {
                     }],
                     ..Default::default()
                 }),
+                cross_namespace_sharing: None,
             },
         );
         assert_eq!(

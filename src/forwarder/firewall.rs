@@ -29,6 +29,12 @@ pub const TABLE: &str = "ironlb";
 /// Failure to write the table.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `nft` is not installed.
+    #[error(
+        "the nft command is not installed: the embedded forwarder needs it to keep the node's own \
+         ports off Service addresses (Debian/Ubuntu: apt-get install nftables)"
+    )]
+    Missing,
     /// `nft` could not run.
     #[error("running nft: {0}")]
     Nft(#[source] std::io::Error),
@@ -148,13 +154,21 @@ async fn nft(script: String) -> Result<(), Error> {
 }
 
 fn nft_blocking(script: &str) -> Result<(), Error> {
-    let mut child = Command::new("nft")
+    run_nft("nft", script)
+}
+
+/// Runs `program` (nft) with `script` on its input.
+fn run_nft(program: &str, script: &str) -> Result<(), Error> {
+    let mut child = Command::new(program)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(Error::Nft)?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Missing,
+            _ => Error::Nft(e),
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes()).map_err(Error::Nft)?;
     }
@@ -172,6 +186,18 @@ fn nft_blocking(script: &str) -> Result<(), Error> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_missing_nft_is_named_with_its_package() {
+        let err = run_nft("/nonexistent/nft", "").unwrap_err();
+        assert!(matches!(err, Error::Missing), "{err:?}");
+        let said = err.to_string();
+        assert!(
+            said.contains("nft command is not installed")
+                && said.contains("apt-get install nftables"),
+            "{said}"
+        );
+    }
 
     #[test]
     fn the_table_opens_each_port_of_each_address_and_marks_only_when_asked() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
+pub use super::routing::Backend;
 use super::routing::{Route, Routing, Share};
 use crate::api::annotations::ProxyVersion;
 use crate::ipam::ServiceKey;
@@ -124,15 +125,6 @@ pub struct Endpoint {
     pub serving: bool,
     /// Port name and protocol → the endpoint's port.
     pub ports: BTreeMap<(String, Protocol), u16>,
-}
-
-/// A backend a listener may send a connection or flow to.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Backend {
-    /// Where to connect.
-    pub address: SocketAddr,
-    /// The endpoint's node.
-    pub node: Option<String>,
 }
 
 /// A socket this node must listen on.

@@ -2,10 +2,20 @@
 //! or on a TLS passthrough port the one whose hostnames best match the
 //! ClientHello's server name), then a share of that route by weight. Pure.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::plan::Backend;
 use crate::gateway::hostname;
+
+/// A backend a listener may send a connection or flow to (here, where the
+/// choice among backends is made; [`super::plan`] builds them).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// The endpoint's node.
+    pub node: Option<String>,
+}
 
 /// A Gateway port's routes, as its listener runs them.
 #[derive(Clone, Debug, PartialEq, Eq)]

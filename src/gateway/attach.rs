@@ -170,7 +170,9 @@ pub enum Address {
     /// Not assigned yet.
     Pending,
     /// Assigned; `taken` holds the ports other Services sharing the address
-    /// already use, as (port, transport) → `namespace/name`.
+    /// already use, as (port, transport) → who holds it, in words the
+    /// Gateway's namespace may read (`Service namespace/name`, or no name
+    /// for another namespace's).
     Assigned {
         /// The addresses.
         addresses: Vec<IpAddr>,
@@ -301,14 +303,14 @@ pub struct RouteOutcome {
 }
 
 /// What the forwarder does on a Gateway's address: one entry per port.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Program {
     /// The ports, by port and protocol.
     pub ports: Vec<ProgramPort>,
 }
 
 /// One listening port and the routes behind it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramPort {
     /// The port.
     pub port: u16,
@@ -320,19 +322,18 @@ pub struct ProgramPort {
 }
 
 /// An attached route.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramRoute {
     /// `Kind namespace/name`, for logs and metrics.
     pub route: String,
     /// SNI patterns (TLS only), already narrowed to the listener's hostname.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
     /// The backends with their weights.
     pub backends: Vec<ProgramBackend>,
 }
 
 /// A backend Service port and its share.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramBackend {
     /// The Service's namespace.
     pub namespace: String,
@@ -585,7 +586,7 @@ fn check_listener<'a>(
                     false,
                     "PortUnavailable",
                     format!(
-                        "{} port {} on the Gateway's address is used by Service {holder}",
+                        "{} port {} on the Gateway's address is used by {holder}",
                         p.transport(),
                         l.port
                     ),
@@ -1641,8 +1642,5 @@ mod tests {
             [(1, true), (3, false)],
             "a missing backend keeps its share, refused"
         );
-        // The program survives the trip through the Service annotation.
-        let text = serde_json::to_string(&g.program).unwrap();
-        assert_eq!(serde_json::from_str::<Program>(&text).unwrap(), g.program);
     }
 }

@@ -6,33 +6,33 @@
 //! Service (owned by the Gateway, so it goes with it) whose ports are the
 //! Gateway's valid listeners. ironlb's allocator gives it an address with
 //! the usual pool, sharing and stability rules, and the speakers announce
-//! and forward it like any other (layer 2 or BGP). The routes' backends
-//! reach that Service as EndpointSlices the controller mirrors from the
-//! backend Services, so the embedded forwarder and kube-proxy both carry
-//! TCP and UDP routes without knowing of Gateways.
+//! it like any other (layer 2 or BGP). The speakers forward its routes from
+//! the same rules run on the same objects ([`super::snapshot`]), never from
+//! anything written on the Service. For clients of the Service's cluster IP,
+//! the controller mirrors the ready endpoints of each TCP and UDP port's
+//! first route into EndpointSlices of the Service, for kube-proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::Store;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::attach::{self, Address, Cond, GatewayOutcome, Program, Protocol, Route, Snapshot};
+use super::attach::{self, Cond, GatewayOutcome, Program, Protocol, Route, Snapshot};
+use super::snapshot::{self, is_ours, service_name};
+use super::watch::{self, refs};
 use crate::api::annotations;
-use crate::api::gateway::{
-    GATEWAY_GROUP, Gateway, GatewayClass, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute,
-};
-use crate::controller::{Fence, cache, translate};
+use crate::api::gateway::{Gateway, GatewayClass, TCPRoute, TLSRoute, UDPRoute};
+use crate::k8s::{Fence, cache_all};
 
 /// The field manager of the controller's Gateway writes.
 pub const FIELD_MANAGER: &str = "ironlb-gateway";
@@ -47,65 +47,21 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "ironlb-gateway";
 
-/// The name of the Service carrying a Gateway's address.
-pub fn service_name(gateway: &str) -> String {
-    let name = format!("{gateway}-ironlb-gateway");
-    if name.len() <= 63 {
-        return name;
-    }
-    // Keep it unique and within the DNS label limit.
-    let hash = gateway.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("{}-{:08x}-ironlb-gw", &gateway[..40], hash as u32)
-}
-
 /// Runs the Gateway controller until `shutdown`: it waits (quietly, checking
-/// each minute) for the Gateway API CRDs, then reconciles on every change.
+/// every [`watch::CRD_RECHECK`]) for the Gateway API CRDs, then reconciles on
+/// every change.
 pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationToken) {
-    let mut told = false;
-    let kinds = loop {
-        match installed(&client).await {
-            Ok(kinds) if kinds.contains("gateways") && kinds.contains("gatewayclasses") => {
-                break kinds;
-            }
-            Ok(_) | Err(_) if !told => {
-                info!(
-                    "Gateway API CRDs (gateway.networking.k8s.io/v1) are not installed; the Gateway controller waits for them"
-                );
-                told = true;
-            }
-            _ => {}
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-        }
+    let Some(kinds) = watch::wait_for_crds(&client, "Gateway controller", &shutdown).await else {
+        return;
     };
     info!(kinds = ?kinds, "Gateway controller running");
     let wake = Arc::new(Notify::new());
-    let classes = watch::<GatewayClass>(&client, &wake, &shutdown);
-    let gateways = watch::<Gateway>(&client, &wake, &shutdown);
-    let services = watch::<Service>(&client, &wake, &shutdown);
-    let slices = watch::<EndpointSlice>(&client, &wake, &shutdown);
-    let namespaces = watch::<Namespace>(&client, &wake, &shutdown);
-    // The route kinds and ReferenceGrant are optional: an API server may
-    // serve only some of them.
-    let optional = |kind: &str| kinds.contains(kind);
-    let grants =
-        optional("referencegrants").then(|| watch::<ReferenceGrant>(&client, &wake, &shutdown));
-    let tcp = optional("tcproutes").then(|| watch::<TCPRoute>(&client, &wake, &shutdown));
-    let udp = optional("udproutes").then(|| watch::<UDPRoute>(&client, &wake, &shutdown));
-    let tls = optional("tlsroutes").then(|| watch::<TLSRoute>(&client, &wake, &shutdown));
-    let ready = classes.wait_until_ready().await.is_ok()
-        && gateways.wait_until_ready().await.is_ok()
+    let caches = watch::Caches::start(&client, &kinds, &wake, &shutdown);
+    let services = cache_all::<Service>(&client, &wake, &shutdown);
+    let slices = cache_all::<EndpointSlice>(&client, &wake, &shutdown);
+    let ready = caches.ready().await
         && services.wait_until_ready().await.is_ok()
-        && slices.wait_until_ready().await.is_ok()
-        && namespaces.wait_until_ready().await.is_ok()
-        && ready_if_watched(&grants).await
-        && ready_if_watched(&tcp).await
-        && ready_if_watched(&udp).await
-        && ready_if_watched(&tls).await;
+        && slices.wait_until_ready().await.is_ok();
     if !ready {
         warn!("the Gateway controller's caches did not fill; it stops");
         return;
@@ -115,50 +71,12 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The caches' own objects, shared, never copied: a pass runs on
         // every Service and EndpointSlice change of the cluster.
-        let (class_state, gateway_state) = (classes.state(), gateways.state());
+        let state = caches.state();
+        let objects = state.objects();
         let (service_state, slice_state) = (services.state(), slices.state());
-        let grant_state: Vec<Arc<ReferenceGrant>> =
-            grants.as_ref().map(Store::state).unwrap_or_default();
-        let tcp_state: Vec<Arc<TCPRoute>> = tcp.as_ref().map(Store::state).unwrap_or_default();
-        let udp_state: Vec<Arc<UDPRoute>> = udp.as_ref().map(Store::state).unwrap_or_default();
-        let tls_state: Vec<Arc<TLSRoute>> = tls.as_ref().map(Store::state).unwrap_or_default();
         let service_list = refs(&service_state);
         let slice_list = refs(&slice_state);
-        let snap = Snapshot {
-            classes: refs(&class_state),
-            gateways: refs(&gateway_state),
-            grants: refs(&grant_state),
-            routes: tcp_state
-                .iter()
-                .map(|r| Route::tcp(r))
-                .chain(udp_state.iter().map(|r| Route::udp(r)))
-                .chain(tls_state.iter().map(|r| Route::tls(r)))
-                .collect(),
-            services: service_list
-                .iter()
-                .map(|s| {
-                    let ports = s
-                        .spec
-                        .iter()
-                        .flat_map(|s| s.ports.iter().flatten())
-                        .map(|p| p.port)
-                        .collect();
-                    ((s.namespace().unwrap_or_default(), s.name_any()), ports)
-                })
-                .collect(),
-            namespaces: namespaces
-                .state()
-                .iter()
-                .map(|n| (n.name_any(), n.labels().clone()))
-                .collect(),
-            addresses: gateway_state
-                .iter()
-                .map(|g| {
-                    let key = (g.namespace().unwrap_or_default(), g.name_any());
-                    (key, address_of(g, &service_list))
-                })
-                .collect(),
-        };
+        let snap = snapshot::snapshot(&objects, &service_list);
         let outcome = attach::decide(&snap);
 
         if let Some(fence) = &fence
@@ -177,98 +95,6 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
-}
-
-/// A cache of every `K` of the cluster whose changes wake the pass.
-fn watch<K>(client: &Client, wake: &Arc<Notify>, shutdown: &CancellationToken) -> Store<K>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    cache(Api::all(client.clone()), wake.clone(), shutdown.clone())
-}
-
-/// Whether an optional cache, if there is one, filled.
-async fn ready_if_watched<K>(store: &Option<Store<K>>) -> bool
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    match store {
-        Some(s) => s.wait_until_ready().await.is_ok(),
-        None => true,
-    }
-}
-
-fn refs<K>(objects: &[Arc<K>]) -> Vec<&K> {
-    objects.iter().map(AsRef::as_ref).collect()
-}
-
-/// Which resources of `gateway.networking.k8s.io/v1` the API server serves.
-async fn installed(client: &Client) -> Result<BTreeSet<String>, kube::Error> {
-    let list = client
-        .list_api_group_resources(&format!("{GATEWAY_GROUP}/v1"))
-        .await?;
-    Ok(list.resources.into_iter().map(|r| r.name).collect())
-}
-
-/// The Gateway's address, read from its Service.
-fn address_of(gateway: &Gateway, services: &[&Service]) -> Address {
-    let ns = gateway.namespace().unwrap_or_default();
-    let name = service_name(&gateway.name_any());
-    let Some(svc) = services
-        .iter()
-        .find(|s| s.namespace().as_deref() == Some(&ns) && s.name_any() == name)
-    else {
-        return Address::Pending;
-    };
-    if !is_ours(svc, gateway) {
-        return Address::Refused {
-            reason: "AddressNotAssigned",
-            message: format!(
-                "Service {ns}/{name} exists and does not belong to this Gateway; rename or delete it"
-            ),
-        };
-    }
-    let addresses = translate::status_addresses(svc);
-    if addresses.is_empty() {
-        return Address::Pending;
-    }
-    // Ports other Services sharing the address hold.
-    let mut taken = BTreeMap::new();
-    for other in services
-        .iter()
-        .filter(|s| s.metadata.uid != svc.metadata.uid)
-    {
-        let shares = translate::status_addresses(other)
-            .iter()
-            .any(|a| addresses.contains(a));
-        if !shares {
-            continue;
-        }
-        for p in other.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
-            let transport = if p.protocol.as_deref() == Some("UDP") {
-                "UDP"
-            } else {
-                "TCP"
-            };
-            taken.insert(
-                (p.port, transport),
-                format!(
-                    "{}/{}",
-                    other.namespace().unwrap_or_default(),
-                    other.name_any()
-                ),
-            );
-        }
-    }
-    Address::Assigned { addresses, taken }
-}
-
-fn is_ours(svc: &Service, gateway: &Gateway) -> bool {
-    svc.owner_references()
-        .iter()
-        .any(|o| o.kind == "Gateway" && Some(&o.uid) == gateway.metadata.uid.as_ref())
 }
 
 /// Conditions as Kubernetes wants them: a transition time that only moves
@@ -530,18 +356,15 @@ fn gateway_status(
 
 /// The Service carrying the Gateway's address: its valid listeners' ports,
 /// the infrastructure labels and annotations (a pool, sharing key or PROXY
-/// protocol choice goes there), requested addresses, the program, and
-/// embedded forwarding.
+/// protocol choice goes there), requested addresses, and embedded
+/// forwarding. The routes are not written on it: every speaker computes them
+/// from the Gateway API objects with the same rules.
 fn desired_service(gateway: &Gateway, name: &str, program: &Program) -> Value {
     let infra = gateway.spec.infrastructure.clone().unwrap_or_default();
     let mut labels = infra.labels.clone();
     labels.insert(GATEWAY_NAME_LABEL.into(), gateway.name_any());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations = infra.annotations.clone();
-    annotations.insert(
-        annotations::GATEWAY_PROGRAM.into(),
-        serde_json::to_string(program).unwrap_or_default(),
-    );
     // The routes run on the embedded forwarder only: kube-proxy knows
     // nothing of hostnames and weights.
     annotations.insert(annotations::FORWARDING.into(), "embedded".into());
@@ -612,7 +435,10 @@ fn differs(current: &Service, desired: &Value) -> bool {
         .as_object()
         .into_iter()
         .flatten()
-        .any(|(k, v)| &current["metadata"]["annotations"][k] != v);
+        .any(|(k, v)| &current["metadata"]["annotations"][k] != v)
+        // Written by earlier versions, read by none: an apply without it
+        // takes it away.
+        || !current["metadata"]["annotations"]["ironlb.dev/gateway-program"].is_null();
     labels_differ || annotations_differ || pick(&current) != pick(desired)
 }
 

@@ -3,9 +3,15 @@
 //! `TCPRoute`, `UDPRoute` and `TLSRoute` (passthrough) on its own forwarder.
 //!
 //! [`attach`] holds the spec's attachment and status rules as a pure
-//! function; [`hostname`] the hostname matching they and the SNI router
-//! share.
+//! function; [`snapshot`] what they read, built alike by the controller
+//! (which writes the statuses) and every speaker (which forwards the routes);
+//! [`watch`] the caches both fill; [`hostname`] the hostname matching the
+//! rules and the SNI router share.
 
 pub mod attach;
 pub mod controller;
 pub mod hostname;
+pub mod snapshot;
+pub mod watch;
+
+pub use snapshot::service_name;

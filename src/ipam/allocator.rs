@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use super::free::FreeSet;
 use super::pool::{Pool, PoolError, PoolSet, PoolSpec};
 use super::range::{Family, to_number};
-use super::service::{Claim, FamilyPolicy, Service, ServiceKey, SharingRefusal, check_sharing};
+use super::service::{
+    Claim, FamilyPolicy, Holder, Service, ServiceKey, SharingRefusal, check_sharing,
+};
 
 /// The addresses a Service holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,8 +170,8 @@ pub enum AllocErrorKind {
     InUse {
         /// The address.
         address: IpAddr,
-        /// Its holder.
-        holder: ServiceKey,
+        /// Its holder, as the Service asking may know it.
+        holder: Holder,
         /// Why sharing is refused.
         #[source]
         reason: SharingRefusal,
@@ -179,8 +181,8 @@ pub enum AllocErrorKind {
     Conflict {
         /// The address.
         address: IpAddr,
-        /// The older Service.
-        holder: ServiceKey,
+        /// The older Service, as the younger may know it.
+        holder: Holder,
         /// Why the two can't share.
         reason: SharingRefusal,
     },
@@ -401,7 +403,7 @@ impl Allocator {
                     service: svc.key.clone(),
                     kind: AllocErrorKind::Conflict {
                         address: ip,
-                        holder,
+                        holder: Holder::seen_by(holder, &svc.key),
                         reason,
                     },
                 });
@@ -761,7 +763,7 @@ impl Allocator {
             self.shareable(ip, &svc.key, claim)
                 .map_err(|(holder, reason)| AllocErrorKind::InUse {
                     address: ip,
-                    holder,
+                    holder: Holder::seen_by(holder, &svc.key),
                     reason,
                 })?;
         }
@@ -902,9 +904,12 @@ impl Allocator {
         let Some(holders) = self.holders.get(&ip) else {
             return Ok(());
         };
+        let across = self
+            .pool_holding(ip)
+            .and_then(|p| p.spec.cross_namespace.as_ref());
         for (holder, theirs) in holders.iter() {
             if holder != key {
-                check_sharing(claim, theirs).map_err(|reason| (holder.clone(), reason))?;
+                check_sharing(claim, theirs, across).map_err(|reason| (holder.clone(), reason))?;
             }
         }
         Ok(())

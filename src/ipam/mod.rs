@@ -17,7 +17,9 @@ mod selector;
 mod service;
 
 pub use allocator::{AllocError, AllocErrorKind, Allocator, Assignment, FamilyUsage, PoolUsage};
-pub use pool::{AllocationRules, PoolError, PoolSpec};
+pub use pool::{AllocationRules, NamespaceMatch, PoolError, PoolSpec};
 pub use range::{AddressRange, EntryError, Family};
 pub use selector::{LabelSelector, Labels, Operator, Requirement};
-pub use service::{Backend, FamilyPolicy, Port, Protocol, Service, ServiceKey, SharingRefusal};
+pub use service::{
+    Backend, FamilyPolicy, Holder, Port, Protocol, Service, ServiceKey, SharingRefusal,
+};

@@ -30,6 +30,9 @@ pub struct PoolSpec {
     pub avoid_buggy_ips: bool,
     /// Which Services may use the pool, and its priority.
     pub allocation: Option<AllocationRules>,
+    /// Namespaces whose Services may share this pool's addresses with each
+    /// other; `None`: a Service shares only within its own namespace.
+    pub cross_namespace: Option<NamespaceMatch>,
 }
 
 impl PoolSpec {
@@ -43,7 +46,14 @@ impl PoolSpec {
             auto_assign: true,
             avoid_buggy_ips: false,
             allocation: None,
+            cross_namespace: None,
         }
+    }
+
+    /// Lets Services of the matching namespaces share addresses with each other.
+    pub fn cross_namespace(mut self, rule: NamespaceMatch) -> Self {
+        self.cross_namespace = Some(rule);
+        self
     }
 
     /// Sets `autoAssign`.
@@ -90,17 +100,43 @@ pub struct AllocationRules {
     pub service_selectors: Vec<LabelSelector>,
 }
 
+/// Namespaces by name or by their labels, as a pool names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceMatch {
+    /// Namespaces by name.
+    pub namespaces: Vec<String>,
+    /// Namespaces by their labels; an empty selector matches every namespace.
+    pub namespace_selectors: Vec<LabelSelector>,
+}
+
+impl NamespaceMatch {
+    /// Whether namespace `name` with `labels` is matched.
+    pub fn matches(&self, name: &str, labels: &super::Labels) -> bool {
+        in_namespaces(&self.namespaces, &self.namespace_selectors, name, labels)
+    }
+}
+
+fn in_namespaces(
+    names: &[String],
+    selectors: &[LabelSelector],
+    name: &str,
+    labels: &super::Labels,
+) -> bool {
+    names.iter().any(|n| n == name) || selectors.iter().any(|s| s.matches(labels))
+}
+
 impl AllocationRules {
     /// Whether `svc` may use a pool with these rules; `Err` says why not.
     pub(crate) fn admits(&self, svc: &Service) -> Result<(), String> {
         let namespace_restricted =
             !self.namespaces.is_empty() || !self.namespace_selectors.is_empty();
         if namespace_restricted
-            && !self.namespaces.contains(&svc.key.namespace)
-            && !self
-                .namespace_selectors
-                .iter()
-                .any(|s| s.matches(&svc.namespace_labels))
+            && !in_namespaces(
+                &self.namespaces,
+                &self.namespace_selectors,
+                &svc.key.namespace,
+                &svc.namespace_labels,
+            )
         {
             return Err(format!(
                 "namespace {} is not in its serviceAllocation.namespaces {:?} nor matched by its namespaceSelectors",

@@ -118,6 +118,15 @@ pub enum EntryError {
         /// The range's last address as written.
         end: IpAddr,
     },
+    /// The entry holds addresses of a special-purpose block (RFC 6890) that
+    /// no Service can use: loopback, multicast, link-local and the like.
+    #[error("it includes {block}, {kind}, which no Service can be reached on")]
+    SpecialPurpose {
+        /// The first such block the entry reaches into.
+        block: IpNetwork,
+        /// What the block is for, in words.
+        kind: &'static str,
+    },
     /// A range with one IPv4 and one IPv6 end.
     #[error("the range mixes families: {start} is {start_family} but {end} is {end_family}")]
     MixedFamilies {
@@ -167,20 +176,37 @@ impl AddressRange {
 
     /// Reads a pool entry: a CIDR (`10.0.0.0/24`), a range (`10.0.0.10-10.0.0.20`,
     /// white space around the dash allowed) or a single address, IPv4 or IPv6.
+    /// An entry reaching into a [special-purpose block](SPECIAL_PURPOSE) is
+    /// refused: handing out `127.0.0.1` or `224.0.0.1` would give a Service an
+    /// address that no client can reach.
     pub fn parse(entry: &str) -> Result<Self, EntryError> {
         let entry = entry.trim();
         if entry.is_empty() {
             return Err(EntryError::Empty);
         }
-        if let Some((start, end)) = entry.split_once('-') {
+        let range = if let Some((start, end)) = entry.split_once('-') {
             let start = parse_ip(start.trim())?;
             let end = parse_ip(end.trim())?;
-            return Self::new(start, end);
+            Self::new(start, end)?
+        } else if let Some((ip, prefix)) = entry.split_once('/') {
+            parse_cidr(parse_ip(ip.trim())?, prefix.trim())?
+        } else {
+            Self::single(parse_ip(entry)?)
+        };
+        match range.special_purpose() {
+            Some((block, kind)) => Err(EntryError::SpecialPurpose { block, kind }),
+            None => Ok(range),
         }
-        if let Some((ip, prefix)) = entry.split_once('/') {
-            return parse_cidr(parse_ip(ip.trim())?, prefix.trim());
-        }
-        Ok(Self::single(parse_ip(entry)?))
+    }
+
+    /// The first special-purpose block the range reaches into, if any.
+    pub fn special_purpose(&self) -> Option<(IpNetwork, &'static str)> {
+        SPECIAL_PURPOSE.iter().find_map(|(text, kind)| {
+            let block: IpNetwork = text.parse().expect("the table holds valid CIDRs");
+            let range = parse_cidr(block.ip(), &block.prefix().to_string())
+                .expect("the table's CIDRs are network addresses");
+            self.overlaps(&range).then_some((block, *kind))
+        })
     }
 
     /// The family of every address in the range.
@@ -226,6 +252,23 @@ impl fmt::Display for AddressRange {
         }
     }
 }
+
+/// Blocks no Service address may come from (RFC 6890's registries, the
+/// parts a LAN client cannot reach a Service on), in the order an entry is
+/// checked against them. Private and documentation ranges are fine: they are
+/// what pools are made of.
+pub const SPECIAL_PURPOSE: [(&str, &str); 10] = [
+    ("0.0.0.0/8", "the unspecified \"this network\" block"),
+    ("127.0.0.0/8", "the loopback block"),
+    ("169.254.0.0/16", "the link-local block"),
+    ("224.0.0.0/4", "the multicast block"),
+    ("255.255.255.255/32", "the broadcast address"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "the loopback address"),
+    ("::ffff:0:0/96", "the IPv4-mapped block"),
+    ("fe80::/10", "the link-local block"),
+    ("ff00::/8", "the multicast block"),
+];
 
 fn parse_ip(text: &str) -> Result<IpAddr, EntryError> {
     text.parse().map_err(|_| EntryError::Unparsable)
@@ -292,8 +335,8 @@ mod tests {
     fn parses_an_ipv6_cidr() {
         let r = AddressRange::parse("fd00::/120").unwrap();
         assert_eq!((r.start(), r.end()), (ip("fd00::"), ip("fd00::ff")));
-        let whole = AddressRange::parse("::/0").unwrap();
-        assert_eq!(whole.end(), ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
+        let wide = AddressRange::parse("2000::/3").unwrap();
+        assert_eq!(wide.end(), ip("3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
         let one = AddressRange::parse("fd00::7/128").unwrap();
         assert_eq!((one.start(), one.end()), (ip("fd00::7"), ip("fd00::7")));
     }
@@ -321,6 +364,49 @@ mod tests {
         );
         let err = AddressRange::parse("fd00::1/64").unwrap_err();
         assert!(err.to_string().contains("did you mean fd00::/64"), "{err}");
+    }
+
+    #[test]
+    fn special_purpose_entries_are_refused_naming_the_block() {
+        for (entry, block, kind) in [
+            ("0.0.0.0/8", "0.0.0.0/8", "unspecified"),
+            ("0.0.0.7", "0.0.0.0/8", "unspecified"),
+            ("0.0.0.0/0", "0.0.0.0/8", "unspecified"),
+            ("127.0.0.1", "127.0.0.0/8", "loopback"),
+            ("126.255.255.250-127.0.0.3", "127.0.0.0/8", "loopback"),
+            ("169.254.10.0/24", "169.254.0.0/16", "link-local"),
+            ("224.0.0.1", "224.0.0.0/4", "multicast"),
+            ("239.255.255.250", "224.0.0.0/4", "multicast"),
+            ("255.255.255.255", "255.255.255.255/32", "broadcast"),
+            ("255.255.255.0/24", "255.255.255.255/32", "broadcast"),
+            ("::", "::/128", "unspecified"),
+            ("::/0", "::/128", "unspecified"),
+            ("::1", "::1/128", "loopback"),
+            ("::ffff:10.0.0.1", "::ffff:0.0.0.0/96", "IPv4-mapped"),
+            ("fe80::1-fe80::9", "fe80::/10", "link-local"),
+            ("ff02::1", "ff00::/8", "multicast"),
+        ] {
+            let err = AddressRange::parse(entry).unwrap_err();
+            let EntryError::SpecialPurpose { block: b, kind: k } = &err else {
+                panic!("{entry}: expected SpecialPurpose, got {err:?}");
+            };
+            assert_eq!(b.to_string(), block, "{entry}");
+            assert!(k.contains(kind), "{entry}: {k}");
+            assert!(err.to_string().contains(block), "{err}");
+        }
+        for fine in [
+            "1.0.0.0/8",
+            "126.255.255.255",
+            "128.0.0.0",
+            "169.253.255.255",
+            "223.255.255.255",
+            "240.0.0.0-255.255.255.254",
+            "::2",
+            "fd00::/8",
+            "fec0::1",
+        ] {
+            assert!(AddressRange::parse(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -226,6 +226,8 @@ impl Service {
 
     pub(crate) fn claim(&self) -> Claim {
         Claim {
+            namespace: self.key.namespace.clone(),
+            namespace_labels: self.namespace_labels.clone(),
             sharing_key: self.sharing_key.clone().filter(|k| !k.is_empty()),
             ports: self.ports.clone(),
             backend: self.backend.clone(),
@@ -237,15 +239,64 @@ impl Service {
 /// What one Service holding an address says about how it may be shared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Claim {
+    pub(crate) namespace: String,
+    pub(crate) namespace_labels: Labels,
     pub(crate) sharing_key: Option<String>,
     pub(crate) ports: Vec<Port>,
     pub(crate) backend: Backend,
     pub(crate) created_at: i64,
 }
 
-/// Why a Service may not share an address with one that holds it.
+/// Who holds an address, as a refusal may show it to the Service asking: a
+/// Service of another namespace is never named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A Service of the asker's own namespace.
+    Named(ServiceKey),
+    /// A Service of another namespace.
+    OtherNamespace,
+}
+
+impl Holder {
+    /// `holder` as the Service `asker` may learn of it.
+    pub fn seen_by(holder: ServiceKey, asker: &ServiceKey) -> Self {
+        if holder.namespace == asker.namespace {
+            Holder::Named(holder)
+        } else {
+            Holder::OtherNamespace
+        }
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Named(key) => write!(f, "{key}"),
+            Holder::OtherNamespace => f.write_str("a Service in another namespace"),
+        }
+    }
+}
+
+/// Why a Service may not share an address with one that holds it. What it
+/// says of a holder in another namespace is only what the asker knows anyway
+/// (its own key and backend), never the holder's.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SharingRefusal {
+    /// The holder is in another namespace and the pool does not let the two
+    /// namespaces share.
+    #[error(
+        "the holder is in another namespace, and the address's pool does not let Services of \
+         these namespaces share (its spec.crossNamespaceSharing)"
+    )]
+    OtherNamespace,
+    /// Across namespaces, a Service with `externalTrafficPolicy: Local` would
+    /// narrow where the address is announced to nodes with endpoints of both,
+    /// which no two namespaces' Pods can promise.
+    #[error(
+        "externalTrafficPolicy Local shares an address only within its namespace: the address \
+         is announced only where every Local Service on it has an endpoint"
+    )]
+    LocalAcrossNamespaces,
     /// The Service asking has no sharing key.
     #[error("this Service has no allow-shared-ip key")]
     NoKey,
@@ -253,12 +304,15 @@ pub enum SharingRefusal {
     #[error("the holder has no allow-shared-ip key")]
     HolderHasNoKey,
     /// The keys differ.
-    #[error("allow-shared-ip keys differ ({ours:?} here, {theirs:?} on the holder)")]
+    #[error(
+        "allow-shared-ip keys differ ({ours:?} here{})",
+        theirs.as_ref().map(|t| format!(", {t:?} on the holder")).unwrap_or_default()
+    )]
     KeyMismatch {
         /// This Service's key.
         ours: String,
-        /// The holder's key.
-        theirs: String,
+        /// The holder's key, when it is in the same namespace.
+        theirs: Option<String>,
     },
     /// Both use the same protocol and port.
     #[error("both use {port}")]
@@ -271,14 +325,37 @@ pub enum SharingRefusal {
     BackendMismatch {
         /// This Service's backend.
         ours: Backend,
-        /// The holder's backend.
+        /// The holder's backend. Only ever in the asker's namespace: across
+        /// namespaces both are `Cluster` (a `Local` one is refused first).
         theirs: Backend,
     },
 }
 
-/// MetalLB's rule: share only with the same non-empty key, no common
-/// {protocol, port}, and the same backend.
-pub(crate) fn check_sharing(ours: &Claim, theirs: &Claim) -> Result<(), SharingRefusal> {
+/// Whether a Service may join a holder on an address of a pool whose
+/// cross-namespace rule is `across`. MetalLB's rule (the same non-empty key,
+/// no common {protocol, port}, the same backend) within a namespace; across
+/// namespaces only where the pool lets both namespaces share, and never for
+/// `Local` Services. Namespaces are checked first, so a Service learns nothing
+/// of another namespace's keys by trying them.
+pub(crate) fn check_sharing(
+    ours: &Claim,
+    theirs: &Claim,
+    across: Option<&super::NamespaceMatch>,
+) -> Result<(), SharingRefusal> {
+    let same_namespace = ours.namespace == theirs.namespace;
+    if !same_namespace {
+        let allowed = across.is_some_and(|rule| {
+            rule.matches(&ours.namespace, &ours.namespace_labels)
+                && rule.matches(&theirs.namespace, &theirs.namespace_labels)
+        });
+        if !allowed {
+            return Err(SharingRefusal::OtherNamespace);
+        }
+        let local = |c: &Claim| matches!(c.backend, Backend::Local { .. });
+        if local(ours) || local(theirs) {
+            return Err(SharingRefusal::LocalAcrossNamespaces);
+        }
+    }
     let our_key = ours.sharing_key.as_ref().ok_or(SharingRefusal::NoKey)?;
     let their_key = theirs
         .sharing_key
@@ -287,7 +364,7 @@ pub(crate) fn check_sharing(ours: &Claim, theirs: &Claim) -> Result<(), SharingR
     if our_key != their_key {
         return Err(SharingRefusal::KeyMismatch {
             ours: our_key.clone(),
-            theirs: their_key.clone(),
+            theirs: same_namespace.then(|| their_key.clone()),
         });
     }
     if let Some(port) = ours.ports.iter().find(|p| theirs.ports.contains(p)) {
@@ -305,6 +382,7 @@ pub(crate) fn check_sharing(ours: &Claim, theirs: &Claim) -> Result<(), SharingR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipam::NamespaceMatch;
 
     fn claim(svc: Service) -> Claim {
         svc.claim()
@@ -322,21 +400,24 @@ mod tests {
                 .sharing("dns")
                 .port(Protocol::Udp, 53),
         );
-        assert_eq!(check_sharing(&tcp, &udp), Ok(()));
+        assert_eq!(check_sharing(&tcp, &udp, None), Ok(()));
     }
 
     #[test]
     fn a_service_without_a_key_never_shares() {
         let keyed = claim(Service::new("d", "a").sharing("k").port(Protocol::Tcp, 1));
         let bare = claim(Service::new("d", "b").port(Protocol::Tcp, 2));
-        assert_eq!(check_sharing(&bare, &keyed), Err(SharingRefusal::NoKey));
         assert_eq!(
-            check_sharing(&keyed, &bare),
+            check_sharing(&bare, &keyed, None),
+            Err(SharingRefusal::NoKey)
+        );
+        assert_eq!(
+            check_sharing(&keyed, &bare, None),
             Err(SharingRefusal::HolderHasNoKey)
         );
         let empty = claim(Service::new("d", "c").sharing("").port(Protocol::Tcp, 3));
         assert_eq!(
-            check_sharing(&empty, &keyed),
+            check_sharing(&empty, &keyed, None),
             Err(SharingRefusal::NoKey),
             "an empty key is no key"
         );
@@ -347,7 +428,7 @@ mod tests {
         let a = claim(Service::new("d", "a").sharing("x"));
         let b = claim(Service::new("d", "b").sharing("y"));
         assert!(matches!(
-            check_sharing(&a, &b),
+            check_sharing(&a, &b, None),
             Err(SharingRefusal::KeyMismatch { .. })
         ));
     }
@@ -361,7 +442,7 @@ mod tests {
                 .port(Protocol::Tcp, 443),
         );
         let b = claim(Service::new("d", "b").sharing("k").port(Protocol::Tcp, 443));
-        let err = check_sharing(&b, &a).unwrap_err();
+        let err = check_sharing(&b, &a, None).unwrap_err();
         assert_eq!(err.to_string(), "both use TCP/443");
     }
 
@@ -390,12 +471,114 @@ mod tests {
                 .backend(sel("y")),
         );
         assert!(matches!(
-            check_sharing(&cluster, &local_x),
+            check_sharing(&cluster, &local_x, None),
             Err(SharingRefusal::BackendMismatch { .. })
         ));
-        assert_eq!(check_sharing(&local_x, &local_x2), Ok(()));
-        let err = check_sharing(&local_x, &local_y).unwrap_err();
+        assert_eq!(check_sharing(&local_x, &local_x2, None), Ok(()));
+        let err = check_sharing(&local_x, &local_y, None).unwrap_err();
         assert!(err.to_string().contains("selector {app=y}"), "{err}");
+    }
+
+    #[test]
+    fn another_namespace_shares_only_where_the_pool_allows_and_is_never_named() {
+        let victim = claim(
+            Service::new("team-a", "db")
+                .sharing("db-key")
+                .port(Protocol::Tcp, 5432),
+        );
+        let squatter = claim(
+            Service::new("tenant", "x")
+                .sharing("db-key")
+                .port(Protocol::Tcp, 80),
+        );
+        assert_eq!(
+            check_sharing(&squatter, &victim, None),
+            Err(SharingRefusal::OtherNamespace),
+            "the right key does not open another namespace's address"
+        );
+        let only_a = NamespaceMatch {
+            namespaces: vec!["team-a".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            check_sharing(&squatter, &victim, Some(&only_a)),
+            Err(SharingRefusal::OtherNamespace),
+            "both namespaces must be allowed"
+        );
+        let everyone = NamespaceMatch {
+            namespace_selectors: vec![crate::ipam::LabelSelector::default()],
+            ..Default::default()
+        };
+        assert_eq!(check_sharing(&squatter, &victim, Some(&everyone)), Ok(()));
+        // Allowed namespaces, other keys: the holder's key is not told.
+        let guess = claim(
+            Service::new("tenant", "y")
+                .sharing("guess")
+                .port(Protocol::Tcp, 81),
+        );
+        let err = check_sharing(&guess, &victim, Some(&everyone)).unwrap_err();
+        assert_eq!(
+            err,
+            SharingRefusal::KeyMismatch {
+                ours: "guess".into(),
+                theirs: None
+            }
+        );
+        assert!(!err.to_string().contains("db-key"), "{err}");
+        // Within a namespace, the holder's key is the asker's business.
+        let neighbour = claim(
+            Service::new("team-a", "z")
+                .sharing("guess")
+                .port(Protocol::Tcp, 82),
+        );
+        assert!(
+            check_sharing(&neighbour, &victim, None)
+                .unwrap_err()
+                .to_string()
+                .contains("\"db-key\" on the holder")
+        );
+    }
+
+    #[test]
+    fn local_services_never_share_across_namespaces() {
+        let local = |ns: &str, name: &str, port| {
+            claim(
+                Service::new(ns, name)
+                    .sharing("k")
+                    .port(Protocol::Tcp, port)
+                    .backend(Backend::Local {
+                        selector: [("app".to_string(), "db".to_string())].into(),
+                    }),
+            )
+        };
+        let everyone = NamespaceMatch {
+            namespace_selectors: vec![crate::ipam::LabelSelector::default()],
+            ..Default::default()
+        };
+        // The same selector names other Pods in another namespace: the address
+        // would go dark wherever the two have no endpoint together.
+        assert_eq!(
+            check_sharing(
+                &local("tenant", "x", 1),
+                &local("team-a", "db", 2),
+                Some(&everyone)
+            ),
+            Err(SharingRefusal::LocalAcrossNamespaces)
+        );
+        let cluster = claim(
+            Service::new("tenant", "c")
+                .sharing("k")
+                .port(Protocol::Tcp, 3),
+        );
+        assert_eq!(
+            check_sharing(&cluster, &local("team-a", "db", 2), Some(&everyone)),
+            Err(SharingRefusal::LocalAcrossNamespaces)
+        );
+        assert_eq!(
+            check_sharing(&local("team-a", "db2", 1), &local("team-a", "db", 2), None),
+            Ok(()),
+            "one namespace, one selector: the same Pods"
+        );
     }
 
     #[test]

@@ -273,6 +273,9 @@ impl Executor {
                 info!(peer = %name, router = %p.spec.address, "BGP session ends");
                 let address = p.spec.address.ip();
                 p.stop(crate::bgp::peer::Ending::Withdraw).await;
+                if !wanted.contains_key(name.as_str()) {
+                    self.metrics.bgp_session(&name, None);
+                }
                 if let Some(tx) = &self.report
                     && !wanted.contains_key(name.as_str())
                 {
@@ -299,9 +302,7 @@ impl Executor {
                     info!(peer = %name, router = %spec.address, bfd = spec.bfd.is_some(), "BGP session starts");
                     let peer =
                         crate::bgp::peer::Peer::start(spec.clone(), routes, self.bfd.as_ref());
-                    if let Some(tx) = &self.report {
-                        report_session(tx.clone(), &peer);
-                    }
+                    report_session(self.report.clone(), self.metrics.clone(), &peer);
                     self.peers.insert(name.to_string(), peer);
                 }
             }
@@ -325,8 +326,13 @@ impl Executor {
     }
 }
 
-/// Reports `peer`'s state as it changes, until the session ends.
-fn report_session(tx: mpsc::UnboundedSender<Report>, peer: &crate::bgp::peer::Peer) {
+/// Reports `peer`'s state as it changes (to the cluster, with `tx`, and in
+/// the metrics), until the session ends.
+fn report_session(
+    tx: Option<mpsc::UnboundedSender<Report>>,
+    metrics: Arc<Metrics>,
+    peer: &crate::bgp::peer::Peer,
+) {
     let (name, address) = (peer.spec.name.clone(), peer.spec.address.ip());
     let mut status = peer.status();
     let mut bfd = peer.bfd_state();
@@ -338,6 +344,10 @@ fn report_session(tx: mpsc::UnboundedSender<Report>, peer: &crate::bgp::peer::Pe
                 return;
             }
             let s = status.borrow_and_update().clone();
+            metrics.bgp_session(
+                &name,
+                Some(s.state == crate::bgp::session::State::Established),
+            );
             let bfd_now = bfd.as_mut().map(|b| b.borrow_and_update().to_string());
             let report = Report::BgpSession {
                 peer: name.clone(),
@@ -350,7 +360,7 @@ fn report_session(tx: mpsc::UnboundedSender<Report>, peer: &crate::bgp::peer::Pe
                     prefixes_sent: s.prefixes_sent as u64,
                 }),
             };
-            if tx.send(report).is_err() {
+            if tx.as_ref().is_some_and(|tx| tx.send(report).is_err()) {
                 return;
             }
             let bfd_changed = async {

@@ -18,6 +18,11 @@ struct InterfaceLabel {
     interface: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
 /// Everything a speaker exports, plus readiness.
 ///
 /// Per-interface series are families with an `interface` label, created once:
@@ -34,6 +39,7 @@ pub struct Metrics {
     gratuitous_sent: Family<InterfaceLabel, Counter>,
     malformed_frames: Family<InterfaceLabel, Counter>,
     announce_failures: Family<InterfaceLabel, Counter>,
+    bgp_established: Family<PeerLabel, Gauge>,
     ready: AtomicBool,
 }
 
@@ -57,6 +63,12 @@ impl Default for Metrics {
             "members",
             "Speakers alive in the gossip group, this one included",
             members.clone(),
+        );
+        let bgp_established = Family::<PeerLabel, Gauge>::default();
+        registry.register(
+            "bgp_session_established",
+            "1 while this node's BGP session with the BGPPeer is Established, else 0",
+            bgp_established.clone(),
         );
         let family = |registry: &mut Registry, name: &str, help: &str| {
             let f = Family::<InterfaceLabel, Counter>::default();
@@ -86,6 +98,7 @@ impl Default for Metrics {
                 "Times an announcer could not open its socket on an interface it should announce on",
             ),
             registry: Mutex::new(registry),
+            bgp_established,
             announced,
             unservable,
             members,
@@ -156,6 +169,22 @@ impl Metrics {
         self.unservable
             .set(i64::try_from(unservable).unwrap_or(i64::MAX));
         self.members.set(i64::try_from(members).unwrap_or(i64::MAX));
+    }
+
+    /// Records whether the session with `peer` is Established; `None`: the
+    /// session is no longer configured (its series goes).
+    pub fn bgp_session(&self, peer: &str, established: Option<bool>) {
+        let label = PeerLabel { peer: peer.into() };
+        match established {
+            Some(up) => {
+                self.bgp_established
+                    .get_or_create(&label)
+                    .set(i64::from(up));
+            }
+            None => {
+                self.bgp_established.remove(&label);
+            }
+        }
     }
 
     /// Marks the speaker ready (it has settled into the group).

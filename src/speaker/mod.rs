@@ -46,7 +46,7 @@ pub use config::{
     Forwards, StaticConfig, Timing,
 };
 pub use report::Report;
-pub use sources::{run_kubernetes, run_static};
+pub use sources::{ClusterOptions, run_kubernetes, run_static};
 
 /// A speaker's own settings.
 #[derive(Clone, Debug)]

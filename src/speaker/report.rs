@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use kube::ResourceExt;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -140,7 +139,7 @@ impl ClusterReporter {
     async fn report(&self, report: &Report) -> bool {
         use crate::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL};
         use crate::api::{ServiceL2Status, ServiceL2StatusSpec};
-        use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+        use kube::api::{DeleteParams, Patch, PatchParams};
         use kube::runtime::events::{Event, EventType};
 
         let (address, services, interfaces) = match report {
@@ -209,24 +208,16 @@ impl ClusterReporter {
                         ]
                         .into(),
                     );
-                    let applied = api
-                        .patch(
-                            &name,
-                            &PatchParams::apply("ironlb-speaker").force(),
-                            &Patch::Apply(&status),
-                        )
-                        .await
-                        .map(|_| ());
-                    // Reports of a node that died are stale now that this one announces.
-                    let selector = format!("{SERVICE_NAME_LABEL}={}", svc.name);
-                    if let Ok(list) = api.list(&ListParams::default().labels(&selector)).await {
-                        for stale in list.items.iter().filter(|s| s.spec.node != self.node) {
-                            let _ = api
-                                .delete(&stale.name_any(), &DeleteParams::default())
-                                .await;
-                        }
-                    }
-                    applied
+                    // A dead node's report of the same Service is the
+                    // controller's to remove: a speaker may write only its
+                    // own node's (the policy ironlb-speaker-writes-own-node).
+                    api.patch(
+                        &name,
+                        &PatchParams::apply("ironlb-speaker").force(),
+                        &Patch::Apply(&status),
+                    )
+                    .await
+                    .map(|_| ())
                 }
                 None => match api.delete(&name, &DeleteParams::default()).await {
                     Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

@@ -2,9 +2,11 @@
 //! the cluster's objects, watched and kept in caches. Either way it ends as
 //! [`Sources`] for [`super::run`].
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node as K8sNode;
+use kube::runtime::reflector::Store;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -82,6 +84,15 @@ pub async fn run_static(
     super::run(speaker, sources, http, None, shutdown, handover).await
 }
 
+/// What a speaker reads from the cluster besides its core kinds.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterOptions {
+    /// Serve Services without a `loadBalancerClass`.
+    pub default_class: bool,
+    /// Forward Gateways' routes, computed from the Gateway API objects.
+    pub gateway: bool,
+}
+
 /// Runs a speaker whose view comes from the cluster: Services with addresses,
 /// pools, L2Advertisements, EndpointSlices and Nodes, watched and kept in
 /// caches. When the API server is unreachable the caches keep the last view,
@@ -89,104 +100,129 @@ pub async fn run_static(
 pub async fn run_kubernetes(
     client: kube::Client,
     speaker: Speaker,
-    default_class: bool,
+    options: ClusterOptions,
     http: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
     handover: Option<crate::handover::Handover>,
 ) -> std::io::Result<()> {
-    use crate::api::{IPAddressPool, L2Advertisement};
-    use crate::controller::cache;
-    use k8s_openapi::api::core::v1::Service;
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use kube::Api;
-
-    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let services = cache::<Service>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    let pools = cache::<IPAddressPool>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    let ads = cache::<L2Advertisement>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    let slices = cache::<EndpointSlice>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    // The BGP kinds are not waited for: a cluster whose CRDs predate them
-    // keeps announcing over layer 2 (their watchers log and retry).
-    let bgp_peers =
-        cache::<crate::api::BGPPeer>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    let bgp_ads = cache::<crate::api::BGPAdvertisement>(
-        Api::all(client.clone()),
-        wake.clone(),
-        shutdown.clone(),
-    );
-    let bfd_profiles =
-        cache::<crate::api::BFDProfile>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    let communities =
-        cache::<crate::api::Community>(Api::all(client.clone()), wake.clone(), shutdown.clone());
-    // TCP MD5 passwords: Secrets of the speaker's own namespace only.
-    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "ironlb-system".into());
-    let secrets = cache::<k8s_openapi::api::core::v1::Secret>(
-        Api::namespaced(client.clone(), &namespace),
-        wake.clone(),
-        shutdown.clone(),
-    );
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let caches = ClusterCaches::start(&client, &wake, &shutdown);
     let restarting = handover.as_ref().is_some_and(|h| h.taken.is_some());
-    let report_client = client.clone();
-    let nodes = cache::<K8sNode>(Api::all(client), wake.clone(), shutdown.clone());
     let (desired_tx, desired) = watch::channel(Desired::default());
-    let (report_tx, worker) = report::spawn(report_client, speaker.node.clone());
-    let problem_tx = report_tx.clone();
-    let feeder_stop = shutdown.clone();
-    tokio::spawn(async move {
-        for ready in [
-            services.wait_until_ready().await,
-            pools.wait_until_ready().await,
-            ads.wait_until_ready().await,
-            slices.wait_until_ready().await,
-            nodes.wait_until_ready().await,
-        ] {
-            if ready.is_err() {
-                warn!("a cluster cache could not be filled; announcing nothing from the cluster");
-                return;
-            }
+    let (report_tx, worker) = report::spawn(client.clone(), speaker.node.clone());
+    let feeder = Feeder {
+        client,
+        options,
+        restarting,
+        problems: report_tx.clone(),
+        wake,
+        shutdown: shutdown.clone(),
+    };
+    tokio::spawn(feeder.run(caches, desired_tx));
+    let sources = Sources {
+        desired,
+        cluster: true,
+    };
+    let result = super::run(speaker, sources, http, Some(report_tx), shutdown, handover).await;
+    // The last reports (withdrawals) go out before the process ends, if the
+    // API server answers in time.
+    let _ = tokio::time::timeout(Duration::from_secs(3), worker).await;
+    result
+}
+
+/// The caches a speaker's view is made of.
+struct ClusterCaches {
+    services: Store<k8s_openapi::api::core::v1::Service>,
+    pools: Store<crate::api::IPAddressPool>,
+    ads: Store<crate::api::L2Advertisement>,
+    slices: Store<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    nodes: Store<K8sNode>,
+    bgp_peers: Store<crate::api::BGPPeer>,
+    bgp_ads: Store<crate::api::BGPAdvertisement>,
+    bfd_profiles: Store<crate::api::BFDProfile>,
+    communities: Store<crate::api::Community>,
+    secrets: PasswordSecrets,
+    /// Filled once the Gateway API is served (and the feature is on).
+    gateways: Arc<OnceLock<crate::gateway::watch::Caches>>,
+}
+
+impl ClusterCaches {
+    fn start(
+        client: &kube::Client,
+        wake: &Arc<tokio::sync::Notify>,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        use crate::k8s::cache_all;
+        use kube::Api;
+        // TCP MD5 passwords: the Secrets of the speaker's own namespace that
+        // BGPPeers name, each watched by name (all the speaker may read).
+        let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "ironlb-system".into());
+        Self {
+            services: cache_all(client, wake, shutdown),
+            pools: cache_all(client, wake, shutdown),
+            ads: cache_all(client, wake, shutdown),
+            slices: cache_all(client, wake, shutdown),
+            nodes: cache_all(client, wake, shutdown),
+            // The BGP kinds are not waited for: a cluster whose CRDs predate
+            // them keeps announcing over layer 2 (their watchers log and
+            // retry).
+            bgp_peers: cache_all(client, wake, shutdown),
+            bgp_ads: cache_all(client, wake, shutdown),
+            bfd_profiles: cache_all(client, wake, shutdown),
+            communities: cache_all(client, wake, shutdown),
+            secrets: PasswordSecrets {
+                api: Api::namespaced(client.clone(), &namespace),
+                namespace,
+                wake: wake.clone(),
+                shutdown: shutdown.clone(),
+                watched: Default::default(),
+            },
+            gateways: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Whether the kinds every view needs filled.
+    async fn ready(&self) -> bool {
+        self.services.wait_until_ready().await.is_ok()
+            && self.pools.wait_until_ready().await.is_ok()
+            && self.ads.wait_until_ready().await.is_ok()
+            && self.slices.wait_until_ready().await.is_ok()
+            && self.nodes.wait_until_ready().await.is_ok()
+    }
+}
+
+/// Turns the caches into what the speaker wants, on every change.
+struct Feeder {
+    client: kube::Client,
+    options: ClusterOptions,
+    /// This speaker took over from one on the same node.
+    restarting: bool,
+    /// Where BGP objects that cannot be used as written are reported.
+    problems: tokio::sync::mpsc::UnboundedSender<report::Report>,
+    wake: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+}
+
+impl Feeder {
+    async fn run(self, mut caches: ClusterCaches, desired_tx: watch::Sender<Desired>) {
+        if !caches.ready().await {
+            warn!("a cluster cache could not be filled; announcing nothing from the cluster");
+            return;
+        }
+        if self.options.gateway {
+            gateway_caches(
+                self.client.clone(),
+                &caches.gateways,
+                &self.wake,
+                &self.shutdown,
+            )
+            .await;
         }
         info!("cluster view ready");
         let mut first = true;
         let mut said: Vec<view::BgpProblem> = Vec::new();
         loop {
-            let (svc, pl, ad, sl) = (services.state(), pools.state(), ads.state(), slices.state());
-            let (bp, ba, bf, co, se) = (
-                bgp_peers.state(),
-                bgp_ads.state(),
-                bfd_profiles.state(),
-                communities.state(),
-                secrets.state(),
-            );
-            let view = view::ClusterView {
-                services: svc.iter().map(AsRef::as_ref).collect(),
-                pools: pl.iter().map(AsRef::as_ref).collect(),
-                advertisements: ad.iter().map(AsRef::as_ref).collect(),
-                slices: sl.iter().map(AsRef::as_ref).collect(),
-                default_class,
-                bgp: view::BgpObjects {
-                    peers: bp.iter().map(AsRef::as_ref).collect(),
-                    advertisements: ba.iter().map(AsRef::as_ref).collect(),
-                    bfd_profiles: bf.iter().map(AsRef::as_ref).collect(),
-                    communities: co.iter().map(AsRef::as_ref).collect(),
-                    secrets: se.iter().map(AsRef::as_ref).collect(),
-                },
-            };
-            let (frontends, invalid) = view::frontends(&view);
-            let (peers, mut problems) = view::bgp_peers(&view, restarting);
-            problems.extend(view::bgp_advertisement_problems(&view));
-            if problems != said {
-                for p in problems.iter().filter(|p| !said.contains(p)) {
-                    warn!(problem = %p.message, "BGP object not used as written");
-                    let _ = problem_tx.send(report::Report::BgpProblem(p.clone()));
-                }
-                said = problems;
-            }
-            let now = Desired {
-                announcements: view::announcements(&view),
-                forwards: Forwards { frontends, invalid },
-                node_objects: nodes.state().iter().map(|n| (**n).clone()).collect(),
-                bgp_peers: peers,
-            };
+            let now = self.desired(&mut caches, &mut said);
             // The first value is always sent, even for an empty cluster: it
             // tells `run` that the view is synced and the speaker may join
             // the group.
@@ -199,20 +235,162 @@ pub async fn run_kubernetes(
             });
             first = false;
             tokio::select! {
-                _ = feeder_stop.cancelled() => return,
-                _ = wake.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
             }
             // Let a burst of events land before looking again.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The view of what the caches hold now, and what it asks of the
+    /// speaker; BGP objects not used as written are reported once (`said`).
+    fn desired(&self, caches: &mut ClusterCaches, said: &mut Vec<view::BgpProblem>) -> Desired {
+        let c = &*caches;
+        let (svc, pl, ad, sl) = (
+            c.services.state(),
+            c.pools.state(),
+            c.ads.state(),
+            c.slices.state(),
+        );
+        let (bp, ba, bf, co) = (
+            c.bgp_peers.state(),
+            c.bgp_ads.state(),
+            c.bfd_profiles.state(),
+            c.communities.state(),
+        );
+        let gateway_state = c
+            .gateways
+            .get()
+            .map(crate::gateway::watch::Caches::state)
+            .unwrap_or_default();
+        caches.secrets.follow(&bp);
+        let se = caches.secrets.state();
+        let view = view::ClusterView {
+            services: svc.iter().map(AsRef::as_ref).collect(),
+            pools: pl.iter().map(AsRef::as_ref).collect(),
+            advertisements: ad.iter().map(AsRef::as_ref).collect(),
+            slices: sl.iter().map(AsRef::as_ref).collect(),
+            bgp: view::BgpObjects {
+                peers: bp.iter().map(AsRef::as_ref).collect(),
+                advertisements: ba.iter().map(AsRef::as_ref).collect(),
+                bfd_profiles: bf.iter().map(AsRef::as_ref).collect(),
+                communities: co.iter().map(AsRef::as_ref).collect(),
+                secrets: se.iter().map(AsRef::as_ref).collect(),
+            },
+            gateways: gateway_state.objects(),
+            default_class: self.options.default_class,
+        };
+        let (frontends, invalid) = view::frontends(&view);
+        let (peers, mut problems) = view::bgp_peers(&view, self.restarting);
+        problems.extend(view::bgp_advertisement_problems(&view));
+        if problems != *said {
+            for p in problems.iter().filter(|p| !said.contains(p)) {
+                warn!(problem = %p.message, "BGP object not used as written");
+                let _ = self.problems.send(report::Report::BgpProblem(p.clone()));
+            }
+            *said = problems;
+        }
+        Desired {
+            announcements: view::announcements(&view),
+            forwards: Forwards { frontends, invalid },
+            node_objects: caches.nodes.state().iter().map(|n| (**n).clone()).collect(),
+            bgp_peers: peers,
+        }
+    }
+}
+
+/// Fills `slot` with the Gateway API caches: before the first view when the
+/// CRDs are installed, so a restarted speaker never serves a Gateway's
+/// address without its routes; else once they appear.
+/// Caches that cannot fill in time (no RBAC to read the kinds, say) hold
+/// back nothing else: they join the view whenever they fill, waking the
+/// feeder.
+async fn gateway_caches(
+    client: kube::Client,
+    slot: &Arc<OnceLock<crate::gateway::watch::Caches>>,
+    wake: &Arc<tokio::sync::Notify>,
+    shutdown: &CancellationToken,
+) {
+    use crate::gateway::watch;
+    let kinds = watch::installed(&client).await;
+    let (slot, wake, shutdown) = (slot.clone(), wake.clone(), shutdown.clone());
+    let filled = Arc::new(tokio::sync::Notify::new());
+    let told = filled.clone();
+    let now = kinds.is_some();
+    tokio::spawn(async move {
+        let kinds = match kinds {
+            Some(kinds) => kinds,
+            None => match watch::wait_for_crds(&client, "speaker", &shutdown).await {
+                Some(kinds) => kinds,
+                None => return,
+            },
+        };
+        let caches = watch::Caches::start(&client, &kinds, &wake, &shutdown);
+        if caches.ready().await {
+            info!(kinds = ?kinds, "forwarding Gateways' routes");
+            let _ = slot.set(caches);
+            told.notify_one();
+            wake.notify_one();
+        }
     });
-    let sources = Sources {
-        desired,
-        cluster: true,
-    };
-    let result = super::run(speaker, sources, http, Some(report_tx), shutdown, handover).await;
-    // The last reports (withdrawals) go out before the process ends, if the
-    // API server answers in time.
-    let _ = tokio::time::timeout(Duration::from_secs(3), worker).await;
-    result
+    if now
+        && tokio::time::timeout(Duration::from_secs(30), filled.notified())
+            .await
+            .is_err()
+    {
+        warn!(
+            "the Gateway API kinds could not be read within 30 s (is the speaker allowed to?); \
+             Gateways' routes are forwarded once they can"
+        );
+    }
+}
+
+/// The BGP password Secrets the speaker reads: one watch per Secret a
+/// BGPPeer names, since the speakers' Role grants them by name only (a watch
+/// of one name, by field selector, is what such a grant allows). A watch
+/// refused until the controller has granted a new name retries on its own.
+struct PasswordSecrets {
+    api: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    namespace: String,
+    wake: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+    watched: std::collections::BTreeMap<
+        String,
+        (Store<k8s_openapi::api::core::v1::Secret>, CancellationToken),
+    >,
+}
+
+impl PasswordSecrets {
+    /// Watches exactly the Secrets `peers` name.
+    fn follow(&mut self, peers: &[Arc<crate::api::BGPPeer>]) {
+        let peers: Vec<&crate::api::BGPPeer> = peers.iter().map(AsRef::as_ref).collect();
+        let wanted = crate::bgp::config::password_secrets(&peers, &self.namespace);
+        self.watched.retain(|name, (_, stop)| {
+            let keep = wanted.contains(name);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for name in wanted {
+            if self.watched.contains_key(&name) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            let config =
+                kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let store =
+                crate::k8s::cache_of(self.api.clone(), config, self.wake.clone(), stop.clone());
+            self.watched.insert(name, (store, stop));
+        }
+    }
+
+    /// The Secrets read so far.
+    fn state(&self) -> Vec<Arc<k8s_openapi::api::core::v1::Secret>> {
+        self.watched
+            .values()
+            .flat_map(|(store, _)| store.state())
+            .collect()
+    }
 }

@@ -79,6 +79,9 @@ pub struct ClusterView<'a> {
     pub default_class: bool,
     /// The BGP objects.
     pub bgp: BgpObjects<'a>,
+    /// The Gateway API objects (none while the feature is off or the CRDs
+    /// are not installed).
+    pub gateways: crate::gateway::snapshot::Objects<'a>,
 }
 
 /// The BGP kinds as the speaker reads them.
@@ -183,7 +186,9 @@ pub fn bgp_peers(view: &ClusterView<'_>, restarting: bool) -> (Vec<WantedPeer>, 
                             &name,
                             format!(
                                 "BGPPeer {name}: spec.passwordSecret: Secret {} has no key \
-                             \"password\" in the speaker's namespace",
+                             \"password\" in the speaker's namespace (or is not readable \
+                             yet: with deploy/components/bgp the controller grants the \
+                             speakers each Secret BGPPeers name)",
                                 r.name
                             ),
                         ));
@@ -500,6 +505,7 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
     };
     let mut out = Vec::new();
     let mut errors = Vec::new();
+    let mut programs = gateway_programs(view);
     for svc in &view.services {
         if !translate::is_eligible(svc, view.default_class) {
             continue;
@@ -568,13 +574,9 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
                 .unwrap_or(10_800);
             std::time::Duration::from_secs(u64::try_from(seconds.max(1)).unwrap_or(1))
         });
-        let mut routing = match gateway_routing(svc, view) {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(fail(e));
-                continue;
-            }
-        };
+        let mut routing = programs
+            .remove(&key)
+            .map(|program| gateway_routing(program, view));
         let mut ports = Vec::new();
         for p in spec.ports.iter().flatten() {
             let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
@@ -622,34 +624,28 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
 /// A Gateway's routes by port and transport.
 type GatewayPorts = BTreeMap<(u16, Protocol), FrontendRouting>;
 
-/// The routes of a Gateway's Service, by port and transport, from the
-/// program its Gateway controller wrote; `None` for every other Service. A
-/// program is read only on a Service a Gateway controls: a Service's own
-/// endpoints are what its writer may choose, a program's backends are not.
-fn gateway_routing(svc: &Service, view: &ClusterView<'_>) -> Result<Option<GatewayPorts>, String> {
-    use crate::api::annotations::GATEWAY_PROGRAM;
-    use crate::gateway::attach::{self, Program};
-    // The Service the controller keeps for its Gateway owner, by its name:
-    // another Service pointing at the same Gateway cannot take that name, and
-    // one pointing at a Gateway that does not exist is deleted by the
-    // garbage collector.
-    let by_gateway = svc.owner_references().iter().any(|o| {
-        o.controller == Some(true)
-            && o.kind == "Gateway"
-            && o.api_version.starts_with("gateway.networking.k8s.io/")
-            && svc.metadata.name.as_deref()
-                == Some(&crate::gateway::controller::service_name(&o.name))
-    });
-    let Some(text) = svc
-        .annotations()
-        .get(GATEWAY_PROGRAM)
-        .filter(|_| by_gateway)
-    else {
-        return Ok(None);
-    };
-    let program: Program = serde_json::from_str(text).map_err(|e| {
-        format!("annotation {GATEWAY_PROGRAM}: not a program this speaker reads: {e}")
-    })?;
+/// The programs of the Gateways' Services, from the Gateway API objects by
+/// the rules the controller's statuses follow: a speaker trusts no route
+/// table written on any object, since whoever may edit a Service could
+/// write one naming another namespace's backends.
+fn gateway_programs(
+    view: &ClusterView<'_>,
+) -> BTreeMap<ServiceKey, crate::gateway::attach::Program> {
+    use crate::gateway::{attach, snapshot};
+    if view.gateways.gateways.is_empty() {
+        return BTreeMap::new();
+    }
+    let snap = snapshot::snapshot(&view.gateways, &view.services);
+    snapshot::programs(attach::decide(&snap), &view.gateways, &view.services)
+}
+
+/// A Gateway's routes by port and transport, with each backend resolved to
+/// its endpoints.
+fn gateway_routing(
+    program: crate::gateway::attach::Program,
+    view: &ClusterView<'_>,
+) -> GatewayPorts {
+    use crate::gateway::attach;
     let mut out = BTreeMap::new();
     for p in program.ports {
         let (protocol, sni) = match p.protocol {
@@ -672,7 +668,7 @@ fn gateway_routing(svc: &Service, view: &ClusterView<'_>) -> Result<Option<Gatew
             .collect();
         out.insert((p.port, protocol), FrontendRouting { sni, routes });
     }
-    Ok(Some(out))
+    out
 }
 
 /// A route's backend Service port as a share: its endpoints, found by the
@@ -818,6 +814,7 @@ mod tests {
                 auto_assign: true,
                 avoid_buggy_ips: false,
                 service_allocation: None,
+                cross_namespace_sharing: None,
             },
         )
     }
@@ -871,6 +868,7 @@ mod tests {
             slices: slices.iter().collect(),
             default_class: true,
             bgp: Default::default(),
+            gateways: Default::default(),
         })
     }
 
@@ -885,28 +883,91 @@ mod tests {
         s
     }
 
-    /// A Gateway's Service: its program's backends become each route's
-    /// shares with the backend Services' endpoints, at the endpoint port the
-    /// Service port names; an unusable or vanished backend keeps its weight
-    /// with no backend.
+    /// The Gateway API objects of the routing test: an ironlb class; Gateway
+    /// infra/gw (uid `u`) with TCP 5432 and TLS 443 listeners; TCPRoute
+    /// infra/pg to apps/db (weight 80, granted), apps/gone (15, no such
+    /// Service) and apps/db on a port it lacks (5, unusable); TLSRoute
+    /// infra/web for *.example.com to apps/db; and the ReferenceGrant in
+    /// apps that lets both kinds of route of infra refer there.
+    struct GatewayWorld {
+        class: crate::api::gateway::GatewayClass,
+        gateway: crate::api::gateway::Gateway,
+        tcp: crate::api::gateway::TCPRoute,
+        tls: crate::api::gateway::TLSRoute,
+        grant: crate::api::gateway::ReferenceGrant,
+    }
+
+    impl GatewayWorld {
+        fn new() -> Self {
+            use serde_json::{from_value, json};
+            let v1 = "gateway.networking.k8s.io/v1";
+            Self {
+                class: from_value(json!({"apiVersion": v1, "kind": "GatewayClass",
+                    "metadata": {"name": "ironlb"},
+                    "spec": {"controllerName": crate::gateway::attach::CONTROLLER_NAME}}))
+                .unwrap(),
+                gateway: from_value(json!({"apiVersion": v1, "kind": "Gateway",
+                    "metadata": {"namespace": "infra", "name": "gw", "uid": "u"},
+                    "spec": {"gatewayClassName": "ironlb", "listeners": [
+                        {"name": "pg", "port": 5432, "protocol": "TCP"},
+                        {"name": "web", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}]}}))
+                .unwrap(),
+                tcp: from_value(json!({"apiVersion": v1, "kind": "TCPRoute",
+                    "metadata": {"namespace": "infra", "name": "pg"},
+                    "spec": {"parentRefs": [{"name": "gw", "sectionName": "pg"}], "rules": [{"backendRefs": [
+                        {"namespace": "apps", "name": "db", "port": 5432, "weight": 80},
+                        {"namespace": "apps", "name": "gone", "port": 5432, "weight": 15},
+                        {"namespace": "apps", "name": "db", "port": 9999, "weight": 5}]}]}}))
+                .unwrap(),
+                tls: from_value(json!({"apiVersion": v1, "kind": "TLSRoute",
+                    "metadata": {"namespace": "infra", "name": "web"},
+                    "spec": {"parentRefs": [{"name": "gw", "sectionName": "web"}],
+                        "hostnames": ["*.example.com"],
+                        "rules": [{"backendRefs": [{"namespace": "apps", "name": "db", "port": 5432}]}]}}))
+                .unwrap(),
+                grant: from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                    "metadata": {"namespace": "apps", "name": "from-infra"},
+                    "spec": {"from": [
+                        {"group": "gateway.networking.k8s.io", "kind": "TCPRoute", "namespace": "infra"},
+                        {"group": "gateway.networking.k8s.io", "kind": "TLSRoute", "namespace": "infra"}],
+                        "to": [{"group": "", "kind": "Service"}]}}))
+                .unwrap(),
+            }
+        }
+
+        fn objects(&self, granted: bool) -> crate::gateway::snapshot::Objects<'_> {
+            crate::gateway::snapshot::Objects {
+                classes: vec![&self.class],
+                gateways: vec![&self.gateway],
+                tcp: vec![&self.tcp],
+                tls: vec![&self.tls],
+                grants: if granted { vec![&self.grant] } else { vec![] },
+                ..Default::default()
+            }
+        }
+    }
+
+    /// A Gateway's Service: the routes the rules attach to its listeners
+    /// become routes of shares of the backend Services' endpoints, at the
+    /// endpoint port the Service port names; an unusable or vanished backend
+    /// keeps its weight with no backend. Only the Service the controller
+    /// keeps for an ironlb Gateway is routed, and nothing written on a
+    /// Service (an old `ironlb.dev/gateway-program` annotation, say) changes
+    /// its routes.
     #[test]
-    fn a_gateways_program_becomes_weighted_routes_of_its_backends_endpoints() {
+    fn a_gateways_routes_become_weighted_shares_of_its_backends_endpoints() {
         use crate::forwarder::plan::plan;
-        let program = serde_json::json!({"ports": [
-            {"port": 5432, "protocol": "TCP", "routes": [{"route": "TCPRoute infra/pg", "backends": [
-                {"namespace": "apps", "name": "db", "port": 5432, "weight": 80, "usable": true},
-                {"namespace": "apps", "name": "gone", "port": 5432, "weight": 15, "usable": true},
-                {"namespace": "apps", "name": "db", "port": 5432, "weight": 5, "usable": false},
-            ]}]},
-            {"port": 443, "protocol": "TLS", "routes": [{"route": "TLSRoute infra/web", "hostnames": ["*.example.com"], "backends": [
-                {"namespace": "apps", "name": "db", "port": 5432, "weight": 1, "usable": true},
-            ]}]},
-        ]});
-        let gateway_service = |owner_kind: &str| -> Service {
+        // A route table naming a backend the rules would refuse, as a
+        // tenant who may edit the Service could write it.
+        let hand_written = serde_json::json!({"ports": [{"port": 5432, "protocol": "TCP", "routes": [
+            {"route": "TCPRoute infra/evil", "backends": [
+                {"namespace": "team-a", "name": "secret-db", "port": 5432, "weight": 1, "usable": true}]}]}]});
+        let gateway_service = |owner_kind: &str, uid: &str| -> Service {
             serde_json::from_value(serde_json::json!({
                 "metadata": {"namespace": "infra", "name": "gw-ironlb-gateway",
-                    "annotations": {"ironlb.dev/forwarding": "embedded", "ironlb.dev/gateway-program": program.to_string()},
-                    "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": owner_kind, "name": "gw", "uid": "u", "controller": true}]},
+                    "annotations": {"ironlb.dev/forwarding": "embedded",
+                        "ironlb.dev/gateway-program": hand_written.to_string()},
+                    "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": owner_kind, "name": "gw", "uid": uid, "controller": true}]},
                 "spec": {"type": "LoadBalancer", "ports": [
                     {"name": "tcp-5432", "port": 5432, "protocol": "TCP"},
                     {"name": "tcp-443", "port": 443, "protocol": "TCP"}]},
@@ -914,50 +975,73 @@ mod tests {
             }))
             .unwrap()
         };
-        let db: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"namespace": "apps", "name": "db"},
-            "spec": {"ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "targetPort": 15432}]},
-        }))
-        .unwrap();
-        let db_slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-            "metadata": {"namespace": "apps", "name": "db-1", "labels": {"kubernetes.io/service-name": "db"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "pg", "port": 15432, "protocol": "TCP"}],
-            "endpoints": [{"addresses": ["10.42.0.7"], "conditions": {"ready": true}}],
-        }))
-        .unwrap();
-        let listeners = |services: &[Service]| {
+        let service = |ns: &str, name: &str, target: i32| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": ns, "name": name},
+                "spec": {"ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "targetPort": target}]},
+            }))
+            .unwrap()
+        };
+        let slice = |ns: &str, name: &str, ip: &str| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": ns, "name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "ports": [{"name": "pg", "port": 15432, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+            }))
+            .unwrap()
+        };
+        let (db, secret) = (
+            service("apps", "db", 15432),
+            service("team-a", "secret-db", 15432),
+        );
+        let slices = [
+            slice("apps", "db", "10.42.0.7"),
+            slice("team-a", "secret-db", "10.42.9.9"),
+        ];
+        let world = GatewayWorld::new();
+        let listeners = |services: &[Service], gateways| {
             let view = ClusterView {
                 services: services.iter().collect(),
                 pools: Vec::new(),
                 advertisements: Vec::new(),
-                slices: vec![&db_slice],
+                slices: slices.iter().collect(),
                 default_class: true,
                 bgp: Default::default(),
+                gateways,
             };
             let (frontends, errors) = frontends(&view);
             assert!(errors.is_empty(), "{errors:?}");
             let owned = ["10.0.0.1".parse().unwrap()].into();
             plan("n1", &owned, &frontends).listeners
         };
+        let shares = |routing: &crate::forwarder::routing::Routing| -> Vec<(u32, Vec<String>)> {
+            routing.routes[0]
+                .shares
+                .iter()
+                .map(|s| {
+                    (
+                        s.weight,
+                        s.backends.iter().map(|b| b.address.to_string()).collect(),
+                    )
+                })
+                .collect()
+        };
 
-        let got = listeners(&[gateway_service("Gateway"), db.clone()]);
+        let all = [gateway_service("Gateway", "u"), db.clone(), secret.clone()];
+        let got = listeners(&all, world.objects(true));
         assert_eq!(got.len(), 2);
         let (tls, tcp) = (&got[0], &got[1]);
         assert_eq!(tcp.address.port(), 5432);
         let routing = tcp.routing.as_ref().expect("a Gateway port is routed");
         assert!(!routing.sni);
-        let shares: Vec<(u32, Vec<String>)> = routing.routes[0]
-            .shares
-            .iter()
-            .map(|s| {
-                let b = s.backends.iter().map(|b| b.address.to_string()).collect();
-                (s.weight, b)
-            })
-            .collect();
+        assert_eq!(
+            routing.routes[0].name, "TCPRoute infra/pg",
+            "not the hand-written table"
+        );
         let endpoint = vec!["10.42.0.7:15432".to_string()];
         assert_eq!(
-            shares,
+            shares(routing),
             [(80, endpoint.clone()), (15, vec![]), (5, vec![])],
             "usable backends get their endpoints; a missing or unusable one none"
         );
@@ -966,37 +1050,45 @@ mod tests {
         assert!(tls_routing.sni, "a TLS listener routes by server name");
         assert_eq!(tls_routing.routes[0].hostnames, ["*.example.com"]);
 
-        // The annotation on a Service no Gateway controls, or on one that is
-        // not the Service the controller keeps for its Gateway, is not read.
-        let forged = listeners(&[gateway_service("Deployment"), db.clone()]);
-        assert!(forged.iter().all(|l| l.routing.is_none()));
-        let mut renamed = gateway_service("Gateway");
-        renamed.metadata.name = Some("my-own".into());
-        let forged = listeners(&[renamed, db.clone()]);
-        assert!(forged.iter().all(|l| l.routing.is_none()));
+        // Without the ReferenceGrant, the other namespace's backends are
+        // refused shares.
+        let got = listeners(&all, world.objects(false));
+        let routing = got[1].routing.as_ref().expect("routed");
+        assert_eq!(shares(routing), [(80, vec![]), (15, vec![]), (5, vec![])]);
 
-        // An unreadable program leaves the Service out, naming the annotation.
-        let mut bad = gateway_service("Gateway");
-        bad.metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert("ironlb.dev/gateway-program".into(), "{\"ports\": 7}".into());
-        let services = [bad];
-        let view = ClusterView {
-            services: services.iter().collect(),
-            pools: Vec::new(),
-            advertisements: Vec::new(),
-            slices: Vec::new(),
-            default_class: true,
-            bgp: Default::default(),
-        };
-        let (frontends, errors) = frontends(&view);
-        assert!(frontends.is_empty());
+        // No Gateway objects (the CRDs absent, the feature off), another
+        // owner, an owner of another uid, another name: an ordinary Service,
+        // whose own endpoints (none here) it forwards to.
+        for (what, svc, gateways) in [
+            (
+                "no Gateway objects",
+                gateway_service("Gateway", "u"),
+                Default::default(),
+            ),
+            (
+                "not owned by a Gateway",
+                gateway_service("Deployment", "u"),
+                world.objects(true),
+            ),
+            (
+                "another uid",
+                gateway_service("Gateway", "forged"),
+                world.objects(true),
+            ),
+        ] {
+            let got = listeners(&[svc, db.clone(), secret.clone()], gateways);
+            assert!(
+                got.iter()
+                    .all(|l| l.routing.is_none() && l.backends.is_empty()),
+                "{what}"
+            );
+        }
+        let mut renamed = gateway_service("Gateway", "u");
+        renamed.metadata.name = Some("my-own".into());
+        let got = listeners(&[renamed, db.clone(), secret.clone()], world.objects(true));
         assert!(
-            errors[0].message.contains("ironlb.dev/gateway-program"),
-            "{}",
-            errors[0].message
+            got.iter()
+                .all(|l| l.routing.is_none() && l.backends.is_empty())
         );
     }
 

@@ -121,6 +121,14 @@ const KINDS: &[Kind] = &[
     Kind {
         group: "ironlb.dev",
         version: "v1alpha1",
+        plural: "servicebgpstatuses",
+        kind: "ServiceBGPStatus",
+        namespaced: true,
+        status_subresource: false,
+    },
+    Kind {
+        group: "ironlb.dev",
+        version: "v1alpha1",
         plural: "l2advertisements",
         kind: "L2Advertisement",
         namespaced: false,

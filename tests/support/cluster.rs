@@ -89,9 +89,14 @@ impl Cluster {
 
     /// Runs kubectl as admin.
     pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_as(&self.kubeconfig, args)
+    }
+
+    /// Runs kubectl as whoever `kubeconfig` names.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
         Command::new(&self.kubectl)
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(kubeconfig)
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("{} {args:?}: {e}", self.kubectl.display()))
@@ -121,17 +126,7 @@ impl Cluster {
     ) -> PathBuf {
         let token =
             self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration", "1h"]);
-        let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    \
-             certificate-authority-data: {}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    \
-             user: {name}\ncurrent-context: e2e\nusers:\n- name: {name}\n  user:\n    token: {}\n",
-            server.unwrap_or(&self.server),
-            self.ca_data,
-            token.trim()
-        );
-        std::fs::write(&path, text).expect("write kubeconfig");
-        path
+        self.token_kubeconfig(&format!("{namespace}-{name}"), token.trim(), dir, server)
     }
 
     /// The host and port of the API server.
@@ -160,15 +155,33 @@ impl Cluster {
     /// warning, and waits until its CRDs are served. Dropped, the guard deletes
     /// everything it applied.
     pub fn install(&self) -> Installed<'_> {
-        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
-        self.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--warnings-as-errors",
-            "-k",
-            deploy,
-        ]);
+        self.install_kustomization("deploy")
+    }
+
+    /// [`Cluster::install`] with the Gateway API feature: the overlay
+    /// `deploy/overlays/gateway` (the base and the component).
+    pub fn install_with_gateway(&self) -> Installed<'_> {
+        self.install_kustomization("deploy/overlays/gateway")
+    }
+
+    /// `deploy/` with `components` of `deploy/components/`, as a user's own
+    /// overlay lists them (written under `target/e2e-overlays/`: kustomize
+    /// takes only relative paths).
+    pub fn install_with(&self, components: &[&str]) -> Installed<'_> {
+        self.install_kustomization(&overlay(components))
+    }
+
+    fn install_kustomization(&self, dir: &str) -> Installed<'_> {
+        let path = self.apply_kustomization(dir);
+        self.wait_for_crds();
+        Installed {
+            cluster: self,
+            path,
+        }
+    }
+
+    /// Waits until ironlb's CRDs are served.
+    fn wait_for_crds(&self) {
         let crds: Vec<String> = ironlb::api::crds()
             .iter()
             .map(|c| format!("crd/{}", c.metadata.name.as_deref().unwrap_or_default()))
@@ -176,13 +189,149 @@ impl Cluster {
         let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
         wait.extend(crds.iter().map(String::as_str));
         self.kubectl_ok(&wait);
-        Installed { cluster: self }
+    }
+
+    /// Applies `dir` (of this repository) server-side, as a user does,
+    /// refusing any warning; returns its path.
+    fn apply_kustomization(&self, dir: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let path = path.to_str().expect("utf-8 path").to_string();
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--warnings-as-errors",
+            "-k",
+            &path,
+        ]);
+        path
+    }
+
+    /// A kubeconfig for the speaker of node `node`, as the kubelet gives a
+    /// speaker Pod: a token of the ServiceAccount `ironlb-speaker` bound to a
+    /// Pod on that node, so the API server knows the node
+    /// (`authentication.kubernetes.io/node-name`), which the policy
+    /// `ironlb-speaker-writes-own-node` holds the speaker to. The Pod (which
+    /// no kubelet runs) goes with the install.
+    pub fn speaker_kubeconfig(&self, node: &str, dir: &Path, server: Option<&str>) -> PathBuf {
+        let pod = format!("{SPEAKER_TOKEN_POD}-{node}");
+        let manifest = dir.join(format!("{pod}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: ironlb-system\n  \
+                 labels: {{{SPEAKER_TOKEN_LABEL}: \"true\"}}\nspec:\n  nodeName: {node}\n  \
+                 serviceAccountName: ironlb-speaker\n  containers: [{{name: speaker, image: ironlb-e2e/none}}]\n"
+            ),
+        )
+        .expect("write the Pod");
+        self.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")]);
+        let uid = self.kubectl_ok(&[
+            "get",
+            "pod",
+            &pod,
+            "-n",
+            "ironlb-system",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ]);
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            "ironlb-speaker",
+            "-n",
+            "ironlb-system",
+            "--duration",
+            "1h",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            &pod,
+            "--bound-object-uid",
+            uid.trim(),
+        ]);
+        self.token_kubeconfig(&format!("ironlb-speaker-{node}"), token.trim(), dir, server)
+    }
+
+    fn token_kubeconfig(
+        &self,
+        user: &str,
+        token: &str,
+        dir: &Path,
+        server: Option<&str>,
+    ) -> PathBuf {
+        let path = dir.join(format!("{user}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    \
+             certificate-authority-data: {}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    \
+             user: {user}\ncurrent-context: e2e\nusers:\n- name: {user}\n  user:\n    token: {token}\n",
+            server.unwrap_or(&self.server),
+            self.ca_data,
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
     }
 }
 
-/// `deploy/` applied to the cluster; dropped, it is deleted again.
+/// Writes an overlay of `deploy/base` with `components`; returns its
+/// directory, relative to the repository.
+fn overlay(components: &[&str]) -> String {
+    let dir = format!("target/e2e-overlays/{}", components.join("-"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(root.join(&dir)).expect("the overlay's directory");
+    let listed: Vec<String> = components
+        .iter()
+        .map(|c| format!("../../../deploy/components/{c}"))
+        .collect();
+    std::fs::write(
+        root.join(&dir).join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [../../../deploy/base]\ncomponents: [{}]\n",
+            listed.join(", ")
+        ),
+    )
+    .expect("write the overlay");
+    dir
+}
+
+/// The Pods [`Cluster::speaker_kubeconfig`] binds tokens to: name prefix and
+/// label.
+const SPEAKER_TOKEN_POD: &str = "ironlb-e2e-speaker";
+const SPEAKER_TOKEN_LABEL: &str = "ironlb.dev/e2e-speaker-token";
+
+/// `deploy/` (or an overlay of it) applied to the cluster; dropped, it is
+/// deleted again.
 pub struct Installed<'a> {
     cluster: &'a Cluster,
+    path: String,
+}
+
+impl Cluster {
+    /// The guard of an install made from `dir` (applied by the caller, for
+    /// manifests older than today's, which may not pass
+    /// `--warnings-as-errors`); [`Installed::upgrade`] applies today's over it.
+    pub fn install_previous(&self, dir: &str) -> Installed<'_> {
+        Installed {
+            cluster: self,
+            path: dir.to_string(),
+        }
+    }
+}
+
+impl Installed<'_> {
+    /// Applies today's `deploy/` over what is installed, as an upgrade does,
+    /// and waits until its CRDs are served.
+    pub fn upgrade(&mut self) {
+        self.path = self.cluster.apply_kustomization("deploy");
+        self.cluster.wait_for_crds();
+    }
+
+    /// Adds `components` to what is installed, as a user applies an overlay
+    /// with them over `deploy/`.
+    pub fn add_components(&mut self, components: &[&str]) {
+        self.path = self.cluster.apply_kustomization(&overlay(components));
+    }
 }
 
 impl Drop for Installed<'_> {
@@ -202,18 +351,30 @@ impl Drop for Installed<'_> {
                 r#"{"metadata":{"finalizers":null}}"#,
             ]);
         }
-        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+        // Pods on a node wait for its kubelet to confirm their end; these
+        // have none.
+        let _ = self.cluster.kubectl(&[
+            "delete",
+            "pods",
+            "-n",
+            "ironlb-system",
+            "-l",
+            SPEAKER_TOKEN_LABEL,
+            "--grace-period=0",
+            "--force",
+        ]);
         let out = self.cluster.kubectl(&[
             "delete",
             "--ignore-not-found",
             "--wait=true",
             "--timeout=120s",
             "-k",
-            deploy,
+            &self.path,
         ]);
         if !out.status.success() {
             eprintln!(
-                "removing deploy/ failed: {}",
+                "removing {} failed: {}",
+                self.path,
                 String::from_utf8_lossy(&out.stderr)
             );
         }

@@ -91,6 +91,12 @@ impl Svc {
         self
     }
 
+    /// Sets `externalTrafficPolicy`.
+    pub fn external_traffic_policy(mut self, policy: &str) -> Self {
+        self.spec().external_traffic_policy = Some(policy.into());
+        self
+    }
+
     /// Sets the family policy and families.
     pub fn families(mut self, policy: &str, families: &[&str]) -> Self {
         self.spec().ip_family_policy = Some(policy.into());
@@ -119,6 +125,7 @@ pub fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
             auto_assign: true,
             avoid_buggy_ips: false,
             service_allocation: None,
+            cross_namespace_sharing: None,
         },
     )
 }
@@ -330,4 +337,23 @@ pub fn promtool_check(test: &str, page: &str) -> Option<Result<(), String>> {
     } else {
         Err(said)
     })
+}
+
+/// The metric names starting with `prefix` that the alert rules
+/// (deploy/components/monitoring) read, so a test can check the component
+/// exports each of them.
+pub fn alerted_metrics(prefix: &str) -> Vec<String> {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/components/monitoring/ironlb.rules.yaml"
+    ))
+    .expect("the alert rules");
+    let mut names: Vec<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with(prefix))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }

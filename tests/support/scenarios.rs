@@ -25,6 +25,8 @@ pub struct Env {
     pub kubeconfig: PathBuf,
     /// A namespace of the scenario's own, which exists.
     pub namespace: String,
+    /// A second namespace of its own, which exists: another team's.
+    pub other_namespace: String,
     /// Makes cluster-scoped names unique to this run.
     pub prefix: String,
     /// Scratch space for logs.
@@ -85,11 +87,15 @@ impl Env {
     }
 
     async fn wait_event(&self, service: &str, reason: &str) -> (String, String) {
+        self.wait_event_in(&self.namespace, service, reason).await
+    }
+
+    async fn wait_event_in(&self, ns: &str, service: &str, reason: &str) -> (String, String) {
         wait_for(
-            &format!("a {reason} event on {}/{service}", self.namespace),
+            &format!("a {reason} event on {ns}/{service}"),
             self.patience,
             || async {
-                events_for(&self.client, &self.namespace, service)
+                events_for(&self.client, ns, service)
                     .await
                     .into_iter()
                     .find(|(_, r, _)| r == reason)
@@ -382,11 +388,122 @@ pub async fn sharing_metallb_annotations_and_exhaustion(env: &Env) {
         page.contains("ironlb_controller_allocation_errors_total{reason=\"pool_exhausted\"} 1"),
         "counted once, not once per pass:\n{page}"
     );
+    for metric in super::alerted_metrics("ironlb_controller_") {
+        assert!(
+            page.contains(&format!("{metric}{{")) || page.contains(&format!("{metric} ")),
+            "no {metric} for the alerts:\n{page}"
+        );
+    }
     if let Some(verdict) =
         super::promtool_check("sharing_metallb_annotations_and_exhaustion", &page)
     {
         verdict.unwrap_or_else(|said| panic!("promtool check metrics: {said}\n{page}"));
     }
+}
+
+/// An address never crosses namespaces unless its pool says so: another
+/// namespace's Service with the right key cannot join an address, its
+/// refusal names nothing of the holder, and with the same key and no
+/// request it simply gets an address of its own; a Service of the holder's
+/// own namespace shares as MetalLB's rule says. Once the pool allows every
+/// namespace (`crossNamespaceSharing`), the same request succeeds — but
+/// never for a `Local` Service.
+pub async fn sharing_stays_within_a_namespace_unless_the_pool_allows(env: &Env) {
+    env.pool("tenancy", &["198.51.100.24-198.51.100.25"], true)
+        .await;
+    let controller = env.controller("ctl-tenancy");
+    let (team, tenant) = (env.namespace.as_str(), env.other_namespace.as_str());
+    let victim = env
+        .service("victim-db")
+        .only_port("TCP", 5432)
+        .annotation(annotations::ALLOW_SHARED_IP, "team-secret-key");
+    create_service(&env.client, victim.build()).await;
+    let victim_ip = env.wait_addressed(&["victim-db"]).await["victim-db"][0].clone();
+
+    let squatter = |name: &str| {
+        Svc::lb(tenant, name)
+            .class(LOAD_BALANCER_CLASS)
+            .only_port("TCP", 80)
+            .annotation(annotations::ALLOW_SHARED_IP, "team-secret-key")
+    };
+    create_service(
+        &env.client,
+        squatter("by-address")
+            .annotation(annotations::LOAD_BALANCER_IPS, &victim_ip)
+            .build(),
+    )
+    .await;
+    let (_, note) = env
+        .wait_event_in(tenant, "by-address", "AddressInUse")
+        .await;
+    assert!(
+        note.contains(&format!(
+            "{victim_ip} is held by a Service in another namespace and can't be shared: the \
+             holder is in another namespace"
+        )),
+        "{note}"
+    );
+    // The team namespace by itself, not as the start of the tenant's name.
+    let team_prefix = format!("{team}/");
+    for secret in [team_prefix.as_str(), "victim-db", "team-secret-key"] {
+        assert!(
+            !note.contains(secret),
+            "the refusal tells {secret:?}: {note}"
+        );
+    }
+    // The same key without a request: an address of its own, not the victim's.
+    create_service(&env.client, squatter("by-key").build()).await;
+    let theirs = wait_for("by-key's address", env.patience, || async {
+        let s = Api::<Service>::namespaced(env.client.clone(), tenant)
+            .get("by-key")
+            .await
+            .ok()?;
+        ips_of(&s).into_iter().next()
+    })
+    .await;
+    assert_ne!(theirs, victim_ip, "the key alone does not join the address");
+    // Within its own namespace, the key shares as MetalLB's rule says.
+    let neighbour = env
+        .service("victim-dns")
+        .only_port("UDP", 53)
+        .annotation(annotations::ALLOW_SHARED_IP, "team-secret-key");
+    create_service(&env.client, neighbour.build()).await;
+    assert_eq!(
+        env.wait_addressed(&["victim-dns"]).await["victim-dns"],
+        std::slice::from_ref(&victim_ip)
+    );
+
+    // The pool lets every namespace share: MetalLB's behaviour, opted into.
+    Api::<IPAddressPool>::all(env.client.clone())
+        .patch(
+            &env.pool_name("tenancy"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "spec": {"crossNamespaceSharing": {"namespaceSelectors": [{}]}}
+            })),
+        )
+        .await
+        .expect("allow sharing across namespaces");
+    wait_for("by-address to join the address", env.patience, || async {
+        let s = Api::<Service>::namespaced(env.client.clone(), tenant)
+            .get("by-address")
+            .await
+            .ok()?;
+        (ips_of(&s) == [victim_ip.clone()]).then_some(())
+    })
+    .await;
+    // Never a Local Service: it would narrow where the address is announced.
+    let local = squatter("local")
+        .only_port("TCP", 81)
+        .annotation(annotations::LOAD_BALANCER_IPS, &victim_ip)
+        .external_traffic_policy("Local");
+    create_service(&env.client, local.build()).await;
+    let (_, note) = env.wait_event_in(tenant, "local", "AddressInUse").await;
+    assert!(
+        note.contains("externalTrafficPolicy Local shares an address only within its namespace"),
+        "{note}"
+    );
+    drop(controller);
 }
 
 /// The API of `kind` in `api_version` (any kind the server serves).
@@ -446,6 +563,49 @@ async fn get_json(
     }
 }
 
+/// The program the speakers compute for the Gateway Service `service` of the
+/// scenario's namespace, from the objects as the server returns them.
+async fn speakers_program(env: &Env, service: &str) -> ironlb::gateway::attach::Program {
+    use ironlb::api::gateway::{
+        Gateway, GatewayClass, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute,
+    };
+    use ironlb::gateway::{attach, snapshot};
+    use k8s_openapi::api::core::v1::Namespace;
+    async fn all<K>(client: &Client) -> Vec<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        Api::<K>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    }
+    let c = &env.client;
+    let (classes, gateways) = (all::<GatewayClass>(c).await, all::<Gateway>(c).await);
+    let (tcp, udp, tls) = (
+        all::<TCPRoute>(c).await,
+        all::<UDPRoute>(c).await,
+        all::<TLSRoute>(c).await,
+    );
+    let (grants, namespaces) = (all::<ReferenceGrant>(c).await, all::<Namespace>(c).await);
+    let services = all::<Service>(c).await;
+    let objects = snapshot::Objects {
+        classes: classes.iter().collect(),
+        gateways: gateways.iter().collect(),
+        tcp: tcp.iter().collect(),
+        udp: udp.iter().collect(),
+        tls: tls.iter().collect(),
+        grants: grants.iter().collect(),
+        namespaces: namespaces.iter().collect(),
+    };
+    let services: Vec<&Service> = services.iter().collect();
+    let outcome = attach::decide(&snapshot::snapshot(&objects, &services));
+    snapshot::programs(outcome, &objects, &services)
+        .remove(&ironlb::ipam::ServiceKey::new(&env.namespace, service))
+        .expect("a program for the Gateway's Service")
+}
+
 /// A condition's (status, reason) in a conditions list.
 fn condition(conditions: &serde_json::Value, type_: &str) -> Option<(String, String)> {
     let c = conditions.as_array()?.iter().find(|c| c["type"] == type_)?;
@@ -458,8 +618,9 @@ fn condition(conditions: &serde_json::Value, type_: &str) -> Option<(String, Str
 /// A Gateway of ironlb's class gets its address from the pool its
 /// infrastructure annotation names, through the Service the controller keeps
 /// for it; its listeners and route show the spec's conditions; the Service
-/// carries the program the speakers run — the weights, a missing backend's
-/// share kept and refused — and asks for embedded forwarding. Objects are
+/// asks for embedded forwarding, and the routes the speakers compute from the
+/// same objects carry the weights, a missing backend's share kept and
+/// refused. Objects are
 /// written as a user writes them, without the defaults a real server's
 /// CRD schemas fill in (weight 1, `allowedRoutes` from `Same`), which the
 /// controller must supply itself.
@@ -548,30 +709,22 @@ pub async fn a_gateway_gets_an_address_and_its_route_status(env: &Env) {
     let service = get_json(&env.client, "v1", "Service", ns, "edge-ironlb-gateway").await;
     let annotations = &service["metadata"]["annotations"];
     assert_eq!(annotations[annotations::FORWARDING], "embedded");
-    let program: serde_json::Value = serde_json::from_str(
-        annotations[annotations::GATEWAY_PROGRAM]
-            .as_str()
-            .expect("a program"),
-    )
-    .expect("program JSON");
-    let port = program["ports"]
-        .as_array()
-        .expect("ports")
+    assert!(
+        annotations["ironlb.dev/gateway-program"].is_null(),
+        "no route table is written where a tenant could rewrite it"
+    );
+    // What every speaker forwards: the same rules on the same objects, read
+    // back from the server as the speakers' caches hold them.
+    let program = speakers_program(env, "edge-ironlb-gateway").await;
+    let port = program
+        .ports
         .iter()
-        .find(|p| p["port"] == 5432)
-        .expect("port 5432")
-        .clone();
-    let backends: Vec<(String, u64, bool)> = port["routes"][0]["backends"]
-        .as_array()
-        .expect("backends")
+        .find(|p| p.port == 5432)
+        .expect("port 5432");
+    let backends: Vec<(String, u32, bool)> = port.routes[0]
+        .backends
         .iter()
-        .map(|b| {
-            (
-                b["name"].as_str().unwrap_or_default().to_string(),
-                b["weight"].as_u64().unwrap_or_default(),
-                b["usable"].as_bool().unwrap_or_default(),
-            )
-        })
+        .map(|b| (b.name.clone(), b.weight, b.usable))
         .collect();
     assert_eq!(
         backends,

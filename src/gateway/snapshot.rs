@@ -1,0 +1,303 @@
+//! What the Gateway controller and every speaker read of the cluster, and the
+//! one function from it to the rules' [`Snapshot`]. Both decide from the same
+//! view with the same rules ([`attach::decide`]): the routes a speaker
+//! forwards are exactly the ones the Gateway's status calls attached, and no
+//! object anyone can write carries a route table a speaker would trust.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::ResourceExt;
+
+use super::attach::{Address, Outcome, Program, Route, Snapshot};
+use crate::api::gateway::{Gateway, GatewayClass, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute};
+use crate::controller::translate;
+use crate::ipam::{Holder, ServiceKey};
+
+/// The Gateway API objects the rules read (absent kinds: empty).
+#[derive(Clone, Debug, Default)]
+pub struct Objects<'a> {
+    /// Every GatewayClass.
+    pub classes: Vec<&'a GatewayClass>,
+    /// Every Gateway.
+    pub gateways: Vec<&'a Gateway>,
+    /// Every TCPRoute.
+    pub tcp: Vec<&'a TCPRoute>,
+    /// Every UDPRoute.
+    pub udp: Vec<&'a UDPRoute>,
+    /// Every TLSRoute.
+    pub tls: Vec<&'a TLSRoute>,
+    /// Every ReferenceGrant.
+    pub grants: Vec<&'a ReferenceGrant>,
+    /// Every Namespace, for `allowedRoutes` selectors.
+    pub namespaces: Vec<&'a Namespace>,
+}
+
+/// The name of the Service carrying a Gateway's address.
+pub fn service_name(gateway: &str) -> String {
+    let name = format!("{gateway}-ironlb-gateway");
+    if name.len() <= 63 {
+        return name;
+    }
+    // Keep it unique and within the DNS label limit.
+    let hash = gateway.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{}-{:08x}-ironlb-gw", &gateway[..40], hash as u32)
+}
+
+/// Whether `svc` is the Service the controller keeps for `gateway`: its
+/// controlling owner is that very Gateway (by uid, which no one can choose).
+pub fn is_ours(svc: &Service, gateway: &Gateway) -> bool {
+    gateway.metadata.uid.is_some()
+        && svc.owner_references().iter().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "Gateway"
+                && Some(&o.uid) == gateway.metadata.uid.as_ref()
+        })
+}
+
+/// The rules' snapshot of `objects` and the cluster's Services.
+pub fn snapshot<'a>(objects: &Objects<'a>, services: &[&'a Service]) -> Snapshot<'a> {
+    Snapshot {
+        classes: objects.classes.clone(),
+        gateways: objects.gateways.clone(),
+        grants: objects.grants.clone(),
+        routes: objects
+            .tcp
+            .iter()
+            .map(|r| Route::tcp(r))
+            .chain(objects.udp.iter().map(|r| Route::udp(r)))
+            .chain(objects.tls.iter().map(|r| Route::tls(r)))
+            .collect(),
+        services: services
+            .iter()
+            .map(|s| {
+                let ports = s
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.ports.iter().flatten())
+                    .map(|p| p.port)
+                    .collect();
+                ((s.namespace().unwrap_or_default(), s.name_any()), ports)
+            })
+            .collect(),
+        namespaces: objects
+            .namespaces
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect(),
+        addresses: objects
+            .gateways
+            .iter()
+            .map(|g| {
+                let key = (g.namespace().unwrap_or_default(), g.name_any());
+                (key, address_of(g, services))
+            })
+            .collect(),
+    }
+}
+
+/// The Gateway's address, read from its Service.
+fn address_of(gateway: &Gateway, services: &[&Service]) -> Address {
+    let ns = gateway.namespace().unwrap_or_default();
+    let name = service_name(&gateway.name_any());
+    let Some(svc) = services
+        .iter()
+        .find(|s| s.namespace().as_deref() == Some(&ns) && s.name_any() == name)
+    else {
+        return Address::Pending;
+    };
+    if !is_ours(svc, gateway) {
+        return Address::Refused {
+            reason: "AddressNotAssigned",
+            message: format!(
+                "Service {ns}/{name} exists and does not belong to this Gateway; rename or delete it"
+            ),
+        };
+    }
+    let addresses = translate::status_addresses(svc);
+    if addresses.is_empty() {
+        return Address::Pending;
+    }
+    // Ports other Services sharing the address hold.
+    let mut taken = BTreeMap::new();
+    for other in services
+        .iter()
+        .filter(|s| s.metadata.uid != svc.metadata.uid)
+    {
+        let shares = translate::status_addresses(other)
+            .iter()
+            .any(|a| addresses.contains(a));
+        if !shares {
+            continue;
+        }
+        for p in other.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+            let transport = if p.protocol.as_deref() == Some("UDP") {
+                "UDP"
+            } else {
+                "TCP"
+            };
+            // The message lands in the Gateway's status, which its namespace
+            // reads: a Service of another namespace is not named.
+            let holder = translate::service_key(other);
+            let holder = match Holder::seen_by(holder, &translate::service_key(svc)) {
+                Holder::Named(key) => format!("Service {key}"),
+                other => other.to_string(),
+            };
+            taken.insert((p.port, transport), holder);
+        }
+    }
+    Address::Assigned { addresses, taken }
+}
+
+/// The program of each Gateway of ironlb's, by the key of the Service that
+/// carries its address, for the Services that are what the controller keeps
+/// ([`is_ours`]). Any other Service, whatever its name, owner references or
+/// annotations say, has no program: it is forwarded as an ordinary Service.
+pub fn programs(
+    outcome: Outcome,
+    objects: &Objects<'_>,
+    services: &[&Service],
+) -> BTreeMap<ServiceKey, Program> {
+    let mut out = BTreeMap::new();
+    for g in outcome.gateways {
+        let Some(gateway) = objects.gateways.iter().find(|o| {
+            o.namespace().as_deref() == Some(g.namespace.as_str()) && o.name_any() == g.name
+        }) else {
+            continue;
+        };
+        let key = ServiceKey::new(&g.namespace, service_name(&g.name));
+        let kept = services
+            .iter()
+            .any(|s| translate::service_key(s) == key && is_ours(s, gateway));
+        if kept {
+            out.insert(key, g.program);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::attach;
+    use serde_json::json;
+
+    fn gateway(ns: &str, name: &str, class: &str, uid: &str) -> Gateway {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"namespace": ns, "name": name, "uid": uid},
+            "spec": {"gatewayClassName": class, "listeners": [
+                {"name": "db", "port": 5432, "protocol": "TCP"}]},
+        }))
+        .expect("gateway")
+    }
+
+    fn class(name: &str, controller: &str) -> GatewayClass {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": name},
+            "spec": {"controllerName": controller},
+        }))
+        .expect("class")
+    }
+
+    /// A Service; a Gateway's (owned by `(uid, address)`) has an address.
+    fn service(ns: &str, name: &str, owner: Option<(&str, &str)>) -> Service {
+        let owners: Vec<serde_json::Value> = owner
+            .map(|(uid, _)| {
+                json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                       "name": "edge", "uid": uid, "controller": true})
+            })
+            .into_iter()
+            .collect();
+        let status = match owner {
+            Some((_, ip)) => json!({"loadBalancer": {"ingress": [{"ip": ip}]}}),
+            None => json!({}),
+        };
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "uid": format!("svc-{ns}-{name}"),
+                         "ownerReferences": owners},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 5432, "protocol": "TCP"}]},
+            "status": status,
+        }))
+        .expect("service")
+    }
+
+    fn route(ns: &str, backend_ns: &str) -> TCPRoute {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+            "metadata": {"namespace": ns, "name": "r"},
+            "spec": {"parentRefs": [{"name": "edge"}],
+                     "rules": [{"backendRefs": [{"name": "db", "namespace": backend_ns, "port": 5432}]}]},
+        }))
+        .expect("route")
+    }
+
+    /// A program comes only with the Service the controller keeps for an
+    /// ironlb Gateway, found by its owner's uid: a Service that names the
+    /// Gateway as its owner with another uid, or a Gateway of another
+    /// class, gets none.
+    #[test]
+    fn only_the_kept_service_of_an_ironlb_gateway_has_a_program() {
+        let ours = class("ironlb", attach::CONTROLLER_NAME);
+        let theirs = class("other", "example.com/other");
+        let edge = gateway("t", "edge", "ironlb", "uid-edge");
+        let foreign = gateway("f", "edge", "other", "uid-foreign");
+        let db = service("t", "db", None);
+        let kept = service("t", &service_name("edge"), Some(("uid-edge", "10.0.0.1")));
+        let forged_uid = service("t2", &service_name("edge"), Some(("uid-edge", "10.0.0.2")));
+        let other_class = service(
+            "f",
+            &service_name("edge"),
+            Some(("uid-foreign", "10.0.0.3")),
+        );
+        let r = route("t", "t");
+        let r2 = route("f", "t");
+        let objects = Objects {
+            classes: vec![&ours, &theirs],
+            gateways: vec![&edge, &foreign],
+            tcp: vec![&r, &r2],
+            ..Default::default()
+        };
+        let services = [&db, &kept, &forged_uid, &other_class];
+        let programs = programs(
+            attach::decide(&snapshot(&objects, &services)),
+            &objects,
+            &services,
+        );
+        let keys: Vec<String> = programs.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, [format!("t/{}", service_name("edge"))]);
+        let program = programs.values().next().expect("one");
+        assert_eq!(program.ports[0].routes[0].backends[0].name, "db");
+    }
+
+    /// A backend in another namespace without a ReferenceGrant is in the
+    /// program only as a refused share.
+    #[test]
+    fn a_backend_of_another_namespace_without_a_grant_is_not_usable() {
+        let ours = class("ironlb", attach::CONTROLLER_NAME);
+        let edge = gateway("t", "edge", "ironlb", "uid-edge");
+        let kept = service("t", &service_name("edge"), Some(("uid-edge", "10.0.0.1")));
+        let victim = service("team-a", "db", None);
+        let r = route("t", "team-a");
+        let objects = Objects {
+            classes: vec![&ours],
+            gateways: vec![&edge],
+            tcp: vec![&r],
+            ..Default::default()
+        };
+        let services = [&kept, &victim];
+        let programs = programs(
+            attach::decide(&snapshot(&objects, &services)),
+            &objects,
+            &services,
+        );
+        let backend = &programs.values().next().expect("one").ports[0].routes[0].backends[0];
+        assert_eq!(
+            (backend.namespace.as_str(), backend.usable),
+            ("team-a", false)
+        );
+    }
+}
