@@ -37,6 +37,7 @@ pub mod ipam;
 pub mod k8s;
 pub mod l2;
 pub mod membership;
+pub mod migrate;
 pub mod netlink;
 pub mod speaker;
 pub mod status;

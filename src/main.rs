@@ -58,6 +58,9 @@ enum Command {
     /// controller, release the pools' finalizers and (unless
     /// --keep-service-addresses) take ironlb's addresses off the Services.
     Uninstall(UninstallArgs),
+    /// Convert another provider's configuration to ironlb's.
+    #[command(subcommand)]
+    Migrate(MigrateFrom),
     /// Show ironlb working on this machine (root): three nodes, a client and
     /// backends in network namespaces; ownership, the client address the
     /// backend sees, and a measured failover. Cleans up after itself.
@@ -87,6 +90,39 @@ struct StatusArgs {
     /// controller's --default-class).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     default_class: bool,
+}
+
+#[derive(Subcommand)]
+enum MigrateFrom {
+    /// Read MetalLB's objects (metallb.io v1beta1/v1beta2) from the cluster
+    /// or from files; print ironlb's objects (stdout) and what became of
+    /// every field (stderr); with --apply, create them server-side.
+    Metallb(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// Read these files (YAML or JSON, `---`-separated or a `kind: List`)
+    /// instead of the cluster; `-` is standard input.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<PathBuf>,
+    /// Create the objects on the cluster (server-side apply, field manager
+    /// `ironlb-migrate`) instead of printing them.
+    #[arg(long)]
+    apply: bool,
+    /// Leave out a field the migration refuses, as the table names it with
+    /// its kind: `--skip BGPPeer.spec.vrf`. Repeatable.
+    #[arg(long, value_name = "KIND.FIELD")]
+    skip: Vec<String>,
+    /// Where ironlb is installed: BGP password Secrets are written there.
+    #[arg(long, default_value = "ironlb-system")]
+    namespace: String,
+    /// Kubeconfig to use; else as kubectl finds it.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
 }
 
 #[derive(Args)]
@@ -334,6 +370,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args)?,
         Command::Status(args) => runtime(false)?.block_on(status(args))?,
         Command::Uninstall(args) => runtime(false)?.block_on(uninstall(args))?,
+        Command::Migrate(MigrateFrom::Metallb(args)) => {
+            runtime(false)?.block_on(migrate_metallb(args))?
+        }
         Command::DemoUdpEcho { listen } => ironlb::demo::udp_echo_server(listen)?,
         Command::Speaker(args) => {
             init_logs(cli.log_format);
@@ -384,6 +423,89 @@ async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
         );
     }
     println!("now: kubectl delete -k deploy/   (or the overlay you installed)");
+    Ok(())
+}
+
+async fn migrate_metallb(args: MigrateArgs) -> anyhow::Result<()> {
+    use ironlb::migrate;
+    let needs_cluster = args.apply || args.files.is_empty();
+    let client = if needs_cluster {
+        Some(client(args.kubeconfig, args.context).await?)
+    } else {
+        None
+    };
+    let input = match (&client, args.files.is_empty()) {
+        (Some(client), true) => migrate::cluster::read(client)
+            .await
+            .context("reading MetalLB's objects from the cluster")?,
+        _ => {
+            let mut all = Vec::new();
+            for file in &args.files {
+                let text = if file.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())?
+                } else {
+                    std::fs::read_to_string(file)
+                        .with_context(|| format!("reading {}", file.display()))?
+                };
+                all.extend(
+                    migrate::parse_objects(&text, &file.display().to_string())
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            all
+        }
+    };
+    let options = migrate::Options {
+        namespace: args.namespace,
+        skip: args.skip.iter().cloned().collect(),
+    };
+    let migration = migrate::convert(&input, &options);
+    eprint!("{}", migration.table());
+    let unused: Vec<&String> = args
+        .skip
+        .iter()
+        .filter(|s| {
+            !migration
+                .lines
+                .iter()
+                .any(|l| matches!(l.fate, migrate::Fate::Skipped(_)) && **s == l.skip_name())
+        })
+        .collect();
+    if !unused.is_empty() {
+        anyhow::bail!(
+            "--skip {}: no refused field of that name; the table above names them as \
+             KIND and FIELD (--skip BGPPeer.spec.vrf)",
+            unused
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let refused = migration.refused();
+    if !refused.is_empty() {
+        let list: Vec<String> = refused
+            .iter()
+            .map(|l| match &l.fate {
+                migrate::Fate::Refused(why) => format!("  {} {}: {why}", l.object, l.field),
+                _ => unreachable!("refused() returns refused lines"),
+            })
+            .collect();
+        anyhow::bail!(
+            "nothing migrated: {} field(s) cannot keep their meaning in ironlb:\n{}\n\
+             change them in MetalLB first, or leave them out with --skip KIND.FIELD",
+            refused.len(),
+            list.join("\n")
+        );
+    }
+    match client.filter(|_| args.apply) {
+        Some(client) => {
+            for done in migrate::cluster::apply(&client, &migration).await? {
+                println!("applied {done}");
+            }
+        }
+        None => print!("{}", migration.yaml()?),
+    }
     Ok(())
 }
 

@@ -717,3 +717,156 @@ fn a_speaker_restarted_with_graceful_restart_keeps_its_routes_at_the_router() {
         w.logs()
     );
 }
+
+/// The BGP part of docs/migrating-from-metallb.md: every node first
+/// advertises the address through another speaker (BIRD standing in for
+/// MetalLB's FRR), then node by node that speaker stops and ironlb's takes
+/// the node's session over. The other nodes carry the prefix meanwhile; a
+/// client behind the router polling every 100 ms loses under a second.
+#[test]
+fn a_node_by_node_switch_from_another_bgp_speaker_keeps_the_prefix() {
+    let Some(mut w) = world("a_node_by_node_switch_from_another_bgp_speaker") else {
+        return;
+    };
+    w.start_frr(&frr_dynamic(""));
+    const PORT: &str = "5353";
+    // As kube-proxy does: every node takes the Service's traffic.
+    for (i, n) in w.nodes.clone().iter().enumerate() {
+        w.lab.exec_ok(
+            n,
+            &[
+                "ip", "route", "add", "table", "local", "local", VIP, "dev", "lo",
+            ],
+        );
+        let log = w.lab.dir().join(format!("echo-{i}.log"));
+        w.lab.spawn(
+            n,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &["demo-udp-echo", &format!("{VIP}:{PORT}")],
+            &log,
+        );
+    }
+    let mut old = Vec::new();
+    for (i, n) in w.nodes.clone().iter().enumerate() {
+        let d = w.lab.dir().join(format!("old-{i}"));
+        std::fs::create_dir_all(&d).expect("directory");
+        let conf = d.join("bird.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "router id {SUBNET}.1{n};\nprotocol device {{}}\n\
+                 protocol static {{ ipv4; route {VIP}/32 blackhole; }}\n\
+                 protocol bgp tor {{ local {SUBNET}.1{n} as {MY_ASN}; neighbor {ROUTER} as {ROUTER_ASN};\n  \
+                 ipv4 {{ import none; export where net = {VIP}/32; next hop self; }}; }}\n",
+                n = i + 1
+            ),
+        )
+        .expect("bird.conf");
+        let ctl = d.join("bird.ctl");
+        old.push(w.lab.spawn(
+            n,
+            "bird",
+            &[
+                "-f",
+                "-c",
+                conf.to_str().expect("path"),
+                "-s",
+                ctl.to_str().expect("path"),
+            ],
+            &d.join("bird.out"),
+        ));
+    }
+    let all = nodes_addresses();
+    wait_for(
+        "the old speakers' three next hops",
+        Duration::from_secs(20),
+        || (w.next_hops(VIP) == all).then_some(()),
+    );
+    let stop = w.lab.dir().join("stop-poller");
+    let poller_log = w.lab.dir().join("poller.log");
+    let client = w.client.clone();
+    w.lab.spawn(
+        &client,
+        "python3",
+        &[
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/udp_poller.py"),
+            VIP,
+            PORT,
+            stop.to_str().expect("path"),
+        ],
+        &poller_log,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let config = |i: usize| {
+        node_config(
+            i,
+            &format!(
+                "addresses:\n  - address: {VIP}\n    bgp: {{}}\n\
+                 bgp:\n  peers:\n    - name: tor\n      spec: {{myASN: {MY_ASN}, peerASN: {ROUTER_ASN}, \
+                 peerAddress: {ROUTER}}}\n"
+            ),
+        )
+    };
+    let mut hops_seen = Vec::new();
+    for i in 1..=3 {
+        // The old speaker leaves (SIGTERM: it closes its session with a
+        // Cease, as MetalLB's FRR does when its Pod goes), ironlb's comes.
+        w.lab.terminate(old[i - 1]);
+        let me = format!("{SUBNET}.1{i}");
+        wait_for(
+            "the old speaker's route withdrawn",
+            Duration::from_secs(10),
+            || {
+                let hops = w.next_hops(VIP);
+                hops_seen.push(hops.len());
+                (!hops.contains(&me)).then_some(())
+            },
+        );
+        let ns = w.nodes[i - 1].clone();
+        let index = w.lab.start_speaker_with(&ns, i, &config(i));
+        w.speakers.push(index);
+        let started = Instant::now();
+        loop {
+            let hops = w.next_hops(VIP);
+            hops_seen.push(hops.len());
+            if hops.contains(&me) && w.established().contains(&me) && hops.len() == 3 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "node-{i}'s route back through ironlb: hops {hops:?}\n{}",
+                w.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, "").expect("stop");
+    let report: Value = wait_for("the poller's report", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&poller_log).ok()?;
+        text.lines()
+            .find(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+    });
+    let lost = report["lost"].as_array().expect("lost").len();
+    eprintln!(
+        "migration switch-over (BGP, FRR router, node by node): {} probes every 100 ms, \
+         {lost} lost ({} ms), longest gap {} ms; fewest next hops seen {}",
+        report["sent"],
+        lost * 100,
+        report["longest_gap_ms"],
+        hops_seen.iter().min().expect("seen")
+    );
+    assert!(
+        hops_seen.iter().all(|n| *n >= 2),
+        "the prefix always had another node's path"
+    );
+    assert!(
+        lost * 100 < 1000,
+        "lost {lost} probes: {report}\n{}",
+        w.logs()
+    );
+    // Only ironlb's speakers remain, each with its session.
+    assert_eq!(w.established(), all);
+}

@@ -15,6 +15,8 @@
 //! machine (speakers inside network namespaces), serve only Services of class
 //! `ironlb.dev/ironlb`, and authenticate with tokens of the ServiceAccounts
 //! `deploy/` creates, never as admin, so a missing RBAC rule fails a test.
+//! The migration tests also install MetalLB's CRDs (`tests/metallb/crds`),
+//! which stay, and use the namespace `metallb-system` (see docs/testing.md).
 //! Remove a leftover install with `kubectl delete -k deploy/`.
 
 mod support;
@@ -2851,4 +2853,389 @@ async fn uninstalling_with_pools_in_use_finishes_within_a_minute() {
     );
     let crds = cluster.kubectl_ok(&["get", "crd", "-o", "name"]);
     assert!(!crds.contains("ironlb.dev"), "{crds}");
+}
+
+/// Installs MetalLB's own CRDs (`tests/metallb/crds`, without its
+/// conversion webhook); they stay, as the Gateway API CRDs do.
+fn install_metallb_crds(cluster: &Cluster) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metallb/crds");
+    cluster.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/ipaddresspools.metallb.io",
+        "crd/l2advertisements.metallb.io",
+        "crd/bgpadvertisements.metallb.io",
+        "crd/bgppeers.metallb.io",
+        "crd/bfdprofiles.metallb.io",
+        "crd/communities.metallb.io",
+    ]);
+}
+
+/// `ironlb migrate metallb` with `args`, as admin: (success, stdout, stderr).
+fn migrate_cli(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["migrate", "metallb", "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .args(args)
+        .output()
+        .expect("run ironlb migrate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every sample of MetalLB's `configsamples/`: MetalLB's CRDs take it, the
+/// migration of the live objects has no refusal (the VRF one is skipped as
+/// told), and ironlb's objects apply with `--warnings-as-errors`.
+#[tokio::test]
+async fn metallbs_samples_migrate_from_the_cluster_and_apply_without_warnings() {
+    let Some(cluster) = Cluster::lock("metallbs_samples_migrate").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    install_metallb_crds(&cluster);
+    let client = cluster.client().await;
+    let namespace = "metallb-system";
+    let _ns = match Api::<Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await
+    {
+        Ok(Some(_)) => None,
+        _ => Some(Made::namespace(&cluster, &client, namespace).await),
+    };
+    let dir = ScratchDir::new("e2e-migrate-samples");
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metallb/configsamples");
+    let mut files: Vec<_> = std::fs::read_dir(&samples)
+        .expect("samples")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let metallb_kinds = "ipaddresspools.metallb.io,l2advertisements.metallb.io,\
+         bgpadvertisements.metallb.io,bgppeers.metallb.io,bfdprofiles.metallb.io,\
+         communities.metallb.io";
+    for file in files {
+        let name = file
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        // MetalLB's objects only: the deployment samples also hold an nginx
+        // Deployment and Service, for a cluster with nodes.
+        let text = std::fs::read_to_string(&file).expect("read sample");
+        let metallb: Vec<serde_json::Value> = ironlb::migrate::parse_objects(&text, &name)
+            .expect("parse")
+            .into_iter()
+            .filter(|o| {
+                o["apiVersion"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("metallb.io/"))
+            })
+            .collect();
+        // Left over from a failed run, another sample's objects would be
+        // migrated with this one's.
+        cluster.kubectl_ok(&["delete", metallb_kinds, "--all", "-n", namespace]);
+        let input = dir.0.join(format!("metallb-{name}.json"));
+        std::fs::write(
+            &input,
+            json!({"apiVersion": "v1", "kind": "List", "items": metallb}).to_string(),
+        )
+        .expect("write");
+        cluster.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            input.to_str().expect("path"),
+        ]);
+
+        let skip: &[&str] = if name == "bgppeer_with_vrf.yaml" {
+            &["--skip", "BGPPeer.spec.vrf"]
+        } else {
+            &[]
+        };
+        let (ok, yaml, table) = migrate_cli(&cluster, skip);
+        assert!(ok, "{name}: the live objects migrate:\n{table}");
+        let output = dir.0.join(format!("ironlb-{name}"));
+        std::fs::write(&output, &yaml).expect("write");
+        let out = cluster.kubectl(&[
+            "apply",
+            "--server-side",
+            "--warnings-as-errors",
+            "-f",
+            output.to_str().expect("path"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: ironlb's objects apply:\n{}\n{yaml}\n{table}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The same sample migrated from the file applies too (the API
+        // server's defaults, such as disableMP, are what the live objects add).
+        let (ok, from_file, table) = migrate_cli(
+            &cluster,
+            &[&["-f", file.to_str().expect("path")], skip].concat(),
+        );
+        assert!(ok, "{name}: from the file:\n{table}");
+        std::fs::write(&output, &from_file).expect("write");
+        cluster.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--warnings-as-errors",
+            "-f",
+            output.to_str().expect("path"),
+        ]);
+        cluster.kubectl_ok(&[
+            "delete",
+            "-f",
+            output.to_str().expect("path"),
+            "--wait=false",
+        ]);
+        cluster.kubectl_ok(&["delete", metallb_kinds, "--all", "-n", namespace]);
+    }
+}
+
+/// From a cluster MetalLB configured: `ironlb migrate metallb --apply`
+/// writes the pool (letting the two namespaces that share an address keep
+/// sharing it), the advertisement, the peer and a copy of its password
+/// Secret; then ironlb's controller keeps every Service's address.
+#[tokio::test]
+async fn migrating_a_live_metallb_keeps_every_address() {
+    let Some(cluster) = Cluster::lock("migrating_a_live_metallb").await else {
+        return;
+    };
+    let _installed = cluster.install_with(&["bgp"]);
+    install_metallb_crds(&cluster);
+    let client = cluster.client().await;
+    let metallb_ns = unique("metallb");
+    let (ns_a, ns_b) = (unique("dns-tcp"), unique("dns-udp"));
+    let _namespaces = [
+        Made::namespace(&cluster, &client, &metallb_ns).await,
+        Made::namespace(&cluster, &client, &ns_a).await,
+        Made::namespace(&cluster, &client, &ns_b).await,
+    ];
+    let (pool, peer, secret) = (unique("lan"), unique("tor"), unique("tor-password"));
+    let _made = [
+        Made::new(&cluster, "ipaddresspools.ironlb.dev", &pool),
+        Made::new(&cluster, "l2advertisements.ironlb.dev", &pool),
+        Made::new(&cluster, "bgppeers.ironlb.dev", &peer),
+    ];
+    let dir = ScratchDir::new("e2e-migrate-live");
+    let manifest = dir.0.join("metallb.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {pool}, namespace: {metallb_ns}}}\n\
+             spec: {{addresses: [198.51.100.0/28]}}\n---\n\
+             apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: {pool}, namespace: {metallb_ns}}}\n---\n\
+             apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {{name: {peer}, namespace: {metallb_ns}}}\n\
+             spec: {{myASN: 64512, peerASN: 64513, peerAddress: 198.51.100.254, passwordSecret: {{name: {secret}}}, \
+             holdTime: 9m0s, keepaliveTime: 0s}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: {metallb_ns}}}\n\
+             type: kubernetes.io/basic-auth\nstringData: {{password: s3cret}}\n"
+        ),
+    )
+    .expect("write");
+    cluster.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        manifest.to_str().expect("path"),
+    ]);
+    // Services as MetalLB left them: two namespaces share .5 with one key.
+    let services = [
+        (ns_a.as_str(), "dns", "198.51.100.5", "TCP", Some("dns")),
+        (ns_b.as_str(), "dns", "198.51.100.5", "UDP", Some("dns")),
+        (ns_a.as_str(), "web", "198.51.100.7", "TCP", None),
+    ];
+    for (ns, name, ip, proto, key) in services {
+        let mut svc = Svc::lb(ns, name)
+            .class(LOAD_BALANCER_CLASS)
+            .only_port(proto, 53)
+            .annotation("metallb.io/ip-allocated-from-pool", &pool);
+        if let Some(key) = key {
+            svc = svc.annotation("metallb.io/allow-shared-ip", key);
+        }
+        create_service(&client, svc.build()).await;
+        let status =
+            json!({"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}});
+        Api::<Service>::namespaced(client.clone(), ns)
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .expect("status as MetalLB wrote it");
+    }
+
+    // Other MetalLB objects of the cluster (from other tests) would be
+    // migrated too: only this test's namespace may hold any.
+    let (ok, applied, table) = migrate_cli(&cluster, &["--apply"]);
+    assert!(ok, "migrate --apply:\n{table}");
+    for expected in [
+        format!("applied Secret {secret}"),
+        format!("applied IPAddressPool {pool}"),
+        format!("applied BGPPeer {peer}"),
+        format!("applied L2Advertisement {pool}"),
+    ] {
+        assert!(
+            applied.contains(&expected),
+            "{expected} in:\n{applied}\n{table}"
+        );
+    }
+    assert!(
+        table.contains(&format!(
+            "Services of namespaces {ns_a}, {ns_b} share 198.51.100.5"
+        )),
+        "{table}"
+    );
+    let _copied = Made::new(&cluster, "secret", &secret);
+    let copy: Secret = Api::namespaced(client.clone(), "ironlb-system")
+        .get(&secret)
+        .await
+        .expect("the password Secret is copied to ironlb's namespace");
+    assert_eq!(copy.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    assert_eq!(
+        copy.data.expect("data")["password"].0,
+        b"s3cret",
+        "the same password"
+    );
+    let migrated: ironlb::api::IPAddressPool =
+        Api::all(client.clone()).get(&pool).await.expect("pool");
+    assert_eq!(
+        migrated
+            .spec
+            .cross_namespace_sharing
+            .expect("sharing")
+            .namespaces,
+        [ns_a.clone(), ns_b.clone()]
+    );
+    let peer_now: ironlb::api::BGPPeer = Api::all(client.clone()).get(&peer).await.expect("peer");
+    assert_eq!(
+        (
+            peer_now.spec.hold_time.as_deref(),
+            peer_now.spec.keepalive_time.as_deref()
+        ),
+        (Some("9m0s"), None)
+    );
+
+    // ironlb's controller, with its ServiceAccount, adopts every address.
+    let kubeconfig =
+        cluster.service_account_kubeconfig("ironlb-system", "ironlb-controller", &dir.0, None);
+    let controller = ControllerProcess::spawn(
+        &kubeconfig,
+        &dir.0,
+        "migrate-ctl",
+        &["--default-class=false", "--gateway=false"],
+    );
+    for (ns, name, ip, _, _) in services {
+        let api = Api::<Service>::namespaced(client.clone(), ns);
+        let svc = wait_for(
+            &format!("{ns}/{name} to be recorded as ironlb's"),
+            PATIENCE,
+            || async {
+                let svc = api.get(name).await.ok()?;
+                svc.annotations()
+                    .contains_key(ironlb::api::annotations::ALLOCATED_FROM_POOL)
+                    .then_some(svc)
+            },
+        )
+        .await;
+        let ingress = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress);
+        let ips: Vec<String> = ingress.into_iter().flatten().filter_map(|i| i.ip).collect();
+        assert_eq!(
+            ips,
+            [ip],
+            "{ns}/{name} keeps its address; controller log:\n{}",
+            controller.log()
+        );
+        assert_eq!(
+            svc.metadata.annotations.as_ref().expect("annotations")
+                [ironlb::api::annotations::ALLOCATED_FROM_POOL],
+            pool
+        );
+    }
+}
+
+/// What MetalLB users write by hand means the same in ironlb's CRDs: an
+/// advertisement with no spec (every pool, every node), a community alias
+/// in capitals, `keepaliveTime: 0s` beside a hold time.
+#[tokio::test]
+async fn metallbs_hand_written_forms_are_accepted() {
+    let Some(cluster) = Cluster::lock("metallbs_hand_written_forms").await else {
+        return;
+    };
+    let _installed = cluster.install();
+    let name = unique("metallb-forms");
+    let _made = [
+        Made::new(&cluster, "l2advertisements.ironlb.dev", &name),
+        Made::new(&cluster, "bgpadvertisements.ironlb.dev", &name),
+        Made::new(&cluster, "communities.ironlb.dev", &name),
+        Made::new(&cluster, "bgppeers.ironlb.dev", &name),
+    ];
+    let dir = ScratchDir::new("e2e-metallb-forms");
+    let manifest = dir.0.join("forms.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {{name: {name}}}\n---\n\
+             apiVersion: ironlb.dev/v1alpha1\nkind: BGPAdvertisement\nmetadata: {{name: {name}}}\n\
+             spec: {{communities: [NO_ADVERTISE, my_alias.1]}}\n---\n\
+             apiVersion: ironlb.dev/v1alpha1\nkind: Community\nmetadata: {{name: {name}}}\n\
+             spec: {{communities: [{{name: NO_ADVERTISE, value: \"65535:65282\"}}]}}\n---\n\
+             apiVersion: ironlb.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {name}}}\n\
+             spec: {{myASN: 64512, peerASN: 64512, peerAddress: 172.30.0.3, holdTime: 9m0s, keepaliveTime: 0s}}\n"
+        ),
+    )
+    .expect("write");
+    cluster.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--warnings-as-errors",
+        "-f",
+        manifest.to_str().expect("path"),
+    ]);
+    // The API server fills in the empty spec, so watchers always read one.
+    let client = cluster.client().await;
+    let ad: L2Advertisement = Api::all(client.clone()).get(&name).await.expect("stored");
+    assert_eq!(ad.spec, L2AdvertisementSpec::default());
+    let stored = cluster.kubectl_ok(&[
+        "get",
+        "l2advertisements.ironlb.dev",
+        &name,
+        "-o",
+        "jsonpath={.spec}",
+    ]);
+    assert_eq!(stored.trim(), "{}");
+    // A keepalive other than 0s still has to be shorter than the hold time.
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: ironlb.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {name}}}\n\
+             spec: {{myASN: 64512, peerASN: 64512, peerAddress: 172.30.0.3, holdTime: 9s, keepaliveTime: 9s}}\n"
+        ),
+    )
+    .expect("write");
+    let out = cluster.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        manifest.to_str().expect("path"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("keepaliveTime must be shorter than holdTime"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -98,10 +98,11 @@ pub struct BGPPeerSpec {
         {"rule": "!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || (duration(self) == duration('0s') || (duration(self) >= duration('3s') && duration(self) <= duration('65535s')))", "message": "must be 0s or between 3s and 65535s (RFC 4271)"}
     ]))]
     pub hold_time: Option<String>,
-    /// How often to send keepalives; default a third of the negotiated hold time.
+    /// How often to send keepalives; default (or `0s`, as MetalLB writes it) a
+    /// third of the negotiated hold time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 32), regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('21845s'))", "message": "must be between 1s and 21845s"}
+        {"rule": "!self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self) == duration('0s') || (duration(self) >= duration('1s') && duration(self) <= duration('21845s'))", "message": "must be 0s (the default) or between 1s and 21845s"}
     ]))]
     pub keepalive_time: Option<String>,
     /// How long one connection attempt may take before the next (default 10 s).
@@ -163,7 +164,7 @@ const COMMUNITY_RULE: &str = "self.matches('^[0-9]{1,5}:[0-9]{1,5}$') ? \
      (int(self.split(':')[0]) <= 65535 && int(self.split(':')[1]) <= 65535) : \
      self.matches('^large:[0-9]{1,10}:[0-9]{1,10}:[0-9]{1,10}$') ? \
      (int(self.split(':')[1]) <= 4294967295 && int(self.split(':')[2]) <= 4294967295 && int(self.split(':')[3]) <= 4294967295) : \
-     self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')";
+     self.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')";
 
 /// The message of [`COMMUNITY_RULE`].
 pub const COMMUNITY_MESSAGE: &str = "must be a standard community (65000:100, each half at most \
@@ -281,7 +282,7 @@ pub struct CommunityAlias {
     /// The name used in advertisements.
     #[schemars(
         length(min = 1, max = 40),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
     )]
     pub name: String,
     /// The value: `65000:100` or `large:65000:1:2`.

@@ -75,10 +75,32 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                 .and_then(|s| s.open_api_v3_schema.as_mut())
             {
                 restrict_selector_operators(schema);
+                default_an_all_optional_spec(schema);
             }
         }
     }
     crds
+}
+
+/// MetalLB's usual advertisement is `kind: L2Advertisement` with a name and
+/// nothing else, meaning every pool from every node. Where a kind's spec has
+/// no required field the same object means the same here: `spec` is not
+/// required and the API server fills in `{}` (so the stored object, and what
+/// a watcher reads, always has one).
+fn default_an_all_optional_spec(schema: &mut JSONSchemaProps) {
+    let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) else {
+        return;
+    };
+    if spec.required.as_ref().is_some_and(|r| !r.is_empty()) {
+        return;
+    }
+    spec.default = Some(JSON(serde_json::json!({})));
+    if let Some(required) = schema.required.as_mut() {
+        required.retain(|r| r != "spec");
+    }
+    if schema.required.as_ref().is_some_and(Vec::is_empty) {
+        schema.required = None;
+    }
 }
 
 /// Label selectors come from `k8s-openapi`, whose schema takes any string as an

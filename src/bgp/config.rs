@@ -124,11 +124,15 @@ pub fn peer_spec(
         Some(t) => seconds("holdTime", t, 3..=65535, true).map_err(at)?,
         None => DEFAULT_HOLD,
     };
+    // 0s is MetalLB's way of leaving the keepalive to the session; here it
+    // means the default, a third of the negotiated hold time. Sending none
+    // at all would let a router with a non-zero hold time drop the session.
     let keepalive = spec
         .keepalive_time
         .as_deref()
-        .map(|t| seconds("keepaliveTime", t, 1..=21845, false).map_err(at))
-        .transpose()?;
+        .map(|t| seconds("keepaliveTime", t, 1..=21845, true).map_err(at))
+        .transpose()?
+        .filter(|k| *k > 0);
     if let Some(k) = keepalive
         && hold_time > 0
         && k >= hold_time
@@ -351,6 +355,12 @@ mod tests {
             peer_spec("tor", &spec, None, None, false).expect_err("hold"),
             "BGPPeer tor: spec.holdTime: 2s is outside 3s to 65535s"
         );
+        // MetalLB's own sample: 0s leaves the keepalive to the hold time.
+        spec.hold_time = Some("9m0s".into());
+        spec.keepalive_time = Some("0s".into());
+        let p = peer_spec("tor", &spec, None, None, false).expect("keepalive 0s");
+        assert_eq!((p.session.hold_time, p.session.keepalive), (540, None));
+        spec.keepalive_time = None;
         spec.hold_time = Some("0s".into());
         assert_eq!(
             peer_spec("tor", &spec, None, None, false)
