@@ -422,7 +422,7 @@ fn what_cannot_keep_its_meaning_is_refused_naming_object_and_field() {
             skip: refused.iter().map(|l| l.skip_name()).collect(),
             ..options()
         };
-        let m = convert(&[object.clone()], &skip);
+        let m = convert(std::slice::from_ref(&object), &skip);
         assert!(m.refused().is_empty(), "{}", m.table());
         let out = &m.objects[0];
         let short = field.trim_start_matches("spec.");

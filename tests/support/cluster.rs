@@ -341,7 +341,7 @@ impl Drop for Installed<'_> {
         // ironlb would (docs/install.md).
         let pools = self
             .cluster
-            .kubectl(&["get", "ipaddresspools", "-o", "name"]);
+            .kubectl(&["get", "ipaddresspools.ironlb.dev", "-o", "name"]);
         for pool in String::from_utf8_lossy(&pools.stdout).lines() {
             let _ = self.cluster.kubectl(&[
                 "patch",
