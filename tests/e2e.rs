@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ironlb::api::{L2Advertisement, L2AdvertisementSpec, LOAD_BALANCER_CLASS, ServiceL2Status};
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -793,21 +793,6 @@ async fn gossip_secret(client: &Client) -> k8s_openapi::ByteString {
         },
     )
     .await
-}
-
-/// Creates Node `name` with InternalIP `address` (no kubelet makes it).
-async fn create_node(client: &Client, name: &str, address: &str) {
-    let nodes = Api::<Node>::all(client.clone());
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).expect("node");
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("create node");
-    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": address}]}});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .expect("node address");
 }
 
 /// Creates pool `pool_name` holding [`VIP`] and an L2Advertisement of it on

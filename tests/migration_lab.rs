@@ -15,7 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ironlb::migrate::{Options, convert, kind_of, parse_objects};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -154,18 +154,7 @@ async fn a_layer2_switch_from_metallb_loses_under_a_second_and_moves_no_address(
     metallb_service(&client, "dns-tcp", "dns", DNS, "TCP", Some("dns")).await;
     metallb_service(&client, "dns-udp", "dns", DNS, "UDP", Some("dns")).await;
     for i in 1..=3 {
-        let name = format!("node-{i}");
-        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        let nodes_api = Api::<Node>::all(client.clone());
-        nodes_api
-            .create(&PostParams::default(), &node)
-            .await
-            .unwrap();
-        let address = json!({"status": {"addresses": [{"type": "InternalIP", "address": format!("10.77.0.1{i}")}]}});
-        nodes_api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(address))
-            .await
-            .unwrap();
+        support::create_node(&client, &format!("node-{i}"), &format!("10.77.0.1{i}")).await;
     }
 
     // The old speaker answers on node-1; the client polls both addresses.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ironlb::api::{IPAddressPool, L2Advertisement, L2AdvertisementSpec, annotations};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -161,18 +161,7 @@ async fn every_pool_change_leaves_the_service_its_address_and_the_client_its_ans
         .await
         .expect("create L2Advertisement");
     for i in 1..=3 {
-        let name = format!("node-{i}");
-        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        let nodes_api = Api::<Node>::all(client.clone());
-        nodes_api
-            .create(&PostParams::default(), &node)
-            .await
-            .unwrap();
-        let address = json!({"status": {"addresses": [{"type": "InternalIP", "address": format!("10.77.0.1{i}")}]}});
-        nodes_api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(address))
-            .await
-            .unwrap();
+        support::create_node(&client, &format!("node-{i}"), &format!("10.77.0.1{i}")).await;
     }
     let mut svc = Svc::lb("default", "web")
         .annotation(annotations::FORWARDING, "embedded")

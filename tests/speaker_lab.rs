@@ -793,17 +793,7 @@ async fn cluster_mode_announces_from_the_api_and_fails_over_without_it() {
     // No --gossip-seeds: the speakers find each other at their Nodes'
     // InternalIPs, as in a DaemonSet.
     for i in 1..=3 {
-        let name = format!("node-{i}");
-        let node: k8s_openapi::api::core::v1::Node =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-        let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
-        nodes.create(&PostParams::default(), &node).await.unwrap();
-        // Status goes through its subresource, as the kubelet writes it.
-        let address = serde_json::json!({"status": {"addresses": [{"type": "InternalIP", "address": format!("10.77.0.1{i}")}]}});
-        nodes
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(address))
-            .await
-            .unwrap();
+        support::create_node(&client, &format!("node-{i}"), &format!("10.77.0.1{i}")).await;
     }
     let kubeconfig = server.lab_kubeconfig(w.lab.dir());
     for i in 1..=3 {

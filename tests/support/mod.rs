@@ -138,6 +138,22 @@ pub fn pool_for(name: &str, addresses: &[&str], allocation: ServiceAllocation) -
 }
 
 /// Creates `svc` in its namespace.
+/// Creates Node `name` with InternalIP `address` (no kubelet makes it); the
+/// address goes through the status subresource, as the kubelet writes it.
+pub async fn create_node(client: &Client, name: &str, address: &str) {
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+    let node = serde_json::from_value(json!({"metadata": {"name": name}})).expect("node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": address}]}});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("node address");
+}
+
 pub async fn create_service(client: &Client, svc: Service) -> Service {
     let ns = svc.metadata.namespace.clone().expect("namespace");
     Api::<Service>::namespaced(client.clone(), &ns)
