@@ -433,6 +433,20 @@ fn what_cannot_keep_its_meaning_is_refused_naming_object_and_field() {
             m.table()
         );
     }
+    // A v1beta1 peer without timers runs with none once MetalLB converts it.
+    let m = migrate(&[
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "BGPPeer",
+        "metadata": {"name": "old", "namespace": "metallb-system"},
+        "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "10.0.0.1"}}),
+    ]);
+    let peer: BGPPeer = one(&m, "BGPPeer");
+    assert_eq!(peer.spec.hold_time.as_deref(), Some("0s"));
+    let session =
+        ironlb::bgp::config::peer_spec("old", &peer.spec, None, None, false).expect("valid");
+    assert_eq!(
+        (session.session.hold_time, session.session.keepalive),
+        (0, None)
+    );
     // dynamicASN internal is iBGP: the peer's AS is ours.
     let m = migrate(&[
         json!({"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",

@@ -463,6 +463,7 @@ impl<'a> Object<'a> {
             "ebgpMultiHop",
             "enableGracefulRestart",
         ]);
+        self.v1beta1_hold_time();
         self.keepalive();
         self.dynamic_asn();
         self.implied(
@@ -487,6 +488,30 @@ impl<'a> Object<'a> {
         );
         self.password(secrets, created);
         self.finish()
+    }
+
+    /// A `v1beta1` BGPPeer's timers are plain durations, not optional ones:
+    /// MetalLB's conversion to `v1beta2` (the version it stores and runs)
+    /// writes an unset hold time as `0s`, no hold timer and no keepalives.
+    /// Migrated from the cluster such a peer already reads `0s`; from a file
+    /// it means the same.
+    fn v1beta1_hold_time(&mut self) {
+        if api_version_of(self.source) != format!("{METALLB_GROUP}/v1beta1")
+            || self.out.contains_key("holdTime")
+        {
+            return;
+        }
+        self.out
+            .insert("holdTime".into(), Value::String("0s".into()));
+        self.line(
+            "spec.holdTime",
+            "(unset, v1beta1)".into(),
+            Fate::Kept(
+                "0s: what MetalLB runs for it once converted to v1beta2 (no hold timer, no \
+                 keepalives); set holdTime to have one"
+                    .into(),
+            ),
+        );
     }
 
     /// MetalLB's timers as its parser reads them: a keepalive alone sets
