@@ -68,6 +68,16 @@ pub struct Line {
 }
 
 impl Line {
+    /// A line about a whole object rather than one of its fields.
+    fn whole(object: String, fate: Fate) -> Self {
+        Self {
+            object,
+            field: "-".into(),
+            value: "-".into(),
+            fate,
+        }
+    }
+
     /// How `--skip` names this line's field: `BGPPeer.spec.vrf`.
     pub fn skip_name(&self) -> String {
         let kind = self.object.split(' ').next().unwrap_or_default();
@@ -184,13 +194,21 @@ pub fn convert(input: &[Value], options: &Options) -> Migration {
         let id = format!("{kind} {}", qualified(object));
         if !is_metallb(object) {
             if !matches!(kind.as_str(), "Service" | "Secret") {
-                m.lines.push(Line {
-                    object: id,
-                    field: "-".into(),
-                    value: "-".into(),
-                    fate: Fate::Implied("not a MetalLB object: left as it is".into()),
-                });
+                m.lines.push(Line::whole(
+                    id,
+                    Fate::Implied("not a MetalLB object: left as it is".into()),
+                ));
             }
+            continue;
+        }
+        if matches!(
+            kind.as_str(),
+            "ServiceL2Status" | "ServiceBGPStatus" | "ConfigurationState"
+        ) {
+            m.lines.push(Line::whole(
+                id,
+                Fate::Implied("MetalLB's own report; ironlb's speakers write theirs".into()),
+            ));
             continue;
         }
         if let Some(other) = seen.insert((kind.clone(), name_of(object)), qualified(object)) {
@@ -205,18 +223,6 @@ pub fn convert(input: &[Value], options: &Options) -> Migration {
             });
             continue;
         }
-        if matches!(
-            kind.as_str(),
-            "ServiceL2Status" | "ServiceBGPStatus" | "ConfigurationState"
-        ) {
-            m.lines.push(Line {
-                object: id,
-                field: "-".into(),
-                value: "-".into(),
-                fate: Fate::Implied("MetalLB's own report; ironlb's speakers write theirs".into()),
-            });
-            continue;
-        }
         let o = Object::new(object, &id, options, &mut m.lines);
         let spec = match kind.as_str() {
             "IPAddressPool" => o.pool(),
@@ -226,12 +232,8 @@ pub fn convert(input: &[Value], options: &Options) -> Migration {
             "Community" => o.community(),
             "BGPPeer" => o.bgp_peer(&secrets, &mut m.objects),
             _ => {
-                m.lines.push(Line {
-                    object: id,
-                    field: "-".into(),
-                    value: "-".into(),
-                    fate: Fate::Refused(format!("ironlb knows no MetalLB kind {kind}")),
-                });
+                let why = format!("ironlb knows no MetalLB kind {kind}");
+                m.lines.push(Line::whole(id, Fate::Refused(why)));
                 continue;
             }
         };
@@ -317,8 +319,8 @@ impl<'a> Object<'a> {
         }
     }
 
-    /// A field whose value `harmless` accepts means what ironlb does anyway;
-    /// any other value is refused with `why`.
+    /// A field whose value `harmless` accepts means what ironlb does anyway
+    /// (`because`); any other value is refused, saying `refused`.
     fn implied(
         &mut self,
         field: &str,
@@ -480,12 +482,10 @@ impl<'a> Object<'a> {
             "ironlb opens sessions to an address; unnumbered BGP over an interface is not \
              supported",
         );
-        self.implied(
-            "localASN",
-            |_| false,
-            "",
-            "ironlb presents myASN to every peer; it has no per-session local-as",
-        );
+        if let Some((_, shown)) = self.take("localASN") {
+            let why = "ironlb presents myASN to every peer; it has no per-session local-as";
+            self.line("spec.localASN", shown, Fate::Refused(why.into()));
+        }
         self.password(secrets, created);
         self.finish()
     }
@@ -620,13 +620,11 @@ impl<'a> Object<'a> {
     /// `disableMP` come to unless `dualStackAddressFamily` asks for the other
     /// family's routes on the session too.
     fn families(&mut self) {
-        self.implied(
-            "disableMP",
-            |_| true,
-            "each session carries its peer address's family only (an IPv6 pool needs an \
-             IPv6 peer), as MetalLB does without dualStackAddressFamily",
-            "",
-        );
+        if let Some((_, shown)) = self.take("disableMP") {
+            let why = "each session carries its peer address's family only (an IPv6 pool \
+                       needs an IPv6 peer), as MetalLB does without dualStackAddressFamily";
+            self.line("spec.disableMP", shown, Fate::Implied(why.into()));
+        }
         self.implied(
             "dualStackAddressFamily",
             |v| v.as_bool() != Some(true),
