@@ -46,7 +46,8 @@ enum Command {
     Version,
     /// Run the controller: give LoadBalancer Services addresses from IPAddressPools.
     Controller(ControllerArgs),
-    /// Run a speaker: announce the addresses this node owns (ARP / NDP).
+    /// Run a speaker: announce the addresses this node owns (ARP / NDP),
+    /// advertise them to BGP peers, and forward the Services that ask for it.
     Speaker(Box<SpeakerArgs>),
     /// List this host's interfaces and, for --address, which ones would announce
     /// it and why the others would not.

@@ -343,11 +343,11 @@ async fn the_bgp_kinds_refuse_bad_fields_naming_them_and_show_sessions() {
     refused(
         format!(
             "apiVersion: ironlb.dev/v1alpha1\nkind: Community\nmetadata: {{name: {name}}}\nspec:\n  \
-             communities: [{{name: backbone, value: \"no-export\"}}, {{name: Bad, value: \"65000:1\"}}]\n"
+             communities: [{{name: backbone, value: \"no-export\"}}, {{name: \"Bad name\", value: \"65000:1\"}}]\n"
         ),
         &[
             "spec.communities[0].value: Invalid value: \"no-export\": must be a standard community",
-            "spec.communities[1].name: Invalid value: \"Bad\"",
+            "spec.communities[1].name: Invalid value: \"Bad name\"",
         ],
         &[],
     );

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::session::{Action, Attributes, Config, Input, Session, State};
-use super::wire::Wire;
+use super::wire::{Received, Wire};
 
 /// Everything one session needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,13 +78,16 @@ pub struct Peer {
 impl Peer {
     /// Starts a session with `spec`, advertising `routes` once established;
     /// with BFD in `spec`, its BFD session runs on `mux`.
+    /// `identifier` is the node's BGP identifier for sessions from an IPv6
+    /// address ([`crate::bgp::config::node_identifier`]).
     pub fn start(
         spec: PeerSpec,
         routes: BTreeMap<IpNetwork, Attributes>,
         mux: Option<&crate::bfd::Mux>,
+        identifier: std::net::Ipv4Addr,
     ) -> Self {
         let now = Instant::now();
-        let session = Session::new(spec.session.clone(), now);
+        let session = Session::new(spec.session.clone(), now).identified_as(identifier);
         let (routes_tx, routes_rx) = watch::channel(routes);
         let (bfd_tx, bfd_rx) = mpsc::unbounded_channel();
         let bfd_stop = CancellationToken::new();
@@ -268,12 +271,16 @@ async fn run(
                         wire.feed(&buf[..n]);
                         loop {
                             match wire.next_message() {
-                                Ok(Some(m)) => pending.extend(session.input(Input::Message(m), now)),
+                                Ok(Some(Received::Message(m))) => pending.extend(session.input(Input::Message(m), now)),
+                                Ok(Some(Received::Discarded(why))) => {
+                                    warn!(%peer, %why, "BGP message discarded; the session stays up");
+                                    pending.extend(session.input(Input::Discarded(why), now));
+                                }
                                 Ok(None) => break,
                                 Err(bad) => {
                                     warn!(%peer, error = %bad.why, "malformed BGP message");
                                     pending.extend(session.input(
-                                        Input::Malformed(bad.why, Box::new(bad.notification)),
+                                        Input::Malformed(bad.why, bad.notification.map(Box::new)),
                                         now,
                                     ));
                                     break;

@@ -40,11 +40,14 @@ pub const AS_TRANS: u16 = 23456;
 /// value", 4 minutes suggested).
 const OPEN_HOLD: Duration = Duration::from_secs(240);
 /// The first wait before connecting again after a failure; it doubles up to
-/// [`MAX_RETRY`] and starts over once a session is established. Short, so a
-/// router that restarts gets its routes back within a second or two.
+/// [`MAX_RETRY`] and starts over once a session has stayed established (see
+/// `Session::stable`). Short, so a router that restarts gets its routes back
+/// within a second or two.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between connection attempts.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// The shortest time Established that resets the reconnect back-off.
+const STABLE_AT_LEAST: Duration = Duration::from_secs(10);
 
 /// How a session is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,8 +129,11 @@ pub enum Input {
     Closed(String),
     /// A message arrived.
     Message(BgpMessage),
-    /// Bytes arrived that are not a BGP message; the notification to send.
-    Malformed(String, Box<BgpNotificationMessage>),
+    /// Bytes arrived that the session cannot go on after; the notification
+    /// to send, if any.
+    Malformed(String, Option<Box<BgpNotificationMessage>>),
+    /// An UPDATE was dropped for an error RFC 7606 handles without a reset.
+    Discarded(String),
     /// The clock reached [`Session::deadline`].
     Timer,
     /// The routes to advertise now (all of them).
@@ -175,6 +181,9 @@ pub struct Session {
     sent: BTreeMap<IpNetwork, Attributes>,
     /// Whether the router offered graceful restart on this connection.
     peer_graceful: bool,
+    /// The BGP identifier for a session from an IPv6 address, when the
+    /// config names none (see [`crate::bgp::config::node_identifier`]).
+    node_identifier: Option<Ipv4Addr>,
 }
 
 impl Session {
@@ -198,7 +207,15 @@ impl Session {
             wanted: BTreeMap::new(),
             sent: BTreeMap::new(),
             peer_graceful: false,
+            node_identifier: None,
         }
+    }
+
+    /// The same session, identifying itself as `identifier` on sessions
+    /// from an IPv6 address (unless the config names a `routerID`).
+    pub fn identified_as(mut self, identifier: Ipv4Addr) -> Self {
+        self.node_identifier = Some(identifier);
+        self
     }
 
     /// The state.
@@ -294,8 +311,19 @@ impl Session {
             }
             Input::Malformed(why, note) => {
                 if self.connected() {
-                    out.push(notification(*note));
+                    if let Some(note) = note {
+                        out.push(notification(*note));
+                    }
                     self.fail(format!("malformed message: {why}"), now, &mut out, true);
+                }
+            }
+            // Any message keeps the session alive, a discarded UPDATE too;
+            // outside Established it is out of turn, as a readable one is.
+            Input::Discarded(_) if self.state == State::Established => self.touch(now),
+            Input::Discarded(why) => {
+                if self.connected() {
+                    let state = self.state;
+                    self.out_of_turn(state, format!("an UPDATE ({why})"), now, &mut out);
                 }
             }
             Input::Message(message) => self.message(message, now, &mut out),
@@ -328,10 +356,17 @@ impl Session {
         }
     }
 
-    /// The connection is lost or given up: wait, then connect again.
+    /// The connection is lost or given up: wait, then connect again. The
+    /// wait doubles with every failure up to [`MAX_RETRY`], and starts over
+    /// only after a session that stayed Established for [`Session::stable`]:
+    /// a router that accepts and then drops the session at once is tried
+    /// less and less often, not every second.
     fn fail(&mut self, why: String, now: Instant, out: &mut Vec<Action>, close: bool) {
         if close {
             out.push(Action::Close);
+        }
+        if self.state == State::Established && now.duration_since(self.since) >= self.stable() {
+            self.retry = FIRST_RETRY;
         }
         self.last_error = Some(why);
         self.enter(State::Active, now);
@@ -399,7 +434,6 @@ impl Session {
             }
             (State::OpenConfirm, BgpMessage::KeepAlive) => {
                 self.enter(State::Established, now);
-                self.retry = FIRST_RETRY;
                 self.last_error = None;
                 self.touch(now);
                 self.send_changes(out);
@@ -416,31 +450,44 @@ impl Session {
                 out.push(Action::Send(end_of_rib(self.family_v6())));
             }
             (state, message) if self.connected() => {
-                let value: Box<[u8]> = Box::new([]);
-                let note = match state {
-                    State::OpenSent => {
-                        FiniteStateMachineError::ReceiveUnexpectedMessageInOpenSentState { value }
-                    }
-                    State::OpenConfirm => {
-                        FiniteStateMachineError::ReceiveUnexpectedMessageInOpenConfirmState {
-                            value,
-                        }
-                    }
-                    _ => FiniteStateMachineError::ReceiveUnexpectedMessageInEstablishedState {
-                        value,
-                    },
-                };
-                out.push(notification(
-                    BgpNotificationMessage::FiniteStateMachineError(note),
-                ));
-                self.fail(
-                    format!("the router sent {:?} in state {state}", message.get_type()),
-                    now,
-                    out,
-                    true,
-                );
+                let what = format!("{:?}", message.get_type());
+                self.out_of_turn(state, what, now, out);
             }
             _ => {}
+        }
+    }
+
+    /// A message the state machine does not expect in `state`.
+    fn out_of_turn(&mut self, state: State, what: String, now: Instant, out: &mut Vec<Action>) {
+        let value: Box<[u8]> = Box::new([]);
+        let note = match state {
+            State::OpenSent => {
+                FiniteStateMachineError::ReceiveUnexpectedMessageInOpenSentState { value }
+            }
+            State::OpenConfirm => {
+                FiniteStateMachineError::ReceiveUnexpectedMessageInOpenConfirmState { value }
+            }
+            _ => FiniteStateMachineError::ReceiveUnexpectedMessageInEstablishedState { value },
+        };
+        out.push(notification(
+            BgpNotificationMessage::FiniteStateMachineError(note),
+        ));
+        self.fail(
+            format!("the router sent {what} in state {state}"),
+            now,
+            out,
+            true,
+        );
+    }
+
+    /// How long a session must stay Established before a failure counts as
+    /// a new one: its hold time, at least [`STABLE_AT_LEAST`] (90 s with no
+    /// hold time).
+    fn stable(&self) -> Duration {
+        if self.hold.is_zero() {
+            Duration::from_secs(90)
+        } else {
+            self.hold.max(STABLE_AT_LEAST)
         }
     }
 
@@ -499,13 +546,15 @@ impl Session {
         Ok(())
     }
 
+    /// `routerID`, else the session's own IPv4 address, else the node's
+    /// identifier. Never the low bits of an IPv6 address: two nodes of one
+    /// /64 with EUI-64 or sequential addresses would collide.
     fn router_id(&self, local: IpAddr) -> Ipv4Addr {
         self.config.router_id.unwrap_or(match local {
             IpAddr::V4(a) => a,
-            IpAddr::V6(a) => {
-                let o = a.octets();
-                Ipv4Addr::new(o[12], o[13], o[14], o[15])
-            }
+            IpAddr::V6(a) => self
+                .node_identifier
+                .unwrap_or_else(|| super::config::node_identifier(&a.to_string(), None)),
         })
     }
 
@@ -781,7 +830,10 @@ mod tests {
             let mut bytes = BytesMut::new();
             from.encode(message, &mut bytes).expect("encodes");
             to.feed(&bytes);
-            to.next_message().expect("parses").expect("a whole message")
+            match to.next_message().expect("parses").expect("a whole message") {
+                super::super::wire::Received::Message(m) => m,
+                other => panic!("a message, not {other:?}"),
+            }
         }
 
         /// What the router makes of the speaker's actions; whether an UPDATE
@@ -984,6 +1036,59 @@ mod tests {
         assert!(r.table.is_empty(), "withdrawn with MP_UNREACH_NLRI");
     }
 
+    /// On an IPv6 session the identifier is the node's, never the low bits
+    /// of the IPv6 address (which two nodes of one /64 can share).
+    #[test]
+    fn an_ipv6_session_identifies_as_the_node() {
+        let node = Ipv4Addr::new(192, 0, 2, 7);
+        for (local, identified, want) in [
+            ("fd00::a:0:c000:207", Some(node), node),
+            ("10.0.0.2", Some(node), Ipv4Addr::new(10, 0, 0, 2)),
+        ] {
+            let now = Instant::now();
+            let mut s = Session::new(config(64512, 64513), now);
+            if let Some(id) = identified {
+                s = s.identified_as(id);
+            }
+            let mut r = Router::new(64513, 90);
+            establish(&mut s, &mut r, local.parse().expect("ip"), now);
+            assert_eq!(r.opens[0].bgp_id(), want, "{local}");
+        }
+        // Without one, not the low 32 bits either.
+        let now = Instant::now();
+        let mut s = Session::new(config(64512, 64513), now);
+        let mut r = Router::new(64513, 90);
+        establish(&mut s, &mut r, "fd00::c000:207".parse().expect("ip"), now);
+        assert_ne!(r.opens[0].bgp_id(), node);
+    }
+
+    /// A dropped UPDATE keeps the session (and its hold timer) alive; out
+    /// of turn it is a state machine error, as a readable one is.
+    #[test]
+    fn a_discarded_update_keeps_the_session() {
+        let now = Instant::now();
+        let mut s = Session::new(config(64512, 64513), now);
+        let mut r = Router::new(64513, 9);
+        establish(&mut s, &mut r, "10.0.0.2".parse().expect("ip"), now);
+        let later = now + Duration::from_secs(8);
+        let out = s.input(Input::Discarded("COMMUNITIES of length 3".into()), later);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(s.state(), State::Established);
+        // The hold timer started over at the discarded UPDATE: past the
+        // first 9 s, the session is still up.
+        let out = s.input(Input::Timer, now + Duration::from_secs(10));
+        assert!(!out.contains(&Action::Close), "{out:?}");
+        assert_eq!(s.state(), State::Established);
+        // Out of turn, it ends the session as any UPDATE would.
+        let mut s = Session::new(config(64512, 64513), now);
+        s.input(Input::Timer, now);
+        let local = "10.0.0.2".parse().expect("ip");
+        s.input(Input::Connected { local }, now);
+        let out = s.input(Input::Discarded("bad".into()), now);
+        assert!(out.contains(&Action::Close), "{out:?}");
+        assert_eq!(s.state(), State::Active);
+    }
+
     #[test]
     fn a_router_in_another_as_is_refused_with_bad_peer_as() {
         let now = Instant::now();
@@ -1045,7 +1150,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_connections_back_off_to_thirty_seconds_and_start_over_once_established() {
+    fn failed_connections_back_off_to_thirty_seconds_and_start_over_once_stably_established() {
         let mut now = Instant::now();
         let mut s = Session::new(config(64512, 64513), now);
         let mut waits = Vec::new();
@@ -1063,11 +1168,34 @@ mod tests {
         let out = s.input(Input::Timer, now + Duration::from_secs(5));
         assert_eq!(out, vec![Action::Close]);
         assert_eq!(s.last_error(), Some("connect: timed out"));
+        // Up for its hold time (90 s), then lost: the next try is soon.
         now = s.deadline().expect("a deadline");
         let mut r = Router::new(64513, 90);
-        establish(&mut s, &mut r, "10.0.0.2".parse().expect("ip"), now);
-        s.input(Input::Closed("reset by peer".into()), now);
-        assert_eq!(s.deadline(), Some(now + FIRST_RETRY));
+        let up = establish(&mut s, &mut r, "10.0.0.2".parse().expect("ip"), now);
+        let later = up + Duration::from_secs(90);
+        s.input(Input::Closed("reset by peer".into()), later);
+        assert_eq!(s.deadline(), Some(later + FIRST_RETRY));
+    }
+
+    /// A router that accepts, opens and drops the session at once is not
+    /// tried every second forever: the back-off keeps growing.
+    #[test]
+    fn a_session_that_drops_right_after_opening_keeps_backing_off() {
+        let mut s = Session::new(config(64512, 64513), Instant::now());
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let now = s.deadline().expect("a deadline");
+            let mut r = Router::new(64513, 90);
+            let up = establish(&mut s, &mut r, "10.0.0.2".parse().expect("ip"), now);
+            assert_eq!(s.state(), State::Established);
+            let dropped = up + Duration::from_secs(2);
+            s.input(
+                Input::Closed("the router closed the connection".into()),
+                dropped,
+            );
+            waits.push((s.deadline().expect("a deadline") - dropped).as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
     }
 
     #[test]
@@ -1231,23 +1359,6 @@ mod tests {
                     prop_assert_eq!(s.prefixes_sent(), wanted.len());
                 } else {
                     prop_assert_eq!(s.prefixes_sent(), 0);
-                }
-            }
-        }
-
-        /// Bytes off the network never panic the framing, whatever they are.
-        #[test]
-        fn any_bytes_are_a_message_an_error_or_a_wait(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8), header in any::<bool>()) {
-            let mut w = Wire::new();
-            if header {
-                let mut h = vec![0xff; 16];
-                h.extend_from_slice(&[0, 40, 2]);
-                w.feed(&h);
-            }
-            for c in chunks {
-                w.feed(&c);
-                if w.next_message().is_err() {
-                    break;
                 }
             }
         }

@@ -51,6 +51,8 @@ pub struct Executor {
     peers: BTreeMap<String, crate::bgp::peer::Peer>,
     /// The BFD receiver, bound when a first session asks for BFD.
     bfd: Option<crate::bfd::Mux>,
+    /// This node's BGP identifier for sessions from an IPv6 address.
+    bgp_identifier: std::net::Ipv4Addr,
 }
 
 impl Executor {
@@ -60,6 +62,7 @@ impl Executor {
         forwarding: crate::forwarder::Settings,
         metrics: Arc<Metrics>,
         report: Option<mpsc::UnboundedSender<Report>>,
+        bgp_identifier: std::net::Ipv4Addr,
     ) -> Self {
         let forwarder_metrics = crate::forwarder::metrics::Metrics::default();
         metrics.register_forwarder(&forwarder_metrics);
@@ -72,6 +75,7 @@ impl Executor {
             bursts: CancellationToken::new(),
             peers: BTreeMap::new(),
             bfd: None,
+            bgp_identifier,
         }
     }
 
@@ -300,8 +304,12 @@ impl Executor {
                         }
                     }
                     info!(peer = %name, router = %spec.address, bfd = spec.bfd.is_some(), "BGP session starts");
-                    let peer =
-                        crate::bgp::peer::Peer::start(spec.clone(), routes, self.bfd.as_ref());
+                    let peer = crate::bgp::peer::Peer::start(
+                        spec.clone(),
+                        routes,
+                        self.bfd.as_ref(),
+                        self.bgp_identifier,
+                    );
                     report_session(self.report.clone(), self.metrics.clone(), &peer);
                     self.peers.insert(name.to_string(), peer);
                 }

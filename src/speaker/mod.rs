@@ -222,7 +222,13 @@ pub async fn run(
     {
         warn!("{why}");
     }
-    let mut executor = Executor::new(timing, forwarding, metrics.clone(), report);
+    // The gossip address is the node's own (the DaemonSet's host IP).
+    let ipv4 = match listen.ip() {
+        std::net::IpAddr::V4(a) => Some(a),
+        std::net::IpAddr::V6(_) => None,
+    };
+    let bgp_identifier = crate::bgp::config::node_identifier(&node, ipv4);
+    let mut executor = Executor::new(timing, forwarding, metrics.clone(), report, bgp_identifier);
     if let Some(t) = taken.as_mut() {
         executor.inherit(std::mem::take(&mut t.listeners));
     }
