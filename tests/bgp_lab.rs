@@ -35,6 +35,7 @@ const ROUTER_ASN: u32 = 64513;
 
 struct World {
     lab: Lab,
+    switch: String,
     nodes: Vec<String>,
     router: String,
     client: String,
@@ -117,6 +118,7 @@ fn world(test: &str) -> Option<World> {
     );
     Some(World {
         lab,
+        switch,
         nodes,
         router,
         client,
@@ -869,4 +871,92 @@ fn a_node_by_node_switch_from_another_bgp_speaker_keeps_the_prefix() {
     );
     // Only ironlb's speakers remain, each with its session.
     assert_eq!(w.established(), all);
+}
+
+/// A route from the router with a malformed attribute (COMMUNITIES of
+/// length 3, slipped by a relay into FRR's side of the session once it is
+/// up) is discarded as RFC 7606 says: the session stays Established at FRR
+/// and the node's route stays installed.
+#[test]
+fn an_update_with_a_malformed_attribute_from_the_router_leaves_the_session_up() {
+    let Some(mut w) = world("an_update_with_a_malformed_attribute") else {
+        return;
+    };
+    w.start_frr(&frr_dynamic(""));
+    // The relay is on the LAN: the speaker peers with it, it with FRR.
+    const RELAY: &str = "10.78.0.60";
+    let relay = w.lab.namespace("relay");
+    let switch = w.switch.clone();
+    w.lab
+        .plug(&switch, &relay, "prl", &[&format!("{RELAY}/24")]);
+    // ORIGIN IGP, empty AS_PATH, NEXT_HOP, COMMUNITIES of length 3;
+    // NLRI 10.99.0.0/24.
+    let attributes: [u8; 20] = [
+        0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 10, 78, 0, 1, 0xc0, 8, 3, 0, 0, 1,
+    ];
+    let mut body = vec![0u8, 0, 0, 20];
+    body.extend_from_slice(&attributes);
+    body.extend_from_slice(&[24, 10, 99, 0]);
+    let mut update = vec![0xffu8; 16];
+    update.extend_from_slice(&u16::try_from(19 + body.len()).expect("short").to_be_bytes());
+    update.push(2);
+    update.extend_from_slice(&body);
+    let hex: String = update.iter().map(|b| format!("{b:02x}")).collect();
+    let relay_log = w.lab.dir().join("relay.log");
+    w.lab.spawn(
+        &relay,
+        "python3",
+        &[
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/bgp_injector.py"),
+            RELAY,
+            "179",
+            ROUTER,
+            "179",
+            &hex,
+        ],
+        &relay_log,
+    );
+    wait_for("the relay to listen", Duration::from_secs(10), || {
+        std::fs::read_to_string(&relay_log)
+            .ok()?
+            .contains("listening")
+            .then_some(())
+    });
+    let n1 = w.nodes[0].clone();
+    let config = node_config(
+        1,
+        &format!(
+            "addresses:\n  - address: {VIP}\n    bgp: {{}}\n\
+             bgp:\n  peers:\n    - name: tor\n      spec: {{myASN: {MY_ASN}, peerASN: {ROUTER_ASN}, \
+             peerAddress: {RELAY}, holdTime: 9s}}\n"
+        ),
+    );
+    w.speakers.push(w.lab.start_speaker_with(&n1, 1, &config));
+    let node = format!("{SUBNET}.11");
+    wait_for(
+        "the malformed UPDATE to be sent",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&relay_log)
+                .ok()?
+                .contains("injected")
+                .then_some(())
+        },
+    );
+    let injected = Instant::now();
+    while injected.elapsed() < Duration::from_secs(4) {
+        assert!(
+            w.established().contains(RELAY) && w.next_hops(VIP).contains(&node),
+            "the session and the route stay after the malformed UPDATE: {:?} {:?}\n{}",
+            w.established(),
+            w.next_hops(VIP),
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(w.lab.dir().join("node-1.log")).unwrap_or_default();
+    assert!(
+        log.contains("BGP message discarded; the session stays up"),
+        "{log}"
+    );
 }
