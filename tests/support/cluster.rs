@@ -172,11 +172,45 @@ impl Cluster {
     }
 
     fn install_kustomization(&self, dir: &str) -> Installed<'_> {
+        self.wait_for_terminating_crds();
         let path = self.apply_kustomization(dir);
         self.wait_for_crds();
         Installed {
             cluster: self,
             path,
+        }
+    }
+
+    /// Waits until ironlb's CRDs that a previous test deleted are gone: the
+    /// API server's CRD cleanup backs off while a CRD's storage
+    /// re-initialises, and on a control plane that churned them many times
+    /// it can outlast the previous test's uninstall; applying then would
+    /// keep the terminating CRD, which refuses every create.
+    fn wait_for_terminating_crds(&self) {
+        let terminating = self.kubectl_ok(&[
+            "get",
+            "crd",
+            "-o",
+            r#"jsonpath={range .items[?(@.metadata.deletionTimestamp)]}{.metadata.name}{"\n"}{end}"#,
+        ]);
+        let names: Vec<String> = terminating
+            .lines()
+            .filter(|n| n.ends_with(".ironlb.dev"))
+            .map(|n| format!("crd/{n}"))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        eprintln!("waiting for the terminating CRDs {names:?} to go");
+        let mut wait = vec!["wait", "--for=delete", "--timeout=300s"];
+        wait.extend(names.iter().map(String::as_str));
+        let out = self.kubectl(&wait);
+        // Gone between the list and the wait is fine too.
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("NotFound") {
+            panic!(
+                "the CRDs {names:?} stayed terminating: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 
