@@ -13,6 +13,7 @@
 //! with hand-set flags), and `bgpkit-parser` reads MRT dumps, not sessions.
 
 pub mod config;
+pub mod identity;
 pub mod md5;
 pub mod peer;
 pub mod session;

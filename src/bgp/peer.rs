@@ -79,7 +79,7 @@ impl Peer {
     /// Starts a session with `spec`, advertising `routes` once established;
     /// with BFD in `spec`, its BFD session runs on `mux`.
     /// `identifier` is the node's BGP identifier for sessions from an IPv6
-    /// address ([`crate::bgp::config::node_identifier`]).
+    /// address ([`crate::bgp::identity::node_identifier`]).
     pub fn start(
         spec: PeerSpec,
         routes: BTreeMap<IpNetwork, Attributes>,

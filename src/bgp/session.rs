@@ -182,7 +182,7 @@ pub struct Session {
     /// Whether the router offered graceful restart on this connection.
     peer_graceful: bool,
     /// The BGP identifier for a session from an IPv6 address, when the
-    /// config names none (see [`crate::bgp::config::node_identifier`]).
+    /// config names none (see [`crate::bgp::identity::node_identifier`]).
     node_identifier: Option<Ipv4Addr>,
 }
 
@@ -554,7 +554,7 @@ impl Session {
             IpAddr::V4(a) => a,
             IpAddr::V6(a) => self
                 .node_identifier
-                .unwrap_or_else(|| super::config::node_identifier(&a.to_string(), None)),
+                .unwrap_or_else(|| super::identity::node_identifier(&a.to_string(), None)),
         })
     }
 

@@ -227,7 +227,7 @@ pub async fn run(
         std::net::IpAddr::V4(a) => Some(a),
         std::net::IpAddr::V6(_) => None,
     };
-    let bgp_identifier = crate::bgp::config::node_identifier(&node, ipv4);
+    let bgp_identifier = crate::bgp::identity::node_identifier(&node, ipv4);
     let mut executor = Executor::new(timing, forwarding, metrics.clone(), report, bgp_identifier);
     if let Some(t) = taken.as_mut() {
         executor.inherit(std::mem::take(&mut t.listeners));
