@@ -222,12 +222,7 @@ pub async fn run(
     {
         warn!("{why}");
     }
-    // The gossip address is the node's own (the DaemonSet's host IP).
-    let ipv4 = match listen.ip() {
-        std::net::IpAddr::V4(a) => Some(a),
-        std::net::IpAddr::V6(_) => None,
-    };
-    let bgp_identifier = crate::bgp::identity::node_identifier(&node, ipv4);
+    let bgp_identifier = bgp_identifier(&node, listen);
     let mut executor = Executor::new(timing, forwarding, metrics.clone(), report, bgp_identifier);
     if let Some(t) = taken.as_mut() {
         executor.inherit(std::mem::take(&mut t.listeners));
@@ -486,4 +481,14 @@ async fn settle(members: &mut tokio::sync::watch::Receiver<BTreeSet<String>>, ha
             Ok(Ok(())) => {}
         }
     }
+}
+
+/// This node's BGP identifier for sessions from an IPv6 address: its gossip
+/// address is the node's own (the DaemonSet's host IP) when that is IPv4.
+fn bgp_identifier(node: &str, listen: SocketAddr) -> std::net::Ipv4Addr {
+    let ipv4 = match listen.ip() {
+        std::net::IpAddr::V4(a) => Some(a),
+        std::net::IpAddr::V6(_) => None,
+    };
+    crate::bgp::identity::node_identifier(node, ipv4)
 }
