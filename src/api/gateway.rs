@@ -40,10 +40,21 @@ pub struct GatewayClassSpec {
 
 /// What the controller says about a class.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct GatewayClassStatus {
     /// `Accepted`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The Gateway API features the class's controller implements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_features: Vec<SupportedFeature>,
+}
+
+/// A Gateway API feature by its conformance name (`TCPRoute`, …).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SupportedFeature {
+    /// The feature's name.
+    pub name: String,
 }
 
 /// An address, listeners on it, and which routes may attach to them.
@@ -77,7 +88,7 @@ pub struct GatewayAddress {
     /// `IPAddress`, `Hostname` or an implementation's own.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
-    /// The address.
+    /// The address; empty asks for one to be assigned.
     #[serde(default)]
     pub value: String,
 }
@@ -91,6 +102,27 @@ pub struct GatewayInfrastructure {
     /// Annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Implementation-specific parameters (ironlb takes none).
+    #[serde(
+        default,
+        rename = "parametersRef",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub parameters_ref: Option<ParametersReference>,
+}
+
+/// A reference to an object holding implementation-specific parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParametersReference {
+    /// Its API group.
+    #[serde(default)]
+    pub group: String,
+    /// Its kind.
+    #[serde(default)]
+    pub kind: String,
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// A port, protocol and optional hostname on the Gateway's addresses.

@@ -70,11 +70,6 @@ pub fn parse(bytes: &[u8]) -> Hello {
     Hello::ServerName(name)
 }
 
-/// A TLS `unrecognized_name` alert (RFC 6066, section 3): what a client
-/// whose server name no route takes receives before the connection closes,
-/// so its error names the cause instead of a bare reset.
-pub const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
-
 /// A ClientHello record naming `server_name` (or none), as a client sends
 /// it: for tests and benchmarks.
 pub fn client_hello(server_name: Option<&str>) -> Vec<u8> {
@@ -128,7 +123,8 @@ mod tests {
         assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n"), Hello::NotClientHello);
         assert_eq!(parse(b"SSH-2.0-OpenSSH_9.6\r\n"), Hello::NotClientHello);
         assert_eq!(
-            parse(&UNRECOGNIZED_NAME_ALERT),
+            // An `unrecognized_name` alert (RFC 6066).
+            parse(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70]),
             Hello::NotClientHello,
             "an alert record"
         );

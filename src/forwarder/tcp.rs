@@ -288,10 +288,12 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
         Err(why) => {
             debug!(client = %peer, server_name = ?hello.server_name, ?why, "refused");
             ctx.metrics.refuse(&shared.service, why);
-            // The alert only to a TLS client; on a TCP port without a
-            // route the client is reset, as on a Service without endpoints.
+            // A TLS client no route takes gets a bare FIN, not an alert:
+            // Gateway API's conformance suite counts only a close or a reset
+            // as a rejected connection. On a TCP port without a route the
+            // client is reset, as on a Service without endpoints.
             if why == Refusal::NoRoute && sni {
-                unrecognized_name(client).await;
+                close(client).await;
             } else {
                 reset(client);
             }
@@ -421,10 +423,8 @@ async fn read_hello(client: &TcpStream, patience: Duration) -> Result<Hello, boo
     }
 }
 
-/// Turns away a TLS client no route takes: an `unrecognized_name` alert,
-/// then a FIN, so its error names the cause.
-async fn unrecognized_name(mut client: TcpStream) {
-    let _ = client.write_all(&sni::UNRECOGNIZED_NAME_ALERT).await;
+/// Turns away a TLS client no route takes with a FIN.
+async fn close(mut client: TcpStream) {
     let _ = client.shutdown().await;
 }
 

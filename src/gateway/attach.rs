@@ -20,6 +20,21 @@ use crate::controller::translate::{self, NamespaceLabels};
 /// The `controllerName` of the GatewayClasses ironlb implements.
 pub const CONTROLLER_NAME: &str = "ironlb.dev/gateway-controller";
 
+/// The Gateway API features ironlb implements, by their conformance names,
+/// sorted as `GatewayClass.status.supportedFeatures` lists them. Each is
+/// proven by the upstream conformance tests that claim it
+/// (`tests/conformance.rs`, `docs/conformance-report.yaml`).
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "GatewayAddressEmpty",
+    "GatewayInfrastructurePropagation",
+    "GatewayStaticAddresses",
+    "ReferenceGrant",
+    "TCPRoute",
+    "TLSRoute",
+    "UDPRoute",
+];
+
 /// The three route kinds ironlb carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RouteKind {
@@ -270,6 +285,9 @@ pub struct GatewayOutcome {
     pub generation: i64,
     /// `Accepted`, `Programmed`.
     pub conditions: Vec<Cond>,
+    /// The addresses `spec.addresses` asks for, once the Gateway is
+    /// accepted (an unaccepted Gateway asks for none).
+    pub requested: Vec<IpAddr>,
     /// The addresses to show.
     pub addresses: Vec<IpAddr>,
     /// One per listener, in spec order.
@@ -566,15 +584,22 @@ fn check_listener<'a>(
     let protocol = match l.protocol.as_str() {
         "TCP" => Ok(Protocol::Tcp),
         "UDP" => Ok(Protocol::Udp),
+        // The CRD defaults `tls.mode` to Terminate.
         "TLS" => match l.tls.as_ref().and_then(|t| t.mode.as_deref()) {
             Some("Passthrough") => Ok(Protocol::Tls),
-            _ => Err(
-                "TLS listeners must set tls.mode: Passthrough; ironlb does not terminate TLS"
-                    .to_string(),
-            ),
+            mode => Err((
+                "UnsupportedValue",
+                format!(
+                    "tls.mode: {} is not supported; ironlb passes TLS through (mode: Passthrough) and never terminates it",
+                    mode.unwrap_or("Terminate")
+                ),
+            )),
         },
-        other => Err(format!(
-            "protocol {other} is not served by ironlb, which serves TCP, UDP and TLS (Passthrough)"
+        other => Err((
+            "UnsupportedProtocol",
+            format!(
+                "protocol {other} is not served by ironlb, which serves TCP, UDP and TLS (Passthrough)"
+            ),
         )),
     };
     let mut conditions = Vec::new();
@@ -595,32 +620,37 @@ fn check_listener<'a>(
             }
             Some(p)
         }
-        Err(message) => {
-            conditions.push(cond("Accepted", false, "UnsupportedProtocol", message));
+        Err((reason, message)) => {
+            conditions.push(cond("Accepted", false, reason, message));
             None
         }
     };
 
     // Route kinds: the protocol's own kind, or those listed that it carries.
-    let native = protocol.map(RouteKind::of_protocol);
+    // A listener whose protocol is refused takes no kind, and its kinds are
+    // not judged: the refusal already says what is wrong.
     let listed = l
         .allowed_routes
         .as_ref()
         .map(|a| &a.kinds[..])
         .unwrap_or(&[]);
-    let (kinds, refused): (Vec<RouteKind>, Vec<String>) = if listed.is_empty() {
-        (native.into_iter().collect(), Vec::new())
-    } else {
-        let mut kinds = Vec::new();
-        let mut refused = Vec::new();
-        for k in listed {
-            let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-            match native {
-                Some(n) if group == GATEWAY_GROUP && k.kind == n.kind() => kinds.push(n),
-                _ => refused.push(format!("{group}/{}", k.kind)),
+    let (kinds, refused): (Vec<RouteKind>, Vec<String>) = match protocol {
+        None => (Vec::new(), Vec::new()),
+        Some(p) if listed.is_empty() => (vec![RouteKind::of_protocol(p)], Vec::new()),
+        Some(p) => {
+            let native = RouteKind::of_protocol(p);
+            let mut kinds = Vec::new();
+            let mut refused = Vec::new();
+            for k in listed {
+                let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                if group == GATEWAY_GROUP && k.kind == native.kind() {
+                    kinds.push(native);
+                } else {
+                    refused.push(format!("{group}/{}", k.kind));
+                }
             }
+            (kinds, refused)
         }
-        (kinds, refused)
     };
     if refused.is_empty() {
         conditions.push(cond("ResolvedRefs", true, "ResolvedRefs", ""));
@@ -682,7 +712,7 @@ fn attach(
         named.iter().copied().filter(|(_, c)| c.usable).collect();
     if usable.is_empty() {
         return refused(
-            "NoMatchingParent",
+            "NotAllowedByListeners",
             format!(
                 "listener {} of Gateway {gw} is not accepted; see the Gateway's status",
                 named
@@ -859,10 +889,17 @@ fn gateway_outcome(
         .get(&(namespace.clone(), name.clone()))
         .cloned()
         .unwrap_or(Address::Pending);
+    // An `IPAddress` entry without a value asks for any address: the
+    // pools' choice, as with no entry at all.
     let unsupported_address = gateway.spec.addresses.iter().find(|a| {
         a.type_.as_deref().unwrap_or("IPAddress") != "IPAddress"
-            || a.value.parse::<IpAddr>().is_err()
+            || (!a.value.is_empty() && a.value.parse::<IpAddr>().is_err())
     });
+    let parameters = gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref());
 
     let mut program: BTreeMap<(u16, Protocol), Vec<ProgramRoute>> = BTreeMap::new();
     let mut outcomes = Vec::new();
@@ -921,6 +958,16 @@ fn gateway_outcome(
                 a.value
             ),
         )
+    } else if let Some(p) = parameters {
+        cond(
+            "Accepted",
+            false,
+            "InvalidParameters",
+            format!(
+                "spec.infrastructure.parametersRef: {}/{} {:?} is not a kind ironlb reads; its options are the infrastructure annotations",
+                p.group, p.kind, p.name
+            ),
+        )
     } else if good.is_empty() {
         cond(
             "Accepted",
@@ -970,10 +1017,21 @@ fn gateway_outcome(
             Vec::new(),
         ),
     };
+    let requested = if accepted.status {
+        gateway
+            .spec
+            .addresses
+            .iter()
+            .filter_map(|a| a.value.parse().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
     GatewayOutcome {
         namespace,
         name,
         generation: gateway.metadata.generation.unwrap_or(0),
+        requested,
         conditions: vec![accepted, programmed],
         addresses,
         listeners: outcomes,
@@ -1396,12 +1454,22 @@ mod tests {
                 "{conflicted}"
             );
         }
-        for unsupported in ["http", "terminate"] {
-            assert_eq!(
-                by_name[unsupported][0],
-                ("Accepted", false, "UnsupportedProtocol"),
-                "{unsupported}"
-            );
+        assert_eq!(
+            by_name["http"][0],
+            ("Accepted", false, "UnsupportedProtocol")
+        );
+        // GEP-2643: a TLS mode ironlb lacks is an unsupported value, and a
+        // refused listener's kinds are not judged as well.
+        assert_eq!(
+            by_name["terminate"][..2],
+            [
+                ("Accepted", false, "UnsupportedValue"),
+                ("ResolvedRefs", true, "ResolvedRefs")
+            ]
+        );
+        for refused in ["http", "terminate"] {
+            let l = g.listeners.iter().find(|l| l.name == refused).unwrap();
+            assert!(l.supported_kinds.is_empty(), "{refused}");
         }
         assert_eq!(
             by_name["kinds"][1],
@@ -1542,6 +1610,67 @@ mod tests {
             reasons(&by_name["named"].conditions)[0],
             ("Accepted", false, "UnsupportedAddress")
         );
+    }
+
+    #[test]
+    fn addresses_and_parameters_are_judged_before_any_is_asked_for() {
+        use crate::api::gateway::{GatewayAddress, GatewayInfrastructure, ParametersReference};
+        let classes = [class("ironlb", CONTROLLER_NAME)];
+        let listeners = json!([{"name": "t", "port": 1, "protocol": "TCP"}]);
+        let address = |type_: Option<&str>, value: &str| GatewayAddress {
+            type_: type_.map(Into::into),
+            value: value.into(),
+        };
+        let mut any = gateway("any", "ironlb", listeners.clone());
+        any.spec.addresses = vec![address(Some("IPAddress"), "")];
+        let mut fixed = gateway("fixed", "ironlb", listeners.clone());
+        fixed.spec.addresses = vec![address(None, "192.0.2.7"), address(None, "")];
+        let mut mixed = gateway("mixed", "ironlb", listeners.clone());
+        mixed.spec.addresses = vec![
+            address(Some("test/fake-invalid-type"), "fake"),
+            address(None, "192.0.2.8"),
+        ];
+        let mut parameters = gateway("parameters", "ironlb", listeners);
+        parameters.spec.infrastructure = Some(GatewayInfrastructure {
+            parameters_ref: Some(ParametersReference {
+                group: "invalid.io".into(),
+                kind: "InvalidParameters".into(),
+                name: "invalid".into(),
+            }),
+            ..GatewayInfrastructure::default()
+        });
+        parameters.spec.addresses = vec![address(None, "192.0.2.9")];
+        let gateways = [any, fixed, mixed, parameters];
+        let out = decide(&world(&classes, &gateways, &[], Vec::new()));
+        let by_name: BTreeMap<&str, &GatewayOutcome> =
+            out.gateways.iter().map(|g| (g.name.as_str(), g)).collect();
+        let accepted = |name: &str| reasons(&by_name[name].conditions)[0];
+        assert_eq!(
+            accepted("any"),
+            ("Accepted", true, "Accepted"),
+            "a value-less entry asks for any address"
+        );
+        assert!(by_name["any"].requested.is_empty());
+        assert_eq!(accepted("fixed"), ("Accepted", true, "Accepted"));
+        assert_eq!(
+            by_name["fixed"].requested,
+            ["192.0.2.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(accepted("mixed"), ("Accepted", false, "UnsupportedAddress"));
+        assert!(
+            by_name["mixed"].requested.is_empty(),
+            "an unaccepted Gateway asks for nothing"
+        );
+        assert_eq!(
+            accepted("parameters"),
+            ("Accepted", false, "InvalidParameters")
+        );
+        assert!(
+            by_name["parameters"].conditions[0]
+                .message
+                .contains("invalid.io/InvalidParameters")
+        );
+        assert!(by_name["parameters"].requested.is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! first route into EndpointSlices of the Service, for kube-proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::attach::{self, Cond, GatewayOutcome, Program, Protocol, Route, Snapshot};
-use super::snapshot::{self, is_ours, service_name};
+use super::snapshot::{self, Objects, is_ours, service_name};
 use super::watch::{self, refs};
-use crate::api::annotations;
-use crate::api::gateway::{Gateway, GatewayClass, TCPRoute, TLSRoute, UDPRoute};
+use crate::api::gateway::{Gateway, GatewayClass, SupportedFeature, TCPRoute, TLSRoute, UDPRoute};
+use crate::api::{IPAddressPool, annotations};
 use crate::k8s::{Fence, cache_all};
 
 /// The field manager of the controller's Gateway writes.
@@ -59,9 +60,11 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
     let caches = watch::Caches::start(&client, &kinds, &wake, &shutdown);
     let services = cache_all::<Service>(&client, &wake, &shutdown);
     let slices = cache_all::<EndpointSlice>(&client, &wake, &shutdown);
+    let pools = cache_all::<IPAddressPool>(&client, &wake, &shutdown);
     let ready = caches.ready().await
         && services.wait_until_ready().await.is_ok()
-        && slices.wait_until_ready().await.is_ok();
+        && slices.wait_until_ready().await.is_ok()
+        && pools.wait_until_ready().await.is_ok();
     if !ready {
         warn!("the Gateway controller's caches did not fill; it stops");
         return;
@@ -72,7 +75,11 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
         // The caches' own objects, shared, never copied: a pass runs on
         // every Service and EndpointSlice change of the cluster.
         let state = caches.state();
-        let objects = state.objects();
+        let pool_state = pools.state();
+        let objects = Objects {
+            pools: Some(refs(&pool_state)),
+            ..state.objects()
+        };
         let (service_state, slice_state) = (services.state(), slices.state());
         let service_list = refs(&service_state);
         let slice_list = refs(&slice_state);
@@ -148,16 +155,23 @@ async fn write(
     let mut failed = 0;
     let params = PatchParams::apply(FIELD_MANAGER).force();
 
+    let features: Vec<SupportedFeature> = attach::SUPPORTED_FEATURES
+        .iter()
+        .map(|f| SupportedFeature {
+            name: (*f).to_string(),
+        })
+        .collect();
     for class in &outcome.classes {
-        let current = snap.classes.iter().find(|c| c.name_any() == class.name);
-        let old = current
-            .and_then(|c| c.status.as_ref())
-            .map(|s| &s.conditions[..])
-            .unwrap_or(&[]);
+        let current = snap
+            .classes
+            .iter()
+            .find(|c| c.name_any() == class.name)
+            .and_then(|c| c.status.as_ref());
+        let old = current.map(|s| &s.conditions[..]).unwrap_or(&[]);
         let new = conditions(&class.conditions, old, class.generation, &now);
-        if new != old {
+        if new != old || current.is_none_or(|s| s.supported_features != features) {
             let api: Api<GatewayClass> = Api::all(client.clone());
-            let patch = json!({"status": {"conditions": new}});
+            let patch = json!({"status": {"conditions": new, "supportedFeatures": features}});
             let r = api
                 .patch_status(&class.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await;
@@ -181,7 +195,7 @@ async fn write(
             .iter()
             .find(|s| s.namespace().as_deref() == Some(&g.namespace) && s.name_any() == svc_name);
         if existing.is_none_or(|s| is_ours(s, gateway)) {
-            let desired = desired_service(gateway, &svc_name, &g.program);
+            let desired = desired_service(gateway, &svc_name, g);
             let api: Api<Service> = Api::namespaced(client.clone(), &g.namespace);
             if existing.is_none_or(|s| differs(s, &desired)) {
                 let r = api.patch(&svc_name, &params, &Patch::Apply(&desired)).await;
@@ -359,7 +373,8 @@ fn gateway_status(
 /// protocol choice goes there), requested addresses, and embedded
 /// forwarding. The routes are not written on it: every speaker computes them
 /// from the Gateway API objects with the same rules.
-fn desired_service(gateway: &Gateway, name: &str, program: &Program) -> Value {
+fn desired_service(gateway: &Gateway, name: &str, outcome: &GatewayOutcome) -> Value {
+    let program = &outcome.program;
     let infra = gateway.spec.infrastructure.clone().unwrap_or_default();
     let mut labels = infra.labels.clone();
     labels.insert(GATEWAY_NAME_LABEL.into(), gateway.name_any());
@@ -368,13 +383,8 @@ fn desired_service(gateway: &Gateway, name: &str, program: &Program) -> Value {
     // The routes run on the embedded forwarder only: kube-proxy knows
     // nothing of hostnames and weights.
     annotations.insert(annotations::FORWARDING.into(), "embedded".into());
-    let requested: Vec<&str> = gateway
-        .spec
-        .addresses
-        .iter()
-        .map(|a| a.value.as_str())
-        .collect();
-    if !requested.is_empty() {
+    if !outcome.requested.is_empty() {
+        let requested: Vec<String> = outcome.requested.iter().map(IpAddr::to_string).collect();
         annotations.insert(annotations::LOAD_BALANCER_IPS.into(), requested.join(","));
     }
     let mut ports: Vec<Value> = program

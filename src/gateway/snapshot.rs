@@ -5,11 +5,14 @@
 //! object anyone can write carries a route table a speaker would trust.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::ResourceExt;
 
 use super::attach::{Address, Outcome, Program, Route, Snapshot};
+use crate::api::IPAddressPool;
+use crate::api::annotations;
 use crate::api::gateway::{Gateway, GatewayClass, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute};
 use crate::controller::translate;
 use crate::ipam::{Holder, ServiceKey};
@@ -31,6 +34,9 @@ pub struct Objects<'a> {
     pub grants: Vec<&'a ReferenceGrant>,
     /// Every Namespace, for `allowedRoutes` selectors.
     pub namespaces: Vec<&'a Namespace>,
+    /// Every IPAddressPool, when the reader judges whether the addresses a
+    /// Gateway asks for can be had (the controller; speakers need not).
+    pub pools: Option<Vec<&'a IPAddressPool>>,
 }
 
 /// The name of the Service carrying a Gateway's address.
@@ -92,14 +98,18 @@ pub fn snapshot<'a>(objects: &Objects<'a>, services: &[&'a Service]) -> Snapshot
             .iter()
             .map(|g| {
                 let key = (g.namespace().unwrap_or_default(), g.name_any());
-                (key, address_of(g, services))
+                (key, address_of(g, services, objects.pools.as_deref()))
             })
             .collect(),
     }
 }
 
 /// The Gateway's address, read from its Service.
-fn address_of(gateway: &Gateway, services: &[&Service]) -> Address {
+fn address_of(
+    gateway: &Gateway,
+    services: &[&Service],
+    pools: Option<&[&IPAddressPool]>,
+) -> Address {
     let ns = gateway.namespace().unwrap_or_default();
     let name = service_name(&gateway.name_any());
     let Some(svc) = services
@@ -118,7 +128,13 @@ fn address_of(gateway: &Gateway, services: &[&Service]) -> Address {
     }
     let addresses = translate::status_addresses(svc);
     if addresses.is_empty() {
-        return Address::Pending;
+        return match pools.map(|p| unusable(gateway, p)) {
+            Some(Some(message)) => Address::Refused {
+                reason: "AddressNotUsable",
+                message,
+            },
+            _ => Address::Pending,
+        };
     }
     // Ports other Services sharing the address hold.
     let mut taken = BTreeMap::new();
@@ -149,6 +165,40 @@ fn address_of(gateway: &Gateway, services: &[&Service]) -> Address {
         }
     }
     Address::Assigned { addresses, taken }
+}
+
+/// Why addresses the Gateway asks for cannot be had, if some are in no pool
+/// it may take them from (the one its `ironlb.dev/address-pool` names, else
+/// any): the allocator will not give them, whatever else changes.
+fn unusable(gateway: &Gateway, pools: &[&IPAddressPool]) -> Option<String> {
+    let named = gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.annotations.get(annotations::ADDRESS_POOL));
+    let candidates: Vec<&&IPAddressPool> = pools
+        .iter()
+        .filter(|p| named.is_none_or(|n| *n == p.name_any()))
+        .collect();
+    let outside: Vec<String> = gateway
+        .spec
+        .addresses
+        .iter()
+        .filter_map(|a| a.value.parse::<IpAddr>().ok())
+        .filter(|ip| !candidates.iter().any(|p| translate::pool_contains(p, *ip)))
+        .map(|ip| ip.to_string())
+        .collect();
+    if outside.is_empty() {
+        return None;
+    }
+    Some(match named {
+        Some(pool) => format!(
+            "spec.addresses: {} not in IPAddressPool {pool} (named by {})",
+            outside.join(", "),
+            annotations::ADDRESS_POOL
+        ),
+        None => format!("spec.addresses: {} in no IPAddressPool", outside.join(", ")),
+    })
 }
 
 /// The program of each Gateway of ironlb's, by the key of the Service that
@@ -299,5 +349,61 @@ mod tests {
             (backend.namespace.as_str(), backend.usable),
             ("team-a", false)
         );
+    }
+
+    /// A Gateway whose Service waits for addresses no pool holds says so
+    /// (`AddressNotUsable`, naming them) when the reader knows the pools;
+    /// one asking for a pool's address, or the pools unknown, waits.
+    #[test]
+    fn addresses_in_no_pool_are_not_usable() {
+        let pool: IPAddressPool = serde_json::from_value(json!({
+            "apiVersion": "ironlb.dev/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": "lan"}, "spec": {"addresses": ["10.0.0.0/24"]},
+        }))
+        .expect("pool");
+        let ours = class("ironlb", attach::CONTROLLER_NAME);
+        let mut edge = gateway("t", "edge", "ironlb", "uid-edge");
+        let waiting = {
+            let mut s = service("t", &service_name("edge"), Some(("uid-edge", "10.0.0.1")));
+            s.status = None;
+            s
+        };
+        let ask = |edge: &mut Gateway, ips: &[&str]| {
+            edge.spec.addresses = ips
+                .iter()
+                .map(|ip| crate::api::gateway::GatewayAddress {
+                    type_: None,
+                    value: (*ip).into(),
+                })
+                .collect();
+        };
+        let address = |edge: &Gateway, pools: Option<Vec<&IPAddressPool>>| {
+            let objects = Objects {
+                classes: vec![&ours],
+                gateways: vec![edge],
+                pools,
+                ..Objects::default()
+            };
+            snapshot(&objects, &[&waiting]).addresses[&("t".to_string(), "edge".to_string())]
+                .clone()
+        };
+        ask(&mut edge, &["192.0.2.9", "10.0.0.5"]);
+        match address(&edge, Some(vec![&pool])) {
+            Address::Refused { reason, message } => {
+                assert_eq!(reason, "AddressNotUsable");
+                assert!(
+                    message.contains("192.0.2.9") && !message.contains("10.0.0.5"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            address(&edge, None),
+            Address::Pending,
+            "a speaker does not judge"
+        );
+        ask(&mut edge, &["10.0.0.5"]);
+        assert_eq!(address(&edge, Some(vec![&pool])), Address::Pending);
     }
 }

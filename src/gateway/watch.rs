@@ -149,6 +149,7 @@ impl State {
             tls: refs(&self.tls),
             grants: refs(&self.grants),
             namespaces: refs(&self.namespaces),
+            pools: None,
         }
     }
 }

@@ -598,6 +598,8 @@ async fn speakers_program(env: &Env, service: &str) -> ironlb::gateway::attach::
         tls: tls.iter().collect(),
         grants: grants.iter().collect(),
         namespaces: namespaces.iter().collect(),
+        // As a speaker reads them: no pools.
+        pools: None,
     };
     let services: Vec<&Service> = services.iter().collect();
     let outcome = attach::decide(&snapshot::snapshot(&objects, &services));
