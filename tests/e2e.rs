@@ -32,6 +32,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use support::cluster::{Cluster, PATIENCE};
+use support::cluster_lab::*;
 use support::netns::{Lab, relay};
 use support::process::{ControllerProcess, ScratchDir, holder};
 use support::*;
@@ -759,12 +760,6 @@ fn nginx_backend(lab: &mut Lab, switch: &str) {
 }
 
 /// Writes the gossip secret where speakers read it; returns the file.
-fn gossip_secret_file(dir: &Path, secret: &k8s_openapi::ByteString) -> std::path::PathBuf {
-    let file = dir.join("gossip-secret");
-    std::fs::write(&file, &secret.0).expect("write the gossip secret");
-    file
-}
-
 /// `curl http://VIP/` from the client: nginx behind the forwarder answers with
 /// the client address the PROXY v2 header gave it.
 fn fetch(lab: &Lab, client: &str) -> Option<String> {
@@ -775,86 +770,6 @@ fn fetch(lab: &Lab, client: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Waits for the gossip Secret the controller creates, and returns its key.
-async fn gossip_secret(client: &Client) -> k8s_openapi::ByteString {
-    wait_for(
-        "the controller to create the gossip Secret",
-        PATIENCE,
-        || async {
-            Api::<Secret>::namespaced(client.clone(), "ironlb-system")
-                .get_opt("ironlb-gossip")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|s| s.data)
-                .and_then(|d| d.get(ironlb::controller::GOSSIP_SECRET_KEY).cloned())
-        },
-    )
-    .await
-}
-
-/// Creates pool `pool_name` holding [`VIP`] and an L2Advertisement of it on
-/// the lab nodes' `eth0`, named `ad_name`.
-async fn announced_pool(client: &Client, pool_name: &str, ad_name: &str) {
-    create_pool(client, pool(pool_name, &[VIP])).await;
-    let ad = L2Advertisement::new(
-        ad_name,
-        L2AdvertisementSpec {
-            ip_address_pools: vec![pool_name.to_string()],
-            interfaces: vec!["eth0".into()],
-            ..Default::default()
-        },
-    );
-    Api::<L2Advertisement>::all(client.clone())
-        .create(&PostParams::default(), &ad)
-        .await
-        .expect("create L2Advertisement");
-}
-
-/// Starts a speaker as node `node` in namespace `node_ns` (whose `eth0` is
-/// `address`), with the speaker ServiceAccount's kubeconfig, gossiping on
-/// port 7947 with `seeds`; logs to `log`. With `gateway`, it forwards
-/// Gateways' routes (as `deploy/overlays/gateway` runs it). Returns its
-/// index in the lab.
-#[allow(clippy::too_many_arguments)]
-fn spawn_speaker(
-    lab: &mut Lab,
-    node_ns: &str,
-    node: &str,
-    address: &str,
-    kubeconfig: &Path,
-    secret_file: &Path,
-    seeds: &[String],
-    log: &Path,
-    gateway: bool,
-) -> usize {
-    let listen = format!("{address}:7947");
-    let seeds = seeds.join(",");
-    let mut args = vec![
-        "speaker",
-        "--kubeconfig",
-        kubeconfig.to_str().expect("utf-8 path"),
-        "--node",
-        node,
-        "--default-class=false",
-        "--metrics-addr",
-        "127.0.0.1:9121",
-        "--gossip-listen",
-        &listen,
-        "--gossip-secret-file",
-        secret_file.to_str().expect("utf-8 path"),
-        if gateway {
-            "--gateway=true"
-        } else {
-            "--gateway=false"
-        },
-    ];
-    if !seeds.is_empty() {
-        args.extend(["--gossip-seeds", &seeds]);
-    }
-    lab.spawn(node_ns, env!("CARGO_BIN_EXE_ironlb"), &args, log)
 }
 
 fn wait_fetch(lab: &Lab, client: &str, what: &str, logs: &dyn Fn() -> String) -> Duration {
@@ -939,7 +854,7 @@ async fn deploy_installs_and_its_service_accounts_run_ironlb_end_to_end() {
     // The world, as an operator makes it.
     let ns = Made::namespace(&cluster, &client, &unique("lab")).await;
     let pool_name = unique("lab");
-    announced_pool(&client, &pool_name, &unique("lab")).await;
+    announced_pool(&client, &pool_name, &unique("lab"), &[VIP]).await;
     let _made_nodes: Vec<Made> = nodes
         .iter()
         .map(|(n, _)| Made::new(&cluster, "node", n))
@@ -1604,24 +1519,6 @@ spec:
     drop(controller);
 }
 
-/// Applies the upstream Gateway API CRDs server-side (left installed:
-/// deleting them would delete every Gateway object of the cluster) and waits
-/// until they serve.
-fn install_gateway_crds(cluster: &Cluster) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/gateway-api/v1.6.1");
-    cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/gateways.gateway.networking.k8s.io",
-        "crd/tcproutes.gateway.networking.k8s.io",
-        "crd/udproutes.gateway.networking.k8s.io",
-        "crd/tlsroutes.gateway.networking.k8s.io",
-        "crd/referencegrants.gateway.networking.k8s.io",
-    ]);
-}
-
 /// One Gateway address carries a PostgreSQL-like TCP listener limited to a
 /// source range, a DNS-like UDP listener and a TLS passthrough listener, on
 /// the real API server with the deployed RBAC: the controller and a speaker
@@ -1740,7 +1637,7 @@ async fn a_gateway_address_carries_tcp_udp_and_tls_routes_to_their_backends() {
     let ad_name = unique("gw-lab");
     let _pool = Made::new(&cluster, "ipaddresspools.ironlb.dev", &pool_name);
     let _ad = Made::new(&cluster, "l2advertisements.ironlb.dev", &ad_name);
-    announced_pool(&client, &pool_name, &ad_name).await;
+    announced_pool(&client, &pool_name, &ad_name, &[VIP]).await;
     let class = unique("gw-lab");
     let _class = Made::new(&cluster, "gatewayclass", &class);
     let n = &ns.name;

@@ -126,15 +126,19 @@ fn address_of(
             ),
         };
     }
-    let addresses = translate::status_addresses(svc);
-    if addresses.is_empty() {
-        return match pools.map(|p| unusable(gateway, p)) {
-            Some(Some(message)) => Address::Refused {
-                reason: "AddressNotUsable",
-                message,
-            },
-            _ => Address::Pending,
+    if let Some(message) = pools.and_then(|p| unusable(gateway, p)) {
+        return Address::Refused {
+            reason: "AddressNotUsable",
+            message,
         };
+    }
+    let addresses = translate::status_addresses(svc);
+    // Until the Service holds what `spec.addresses` asks for (it keeps an
+    // address it had while the request is being changed), the Gateway is not
+    // where it was asked to be.
+    let requested = requested(gateway);
+    if addresses.is_empty() || requested.iter().any(|ip| !addresses.contains(ip)) {
+        return Address::Pending;
     }
     // Ports other Services sharing the address hold.
     let mut taken = BTreeMap::new();
@@ -167,10 +171,22 @@ fn address_of(
     Address::Assigned { addresses, taken }
 }
 
-/// Why addresses the Gateway asks for cannot be had, if some are in no pool
-/// it may take them from (the one its `ironlb.dev/address-pool` names, else
-/// any): the allocator will not give them, whatever else changes.
+/// The IP addresses `spec.addresses` names.
+fn requested(gateway: &Gateway) -> Vec<IpAddr> {
+    gateway
+        .spec
+        .addresses
+        .iter()
+        .filter_map(|a| a.value.parse().ok())
+        .collect()
+}
+
+/// Why addresses the Gateway asks for cannot be had: some are in no pool it
+/// may take them from (the one its `ironlb.dev/address-pool` names, else
+/// any), or two are of one family. The allocator will not give them,
+/// whatever else changes.
 fn unusable(gateway: &Gateway, pools: &[&IPAddressPool]) -> Option<String> {
+    let requested = requested(gateway);
     let named = gateway
         .spec
         .infrastructure
@@ -180,25 +196,35 @@ fn unusable(gateway: &Gateway, pools: &[&IPAddressPool]) -> Option<String> {
         .iter()
         .filter(|p| named.is_none_or(|n| *n == p.name_any()))
         .collect();
-    let outside: Vec<String> = gateway
-        .spec
-        .addresses
+    let outside: Vec<String> = requested
         .iter()
-        .filter_map(|a| a.value.parse::<IpAddr>().ok())
-        .filter(|ip| !candidates.iter().any(|p| translate::pool_contains(p, *ip)))
-        .map(|ip| ip.to_string())
+        .filter(|ip| !candidates.iter().any(|p| translate::pool_contains(p, **ip)))
+        .map(IpAddr::to_string)
         .collect();
-    if outside.is_empty() {
-        return None;
+    if !outside.is_empty() {
+        return Some(match named {
+            Some(pool) => format!(
+                "spec.addresses: {} not in IPAddressPool {pool} (named by {})",
+                outside.join(", "),
+                annotations::ADDRESS_POOL
+            ),
+            None => format!("spec.addresses: {} in no IPAddressPool", outside.join(", ")),
+        });
     }
-    Some(match named {
-        Some(pool) => format!(
-            "spec.addresses: {} not in IPAddressPool {pool} (named by {})",
-            outside.join(", "),
-            annotations::ADDRESS_POOL
-        ),
-        None => format!("spec.addresses: {} in no IPAddressPool", outside.join(", ")),
-    })
+    for v4 in [true, false] {
+        let family: Vec<String> = requested
+            .iter()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(IpAddr::to_string)
+            .collect();
+        if family.len() > 1 {
+            return Some(format!(
+                "spec.addresses: {} are of one family; a Gateway has at most one IPv4 and one IPv6 address",
+                family.join(", ")
+            ));
+        }
+    }
+    None
 }
 
 /// The program of each Gateway of ironlb's, by the key of the Service that
@@ -403,7 +429,37 @@ mod tests {
             Address::Pending,
             "a speaker does not judge"
         );
+        ask(&mut edge, &["10.0.0.5", "10.0.0.6"]);
+        assert!(matches!(
+            address(&edge, Some(vec![&pool])),
+            Address::Refused { reason: "AddressNotUsable", message } if message.contains("one family")
+        ));
         ask(&mut edge, &["10.0.0.5"]);
         assert_eq!(address(&edge, Some(vec![&pool])), Address::Pending);
+    }
+
+    /// A Gateway whose Service still holds another address than the one
+    /// `spec.addresses` now asks for waits; once it holds it, it is there.
+    #[test]
+    fn a_gateway_is_where_it_asked_to_be_or_pending() {
+        let ours = class("ironlb", attach::CONTROLLER_NAME);
+        let mut edge = gateway("t", "edge", "ironlb", "uid-edge");
+        edge.spec.addresses = vec![crate::api::gateway::GatewayAddress {
+            type_: None,
+            value: "10.0.0.9".into(),
+        }];
+        let address = |held: &str| {
+            let svc = service("t", &service_name("edge"), Some(("uid-edge", held)));
+            let objects = Objects {
+                classes: vec![&ours],
+                gateways: vec![&edge],
+                ..Objects::default()
+            };
+            snapshot(&objects, &[&svc]).addresses[&("t".to_string(), "edge".to_string())].clone()
+        };
+        assert_eq!(address("10.0.0.1"), Address::Pending);
+        assert!(
+            matches!(address("10.0.0.9"), Address::Assigned { addresses, .. } if addresses == ["10.0.0.9".parse::<IpAddr>().unwrap()])
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod cluster_lab;
 pub mod netns;
 pub mod process;
 pub mod protocol;
