@@ -875,6 +875,16 @@ fn granted(route: &Route<'_>, namespace: &str, name: &str, snap: &Snapshot<'_>) 
         })
 }
 
+/// The IP addresses `spec.addresses` names.
+pub fn requested(gateway: &Gateway) -> Vec<IpAddr> {
+    gateway
+        .spec
+        .addresses
+        .iter()
+        .filter_map(|a| a.value.parse().ok())
+        .collect()
+}
+
 fn gateway_outcome(
     gi: usize,
     gateway: &Gateway,
@@ -1018,12 +1028,7 @@ fn gateway_outcome(
         ),
     };
     let requested = if accepted.status {
-        gateway
-            .spec
-            .addresses
-            .iter()
-            .filter_map(|a| a.value.parse().ok())
-            .collect()
+        requested(gateway)
     } else {
         Vec::new()
     };

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::ResourceExt;
 
-use super::attach::{Address, Outcome, Program, Route, Snapshot};
+use super::attach::{Address, Outcome, Program, Route, Snapshot, requested};
 use crate::api::IPAddressPool;
 use crate::api::annotations;
 use crate::api::gateway::{Gateway, GatewayClass, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute};
@@ -169,16 +169,6 @@ fn address_of(
         }
     }
     Address::Assigned { addresses, taken }
-}
-
-/// The IP addresses `spec.addresses` names.
-fn requested(gateway: &Gateway) -> Vec<IpAddr> {
-    gateway
-        .spec
-        .addresses
-        .iter()
-        .filter_map(|a| a.value.parse().ok())
-        .collect()
 }
 
 /// Why addresses the Gateway asks for cannot be had: some are in no pool it
