@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ironlb::control_plane;
 use ironlb::controller::{self, metrics};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
@@ -826,14 +827,16 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let config = controller::Config {
-        default_class: args.default_class,
+    let config = control_plane::Config {
+        service: controller::Config {
+            default_class: args.default_class,
+            identity,
+            ..Default::default()
+        },
         gateway: args.gateway,
-        identity,
         lease_namespace: args.lease_namespace,
         lease_duration: Duration::from_secs(args.lease_duration_seconds),
         lease_grace: Duration::from_secs(args.lease_grace_seconds),
-        ..Default::default()
     };
     let shutdown = shutdown_on_signal();
     let metrics = Arc::new(metrics::Metrics::default());
@@ -847,7 +850,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let result =
-        controller::run_with_leader_election(client, config, metrics, shutdown.clone()).await;
+        control_plane::run_with_leader_election(client, config, metrics, shutdown.clone()).await;
     shutdown.cancel();
     let _ = http.await;
     result?;

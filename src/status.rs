@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::api::annotations::{FORWARDING, Forwarding};
 use crate::api::{IPAddressPool, ServiceBGPStatus, ServiceL2Status};
-use crate::controller::translate;
 use crate::ipam::Allocator;
+use crate::k8s::translate;
 
 /// Everything `ironlb status` shows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

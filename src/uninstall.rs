@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::api::{IPAddressPool, LOAD_BALANCER_CLASS, POOL_FINALIZER, annotations};
-use crate::controller::translate;
+use crate::k8s::translate;
 
 /// The controller's Deployment in `deploy/`.
 const CONTROLLER_DEPLOYMENT: &str = "ironlb-controller";

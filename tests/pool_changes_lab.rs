@@ -252,7 +252,7 @@ async fn every_pool_change_leaves_the_service_its_address_and_the_client_its_ans
                 .get("other")
                 .await
                 .ok()?;
-            ironlb::controller::translate::is_established(&p).then_some(())
+            ironlb::k8s::translate::is_established(&p).then_some(())
         },
     )
     .await;

@@ -8,6 +8,7 @@
 pub mod annotations;
 pub mod bgp;
 pub mod gateway;
+pub mod hostname;
 mod l2advertisement;
 pub mod l2status;
 mod pool;

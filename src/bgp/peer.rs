@@ -161,75 +161,27 @@ async fn run(
 ) {
     let mut stream: Option<TcpStream> = None;
     let mut wire = Wire::new();
-    let mut connecting: Option<tokio::task::JoinHandle<Result<TcpStream, String>>> = None;
+    let mut connecting: Option<Connecting> = None;
     let mut buf = vec![0u8; 65536];
     let first = routes.borrow_and_update().clone();
     let mut pending = session.input(Input::Routes(first), Instant::now());
     let peer = &spec.name;
     loop {
         // Run what the session asked for.
-        for action in std::mem::take(&mut pending) {
-            match action {
-                Action::Connect => {
-                    wire = Wire::new();
-                    let spec = spec.clone();
-                    connecting = Some(tokio::spawn(async move { connect(&spec).await }));
-                }
-                Action::Send(message) => {
-                    let Some(s) = stream.as_mut() else { continue };
-                    let mut out = BytesMut::new();
-                    if let Err(e) = wire.encode(message, &mut out) {
-                        warn!(%peer, error = %e, "not sent");
-                        continue;
-                    }
-                    if let Err(e) = s.write_all(&out).await {
-                        stream = None;
-                        pending.extend(
-                            session.input(Input::Closed(format!("write: {e}")), Instant::now()),
-                        );
-                    }
-                }
-                Action::Close => {
-                    if let Some(mut s) = stream.take() {
-                        let _ = s.shutdown().await;
-                    }
-                    if let Some(c) = connecting.take() {
-                        c.abort();
-                    }
-                }
-            }
-        }
+        pending = perform(
+            std::mem::take(&mut pending),
+            &spec,
+            &mut session,
+            &mut stream,
+            &mut wire,
+            &mut connecting,
+        )
+        .await;
         if !pending.is_empty() {
             continue;
         }
         let now = Instant::now();
-        let said = Status {
-            state: session.state(),
-            since: session.since(),
-            last_error: session.last_error().map(str::to_string),
-            prefixes_sent: session.prefixes_sent(),
-        };
-        status.send_if_modified(|s| {
-            if *s == said {
-                return false;
-            }
-            match (&said.last_error, said.state) {
-                (_, State::Established) if s.state != State::Established => {
-                    info!(%peer, router = %spec.address, "BGP session established")
-                }
-                (Some(e), State::Active) if s.state == State::Established => {
-                    warn!(%peer, router = %spec.address, error = %e, "BGP session down")
-                }
-                // A new reason it cannot come up; the same one again (every
-                // retry) is not repeated.
-                (Some(e), State::Active) if s.last_error.as_ref() != Some(e) => {
-                    warn!(%peer, router = %spec.address, error = %e, "BGP session not established; retrying")
-                }
-                _ => {}
-            }
-            *s = said;
-            true
-        });
+        publish(&status, &session, &spec);
         if stop.borrow().is_some() && session.state() == State::Idle && stream.is_none() {
             return;
         }
@@ -243,18 +195,18 @@ async fn run(
             }
             done = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;
-                let now = Instant::now();
-                pending = match done {
+                let input = match done {
                     Ok(Ok(s)) => match s.local_addr() {
                         Ok(local) => {
                             stream = Some(s);
-                            session.input(Input::Connected { local: local.ip() }, now)
+                            Input::Connected { local: local.ip() }
                         }
-                        Err(e) => session.input(Input::ConnectFailed(e.to_string()), now),
+                        Err(e) => Input::ConnectFailed(e.to_string()),
                     },
-                    Ok(Err(e)) => session.input(Input::ConnectFailed(e), now),
-                    Err(e) => session.input(Input::ConnectFailed(e.to_string()), now),
+                    Ok(Err(e)) => Input::ConnectFailed(e),
+                    Err(e) => Input::ConnectFailed(e.to_string()),
                 };
+                pending = session.input(input, Instant::now());
             }
             read = async { stream.as_mut().expect("guarded").read(&mut buf).await }, if stream.is_some() => {
                 let now = Instant::now();
@@ -269,24 +221,7 @@ async fn run(
                     }
                     Ok(n) => {
                         wire.feed(&buf[..n]);
-                        loop {
-                            match wire.next_message() {
-                                Ok(Some(Received::Message(m))) => pending.extend(session.input(Input::Message(m), now)),
-                                Ok(Some(Received::Discarded(why))) => {
-                                    warn!(%peer, %why, "BGP message discarded; the session stays up");
-                                    pending.extend(session.input(Input::Discarded(why), now));
-                                }
-                                Ok(None) => break,
-                                Err(bad) => {
-                                    warn!(%peer, error = %bad.why, "malformed BGP message");
-                                    pending.extend(session.input(
-                                        Input::Malformed(bad.why, bad.notification.map(Box::new)),
-                                        now,
-                                    ));
-                                    break;
-                                }
-                            }
-                        }
+                        pending = received(&mut wire, &mut session, peer, now);
                     }
                 }
             }
@@ -310,6 +245,111 @@ async fn run(
                         return;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A connection being opened.
+type Connecting = tokio::task::JoinHandle<Result<TcpStream, String>>;
+
+/// Runs the session's actions on the socket; returns what the session says
+/// to a write that failed.
+async fn perform(
+    actions: Vec<Action>,
+    spec: &PeerSpec,
+    session: &mut Session,
+    stream: &mut Option<TcpStream>,
+    wire: &mut Wire,
+    connecting: &mut Option<Connecting>,
+) -> Vec<Action> {
+    let mut pending = Vec::new();
+    for action in actions {
+        match action {
+            Action::Connect => {
+                *wire = Wire::new();
+                let spec = spec.clone();
+                *connecting = Some(tokio::spawn(async move { connect(&spec).await }));
+            }
+            Action::Send(message) => {
+                let Some(s) = stream.as_mut() else { continue };
+                let mut out = BytesMut::new();
+                if let Err(e) = wire.encode(message, &mut out) {
+                    warn!(peer = %spec.name, error = %e, "not sent");
+                    continue;
+                }
+                if let Err(e) = s.write_all(&out).await {
+                    *stream = None;
+                    pending.extend(
+                        session.input(Input::Closed(format!("write: {e}")), Instant::now()),
+                    );
+                }
+            }
+            Action::Close => {
+                if let Some(mut s) = stream.take() {
+                    let _ = s.shutdown().await;
+                }
+                if let Some(c) = connecting.take() {
+                    c.abort();
+                }
+            }
+        }
+    }
+    pending
+}
+
+/// Tells the session's watchers what it last said, logging a change of
+/// state once.
+fn publish(status: &watch::Sender<Status>, session: &Session, spec: &PeerSpec) {
+    let peer = &spec.name;
+    let said = Status {
+        state: session.state(),
+        since: session.since(),
+        last_error: session.last_error().map(str::to_string),
+        prefixes_sent: session.prefixes_sent(),
+    };
+    status.send_if_modified(|s| {
+        if *s == said {
+            return false;
+        }
+        match (&said.last_error, said.state) {
+            (_, State::Established) if s.state != State::Established => {
+                info!(%peer, router = %spec.address, "BGP session established")
+            }
+            (Some(e), State::Active) if s.state == State::Established => {
+                warn!(%peer, router = %spec.address, error = %e, "BGP session down")
+            }
+            // A new reason it cannot come up; the same one again (every
+            // retry) is not repeated.
+            (Some(e), State::Active) if s.last_error.as_ref() != Some(e) => {
+                warn!(%peer, router = %spec.address, error = %e, "BGP session not established; retrying")
+            }
+            _ => {}
+        }
+        *s = said;
+        true
+    });
+}
+
+/// Hands the session every whole message `wire` holds; a malformed one ends
+/// the reading (the session decides what it costs).
+fn received(wire: &mut Wire, session: &mut Session, peer: &str, now: Instant) -> Vec<Action> {
+    let mut pending = Vec::new();
+    loop {
+        match wire.next_message() {
+            Ok(Some(Received::Message(m))) => pending.extend(session.input(Input::Message(m), now)),
+            Ok(Some(Received::Discarded(why))) => {
+                warn!(%peer, %why, "BGP message discarded; the session stays up");
+                pending.extend(session.input(Input::Discarded(why), now));
+            }
+            Ok(None) => return pending,
+            Err(bad) => {
+                warn!(%peer, error = %bad.why, "malformed BGP message");
+                pending.extend(session.input(
+                    Input::Malformed(bad.why, bad.notification.map(Box::new)),
+                    now,
+                ));
+                return pending;
             }
         }
     }

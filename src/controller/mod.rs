@@ -7,20 +7,18 @@
 //! at the whole snapshot and returns the writes to make. Passes are level-based
 //! and idempotent; bursts of events coalesce into one pass.
 //!
-//! One replica is active at a time, elected through a `coordination.k8s.io`
-//! Lease ([`run_with_leader_election`]); a standby takes over when the leader's
-//! lease expires, and starts by restoring every address from Service status.
+//! One replica is active at a time ([`crate::control_plane`]); a pass writes
+//! only while its [`Fence`] holds.
 
 pub mod metrics;
 pub mod plan;
 pub mod reports;
-pub mod translate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Namespace, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -34,7 +32,8 @@ use tracing::{debug, info, warn};
 use crate::api::annotations::ALLOCATED_FROM_POOL;
 use crate::api::{IPAddressPool, POOL_FINALIZER};
 pub use crate::k8s::Fence;
-use crate::k8s::cache_all;
+use crate::k8s::apply::{Backoff, Written};
+use crate::k8s::{self, cache_all};
 use metrics::Metrics;
 use plan::{Action, Planner, Snapshot};
 
@@ -46,16 +45,8 @@ pub const CONTROLLER_NAME: &str = "ironlb-controller";
 pub struct Config {
     /// Serve Services without a `loadBalancerClass`.
     pub default_class: bool,
-    /// Run the Gateway API controller beside the Service one.
-    pub gateway: bool,
     /// This replica's name, for events and the Lease.
     pub identity: String,
-    /// The namespace of the leader-election Lease.
-    pub lease_namespace: String,
-    /// How long a leader's lease lasts without renewal.
-    pub lease_duration: Duration,
-    /// How long before expiry the leader renews.
-    pub lease_grace: Duration,
     /// A pass runs at least this often even without events, to retry failed writes.
     pub resync: Duration,
     /// With leader election: the Lease this replica must hold, freshly renewed,
@@ -67,11 +58,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             default_class: true,
-            gateway: true,
             identity: CONTROLLER_NAME.into(),
-            lease_namespace: "ironlb-system".into(),
-            lease_duration: Duration::from_secs(15),
-            lease_grace: Duration::from_secs(5),
             resync: Duration::from_secs(60),
             fence: None,
         }
@@ -84,17 +71,6 @@ pub enum Error {
     /// A watcher's cache could not be filled.
     #[error("waiting for the {0} cache: the watcher stopped")]
     CacheNotReady(&'static str),
-    /// Leader election failed.
-    #[error("leader election on Lease {namespace}/{name}: {source}")]
-    LeaderElection {
-        /// The Lease's namespace.
-        namespace: String,
-        /// The Lease's name.
-        name: String,
-        /// What failed.
-        #[source]
-        source: kube_lease_manager::LeaseManagerError,
-    },
 }
 
 /// The key of the gossip Secret that holds the shared secret.
@@ -146,74 +122,6 @@ pub async fn ensure_gossip_secret(
     }
 }
 
-/// Runs the controller while this replica holds the Lease, stands by otherwise,
-/// until `shutdown`.
-pub async fn run_with_leader_election(
-    client: Client,
-    config: Config,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let election_error = |source| Error::LeaderElection {
-        namespace: config.lease_namespace.clone(),
-        name: CONTROLLER_NAME.into(),
-        source,
-    };
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), CONTROLLER_NAME)
-        .with_namespace(config.lease_namespace.clone())
-        .with_identity(config.identity.clone())
-        .with_duration(config.lease_duration.as_secs().max(1))
-        .with_grace(config.lease_grace.as_secs().max(1))
-        .build()
-        .await
-        .map_err(election_error)?;
-    let (mut leading, task) = manager.watch().await;
-    metrics.set_ready(true);
-    loop {
-        metrics.set_leader(false);
-        info!(identity = %config.identity, "standing by for the leader lease");
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
-        }
-        info!(identity = %config.identity, "acquired the leader lease");
-        metrics.set_leader(true);
-        let term = shutdown.child_token();
-        let fenced = Config {
-            fence: Some(Fence {
-                namespace: config.lease_namespace.clone(),
-                name: CONTROLLER_NAME.into(),
-                identity: config.identity.clone(),
-                // Renewals are due `lease_grace` before expiry; half of that is
-                // the margin for clock skew and a write in flight.
-                max_age: config.lease_duration.saturating_sub(config.lease_grace / 2),
-            }),
-            ..config.clone()
-        };
-        let mut work = Box::pin(run(client.clone(), fenced, metrics.clone(), term.clone()));
-        tokio::select! {
-            result = &mut work => {
-                result?;
-                break;
-            }
-            _ = leading.wait_for(|l| !*l) => {
-                warn!(identity = %config.identity, "lost the leader lease; stopping");
-                term.cancel();
-                let _ = work.await;
-            }
-        }
-    }
-    drop(leading);
-    // Closing the channel makes the manager release the lease, so a standby
-    // takes over at once instead of after the lease expires.
-    match task.await {
-        Ok(Ok(manager)) => manager.release().await.map_err(election_error)?,
-        Ok(Err(e)) => return Err(election_error(e)),
-        Err(e) => warn!(error = %e, "leader election task ended abnormally"),
-    }
-    Ok(())
-}
-
 /// Runs the controller (without leader election) until `shutdown`.
 pub async fn run(
     client: Client,
@@ -234,7 +142,6 @@ pub async fn run(
             return Err(Error::CacheNotReady(name));
         }
     }
-    spawn_companions(&client, &config, &shutdown);
     info!("caches synced; restoring addresses from Service status");
     metrics.set_ready(true);
 
@@ -247,9 +154,7 @@ pub async fn run(
     );
     let mut planner = Planner::default();
     let mut backoff = Backoff::default();
-    while !shutdown.is_cancelled() {
-        // Let a burst of events land before looking.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
         let started = std::time::Instant::now();
         let svc_state = services.state();
         let pool_state = pools.state();
@@ -276,7 +181,7 @@ pub async fn run(
             warn!(%why, "not writing: this replica cannot be sure it leads");
             planner = Planner::default();
             tokio::select! {
-                _ = shutdown.cancelled() => {}
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(backoff.delay()) => {}
             }
             continue;
@@ -300,58 +205,14 @@ pub async fn run(
         metrics.observe_pass(started.elapsed().as_secs_f64());
         debug!(services = outcome.assigned_services, ?written, "pass done");
 
-        let retry = next_pass(written, &mut backoff, config.resync);
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(retry) => {}
+        let retry = k8s::apply::idle_until_retry(written, &mut backoff, config.resync);
+        if k8s::next_pass(&wake, Some(retry), &shutdown)
+            .await
+            .is_none()
+        {
+            return Ok(());
         }
     }
-    Ok(())
-}
-
-/// Starts what runs beside the Service controller while this replica leads
-/// (`shutdown` ends with the leadership): the Gateway controller, when on,
-/// and the housekeeping of the speakers' reports and Secret grants.
-fn spawn_companions(client: &Client, config: &Config, shutdown: &CancellationToken) {
-    if config.gateway {
-        tokio::spawn(crate::gateway::controller::run(
-            client.clone(),
-            config.fence.clone(),
-            shutdown.clone(),
-        ));
-    }
-    tokio::spawn(reports::run(
-        client.clone(),
-        config.lease_namespace.clone(),
-        config.fence.clone(),
-        shutdown.clone(),
-    ));
-}
-
-/// How long until the next pass when nothing wakes it: soon after failed
-/// writes (with back-off) or a conflict, else the resync period.
-fn next_pass(written: Written, backoff: &mut Backoff, resync: Duration) -> Duration {
-    if written.failed > 0 {
-        return backoff.delay();
-    }
-    backoff.reset();
-    if written.conflicts > 0 {
-        // A 409: the view was stale; look again once the watch has caught up.
-        Duration::from_millis(200)
-    } else {
-        resync
-    }
-}
-
-/// What became of a pass's writes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Written {
-    /// Writes that failed (retried by a later pass, with backoff).
-    pub failed: usize,
-    /// Writes refused with 409 because the object changed since the snapshot:
-    /// the next pass, on a fresher view, decides again.
-    pub conflicts: usize,
 }
 
 /// Carries out the pass' writes, status writes first: each carries the
@@ -368,9 +229,7 @@ async fn apply(
         .into_iter()
         .partition(|a| matches!(a, Action::ServiceStatus { .. } | Action::PoolStatus { .. }));
     let mut written = apply_all(client, recorder, snap, statuses).await;
-    let rest = apply_all(client, recorder, snap, others).await;
-    written.failed += rest.failed;
-    written.conflicts += rest.conflicts;
+    written += apply_all(client, recorder, snap, others).await;
     written
 }
 
@@ -381,173 +240,131 @@ async fn apply_all(
     actions: Vec<Action>,
 ) -> Written {
     let writes = actions.into_iter().map(|action| async move {
-        let result = match &action {
-            Action::ServiceStatus { key, ingress } => {
-                let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
-                // A merge patch replaces the ingress list whole; null removes it.
-                let ingress = if ingress.is_empty() {
-                    json!(null)
-                } else {
-                    json!(ingress)
-                };
-                let version = snap
-                    .services
-                    .iter()
-                    .find(|s| translate::service_key(s) == *key)
-                    .and_then(|s| s.metadata.resource_version.clone());
-                let patch = json!({
-                    "metadata": {"resourceVersion": version},
-                    "status": {"loadBalancer": {"ingress": ingress}},
-                });
-                api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
-            }
-            Action::ServicePool { key, pool } => {
-                let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
-                let patch = json!({"metadata": {"annotations": {ALLOCATED_FROM_POOL: pool}}});
-                api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
-            }
-            Action::PoolFinalizer { name, add } => {
-                let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
-                    return Written::default();
-                };
-                let api: Api<IPAddressPool> = Api::all(client.clone());
-                // A JSON patch touches only our entry: other finalizers stay, and
-                // the `test` makes a list that changed meanwhile fail (and the
-                // next pass retry) instead of removing someone else's.
-                let ops = finalizer_patch(pool.finalizers(), *add);
-                match serde_json::from_value::<json_patch::Patch>(ops) {
-                    Ok(ops) => api
-                        .patch(name, &PatchParams::default(), &Patch::Json::<()>(ops))
-                        .await
-                        .map(|_| ()),
-                    Err(e) => {
-                        warn!(error = %e, "building the finalizer patch");
-                        return Written {
-                            failed: 1,
-                            conflicts: 0,
-                        };
-                    }
-                }
-            }
-            Action::PoolEvent { name, reason, note } => {
-                let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
-                    return Written::default();
-                };
-                let event = Event {
-                    type_: EventType::Warning,
-                    reason: reason.clone(),
-                    note: Some(note.clone()),
-                    action: "Delete".into(),
-                    secondary: None,
-                };
-                recorder.publish(&event, &pool.object_ref(&())).await
-            }
-            Action::PoolStatus { name, status } => {
-                let api: Api<IPAddressPool> = Api::all(client.clone());
-                let version = snap
-                    .pools
-                    .iter()
-                    .find(|p| p.name_any() == *name)
-                    .and_then(|p| p.metadata.resource_version.clone());
-                let patch = json!({"metadata": {"resourceVersion": version}, "status": status});
-                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
-            }
-            Action::Event {
-                key,
-                warning,
-                reason,
-                note,
-            } => {
-                let Some(svc) = snap.services.iter().find(|s| {
-                    s.name_any() == key.name
-                        && s.namespace().as_deref() == Some(key.namespace.as_str())
-                }) else {
-                    return Written::default();
-                };
-                let event = Event {
-                    type_: if *warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: reason.clone(),
-                    note: Some(note.clone()),
-                    action: "Allocate".into(),
-                    secondary: None,
-                };
-                recorder.publish(&event, &object_reference(svc)).await
-            }
-        };
-        match result {
-            Ok(()) => Written::default(),
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                debug!(
-                    ?action,
-                    "the object changed since the snapshot; the next pass decides again"
-                );
-                Written {
-                    failed: 0,
-                    conflicts: 1,
-                }
-            }
-            Err(e) => {
-                warn!(?action, error = %e, "write failed; a later pass retries it");
-                Written {
-                    failed: 1,
-                    conflicts: 0,
-                }
-            }
-        }
+        let result = write(client, recorder, snap, &action).await;
+        Written::of(result, format_args!("{action:?}"))
     });
     futures::stream::iter(writes)
         .buffer_unordered(16)
-        .fold(Written::default(), |n, w| {
-            future::ready(Written {
-                failed: n.failed + w.failed,
-                conflicts: n.conflicts + w.conflicts,
-            })
+        .fold(Written::default(), |mut n, w| {
+            n += w;
+            future::ready(n)
         })
         .await
 }
 
-/// Delays between retries of failed writes: doubling from 500 ms to 30 s, each
-/// drawn at random between half and all of it, so replicas and controllers
-/// hitting one struggling API server do not retry in step.
-#[derive(Debug)]
-pub struct Backoff {
-    upcoming: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            upcoming: Backoff::FIRST,
+/// Carries out one action; an object gone from the snapshot needs nothing.
+async fn write(
+    client: &Client,
+    recorder: &Recorder,
+    snap: &Snapshot<'_>,
+    action: &Action,
+) -> Result<(), kube::Error> {
+    match action {
+        Action::ServiceStatus { key, ingress } => {
+            let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
+            let patch = service_status_patch(snap, key, ingress);
+            api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+        Action::ServicePool { key, pool } => {
+            let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
+            let patch = json!({"metadata": {"annotations": {ALLOCATED_FROM_POOL: pool}}});
+            api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+        Action::PoolFinalizer { name, add } => {
+            let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
+                return Ok(());
+            };
+            let api: Api<IPAddressPool> = Api::all(client.clone());
+            // A JSON patch touches only our entry: other finalizers stay, and
+            // the `test` makes a list that changed meanwhile fail (and the
+            // next pass retry) instead of removing someone else's.
+            let ops = finalizer_patch(pool.finalizers(), *add);
+            match serde_json::from_value::<json_patch::Patch>(ops) {
+                Ok(ops) => api
+                    .patch(name, &PatchParams::default(), &Patch::Json::<()>(ops))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(kube::Error::SerdeError(e)),
+            }
+        }
+        Action::PoolEvent { name, reason, note } => {
+            let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
+                return Ok(());
+            };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason.clone(),
+                note: Some(note.clone()),
+                action: "Delete".into(),
+                secondary: None,
+            };
+            recorder.publish(&event, &pool.object_ref(&())).await
+        }
+        Action::PoolStatus { name, status } => {
+            let api: Api<IPAddressPool> = Api::all(client.clone());
+            let version = snap
+                .pools
+                .iter()
+                .find(|p| p.name_any() == *name)
+                .and_then(|p| p.metadata.resource_version.clone());
+            let patch = json!({"metadata": {"resourceVersion": version}, "status": status});
+            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+        Action::Event {
+            key,
+            warning,
+            reason,
+            note,
+        } => {
+            let Some(svc) = snap.services.iter().find(|s| {
+                s.name_any() == key.name && s.namespace().as_deref() == Some(key.namespace.as_str())
+            }) else {
+                return Ok(());
+            };
+            let event = Event {
+                type_: if *warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: reason.clone(),
+                note: Some(note.clone()),
+                action: "Allocate".into(),
+                secondary: None,
+            };
+            recorder.publish(&event, &object_reference(svc)).await
         }
     }
 }
 
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const CAP: Duration = Duration::from_secs(30);
-
-    /// The next delay.
-    pub fn delay(&mut self) -> Duration {
-        use rand::RngExt;
-        let full = self.upcoming;
-        self.upcoming = (self.upcoming * 2).min(Backoff::CAP);
-        full.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    /// Back to the first delay, after a success.
-    pub fn reset(&mut self) {
-        self.upcoming = Backoff::FIRST;
-    }
+/// The status of Service `key` as a merge patch that holds only at the
+/// version the pass read. A merge patch replaces the ingress list whole;
+/// null removes it.
+fn service_status_patch(
+    snap: &Snapshot<'_>,
+    key: &crate::ipam::ServiceKey,
+    ingress: &[LoadBalancerIngress],
+) -> serde_json::Value {
+    let ingress = if ingress.is_empty() {
+        json!(null)
+    } else {
+        json!(ingress)
+    };
+    let version = snap
+        .services
+        .iter()
+        .find(|s| k8s::translate::service_key(s) == *key)
+        .and_then(|s| s.metadata.resource_version.clone());
+    json!({
+        "metadata": {"resourceVersion": version},
+        "status": {"loadBalancer": {"ingress": ingress}},
+    })
 }
 
 /// JSON patch operations that add or remove [`POOL_FINALIZER`] in `current`.
@@ -582,23 +399,6 @@ fn object_reference(svc: &Service) -> ObjectReference {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_a_cap_and_resets() {
-        let mut b = Backoff::default();
-        let mut full = Backoff::FIRST;
-        for _ in 0..10 {
-            let d = b.delay();
-            assert!(
-                d >= full / 2 && d <= full,
-                "{d:?} within half and all of {full:?}"
-            );
-            full = (full * 2).min(Backoff::CAP);
-        }
-        assert_eq!(full, Backoff::CAP);
-        b.reset();
-        assert!(b.delay() <= Backoff::FIRST);
-    }
 
     #[test]
     fn the_finalizer_patch_touches_only_our_entry() {

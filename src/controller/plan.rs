@@ -13,10 +13,10 @@ use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use super::translate::{self, NamespaceLabels};
 use crate::api::annotations;
 use crate::api::{CONDITION_VALID, IPAddressPool, IPAddressPoolStatus, POOL_FINALIZER};
 use crate::ipam::{self, Allocator, Assignment, Labels, PoolSpec, ServiceKey};
+use crate::k8s::translate::{self, NamespaceLabels};
 
 /// The pool condition that lists addresses Services keep although the pool no
 /// longer contains them (it shrank under them).
@@ -115,6 +115,40 @@ pub struct Planner {
     last_pool_event: BTreeMap<String, String>,
 }
 
+/// A Service, and what it asks the allocator for (or why that cannot be read).
+type Requested<'a> = (
+    &'a Service,
+    Result<translate::Request, translate::FieldError>,
+);
+
+/// The eligible Services, oldest first (so they win ties and get the lower
+/// addresses), each with its request.
+fn requests<'a>(snap: &Snapshot<'a>) -> Vec<Requested<'a>> {
+    let mut eligible: Vec<&Service> = snap
+        .services
+        .iter()
+        .copied()
+        .filter(|s| translate::is_eligible(s, snap.default_class))
+        .collect();
+    eligible.sort_by_cached_key(|s| {
+        (
+            translate::seconds(s.metadata.creation_timestamp.as_ref()),
+            translate::service_key(s),
+        )
+    });
+    let no_labels = Labels::new();
+    eligible
+        .into_iter()
+        .map(|s| {
+            let ns_labels = snap
+                .namespaces
+                .get(s.namespace().as_deref().unwrap_or_default())
+                .unwrap_or(&no_labels);
+            (s, translate::request(s, ns_labels))
+        })
+        .collect()
+}
+
 impl Planner {
     /// The allocator's state, for metrics.
     pub fn allocator(&self) -> &Allocator {
@@ -126,40 +160,28 @@ impl Planner {
         let mut actions = Vec::new();
         let mut outcome = Outcome::default();
         let translation_errors = self.update_pools(snap);
-
-        let mut eligible: Vec<&Service> = snap
-            .services
-            .iter()
-            .copied()
-            .filter(|s| translate::is_eligible(s, snap.default_class))
-            .collect();
-        // Oldest first, so they win ties and get the lower addresses.
-        eligible.sort_by_cached_key(|s| {
-            (
-                translate::seconds(s.metadata.creation_timestamp.as_ref()),
-                translate::service_key(s),
-            )
-        });
-        let no_labels = Labels::new();
-        let requests: Vec<(&Service, Result<translate::Request, translate::FieldError>)> = eligible
-            .iter()
-            .map(|s| {
-                let ns_labels = snap
-                    .namespaces
-                    .get(s.namespace().as_deref().unwrap_or_default())
-                    .unwrap_or(&no_labels);
-                (*s, translate::request(s, ns_labels))
-            })
-            .collect();
-
+        let requests = requests(snap);
         if !self.restored {
             self.restore(&requests, &mut actions);
             self.restored = true;
         }
+        self.adopt(&requests, &mut actions);
+        let seen = self.allocate(&requests, &mut actions, &mut outcome);
+        self.release_gone(snap, &seen, &mut actions);
+        let holders: BTreeMap<String, Vec<(ServiceKey, IpAddr)>> = snap
+            .pools
+            .iter()
+            .map(|p| (p.name_any(), holders(snap, p)))
+            .collect();
+        actions.extend(self.pool_statuses(snap, &translation_errors, &holders));
+        actions.extend(self.pool_lifecycle(snap, &holders));
+        (actions, outcome)
+    }
 
-        // A Service that shows addresses this planner does not know of got
-        // them from another replica (one that led while this one stood by or
-        // was paused): adopt them, never hand out others.
+    /// A Service that shows addresses this planner does not know of got
+    /// them from another replica (one that led while this one stood by or
+    /// was paused): adopt them, never hand out others.
+    fn adopt(&mut self, requests: &[Requested<'_>], actions: &mut Vec<Action>) {
         let strangers: Vec<(ipam::Service, Vec<IpAddr>)> = requests
             .iter()
             .filter_map(|(svc, request)| {
@@ -174,18 +196,21 @@ impl Planner {
             .restore(strangers.iter().map(|(s, a)| (s, a.as_slice())))
         {
             if let Err(e) = result {
-                self.event(
-                    &mut actions,
-                    &e.service,
-                    true,
-                    e.kind.reason(),
-                    e.to_string(),
-                );
+                self.event(actions, &e.service, true, e.kind.reason(), e.to_string());
             }
         }
+    }
 
+    /// Allocates for each Service in turn (oldest first), with the status,
+    /// pool annotation and events that follow; returns the Services seen.
+    fn allocate(
+        &mut self,
+        requests: &[Requested<'_>],
+        actions: &mut Vec<Action>,
+        outcome: &mut Outcome,
+    ) -> BTreeSet<ServiceKey> {
         let mut seen = BTreeSet::new();
-        for (svc, request) in &requests {
+        for (svc, request) in requests {
             let key = translate::service_key(svc);
             seen.insert(key.clone());
             let (result, forwarding) = match request {
@@ -218,11 +243,11 @@ impl Planner {
             match &result {
                 Err((reason, message)) => {
                     *outcome.errors.entry(reason).or_default() += 1;
-                    self.event(&mut actions, &key, true, reason, message.clone());
+                    self.event(actions, &key, true, reason, message.clone());
                 }
                 Ok(a) if !a.orphaned.is_empty() => {
                     let note = self.orphan_note(a);
-                    self.event(&mut actions, &key, true, "AddressOutsidePool", note);
+                    self.event(actions, &key, true, "AddressOutsidePool", note);
                 }
                 // Announce an address when it appears in the status, not on every
                 // restart of the controller.
@@ -236,7 +261,7 @@ impl Planner {
                         }
                         None => format!("Assigned {}", translate::join(&a.addresses, ", ")),
                     };
-                    self.event(&mut actions, &key, false, "IPAllocated", note);
+                    self.event(actions, &key, false, "IPAllocated", note);
                 }
                 Ok(_) => {}
             }
@@ -252,9 +277,17 @@ impl Planner {
                 outcome.assigned_services += 1;
             }
         }
+        seen
+    }
 
-        // Services gone, no longer LoadBalancer, or of another class: release,
-        // and clear the status of those still there.
+    /// Services gone, no longer LoadBalancer, or of another class: release,
+    /// and clear the status of those still there.
+    fn release_gone(
+        &mut self,
+        snap: &Snapshot<'_>,
+        seen: &BTreeSet<ServiceKey>,
+        actions: &mut Vec<Action>,
+    ) {
         let by_key: BTreeMap<ServiceKey, &Service> = snap
             .services
             .iter()
@@ -297,15 +330,6 @@ impl Planner {
             .flat_map(|(_, a)| a.iter().copied())
             .collect();
         self.orphan_origin.retain(|ip, _| held.contains(ip));
-
-        let holders: BTreeMap<String, Vec<(ServiceKey, IpAddr)>> = snap
-            .pools
-            .iter()
-            .map(|p| (p.name_any(), holders(snap, p)))
-            .collect();
-        actions.extend(self.pool_statuses(snap, &translation_errors, &holders));
-        actions.extend(self.pool_lifecycle(snap, &holders));
-        (actions, outcome)
     }
 
     /// Keeps [`POOL_FINALIZER`] on the pools some Service holds an address of,
@@ -404,11 +428,7 @@ impl Planner {
 
     /// Loads every address already in an eligible Service's status, before any
     /// allocation, so a restarted controller moves nothing.
-    fn restore(
-        &mut self,
-        requests: &[(&Service, Result<translate::Request, translate::FieldError>)],
-        actions: &mut Vec<Action>,
-    ) {
+    fn restore(&mut self, requests: &[Requested<'_>], actions: &mut Vec<Action>) {
         let recorded: Vec<(ipam::Service, Vec<IpAddr>)> = requests
             .iter()
             .filter_map(|(svc, request)| {
@@ -637,54 +657,22 @@ mod tests {
     //! of snapshots and the writes they call for.
 
     use super::*;
-    use crate::api::IPAddressPoolSpec;
-    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use crate::testkit::{self, Svc};
     use k8s_openapi::jiff::Timestamp;
 
     fn service(name: &str, shows: Option<&str>, recorded: Option<&str>) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                namespace: Some("default".into()),
-                name: Some(name.into()),
-                annotations: recorded.map(|p| {
-                    [(annotations::ALLOCATED_FROM_POOL.to_string(), p.to_string())].into()
-                }),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            status: shows.map(|ip| ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(vec![LoadBalancerIngress {
-                        ip: Some(ip.into()),
-                        ip_mode: Some("VIP".into()),
-                        ..Default::default()
-                    }]),
-                }),
-                ..Default::default()
-            }),
+        let mut svc = Svc::new("default", name).port("", 80, "TCP");
+        if let Some(pool) = recorded {
+            svc = svc.annotation(annotations::ALLOCATED_FROM_POOL, pool);
         }
+        if let Some(ip) = shows {
+            svc = svc.ingress(ip);
+        }
+        svc.build()
     }
 
     fn pool(name: &str, addresses: &str, finalized: bool, terminating: bool) -> IPAddressPool {
-        let mut p = IPAddressPool::new(
-            name,
-            IPAddressPoolSpec {
-                addresses: vec![addresses.into()],
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                service_allocation: None,
-                cross_namespace_sharing: None,
-            },
-        );
+        let mut p = testkit::pool(name, &[addresses]);
         p.metadata.generation = Some(1);
         if finalized {
             p.metadata.finalizers = Some(vec![POOL_FINALIZER.into()]);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{BGPPeer, ServiceL2Status};
-use crate::k8s::{Fence, cache_all};
+use crate::k8s::{self, Fence, Woken, cache_all};
 
 /// The Role whose rules the controller keeps equal to the Secrets BGPPeers
 /// name; `deploy/` binds it to the speakers' ServiceAccount.
@@ -106,8 +106,7 @@ pub async fn run(
         return;
     }
     let mut role = PasswordRole::new(&client, namespace);
-    while !shutdown.is_cancelled() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
         let report_state = reports.state();
         let stale = superseded(&report_state.iter().map(AsRef::as_ref).collect::<Vec<_>>());
         role.look_for_grant(&client, &wake, &shutdown).await;
@@ -125,11 +124,11 @@ pub async fn run(
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = wake.notified() => {}
-            // A Role changed by hand is put right within a minute.
-            _ = tokio::time::sleep(Duration::from_secs(60)) => role.forget(),
+        // A Role changed by hand is put right within a minute.
+        match k8s::next_pass(&wake, Some(Duration::from_secs(60)), &shutdown).await {
+            None => return,
+            Some(Woken::Idle) => role.forget(),
+            Some(Woken::Changed) => {}
         }
     }
 }

@@ -399,6 +399,7 @@ impl Forwarder {
                 let socket = tokio::net::UdpSocket::from_std(socket.into())?;
                 tokio::spawn(udp::serve(socket, rx, stop.clone(), ctx));
             }
+            Protocol::Sctp => return Err(sctp_not_forwarded()),
         }
         Ok(Running {
             state,
@@ -450,6 +451,14 @@ pub fn descriptor_shortfall(settings: &Settings, limit: u64) -> Option<String> {
     })
 }
 
+/// The view plans no SCTP listener; one that got here anyway is refused.
+fn sctp_not_forwarded() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "SCTP is not forwarded (TCP and UDP are)",
+    )
+}
+
 /// A non-blocking socket bound to `address`. `IP_FREEBIND` lets it bind before
 /// the address is on the node (the two are applied independently) and keeps
 /// it bound if the address goes first.
@@ -458,6 +467,7 @@ fn bound_socket(address: SocketAddr, protocol: Protocol) -> std::io::Result<Sock
     let socket = match protocol {
         Protocol::Tcp => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?,
         Protocol::Udp => Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?,
+        Protocol::Sctp => return Err(sctp_not_forwarded()),
     };
     if address.is_ipv6() {
         socket.set_only_v6(true)?;

@@ -16,25 +16,8 @@ use super::routing::{Route, Routing, Share};
 use crate::api::annotations::ProxyVersion;
 use crate::ipam::ServiceKey;
 
-/// A transport protocol the forwarder carries.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
-    }
-}
+/// The forwarder carries TCP and UDP; the view never plans SCTP.
+pub use crate::ipam::Protocol;
 
 /// A Service as the forwarder sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::gateway::hostname;
+use crate::api::hostname;
 
 /// A backend a listener may send a connection or flow to (here, where the
 /// choice among backends is made; [`super::plan`] builds them).

@@ -304,22 +304,8 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
     let order = ctx
         .balancer
         .order(backends, peer.ip(), shared.policy.affinity, now);
-    let mut chosen = None;
-    for b in order {
-        let from = shared.policy.local.then_some(peer);
-        match tokio::time::timeout(ctx.settings.connect_timeout, connect(b.address, from)).await {
-            Ok(Ok(stream)) => {
-                chosen = Some((b, stream));
-                break;
-            }
-            Ok(Err(e)) => debug!(backend = %b.address, error = %e, "backend connect failed"),
-            Err(_) => {
-                debug!(backend = %b.address, "backend connect timed out");
-                counters.connect_timeouts.inc();
-            }
-        }
-        counters.failures.inc();
-    }
+    let from = shared.policy.local.then_some(peer);
+    let chosen = connect_first(order, from, &ctx.settings, &counters).await;
     let Some((backend, mut upstream)) = chosen else {
         ctx.metrics.refuse(&shared.service, Refusal::NoBackend);
         reset(client);
@@ -363,6 +349,28 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
         let _ = client.set_zero_linger();
         let _ = upstream.set_zero_linger();
     }
+}
+
+/// The first backend of `order` that accepts a connection (from `from`,
+/// the client's address, in transparent mode), and the connection.
+async fn connect_first(
+    order: Vec<super::routing::Backend>,
+    from: Option<SocketAddr>,
+    settings: &Settings,
+    counters: &TcpCounters,
+) -> Option<(super::routing::Backend, TcpStream)> {
+    for b in order {
+        match tokio::time::timeout(settings.connect_timeout, connect(b.address, from)).await {
+            Ok(Ok(stream)) => return Some((b, stream)),
+            Ok(Err(e)) => debug!(backend = %b.address, error = %e, "backend connect failed"),
+            Err(_) => {
+                debug!(backend = %b.address, "backend connect timed out");
+                counters.connect_timeouts.inc();
+            }
+        }
+        counters.failures.inc();
+    }
+    None
 }
 
 /// What was read of a TLS client before its backend was chosen.

@@ -72,19 +72,13 @@ pub(super) async fn serve(
     let (answered_tx, mut answered_rx) = mpsc::unbounded_channel::<Answered>();
     let mut next_id = 0u64;
     loop {
-        // At most one report per flow, so the channel holds no more than the
-        // flows opened since the last datagram.
-        while let Ok((peer, id)) = answered_rx.try_recv() {
-            if flows.peek(&peer).is_some_and(|f| f.id == id) {
-                flows.answered(&peer);
-            }
-        }
+        note_answers(&mut flows, &mut answered_rx);
         let (n, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             _ = sweep.tick() => {
                 expire(&mut flows, udp_idle, unanswered_idle);
                 if let Some(c) = &counters {
-                    c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
+                    c.count_flows(&flows);
                 }
                 continue;
             }
@@ -120,20 +114,9 @@ pub(super) async fn serve(
             if flows.is_full() {
                 evict(&mut flows, c);
             }
-            let slot = match ctx.node.flows.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                // The node's flows are all taken: this listener gives up one
-                // of its own, if it has any; it never takes another's.
-                Err(_) => match evict(&mut flows, c)
-                    .then(|| ctx.node.flows.clone().try_acquire_owned().ok())
-                    .flatten()
-                {
-                    Some(slot) => slot,
-                    None => {
-                        ctx.metrics.refuse(&shared.service, Refusal::FlowTableFull);
-                        continue;
-                    }
-                },
+            let Some(slot) = node_slot(&mut flows, &ctx, c) else {
+                ctx.metrics.refuse(&shared.service, Refusal::FlowTableFull);
+                continue;
             };
             next_id += 1;
             let reply = (answered_tx.clone(), next_id);
@@ -144,7 +127,7 @@ pub(super) async fn serve(
                     continue;
                 }
             }
-            c.flows.set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
+            c.count_flows(&flows);
         }
         let Some(flow) = flows.peek(&peer) else {
             continue;
@@ -164,23 +147,54 @@ pub(super) async fn serve(
             }
         }
     }
-    // Stopped: the flows open go on (their replies still leave from the
-    // listener's socket) until they are quiet for a few seconds or the drain
-    // period ends, as TCP connections do; a successor that took the socket
-    // over serves new datagrams meanwhile.
+    drain(flows, &ctx).await;
+    if let Some(c) = &counters {
+        c.flows.set(0);
+    }
+}
+
+/// Marks the flows whose backend answered. At most one report per flow, so
+/// the channel holds no more than the flows opened since the last datagram.
+fn note_answers(
+    flows: &mut FlowTable<SocketAddr, Flow>,
+    answered: &mut mpsc::UnboundedReceiver<Answered>,
+) {
+    while let Ok((peer, id)) = answered.try_recv() {
+        if flows.peek(&peer).is_some_and(|f| f.id == id) {
+            flows.answered(&peer);
+        }
+    }
+}
+
+/// One of the node's flow slots; when they are all taken, this listener
+/// gives up one of its own flows, if it has any: it never takes another's.
+fn node_slot(
+    flows: &mut FlowTable<SocketAddr, Flow>,
+    ctx: &Context,
+    c: &Counters,
+) -> Option<OwnedSemaphorePermit> {
+    match ctx.node.flows.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) => evict(flows, c)
+            .then(|| ctx.node.flows.clone().try_acquire_owned().ok())
+            .flatten(),
+    }
+}
+
+/// After the listener stopped: the flows open go on (their replies still
+/// leave from the listener's socket) until they are quiet for a few seconds
+/// or the drain period ends, as TCP connections do; a successor that took
+/// the socket over serves new datagrams meanwhile.
+async fn drain(mut flows: FlowTable<SocketAddr, Flow>, ctx: &Context) {
     let drained = tokio::time::sleep(ctx.settings.drain);
     tokio::pin!(drained);
-    let quiet = STOPPED_FLOW_IDLE.min(udp_idle);
+    let quiet = STOPPED_FLOW_IDLE.min(ctx.settings.udp_idle);
     let mut sweep = tokio::time::interval(Duration::from_millis(500));
     while !flows.is_empty() {
         tokio::select! {
             _ = &mut drained => break,
             _ = sweep.tick() => expire(&mut flows, quiet, quiet),
         }
-    }
-    flows.clear();
-    if let Some(c) = &counters {
-        c.flows.set(0);
     }
 }
 
@@ -229,6 +243,11 @@ struct Counters {
 }
 
 impl Counters {
+    fn count_flows(&self, flows: &FlowTable<SocketAddr, Flow>) {
+        self.flows
+            .set(i64::try_from(flows.len()).unwrap_or(i64::MAX));
+    }
+
     fn of(m: &super::metrics::Metrics, service: &crate::ipam::ServiceKey) -> Self {
         let labels = ServiceLabels::from(service);
         let evicted = |kind| {

@@ -10,12 +10,13 @@ use std::net::IpAddr;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
-use super::hostname;
 use crate::api::gateway::{
     GATEWAY_GROUP, Gateway, GatewayClass, Listener, ParentReference, ReferenceGrant,
     RouteGroupKind, RouteRule, RouteStatus, TCPRoute, TLSRoute, UDPRoute,
 };
-use crate::controller::translate::{self, NamespaceLabels};
+use crate::api::hostname;
+use crate::ipam::Protocol;
+use crate::k8s::translate::{self, NamespaceLabels};
 
 /// The `controllerName` of the GatewayClasses ironlb implements.
 pub const CONTROLLER_NAME: &str = "ironlb.dev/gateway-controller";
@@ -59,18 +60,18 @@ impl RouteKind {
         }
     }
 
-    fn of_protocol(protocol: Protocol) -> Self {
+    fn of_protocol(protocol: ListenerProtocol) -> Self {
         match protocol {
-            Protocol::Tcp => Self::Tcp,
-            Protocol::Udp => Self::Udp,
-            Protocol::Tls => Self::Tls,
+            ListenerProtocol::Tcp => Self::Tcp,
+            ListenerProtocol::Udp => Self::Udp,
+            ListenerProtocol::Tls => Self::Tls,
         }
     }
 }
 
-/// A listener protocol ironlb serves.
+/// A listener protocol ironlb serves: a transport, or TLS passed through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Protocol {
+pub enum ListenerProtocol {
     /// Plain TCP.
     #[serde(rename = "TCP")]
     Tcp,
@@ -82,12 +83,12 @@ pub enum Protocol {
     Tls,
 }
 
-impl Protocol {
+impl ListenerProtocol {
     /// The transport the listener's port is opened with.
-    pub fn transport(self) -> &'static str {
+    pub fn transport(self) -> Protocol {
         match self {
-            Self::Udp => "UDP",
-            Self::Tcp | Self::Tls => "TCP",
+            Self::Udp => Protocol::Udp,
+            Self::Tcp | Self::Tls => Protocol::Tcp,
         }
     }
 }
@@ -192,7 +193,7 @@ pub enum Address {
         /// The addresses.
         addresses: Vec<IpAddr>,
         /// Ports held by others on them.
-        taken: BTreeMap<(i32, &'static str), String>,
+        taken: BTreeMap<(i32, Protocol), String>,
     },
     /// Refused, with a Gateway `Programmed` reason and a message.
     Refused {
@@ -333,7 +334,7 @@ pub struct ProgramPort {
     /// The port.
     pub port: u16,
     /// The protocol.
-    pub protocol: Protocol,
+    pub protocol: ListenerProtocol,
     /// The routes, oldest first (a TCP or UDP port uses the first; a TLS
     /// port the most specific hostname match, then the oldest).
     pub routes: Vec<ProgramRoute>,
@@ -380,7 +381,7 @@ pub struct Outcome {
 /// A listener as checked on its own and against its siblings.
 struct Checked<'a> {
     listener: &'a Listener,
-    protocol: Option<Protocol>,
+    protocol: Option<ListenerProtocol>,
     kinds: Vec<RouteKind>,
     conditions: Vec<Cond>,
     /// Accepted, not conflicted, its port free, and at least one kind.
@@ -531,7 +532,7 @@ fn check_listeners<'a>(gateway: &'a Gateway, snap: &Snapshot<'_>) -> Vec<Checked
             let protocol_clash: Vec<&Checked<'_>> = others
                 .iter()
                 .copied()
-                .filter(|b| b.protocol != Some(pa) || pa != Protocol::Tls)
+                .filter(|b| b.protocol != Some(pa) || pa != ListenerProtocol::Tls)
                 .collect();
             if !protocol_clash.is_empty() {
                 return Some((
@@ -579,14 +580,14 @@ fn check_listeners<'a>(gateway: &'a Gateway, snap: &Snapshot<'_>) -> Vec<Checked
 
 fn check_listener<'a>(
     l: &'a Listener,
-    taken: Option<&BTreeMap<(i32, &'static str), String>>,
+    taken: Option<&BTreeMap<(i32, Protocol), String>>,
 ) -> Checked<'a> {
     let protocol = match l.protocol.as_str() {
-        "TCP" => Ok(Protocol::Tcp),
-        "UDP" => Ok(Protocol::Udp),
+        "TCP" => Ok(ListenerProtocol::Tcp),
+        "UDP" => Ok(ListenerProtocol::Udp),
         // The CRD defaults `tls.mode` to Terminate.
         "TLS" => match l.tls.as_ref().and_then(|t| t.mode.as_deref()) {
-            Some("Passthrough") => Ok(Protocol::Tls),
+            Some("Passthrough") => Ok(ListenerProtocol::Tls),
             mode => Err((
                 "UnsupportedValue",
                 format!(
@@ -885,6 +886,95 @@ pub fn requested(gateway: &Gateway) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The Gateway's `Accepted` condition: its addresses and parameters as
+/// ironlb reads them, and its listeners (`good` accepted, `bad` not).
+fn gateway_accepted(gateway: &Gateway, good: &[String], bad: &[String]) -> Cond {
+    // An `IPAddress` entry without a value asks for any address: the
+    // pools' choice, as with no entry at all.
+    let unsupported_address = gateway.spec.addresses.iter().find(|a| {
+        a.type_.as_deref().unwrap_or("IPAddress") != "IPAddress"
+            || (!a.value.is_empty() && a.value.parse::<IpAddr>().is_err())
+    });
+    let parameters = gateway
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref());
+    if let Some(a) = unsupported_address {
+        cond(
+            "Accepted",
+            false,
+            "UnsupportedAddress",
+            format!(
+                "spec.addresses: {:?} is not an IP address; ironlb assigns IPAddress addresses from its pools",
+                a.value
+            ),
+        )
+    } else if let Some(p) = parameters {
+        cond(
+            "Accepted",
+            false,
+            "InvalidParameters",
+            format!(
+                "spec.infrastructure.parametersRef: {}/{} {:?} is not a kind ironlb reads; its options are the infrastructure annotations",
+                p.group, p.kind, p.name
+            ),
+        )
+    } else if good.is_empty() {
+        cond(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            format!("no listener is valid: {}", bad.join(", ")),
+        )
+    } else if !bad.is_empty() {
+        cond(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            format!(
+                "listeners not accepted: {}; accepted: {}",
+                bad.join(", "),
+                good.join(", ")
+            ),
+        )
+    } else {
+        cond("Accepted", true, "Accepted", "")
+    }
+}
+
+/// The Gateway's `Programmed` condition and the addresses to show.
+fn gateway_programmed(address: &Address, accepted: bool) -> (Cond, Vec<IpAddr>) {
+    match (address, accepted) {
+        (_, false) => (
+            cond(
+                "Programmed",
+                false,
+                "Invalid",
+                "the Gateway is not accepted",
+            ),
+            Vec::new(),
+        ),
+        (Address::Assigned { addresses, .. }, true) => (
+            cond("Programmed", true, "Programmed", ""),
+            addresses.clone(),
+        ),
+        (Address::Pending, true) => (
+            cond(
+                "Programmed",
+                false,
+                "AddressNotAssigned",
+                "waiting for an address from the IPAddressPools",
+            ),
+            Vec::new(),
+        ),
+        (Address::Refused { reason, message }, true) => (
+            cond("Programmed", false, reason, message.clone()),
+            Vec::new(),
+        ),
+    }
+}
+
 fn gateway_outcome(
     gi: usize,
     gateway: &Gateway,
@@ -899,19 +989,7 @@ fn gateway_outcome(
         .get(&(namespace.clone(), name.clone()))
         .cloned()
         .unwrap_or(Address::Pending);
-    // An `IPAddress` entry without a value asks for any address: the
-    // pools' choice, as with no entry at all.
-    let unsupported_address = gateway.spec.addresses.iter().find(|a| {
-        a.type_.as_deref().unwrap_or("IPAddress") != "IPAddress"
-            || (!a.value.is_empty() && a.value.parse::<IpAddr>().is_err())
-    });
-    let parameters = gateway
-        .spec
-        .infrastructure
-        .as_ref()
-        .and_then(|i| i.parameters_ref.as_ref());
-
-    let mut program: BTreeMap<(u16, Protocol), Vec<ProgramRoute>> = BTreeMap::new();
+    let mut program: BTreeMap<(u16, ListenerProtocol), Vec<ProgramRoute>> = BTreeMap::new();
     let mut outcomes = Vec::new();
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for (li, mut c) in listeners.into_iter().enumerate() {
@@ -958,75 +1036,8 @@ fn gateway_outcome(
         });
     }
 
-    let accepted = if let Some(a) = unsupported_address {
-        cond(
-            "Accepted",
-            false,
-            "UnsupportedAddress",
-            format!(
-                "spec.addresses: {:?} is not an IP address; ironlb assigns IPAddress addresses from its pools",
-                a.value
-            ),
-        )
-    } else if let Some(p) = parameters {
-        cond(
-            "Accepted",
-            false,
-            "InvalidParameters",
-            format!(
-                "spec.infrastructure.parametersRef: {}/{} {:?} is not a kind ironlb reads; its options are the infrastructure annotations",
-                p.group, p.kind, p.name
-            ),
-        )
-    } else if good.is_empty() {
-        cond(
-            "Accepted",
-            false,
-            "ListenersNotValid",
-            format!("no listener is valid: {}", bad.join(", ")),
-        )
-    } else if !bad.is_empty() {
-        cond(
-            "Accepted",
-            true,
-            "ListenersNotValid",
-            format!(
-                "listeners not accepted: {}; accepted: {}",
-                bad.join(", "),
-                good.join(", ")
-            ),
-        )
-    } else {
-        cond("Accepted", true, "Accepted", "")
-    };
-    let (programmed, addresses) = match (&address, accepted.status) {
-        (_, false) => (
-            cond(
-                "Programmed",
-                false,
-                "Invalid",
-                "the Gateway is not accepted",
-            ),
-            Vec::new(),
-        ),
-        (Address::Assigned { addresses, .. }, true) => (
-            cond("Programmed", true, "Programmed", ""),
-            addresses.clone(),
-        ),
-        (Address::Pending, true) => (
-            cond(
-                "Programmed",
-                false,
-                "AddressNotAssigned",
-                "waiting for an address from the IPAddressPools",
-            ),
-            Vec::new(),
-        ),
-        (Address::Refused { reason, message }, true) => (
-            cond("Programmed", false, reason, message.clone()),
-            Vec::new(),
-        ),
-    };
+    let accepted = gateway_accepted(gateway, &good, &bad);
+    let (programmed, addresses) = gateway_programmed(&address, accepted.status);
     let requested = if accepted.status {
         requested(gateway)
     } else {
@@ -1419,7 +1430,7 @@ mod tests {
             ("infra".into(), "gw".into()),
             Address::Assigned {
                 addresses: vec!["192.0.2.10".parse().unwrap()],
-                taken: [((6379, "TCP"), "cache/redis".to_string())].into(),
+                taken: [((6379, Protocol::Tcp), "cache/redis".to_string())].into(),
             },
         );
         let out = decide(&snap);
@@ -1524,7 +1535,7 @@ mod tests {
             );
         }
         // The data path opens only the good ports.
-        let ports: Vec<(u16, Protocol)> = g
+        let ports: Vec<(u16, ListenerProtocol)> = g
             .program
             .ports
             .iter()
@@ -1533,10 +1544,10 @@ mod tests {
         assert_eq!(
             ports,
             [
-                (53, Protocol::Tcp),
-                (53, Protocol::Udp),
-                (443, Protocol::Tls),
-                (5432, Protocol::Tcp)
+                (53, ListenerProtocol::Tcp),
+                (53, ListenerProtocol::Udp),
+                (443, ListenerProtocol::Tls),
+                (5432, ListenerProtocol::Tcp)
             ]
         );
     }
@@ -1754,7 +1765,7 @@ mod tests {
             .program
             .ports
             .iter()
-            .find(|p| p.protocol == Protocol::Tls)
+            .find(|p| p.protocol == ListenerProtocol::Tls)
             .unwrap();
         // Oldest first; hostnames narrowed to the listener's.
         assert_eq!(tls_port.routes[0].route, "TLSRoute infra/wide");

@@ -3,14 +3,14 @@
 //! `TCPRoute`, `UDPRoute` and `TLSRoute` (passthrough) on its own forwarder.
 //!
 //! [`attach`] holds the spec's attachment and status rules as a pure
-//! function; [`snapshot`] what they read, built alike by the controller
+//! function; [`plan`] the writes that bring the cluster to its outcome; [`snapshot`] what they read, built alike by the controller
 //! (which writes the statuses) and every speaker (which forwards the routes);
-//! [`watch`] the caches both fill; [`hostname`] the hostname matching the
-//! rules and the SNI router share.
+//! [`watch`] the caches both fill. Hostname matching, which the rules and
+//! the SNI router share, is [`crate::api::hostname`].
 
 pub mod attach;
 pub mod controller;
-pub mod hostname;
+pub mod plan;
 pub mod snapshot;
 pub mod watch;
 

@@ -14,8 +14,8 @@ use super::attach::{Address, Outcome, Program, Route, Snapshot, requested};
 use crate::api::IPAddressPool;
 use crate::api::annotations;
 use crate::api::gateway::{Gateway, GatewayClass, ReferenceGrant, TCPRoute, TLSRoute, UDPRoute};
-use crate::controller::translate;
-use crate::ipam::{Holder, ServiceKey};
+use crate::ipam::{Holder, Protocol, ServiceKey};
+use crate::k8s::translate;
 
 /// The Gateway API objects the rules read (absent kinds: empty).
 #[derive(Clone, Debug, Default)]
@@ -153,10 +153,8 @@ fn address_of(
             continue;
         }
         for p in other.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
-            let transport = if p.protocol.as_deref() == Some("UDP") {
-                "UDP"
-            } else {
-                "TCP"
+            let Ok(transport) = Protocol::of_port(p.protocol.as_deref()) else {
+                continue;
             };
             // The message lands in the Gateway's status, which its namespace
             // reads: a Service of another namespace is not named.

@@ -33,15 +33,55 @@ impl fmt::Display for ServiceKey {
     }
 }
 
-/// A transport protocol of a Service port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A transport protocol: of a Service port, a Gateway listener's port, a
+/// forwarder listener. The one type for it in ironlb.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
     /// TCP.
     Tcp,
     /// UDP.
     Udp,
-    /// SCTP.
+    /// SCTP (allocated and announced; not forwarded).
     Sctp,
+}
+
+impl Protocol {
+    /// As Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// A port's `protocol` field as Kubernetes reads it: TCP when unset.
+    pub fn of_port(field: Option<&str>) -> Result<Self, String> {
+        field.map_or(Ok(Protocol::Tcp), str::parse)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            other => Err(format!(
+                "protocol {other:?} is not one of \"TCP\", \"UDP\", \"SCTP\""
+            )),
+        }
+    }
 }
 
 /// A Service port as the outside world sees it: protocol and `port`.
@@ -55,12 +95,7 @@ pub struct Port {
 
 impl fmt::Display for Port {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.protocol {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        };
-        write!(f, "{proto}/{}", self.port)
+        write!(f, "{}/{}", self.protocol, self.port)
     }
 }
 

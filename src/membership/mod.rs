@@ -389,6 +389,17 @@ pub struct Health {
 pub const MAX_HEALTH_LEN: usize = 1000;
 
 impl Health {
+    /// A speaker's first record of a run: it can serve everything.
+    fn first(node: &str) -> Self {
+        Self {
+            node: node.to_string(),
+            epoch: now_ms(),
+            version: 0,
+            unservable: BTreeSet::new(),
+            everything: false,
+        }
+    }
+
     fn newer_than(&self, other: &Health) -> bool {
         (self.epoch, self.version) > (other.epoch, other.version)
     }
@@ -617,6 +628,56 @@ pub const REJOIN_PERIOD: Duration = Duration::from_millis(500);
 /// speakers that joined since (`foca` spreads each record a few times only).
 const HEALTH_REPEAT: Duration = Duration::from_secs(5);
 
+/// The group as `foca` runs it, for this speaker.
+type Group = Foca<Peer, PostcardCodec, StdRng, HealthHandler>;
+
+/// This speaker's `foca`, whose random choices are seeded from its name and
+/// port, and whose health records go to `health`.
+fn group(config: &Config, me: Peer, health: watch::Sender<HealthMap>) -> Group {
+    let seed = config.node.bytes().fold(u64::from(me.addr.port()), |h, b| {
+        h.rotate_left(5) ^ u64::from(b)
+    });
+    Foca::with_custom_broadcast(
+        me,
+        config.foca(),
+        StdRng::seed_from_u64(seed),
+        PostcardCodec,
+        HealthHandler {
+            me: config.node.clone(),
+            newest: BTreeMap::new(),
+            out: health,
+        },
+    )
+}
+
+/// Spreads a new version of this speaker's health record.
+fn publish(foca: &mut Group, record: &mut Health) {
+    record.version += 1;
+    if let Err(e) = foca.add_broadcast(&record.encode()) {
+        warn!(error = %e, "spreading this speaker's health");
+    }
+}
+
+/// Asks the speaker at `addr` to let this one in; its name is learnt from
+/// its answer.
+fn announce(foca: &mut Group, runtime: &mut AccumulatingRuntime<Peer>, addr: SocketAddr) {
+    let placeholder = Peer {
+        node: String::new(),
+        addr,
+        generation: 0,
+    };
+    if let Err(e) = foca.announce(placeholder, runtime) {
+        warn!(error = %e, %addr, "announce failed");
+    }
+}
+
+/// A ticker that skips the ticks it missed rather than bursting.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
 async fn run(
     socket: UdpSocket,
     config: Config,
@@ -631,39 +692,12 @@ async fn run(
         mut own,
         mut joins,
     } = channels;
-    let local = me.addr;
-    let seed = config.node.bytes().fold(u64::from(local.port()), |h, b| {
-        h.rotate_left(5) ^ u64::from(b)
-    });
-    let mut foca = Foca::with_custom_broadcast(
-        me,
-        config.foca(),
-        StdRng::seed_from_u64(seed),
-        PostcardCodec,
-        HealthHandler {
-            me: config.node.clone(),
-            newest: BTreeMap::new(),
-            out: health,
-        },
-    );
-    let mut record = Health {
-        node: config.node.clone(),
-        epoch: now_ms(),
-        version: 0,
-        unservable: BTreeSet::new(),
-        everything: false,
-    };
+    let mut foca = group(&config, me, health);
+    let mut record = Health::first(&config.node);
     // Said once at start, even empty: it replaces what an earlier run of this
     // speaker said.
-    let publish = |foca: &mut Foca<_, _, _, _>, record: &mut Health| {
-        record.version += 1;
-        if let Err(e) = foca.add_broadcast(&record.encode()) {
-            warn!(error = %e, "spreading this speaker's health");
-        }
-    };
     publish(&mut foca, &mut record);
-    let mut repeat = tokio::time::interval(HEALTH_REPEAT);
-    repeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut repeat = every(HEALTH_REPEAT);
     let mut runtime = AccumulatingRuntime::new();
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<Peer>>();
     let mut buf = vec![0u8; 65536];
@@ -678,23 +712,11 @@ async fn run(
         counters,
     };
     let mut membership_changes = wire.members.subscribe();
-    let announce = |foca: &mut Foca<_, _, _, _>, runtime: &mut AccumulatingRuntime<Peer>, addr| {
-        // The seed's name is learnt from its answer.
-        let placeholder = Peer {
-            node: String::new(),
-            addr,
-            generation: 0,
-        };
-        if let Err(e) = foca.announce(placeholder, runtime) {
-            warn!(error = %e, %addr, "announce failed");
-        }
-    };
     let mut seeds: BTreeSet<SocketAddr> = config.seeds.iter().copied().collect();
     for addr in &seeds {
         announce(&mut foca, &mut runtime, *addr);
     }
-    let mut rejoin = tokio::time::interval(REJOIN_PERIOD);
-    rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rejoin = every(REJOIN_PERIOD);
     loop {
         wire.flush(&mut runtime, &foca).await;
         tokio::select! {
@@ -736,22 +758,7 @@ async fn run(
             }
             received = wire.socket.recv_from(&mut buf) => {
                 let Ok((len, from)) = received else { continue };
-                let Some((header, payload)) = open(&wire.keys, &buf[..len]) else {
-                    wire.counters.bad_tag.inc();
-                    debug!(%from, "dropped a datagram with a bad tag");
-                    continue;
-                };
-                if let Err(why) = wire.guard.admit(header, now_ms()) {
-                    wire.counters.replayed.inc();
-                    if why == Replay::Stale {
-                        warn!(%from, skew_ms = header.sent_ms as i64 - now_ms() as i64,
-                            "dropped a gossip datagram sent too far from this node's clock \
-                             (a replay, or clocks out of step: check NTP)");
-                    } else {
-                        debug!(%from, "dropped a replayed gossip datagram");
-                    }
-                    continue;
-                }
+                let Some(payload) = wire.admit(&buf[..len], from) else { continue };
                 if foca.handle_data(payload, &mut runtime).is_err() {
                     wire.counters.rejected.inc();
                 }
@@ -777,6 +784,28 @@ struct Wire {
 }
 
 impl Wire {
+    /// The payload of a datagram sealed with one of the group's keys and
+    /// not seen before; anything else is counted and dropped.
+    fn admit<'d>(&mut self, datagram: &'d [u8], from: SocketAddr) -> Option<&'d [u8]> {
+        let Some((header, payload)) = open(&self.keys, datagram) else {
+            self.counters.bad_tag.inc();
+            debug!(%from, "dropped a datagram with a bad tag");
+            return None;
+        };
+        if let Err(why) = self.guard.admit(header, now_ms()) {
+            self.counters.replayed.inc();
+            if why == Replay::Stale {
+                warn!(%from, skew_ms = header.sent_ms as i64 - now_ms() as i64,
+                    "dropped a gossip datagram sent too far from this node's clock \
+                     (a replay, or clocks out of step: check NTP)");
+            } else {
+                debug!(%from, "dropped a replayed gossip datagram");
+            }
+            return None;
+        }
+        Some(payload)
+    }
+
     /// Sends what `foca` queued, schedules its timers, and publishes the
     /// member list when it changed.
     async fn flush(

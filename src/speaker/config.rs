@@ -160,11 +160,7 @@ pub struct StaticEndpoint {
 fn static_tls_routing(p: &StaticPort, target: u16) -> Result<FrontendRouting, String> {
     let mut routes = Vec::new();
     for (i, r) in p.tls_routes.iter().enumerate() {
-        if let Some(bad) = r
-            .hostnames
-            .iter()
-            .find(|h| !crate::gateway::hostname::valid(h))
-        {
+        if let Some(bad) = r.hostnames.iter().find(|h| !crate::api::hostname::valid(h)) {
             return Err(format!(
                 "port {}: tlsRoutes[{i}].hostnames: {bad:?} is not a hostname or a *. wildcard",
                 p.port
@@ -462,13 +458,15 @@ impl StaticConfig {
             let mut ports = Vec::new();
             let mut endpoint_ports = BTreeMap::new();
             for p in &s.ports {
-                let protocol = match p.protocol.as_deref() {
-                    None | Some("TCP") => Protocol::Tcp,
-                    Some("UDP") => Protocol::Udp,
-                    Some(other) => {
+                let protocol = match Protocol::of_port(p.protocol.as_deref()) {
+                    Ok(protocol @ (Protocol::Tcp | Protocol::Udp)) => protocol,
+                    _ => {
                         return Err(fail(
                             "ports",
-                            format!("protocol {other:?} is not one of \"TCP\", \"UDP\""),
+                            format!(
+                                "protocol {:?} is not one of \"TCP\", \"UDP\"",
+                                p.protocol.as_deref().unwrap_or_default()
+                            ),
                         ));
                     }
                 };

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,11 +29,13 @@ use tracing::{info, warn};
 use crate::forwarder::plan::Protocol;
 use crate::membership::{self, Membership};
 use executor::Executor;
+use handoff::Handoff;
 use transition::{Cause, Effect, Faults, World};
 use view::Announcement;
 
 pub mod config;
 pub mod executor;
+mod handoff;
 pub mod metrics;
 pub mod report;
 pub mod sources;
@@ -109,269 +110,284 @@ pub async fn run(
     shutdown: CancellationToken,
     handover: Option<crate::handover::Handover>,
 ) -> std::io::Result<()> {
-    let Speaker {
-        node,
-        listen,
-        mut gossip,
-        timing,
-        forwarding,
-    } = speaker;
-    let (offer_at, mut taken) = match handover {
-        Some(h) => (Some(h.path), h.taken),
-        None => (None, None),
+    let Some(mut running) =
+        Running::start(speaker, sources, http, report, &shutdown, handover).await?
+    else {
+        return Ok(());
     };
-    let Sources {
-        mut desired,
-        cluster,
-    } = sources;
-    let socket = match taken.as_mut().and_then(|t| t.gossip.take()) {
-        Some(fd) => {
-            let socket = std::net::UdpSocket::from(fd);
-            socket.set_nonblocking(true)?;
-            UdpSocket::from_std(socket)?
-        }
-        None => UdpSocket::bind(listen).await?,
-    };
-    if let Some(t) = &taken {
-        // The same member to the group: its peers see no change.
-        gossip.generation = Some(t.generation);
-    }
-    // Kept to pass on to a successor.
-    let gossip_fd = socket.as_fd().try_clone_to_owned()?;
-    let http_fd = http
-        .as_ref()
-        .map(|l| l.as_fd().try_clone_to_owned())
-        .transpose()?;
-    let http_stop = shutdown.child_token();
-    let mut has_seeds = !gossip.seeds.is_empty();
-    let discover_seeds = !has_seeds && cluster;
-    // Refused before waiting for the cluster view, not minutes later.
-    membership::check_keys(&gossip.keys)?;
-    let metrics = Arc::new(metrics::Metrics::default());
-    let reserved = reserved_ports(&forwarding, listen, http.as_ref());
-    if let Some(listener) = http {
-        tokio::spawn(crate::http::serve(
-            listener,
-            metrics.clone(),
-            http_stop.clone(),
-        ));
-    }
-    let mut links = crate::netlink::watch_links(shutdown.clone())
-        .await
-        .map_err(std::io::Error::other)?;
-    if cluster {
-        // A speaker without a view could own addresses it knows nothing of:
-        // its peers would withdraw them and nobody would answer. So it joins
-        // the group only once its view is synced; until then the others don't
-        // count it and keep announcing (an API server that is down when a
-        // speaker restarts costs nothing).
-        info!(%node, "waiting for the cluster view before joining the gossip group");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            changed = desired.changed() => if changed.is_err() { return Ok(()) },
+    match running.serve(&shutdown).await {
+        Ending::HandOver => running.hand_over().await,
+        Ending::Stop => {
+            running.stop().await;
+            Ok(())
         }
     }
-    if let Some(t) = &taken {
-        // The predecessor stops gossiping only now, so the group hears from
-        // this node without a gap.
-        t.gossip_turn()?;
-    }
-    let membership = Membership::start(socket, gossip)?;
-    info!(%node, %listen, took_over = taken.is_some(), "speaker started");
-    metrics.register_membership(membership.counters());
-    let mut members = membership.members();
-    let mut health = membership.health();
-    // Without listed seeds, a cluster speaker finds its peers at the Nodes'
-    // InternalIPs, on its own gossip port.
-    let mut seeds_joined: BTreeSet<SocketAddr> = BTreeSet::new();
-    let mut join_new_seeds = |objects: &[K8sNode]| {
-        for addr in view::node_seeds(&node, objects, listen) {
-            if seeds_joined.insert(addr) {
-                info!(%addr, "joining a speaker discovered from its Node");
-                membership.join(addr);
-            }
-        }
-        !seeds_joined.is_empty()
-    };
-    if discover_seeds {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while desired.borrow().node_objects.is_empty() {
-            if tokio::time::timeout_at(deadline, desired.changed())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        has_seeds = join_new_seeds(&desired.borrow().node_objects);
-    }
-    settle(&mut members, has_seeds).await;
-    metrics.set_ready();
+}
 
-    let settings = transition::Settings {
-        node: node.clone(),
-        cluster,
-        timing,
-        reserved,
-    };
-    let mut state = transition::State::default();
-    let drain = forwarding.drain;
-    if let Ok((limit, _)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        && let Some(why) = crate::forwarder::descriptor_shortfall(&forwarding, limit)
-    {
-        warn!("{why}");
-    }
-    let bgp_identifier = bgp_identifier(&node, listen);
-    let mut executor = Executor::new(timing, forwarding, metrics.clone(), report, bgp_identifier);
-    if let Some(t) = taken.as_mut() {
-        executor.inherit(std::mem::take(&mut t.listeners));
-    }
-    let mut offer = match offer_at.as_deref().map(crate::handover::Offer::listen) {
-        Some(Ok(offer)) => Some(offer),
-        Some(Err(e)) => {
-            warn!(error = %e, "cannot offer this speaker's sockets to a successor; an upgrade will reset connections");
-            None
+/// A speaker that has joined its group.
+struct Running {
+    node: String,
+    listen: SocketAddr,
+    timing: Timing,
+    drain: Duration,
+    settings: transition::Settings,
+    state: transition::State,
+    executor: Executor,
+    membership: Membership,
+    metrics: Arc<metrics::Metrics>,
+    desired: watch::Receiver<Desired>,
+    members: watch::Receiver<BTreeSet<String>>,
+    health: watch::Receiver<membership::HealthMap>,
+    links: watch::Receiver<Vec<crate::netlink::Link>>,
+    /// Forwarding failures held against addresses.
+    faults: Faults,
+    /// Interfaces whose announcer could not start: index, why, retry time.
+    broken: BTreeMap<String, (u32, String, Instant)>,
+    /// Without listed seeds, a cluster speaker finds its peers at the Nodes'
+    /// InternalIPs, on its own gossip port: those joined so far.
+    discovered: Option<BTreeSet<SocketAddr>>,
+    /// What the predecessor passed, until this speaker is ready.
+    taken: Option<crate::handover::Takeover>,
+    handoff: Handoff,
+    /// Stops the metrics server, which a successor may have taken.
+    http_stop: CancellationToken,
+}
+
+/// How the speaker's loop ended.
+enum Ending {
+    Stop,
+    HandOver,
+}
+
+impl Running {
+    /// Opens or takes the sockets, waits for the cluster view, joins the
+    /// group and lets it settle. `None` when shut down meanwhile.
+    async fn start(
+        speaker: Speaker,
+        sources: Sources,
+        http: Option<tokio::net::TcpListener>,
+        report: Option<mpsc::UnboundedSender<Report>>,
+        shutdown: &CancellationToken,
+        handover: Option<crate::handover::Handover>,
+    ) -> std::io::Result<Option<Self>> {
+        let Speaker {
+            node,
+            listen,
+            mut gossip,
+            timing,
+            forwarding,
+        } = speaker;
+        let (offer_at, mut taken) = match handover {
+            Some(h) => (Some(h.path), h.taken),
+            None => (None, None),
+        };
+        let Sources {
+            mut desired,
+            cluster,
+        } = sources;
+        let socket = gossip_socket(taken.as_mut(), listen, &mut gossip).await?;
+        let handoff = Handoff::new(offer_at.as_deref(), &socket, http.as_ref())?;
+        let http_stop = shutdown.child_token();
+        let has_seeds = !gossip.seeds.is_empty();
+        let mut discovered = (!has_seeds && cluster).then(BTreeSet::new);
+        // Refused before waiting for the cluster view, not minutes later.
+        membership::check_keys(&gossip.keys)?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let reserved = reserved_ports(&forwarding, listen, http.as_ref());
+        if let Some(listener) = http {
+            tokio::spawn(crate::http::serve(
+                listener,
+                metrics.clone(),
+                http_stop.clone(),
+            ));
         }
-        None => None,
-    };
-    let mut successor: Option<crate::handover::Successor> = None;
-    let mut handing_over = false;
-    let mut faults = Faults::default();
-    let mut broken: BTreeMap<String, (u32, String, Instant)> = BTreeMap::new();
-    let reannounce = (!timing.reannounce.is_zero()).then_some(timing.reannounce);
-    let mut next_reannounce = tokio::time::Instant::now() + timing.reannounce;
-    let mut cause = Cause::Start;
-    loop {
-        let now = Instant::now();
-        broken.retain(|_, (.., until)| now < *until);
+        let links = crate::netlink::watch_links(shutdown.clone())
+            .await
+            .map_err(std::io::Error::other)?;
+        if cluster && !view_synced(&node, &mut desired, shutdown).await {
+            return Ok(None);
+        }
+        if let Some(t) = &taken {
+            // The predecessor stops gossiping only now, so the group hears
+            // from this node without a gap.
+            t.gossip_turn()?;
+        }
+        let membership = Membership::start(socket, gossip)?;
+        info!(%node, %listen, took_over = taken.is_some(), "speaker started");
+        metrics.register_membership(membership.counters());
+        let joined_discovered = match &mut discovered {
+            Some(joined) => {
+                discover_seeds(&membership, &node, listen, &mut desired, joined).await;
+                !joined.is_empty()
+            }
+            None => false,
+        };
+        let mut members = membership.members();
+        settle(&mut members, has_seeds || joined_discovered).await;
+        metrics.set_ready();
+
+        let drain = forwarding.drain;
+        let mut executor = executor(&node, listen, timing, forwarding, &metrics, report);
+        if let Some(t) = taken.as_mut() {
+            executor.inherit(std::mem::take(&mut t.listeners));
+        }
+        let settings = transition::Settings {
+            node: node.clone(),
+            cluster,
+            timing,
+            reserved,
+        };
+        Ok(Some(Self {
+            health: membership.health(),
+            node,
+            listen,
+            timing,
+            drain,
+            settings,
+            state: transition::State::default(),
+            executor,
+            membership,
+            metrics,
+            desired,
+            members,
+            links,
+            faults: Faults::default(),
+            broken: BTreeMap::new(),
+            discovered,
+            taken,
+            handoff,
+            http_stop,
+        }))
+    }
+
+    /// The loop: one atomic view of the sources, the transition, its effects,
+    /// and what failed fed into the next view; until shutdown, a source ends,
+    /// or a successor takes over.
+    async fn serve(&mut self, shutdown: &CancellationToken) -> Ending {
+        let reannounce = (!self.timing.reannounce.is_zero()).then_some(self.timing.reannounce);
+        let mut next_reannounce = tokio::time::Instant::now() + self.timing.reannounce;
+        let mut cause = Cause::Start;
+        loop {
+            let now = Instant::now();
+            let world = self.world(now);
+            if matches!(cause, Cause::Start | Cause::Membership) {
+                info!(members = ?world.members, "membership");
+            }
+            let effects = transition::step(&self.settings, &mut self.state, &world, cause);
+            self.metrics.observe(
+                self.state.owned.len(),
+                self.state.unservable.len(),
+                world.members.len(),
+            );
+            if effects.iter().any(|e| matches!(e, Effect::Burst { .. })) {
+                next_reannounce = tokio::time::Instant::now() + self.timing.reannounce;
+            }
+            let outcome = self.executor.run(effects, Some(&self.membership)).await;
+            if let Some(t) = self.taken.take() {
+                // Listening on everything the predecessor did that is still
+                // wanted: it may stop accepting.
+                self.executor.forget_inherited();
+                t.ready();
+                info!("took over the sockets of the previous speaker on this node");
+            }
+            let mut again = false;
+            for (ip, problems) in outcome.failed {
+                again |= self.faults.fail(ip, problems, now);
+            }
+            for ip in &outcome.forwarded {
+                self.faults.succeed(ip);
+            }
+            for (name, (index, why)) in outcome.broken {
+                self.broken.insert(name, (index, why, now + BROKEN_RETRY));
+                again = true;
+            }
+            if again {
+                cause = Cause::View;
+                continue;
+            }
+            let wake = [
+                outcome.wake,
+                self.faults.next_end(now),
+                self.broken.values().map(|(.., until)| *until).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(tokio::time::Instant::from_std);
+            cause = tokio::select! {
+                // A successor holds this speaker's sockets: stopping now would
+                // withdraw its addresses under it. The kubelet's SIGTERM (the
+                // new pod looked ready) waits for the successor's next word.
+                _ = shutdown.cancelled(), if !self.handoff.passed() => return Ending::Stop,
+                changed = self.members.changed() => {
+                    if changed.is_err() {
+                        warn!("membership ended");
+                        return Ending::Stop;
+                    }
+                    Cause::Membership
+                }
+                changed = self.health.changed() => if changed.is_err() { return Ending::Stop } else { Cause::View },
+                changed = self.links.changed() => if changed.is_err() { return Ending::Stop } else { Cause::View },
+                changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        return Ending::Stop;
+                    }
+                    if let Some(joined) = &mut self.discovered {
+                        join_seeds(&self.membership, &self.node, self.listen,
+                                   &self.desired.borrow().node_objects, joined);
+                    }
+                    Cause::View
+                }
+                _ = tokio::time::sleep_until(next_reannounce), if reannounce.is_some() => Cause::Reannounce,
+                _ = sleep_until_some(wake) => Cause::View,
+                step = self.handoff.next(&self.executor, &self.membership) => match step {
+                    handoff::Step::Continue => Cause::View,
+                    handoff::Step::HandOver => return Ending::HandOver,
+                },
+            };
+        }
+    }
+
+    /// The sources as they are at `now`, with what failed lately.
+    fn world(&mut self, now: Instant) -> World {
+        self.broken.retain(|_, (.., until)| now < *until);
         let Desired {
             announcements,
             forwards,
             node_objects,
             bgp_peers,
-        } = desired.borrow_and_update().clone();
-        let world = World {
-            members: members.borrow_and_update().clone(),
-            health: health.borrow_and_update().clone(),
+        } = self.desired.borrow_and_update().clone();
+        World {
+            members: self.members.borrow_and_update().clone(),
+            health: self.health.borrow_and_update().clone(),
             desired: announcements,
             node_objects,
             bgp_peers,
-            links: links.borrow_and_update().clone(),
+            links: self.links.borrow_and_update().clone(),
             forwards,
-            faults: faults.active(now),
-            broken: broken
+            faults: self.faults.active(now),
+            broken: self
+                .broken
                 .iter()
                 .map(|(name, (index, why, _))| (name.clone(), (*index, why.clone())))
                 .collect(),
             now,
-        };
-        if matches!(cause, Cause::Start | Cause::Membership) {
-            info!(members = ?world.members, "membership");
         }
-        let effects = transition::step(&settings, &mut state, &world, cause);
-        metrics.observe(
-            state.owned.len(),
-            state.unservable.len(),
-            world.members.len(),
-        );
-        if effects.iter().any(|e| matches!(e, Effect::Burst { .. })) {
-            next_reannounce = tokio::time::Instant::now() + timing.reannounce;
-        }
-        let outcome = executor.run(effects, Some(&membership)).await;
-        if let Some(t) = taken.take() {
-            // Listening on everything the predecessor did that is still
-            // wanted: it may stop accepting.
-            executor.forget_inherited();
-            t.ready();
-            info!("took over the sockets of the previous speaker on this node");
-        }
-        let mut again = false;
-        for (ip, problems) in outcome.failed {
-            again |= faults.fail(ip, problems, now);
-        }
-        for ip in &outcome.forwarded {
-            faults.succeed(ip);
-        }
-        for (name, (index, why)) in outcome.broken {
-            broken.insert(name, (index, why, now + BROKEN_RETRY));
-            again = true;
-        }
-        if again {
-            cause = Cause::View;
-            continue;
-        }
-        let wake = [
-            outcome.wake,
-            faults.next_end(now),
-            broken.values().map(|(.., until)| *until).min(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(tokio::time::Instant::from_std);
-        cause = tokio::select! {
-            // A successor holds this speaker's sockets: stopping now would
-            // withdraw its addresses under it. The kubelet's SIGTERM (the
-            // new pod looked ready) waits for the successor's next word.
-            _ = shutdown.cancelled(), if successor.is_none() => break,
-            changed = members.changed() => {
-                if changed.is_err() {
-                    warn!("membership ended");
-                    break;
-                }
-                Cause::Membership
-            }
-            changed = health.changed() => if changed.is_err() { break } else { Cause::View },
-            changed = links.changed() => if changed.is_err() { break } else { Cause::View },
-            changed = desired.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                if discover_seeds {
-                    join_new_seeds(&desired.borrow().node_objects);
-                }
-                Cause::View
-            }
-            _ = tokio::time::sleep_until(next_reannounce), if reannounce.is_some() => Cause::Reannounce,
-            _ = sleep_until_some(wake) => Cause::View,
-            Some(mut next) = next_successor(&mut offer), if successor.is_none() => {
-                let mut sockets = vec![(crate::handover::Kind::Gossip, gossip_fd.as_fd())];
-                if let Some(fd) = &http_fd {
-                    sockets.push((crate::handover::Kind::Metrics, fd.as_fd()));
-                }
-                sockets.extend(executor.listener_sockets().into_iter().map(
-                    |((address, protocol), fd)| {
-                        (crate::handover::Kind::Listener { address, protocol }, fd)
-                    },
-                ));
-                match next.give(membership.generation(), &sockets) {
-                    Ok(()) => {
-                        info!(sockets = sockets.len(), "a new speaker on this node took this one's sockets");
-                        successor = Some(next);
-                    }
-                    Err(e) => warn!(error = %e, "cannot hand the sockets over to a new speaker"),
-                }
-                Cause::View
-            }
-            said = said(&mut successor) => match said {
-                crate::handover::Said::Gossip => {
-                    handing_over = true;
-                    break;
-                }
-                _ => {
-                    warn!("the new speaker went away before it took over; this one carries on");
-                    successor = None;
-                    Cause::View
-                }
-            },
-        };
     }
-    if let (true, Some(mut next)) = (handing_over, successor) {
-        // The successor is this member now: no leave, no withdrawal.
+
+    /// The end of an upgrade: the successor is this member now, so no leave
+    /// and no withdrawal; open connections drain, then the speaker exits.
+    async fn hand_over(self) -> std::io::Result<()> {
+        let Self {
+            membership,
+            handoff,
+            http_stop,
+            mut executor,
+            drain,
+            ..
+        } = self;
         membership.abort();
-        next.gossip_stopped();
-        let ready = next.said().await == crate::handover::Said::Ready;
+        let ready = handoff.finish().await;
         if !ready {
             warn!(
                 "the new speaker went away before it was ready; its connections drain, then this one exits to be restarted"
@@ -382,44 +398,138 @@ pub async fn run(
         info!("handed over to the new speaker; open connections drain");
         executor.drained(drain).await;
         info!("speaker stopped after handing over; addresses stay with its successor");
-        return if ready {
+        if ready {
             Ok(())
         } else {
             Err(std::io::Error::other(
                 "the new speaker went away during the hand-over",
             ))
-        };
+        }
     }
-    // Leave first, so the others take the addresses over at once, then let
-    // the connections open finish while the addresses are still here.
-    membership.leave().await;
-    let (cleanup, withdraw): (Vec<Effect>, Vec<Effect>) = transition::stop(&mut state)
-        .into_iter()
-        .partition(|e| matches!(e, Effect::Forward { .. }));
-    executor.run(withdraw, None).await;
-    executor.stop_accepting();
-    executor.drained(drain).await;
-    executor.run(cleanup, None).await;
-    executor.stop().await;
-    info!("speaker stopped: left the group, addresses withdrawn, connections drained");
-    Ok(())
+
+    /// The end of a speaker: leave first, so the others take the addresses
+    /// over at once, then let the connections open finish while the addresses
+    /// are still here, then remove what the speaker added to the node.
+    async fn stop(self) {
+        let Self {
+            membership,
+            mut state,
+            mut executor,
+            drain,
+            ..
+        } = self;
+        membership.leave().await;
+        let (cleanup, withdraw): (Vec<Effect>, Vec<Effect>) = transition::stop(&mut state)
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Forward { .. }));
+        executor.run(withdraw, None).await;
+        executor.stop_accepting();
+        executor.drained(drain).await;
+        executor.run(cleanup, None).await;
+        executor.stop().await;
+        info!("speaker stopped: left the group, addresses withdrawn, connections drained");
+    }
 }
 
-/// The next successor to connect, or never without an offer.
-async fn next_successor(
-    offer: &mut Option<crate::handover::Offer>,
-) -> Option<crate::handover::Successor> {
-    match offer {
-        Some(offer) => offer.successor().await,
-        None => std::future::pending().await,
+/// Waits for the cluster view; false when shut down first. A speaker without
+/// a view could own addresses it knows nothing of: its peers would withdraw
+/// them and nobody would answer. So it joins the group only once its view is
+/// synced; until then the others don't count it and keep announcing (an API
+/// server that is down when a speaker restarts costs nothing).
+async fn view_synced(
+    node: &str,
+    desired: &mut watch::Receiver<Desired>,
+    shutdown: &CancellationToken,
+) -> bool {
+    info!(%node, "waiting for the cluster view before joining the gossip group");
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        changed = desired.changed() => changed.is_ok(),
     }
 }
 
-/// What the successor says next, or never without one.
-async fn said(successor: &mut Option<crate::handover::Successor>) -> crate::handover::Said {
-    match successor {
-        Some(s) => s.said().await,
-        None => std::future::pending().await,
+/// The executor, warned about a descriptor limit the forwarder's settings
+/// could exceed.
+fn executor(
+    node: &str,
+    listen: SocketAddr,
+    timing: Timing,
+    forwarding: crate::forwarder::Settings,
+    metrics: &Arc<metrics::Metrics>,
+    report: Option<mpsc::UnboundedSender<Report>>,
+) -> Executor {
+    if let Ok((limit, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        && let Some(why) = crate::forwarder::descriptor_shortfall(&forwarding, limit)
+    {
+        warn!("{why}");
+    }
+    let bgp_identifier = bgp_identifier(node, listen);
+    Executor::new(timing, forwarding, metrics.clone(), report, bgp_identifier)
+}
+
+/// The gossip socket: the predecessor's when it passed one (then this
+/// speaker is the same member to the group: its peers see no change), else
+/// one bound to `listen`.
+async fn gossip_socket(
+    taken: Option<&mut crate::handover::Takeover>,
+    listen: SocketAddr,
+    gossip: &mut membership::Config,
+) -> std::io::Result<UdpSocket> {
+    let Some(taken) = taken else {
+        return UdpSocket::bind(listen).await;
+    };
+    gossip.generation = Some(taken.generation);
+    match taken.gossip.take() {
+        Some(fd) => {
+            let socket = std::net::UdpSocket::from(fd);
+            socket.set_nonblocking(true)?;
+            UdpSocket::from_std(socket)
+        }
+        None => UdpSocket::bind(listen).await,
+    }
+}
+
+/// Without listed seeds: waits up to 3 s for the Node objects, then joins
+/// the speakers on them.
+async fn discover_seeds(
+    membership: &Membership,
+    node: &str,
+    listen: SocketAddr,
+    desired: &mut watch::Receiver<Desired>,
+    joined: &mut BTreeSet<SocketAddr>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while desired.borrow().node_objects.is_empty() {
+        if tokio::time::timeout_at(deadline, desired.changed())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    join_seeds(
+        membership,
+        node,
+        listen,
+        &desired.borrow().node_objects,
+        joined,
+    );
+}
+
+/// Joins the speakers of the Nodes in `objects` not joined yet.
+fn join_seeds(
+    membership: &Membership,
+    node: &str,
+    listen: SocketAddr,
+    objects: &[K8sNode],
+    joined: &mut BTreeSet<SocketAddr>,
+) {
+    for addr in view::node_seeds(node, objects, listen) {
+        if joined.insert(addr) {
+            info!(%addr, "joining a speaker discovered from its Node");
+            membership.join(addr);
+        }
     }
 }
 

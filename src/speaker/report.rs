@@ -137,35 +137,35 @@ impl ClusterReporter {
 
     /// Writes one report; false when a write must be tried again.
     async fn report(&self, report: &Report) -> bool {
-        use crate::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL};
-        use crate::api::{ServiceL2Status, ServiceL2StatusSpec};
-        use kube::api::{DeleteParams, Patch, PatchParams};
-        use kube::runtime::events::{Event, EventType};
-
-        let (address, services, interfaces) = match report {
+        match report {
             Report::BgpSession {
                 peer,
                 peer_address,
                 status,
-            } => return self.session(peer, *peer_address, status.as_ref()).await,
+            } => self.session(peer, *peer_address, status.as_ref()).await,
             Report::BgpAdvertising {
                 address,
                 services,
                 peers,
-            } => return self.advertising(*address, services, Some(peers)).await,
+            } => self.advertising(*address, services, Some(peers)).await,
             Report::BgpWithdrawn { address, services } => {
-                return self.advertising(*address, services, None).await;
+                self.advertising(*address, services, None).await
             }
-            Report::BgpProblem(p) => return self.bgp_problem(p).await,
+            Report::BgpProblem(p) => self.bgp_problem(p).await,
             Report::Announcing {
                 address,
                 services,
                 interfaces,
-            } => (address, services, Some(interfaces)),
-            Report::Withdrawn { address, services } => (address, services, None),
+            } => {
+                self.announcement(*address, services, Some(interfaces))
+                    .await
+            }
+            Report::Withdrawn { address, services } => {
+                self.announcement(*address, services, None).await
+            }
             Report::NotForwarded { service, message } => {
                 let note = format!("node {}: {message}", self.node);
-                return self.warn(service, "NotForwarded", "Forward", note).await;
+                self.warn(service, "NotForwarded", "Forward", note).await
             }
             Report::GaveUp {
                 address,
@@ -182,9 +182,24 @@ impl ClusterReporter {
                         .warn(service, "AddressGivenUp", "Announce", note.clone())
                         .await;
                 }
-                return landed;
+                landed
             }
-        };
+        }
+    }
+
+    /// This node's ServiceL2Status for each of `services`: written with the
+    /// `interfaces` announcing `address`, deleted without; and an event.
+    async fn announcement(
+        &self,
+        address: IpAddr,
+        services: &[ServiceKey],
+        interfaces: Option<&Vec<String>>,
+    ) -> bool {
+        use crate::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL};
+        use crate::api::{ServiceL2Status, ServiceL2StatusSpec};
+        use kube::api::{DeleteParams, Patch, PatchParams};
+        use kube::runtime::events::{Event, EventType};
+
         let mut landed = true;
         for svc in services {
             let api: kube::Api<ServiceL2Status> =

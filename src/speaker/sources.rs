@@ -234,12 +234,12 @@ impl Feeder {
                 changed
             });
             first = false;
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
+            if crate::k8s::next_pass(&self.wake, None, &self.shutdown)
+                .await
+                .is_none()
+            {
+                return;
             }
-            // Let a burst of events land before looking again.
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -282,10 +282,58 @@ fn interfaces(
 
 /// Runs one transition: from `state` and `world`, woken by `cause`, the
 /// effects to run; `state` becomes what the speaker will have after them.
+///
+/// A pipeline of phases, each deciding one concern from what the ones before
+/// it decided: who may own addresses, what this node cannot serve, the layer
+/// 2 election and its announcements, the BGP routes, the listeners, then the
+/// reports and gratuitous bursts that tell the world.
 pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause) -> Vec<Effect> {
     let me = settings.node.as_str();
     let mut effects = Vec::new();
     let objects: Vec<&K8sNode> = world.node_objects.iter().collect();
+    let members = counted_members(settings, state, world, &objects);
+    // What the others say they cannot serve; this node's own entry is filled
+    // in by the election, once known (eligibility does not depend on it).
+    let unhindered = view::nodes(&members, &objects, &world.health);
+    let usable = servability(me, &unhindered, state, world, &mut effects);
+    let (nodes, wanted) = elect(me, unhindered, state, world, &usable, &mut effects);
+    let gained = announce(state, wanted, &mut effects);
+    let bgp = nodes
+        .iter()
+        .find(|n| n.name == me)
+        .map(|node| bgp_wanted(node, world))
+        .unwrap_or_default();
+    // Routers stop sending before the listeners close, and start only once
+    // they are open: routes that go away are withdrawn first, new ones come
+    // after the forwarding.
+    let bgp_changed = bgp != state.bgp;
+    if bgp_changed {
+        withdraw_routes(state, &bgp, &mut effects);
+    }
+    if cause != Cause::Reannounce || bgp_changed {
+        forward(settings, state, world, &bgp.addresses(), &mut effects);
+    }
+    if bgp_changed {
+        effects.push(Effect::Bgp(bgp.clone()));
+        state.bgp = bgp;
+    }
+    report_bgp(state, world, &mut effects);
+    report_l2(state, world, &gained, &mut effects);
+    burst(settings, state, cause, gained, &mut effects);
+    effects
+}
+
+/// The members of the group that may own addresses. With a cluster, only
+/// members named like a Node object count: a speaker that knows the gossip
+/// secret but runs on no node of the cluster (a test box, a stolen secret)
+/// never owns an address. Says once when this node is such a speaker.
+fn counted_members(
+    settings: &Settings,
+    state: &mut State,
+    world: &World,
+    objects: &[&K8sNode],
+) -> BTreeSet<String> {
+    let me = settings.node.as_str();
     let unknown =
         settings.cluster && !objects.is_empty() && !objects.iter().any(|n| n.name_any() == me);
     if unknown && !state.warned_unknown {
@@ -293,21 +341,26 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
                check --node / NODE_NAME (the DaemonSet sets it from spec.nodeName)");
     }
     state.warned_unknown = unknown;
-    // With a cluster, only members named like a Node object count: a speaker
-    // that knows the gossip secret but runs on no node of the cluster (a test
-    // box, a stolen secret) never owns an address.
-    let members: BTreeSet<String> = world
+    world
         .members
         .iter()
         .filter(|m| !settings.cluster || objects.iter().any(|n| n.name_any() == **m))
         .cloned()
-        .collect();
-    // What the others say they cannot serve; this node's own entry is filled
-    // in below, once known (eligibility does not depend on it).
-    let mut unhindered = view::nodes(&members, &objects, &world.health);
-    let me_node = unhindered.iter().find(|n| n.name == me);
+        .collect()
+}
 
-    // What this node cannot serve, among the addresses it may announce.
+/// What this node cannot serve among the layer 2 addresses it may announce,
+/// and the interfaces that can announce the rest; tells the group when what
+/// it cannot serve changes, holding recovered addresses for
+/// [`RECOVERY_GRACE`].
+fn servability(
+    me: &str,
+    nodes: &[election::Node],
+    state: &mut State,
+    world: &World,
+    effects: &mut Vec<Effect>,
+) -> BTreeMap<IpAddr, Vec<Iface>> {
+    let me_node = nodes.iter().find(|n| n.name == me);
     let mut usable: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
     let mut unservable: BTreeMap<IpAddr, String> = BTreeMap::new();
     for a in world.desired.iter().filter(|a| a.l2) {
@@ -347,11 +400,24 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     state.unservable = unservable;
     let own = state.told();
     if own != before {
-        effects.push(Effect::Publish(own.clone()));
+        effects.push(Effect::Publish(own));
     }
+    usable
+}
 
-    // The election, with this node's own health as it is now: its peers
-    // learn it within a gossip round, as they learn of a node joining.
+/// The layer 2 election, with this node's own health as it is now (its
+/// peers learn it within a gossip round, as they learn of a node joining):
+/// the nodes as elected, and the addresses this node is to own with the
+/// interfaces that announce them. Reports each address given up to another
+/// node because of a problem here, once.
+fn elect(
+    me: &str,
+    mut unhindered: Vec<election::Node>,
+    state: &mut State,
+    world: &World,
+    usable: &BTreeMap<IpAddr, Vec<Iface>>,
+    effects: &mut Vec<Effect>,
+) -> (Vec<election::Node>, BTreeMap<IpAddr, Vec<Iface>>) {
     // `unhindered` keeps this node healthy: whom it would own without its
     // problem, to say what it gave up.
     for n in unhindered.iter_mut().filter(|n| n.name == me) {
@@ -359,7 +425,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     }
     let mut nodes = unhindered.clone();
     for n in nodes.iter_mut().filter(|n| n.name == me) {
-        n.cannot_serve = Unservable::Addresses(own.clone());
+        n.cannot_serve = Unservable::Addresses(state.told());
     }
     let mut wanted: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
     let mut gave_up: BTreeSet<IpAddr> = BTreeSet::new();
@@ -387,8 +453,17 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
         }
     }
     state.gave_up = gave_up;
+    (nodes, wanted)
+}
 
-    // Withdrawals first: nothing this node stops serving waits for anything.
+/// Moves `state.owned` to what the election `wanted`: withdrawals first, so
+/// nothing this node stops serving waits for anything, then announcements.
+/// Returns the addresses gained on some interface.
+fn announce(
+    state: &mut State,
+    wanted: BTreeMap<IpAddr, Vec<Iface>>,
+    effects: &mut Vec<Effect>,
+) -> Vec<IpAddr> {
     for (ip, ifaces) in &state.owned {
         let keep = wanted.get(ip);
         for i in ifaces {
@@ -418,139 +493,147 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
         }
     }
     state.owned = wanted;
+    gained
+}
 
-    // BGP: no election; every eligible node advertises (routers spread the
-    // traffic over them), except an address this node failed to forward.
-    let me_now = nodes.iter().find(|n| n.name == me);
-    let mut bgp = Bgp::default();
-    if let Some(node) = me_now {
-        bgp.peers = world
+/// The BGP sessions and routes of `node`. No election: every eligible node
+/// advertises (routers spread the traffic over them), except an address this
+/// node failed to forward.
+fn bgp_wanted(node: &election::Node, world: &World) -> Bgp {
+    let mut bgp = Bgp {
+        peers: world
             .bgp_peers
             .iter()
             .filter(|p| election::eligibility(node, &p.constraints).is_ok())
             .map(|p| p.spec.clone())
-            .collect();
-        for a in &world.desired {
-            if world.faults.contains_key(&a.address) {
+            .collect(),
+        routes: Vec::new(),
+    };
+    for a in &world.desired {
+        if world.faults.contains_key(&a.address) {
+            continue;
+        }
+        for ad in &a.bgp {
+            let constraints = crate::election::Constraints {
+                node_selectors: ad.node_selectors.clone(),
+                ..a.constraints.clone()
+            };
+            if election::eligibility(node, &constraints).is_err() {
                 continue;
             }
-            for ad in &a.bgp {
-                let constraints = crate::election::Constraints {
-                    node_selectors: ad.node_selectors.clone(),
-                    ..a.constraints.clone()
-                };
-                if election::eligibility(node, &constraints).is_err() {
-                    continue;
-                }
-                let Ok(prefix) = ipnetwork::IpNetwork::new(a.address, ad.prefix_length)
-                    .and_then(|n| ipnetwork::IpNetwork::new(n.network(), ad.prefix_length))
-                else {
-                    continue;
-                };
-                bgp.routes.push(Route {
-                    address: a.address,
-                    prefix,
-                    peers: ad.peers.clone(),
-                    attributes: ad.attributes.clone(),
-                });
-            }
-        }
-        bgp.routes.sort();
-        bgp.routes.dedup();
-    }
-    // Routers stop sending before the listeners close, and start only once
-    // they are open: routes that go away are withdrawn first, new ones come
-    // after the forwarding below.
-    let bgp_changed = bgp != state.bgp;
-    if bgp_changed {
-        let kept = Bgp {
-            peers: bgp.peers.clone(),
-            routes: state
-                .bgp
-                .routes
-                .iter()
-                .filter(|r| bgp.routes.contains(r))
-                .cloned()
-                .collect(),
-        };
-        if kept != state.bgp {
-            effects.push(Effect::Bgp(kept));
-        }
-    }
-
-    // Forwarding: the listeners of owned addresses; what keeps a Service from
-    // being forwarded as asked is reported once.
-    if cause != Cause::Reannounce || bgp_changed {
-        let keys: BTreeSet<IpAddr> = state.owned.keys().copied().chain(bgp.addresses()).collect();
-        let mut plan = crate::forwarder::plan::plan(me, &keys, &world.forwards.frontends);
-        let (listeners, refused): (Vec<Listener>, Vec<Listener>) =
-            plan.listeners.into_iter().partition(|l| {
-                !settings
-                    .reserved
-                    .contains_key(&(l.protocol, l.address.port()))
+            let Ok(prefix) = ipnetwork::IpNetwork::new(a.address, ad.prefix_length)
+                .and_then(|n| ipnetwork::IpNetwork::new(n.network(), ad.prefix_length))
+            else {
+                continue;
+            };
+            bgp.routes.push(Route {
+                address: a.address,
+                prefix,
+                peers: ad.peers.clone(),
+                attributes: ad.attributes.clone(),
             });
-        plan.listeners = listeners;
-        let mut problems: BTreeSet<(ServiceKey, String)> = world
-            .forwards
-            .invalid
+        }
+    }
+    bgp.routes.sort();
+    bgp.routes.dedup();
+    bgp
+}
+
+/// Before the listeners change: the sessions as `bgp` wants them, carrying
+/// only the routes that stay.
+fn withdraw_routes(state: &State, bgp: &Bgp, effects: &mut Vec<Effect>) {
+    let kept = Bgp {
+        peers: bgp.peers.clone(),
+        routes: state
+            .bgp
+            .routes
             .iter()
-            .filter(|e| e.addresses.iter().any(|a| keys.contains(a)))
-            .map(|e| (e.service.clone(), e.message.clone()))
-            .collect();
-        for c in &plan.conflicts {
-            problems.insert((
-                c.refused.clone(),
-                format!(
-                    "{} {} is already forwarded for Service {}",
-                    c.protocol, c.address, c.kept
-                ),
-            ));
-        }
-        for l in &refused {
-            let port = l.address.port();
-            problems.insert((
-                l.service.clone(),
-                format!(
-                    "{} port {port} is the node's own ({}): it is never forwarded on a \
-                     Service address; choose another port",
-                    l.protocol,
-                    settings.reserved[&(l.protocol, port)]
-                ),
-            ));
-        }
-        for (ip, faults) in &world.faults {
-            if keys.contains(ip) || state.unservable.contains_key(ip) {
-                problems.extend(faults.iter().cloned());
-            }
-        }
-        for (service, message) in &problems {
-            if !state
-                .reported_problems
-                .contains(&(service.clone(), message.clone()))
-            {
-                effects.push(Effect::Report(Report::NotForwarded {
-                    service: service.clone(),
-                    message: message.clone(),
-                }));
-            }
-        }
-        state.reported_problems = problems;
-        let addresses: BTreeSet<IpAddr> = plan.listeners.iter().map(|l| l.address.ip()).collect();
-        let interfaces = addresses
-            .iter()
-            .flat_map(|ip| state.owned.get(ip).into_iter().flatten())
-            .map(|i| i.name.clone())
-            .collect();
-        effects.push(Effect::Forward {
-            listeners: plan.listeners,
-            interfaces,
+            .filter(|r| bgp.routes.contains(r))
+            .cloned()
+            .collect(),
+    };
+    if kept != state.bgp {
+        effects.push(Effect::Bgp(kept));
+    }
+}
+
+/// The listeners of the addresses this node owns or advertises (`routed`);
+/// what keeps a Service from being forwarded as asked is reported once.
+fn forward(
+    settings: &Settings,
+    state: &mut State,
+    world: &World,
+    routed: &BTreeSet<IpAddr>,
+    effects: &mut Vec<Effect>,
+) {
+    let keys: BTreeSet<IpAddr> = state.owned.keys().chain(routed).copied().collect();
+    let mut plan = crate::forwarder::plan::plan(&settings.node, &keys, &world.forwards.frontends);
+    let (listeners, refused): (Vec<Listener>, Vec<Listener>) =
+        plan.listeners.into_iter().partition(|l| {
+            !settings
+                .reserved
+                .contains_key(&(l.protocol, l.address.port()))
         });
+    plan.listeners = listeners;
+    let mut problems: BTreeSet<(ServiceKey, String)> = world
+        .forwards
+        .invalid
+        .iter()
+        .filter(|e| e.addresses.iter().any(|a| keys.contains(a)))
+        .map(|e| (e.service.clone(), e.message.clone()))
+        .collect();
+    for c in &plan.conflicts {
+        problems.insert((
+            c.refused.clone(),
+            format!(
+                "{} {} is already forwarded for Service {}",
+                c.protocol, c.address, c.kept
+            ),
+        ));
     }
-    if bgp_changed {
-        effects.push(Effect::Bgp(bgp.clone()));
-        state.bgp = bgp;
+    for l in &refused {
+        let port = l.address.port();
+        problems.insert((
+            l.service.clone(),
+            format!(
+                "{} port {port} is the node's own ({}): it is never forwarded on a \
+                 Service address; choose another port",
+                l.protocol,
+                settings.reserved[&(l.protocol, port)]
+            ),
+        ));
     }
-    // Reports of what this node advertises over BGP.
+    for (ip, faults) in &world.faults {
+        if keys.contains(ip) || state.unservable.contains_key(ip) {
+            problems.extend(faults.iter().cloned());
+        }
+    }
+    for (service, message) in &problems {
+        if !state
+            .reported_problems
+            .contains(&(service.clone(), message.clone()))
+        {
+            effects.push(Effect::Report(Report::NotForwarded {
+                service: service.clone(),
+                message: message.clone(),
+            }));
+        }
+    }
+    state.reported_problems = problems;
+    let addresses: BTreeSet<IpAddr> = plan.listeners.iter().map(|l| l.address.ip()).collect();
+    let interfaces = addresses
+        .iter()
+        .flat_map(|ip| state.owned.get(ip).into_iter().flatten())
+        .map(|i| i.name.clone())
+        .collect();
+    effects.push(Effect::Forward {
+        listeners: plan.listeners,
+        interfaces,
+    });
+}
+
+/// Reports what this node advertises over BGP, and what it no longer does.
+fn report_bgp(state: &mut State, world: &World, effects: &mut Vec<Effect>) {
     let mut by_address: BTreeMap<IpAddr, Vec<&Route>> = BTreeMap::new();
     for r in &state.bgp.routes {
         by_address.entry(r.address).or_default().push(r);
@@ -591,8 +674,10 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
         }
     }
     state.bgp_reported = advertised;
+}
 
-    // Reports of what this node announces.
+/// Reports what this node announces, and what it no longer does.
+fn report_l2(state: &mut State, world: &World, gained: &[IpAddr], effects: &mut Vec<Effect>) {
     for (ip, services) in std::mem::take(&mut state.reported) {
         if state.owned.contains_key(&ip) {
             state.reported.insert(ip, services);
@@ -616,23 +701,32 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
             state.reported.insert(a.address, a.services.clone());
         }
     }
+}
 
-    let burst: Vec<IpAddr> = match cause {
+/// Gratuitous packets: for every owned address when the node starts, the
+/// group changes or it is time to re-announce; else for those just gained.
+fn burst(
+    settings: &Settings,
+    state: &State,
+    cause: Cause,
+    gained: Vec<IpAddr>,
+    effects: &mut Vec<Effect>,
+) {
+    let addresses: Vec<IpAddr> = match cause {
         Cause::Start | Cause::Membership | Cause::Reannounce => {
             state.owned.keys().copied().collect()
         }
         Cause::View => gained,
     };
-    if !burst.is_empty() {
+    if !addresses.is_empty() {
         effects.push(Effect::Burst {
-            addresses: burst,
+            addresses,
             count: match cause {
                 Cause::Reannounce => 1,
                 _ => settings.timing.announce_count,
             },
         });
     }
-    effects
 }
 
 /// The effects that end the speaker: every address withdrawn, the listeners

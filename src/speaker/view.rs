@@ -8,18 +8,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Node as K8sNode, Service};
+use k8s_openapi::api::core::v1::{Node as K8sNode, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use crate::api::{IPAddressPool, L2Advertisement};
-use crate::controller::translate;
 use crate::election::{Constraints, Node};
 use crate::forwarder::plan::{
     Endpoint, Frontend, FrontendPort, FrontendRoute, FrontendRouting, FrontendShare, Policy,
     Protocol,
 };
 use crate::ipam::{Allocator, LabelSelector, ServiceKey};
+use crate::k8s::translate;
 
 /// One address to announce, and the rules for who may.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -500,9 +500,7 @@ pub struct FrontendError {
 /// that ignores the PROXY protocol or the source ranges the user asked for
 /// would be worse than none).
 pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) {
-    use crate::api::annotations::{
-        FORWARDING, Forwarding, PROXY_PROTOCOL, ProxyVersion, SOURCE_RANGES,
-    };
+    use crate::api::annotations::{FORWARDING, Forwarding, PROXY_PROTOCOL, ProxyVersion};
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut programs = gateway_programs(view);
@@ -537,55 +535,25 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
                 continue;
             }
         };
-        // The field, or else the older annotation, as kube-proxy reads them;
-        // a Gateway's infrastructure annotations can set only the latter.
-        let (ranges, where_): (Vec<&str>, String) =
-            match spec.load_balancer_source_ranges.as_deref() {
-                Some(r) if !r.is_empty() => (
-                    r.iter().map(String::as_str).collect(),
-                    "spec.loadBalancerSourceRanges".into(),
-                ),
-                _ => (
-                    annotations
-                        .get(SOURCE_RANGES)
-                        .map(|v| v.split(',').filter(|r| !r.trim().is_empty()).collect())
-                        .unwrap_or_default(),
-                    format!("annotation {SOURCE_RANGES}"),
-                ),
-            };
-        let mut source_ranges = Vec::new();
-        let mut bad_range = None;
-        for r in ranges {
-            match r.trim().parse::<ipnetwork::IpNetwork>() {
-                Ok(n) => source_ranges.push(n),
-                Err(e) => bad_range = Some(format!("{where_}: {r:?}: {e}")),
+        let source_ranges = match source_ranges(spec, annotations) {
+            Ok(ranges) => ranges,
+            Err(m) => {
+                errors.push(fail(m));
+                continue;
             }
-        }
-        if let Some(m) = bad_range {
-            errors.push(fail(m));
-            continue;
-        }
-        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            let seconds = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .unwrap_or(10_800);
-            std::time::Duration::from_secs(u64::try_from(seconds.max(1)).unwrap_or(1))
-        });
+        };
         let mut routing = programs
             .remove(&key)
             .map(|program| gateway_routing(program, view));
         let mut ports = Vec::new();
         for p in spec.ports.iter().flatten() {
-            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
-                other => {
+            let protocol = match Protocol::of_port(p.protocol.as_deref()) {
+                Ok(protocol @ (Protocol::Tcp | Protocol::Udp)) => protocol,
+                _ => {
                     errors.push(fail(format!(
-                        "spec.ports[{}]: protocol {other} is not forwarded (TCP and UDP are)",
-                        p.name.as_deref().unwrap_or(&p.port.to_string())
+                        "spec.ports[{}]: protocol {} is not forwarded (TCP and UDP are)",
+                        p.name.as_deref().unwrap_or(&p.port.to_string()),
+                        p.protocol.as_deref().unwrap_or_default()
                     )));
                     continue;
                 }
@@ -611,7 +579,7 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
             ports,
             policy: Policy {
                 local: spec.external_traffic_policy.as_deref() == Some("Local"),
-                affinity,
+                affinity: affinity(spec),
                 proxy,
                 source_ranges,
             },
@@ -639,6 +607,54 @@ fn gateway_programs(
     snapshot::programs(attach::decide(&snap), &view.gateways, &view.services)
 }
 
+/// The source ranges a Service admits: the field, or else the older
+/// annotation, as kube-proxy reads them (a Gateway's infrastructure
+/// annotations can set only the latter). The error names the bad one.
+fn source_ranges(
+    spec: &ServiceSpec,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<ipnetwork::IpNetwork>, String> {
+    use crate::api::annotations::SOURCE_RANGES;
+    let (ranges, where_): (Vec<&str>, String) = match spec.load_balancer_source_ranges.as_deref() {
+        Some(r) if !r.is_empty() => (
+            r.iter().map(String::as_str).collect(),
+            "spec.loadBalancerSourceRanges".into(),
+        ),
+        _ => (
+            annotations
+                .get(SOURCE_RANGES)
+                .map(|v| v.split(',').filter(|r| !r.trim().is_empty()).collect())
+                .unwrap_or_default(),
+            format!("annotation {SOURCE_RANGES}"),
+        ),
+    };
+    let mut source_ranges = Vec::new();
+    let mut bad_range = None;
+    for r in ranges {
+        match r.trim().parse::<ipnetwork::IpNetwork>() {
+            Ok(n) => source_ranges.push(n),
+            Err(e) => bad_range = Some(format!("{where_}: {r:?}: {e}")),
+        }
+    }
+    match bad_range {
+        Some(m) => Err(m),
+        None => Ok(source_ranges),
+    }
+}
+
+/// `sessionAffinity: ClientIP`'s timeout (Kubernetes' default: 3 hours).
+fn affinity(spec: &ServiceSpec) -> Option<std::time::Duration> {
+    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        let seconds = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .unwrap_or(10_800);
+        std::time::Duration::from_secs(u64::try_from(seconds.max(1)).unwrap_or(1))
+    })
+}
+
 /// A Gateway's routes by port and transport, with each backend resolved to
 /// its endpoints.
 fn gateway_routing(
@@ -649,9 +665,9 @@ fn gateway_routing(
     let mut out = BTreeMap::new();
     for p in program.ports {
         let (protocol, sni) = match p.protocol {
-            attach::Protocol::Tcp => (Protocol::Tcp, false),
-            attach::Protocol::Tls => (Protocol::Tcp, true),
-            attach::Protocol::Udp => (Protocol::Udp, false),
+            attach::ListenerProtocol::Tcp => (Protocol::Tcp, false),
+            attach::ListenerProtocol::Tls => (Protocol::Tcp, true),
+            attach::ListenerProtocol::Udp => (Protocol::Udp, false),
         };
         let routes = p
             .routes
@@ -690,7 +706,7 @@ fn backend_share(
         .and_then(|ports| {
             ports.iter().find(|p| {
                 i32::from(b.port) == p.port
-                    && p.protocol.as_deref().unwrap_or("TCP") == protocol.to_string()
+                    && Protocol::of_port(p.protocol.as_deref()) == Ok(protocol)
             })
         })
         .map(|p| p.name.clone().unwrap_or_default());
@@ -704,8 +720,7 @@ fn backend_share(
     }
 }
 
-/// The endpoints of Service `key` from its EndpointSlices. An unset `ready` is
-/// ready and an unset `serving` is as `ready`, as the EndpointSlice API says.
+/// The endpoints of Service `key` from its EndpointSlices.
 fn endpoints_of(key: &ServiceKey, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for slice in slices_of(key, slices) {
@@ -714,19 +729,13 @@ fn endpoints_of(key: &ServiceKey, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
             .iter()
             .flatten()
             .filter_map(|p| {
-                let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-                    "TCP" => Protocol::Tcp,
-                    "UDP" => Protocol::Udp,
-                    _ => return None,
-                };
+                let protocol = Protocol::of_port(p.protocol.as_deref()).ok()?;
                 let port = u16::try_from(p.port?).ok()?;
                 Some(((p.name.clone().unwrap_or_default(), protocol), port))
             })
             .collect();
         for e in &slice.endpoints {
-            let conditions = e.conditions.as_ref();
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            let translate::Readiness { ready, serving } = translate::readiness(e);
             for a in &e.addresses {
                 let Ok(address) = a.parse::<IpAddr>() else {
                     continue;
@@ -772,51 +781,23 @@ pub fn node_seeds(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{IPAddressPoolSpec, L2AdvertisementSpec};
+    use crate::api::L2AdvertisementSpec;
     use crate::election;
-    use k8s_openapi::api::core::v1::{
-        LoadBalancerIngress, LoadBalancerStatus, NodeCondition, NodeStatus, ServiceSpec,
-        ServiceStatus,
-    };
+    use crate::testkit::{self, Svc};
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as K8sSelector;
     use kube::api::ObjectMeta;
 
     fn svc(name: &str, ip: &str, local: bool) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                namespace: Some("default".into()),
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                external_traffic_policy: Some(if local { "Local" } else { "Cluster" }.into()),
-                ..Default::default()
-            }),
-            status: Some(ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus {
-                    ingress: Some(vec![LoadBalancerIngress {
-                        ip: Some(ip.into()),
-                        ..Default::default()
-                    }]),
-                }),
-                ..Default::default()
-            }),
-        }
+        Svc::new("default", name)
+            .traffic_policy(if local { "Local" } else { "Cluster" })
+            .ingress(ip)
+            .build()
     }
 
     fn pool(name: &str, cidr: &str) -> IPAddressPool {
-        IPAddressPool::new(
-            name,
-            IPAddressPoolSpec {
-                addresses: vec![cidr.into()],
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                service_allocation: None,
-                cross_namespace_sharing: None,
-            },
-        )
+        testkit::pool(name, &[cidr])
     }
 
     fn ad(name: &str, spec: L2AdvertisementSpec) -> L2Advertisement {

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)] // not every test binary starts a server
 pub use apiserver::ApiServer;
 use ironlb::api::{IPAddressPool, IPAddressPoolSpec, ServiceAllocation};
-use ironlb::controller::{self, metrics::Metrics};
+use ironlb::control_plane;
+use ironlb::controller::metrics::Metrics;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -285,7 +286,7 @@ pub async fn wait_for_event(client: &Client, namespace: &str, name: &str, reason
 /// A controller running in this process against a test server.
 pub struct Controller {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), controller::Error>>,
+    task: tokio::task::JoinHandle<Result<(), control_plane::Error>>,
     /// Its metrics and readiness.
     pub metrics: Arc<Metrics>,
 }
@@ -295,9 +296,10 @@ impl Controller {
     pub fn start(client: &Client) -> Self {
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
-        let task = tokio::spawn(controller::run(
+        let task = tokio::spawn(control_plane::run(
             client.clone(),
-            controller::Config::default(),
+            control_plane::Config::default(),
+            None,
             metrics.clone(),
             stop.clone(),
         ));

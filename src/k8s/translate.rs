@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as K8sSelector, Time};
 use kube::ResourceExt;
 
@@ -62,6 +62,27 @@ pub fn seconds(time: Option<&Time>) -> i64 {
     time.map_or(0, |t| t.0.as_second())
 }
 
+/// Whether an EndpointSlice endpoint is ready and serving, as the
+/// EndpointSlice API reads them: an unset `ready` is ready, an unset
+/// `serving` is as `ready`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// Takes new connections.
+    pub ready: bool,
+    /// Can serve (a terminating endpoint may still be serving).
+    pub serving: bool,
+}
+
+/// An endpoint's [`Readiness`].
+pub fn readiness(endpoint: &k8s_openapi::api::discovery::v1::Endpoint) -> Readiness {
+    let conditions = endpoint.conditions.as_ref();
+    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+    Readiness {
+        ready,
+        serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+    }
+}
+
 /// What a Service asks the allocator for, and how its traffic is forwarded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -71,16 +92,18 @@ pub struct Request {
     pub forwarding: Forwarding,
 }
 
+/// A field, and what is wrong with its value.
+type Problem = (String, String);
+
 /// Reads everything the allocator needs from a Service. `namespace_labels` are
 /// the labels of its Namespace.
 pub fn request(svc: &Service, namespace_labels: &Labels) -> Result<Request, FieldError> {
     let key = service_key(svc);
-    let fail = |field: String, problem: String| FieldError {
+    let fail = |(field, problem): Problem| FieldError {
         service: key.clone(),
         field,
         problem,
     };
-    let annotation_field = |name: &str| format!("metadata.annotations[{name}]");
     let spec = svc.spec.clone().unwrap_or_default();
     let annotations = svc.annotations();
 
@@ -88,40 +111,91 @@ pub fn request(svc: &Service, namespace_labels: &Labels) -> Result<Request, Fiel
         .created_at(seconds(svc.metadata.creation_timestamp.as_ref()));
     out.labels = svc.labels().clone();
     out.namespace_labels = namespace_labels.clone();
-
-    if let Some(families) = &spec.ip_families {
-        out.families = families
-            .iter()
-            .enumerate()
-            .map(|(i, f)| match f.as_str() {
-                "IPv4" => Ok(Family::V4),
-                "IPv6" => Ok(Family::V6),
-                other => Err(fail(
-                    format!("spec.ipFamilies[{i}]"),
-                    format!("{other:?} is not IPv4 or IPv6"),
-                )),
-            })
-            .collect::<Result<_, _>>()?;
-        if out.families.is_empty() {
-            out.families = vec![Family::V4];
-        }
+    if let Some(families) = families(&spec).map_err(fail)? {
+        out.families = families;
     }
-    out.family_policy = match spec.ip_family_policy.as_deref() {
-        None | Some("SingleStack") => FamilyPolicy::SingleStack,
-        Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
-        Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
-        Some(other) => {
-            return Err(fail(
-                "spec.ipFamilyPolicy".into(),
-                format!("{other:?} is not SingleStack, PreferDualStack or RequireDualStack"),
-            ));
+    out.family_policy = family_policy(&spec).map_err(fail)?;
+    out.addresses = addresses(annotations, &spec).map_err(fail)?;
+    if let Some((name, pool)) = annotations::lookup(annotations, &ADDRESS_POOL_KEYS) {
+        let pool = pool.trim();
+        if pool.is_empty() {
+            return Err(fail((
+                annotation_field(name),
+                "is empty; name an IPAddressPool".into(),
+            )));
         }
+        out.pool = Some(pool.to_string());
+    }
+    if let Some((_, key)) = annotations::lookup(annotations, &ALLOW_SHARED_IP_KEYS) {
+        out.sharing_key = Some(key.trim().to_string()).filter(|k| !k.is_empty());
+    }
+    out.ports = ports(&spec).map_err(fail)?;
+    out.backend = match spec.external_traffic_policy.as_deref() {
+        Some("Local") => ipam::Backend::Local {
+            selector: spec.selector.clone().unwrap_or_default(),
+        },
+        _ => ipam::Backend::Cluster,
     };
+    let forwarding = match annotations.get(annotations::FORWARDING) {
+        Some(value) => Forwarding::parse(value)
+            .map_err(|p| fail((annotation_field(annotations::FORWARDING), p)))?,
+        None => Forwarding::default(),
+    };
+    Ok(Request {
+        service: out,
+        forwarding,
+    })
+}
 
+fn annotation_field(name: &str) -> String {
+    format!("metadata.annotations[{name}]")
+}
+
+/// `spec.ipFamilies`, when set (an empty list is IPv4).
+fn families(spec: &ServiceSpec) -> Result<Option<Vec<Family>>, Problem> {
+    let Some(families) = &spec.ip_families else {
+        return Ok(None);
+    };
+    let mut out = families
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match f.as_str() {
+            "IPv4" => Ok(Family::V4),
+            "IPv6" => Ok(Family::V6),
+            other => Err((
+                format!("spec.ipFamilies[{i}]"),
+                format!("{other:?} is not IPv4 or IPv6"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if out.is_empty() {
+        out = vec![Family::V4];
+    }
+    Ok(Some(out))
+}
+
+fn family_policy(spec: &ServiceSpec) -> Result<FamilyPolicy, Problem> {
+    match spec.ip_family_policy.as_deref() {
+        None | Some("SingleStack") => Ok(FamilyPolicy::SingleStack),
+        Some("PreferDualStack") => Ok(FamilyPolicy::PreferDualStack),
+        Some("RequireDualStack") => Ok(FamilyPolicy::RequireDualStack),
+        Some(other) => Err((
+            "spec.ipFamilyPolicy".into(),
+            format!("{other:?} is not SingleStack, PreferDualStack or RequireDualStack"),
+        )),
+    }
+}
+
+/// The addresses asked for, by annotation or `spec.loadBalancerIP` (both
+/// only when they agree).
+fn addresses(
+    annotations: &BTreeMap<String, String>,
+    spec: &ServiceSpec,
+) -> Result<Vec<IpAddr>, Problem> {
     let from_annotation = annotations::lookup(annotations, &LOAD_BALANCER_IPS_KEYS)
         .map(|(name, value)| {
             parse_addresses(value)
-                .map_err(|p| fail(annotation_field(name), p))
+                .map_err(|p| (annotation_field(name), p))
                 .map(|a| (name, a))
         })
         .transpose()?;
@@ -131,81 +205,47 @@ pub fn request(svc: &Service, namespace_labels: &Labels) -> Result<Request, Fiel
         .filter(|v| !v.trim().is_empty())
         .map(|v| {
             v.trim().parse::<IpAddr>().map_err(|_| {
-                fail(
-                    "spec.loadBalancerIP".into(),
+                (
+                    "spec.loadBalancerIP".to_string(),
                     format!("{v:?} is not an IP address"),
                 )
             })
         })
         .transpose()?;
-    out.addresses = match (from_annotation, from_spec) {
-        (Some((name, addrs)), Some(ip)) if addrs != [ip] => {
-            return Err(fail(
-                annotation_field(name),
-                format!(
-                    "asks for {} but spec.loadBalancerIP asks for {ip}; set only one of them",
-                    join(&addrs, ",")
-                ),
-            ));
-        }
-        (Some((_, addrs)), _) => addrs,
-        (None, Some(ip)) => vec![ip],
-        (None, None) => Vec::new(),
-    };
-
-    if let Some((name, pool)) = annotations::lookup(annotations, &ADDRESS_POOL_KEYS) {
-        let pool = pool.trim();
-        if pool.is_empty() {
-            return Err(fail(
-                annotation_field(name),
-                "is empty; name an IPAddressPool".into(),
-            ));
-        }
-        out.pool = Some(pool.to_string());
+    match (from_annotation, from_spec) {
+        (Some((name, addrs)), Some(ip)) if addrs != [ip] => Err((
+            annotation_field(name),
+            format!(
+                "asks for {} but spec.loadBalancerIP asks for {ip}; set only one of them",
+                join(&addrs, ",")
+            ),
+        )),
+        (Some((_, addrs)), _) => Ok(addrs),
+        (None, Some(ip)) => Ok(vec![ip]),
+        (None, None) => Ok(Vec::new()),
     }
-    if let Some((_, key)) = annotations::lookup(annotations, &ALLOW_SHARED_IP_KEYS) {
-        out.sharing_key = Some(key.trim().to_string()).filter(|k| !k.is_empty());
-    }
+}
 
-    for (i, port) in spec.ports.iter().flatten().enumerate() {
-        let protocol = match port.protocol.as_deref() {
-            None | Some("TCP") => Protocol::Tcp,
-            Some("UDP") => Protocol::Udp,
-            Some("SCTP") => Protocol::Sctp,
-            Some(other) => {
-                return Err(fail(
-                    format!("spec.ports[{i}].protocol"),
-                    format!("{other:?} is not TCP, UDP or SCTP"),
-                ));
-            }
-        };
-        let number = u16::try_from(port.port).map_err(|_| {
-            fail(
-                format!("spec.ports[{i}].port"),
-                format!("{} is not a port number", port.port),
-            )
-        })?;
-        out.ports.push(Port {
-            protocol,
-            port: number,
-        });
-    }
-    out.backend = match spec.external_traffic_policy.as_deref() {
-        Some("Local") => ipam::Backend::Local {
-            selector: spec.selector.clone().unwrap_or_default(),
-        },
-        _ => ipam::Backend::Cluster,
-    };
-
-    let forwarding = match annotations.get(annotations::FORWARDING) {
-        Some(value) => Forwarding::parse(value)
-            .map_err(|p| fail(annotation_field(annotations::FORWARDING), p))?,
-        None => Forwarding::default(),
-    };
-    Ok(Request {
-        service: out,
-        forwarding,
-    })
+fn ports(spec: &ServiceSpec) -> Result<Vec<Port>, Problem> {
+    spec.ports
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, port)| {
+            let protocol = Protocol::of_port(port.protocol.as_deref())
+                .map_err(|e| (format!("spec.ports[{i}].protocol"), e))?;
+            let number = u16::try_from(port.port).map_err(|_| {
+                (
+                    format!("spec.ports[{i}].port"),
+                    format!("{} is not a port number", port.port),
+                )
+            })?;
+            Ok(Port {
+                protocol,
+                port: number,
+            })
+        })
+        .collect()
 }
 
 fn parse_addresses(value: &str) -> Result<Vec<IpAddr>, String> {
