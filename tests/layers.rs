@@ -158,7 +158,7 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 /// What is wrong with the imports of the tree at `src`, one line each.
 fn violations(src: &Path) -> Vec<String> {
     let mut problems = Vec::new();
-    // module → file (inside the module) → sibling files it imports
+    // folder → file of it → the sibling files it imports
     let mut siblings: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
     for file in rust_files(src) {
         let relative = file.strip_prefix(src).expect("under src");
@@ -192,22 +192,26 @@ fn violations(src: &Path) -> Vec<String> {
                 None => {}
             }
         }
-        // A file one level inside a module: `super::x` and `crate::module::x`
-        // name its siblings.
-        if parts.len() == 2 && parts[1] != "mod" {
+        // A file inside a module: `super::x` and `crate::module::…::x` name
+        // its siblings, the other files of its folder.
+        let (name, folder) = parts.split_last().expect("a path");
+        if !folder.is_empty() && name != "mod" {
             let mut named = paths_after(&code, "super::");
-            named.extend(paths_after(&code, &format!("crate::{module}::")));
-            named.remove(&parts[1]);
+            named.extend(paths_after(
+                &code,
+                &format!("crate::{}::", folder.join("::")),
+            ));
+            named.remove(name);
             siblings
-                .entry(module)
+                .entry(folder.join("/"))
                 .or_default()
-                .insert(parts[1].clone(), named);
+                .insert(name.clone(), named);
         }
     }
-    for (module, graph) in &siblings {
+    for (folder, graph) in &siblings {
         if let Some(cycle) = find_cycle(graph) {
             problems.push(format!(
-                "src/{module}/: its files import one another in a circle: {}",
+                "src/{folder}/: its files import one another in a circle: {}",
                 cycle.join(" → ")
             ));
         }
