@@ -854,7 +854,7 @@ mod tests {
         vec![link("eth0", 2)]
     }
 
-    fn announcement(address: &str, interfaces: &[&str]) -> Announcement {
+    pub(super) fn announcement(address: &str, interfaces: &[&str]) -> Announcement {
         Announcement {
             address: ip(address),
             pool: "p".into(),
@@ -866,7 +866,7 @@ mod tests {
         }
     }
 
-    fn settings(node: &str) -> Settings {
+    pub(super) fn settings(node: &str) -> Settings {
         Settings {
             node: node.into(),
             cluster: false,
@@ -879,7 +879,7 @@ mod tests {
         }
     }
 
-    fn world(
+    pub(super) fn world(
         members: &[&str],
         desired: Vec<Announcement>,
         links: Vec<Link>,
@@ -1387,6 +1387,138 @@ mod tests {
     }
 }
 
+/// Each phase of the pipeline on its own, as tables.
+#[cfg(test)]
+mod phase_tests {
+    use super::tests::{announcement, settings, world};
+    use super::*;
+    use crate::speaker::view::BgpAdvertisement;
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> election::Node {
+        election::Node {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            alive: true,
+            network_unavailable: false,
+            cannot_serve: Unservable::default(),
+        }
+    }
+
+    /// Who bursts what: every owned address when the node starts, the group
+    /// changes or it is time to re-announce (once), else what was gained.
+    #[test]
+    fn bursts_by_cause() {
+        let mut state = State::default();
+        for ip in ["10.0.0.1", "10.0.0.2"] {
+            state.owned.insert(ip.parse().unwrap(), Vec::new());
+        }
+        let gained: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap()];
+        let all: Vec<IpAddr> = state.owned.keys().copied().collect();
+        for (cause, gained, want) in [
+            (Cause::Start, vec![], Some((all.clone(), 3))),
+            (Cause::Membership, vec![], Some((all.clone(), 3))),
+            (Cause::Reannounce, vec![], Some((all.clone(), 1))),
+            (Cause::View, gained.clone(), Some((gained.clone(), 3))),
+            (Cause::View, vec![], None),
+        ] {
+            let mut effects = Vec::new();
+            burst(&settings("n1"), &state, cause, gained, &mut effects);
+            let got = effects.into_iter().find_map(|e| match e {
+                Effect::Burst { addresses, count } => Some((addresses, count)),
+                _ => None,
+            });
+            assert_eq!(got, want, "{cause:?}");
+        }
+    }
+
+    /// The routes a node advertises: the address or its aggregate, only
+    /// where an advertisement's selectors take the node, never for an
+    /// address it failed to forward.
+    #[test]
+    fn bgp_routes_by_advertisement_and_fault() {
+        let advertised = |prefix_length: u8, selector: Option<(&str, &str)>| BgpAdvertisement {
+            node_selectors: selector
+                .map(|pair| crate::ipam::LabelSelector::labels([pair]))
+                .into_iter()
+                .collect(),
+            peers: Vec::new(),
+            prefix_length,
+            attributes: Default::default(),
+        };
+        let rack_a = node("n1", &[("rack", "a")]);
+        for (ad, faulty, want) in [
+            (advertised(32, None), false, vec!["10.0.0.7/32"]),
+            (advertised(24, None), false, vec!["10.0.0.0/24"]),
+            (
+                advertised(32, Some(("rack", "a"))),
+                false,
+                vec!["10.0.0.7/32"],
+            ),
+            (advertised(32, Some(("rack", "b"))), false, vec![]),
+            (advertised(32, None), true, vec![]),
+        ] {
+            let mut w = world(
+                &["n1"],
+                vec![Announcement {
+                    bgp: vec![ad.clone()],
+                    ..announcement("10.0.0.7", &[])
+                }],
+                Vec::new(),
+                Instant::now(),
+            );
+            if faulty {
+                w.faults.insert(
+                    "10.0.0.7".parse().unwrap(),
+                    vec![(ServiceKey::new("d", "w"), "x".into())],
+                );
+            }
+            let got: Vec<String> = bgp_wanted(&rack_a, &w)
+                .routes
+                .iter()
+                .map(|r| r.prefix.to_string())
+                .collect();
+            assert_eq!(got, want, "{ad:?}, faulty {faulty}");
+        }
+    }
+
+    /// With a cluster, a member counts only if a Node has its name; without
+    /// one (a static file), every member counts.
+    #[test]
+    fn members_that_count() {
+        let objects: Vec<K8sNode> = ["n1", "n2"]
+            .iter()
+            .map(|n| K8sNode {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(n.to_string()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .collect();
+        let refs: Vec<&K8sNode> = objects.iter().collect();
+        let w = world(
+            &["n1", "n2", "stranger"],
+            Vec::new(),
+            Vec::new(),
+            Instant::now(),
+        );
+        for (cluster, want) in [
+            (true, vec!["n1", "n2"]),
+            (false, vec!["n1", "n2", "stranger"]),
+        ] {
+            let s = Settings {
+                cluster,
+                ..settings("n1")
+            };
+            let got = counted_members(&s, &mut State::default(), &w, &refs);
+            assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), want);
+        }
+    }
+}
+
 #[cfg(test)]
 mod reserved_tests {
     use super::*;
@@ -1415,36 +1547,15 @@ mod reserved_tests {
 
     #[test]
     fn a_port_the_node_keeps_is_never_forwarded_and_the_service_is_told_whose_it_is() {
-        let address: IpAddr = "10.0.0.100".parse().unwrap();
         let settings = Settings {
-            node: "n1".into(),
-            cluster: false,
-            timing: Timing {
-                announce_count: 1,
-                announce_interval: Duration::from_millis(100),
-                reannounce: Duration::ZERO,
-            },
             reserved: [
                 ((Protocol::Tcp, 10250), "the kubelet's".to_string()),
                 ((Protocol::Udp, 7947), "ironlb's gossip".to_string()),
             ]
             .into(),
+            ..tests::settings("n1")
         };
         let world = World {
-            members: ["n1".to_string()].into(),
-            health: HealthMap::new(),
-            desired: vec![Announcement {
-                address,
-                pool: "p".into(),
-                services: vec![],
-                interfaces: vec!["eth0".into()],
-                constraints: Default::default(),
-                l2: true,
-                bgp: Vec::new(),
-            }],
-            node_objects: Vec::new(),
-            bgp_peers: Vec::new(),
-            links: vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")],
             forwards: Forwards {
                 frontends: vec![
                     frontend("web", 80, Protocol::Tcp),
@@ -1455,9 +1566,12 @@ mod reserved_tests {
                 ],
                 invalid: Vec::new(),
             },
-            faults: BTreeMap::new(),
-            broken: BTreeMap::new(),
-            now: Instant::now(),
+            ..tests::world(
+                &["n1"],
+                vec![tests::announcement("10.0.0.100", &["eth0"])],
+                vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")],
+                Instant::now(),
+            )
         };
         let effects = step(&settings, &mut State::default(), &world, Cause::Start);
         let forwarded: Vec<(Protocol, u16)> = effects
@@ -1496,6 +1610,7 @@ mod reserved_tests {
 
 #[cfg(test)]
 mod bgp_tests {
+    use super::tests::settings;
     use super::*;
     use crate::bgp::peer::PeerSpec;
     use crate::speaker::view::{BgpAdvertisement, WantedPeer};
@@ -1511,48 +1626,27 @@ mod bgp_tests {
         }
     }
 
-    fn settings(node: &str) -> Settings {
-        Settings {
-            node: node.into(),
-            cluster: false,
-            timing: Timing {
-                announce_count: 1,
-                announce_interval: Duration::from_millis(100),
-                reannounce: Duration::from_secs(30),
-            },
-            reserved: BTreeMap::new(),
-        }
-    }
-
     fn both(address: &str) -> Announcement {
         Announcement {
-            address: address.parse().expect("ip"),
-            pool: "p".into(),
-            services: vec![ServiceKey::new("default", "web")],
-            interfaces: vec!["eth0".into()],
-            constraints: Default::default(),
-            l2: true,
             bgp: vec![BgpAdvertisement {
                 node_selectors: Vec::new(),
                 peers: Vec::new(),
                 prefix_length: 32,
                 attributes: Default::default(),
             }],
+            ..tests::announcement(address, &["eth0"])
         }
     }
 
     fn world(members: &[&str], desired: Vec<Announcement>) -> World {
         World {
-            members: members.iter().map(|s| s.to_string()).collect(),
-            health: HealthMap::new(),
-            desired,
-            node_objects: Vec::new(),
             bgp_peers: vec![peer("tor")],
-            links: vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")],
-            forwards: Forwards::default(),
-            faults: BTreeMap::new(),
-            broken: BTreeMap::new(),
-            now: Instant::now(),
+            ..tests::world(
+                members,
+                desired,
+                vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")],
+                Instant::now(),
+            )
         }
     }
 
