@@ -441,57 +441,71 @@ fn mirrored(
                 else {
                     continue;
                 };
-                let endpoints: Vec<Endpoint> = source
-                    .endpoints
-                    .iter()
-                    .filter(|e| translate::readiness(e).ready)
-                    .map(|e| Endpoint {
-                        addresses: e.addresses.clone(),
-                        conditions: Some(EndpointConditions {
-                            ready: Some(true),
-                            ..Default::default()
-                        }),
-                        node_name: e.node_name.clone(),
-                        zone: e.zone.clone(),
-                        ..Default::default()
-                    })
-                    .collect();
-                if endpoints.is_empty() {
-                    continue;
-                }
                 let name = format!(
                     "{service}-{}-{i}-{}",
                     port_name(p.port, p.protocol),
                     source.name_any()
                 );
                 let name: String = name.chars().take(253).collect();
-                let slice = EndpointSlice {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(namespace.into()),
-                        labels: Some(
-                            [
-                                (SERVICE_NAME_LABEL.to_string(), service.to_string()),
-                                (SLICE_MANAGER_LABEL.to_string(), SLICE_MANAGER.to_string()),
-                            ]
-                            .into(),
-                        ),
-                        ..Default::default()
-                    },
-                    address_type: source.address_type.clone(),
-                    ports: Some(vec![EndpointPort {
-                        name: Some(port_name(p.port, p.protocol)),
-                        port: Some(target),
-                        protocol: Some(p.protocol.transport().as_str().into()),
-                        ..Default::default()
-                    }]),
-                    endpoints,
+                let port = EndpointPort {
+                    name: Some(port_name(p.port, p.protocol)),
+                    port: Some(target),
+                    protocol: Some(p.protocol.transport().as_str().into()),
+                    ..Default::default()
                 };
-                wanted.insert(name, slice);
+                if let Some(slice) = mirror_of(source, namespace, service, &name, port) {
+                    wanted.insert(name, slice);
+                }
             }
         }
     }
     wanted
+}
+
+/// The mirror `name` in `namespace/service` of the ready endpoints of
+/// `source`, on `port`; none when no endpoint is ready.
+fn mirror_of(
+    source: &EndpointSlice,
+    namespace: &str,
+    service: &str,
+    name: &str,
+    port: EndpointPort,
+) -> Option<EndpointSlice> {
+    let endpoints: Vec<Endpoint> = source
+        .endpoints
+        .iter()
+        .filter(|e| translate::readiness(e).ready)
+        .map(|e| Endpoint {
+            addresses: e.addresses.clone(),
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..Default::default()
+            }),
+            node_name: e.node_name.clone(),
+            zone: e.zone.clone(),
+            ..Default::default()
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return None;
+    }
+    Some(EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [
+                    (SERVICE_NAME_LABEL.to_string(), service.to_string()),
+                    (SLICE_MANAGER_LABEL.to_string(), SLICE_MANAGER.to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: source.address_type.clone(),
+        ports: Some(vec![port]),
+        endpoints,
+    })
 }
 
 fn is_mirror(s: &EndpointSlice) -> bool {
