@@ -275,8 +275,8 @@ impl Running {
             }
             let effects = transition::step(&self.settings, &mut self.state, &world, cause);
             self.metrics.observe(
-                self.state.owned.len(),
-                self.state.unservable.len(),
+                self.state.l2.owned.len(),
+                self.state.serving.unservable.len(),
                 world.members.len(),
             );
             if effects.iter().any(|e| matches!(e, Effect::Burst { .. })) {

@@ -98,29 +98,51 @@ pub struct Iface {
     pub index: u32,
 }
 
-/// What the speaker remembers between transitions.
+/// What the speaker remembers between transitions, by concern: each phase
+/// of [`step`] keeps its own part.
 #[derive(Clone, Debug, Default)]
 pub struct State {
+    /// Layer 2: the addresses this node announces, and what it said of them.
+    pub l2: L2State,
+    /// What this node cannot serve.
+    pub serving: Servability,
+    /// BGP: what this node advertises, and what it said of it.
+    pub bgp: BgpState,
+    /// Forwarding problems of owned Services, as last reported.
+    reported_problems: BTreeSet<(ServiceKey, String)>,
+    /// The speaker's node name matched no Node object last time.
+    warned_unknown: bool,
+}
+
+/// The layer 2 part of [`State`].
+#[derive(Clone, Debug, Default)]
+pub struct L2State {
     /// Address → the interfaces announcing it.
     pub owned: BTreeMap<IpAddr, Vec<Iface>>,
     /// Address → the Services on it, as last reported.
     reported: BTreeMap<IpAddr, Vec<ServiceKey>>,
-    /// Forwarding problems of owned Services, as last reported.
-    reported_problems: BTreeSet<(ServiceKey, String)>,
+    /// Addresses given up to another node, as last reported.
+    gave_up: BTreeSet<IpAddr>,
+}
+
+/// What this node cannot serve, as told to the group.
+#[derive(Clone, Debug, Default)]
+pub struct Servability {
     /// What this node cannot serve, and why.
     pub unservable: BTreeMap<IpAddr, String>,
     /// Addresses this node can serve again, and since when: still told to
     /// the group as unservable until [`RECOVERY_GRACE`] has passed.
     recovered: BTreeMap<IpAddr, Instant>,
-    /// Addresses given up to another node, as last reported.
-    gave_up: BTreeSet<IpAddr>,
-    /// The speaker's node name matched no Node object last time.
-    warned_unknown: bool,
-    /// What this node advertises over BGP, as last told to the executor.
-    pub bgp: Bgp,
-    /// Address → the Services and peers of its BGP advertisement, as last
+}
+
+/// The BGP part of [`State`].
+#[derive(Clone, Debug, Default)]
+pub struct BgpState {
+    /// What this node advertises, as last told to the executor.
+    pub advertised: Bgp,
+    /// Address → the Services and peers of its advertisement, as last
     /// reported.
-    bgp_reported: BTreeMap<IpAddr, (Vec<ServiceKey>, Vec<String>)>,
+    reported: BTreeMap<IpAddr, (Vec<ServiceKey>, Vec<String>)>,
 }
 
 /// This node's BGP sessions and the routes they carry.
@@ -177,7 +199,7 @@ impl Bgp {
 impl State {
     /// What this node tells the group it cannot serve.
     pub fn told(&self) -> BTreeSet<IpAddr> {
-        told(&self.unservable, &self.recovered)
+        told(&self.serving.unservable, &self.serving.recovered)
     }
 }
 
@@ -306,7 +328,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     // Routers stop sending before the listeners close, and start only once
     // they are open: routes that go away are withdrawn first, new ones come
     // after the forwarding.
-    let bgp_changed = bgp != state.bgp;
+    let bgp_changed = bgp != state.bgp.advertised;
     if bgp_changed {
         withdraw_routes(state, &bgp, &mut effects);
     }
@@ -315,7 +337,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     }
     if bgp_changed {
         effects.push(Effect::Bgp(bgp.clone()));
-        state.bgp = bgp;
+        state.bgp.advertised = bgp;
     }
     report_bgp(state, world, &mut effects);
     report_l2(state, world, &gained, &mut effects);
@@ -384,20 +406,21 @@ fn servability(
             }
         }
     }
-    let recovered_before = state.recovered.clone();
-    for ip in state.unservable.keys() {
+    let recovered_before = state.serving.recovered.clone();
+    for ip in state.serving.unservable.keys() {
         if !unservable.contains_key(ip) {
-            state.recovered.insert(*ip, world.now);
+            state.serving.recovered.insert(*ip, world.now);
         }
     }
     state
+        .serving
         .recovered
         .retain(|ip, since| !unservable.contains_key(ip) && world.now < *since + RECOVERY_GRACE);
-    if let Some(first) = state.recovered.values().min() {
+    if let Some(first) = state.serving.recovered.values().min() {
         effects.push(Effect::WakeAt(*first + RECOVERY_GRACE));
     }
-    let before = told(&state.unservable, &recovered_before);
-    state.unservable = unservable;
+    let before = told(&state.serving.unservable, &recovered_before);
+    state.serving.unservable = unservable;
     let own = state.told();
     if own != before {
         effects.push(Effect::Publish(own));
@@ -440,10 +463,10 @@ fn elect(
             );
         } else if election::owner(a.address, &unhindered, &a.constraints)
             .is_some_and(|o| o.name == me)
-            && let Some(reason) = state.unservable.get(&a.address)
+            && let Some(reason) = state.serving.unservable.get(&a.address)
         {
             gave_up.insert(a.address);
-            if !state.gave_up.contains(&a.address) {
+            if !state.l2.gave_up.contains(&a.address) {
                 effects.push(Effect::Report(Report::GaveUp {
                     address: a.address,
                     services: a.services.clone(),
@@ -452,11 +475,11 @@ fn elect(
             }
         }
     }
-    state.gave_up = gave_up;
+    state.l2.gave_up = gave_up;
     (nodes, wanted)
 }
 
-/// Moves `state.owned` to what the election `wanted`: withdrawals first, so
+/// Moves `state.l2.owned` to what the election `wanted`: withdrawals first, so
 /// nothing this node stops serving waits for anything, then announcements.
 /// Returns the addresses gained on some interface.
 fn announce(
@@ -464,7 +487,7 @@ fn announce(
     wanted: BTreeMap<IpAddr, Vec<Iface>>,
     effects: &mut Vec<Effect>,
 ) -> Vec<IpAddr> {
-    for (ip, ifaces) in &state.owned {
+    for (ip, ifaces) in &state.l2.owned {
         let keep = wanted.get(ip);
         for i in ifaces {
             if !keep.is_some_and(|k| k.contains(i)) {
@@ -477,7 +500,7 @@ fn announce(
     }
     let mut gained = Vec::new();
     for (ip, ifaces) in &wanted {
-        let had = state.owned.get(ip);
+        let had = state.l2.owned.get(ip);
         let mut new = false;
         for i in ifaces {
             if !had.is_some_and(|h| h.contains(i)) {
@@ -492,7 +515,7 @@ fn announce(
             gained.push(*ip);
         }
     }
-    state.owned = wanted;
+    state.l2.owned = wanted;
     gained
 }
 
@@ -546,13 +569,14 @@ fn withdraw_routes(state: &State, bgp: &Bgp, effects: &mut Vec<Effect>) {
         peers: bgp.peers.clone(),
         routes: state
             .bgp
+            .advertised
             .routes
             .iter()
             .filter(|r| bgp.routes.contains(r))
             .cloned()
             .collect(),
     };
-    if kept != state.bgp {
+    if kept != state.bgp.advertised {
         effects.push(Effect::Bgp(kept));
     }
 }
@@ -566,7 +590,7 @@ fn forward(
     routed: &BTreeSet<IpAddr>,
     effects: &mut Vec<Effect>,
 ) {
-    let keys: BTreeSet<IpAddr> = state.owned.keys().chain(routed).copied().collect();
+    let keys: BTreeSet<IpAddr> = state.l2.owned.keys().chain(routed).copied().collect();
     let mut plan = crate::forwarder::plan::plan(&settings.node, &keys, &world.forwards.frontends);
     let (listeners, refused): (Vec<Listener>, Vec<Listener>) =
         plan.listeners.into_iter().partition(|l| {
@@ -604,7 +628,7 @@ fn forward(
         ));
     }
     for (ip, faults) in &world.faults {
-        if keys.contains(ip) || state.unservable.contains_key(ip) {
+        if keys.contains(ip) || state.serving.unservable.contains_key(ip) {
             problems.extend(faults.iter().cloned());
         }
     }
@@ -623,7 +647,7 @@ fn forward(
     let addresses: BTreeSet<IpAddr> = plan.listeners.iter().map(|l| l.address.ip()).collect();
     let interfaces = addresses
         .iter()
-        .flat_map(|ip| state.owned.get(ip).into_iter().flatten())
+        .flat_map(|ip| state.l2.owned.get(ip).into_iter().flatten())
         .map(|i| i.name.clone())
         .collect();
     effects.push(Effect::Forward {
@@ -635,7 +659,7 @@ fn forward(
 /// Reports what this node advertises over BGP, and what it no longer does.
 fn report_bgp(state: &mut State, world: &World, effects: &mut Vec<Effect>) {
     let mut by_address: BTreeMap<IpAddr, Vec<&Route>> = BTreeMap::new();
-    for r in &state.bgp.routes {
+    for r in &state.bgp.advertised.routes {
         by_address.entry(r.address).or_default().push(r);
     }
     let mut advertised: BTreeMap<IpAddr, (Vec<ServiceKey>, Vec<String>)> = BTreeMap::new();
@@ -645,6 +669,7 @@ fn report_bgp(state: &mut State, world: &World, effects: &mut Vec<Effect>) {
         };
         let peers: BTreeSet<String> = state
             .bgp
+            .advertised
             .peers
             .iter()
             .map(|p| p.name.clone())
@@ -656,7 +681,7 @@ fn report_bgp(state: &mut State, world: &World, effects: &mut Vec<Effect>) {
             .collect();
         advertised.insert(a.address, (a.services.clone(), peers.into_iter().collect()));
     }
-    for (address, (services, _)) in &state.bgp_reported {
+    for (address, (services, _)) in &state.bgp.reported {
         if !advertised.contains_key(address) {
             effects.push(Effect::Report(Report::BgpWithdrawn {
                 address: *address,
@@ -665,7 +690,7 @@ fn report_bgp(state: &mut State, world: &World, effects: &mut Vec<Effect>) {
         }
     }
     for (address, (services, peers)) in &advertised {
-        if state.bgp_reported.get(address) != Some(&(services.clone(), peers.clone())) {
+        if state.bgp.reported.get(address) != Some(&(services.clone(), peers.clone())) {
             effects.push(Effect::Report(Report::BgpAdvertising {
                 address: *address,
                 services: services.clone(),
@@ -673,14 +698,14 @@ fn report_bgp(state: &mut State, world: &World, effects: &mut Vec<Effect>) {
             }));
         }
     }
-    state.bgp_reported = advertised;
+    state.bgp.reported = advertised;
 }
 
 /// Reports what this node announces, and what it no longer does.
 fn report_l2(state: &mut State, world: &World, gained: &[IpAddr], effects: &mut Vec<Effect>) {
-    for (ip, services) in std::mem::take(&mut state.reported) {
-        if state.owned.contains_key(&ip) {
-            state.reported.insert(ip, services);
+    for (ip, services) in std::mem::take(&mut state.l2.reported) {
+        if state.l2.owned.contains_key(&ip) {
+            state.l2.reported.insert(ip, services);
         } else {
             effects.push(Effect::Report(Report::Withdrawn {
                 address: ip,
@@ -689,16 +714,16 @@ fn report_l2(state: &mut State, world: &World, gained: &[IpAddr], effects: &mut 
         }
     }
     for a in &world.desired {
-        let Some(ifaces) = state.owned.get(&a.address) else {
+        let Some(ifaces) = state.l2.owned.get(&a.address) else {
             continue;
         };
-        if state.reported.get(&a.address) != Some(&a.services) || gained.contains(&a.address) {
+        if state.l2.reported.get(&a.address) != Some(&a.services) || gained.contains(&a.address) {
             effects.push(Effect::Report(Report::Announcing {
                 address: a.address,
                 services: a.services.clone(),
                 interfaces: ifaces.iter().map(|i| i.name.clone()).collect(),
             }));
-            state.reported.insert(a.address, a.services.clone());
+            state.l2.reported.insert(a.address, a.services.clone());
         }
     }
 }
@@ -714,7 +739,7 @@ fn burst(
 ) {
     let addresses: Vec<IpAddr> = match cause {
         Cause::Start | Cause::Membership | Cause::Reannounce => {
-            state.owned.keys().copied().collect()
+            state.l2.owned.keys().copied().collect()
         }
         Cause::View => gained,
     };
@@ -732,7 +757,7 @@ fn burst(
 /// The effects that end the speaker: every address withdrawn, the listeners
 /// stopped, the reports of withdrawal.
 pub fn stop(state: &mut State) -> Vec<Effect> {
-    let mut effects: Vec<Effect> = std::mem::take(&mut state.owned)
+    let mut effects: Vec<Effect> = std::mem::take(&mut state.l2.owned)
         .into_iter()
         .flat_map(|(address, ifaces)| {
             ifaces
@@ -741,10 +766,10 @@ pub fn stop(state: &mut State) -> Vec<Effect> {
         })
         .collect();
     // Routers stop sending here before the listeners close.
-    if std::mem::take(&mut state.bgp) != Bgp::default() {
+    if std::mem::take(&mut state.bgp.advertised) != Bgp::default() {
         effects.push(Effect::Bgp(Bgp::default()));
     }
-    effects.extend(std::mem::take(&mut state.bgp_reported).into_iter().map(
+    effects.extend(std::mem::take(&mut state.bgp.reported).into_iter().map(
         |(address, (services, _))| Effect::Report(Report::BgpWithdrawn { address, services }),
     ));
     effects.push(Effect::Forward {
@@ -752,7 +777,7 @@ pub fn stop(state: &mut State) -> Vec<Effect> {
         interfaces: BTreeSet::new(),
     });
     effects.extend(
-        std::mem::take(&mut state.reported)
+        std::mem::take(&mut state.l2.reported)
             .into_iter()
             .map(|(address, services)| Effect::Report(Report::Withdrawn { address, services })),
     );
@@ -992,7 +1017,7 @@ mod tests {
         fn owners(&self, address: &str) -> Vec<String> {
             self.nodes
                 .iter()
-                .filter(|(_, (s, _))| s.owned.contains_key(&ip(address)))
+                .filter(|(_, (s, _))| s.l2.owned.contains_key(&ip(address)))
                 .map(|(n, _)| n.clone())
                 .collect()
         }
@@ -1046,18 +1071,18 @@ mod tests {
         };
         let mut intruder = State::default();
         step(&cluster("intruder"), &mut intruder, &w, Cause::Start);
-        assert!(intruder.owned.is_empty(), "knows the secret, is no Node");
+        assert!(intruder.l2.owned.is_empty(), "knows the secret, is no Node");
         let mut one = State::default();
         step(&cluster("node-1"), &mut one, &w, Cause::Start);
         assert!(
-            one.owned.contains_key(&ip(A)),
+            one.l2.owned.contains_key(&ip(A)),
             "the only candidate that is a node"
         );
         // Without a cluster there are no Node objects to check against.
         w.members = ["intruder".to_string()].into();
         let mut anyone = State::default();
         step(&settings("intruder"), &mut anyone, &w, Cause::Start);
-        assert!(anyone.owned.contains_key(&ip(A)));
+        assert!(anyone.l2.owned.contains_key(&ip(A)));
     }
 
     #[test]
@@ -1231,10 +1256,10 @@ mod tests {
             &world(&["n1", "n2"], desired, down, now),
             Cause::View,
         );
-        if state.owned.contains_key(&ip(A)) {
+        if state.l2.owned.contains_key(&ip(A)) {
             assert_eq!(withdrawn(&effects), [(ip(A), "eth1".to_string(), 3)]);
         }
-        assert!(state.unservable.is_empty(), "eth0 still serves it");
+        assert!(state.serving.unservable.is_empty(), "eth0 still serves it");
         assert_eq!(published(&effects), None);
     }
 
@@ -1267,7 +1292,7 @@ mod tests {
             &world(&names, desired.clone(), eth0(), now),
             Cause::Start,
         );
-        assert!(state.owned.contains_key(&ip(A)));
+        assert!(state.l2.owned.contains_key(&ip(A)));
         let mut faults = Faults::default();
         let problem = (
             ServiceKey::new("default", "web"),
@@ -1282,7 +1307,7 @@ mod tests {
         w.faults = faults.active(now);
         let effects = step(&me, &mut state, &w, Cause::View);
         assert!(
-            !state.owned.contains_key(&ip(A)),
+            !state.l2.owned.contains_key(&ip(A)),
             "given up to {}",
             order[1]
         );
@@ -1340,7 +1365,7 @@ mod tests {
             &world(&["n1", "n2", "n3"], two.clone(), eth0(), now),
             Cause::Membership,
         );
-        let owned: Vec<IpAddr> = state.owned.keys().copied().collect();
+        let owned: Vec<IpAddr> = state.l2.owned.keys().copied().collect();
         if !owned.is_empty() {
             assert_eq!(
                 bursts(&effects),
@@ -1361,7 +1386,7 @@ mod tests {
         );
         let effects = stop(&mut state);
         assert_eq!(withdrawn(&effects).len(), 2);
-        assert!(state.owned.is_empty());
+        assert!(state.l2.owned.is_empty());
         assert_eq!(
             effects
                 .iter()
@@ -1383,7 +1408,7 @@ mod tests {
             Cause::Start,
         );
         assert_eq!(published(&effects), None);
-        assert!(state.unservable.is_empty());
+        assert!(state.serving.unservable.is_empty());
     }
 }
 
@@ -1413,10 +1438,10 @@ mod phase_tests {
     fn bursts_by_cause() {
         let mut state = State::default();
         for ip in ["10.0.0.1", "10.0.0.2"] {
-            state.owned.insert(ip.parse().unwrap(), Vec::new());
+            state.l2.owned.insert(ip.parse().unwrap(), Vec::new());
         }
         let gained: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap()];
-        let all: Vec<IpAddr> = state.owned.keys().copied().collect();
+        let all: Vec<IpAddr> = state.l2.owned.keys().copied().collect();
         for (cause, gained, want) in [
             (Cause::Start, vec![], Some((all.clone(), 3))),
             (Cause::Membership, vec![], Some((all.clone(), 3))),
