@@ -136,21 +136,8 @@ pub fn clean(prefix: &str) -> anyhow::Result<usize> {
 pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result<Summary> {
     preflight(opts)?;
     let exe = std::env::current_exe()?;
-    let dir = std::env::temp_dir().join(&opts.prefix);
-    if Path::new(&format!("/run/netns/{}-sw", opts.prefix)).exists() {
-        anyhow::bail!(
-            "a demo lab named {0} is already up; remove it with `ironlb demo --clean` \
-             (or pick another --prefix)",
-            opts.prefix
-        );
-    }
-    std::fs::create_dir_all(&dir)?;
-    lock(cleanup).dir = Some(dir.clone());
-    let lab = Lab {
-        prefix: opts.prefix.clone(),
-        dir: dir.clone(),
-        cleanup: cleanup.clone(),
-    };
+    let lab = Lab::open(opts, cleanup)?;
+    let dir = lab.dir.clone();
     if opts.bgp {
         return bgp_demo(opts, &lab, &exe);
     }
@@ -177,20 +164,7 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
         2,
         "starting the backends: nginx (http, listen … proxy_protocol) and a UDP echo",
     );
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&dir))?;
-    lab.spawn(
-        "nginx",
-        nginx,
-        Path::new("nginx"),
-        &["-c", path(&conf), "-e", path(&dir.join("nginx-error.log"))],
-    )?;
-    lab.spawn(
-        "udp-echo",
-        echo,
-        &exe,
-        &["demo-udp-echo", &format!("{ECHO}:5353")],
-    )?;
+    lab.backends(nginx, echo, &exe)?;
     wait_until("nginx to listen", Duration::from_secs(10), || {
         in_netns(client, || TcpStream::connect((NGINX, 8080)).ok().map(drop))
     })?;
@@ -202,22 +176,7 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
              with PROXY protocol v2, echo {ADDRESS}:7/udp → UDP echo"
         ),
     );
-    for i in 1..=3 {
-        let config = dir.join(format!("node-{i}.yaml"));
-        std::fs::write(&config, speaker_config(i, L2_ANNOUNCE))?;
-        lab.spawn(
-            &format!("speaker node-{i}"),
-            &nodes[i - 1],
-            &exe,
-            &[
-                "speaker",
-                "--static",
-                path(&config),
-                "--metrics-addr",
-                &format!("10.99.0.1{i}:9121"),
-            ],
-        )?;
-    }
+    lab.speakers(nodes, &exe, L2_ANNOUNCE, true)?;
     let owner = wait_until("a node to own the address", Duration::from_secs(15), || {
         owner_of(nodes)
     })
@@ -227,63 +186,18 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
     ));
 
     step(4, &format!("the client asks http://{ADDRESS}/"));
-    let backend_saw = wait_until("an answer", Duration::from_secs(10), || {
-        in_netns(client, || http_get(ADDRESS, Duration::from_secs(1)))
-    })
-    .map_err(|e| explained(e, &dir))?;
-    detail(&format!(
-        "nginx answered: \"nginx saw client {backend_saw}\" — the client is {CLIENT}{}",
-        if backend_saw == CLIENT {
-            ": the backend saw the client's own address"
-        } else {
-            ""
-        }
-    ));
-    let udp_ok = in_netns(client, udp_echo);
-    detail(&format!(
-        "UDP to {ADDRESS}:7: {}",
-        if udp_ok {
-            "the echo answered, from the Service's address"
-        } else {
-            "no answer"
-        }
-    ));
+    let (backend_saw, udp_ok) = ask(client, &dir)?;
+    if backend_saw == CLIENT {
+        detail(&format!(
+            "the client is {CLIENT}: the backend saw the client's own address"
+        ));
+    }
 
     step(
         5,
         &format!("killing {owner}'s speaker (SIGKILL), as a node crash would"),
     );
-    let failover = {
-        let client = client.clone();
-        let (start_tx, start_rx) = std::sync::mpsc::channel::<Instant>();
-        let probe = std::thread::spawn(move || {
-            in_netns(&client, move || {
-                let Ok(start) = start_rx.recv() else {
-                    return None;
-                };
-                let mut last = Instant::now();
-                while start.elapsed() < Duration::from_secs(30) {
-                    if http_get(ADDRESS, Duration::from_millis(100)).is_some() {
-                        return Some(start.elapsed());
-                    }
-                    if last.elapsed() > Duration::from_secs(1) {
-                        detail("still waiting for an answer…");
-                        last = Instant::now();
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                None
-            })
-        });
-        let start = Instant::now();
-        lab.kill(&format!("speaker {owner}"));
-        let _ = start_tx.send(start);
-        probe
-            .join()
-            .ok()
-            .flatten()
-            .ok_or_else(|| anyhow::anyhow!("the client was not served again within 30 s"))?
-    };
+    let failover = kill_and_wait(&lab, client, &owner)?;
     step(
         6,
         &format!(
@@ -291,6 +205,38 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
             failover.as_secs_f64()
         ),
     );
+    let new_owner = new_owner(nodes, &owner, client)?;
+
+    let summary = Summary {
+        owner,
+        new_owner,
+        failover,
+        backend_saw,
+        udp_ok,
+    };
+    let p = &opts.prefix;
+    let n = summary.new_owner.replace("node-", "node");
+    let i = summary.new_owner.trim_start_matches("node-");
+    lab.keep_or_clean(
+        opts.keep,
+        &[
+            format!("ip netns exec {p}-client curl -s http://{ADDRESS}/"),
+            format!("ip netns exec {p}-client ip neigh show {ADDRESS}"),
+            format!("ip netns exec {p}-{n} ip addr show dev lo"),
+            format!(
+                "ip netns exec {p}-{n} curl -s http://10.99.0.1{i}:9121/metrics | grep forwarder"
+            ),
+            format!("cat {}/speaker-node-*.log", dir.display()),
+            format!("ironlb demo --clean{}", prefix_flag(p)),
+        ],
+        "cleaning up: speakers stopped, namespaces deleted",
+    );
+    Ok(summary)
+}
+
+/// The node that owns the address once `owner` is gone, and what nginx
+/// sees of the client now.
+fn new_owner(nodes: &[String], owner: &str, client: &str) -> anyhow::Result<String> {
     let alive: Vec<String> = nodes
         .iter()
         .filter(|ns| !ns.ends_with(&owner.replace("node-", "node")))
@@ -301,38 +247,63 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
     detail(&format!(
         "{new_owner} owns {ADDRESS} now; nginx still sees client {again}"
     ));
+    Ok(new_owner)
+}
 
-    let summary = Summary {
-        owner,
-        new_owner,
-        failover,
-        backend_saw,
-        udp_ok,
-    };
-    if opts.keep {
-        step(7, "keeping the lab up (--keep); explore it:");
-        let p = &opts.prefix;
-        let n = summary.new_owner.replace("node-", "node");
-        let i = summary.new_owner.trim_start_matches("node-");
-        for line in [
-            format!("ip netns exec {p}-client curl -s http://{ADDRESS}/"),
-            format!("ip netns exec {p}-client ip neigh show {ADDRESS}"),
-            format!("ip netns exec {p}-{n} ip addr show dev lo"),
-            format!(
-                "ip netns exec {p}-{n} curl -s http://10.99.0.1{i}:9121/metrics | grep forwarder"
-            ),
-            format!("cat {}/speaker-node-*.log", dir.display()),
-            format!("ironlb demo --clean{}", prefix_flag(p)),
-        ] {
-            println!("      {line}");
+/// The client's HTTP request and UDP datagram to the address: what nginx
+/// says it saw, and whether the echo answered.
+fn ask(client: &str, dir: &Path) -> anyhow::Result<(String, bool)> {
+    let backend_saw = wait_until("an answer", Duration::from_secs(10), || {
+        in_netns(client, || http_get(ADDRESS, Duration::from_secs(1)))
+    })
+    .map_err(|e| explained(e, dir))?;
+    detail(&format!(
+        "nginx answered: \"nginx saw client {backend_saw}\""
+    ));
+    let udp_ok = in_netns(client, udp_echo);
+    detail(&format!(
+        "UDP to {ADDRESS}:7: {}",
+        if udp_ok {
+            "the echo answered, from the Service's address"
+        } else {
+            "no answer"
         }
-        lock(cleanup).children.clear();
-        lock(cleanup).namespaces.clear();
-        lock(cleanup).dir = None;
-    } else {
-        step(7, "cleaning up: speakers stopped, namespaces deleted");
-    }
-    Ok(summary)
+    ));
+    Ok((backend_saw, udp_ok))
+}
+
+/// Kills `owner`'s speaker and measures, from the client, how long until it
+/// is served again.
+fn kill_and_wait(lab: &Lab, client: &str, owner: &str) -> anyhow::Result<Duration> {
+    let client = client.to_string();
+    let (start_tx, start_rx) = std::sync::mpsc::channel::<Instant>();
+    let probe = std::thread::spawn(move || {
+        in_netns(&client, move || {
+            let Ok(start) = start_rx.recv() else {
+                return None;
+            };
+            let mut last = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if http_get(ADDRESS, Duration::from_millis(100)).is_some() {
+                    return Some(start.elapsed());
+                }
+                if last.elapsed() > Duration::from_secs(1) {
+                    detail("still waiting for an answer…");
+                    last = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        })
+    });
+    let start = Instant::now();
+    lab.kill(&format!("speaker {owner}"));
+    let _ = start_tx.send(start);
+    probe
+        .join()
+        .ok()
+        .flatten()
+        .ok_or_else(|| anyhow::anyhow!("the client was not served again within 30 s"))
 }
 
 /// The client's network behind the router in the BGP demo.
@@ -360,6 +331,142 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         ("echo", "pe", ECHO),
     ])?;
     let (nodes, router) = (&hosts[..3], &hosts[3]);
+    let client = route_through(lab, nodes, router)?;
+
+    step(
+        2,
+        "starting the backends (nginx with PROXY protocol, a UDP echo) and FRR (zebra, bfdd, bgpd)",
+    );
+    lab.backends(&hosts[4], &hosts[5], exe)?;
+    let frr = start_frr(lab, router)?;
+
+    step(
+        3,
+        &format!(
+            "starting 3 speakers: each opens a BGP session (AS 64512 → 64513) with BFD and \
+             advertises {ADDRESS}/32; web {ADDRESS}:80 → nginx, echo {ADDRESS}:7/udp"
+        ),
+    );
+    lab.speakers(nodes, exe, BGP_ANNOUNCE, false)?;
+    wait_until(
+        "the router to learn three paths",
+        Duration::from_secs(30),
+        || (paths(router) == 3).then_some(()),
+    )
+    .map_err(|e| explained(e, dir))?;
+    detail(&format!(
+        "the router's table (ECMP over the three nodes):\n        {}",
+        router_table(router).trim().replace('\n', "\n        ")
+    ));
+
+    wait_for_bfd(router, &frr)?;
+
+    step(
+        4,
+        &format!("the client ({BGP_CLIENT}, behind the router) asks http://{ADDRESS}/"),
+    );
+    let (backend_saw, udp_ok) = ask(&client, dir)?;
+
+    step(
+        5,
+        "cutting node-3's link (no FIN, no RST: only BFD can tell)",
+    );
+    let failover = cut_and_wait(lab, &sw, &client)?;
+    step(
+        6,
+        &format!(
+            "failover: BFD took node-3 out; the last failed request was {:.2} s after the cut",
+            failover.as_secs_f64()
+        ),
+    );
+    wait_until("the router to drop node-3", Duration::from_secs(5), || {
+        (paths(router) == 2).then_some(())
+    })?;
+    detail(&format!(
+        "the router's table now:\n        {}",
+        router_table(router).trim().replace('\n', "\n        ")
+    ));
+
+    let summary = Summary {
+        owner: "node-1,node-2,node-3".into(),
+        new_owner: "node-1,node-2".into(),
+        failover,
+        backend_saw,
+        udp_ok,
+    };
+    lab.keep_or_clean(
+        opts.keep,
+        &bgp_hints(&opts.prefix, &frr),
+        "cleaning up: speakers and FRR stopped, namespaces deleted",
+    );
+    Ok(summary)
+}
+
+/// What to try in a BGP demo lab kept up.
+fn bgp_hints(p: &str, frr: &Path) -> Vec<String> {
+    let vtysh = |command: &str| {
+        format!(
+            "ip netns exec {p}-router vtysh --vty_socket {} -c '{command}'",
+            path(frr)
+        )
+    };
+    vec![
+        format!("ip netns exec {p}-client curl -s http://{ADDRESS}/"),
+        vtysh("show bgp summary"),
+        vtysh("show bfd peers"),
+        format!("ip netns exec {p}-router ip route show {ADDRESS}"),
+        format!("ironlb demo --clean{}", prefix_flag(p)),
+    ]
+}
+
+/// The router's route to the address, as `ip route` shows it.
+fn router_table(router: &str) -> String {
+    run_out(
+        "ip",
+        &["netns", "exec", router, "ip", "route", "show", ADDRESS],
+    )
+    .unwrap_or_default()
+}
+
+/// How many next hops the router has for the address.
+fn paths(router: &str) -> usize {
+    router_table(router).matches(" via ").count()
+}
+
+/// Waits until the router's BFD sessions with the three nodes are up. BFD
+/// starts slow (one packet a second) and speeds up once up.
+fn wait_for_bfd(router: &str, frr: &Path) -> anyhow::Result<()> {
+    let bfd_up = || {
+        run_out(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                router,
+                "vtysh",
+                "--vty_socket",
+                path(frr),
+                "-c",
+                "show bfd peers json",
+            ],
+        )
+        .map(|j| j.matches("\"status\":\"up\"").count())
+        .unwrap_or(0)
+    };
+    wait_until(
+        "BFD up with the three nodes",
+        Duration::from_secs(30),
+        || (bfd_up() == 3).then_some(()),
+    )?;
+    detail("BFD is up with the three nodes (100 ms × 3)");
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(())
+}
+
+/// The nodes' default route through `router`, and a client namespace
+/// behind it on 10.99.1.0/24, whose traffic to the address follows the
+/// router's routes.
+fn route_through(lab: &Lab, nodes: &[String], router: &str) -> anyhow::Result<String> {
     for n in nodes {
         lab.exec(n, &["ip", "route", "add", "default", "via", "10.99.0.1"])?;
     }
@@ -394,25 +501,13 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         router,
         &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
     )?;
+    Ok(client)
+}
 
-    step(
-        2,
-        "starting the backends (nginx with PROXY protocol, a UDP echo) and FRR (zebra, bfdd, bgpd)",
-    );
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir))?;
-    lab.spawn(
-        "nginx",
-        &hosts[4],
-        Path::new("nginx"),
-        &["-c", path(&conf), "-e", path(&dir.join("nginx-error.log"))],
-    )?;
-    lab.spawn(
-        "udp-echo",
-        &hosts[5],
-        exe,
-        &["demo-udp-echo", &format!("{ECHO}:5353")],
-    )?;
+/// FRR on `router` (zebra, bfdd, bgpd): AS 64513, taking BGP sessions with
+/// BFD (100 ms × 3) from the nodes' subnet. Returns its directory.
+fn start_frr(lab: &Lab, router: &str) -> anyhow::Result<PathBuf> {
+    let dir = &lab.dir;
     let frr = dir.join("frr");
     std::fs::create_dir_all(&frr)?;
     let frr_conf = frr.join("frr.conf");
@@ -455,98 +550,15 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
             })?;
         }
     }
+    Ok(frr)
+}
 
-    step(
-        3,
-        &format!(
-            "starting 3 speakers: each opens a BGP session (AS 64512 → 64513) with BFD and \
-             advertises {ADDRESS}/32; web {ADDRESS}:80 → nginx, echo {ADDRESS}:7/udp"
-        ),
-    );
-    for i in 1..=3 {
-        let config = dir.join(format!("node-{i}.yaml"));
-        std::fs::write(&config, speaker_config(i, BGP_ANNOUNCE))?;
-        lab.spawn(
-            &format!("speaker node-{i}"),
-            &nodes[i - 1],
-            exe,
-            &["speaker", "--static", path(&config)],
-        )?;
-    }
-    // The router's route to the address, as `ip route` shows it.
-    let table = || {
-        run_out(
-            "ip",
-            &["netns", "exec", router, "ip", "route", "show", ADDRESS],
-        )
-        .unwrap_or_default()
-    };
-    let hops = || table().matches(" via ").count();
-    wait_until(
-        "the router to learn three paths",
-        Duration::from_secs(30),
-        || (hops() == 3).then_some(()),
-    )
-    .map_err(|e| explained(e, dir))?;
-    detail(&format!(
-        "the router's table (ECMP over the three nodes):\n        {}",
-        table().trim().replace('\n', "\n        ")
-    ));
-
-    // BFD starts slow (one packet a second) and speeds up once up.
-    let bfd_up = |router: &str| {
-        run_out(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                router,
-                "vtysh",
-                "--vty_socket",
-                path(&frr),
-                "-c",
-                "show bfd peers json",
-            ],
-        )
-        .map(|j| j.matches("\"status\":\"up\"").count())
-        .unwrap_or(0)
-    };
-    wait_until(
-        "BFD up with the three nodes",
-        Duration::from_secs(30),
-        || (bfd_up(router) == 3).then_some(()),
-    )?;
-    detail("BFD is up with the three nodes (100 ms × 3)");
-    std::thread::sleep(Duration::from_secs(1));
-
-    step(
-        4,
-        &format!("the client ({BGP_CLIENT}, behind the router) asks http://{ADDRESS}/"),
-    );
-    let backend_saw = wait_until("an answer", Duration::from_secs(10), || {
-        in_netns(&client, || http_get(ADDRESS, Duration::from_secs(1)))
-    })
-    .map_err(|e| explained(e, dir))?;
-    detail(&format!(
-        "nginx answered: \"nginx saw client {backend_saw}\""
-    ));
-    let udp_ok = in_netns(&client, udp_echo);
-    detail(&format!(
-        "UDP to {ADDRESS}:7: {}",
-        if udp_ok {
-            "the echo answered"
-        } else {
-            "no answer"
-        }
-    ));
-
-    step(
-        5,
-        "cutting node-3's link (no FIN, no RST: only BFD can tell)",
-    );
+/// Cuts node-3's link and measures, from the client, the last failed
+/// request before a second of answers.
+fn cut_and_wait(lab: &Lab, switch: &str, client: &str) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    lab.exec(&sw, &["ip", "link", "set", "p3", "down"])?;
-    let failover = in_netns(&client, || {
+    lab.exec(switch, &["ip", "link", "set", "p3", "down"])?;
+    let failover = in_netns(client, || {
         // Served again: the last failed request before a second of answers.
         let mut last_fail = None;
         let mut ok_since = Instant::now();
@@ -565,56 +577,7 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         }
         last_fail.unwrap_or_default()
     });
-    step(
-        6,
-        &format!(
-            "failover: BFD took node-3 out; the last failed request was {:.2} s after the cut",
-            failover.as_secs_f64()
-        ),
-    );
-    wait_until("the router to drop node-3", Duration::from_secs(5), || {
-        (hops() == 2).then_some(())
-    })?;
-    detail(&format!(
-        "the router's table now:\n        {}",
-        table().trim().replace('\n', "\n        ")
-    ));
-
-    let summary = Summary {
-        owner: "node-1,node-2,node-3".into(),
-        new_owner: "node-1,node-2".into(),
-        failover,
-        backend_saw,
-        udp_ok,
-    };
-    if opts.keep {
-        step(7, "keeping the lab up (--keep); explore it:");
-        let p = &opts.prefix;
-        for line in [
-            format!("ip netns exec {p}-client curl -s http://{ADDRESS}/"),
-            format!(
-                "ip netns exec {p}-router vtysh --vty_socket {} -c 'show bgp summary'",
-                path(&frr)
-            ),
-            format!(
-                "ip netns exec {p}-router vtysh --vty_socket {} -c 'show bfd peers'",
-                path(&frr)
-            ),
-            format!("ip netns exec {p}-router ip route show {ADDRESS}"),
-            format!("ironlb demo --clean{}", prefix_flag(p)),
-        ] {
-            println!("      {line}");
-        }
-        lock(&lab.cleanup).children.clear();
-        lock(&lab.cleanup).namespaces.clear();
-        lock(&lab.cleanup).dir = None;
-    } else {
-        step(
-            7,
-            "cleaning up: speakers and FRR stopped, namespaces deleted",
-        );
-    }
-    Ok(summary)
+    Ok(failover)
 }
 
 fn prefix_flag(p: &str) -> String {
@@ -648,6 +611,26 @@ struct Lab {
 }
 
 impl Lab {
+    /// The lab's directory and cleanup list, refused when a lab of that
+    /// prefix is already up.
+    fn open(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(&opts.prefix);
+        if Path::new(&format!("/run/netns/{}-sw", opts.prefix)).exists() {
+            anyhow::bail!(
+                "a demo lab named {0} is already up; remove it with `ironlb demo --clean` \
+                 (or pick another --prefix)",
+                opts.prefix
+            );
+        }
+        std::fs::create_dir_all(&dir)?;
+        lock(cleanup).dir = Some(dir.clone());
+        Ok(Self {
+            prefix: opts.prefix.clone(),
+            dir,
+            cleanup: cleanup.clone(),
+        })
+    }
+
     fn namespace(&self, short: &str) -> anyhow::Result<String> {
         let name = format!("{}-{short}", self.prefix);
         run("ip", &["netns", "add", &name])?;
@@ -704,6 +687,68 @@ impl Lab {
             .map_err(|e| anyhow::anyhow!("starting {what}: {e}"))?;
         lock(&self.cleanup).children.push((what.to_string(), child));
         Ok(())
+    }
+
+    /// nginx (reading the PROXY protocol) in `nginx`, the UDP echo in `echo`.
+    fn backends(&self, nginx: &str, echo: &str, exe: &Path) -> anyhow::Result<()> {
+        let conf = self.dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&self.dir))?;
+        self.spawn(
+            "nginx",
+            nginx,
+            Path::new("nginx"),
+            &[
+                "-c",
+                path(&conf),
+                "-e",
+                path(&self.dir.join("nginx-error.log")),
+            ],
+        )?;
+        self.spawn(
+            "udp-echo",
+            echo,
+            exe,
+            &["demo-udp-echo", &format!("{ECHO}:5353")],
+        )
+    }
+
+    /// A static speaker on each of the three `nodes`, announcing as
+    /// `announce` says; `metrics` serves each one's `/metrics` on its node.
+    fn speakers(
+        &self,
+        nodes: &[String],
+        exe: &Path,
+        announce: &str,
+        metrics: bool,
+    ) -> anyhow::Result<()> {
+        for (i, node) in (1..=3).zip(nodes) {
+            let config = self.dir.join(format!("node-{i}.yaml"));
+            std::fs::write(&config, speaker_config(i, announce))?;
+            let metrics_addr = format!("10.99.0.1{i}:9121");
+            let mut args = vec!["speaker", "--static", path(&config)];
+            if metrics {
+                args.extend(["--metrics-addr", &metrics_addr]);
+            }
+            self.spawn(&format!("speaker node-{i}"), node, exe, &args)?;
+        }
+        Ok(())
+    }
+
+    /// With `keep`, leaves the lab up and prints `explore`; else says the
+    /// lab goes (`cleaning`).
+    fn keep_or_clean(&self, keep: bool, explore: &[String], cleaning: &str) {
+        if !keep {
+            step(7, cleaning);
+            return;
+        }
+        step(7, "keeping the lab up (--keep); explore it:");
+        for line in explore {
+            println!("      {line}");
+        }
+        let mut cleanup = lock(&self.cleanup);
+        cleanup.children.clear();
+        cleanup.namespaces.clear();
+        cleanup.dir = None;
     }
 
     fn kill(&self, what: &str) {
