@@ -36,6 +36,9 @@ pub struct GatewayClassSpec {
     /// Free text for users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Implementation-specific parameters (ironlb reads none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters_ref: Option<ParametersReference>,
 }
 
 /// What the controller says about a class.
@@ -123,6 +126,9 @@ pub struct ParametersReference {
     /// Its name.
     #[serde(default)]
     pub name: String,
+    /// Its namespace (a GatewayClass's reference to a namespaced kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// A port, protocol and optional hostname on the Gateway's addresses.

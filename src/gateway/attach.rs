@@ -237,6 +237,29 @@ pub struct Cond {
     pub message: String,
 }
 
+/// A class's `Accepted` condition: ironlb takes every class naming it,
+/// except one whose `parametersRef` asks for parameters ironlb cannot read.
+fn class_accepted(class: &GatewayClass) -> Cond {
+    match &class.spec.parameters_ref {
+        Some(p) => cond(
+            "Accepted",
+            false,
+            "InvalidParameters",
+            format!(
+                "spec.parametersRef: {}/{} {:?} is not a kind ironlb reads; a Gateway's \
+                 options are its infrastructure annotations",
+                p.group, p.kind, p.name
+            ),
+        ),
+        None => cond(
+            "Accepted",
+            true,
+            "Accepted",
+            "ironlb serves TCP, UDP and TLS passthrough listeners",
+        ),
+    }
+}
+
 fn cond(
     type_: &'static str,
     status: bool,
@@ -403,12 +426,7 @@ pub fn decide(snap: &Snapshot<'_>) -> Outcome {
             .map(|c| ClassOutcome {
                 name: c.name_any(),
                 generation: c.metadata.generation.unwrap_or(0),
-                conditions: vec![cond(
-                    "Accepted",
-                    true,
-                    "Accepted",
-                    "ironlb serves TCP, UDP and TLS passthrough listeners",
-                )],
+                conditions: vec![class_accepted(c)],
             })
             .collect(),
         ..Outcome::default()
@@ -1652,6 +1670,7 @@ mod tests {
                 group: "invalid.io".into(),
                 kind: "InvalidParameters".into(),
                 name: "invalid".into(),
+                namespace: None,
             }),
             ..GatewayInfrastructure::default()
         });
@@ -1786,6 +1805,36 @@ mod tests {
             wide_backends,
             [(1, true), (3, false)],
             "a missing backend keeps its share, refused"
+        );
+    }
+
+    /// A class whose `parametersRef` names parameters ironlb cannot read is
+    /// not accepted, and says which; a class without one is.
+    #[test]
+    fn a_class_with_parameters_is_invalid_parameters() {
+        let mut with = class("with-parameters", CONTROLLER_NAME);
+        with.spec.parameters_ref = Some(crate::api::gateway::ParametersReference {
+            group: "example.com".into(),
+            kind: "Config".into(),
+            name: "tuning".into(),
+            namespace: Some("infra".into()),
+        });
+        let classes = [class("ironlb", CONTROLLER_NAME), with];
+        let out = decide(&world(&classes, &[], &[], Vec::new()));
+        let by_name: BTreeMap<&str, &ClassOutcome> =
+            out.classes.iter().map(|c| (c.name.as_str(), c)).collect();
+        assert_eq!(
+            reasons(&by_name["ironlb"].conditions),
+            [("Accepted", true, "Accepted")]
+        );
+        assert_eq!(
+            reasons(&by_name["with-parameters"].conditions),
+            [("Accepted", false, "InvalidParameters")]
+        );
+        assert!(
+            by_name["with-parameters"].conditions[0]
+                .message
+                .contains("example.com/Config \"tuning\"")
         );
     }
 }
