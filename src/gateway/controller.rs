@@ -32,7 +32,7 @@ use super::snapshot::{self, Objects};
 use super::watch::{self, refs};
 use crate::api::IPAddressPool;
 use crate::api::gateway::{Gateway, GatewayClass, TCPRoute, TLSRoute, UDPRoute};
-use crate::k8s::apply::{Backoff, Written};
+use crate::k8s::apply::{Backoff, Written, gone_is_fine};
 use crate::k8s::{self, Fence, cache_all};
 
 /// The field manager of the controller's Gateway writes.
@@ -208,12 +208,4 @@ async fn apply(client: &Client, actions: Vec<Action>) -> Written {
 /// overwritten from a stale view.
 fn status_patch(resource_version: Option<String>, status: &impl serde::Serialize) -> Value {
     json!({"metadata": {"resourceVersion": resource_version}, "status": status})
-}
-
-/// A delete of what is already gone did what it was for.
-fn gone_is_fine<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
-    match result {
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        other => other.map(drop),
-    }
 }

@@ -244,11 +244,14 @@ fn gateway_status(g: &GatewayOutcome, old: &GatewayStatus, now: &Time) -> Gatewa
 /// route none of whose parents is ironlb's any more (its Gateway left
 /// ironlb's classes, or the route now names another) loses ironlb's entries.
 fn route_statuses(snap: &Snapshot<'_>, outcome: &attach::Outcome, now: &Time) -> Vec<Action> {
+    let decided: BTreeMap<(RouteKind, &str, &str), &attach::RouteOutcome> = outcome
+        .routes
+        .iter()
+        .map(|r| ((r.kind, r.namespace.as_str(), r.name.as_str()), r))
+        .collect();
     let mut actions = Vec::new();
     for route in &snap.routes {
-        let decided = outcome.routes.iter().find(|r| {
-            r.kind == route.kind && r.namespace == route.namespace && r.name == route.name
-        });
+        let decided = decided.get(&(route.kind, route.namespace.as_str(), route.name.as_str()));
         let old: &[RouteParentStatus] = route.status.map_or(&[], |s| &s.parents[..]);
         let mut parents: Vec<RouteParentStatus> = old
             .iter()

@@ -94,6 +94,14 @@ impl Backoff {
     }
 }
 
+/// A delete of what is already gone did what it was for.
+pub fn gone_is_fine<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::ipam::ServiceKey;
+use crate::k8s::apply::gone_is_fine;
 
 /// What a speaker tells the cluster about its announcements.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,10 +235,7 @@ impl ClusterReporter {
                     .await
                     .map(|_| ())
                 }
-                None => match api.delete(&name, &DeleteParams::default()).await {
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    other => other.map(|_| ()),
-                },
+                None => gone_is_fine(api.delete(&name, &DeleteParams::default()).await),
             };
             if let Err(e) = result {
                 warn!(service = %svc, error = %e, "reporting the announcement; will retry");
@@ -341,10 +339,7 @@ impl ClusterReporter {
                     .await
                     .map(|_| ())
                 }
-                None => match api.delete(&name, &DeleteParams::default()).await {
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    other => other.map(|_| ()),
-                },
+                None => gone_is_fine(api.delete(&name, &DeleteParams::default()).await),
             };
             if let Err(e) = result {
                 warn!(service = %svc, error = %e, "reporting the BGP advertisement; will retry");
