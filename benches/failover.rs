@@ -25,7 +25,7 @@ mod routers;
 use std::process::Command;
 use std::time::Duration;
 
-use netns::Lab;
+use netns::{Lab, Speakers};
 
 const ADDRESS: &str = "10.88.0.100";
 

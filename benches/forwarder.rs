@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use ironlb::demo::in_netns;
+use ironlb_lab::in_netns;
 use netns::Lab;
 
 const CLIENT: &str = "10.50.1.2";

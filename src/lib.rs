@@ -45,14 +45,15 @@
 //!   uninstall`, `ironlb migrate`.
 //! - [`speaker`]: decides which addresses this node owns and announces,
 //!   advertises and forwards them.
-//! - [`demo`]: `ironlb demo`, the whole thing in network namespaces on one box.
+//!
+//! `ironlb demo` lives in the `ironlb-lab` crate (`lab/`), with the
+//! network-namespace lab the tests and benchmarks share.
 
 pub mod api;
 pub mod bfd;
 pub mod bgp;
 pub mod control_plane;
 pub mod controller;
-pub mod demo;
 pub mod election;
 pub mod forwarder;
 pub mod gateway;
@@ -66,6 +67,6 @@ pub mod migrate;
 pub mod netlink;
 pub mod speaker;
 pub mod status;
-#[cfg(test)]
-pub(crate) mod testkit;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod uninstall;

@@ -375,7 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(MigrateFrom::Metallb(args)) => {
             runtime(false)?.block_on(migrate_metallb(args))?
         }
-        Command::DemoUdpEcho { listen } => ironlb::demo::udp_echo_server(listen)?,
+        Command::DemoUdpEcho { listen } => ironlb_lab::demo::udp_echo_server(listen)?,
         Command::Speaker(args) => {
             init_logs(cli.log_format);
             runtime(true)?.block_on(run_speaker(*args))?;
@@ -526,8 +526,8 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    use ironlb::demo::{Cleanup, Options, clean, run_demo};
-    use std::sync::Mutex;
+    use ironlb_lab::Cleanup;
+    use ironlb_lab::demo::{Options, clean, run_demo};
     if args.clean {
         let n = clean(&args.prefix)?;
         println!("removed {n} namespaces");
@@ -543,7 +543,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "ironlb demo: one Service address, three nodes, a client and two backends, \
          in network namespaces on this machine"
     );
-    let cleanup = Arc::new(Mutex::new(Cleanup::default()));
+    let cleanup = Cleanup::default();
     let result = runtime(false)?.block_on(async {
         let (c, o) = (cleanup.clone(), opts.clone());
         let task = tokio::task::spawn_blocking(move || run_demo(&o, &c));
@@ -552,7 +552,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     });
-    cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
+    cleanup.run();
     let summary = result?;
     println!("{summary}");
     Ok(())

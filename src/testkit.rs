@@ -1,6 +1,9 @@
-//! Builders for the Kubernetes objects the unit tests feed the pure cores:
-//! one place that knows how a LoadBalancer Service, a pool or an
-//! EndpointSlice is spelled, so a test says only what matters to it.
+//! Builders for the Kubernetes objects tests feed ironlb: one place that
+//! knows how a LoadBalancer Service, a pool or an EndpointSlice is spelled,
+//! so a test says only what matters to it. The unit tests use it, and the
+//! integration tests and benchmarks through the `testkit` feature (which
+//! ironlb's own dev-dependency on itself turns on); a release build has none
+//! of it.
 
 use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
@@ -9,7 +12,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use kube::api::ObjectMeta;
 use serde_json::Value;
 
-use crate::api::{IPAddressPool, IPAddressPoolSpec};
+use crate::api::{IPAddressPool, IPAddressPoolSpec, ServiceAllocation};
 
 /// Any object, from its JSON (as `kubectl` would show it).
 pub fn object<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -37,8 +40,51 @@ impl Svc {
         })
     }
 
+    /// `namespace/name` selecting Pods labelled `app: name`, with one port,
+    /// 80/TCP: what most tests of the whole controller start from.
+    pub fn lb(namespace: &str, name: &str) -> Self {
+        let mut svc = Self::new(namespace, name).port("", 80, "TCP");
+        svc.spec().selector = Some([("app".to_string(), name.to_string())].into());
+        svc
+    }
+
     fn spec(&mut self) -> &mut ServiceSpec {
         self.0.spec.get_or_insert_with(Default::default)
+    }
+
+    /// The ports replaced by one unnamed `port`/`protocol`.
+    pub fn only_port(mut self, protocol: &str, port: i32) -> Self {
+        self.spec().ports = None;
+        self.port("", port, protocol)
+    }
+
+    /// A label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// `spec.loadBalancerClass`.
+    pub fn class(mut self, class: &str) -> Self {
+        self.spec().load_balancer_class = Some(class.into());
+        self
+    }
+
+    /// `spec.ipFamilyPolicy` and `spec.ipFamilies`.
+    pub fn families(mut self, policy: &str, families: &[&str]) -> Self {
+        self.spec().ip_family_policy = Some(policy.into());
+        self.spec().ip_families = Some(families.iter().map(|f| f.to_string()).collect());
+        self
+    }
+
+    /// `spec.type`.
+    pub fn type_(mut self, type_: &str) -> Self {
+        self.spec().type_ = Some(type_.into());
+        self
     }
 
     /// A port (`name` empty: unnamed).
@@ -66,7 +112,7 @@ impl Svc {
     }
 
     /// `externalTrafficPolicy`.
-    pub fn traffic_policy(mut self, policy: &str) -> Self {
+    pub fn external_traffic_policy(mut self, policy: &str) -> Self {
         self.spec().external_traffic_policy = Some(policy.into());
         self
     }
@@ -106,6 +152,13 @@ pub fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
             cross_namespace_sharing: None,
         },
     )
+}
+
+/// A pool of `addresses` for the Services `allocation` selects.
+pub fn pool_for(name: &str, addresses: &[&str], allocation: ServiceAllocation) -> IPAddressPool {
+    let mut p = pool(name, addresses);
+    p.spec.service_allocation = Some(allocation);
+    p
 }
 
 /// An EndpointSlice `name` of Service `namespace/service` with one port

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::netns::Lab;
+use support::netns::{Lab, Speakers};
 use support::routers::{Frr, frr_installed, next_hops};
 
 const SUBNET: &str = "10.78.0";

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::netns::Lab;
+use support::netns::{Lab, Speakers};
 
 const VIP: &str = "10.77.0.100";
 const CLIENT: &str = "10.77.0.2";

@@ -26,7 +26,6 @@ const LAYERS: &[&[&str]] = &[
         "migrate",
     ],
     &["speaker"],
-    &["demo"],
     &["main"],
 ];
 
@@ -181,6 +180,12 @@ fn violations(src: &Path) -> Vec<String> {
         let mut imported = paths_after(&code, "crate::");
         if module == "main" {
             imported.extend(paths_after(&code, "ironlb::"));
+        } else if !paths_after(&code, "ironlb_lab::").is_empty() {
+            problems.push(format!(
+                "src/{}: the library imports the lab crate (`ironlb_lab`), which only the \
+                 command line's `ironlb demo` may",
+                relative.display()
+            ));
         }
         for target in imported.iter().filter(|t| **t != module) {
             match layer_of(target) {
@@ -266,7 +271,8 @@ fn imports_only_go_down_and_no_module_is_in_a_circle() {
 }
 
 /// The check itself, on a small tree with each kind of mistake: an import
-/// upward, one sideways, a circle of files, a module with no layer; and
+/// upward, one sideways, a circle of files, a module with no layer, the
+/// library reaching for the lab crate; and
 /// mentions in comments, strings and tests that are not imports.
 #[test]
 fn the_check_finds_each_kind_of_mistake_and_nothing_else() {
@@ -291,6 +297,8 @@ fn the_check_finds_each_kind_of_mistake_and_nothing_else() {
     );
     write("bgp/config.rs", "use crate::bgp::session::State;\n");
     write("newthing.rs", "pub fn f() {}\n");
+    write("status.rs", "use ironlb_lab::Lab;\n");
+    write("main.rs", "use ironlb_lab::demo;\n");
     let mut problems = violations(&dir);
     problems.sort();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -301,6 +309,8 @@ fn the_check_finds_each_kind_of_mistake_and_nothing_else() {
             "src/gateway/attach.rs: `gateway` imports `controller`, which is not on a lower layer",
             "src/ipam/mod.rs: `ipam` imports `speaker`, which is not on a lower layer",
             "src/newthing.rs: module `newthing` has no layer in tests/layers.rs",
+            "src/status.rs: the library imports the lab crate (`ironlb_lab`), which only the \
+             command line's `ironlb demo` may",
         ]
     );
 }

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::netns::Lab;
+use support::netns::{Lab, Speakers};
 use support::{ApiServer, Svc, create_service};
 
 /// A Service's address, and one shared by Services of two namespaces.

@@ -16,7 +16,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use support::netns::Lab;
+use support::netns::{Lab, Speakers};
 use support::*;
 
 /// The first address of the pool, which `avoidBuggyIPs` would skip.

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::netns::{Lab, expected_owner};
+use support::netns::{Lab, Speakers, expected_owner};
 
 const V4: &str = "10.77.0.100";
 const V6: &str = "fd77::100";

@@ -10,136 +10,24 @@ pub mod protocol;
 pub mod routers;
 pub mod scenarios;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)] // not every test binary starts a server
 pub use apiserver::ApiServer;
-use ironlb::api::{IPAddressPool, IPAddressPoolSpec, ServiceAllocation};
+use ironlb::api::IPAddressPool;
 use ironlb::control_plane;
 use ironlb::controller::metrics::Metrics;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+#[allow(unused_imports)] // not every test binary builds each kind
+pub use ironlb::testkit::{Svc, pool, pool_for};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-/// Builds a `type: LoadBalancer` Service.
-pub struct Svc(Service);
-
-impl Svc {
-    /// A LoadBalancer Service with one TCP port, 80.
-    pub fn lb(namespace: &str, name: &str) -> Self {
-        Svc(Service {
-            metadata: ObjectMeta {
-                namespace: Some(namespace.into()),
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                selector: Some([("app".to_string(), name.to_string())].into()),
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            status: None,
-        })
-    }
-
-    fn spec(&mut self) -> &mut ServiceSpec {
-        self.0.spec.as_mut().expect("spec")
-    }
-
-    /// Adds an annotation.
-    pub fn annotation(mut self, key: &str, value: &str) -> Self {
-        self.0
-            .metadata
-            .annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(key.into(), value.into());
-        self
-    }
-
-    /// Adds a label.
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.0
-            .metadata
-            .labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(key.into(), value.into());
-        self
-    }
-
-    /// Sets `spec.loadBalancerClass`.
-    pub fn class(mut self, class: &str) -> Self {
-        self.spec().load_balancer_class = Some(class.into());
-        self
-    }
-
-    /// Replaces the ports with one `protocol`/`port`.
-    pub fn only_port(mut self, protocol: &str, port: i32) -> Self {
-        self.spec().ports = Some(vec![ServicePort {
-            port,
-            protocol: Some(protocol.into()),
-            ..Default::default()
-        }]);
-        self
-    }
-
-    /// Sets `externalTrafficPolicy`.
-    pub fn external_traffic_policy(mut self, policy: &str) -> Self {
-        self.spec().external_traffic_policy = Some(policy.into());
-        self
-    }
-
-    /// Sets the family policy and families.
-    pub fn families(mut self, policy: &str, families: &[&str]) -> Self {
-        self.spec().ip_family_policy = Some(policy.into());
-        self.spec().ip_families = Some(families.iter().map(|f| f.to_string()).collect());
-        self
-    }
-
-    /// Sets `spec.type`.
-    pub fn type_(mut self, type_: &str) -> Self {
-        self.spec().type_ = Some(type_.into());
-        self
-    }
-
-    /// The Service.
-    pub fn build(self) -> Service {
-        self.0
-    }
-}
-
-/// A pool of `addresses`.
-pub fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
-    IPAddressPool::new(
-        name,
-        IPAddressPoolSpec {
-            addresses: addresses.iter().map(|a| a.to_string()).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            service_allocation: None,
-            cross_namespace_sharing: None,
-        },
-    )
-}
-
-/// A pool with a `serviceAllocation`.
-pub fn pool_for(name: &str, addresses: &[&str], allocation: ServiceAllocation) -> IPAddressPool {
-    let mut p = pool(name, addresses);
-    p.spec.service_allocation = Some(allocation);
-    p
-}
-
-/// Creates `svc` in its namespace.
 /// Creates Node `name` with InternalIP `address` (no kubelet makes it); the
 /// address goes through the status subresource, as the kubelet writes it.
 pub async fn create_node(client: &Client, name: &str, address: &str) {
@@ -156,6 +44,7 @@ pub async fn create_node(client: &Client, name: &str, address: &str) {
         .expect("node address");
 }
 
+/// Creates `svc` in its namespace.
 pub async fn create_service(client: &Client, svc: Service) -> Service {
     let ns = svc.metadata.namespace.clone().expect("namespace");
     Api::<Service>::namespaced(client.clone(), &ns)

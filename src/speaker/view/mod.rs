@@ -122,7 +122,7 @@ mod tests {
 
     fn svc(name: &str, ip: &str, local: bool) -> Service {
         Svc::new("default", name)
-            .traffic_policy(if local { "Local" } else { "Cluster" })
+            .external_traffic_policy(if local { "Local" } else { "Cluster" })
             .ingress(ip)
             .build()
     }

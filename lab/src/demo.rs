@@ -13,9 +13,13 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::{Cleanup, Report, in_netns, is_root, run};
+
+/// The demo's lab reports a failed step to the newcomer running it.
+type Lab = crate::Lab<Report>;
 
 /// The address the demo's Service gets.
 pub const ADDRESS: &str = "10.99.0.100";
@@ -67,42 +71,6 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// What must be undone: processes and namespaces, shared with the Ctrl-C
-/// handler.
-#[derive(Default)]
-pub struct Cleanup {
-    children: Vec<(String, Child)>,
-    namespaces: Vec<String>,
-    dir: Option<PathBuf>,
-}
-
-impl Cleanup {
-    /// Stops every process (SIGTERM first, so speakers remove what they
-    /// added) and deletes every namespace and the scratch directory.
-    pub fn run(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .output();
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for (_, child) in &mut self.children {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        }
-        if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 /// Removes a kept lab: every namespace named `PREFIX-…` and the processes in it.
 pub fn clean(prefix: &str) -> anyhow::Result<usize> {
     let mut removed = 0;
@@ -133,13 +101,14 @@ pub fn clean(prefix: &str) -> anyhow::Result<usize> {
 
 /// Runs the demo, printing each step; `cleanup` holds what to undo (the caller
 /// runs it, also on Ctrl-C).
-pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result<Summary> {
+pub fn run_demo(opts: &Options, cleanup: &Cleanup) -> anyhow::Result<Summary> {
     preflight(opts)?;
     let exe = std::env::current_exe()?;
-    let lab = Lab::open(opts, cleanup)?;
-    let dir = lab.dir.clone();
+    let exe = path(&exe);
+    let mut lab = open(opts, cleanup)?;
+    let dir = lab.dir().to_path_buf();
     if opts.bgp {
-        return bgp_demo(opts, &lab, &exe);
+        return bgp_demo(opts, &mut lab, exe);
     }
 
     step(
@@ -151,12 +120,12 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
         ),
     );
     let (_, hosts) = lab.switch_with(&[
-        ("node1", "p1", "10.99.0.11"),
-        ("node2", "p2", "10.99.0.12"),
-        ("node3", "p3", "10.99.0.13"),
-        ("client", "pc", CLIENT),
-        ("nginx", "pn", NGINX),
-        ("echo", "pe", ECHO),
+        ("node1", "p1", "10.99.0.11/24"),
+        ("node2", "p2", "10.99.0.12/24"),
+        ("node3", "p3", "10.99.0.13/24"),
+        ("client", "pc", &format!("{CLIENT}/24")),
+        ("nginx", "pn", &format!("{NGINX}/24")),
+        ("echo", "pe", &format!("{ECHO}/24")),
     ])?;
     let (nodes, client, nginx, echo) = (&hosts[..3], &hosts[3], &hosts[4], &hosts[5]);
 
@@ -164,7 +133,7 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
         2,
         "starting the backends: nginx (http, listen … proxy_protocol) and a UDP echo",
     );
-    lab.backends(nginx, echo, &exe)?;
+    backends(&mut lab, nginx, echo, exe)?;
     wait_until("nginx to listen", Duration::from_secs(10), || {
         in_netns(client, || TcpStream::connect((NGINX, 8080)).ok().map(drop))
     })?;
@@ -176,7 +145,7 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
              with PROXY protocol v2, echo {ADDRESS}:7/udp → UDP echo"
         ),
     );
-    lab.speakers(nodes, &exe, L2_ANNOUNCE, true)?;
+    let speakers = speakers(&mut lab, nodes, exe, L2_ANNOUNCE, true)?;
     let owner = wait_until("a node to own the address", Duration::from_secs(15), || {
         owner_of(nodes)
     })
@@ -197,7 +166,7 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
         5,
         &format!("killing {owner}'s speaker (SIGKILL), as a node crash would"),
     );
-    let failover = kill_and_wait(&lab, client, &owner)?;
+    let failover = kill_and_wait(&mut lab, client, speakers[node_index(&owner)?])?;
     step(
         6,
         &format!(
@@ -214,24 +183,27 @@ pub fn run_demo(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result
         backend_saw,
         udp_ok,
     };
-    let p = &opts.prefix;
-    let n = summary.new_owner.replace("node-", "node");
-    let i = summary.new_owner.trim_start_matches("node-");
-    lab.keep_or_clean(
+    keep_or_clean(
+        &lab,
         opts.keep,
-        &[
-            format!("ip netns exec {p}-client curl -s http://{ADDRESS}/"),
-            format!("ip netns exec {p}-client ip neigh show {ADDRESS}"),
-            format!("ip netns exec {p}-{n} ip addr show dev lo"),
-            format!(
-                "ip netns exec {p}-{n} curl -s http://10.99.0.1{i}:9121/metrics | grep forwarder"
-            ),
-            format!("cat {}/speaker-node-*.log", dir.display()),
-            format!("ironlb demo --clean{}", prefix_flag(p)),
-        ],
+        &l2_hints(&opts.prefix, &summary.new_owner, &dir),
         "cleaning up: speakers stopped, namespaces deleted",
     );
     Ok(summary)
+}
+
+/// What to try in a kept layer-2 demo lab whose address `owner` holds.
+fn l2_hints(p: &str, owner: &str, dir: &Path) -> Vec<String> {
+    let n = owner.replace("node-", "node");
+    let i = owner.trim_start_matches("node-");
+    vec![
+        format!("ip netns exec {p}-client curl -s http://{ADDRESS}/"),
+        format!("ip netns exec {p}-client ip neigh show {ADDRESS}"),
+        format!("ip netns exec {p}-{n} ip addr show dev lo"),
+        format!("ip netns exec {p}-{n} curl -s http://10.99.0.1{i}:9121/metrics | grep forwarder"),
+        format!("cat {}/speaker-node-*.log", dir.display()),
+        format!("ironlb demo --clean{}", prefix_flag(p)),
+    ]
 }
 
 /// The node that owns the address once `owner` is gone, and what nginx
@@ -272,9 +244,9 @@ fn ask(client: &str, dir: &Path) -> anyhow::Result<(String, bool)> {
     Ok((backend_saw, udp_ok))
 }
 
-/// Kills `owner`'s speaker and measures, from the client, how long until it
+/// Kills the owner's `speaker` and measures, from the client, how long until it
 /// is served again.
-fn kill_and_wait(lab: &Lab, client: &str, owner: &str) -> anyhow::Result<Duration> {
+fn kill_and_wait(lab: &mut Lab, client: &str, speaker: usize) -> anyhow::Result<Duration> {
     let client = client.to_string();
     let (start_tx, start_rx) = std::sync::mpsc::channel::<Instant>();
     let probe = std::thread::spawn(move || {
@@ -297,7 +269,7 @@ fn kill_and_wait(lab: &Lab, client: &str, owner: &str) -> anyhow::Result<Duratio
         })
     });
     let start = Instant::now();
-    lab.kill(&format!("speaker {owner}"));
+    lab.kill(speaker);
     let _ = start_tx.send(start);
     probe
         .join()
@@ -312,8 +284,8 @@ const BGP_CLIENT: &str = "10.99.1.2";
 /// `ironlb demo --bgp`: the same Service, advertised over BGP by all three
 /// nodes to an FRR router (with BFD, 100 ms × 3); the client sits behind the
 /// router, so its traffic follows the routes; one node's link is cut.
-fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
-    let dir = &lab.dir;
+fn bgp_demo(opts: &Options, lab: &mut Lab, exe: &str) -> anyhow::Result<Summary> {
+    let dir = &lab.dir().to_path_buf();
     step(
         1,
         &format!(
@@ -323,12 +295,12 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         ),
     );
     let (sw, hosts) = lab.switch_with(&[
-        ("node1", "p1", "10.99.0.11"),
-        ("node2", "p2", "10.99.0.12"),
-        ("node3", "p3", "10.99.0.13"),
-        ("router", "pr", "10.99.0.1"),
-        ("nginx", "pn", NGINX),
-        ("echo", "pe", ECHO),
+        ("node1", "p1", "10.99.0.11/24"),
+        ("node2", "p2", "10.99.0.12/24"),
+        ("node3", "p3", "10.99.0.13/24"),
+        ("router", "pr", "10.99.0.1/24"),
+        ("nginx", "pn", &format!("{NGINX}/24")),
+        ("echo", "pe", &format!("{ECHO}/24")),
     ])?;
     let (nodes, router) = (&hosts[..3], &hosts[3]);
     let client = route_through(lab, nodes, router)?;
@@ -337,7 +309,7 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         2,
         "starting the backends (nginx with PROXY protocol, a UDP echo) and FRR (zebra, bfdd, bgpd)",
     );
-    lab.backends(&hosts[4], &hosts[5], exe)?;
+    backends(lab, &hosts[4], &hosts[5], exe)?;
     let frr = start_frr(lab, router)?;
 
     step(
@@ -347,7 +319,7 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
              advertises {ADDRESS}/32; web {ADDRESS}:80 → nginx, echo {ADDRESS}:7/udp"
         ),
     );
-    lab.speakers(nodes, exe, BGP_ANNOUNCE, false)?;
+    speakers(lab, nodes, exe, BGP_ANNOUNCE, false)?;
     wait_until(
         "the router to learn three paths",
         Duration::from_secs(30),
@@ -394,7 +366,8 @@ fn bgp_demo(opts: &Options, lab: &Lab, exe: &Path) -> anyhow::Result<Summary> {
         backend_saw,
         udp_ok,
     };
-    lab.keep_or_clean(
+    keep_or_clean(
+        lab,
         opts.keep,
         &bgp_hints(&opts.prefix, &frr),
         "cleaning up: speakers and FRR stopped, namespaces deleted",
@@ -466,20 +439,20 @@ fn wait_for_bfd(router: &str, frr: &Path) -> anyhow::Result<()> {
 /// The nodes' default route through `router`, and a client namespace
 /// behind it on 10.99.1.0/24, whose traffic to the address follows the
 /// router's routes.
-fn route_through(lab: &Lab, nodes: &[String], router: &str) -> anyhow::Result<String> {
+fn route_through(lab: &mut Lab, nodes: &[String], router: &str) -> anyhow::Result<String> {
     for n in nodes {
-        lab.exec(n, &["ip", "route", "add", "default", "via", "10.99.0.1"])?;
+        lab.exec_ok(n, &["ip", "route", "add", "default", "via", "10.99.0.1"])?;
     }
     let client = lab.namespace("client")?;
-    lab.exec(
+    lab.exec_ok(
         router,
         &[
             "ip", "link", "add", "rc", "type", "veth", "peer", "name", "eth0", "netns", &client,
         ],
     )?;
-    lab.exec(router, &["ip", "addr", "add", "10.99.1.1/24", "dev", "rc"])?;
-    lab.exec(router, &["ip", "link", "set", "rc", "up"])?;
-    lab.exec(
+    lab.exec_ok(router, &["ip", "addr", "add", "10.99.1.1/24", "dev", "rc"])?;
+    lab.exec_ok(router, &["ip", "link", "set", "rc", "up"])?;
+    lab.exec_ok(
         &client,
         &[
             "ip",
@@ -490,14 +463,14 @@ fn route_through(lab: &Lab, nodes: &[String], router: &str) -> anyhow::Result<St
             "eth0",
         ],
     )?;
-    lab.exec(&client, &["ip", "link", "set", "eth0", "up"])?;
-    lab.exec(
+    lab.exec_ok(&client, &["ip", "link", "set", "eth0", "up"])?;
+    lab.exec_ok(
         &client,
         &["ip", "route", "add", "default", "via", "10.99.1.1"],
     )?;
-    lab.exec(router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    lab.exec_ok(router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     // Spread one client's connections over the nodes by port as well.
-    lab.exec(
+    lab.exec_ok(
         router,
         &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
     )?;
@@ -506,8 +479,8 @@ fn route_through(lab: &Lab, nodes: &[String], router: &str) -> anyhow::Result<St
 
 /// FRR on `router` (zebra, bfdd, bgpd): AS 64513, taking BGP sessions with
 /// BFD (100 ms × 3) from the nodes' subnet. Returns its directory.
-fn start_frr(lab: &Lab, router: &str) -> anyhow::Result<PathBuf> {
-    let dir = &lab.dir;
+fn start_frr(lab: &mut Lab, router: &str) -> anyhow::Result<PathBuf> {
+    let dir = &lab.dir().to_path_buf();
     let frr = dir.join("frr");
     std::fs::create_dir_all(&frr)?;
     let frr_conf = frr.join("frr.conf");
@@ -526,9 +499,8 @@ fn start_frr(lab: &Lab, router: &str) -> anyhow::Result<PathBuf> {
     let zserv = frr.join("zserv.api");
     for daemon in ["zebra", "bfdd", "bgpd"] {
         lab.spawn(
-            daemon,
             router,
-            &Path::new("/usr/lib/frr").join(daemon),
+            &format!("/usr/lib/frr/{daemon}"),
             &[
                 "-i",
                 path(&frr.join(format!("{daemon}.pid"))),
@@ -543,6 +515,7 @@ fn start_frr(lab: &Lab, router: &str) -> anyhow::Result<PathBuf> {
                 "-g",
                 "frr",
             ],
+            &dir.join(format!("{daemon}.log")),
         )?;
         if daemon == "zebra" {
             wait_until("zebra", Duration::from_secs(10), || {
@@ -557,7 +530,7 @@ fn start_frr(lab: &Lab, router: &str) -> anyhow::Result<PathBuf> {
 /// request before a second of answers.
 fn cut_and_wait(lab: &Lab, switch: &str, client: &str) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    lab.exec(switch, &["ip", "link", "set", "p3", "down"])?;
+    lab.exec_ok(switch, &["ip", "link", "set", "p3", "down"])?;
     let failover = in_netns(client, || {
         // Served again: the last failed request before a second of answers.
         let mut last_fail = None;
@@ -588,10 +561,6 @@ fn prefix_flag(p: &str) -> String {
     }
 }
 
-fn lock(c: &Arc<Mutex<Cleanup>>) -> std::sync::MutexGuard<'_, Cleanup> {
-    c.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn step(n: usize, text: &str) {
     println!("[{n}/{STEPS}] {text}");
 }
@@ -604,175 +573,86 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
 
-struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    cleanup: Arc<Mutex<Cleanup>>,
-}
-
-impl Lab {
-    /// The lab's directory and cleanup list, refused when a lab of that
-    /// prefix is already up.
-    fn open(opts: &Options, cleanup: &Arc<Mutex<Cleanup>>) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(&opts.prefix);
-        if Path::new(&format!("/run/netns/{}-sw", opts.prefix)).exists() {
-            anyhow::bail!(
-                "a demo lab named {0} is already up; remove it with `ironlb demo --clean` \
-                 (or pick another --prefix)",
-                opts.prefix
-            );
-        }
-        std::fs::create_dir_all(&dir)?;
-        lock(cleanup).dir = Some(dir.clone());
-        Ok(Self {
-            prefix: opts.prefix.clone(),
-            dir,
-            cleanup: cleanup.clone(),
-        })
-    }
-
-    fn namespace(&self, short: &str) -> anyhow::Result<String> {
-        let name = format!("{}-{short}", self.prefix);
-        run("ip", &["netns", "add", &name])?;
-        lock(&self.cleanup).namespaces.push(name.clone());
-        self.exec(&name, &["ip", "link", "set", "lo", "up"])?;
-        Ok(name)
-    }
-
-    /// The lab's bridge (`br0` in namespace `sw`) with `hosts` plugged in:
-    /// `(short name, bridge port, address)`, each host's `eth0` in a /24.
-    /// Returns the switch's namespace and the hosts', in order.
-    fn switch_with(&self, hosts: &[(&str, &str, &str)]) -> anyhow::Result<(String, Vec<String>)> {
-        let sw = self.namespace("sw")?;
-        self.exec(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
-        self.exec(&sw, &["ip", "link", "set", "br0", "up"])?;
-        let mut out = Vec::new();
-        for (short, port, addr) in hosts {
-            let ns = self.namespace(short)?;
-            self.exec(
-                &sw,
-                &[
-                    "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-                ],
-            )?;
-            self.exec(&sw, &["ip", "link", "set", port, "master", "br0", "up"])?;
-            self.exec(
-                &ns,
-                &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
-            )?;
-            self.exec(&ns, &["ip", "link", "set", "eth0", "up"])?;
-            out.push(ns);
-        }
-        Ok((sw, out))
-    }
-
-    fn exec(&self, ns: &str, cmd: &[&str]) -> anyhow::Result<()> {
-        let mut args = vec!["netns", "exec", ns];
-        args.extend_from_slice(cmd);
-        run("ip", &args)
-    }
-
-    fn spawn(&self, what: &str, ns: &str, program: &Path, args: &[&str]) -> anyhow::Result<()> {
-        let log = self.dir.join(format!("{}.log", what.replace(' ', "-")));
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {what}: {e}"))?;
-        lock(&self.cleanup).children.push((what.to_string(), child));
-        Ok(())
-    }
-
-    /// nginx (reading the PROXY protocol) in `nginx`, the UDP echo in `echo`.
-    fn backends(&self, nginx: &str, echo: &str, exe: &Path) -> anyhow::Result<()> {
-        let conf = self.dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(&self.dir))?;
-        self.spawn(
-            "nginx",
-            nginx,
-            Path::new("nginx"),
-            &[
-                "-c",
-                path(&conf),
-                "-e",
-                path(&self.dir.join("nginx-error.log")),
-            ],
-        )?;
-        self.spawn(
-            "udp-echo",
-            echo,
-            exe,
-            &["demo-udp-echo", &format!("{ECHO}:5353")],
-        )
-    }
-
-    /// A static speaker on each of the three `nodes`, announcing as
-    /// `announce` says; `metrics` serves each one's `/metrics` on its node.
-    fn speakers(
-        &self,
-        nodes: &[String],
-        exe: &Path,
-        announce: &str,
-        metrics: bool,
-    ) -> anyhow::Result<()> {
-        for (i, node) in (1..=3).zip(nodes) {
-            let config = self.dir.join(format!("node-{i}.yaml"));
-            std::fs::write(&config, speaker_config(i, announce))?;
-            let metrics_addr = format!("10.99.0.1{i}:9121");
-            let mut args = vec!["speaker", "--static", path(&config)];
-            if metrics {
-                args.extend(["--metrics-addr", &metrics_addr]);
-            }
-            self.spawn(&format!("speaker node-{i}"), node, exe, &args)?;
-        }
-        Ok(())
-    }
-
-    /// With `keep`, leaves the lab up and prints `explore`; else says the
-    /// lab goes (`cleaning`).
-    fn keep_or_clean(&self, keep: bool, explore: &[String], cleaning: &str) {
-        if !keep {
-            step(7, cleaning);
-            return;
-        }
-        step(7, "keeping the lab up (--keep); explore it:");
-        for line in explore {
-            println!("      {line}");
-        }
-        let mut cleanup = lock(&self.cleanup);
-        cleanup.children.clear();
-        cleanup.namespaces.clear();
-        cleanup.dir = None;
-    }
-
-    fn kill(&self, what: &str) {
-        let mut c = lock(&self.cleanup);
-        if let Some((_, child)) = c.children.iter_mut().find(|(w, _)| w == what) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| anyhow::anyhow!("running {program}: {e}"))?;
-    if !out.status.success() {
+/// The demo's lab, refused when a lab of that prefix is already up.
+fn open(opts: &Options, cleanup: &Cleanup) -> anyhow::Result<Lab> {
+    if Path::new(&format!("/run/netns/{}-sw", opts.prefix)).exists() {
         anyhow::bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "a demo lab named {0} is already up; remove it with `ironlb demo --clean` \
+             (or pick another --prefix)",
+            opts.prefix
         );
     }
+    Ok(Lab::open(&opts.prefix, cleanup.clone())?)
+}
+
+/// nginx (reading the PROXY protocol) in `nginx`, the UDP echo in `echo`.
+fn backends(lab: &mut Lab, nginx: &str, echo: &str, exe: &str) -> anyhow::Result<()> {
+    let dir = lab.dir().to_path_buf();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir))?;
+    let error_log = dir.join("nginx-error.log");
+    lab.spawn(
+        nginx,
+        "nginx",
+        &["-c", path(&conf), "-e", path(&error_log)],
+        &dir.join("nginx.log"),
+    )?;
+    lab.spawn(
+        echo,
+        exe,
+        &["demo-udp-echo", &format!("{ECHO}:5353")],
+        &dir.join("udp-echo.log"),
+    )?;
     Ok(())
+}
+
+/// A static speaker on each of the three `nodes`, announcing as `announce`
+/// says; `metrics` serves each one's `/metrics` on its node. Returns their
+/// indexes in the lab, node-1 first.
+fn speakers(
+    lab: &mut Lab,
+    nodes: &[String],
+    exe: &str,
+    announce: &str,
+    metrics: bool,
+) -> anyhow::Result<Vec<usize>> {
+    let dir = lab.dir().to_path_buf();
+    let mut started = Vec::new();
+    for (i, node) in (1..=3).zip(nodes) {
+        let config = dir.join(format!("node-{i}.yaml"));
+        std::fs::write(&config, speaker_config(i, announce))?;
+        let metrics_addr = format!("10.99.0.1{i}:9121");
+        let mut args = vec!["speaker", "--static", path(&config)];
+        if metrics {
+            args.extend(["--metrics-addr", &metrics_addr]);
+        }
+        let log = dir.join(format!("speaker-node-{i}.log"));
+        started.push(lab.spawn(node, exe, &args, &log)?);
+    }
+    Ok(started)
+}
+
+/// Where node `node-N`'s speaker is in what [`speakers`] returned.
+fn node_index(node: &str) -> anyhow::Result<usize> {
+    node.strip_prefix("node-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| (1..=3).contains(n))
+        .map(|n| n - 1)
+        .ok_or_else(|| anyhow::anyhow!("{node} is none of the demo's nodes"))
+}
+
+/// With `keep`, leaves the lab up and prints `explore`; else says the lab
+/// goes (`cleaning`).
+fn keep_or_clean(lab: &Lab, keep: bool, explore: &[String], cleaning: &str) {
+    if !keep {
+        step(7, cleaning);
+        return;
+    }
+    step(7, "keeping the lab up (--keep); explore it:");
+    for line in explore {
+        println!("      {line}");
+    }
+    lab.keep();
 }
 
 fn run_out(program: &str, args: &[&str]) -> Option<String> {
@@ -785,13 +665,7 @@ fn run_out(program: &str, args: &[&str]) -> Option<String> {
 /// Checks root and the commands the lab needs; installs missing Debian
 /// packages when allowed.
 fn preflight(opts: &Options) -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        == Some("0");
-    if !root {
+    if !is_root() {
         anyhow::bail!("the demo builds network namespaces: run it as root (sudo)");
     }
     let have = |cmd: &str| run_out("sh", &["-c", &format!("command -v {cmd}")]).is_some();
@@ -872,22 +746,6 @@ const L2_ANNOUNCE: &str = "    interfaces: [eth0]\n";
 const BGP_ANNOUNCE: &str = "    bgp: {}\n\
      bgp:\n  bfdProfiles:\n    fast: {receiveInterval: 100, transmitInterval: 100}\n  \
      peers:\n    - name: tor\n      spec: {myASN: 64512, peerASN: 64513, peerAddress: 10.99.0.1, bfdProfile: fast}\n";
-
-/// Runs `f` on a thread inside network namespace `ns` (its name under
-/// `/run/netns`); the calling thread stays where it is.
-pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}"))
-                .unwrap_or_else(|e| panic!("opening namespace {ns}: {e}"));
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("entering namespace {ns}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
-}
 
 /// The node whose speaker announces the address now, from the speakers'
 /// metrics.
