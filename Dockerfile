@@ -4,6 +4,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY lab ./lab
 COPY benches ./benches
 RUN cargo build --release --locked --bin ironlb && strip target/release/ironlb
 
