@@ -437,7 +437,7 @@ fn ironlb_conf() -> String {
     format!(
         "node: proxy\ngossip:\n  listen: {PROXY}:7947\n  secret: bench-gossip-secret\n\
          addresses:\n  - address: {VIP}\n    interfaces: [c0]\n\
-         forwarder:\n  tcpIdleSeconds: 600\n  tcpHandshakeSeconds: 600\n  maxConnectionsPerSource: 1000000\n\
+         forwarder:\n  tcpIdleSeconds: 600\n  tcpHandshakeSeconds: 600\n\
          services:\n\
          \x20 - name: iperf\n    address: {VIP}\n    ports: [{{port: 8003, targetPort: 5201}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
          \x20 - name: http\n    address: {VIP}\n    ports: [{{port: 8083, targetPort: 8080}}]\n    endpoints: [{{address: {BACKEND}}}]\n\

@@ -252,13 +252,16 @@ struct ForwardArgs {
     /// its backend never replied) [default: 120].
     #[arg(long)]
     forward_udp_idle_seconds: Option<u64>,
-    /// TCP connections at once per Service port; more are reset [default: 16384].
+    /// TCP connections at once per Service port; more are reset [default:
+    /// as many as the open-file limit holds, as maxConnectionsTotal].
     #[arg(long)]
     forward_max_connections: Option<usize>,
-    /// TCP connections at once on the node, over every Service [default: 65536].
+    /// TCP connections at once on the node, over every Service [default:
+    /// (the open-file limit - 256) / 2, two descriptors each].
     #[arg(long)]
     forward_max_connections_total: Option<usize>,
-    /// TCP connections at once per client address and Service port [default: 4096].
+    /// TCP connections at once per client address and Service port; unset,
+    /// no such limit (one address is often a NAT or a proxy of thousands).
     #[arg(long)]
     forward_max_connections_per_source: Option<usize>,
     /// UDP flows per Service port; a new client beyond evicts a flow never
@@ -671,7 +674,10 @@ async fn run_speaker(args: SpeakerArgs) -> anyhow::Result<()> {
             announce_interval: Duration::from_millis(args.announce_interval_ms),
             reannounce: Duration::from_secs(args.reannounce_seconds),
         },
-        forwarding: args.forward.tuning().settings(),
+        forwarding: args
+            .forward
+            .tuning()
+            .settings(ironlb::forwarder::open_file_limit()),
     };
     ironlb::speaker::run_kubernetes(
         client(args.kubeconfig, None).await?,

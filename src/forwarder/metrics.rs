@@ -49,6 +49,9 @@ pub enum Refusal {
     ConnectionLimit,
     /// The node's connection limit, over every listener, was reached.
     NodeConnectionLimit,
+    /// The node's descriptors ([`super::Settings::descriptors`]) were all
+    /// taken.
+    OpenFileLimit,
     /// The client's address had as many connections open as it may.
     SourceLimit,
     /// The node's UDP flows were all taken, none of them this listener's.
@@ -76,6 +79,7 @@ impl EncodeLabelValue for Refusal {
             Refusal::SourceRange => "source_range",
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::NodeConnectionLimit => "node_connection_limit",
+            Refusal::OpenFileLimit => "open_file_limit",
             Refusal::SourceLimit => "source_limit",
             Refusal::FlowTableFull => "flow_table_full",
             Refusal::NoBackend => "no_backend",

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -54,8 +54,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// TCP connections open at once on the node, over every listener.
     pub max_connections_total: usize,
-    /// TCP connections open at once per client address and listener.
-    pub max_connections_per_source: usize,
+    /// TCP connections open at once per client address and listener; `None`,
+    /// the default: no such limit, since one address is often a NAT or a
+    /// proxy in front of thousands of users.
+    pub max_connections_per_source: Option<usize>,
     /// UDP flows per listener; a new client beyond makes room (see
     /// [`flows`]).
     pub max_flows: usize,
@@ -64,6 +66,11 @@ pub struct Settings {
     pub max_flows_total: usize,
     /// Clients whose backend a listener with session affinity remembers.
     pub max_affinity_clients: usize,
+    /// Descriptors connections, flows and splice pipes may hold together on
+    /// the node: the open-file limit less the speaker's own. Past it new
+    /// connections are refused (`open_file_limit`) and bulk copies skip
+    /// `splice`, where accepts would otherwise fail with EMFILE.
+    pub descriptors: usize,
     /// How long connections live on once their listener is gone.
     pub drain: Duration,
     /// The firewall mark that routes replies of transparent connections back
@@ -84,8 +91,27 @@ pub const UNANSWERED_FLOW_IDLE: Duration = Duration::from_secs(30);
 /// never answered when room is needed (see [`flows`]).
 pub const REPLY_GRACE: Duration = Duration::from_secs(1);
 
+/// The open-file limit [`Settings::default`] assumes: systemd's and
+/// containerd's usual hard limit.
+pub const DEFAULT_OPEN_FILES: u64 = 1_048_576;
+
 impl Default for Settings {
     fn default() -> Self {
+        Self::within(DEFAULT_OPEN_FILES)
+    }
+}
+
+impl Settings {
+    /// The defaults on a node whose open-file limit is `open_files`. The
+    /// connection caps are what the descriptors allow, as HAProxy derives its
+    /// `maxconn` from the limit: load HAProxy carries with its defaults is
+    /// carried here too, and what does not fit is refused cleanly.
+    pub fn within(open_files: u64) -> Self {
+        let descriptors = usize::try_from(open_files.saturating_sub(OWN_DESCRIPTORS))
+            .unwrap_or(usize::MAX)
+            .max(2);
+        // Two sockets per proxied connection.
+        let max_connections_total = descriptors / 2;
         Self {
             // Past TCP's second SYN retransmission (at 3 s): a backend whose
             // accept queue overflowed for a moment still gets the connection,
@@ -98,16 +124,16 @@ impl Default for Settings {
             tcp_idle: Duration::from_secs(900),
             // kube-proxy's conntrack UDP stream timeout.
             udp_idle: Duration::from_secs(120),
-            max_connections: 16_384,
-            max_connections_total: 65_536,
-            // Room for a NAT of a few hundred users, not for one client to
-            // take a listener.
-            max_connections_per_source: 4_096,
+            // HAProxy's frontend `maxconn` defaults to its global one.
+            max_connections: max_connections_total,
+            max_connections_total,
+            max_connections_per_source: None,
             max_flows: 8_192,
             // Well inside the default ephemeral port range (28,232 ports), so
             // the node can still open its own sockets.
-            max_flows_total: 16_384,
+            max_flows_total: 16_384.min(descriptors),
             max_affinity_clients: 65_536,
+            descriptors,
             drain: Duration::from_secs(30),
             mark: transparent::DEFAULT_MARK,
             reserved: Vec::new(),
@@ -149,9 +175,10 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// The defaults with these overrides.
-    pub fn settings(&self) -> Settings {
-        let d = Settings::default();
+    /// The defaults on a node with `open_files` descriptors
+    /// ([`Settings::within`]) with these overrides.
+    pub fn settings(&self, open_files: u64) -> Settings {
+        let d = Settings::within(open_files);
         let count = |v: Option<usize>, default: usize| v.unwrap_or(default).max(1);
         let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
         Settings {
@@ -163,13 +190,11 @@ impl Tuning {
             udp_idle: secs(self.udp_idle_seconds, d.udp_idle),
             max_connections: count(self.max_connections, d.max_connections),
             max_connections_total: count(self.max_connections_total, d.max_connections_total),
-            max_connections_per_source: count(
-                self.max_connections_per_source,
-                d.max_connections_per_source,
-            ),
+            max_connections_per_source: self.max_connections_per_source.map(|n| n.max(1)),
             max_flows: count(self.max_flows, d.max_flows),
             max_flows_total: count(self.max_flows_total, d.max_flows_total),
             max_affinity_clients: count(self.max_affinity_clients, d.max_affinity_clients),
+            descriptors: d.descriptors,
             drain: secs(self.drain_seconds, d.drain),
             mark: d.mark,
             reserved: self
@@ -232,6 +257,56 @@ struct Context {
 struct NodeLimits {
     connections: Arc<Semaphore>,
     flows: Arc<Semaphore>,
+    /// [`Settings::descriptors`]: two per connection, one per flow, two per
+    /// splice pipe.
+    descriptors: Arc<Semaphore>,
+}
+
+/// A connection's or a flow's place under the node's limits, given back
+/// when it is dropped.
+struct NodeSlot {
+    _count: OwnedSemaphorePermit,
+    _descriptors: OwnedSemaphorePermit,
+}
+
+impl NodeLimits {
+    fn new(settings: &Settings) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(settings.max_connections_total)),
+            flows: Arc::new(Semaphore::new(settings.max_flows_total)),
+            descriptors: Arc::new(Semaphore::new(
+                settings.descriptors.min(Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// A place for one more TCP connection, or the limit that is reached.
+    fn connection(&self) -> Result<NodeSlot, metrics::Refusal> {
+        let descriptors = self
+            .descriptors
+            .clone()
+            .try_acquire_many_owned(2)
+            .map_err(|_| metrics::Refusal::OpenFileLimit)?;
+        let count = self
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| metrics::Refusal::NodeConnectionLimit)?;
+        Ok(NodeSlot {
+            _count: count,
+            _descriptors: descriptors,
+        })
+    }
+
+    /// A place for one more UDP flow, if the node has one.
+    fn flow(&self) -> Option<NodeSlot> {
+        let count = self.flows.clone().try_acquire_owned().ok()?;
+        let descriptors = self.descriptors.clone().try_acquire_owned().ok()?;
+        Some(NodeSlot {
+            _count: count,
+            _descriptors: descriptors,
+        })
+    }
 }
 
 struct Running {
@@ -271,10 +346,7 @@ impl Forwarder {
     /// A forwarder with no listener yet.
     pub fn new(settings: Settings, metrics: metrics::Metrics) -> Self {
         Self {
-            node: NodeLimits {
-                connections: Arc::new(Semaphore::new(settings.max_connections_total)),
-                flows: Arc::new(Semaphore::new(settings.max_flows_total)),
-            },
+            node: NodeLimits::new(&settings),
             settings,
             metrics,
             running: BTreeMap::new(),
@@ -432,21 +504,26 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
 /// gossip, metrics, netlink, the packet sockets, `nft` and `ip` children.
 const OWN_DESCRIPTORS: u64 = 256;
 
-/// Why `settings` do not fit in an open-file `limit`, if they do not: at its
-/// caps every TCP connection holds two descriptors and every UDP flow one,
-/// and past the limit accepts fail (EMFILE) instead of being refused by a
-/// cap. Pure, for the startup warning.
-pub fn descriptor_shortfall(settings: &Settings, limit: u64) -> Option<String> {
-    let needed = 2 * settings.max_connections_total as u64
-        + settings.max_flows_total as u64
-        + OWN_DESCRIPTORS;
-    (needed > limit).then(|| {
+/// This process's open-file limit now (after [`raise_fd_limit`]), or
+/// [`DEFAULT_OPEN_FILES`] when it cannot be read.
+pub fn open_file_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(DEFAULT_OPEN_FILES, |(soft, _)| soft)
+}
+
+/// Why caps set by hand cannot be reached within `settings`' descriptors,
+/// if they cannot: connections or flows past the descriptors are refused
+/// (`open_file_limit`), not taken. Pure, for the startup warning.
+pub fn descriptor_shortfall(settings: &Settings) -> Option<String> {
+    let connections = settings.descriptors / 2;
+    let flows = settings.descriptors;
+    (settings.max_connections_total > connections || settings.max_flows_total > flows).then(|| {
         format!(
-            "the open-file limit ({limit}) is below what the forwarder's caps may use \
-             ({needed}: 2 per connection x maxConnectionsTotal {}, 1 per flow x maxFlowsTotal {}, \
-             {OWN_DESCRIPTORS} for the speaker); near it, accepts fail and back off instead of being \
-             refused: raise the limit (LimitNOFILE, ulimit -n) or lower the caps",
-            settings.max_connections_total, settings.max_flows_total
+            "the open-file limit leaves the forwarder {} descriptors: at most {connections} TCP \
+             connections (2 each) or {flows} UDP flows (1 each), below maxConnectionsTotal {} / \
+             maxFlowsTotal {}; what does not fit is refused (open_file_limit): raise the limit \
+             (LimitNOFILE, ulimit -n) or lower the caps",
+            settings.descriptors, settings.max_connections_total, settings.max_flows_total
         )
     })
 }
@@ -547,21 +624,35 @@ fn admitted(policy: &Policy, client: std::net::IpAddr) -> bool {
 mod descriptor_tests {
     use super::*;
 
+    /// The defaults follow the open-file limit: the connection caps are
+    /// what the descriptors hold, no source is limited, and none of them
+    /// needs a warning.
     #[test]
-    fn the_caps_are_checked_against_the_open_file_limit() {
-        let d = Settings::default();
-        // 2 x 65,536 + 16,384 + 256.
-        assert!(descriptor_shortfall(&d, 1_048_576).is_none());
-        let short = descriptor_shortfall(&d, 65_536).expect("too few");
+    fn the_defaults_are_what_the_open_file_limit_holds() {
+        for (limit, connections, flows) in [
+            (20_000, 9_872, 16_384),
+            (1_048_576, 524_160, 16_384),
+            (4_096, 1_920, 3_840),
+            (100, 1, 2),
+        ] {
+            let s = Settings::within(limit);
+            assert_eq!(s.max_connections_total, connections, "limit {limit}");
+            assert_eq!(s.max_connections, connections, "limit {limit}");
+            assert_eq!(s.max_flows_total, flows, "limit {limit}");
+            assert_eq!(s.max_connections_per_source, None, "limit {limit}");
+            assert_eq!(descriptor_shortfall(&s), None, "limit {limit}");
+        }
+        let tuned = Tuning {
+            max_connections_per_source: Some(0),
+            max_connections_total: Some(50_000),
+            ..Tuning::default()
+        }
+        .settings(20_000);
+        assert_eq!(tuned.max_connections_per_source, Some(1));
+        let short = descriptor_shortfall(&tuned).expect("50,000 connections do not fit");
         assert!(
-            short.contains("(65536)") && short.contains("147712"),
+            short.contains("19744 descriptors") && short.contains("at most 9872 TCP connections"),
             "{short}"
         );
-        let small = Settings {
-            max_connections_total: 100,
-            max_flows_total: 100,
-            ..d
-        };
-        assert!(descriptor_shortfall(&small, 1024).is_none());
     }
 }

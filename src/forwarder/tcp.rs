@@ -10,12 +10,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use socket2::Type;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::metrics::{Direction, Refusal, ServiceLabels, Timeout, TimeoutLabels};
-use super::{Activity, Context, Settings, Shared, admitted, proxy_header, sni, transparent_socket};
+use super::{
+    Activity, Context, NodeSlot, Settings, Shared, admitted, proxy_header, sni, transparent_socket,
+};
 use crate::ipam::ServiceKey;
 
 pub(super) async fn serve(
@@ -81,32 +83,34 @@ pub(super) async fn serve(
     }
 }
 
-/// A connection's places under the listener's, the node's and its source's
-/// limits, given back when it ends.
+/// A connection's places under the listener's, the node's and (when one is
+/// set) its source's limits, given back when it ends.
 struct Permits {
     _listener: OwnedSemaphorePermit,
-    _node: OwnedSemaphorePermit,
-    _source: SourceSlot,
+    _node: NodeSlot,
+    _source: Option<SourceSlot>,
 }
 
 /// Takes a place under every connection limit for a client at `source`, or
-/// says which limit is reached.
+/// says which limit is reached. The node's are asked first: by default the
+/// caps are what the descriptors hold, and a refusal should name the limit
+/// the operator can raise (the open-file limit), not a cap derived from it.
 fn admit(ctx: &Context, source: IpAddr) -> Result<Permits, Refusal> {
+    let node = ctx.node.connection()?;
     let listener = ctx
         .connections
         .clone()
         .try_acquire_owned()
         .map_err(|_| Refusal::ConnectionLimit)?;
-    let node = ctx
-        .node
-        .connections
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Refusal::NodeConnectionLimit)?;
-    let source = ctx
-        .sources
-        .take(source, ctx.settings.max_connections_per_source)
-        .ok_or(Refusal::SourceLimit)?;
+    // Without a per-source limit nothing is counted: no lock, no map entry.
+    let source = match ctx.settings.max_connections_per_source {
+        Some(limit) => Some(
+            ctx.sources
+                .take(source, limit)
+                .ok_or(Refusal::SourceLimit)?,
+        ),
+        None => None,
+    };
     Ok(Permits {
         _listener: listener,
         _node: node,
@@ -329,6 +333,9 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
         return;
     }
     counters.up.inc_by(hello.bytes.len() as u64);
+    // Given back now, not when the connection ends: an idle connection
+    // holds no buffer.
+    drop((first, hello));
     counters.connections.inc();
     counters.active.inc();
     // A connection outlives its backend's endpoint (the pod may still be
@@ -339,7 +346,7 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
         tokio::time::sleep(ctx.settings.drain).await;
     };
     let outcome = tokio::select! {
-        r = pipe(&client, &upstream, &ctx.settings, &counters) => r,
+        r = pipe(&client, &upstream, &ctx.settings, &ctx.node.descriptors, &counters) => r,
         _ = cut => Err(std::io::Error::other("drained")),
     };
     counters.active.dec();
@@ -387,17 +394,18 @@ struct Hello {
 /// longer (`true`).
 async fn read_hello(client: &TcpStream, patience: Duration) -> Result<Hello, bool> {
     // Most ClientHellos are a few hundred bytes to two KiB: the buffer
-    // starts there and grows only for a larger one.
-    let mut bytes = Vec::with_capacity(2048);
+    // starts there and grows only for a larger one. It is on the heap, not
+    // an array on this future's stack: every connection's task would carry
+    // those bytes for as long as it lives.
+    let mut bytes = vec![0u8; 2048];
     let deadline = tokio::time::Instant::now() + patience;
     // A read tried at once, as HAProxy does after accept: the hello usually
     // arrived with the handshake's last ACK, and the reactor need not be
     // asked first whether it has (a turn of the event loop per connection).
-    let mut first = [0u8; 2048];
-    match std::io::Read::read(&mut &*socket2::SockRef::from(client), &mut first) {
+    match std::io::Read::read(&mut &*socket2::SockRef::from(client), &mut bytes) {
         Ok(0) => return Err(false),
-        Ok(n) => bytes.extend_from_slice(&first[..n]),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok(n) => bytes.truncate(n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bytes.clear(),
         Err(_) => return Err(false),
     }
     loop {
@@ -458,18 +466,20 @@ const PIPE_CHUNK: usize = 64 * 1024;
 /// without awaiting in between); once a read fills that buffer the direction
 /// is bulk and switches to `splice(2)`, socket → pipe → socket, so bytes no
 /// longer enter user space — HAProxy's `splice-auto`. A connection owns no
-/// buffer of its own, and its pipes only once it moves bulk data.
+/// buffer of its own, and its pipes only once it moves bulk data and the
+/// node's `descriptors` have room for them.
 async fn pipe(
     client: &TcpStream,
     upstream: &TcpStream,
     settings: &Settings,
+    descriptors: &Semaphore,
     counters: &TcpCounters,
 ) -> std::io::Result<()> {
     let activity = Activity::new();
     let copy = async {
         tokio::try_join!(
-            copy_half(client, upstream, &activity, &counters.up),
-            copy_half(upstream, client, &activity, &counters.down),
+            copy_half(client, upstream, &activity, descriptors, &counters.up),
+            copy_half(upstream, client, &activity, descriptors, &counters.down),
         )
     };
     let watchdog = async {
@@ -513,6 +523,7 @@ async fn copy_half(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Activity,
+    descriptors: &Semaphore,
     bytes: &Counter,
 ) -> std::io::Result<()> {
     use nix::fcntl::{OFlag, SpliceFFlags, splice};
@@ -561,13 +572,17 @@ async fn copy_half(
             activity.touch();
             continue;
         }
-        let (pipe_out, pipe_in) = match &pipe {
+        let ((pipe_out, pipe_in), _) = match &pipe {
             Some(p) => p,
-            None => match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
-                Ok(p) => pipe.insert(p),
-                // Out of descriptors: this connection copies through the
-                // buffer instead, rather than failing.
-                Err(_) => {
+            None => match descriptors.try_acquire_many(2).ok().and_then(|permit| {
+                let fds = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+                Some((fds, permit))
+            }) {
+                Some(p) => pipe.insert(p),
+                // No descriptors to spare: this connection copies through
+                // the buffer instead, rather than failing or taking the
+                // descriptors a new connection needs.
+                None => {
                     bulk = false;
                     no_pipe = true;
                     continue;
@@ -599,5 +614,29 @@ async fn copy_half(
         }
         bytes.inc_by(n as u64);
         activity.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failed accepts pause 20 ms, then twice as long each time up to a
+    /// second, and start over after a success: a listener out of
+    /// descriptors (other than through its own connections, which the
+    /// node's budget refuses first) neither spins nor stalls for long.
+    #[test]
+    fn failed_accepts_back_off_doubling_to_a_second_and_start_over() {
+        let service = ServiceKey::new("apps", "web");
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut backoff = AcceptBackoff::default();
+        let pauses: Vec<u128> = (0..8)
+            .map(|_| backoff.failed(&service, &error).as_millis())
+            .collect();
+        assert_eq!(pauses, [20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert!(backoff.recovery_untold);
+        backoff.succeeded(&service);
+        assert!(!backoff.recovery_untold);
+        assert_eq!(backoff.failed(&service, &error).as_millis(), 20);
     }
 }

@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use socket2::Type;
 use tokio::net::UdpSocket;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -19,7 +19,8 @@ use super::flows::{Eviction, FlowTable};
 use super::metrics::{Direction, EvictedLabels, Refusal, ServiceLabels};
 use super::plan::Backend;
 use super::{
-    Activity, Context, REPLY_GRACE, Shared, UNANSWERED_FLOW_IDLE, admitted, transparent_socket,
+    Activity, Context, NodeSlot, REPLY_GRACE, Shared, UNANSWERED_FLOW_IDLE, admitted,
+    transparent_socket,
 };
 
 /// The largest UDP payload.
@@ -34,8 +35,9 @@ struct Flow {
     /// task's news that its backend answered.
     id: u64,
     replies: AbortHandle,
-    /// Its place under the node's flow limit, given back when it goes.
-    _slot: OwnedSemaphorePermit,
+    /// Its place under the node's flow and descriptor limits, given back
+    /// when it goes.
+    _slot: NodeSlot,
 }
 
 /// A stopped listener's flow ends after this long without a datagram: its
@@ -172,13 +174,10 @@ fn node_slot(
     flows: &mut FlowTable<SocketAddr, Flow>,
     ctx: &Context,
     c: &Counters,
-) -> Option<OwnedSemaphorePermit> {
-    match ctx.node.flows.clone().try_acquire_owned() {
-        Ok(slot) => Some(slot),
-        Err(_) => evict(flows, c)
-            .then(|| ctx.node.flows.clone().try_acquire_owned().ok())
-            .flatten(),
-    }
+) -> Option<NodeSlot> {
+    ctx.node
+        .flow()
+        .or_else(|| evict(flows, c).then(|| ctx.node.flow()).flatten())
 }
 
 /// After the listener stopped: the flows open go on (their replies still
@@ -280,7 +279,7 @@ async fn open(
     shared: &Shared,
     ctx: &Arc<Context>,
     c: &Counters,
-    slot: OwnedSemaphorePermit,
+    slot: NodeSlot,
     (answered, id): (mpsc::UnboundedSender<Answered>, u64),
 ) -> Result<Flow, Refusal> {
     let now = Instant::now();

@@ -458,10 +458,7 @@ fn executor(
     metrics: &Arc<metrics::Metrics>,
     report: Option<mpsc::UnboundedSender<Report>>,
 ) -> Executor {
-    if let Ok((limit, _)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        && let Some(why) = crate::forwarder::descriptor_shortfall(&forwarding, limit)
-    {
+    if let Some(why) = crate::forwarder::descriptor_shortfall(&forwarding) {
         warn!("{why}");
     }
     let bgp_identifier = bgp_identifier(node, listen);

@@ -75,7 +75,9 @@ pub async fn run_static(
         listen: config.gossip.listen,
         gossip,
         timing: config.timing(),
-        forwarding: config.forwarder.settings(),
+        forwarding: config
+            .forwarder
+            .settings(crate::forwarder::open_file_limit()),
     };
     let sources = Sources {
         desired,

@@ -24,6 +24,15 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut programs = gateway_programs(view);
+    // Routes name their backend Services: found by key, not by a scan each.
+    let services: HashMap<ServiceKey, &Service> = if programs.is_empty() {
+        HashMap::new()
+    } else {
+        view.services
+            .iter()
+            .map(|s| (translate::service_key(s), *s))
+            .collect()
+    };
     for svc in &view.services {
         if !translate::is_eligible(svc, view.default_class) {
             continue;
@@ -64,7 +73,7 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
         };
         let mut routing = programs
             .remove(&key)
-            .map(|program| gateway_routing(program, view));
+            .map(|program| gateway_routing(program, view, &services));
         let mut ports = Vec::new();
         for p in spec.ports.iter().flatten() {
             let protocol = match Protocol::of_port(p.protocol.as_deref()) {
@@ -180,6 +189,7 @@ fn affinity(spec: &ServiceSpec) -> Option<std::time::Duration> {
 fn gateway_routing(
     program: crate::gateway::attach::Program,
     view: &ClusterView<'_>,
+    services: &HashMap<ServiceKey, &Service>,
 ) -> GatewayPorts {
     use crate::gateway::attach;
     let mut out = BTreeMap::new();
@@ -198,7 +208,7 @@ fn gateway_routing(
                 shares: r
                     .backends
                     .iter()
-                    .map(|b| backend_share(b, protocol, view))
+                    .map(|b| backend_share(b, protocol, view, services))
                     .collect(),
             })
             .collect();
@@ -215,13 +225,12 @@ fn backend_share(
     b: &crate::gateway::attach::ProgramBackend,
     protocol: Protocol,
     view: &ClusterView<'_>,
+    services: &HashMap<ServiceKey, &Service>,
 ) -> FrontendShare {
     let key = ServiceKey::new(&b.namespace, &b.name);
-    let port = view
-        .services
-        .iter()
+    let port = services
+        .get(&key)
         .filter(|_| b.usable)
-        .find(|s| translate::service_key(s) == key)
         .and_then(|s| s.spec.as_ref()?.ports.as_ref())
         .and_then(|ports| {
             ports.iter().find(|p| {
@@ -241,9 +250,9 @@ fn backend_share(
 }
 
 /// The endpoints of Service `key` from its EndpointSlices.
-fn endpoints_of(key: &ServiceKey, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
+fn endpoints_of(key: &ServiceKey, slices: &Slices<'_>) -> Vec<Endpoint> {
     let mut out = Vec::new();
-    for slice in slices_of(key, slices) {
+    for slice in slices.of(key) {
         let ports: BTreeMap<(String, Protocol), u16> = slice
             .ports
             .iter()

@@ -136,9 +136,11 @@ fn selects_pool(ad: &L2Advertisement, pool: &str, labels: &BTreeMap<String, Stri
 
 /// Nodes with a ready endpoint of `svc`; serving-but-terminating endpoints
 /// count only when no endpoint is ready, as kube-proxy does.
-fn ready_nodes(svc: &Service, slices: &[&EndpointSlice]) -> BTreeSet<String> {
+fn ready_nodes(svc: &Service, slices: &Slices<'_>) -> BTreeSet<String> {
     let key = translate::service_key(svc);
-    let with_node: Vec<_> = slices_of(&key, slices)
+    let with_node: Vec<_> = slices
+        .of(&key)
+        .iter()
         .flat_map(|s| s.endpoints.iter())
         .filter(|e| e.node_name.is_some())
         .collect();

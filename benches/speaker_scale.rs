@@ -1,0 +1,275 @@
+//! Speaker scale benchmark: `cargo bench --bench speaker_scale`.
+//!
+//! Clusters of three sizes, up to 10,000 LoadBalancer Services, 50,000
+//! endpoints and 1,000 nodes, fed to what a speaker computes on every change:
+//! the view (`view::announcements`, `view::frontends`: what to announce and
+//! what to forward) and the transition (`transition::step`: who owns what,
+//! what to do). Measured per change, the median of several: one endpoint
+//! becomes unready, one Service gains an annotation, one node leaves the
+//! group. Plus the resident memory the cluster's objects and one view take.
+//! Not a test: the figures depend on the machine.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use ironlb::api::annotations::{ALLOCATED_FROM_POOL, FORWARDING};
+use ironlb::api::{L2Advertisement, L2AdvertisementSpec};
+use ironlb::netlink::Link;
+use ironlb::speaker::transition::{self, Cause, Settings, State, World};
+use ironlb::speaker::view::{self, ClusterView};
+use ironlb::speaker::{Forwards, Timing};
+use ironlb::testkit::{Svc, object, pool};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+
+/// Endpoints per Service.
+const ENDPOINTS: usize = 5;
+
+/// Changes timed per kind; the median is printed.
+const REPEATS: usize = 5;
+
+struct Cluster {
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    nodes: Vec<Node>,
+    pools: Vec<ironlb::api::IPAddressPool>,
+    ads: Vec<L2Advertisement>,
+}
+
+fn node_name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+/// `services` Services, every second one forwarded by ironlb and every
+/// third with `externalTrafficPolicy: Local`, each with [`ENDPOINTS`]
+/// endpoints spread over `nodes` nodes.
+fn cluster(services: usize, nodes: usize) -> Cluster {
+    let address = |i: usize| format!("10.{}.{}.{}", 100 + i / 65_536, (i / 256) % 256, i % 256);
+    let services_v = (0..services)
+        .map(|i| {
+            let mut s = Svc::lb("apps", &format!("svc-{i}"))
+                .annotation(ALLOCATED_FROM_POOL, "lan")
+                .ingress(&address(i));
+            if i % 2 == 0 {
+                s = s.annotation(FORWARDING, "embedded");
+            }
+            if i % 3 == 0 {
+                s = s.external_traffic_policy("Local");
+            }
+            s.build()
+        })
+        .collect();
+    let slices = (0..services)
+        .map(|i| slice(i, nodes, |_| true))
+        .collect::<Vec<_>>();
+    let nodes_v = (0..nodes)
+        .map(|i| object(json!({"metadata": {"name": node_name(i), "labels": {"kubernetes.io/hostname": node_name(i)}}})))
+        .collect();
+    Cluster {
+        services: services_v,
+        slices,
+        nodes: nodes_v,
+        pools: vec![pool("lan", &["10.100.0.0/14"])],
+        ads: vec![L2Advertisement::new("all", L2AdvertisementSpec::default())],
+    }
+}
+
+/// Service `i`'s EndpointSlice; endpoint `e` is ready when `ready(e)`.
+fn slice(i: usize, nodes: usize, ready: impl Fn(usize) -> bool) -> EndpointSlice {
+    let endpoints: Vec<_> = (0..ENDPOINTS)
+        .map(|e| {
+            let n = (i * ENDPOINTS + e) % nodes;
+            json!({
+                "addresses": [format!("10.{}.{}.{}", 200 + n / 256 % 50, n % 256, e + 1)],
+                "nodeName": node_name(n),
+                "conditions": {"ready": ready(e)},
+            })
+        })
+        .collect();
+    object(json!({
+        "metadata": {
+            "namespace": "apps",
+            "name": format!("svc-{i}-abcde"),
+            "labels": {"kubernetes.io/service-name": format!("svc-{i}")},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+}
+
+/// What a speaker computes from the cluster on every change.
+fn view_of(c: &Cluster) -> (Vec<view::Announcement>, Forwards) {
+    let v = ClusterView {
+        services: c.services.iter().collect(),
+        pools: c.pools.iter().collect(),
+        advertisements: c.ads.iter().collect(),
+        slices: c.slices.iter().collect(),
+        default_class: true,
+        bgp: Default::default(),
+        gateways: Default::default(),
+    };
+    let (frontends, invalid) = view::frontends(&v);
+    (view::announcements(&v), Forwards { frontends, invalid })
+}
+
+fn eth0() -> Link {
+    Link {
+        index: 2,
+        name: "eth0".into(),
+        up: true,
+        carrier: true,
+        loopback: false,
+        noarp: false,
+        kind: None,
+        enslaved: false,
+        mac: None,
+        networks: vec!["10.100.0.1/14".parse().expect("a network")],
+    }
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// This process's resident memory, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
+struct Row {
+    services: usize,
+    endpoints: usize,
+    nodes: usize,
+    endpoint_change: Duration,
+    service_change: Duration,
+    node_loss: Duration,
+    memory_mib: f64,
+}
+
+fn measure(services: usize, nodes: usize) -> Row {
+    let before = rss_kib();
+    let mut c = cluster(services, nodes);
+    let (desired, forwards) = view_of(&c);
+    let memory_mib = rss_kib().saturating_sub(before) as f64 / 1024.0;
+
+    let mut endpoint_change = Vec::new();
+    let mut service_change = Vec::new();
+    for r in 0..REPEATS {
+        let i = (r * 7_919) % services;
+        c.slices[i] = slice(i, nodes, |e| e != r % ENDPOINTS);
+        let start = Instant::now();
+        std::hint::black_box(view_of(&c));
+        endpoint_change.push(start.elapsed());
+
+        c.services[i]
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("example.com/changed".into(), r.to_string());
+        let start = Instant::now();
+        std::hint::black_box(view_of(&c));
+        service_change.push(start.elapsed());
+    }
+
+    // A node leaves: the transition of a surviving node, from a settled state.
+    let settings = Settings {
+        node: node_name(1),
+        cluster: true,
+        timing: Timing {
+            announce_count: 3,
+            announce_interval: Duration::from_millis(200),
+            reannounce: Duration::ZERO,
+        },
+        reserved: Default::default(),
+    };
+    let members: BTreeSet<String> = (0..nodes).map(node_name).collect();
+    let world = World {
+        members,
+        health: Default::default(),
+        desired,
+        node_objects: c.nodes.clone(),
+        bgp_peers: Vec::new(),
+        links: vec![eth0()],
+        forwards,
+        faults: Default::default(),
+        broken: Default::default(),
+        now: Instant::now(),
+    };
+    let mut state = State::default();
+    transition::step(&settings, &mut state, &world, Cause::Start);
+    let mut node_loss = Vec::new();
+    for r in 0..REPEATS {
+        let mut settled = state.clone();
+        let mut w = world.clone();
+        w.members.remove(&node_name(2 + r));
+        w.now = Instant::now();
+        let start = Instant::now();
+        std::hint::black_box(transition::step(
+            &settings,
+            &mut settled,
+            &w,
+            Cause::Membership,
+        ));
+        node_loss.push(start.elapsed());
+    }
+    Row {
+        services,
+        endpoints: services * ENDPOINTS,
+        nodes,
+        endpoint_change: median(endpoint_change),
+        service_change: median(service_change),
+        node_loss: median(node_loss),
+        memory_mib,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let sizes = [(1_000, 100), (3_000, 300), (10_000, 1_000)];
+    println!(
+        "speaker scale: per-change cost (median of {REPEATS}) of the view and the transition\n"
+    );
+    println!(
+        "{:>8} {:>9} {:>6} {:>14} {:>14} {:>12} {:>10}",
+        "services", "endpoints", "nodes", "endpoint_ms", "service_ms", "node_loss_ms", "mem_MiB"
+    );
+    let mut rows = Vec::new();
+    for (services, nodes) in sizes {
+        let r = measure(services, nodes);
+        println!(
+            "{:>8} {:>9} {:>6} {:>14.1} {:>14.1} {:>12.1} {:>10.0}",
+            r.services,
+            r.endpoints,
+            r.nodes,
+            ms(r.endpoint_change),
+            ms(r.service_change),
+            ms(r.node_loss),
+            r.memory_mib
+        );
+        rows.push(r);
+    }
+    let (small, large) = (&rows[0], &rows[rows.len() - 1]);
+    let growth = |a: Duration, b: Duration| ms(b) / ms(a).max(1e-6);
+    println!(
+        "\nspeaker_scale endpoint_change_ms={:.1} service_change_ms={:.1} node_loss_ms={:.1} \
+         memory_mib={:.0} growth_10x_endpoint={:.1} growth_10x_node_loss={:.1}",
+        ms(large.endpoint_change),
+        ms(large.service_change),
+        ms(large.node_loss),
+        large.memory_mib,
+        growth(small.endpoint_change, large.endpoint_change),
+        growth(small.node_loss, large.node_loss),
+    );
+}
