@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use ironlb::api::annotations::{ALLOCATED_FROM_POOL, FORWARDING};
 use ironlb::api::{L2Advertisement, L2AdvertisementSpec};
-use ironlb::netlink::Link;
 use ironlb::speaker::transition::{self, Cause, Settings, State, World};
 use ironlb::speaker::view::{self, ClusterView};
 use ironlb::speaker::{Forwards, Timing};
@@ -114,21 +113,6 @@ fn view_of(c: &Cluster) -> (Vec<view::Announcement>, Forwards) {
     (view::announcements(&v), Forwards { frontends, invalid })
 }
 
-fn eth0() -> Link {
-    Link {
-        index: 2,
-        name: "eth0".into(),
-        up: true,
-        carrier: true,
-        loopback: false,
-        noarp: false,
-        kind: None,
-        enslaved: false,
-        mac: None,
-        networks: vec!["10.100.0.1/14".parse().expect("a network")],
-    }
-}
-
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
@@ -199,7 +183,7 @@ fn measure(services: usize, nodes: usize) -> Row {
         desired,
         node_objects: c.nodes.clone(),
         bgp_peers: Vec::new(),
-        links: vec![eth0()],
+        links: vec![ironlb::netlink::test_link("eth0", 2, "10.100.0.1/14")],
         forwards,
         faults: Default::default(),
         broken: Default::default(),

@@ -290,9 +290,9 @@ pub async fn links() -> Result<Vec<Link>, Error> {
     Ok(by_index.into_values().collect())
 }
 
-/// An Ethernet link that is up, with one network, for tests.
-#[cfg(test)]
-pub(crate) fn test_link(name: &str, index: u32, net: &str) -> Link {
+/// An Ethernet link that is up, with one network, for tests and benches.
+#[cfg(any(test, feature = "testkit"))]
+pub fn test_link(name: &str, index: u32, net: &str) -> Link {
     Link {
         index,
         name: name.into(),
