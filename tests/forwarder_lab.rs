@@ -1904,3 +1904,147 @@ fn a_successor_that_dies_before_it_is_ready_leaves_the_old_speaker_serving() {
     let answer = w.tcp(VIP, 80, "after");
     assert!(answer.ends_with("got=after"), "{answer}");
 }
+
+/// Services that need nothing of user space are forwarded by the kernel
+/// (nftables DNAT) on a node that forwards IP: the pod still sees the
+/// client's own address, the node's own ports and outsiders are still
+/// refused, a Service asking for `user` stays in user space, and when the
+/// owner dies the other node takes the address and forwards it the same way.
+#[test]
+fn the_kernel_path_keeps_the_client_refuses_the_rest_and_fails_over() {
+    let Some(mut w) = world("kernel_path", 2) else {
+        return;
+    };
+    let outsider = w.lab.namespace("outsider");
+    let sw = w.switch.clone();
+    w.lab
+        .plug(&sw, &outsider, "po", &[&format!("{OUTSIDER}/24")]);
+    for i in 1..=2 {
+        let pod = w.lab.namespace(&format!("pod{i}"));
+        let node = w.nodes[i - 1].clone();
+        w.lab.wire(
+            &node,
+            "veth-pod",
+            &format!("10.88.{i}.1/24"),
+            &pod,
+            "eth0",
+            &format!("10.88.{i}.2/24"),
+        );
+        let gateway = format!("10.88.{i}.1");
+        w.lab
+            .exec_ok(&pod, &["ip", "route", "add", "default", "via", &gateway]);
+        w.peer_server(&pod, &format!("10.88.{i}.2"), 5000);
+        w.lab
+            .exec_ok(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // A program of the node's own, on every address.
+        w.peer_server(&node, "0.0.0.0", 2222);
+    }
+    let be = w.backend_host("be", "pb", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 7000);
+    let services = format!(
+        "  - name: web\n    address: {VIP}\n    externalTrafficPolicy: Local\n    \
+         ports: [{{port: 80, targetPort: 5000}}, {{port: 53, protocol: UDP, targetPort: 5000}}]\n    \
+         endpoints: [{{address: 10.88.1.2, node: node-1}}, {{address: 10.88.2.2, node: node-2}}]\n\
+         \x20 - name: db\n    address: 10.77.0.101\n    sourceRanges: [10.77.0.0/28]\n    \
+         ports: [{{port: 5432, targetPort: 7000}}]\n    endpoints: [{{address: 10.77.0.21}}]\n\
+         \x20 - name: pinned\n    address: 10.77.0.101\n    forwardingPath: user\n    \
+         ports: [{{port: 8080, targetPort: 7000}}]\n    endpoints: [{{address: 10.77.0.21}}]\n"
+    );
+    let speakers = [w.speaker(1, &services), w.speaker(2, &services)];
+
+    let first = w.wait_tcp(VIP, 80);
+    assert!(first.starts_with(&format!("peer={CLIENT}:")), "{first}");
+    let owner: usize = if first.contains("at=10.88.1.2") { 1 } else { 2 };
+    for _ in 0..4 {
+        let out = w.tcp(VIP, 80, "again");
+        assert!(
+            out.starts_with(&format!("peer={CLIENT}:"))
+                && out.contains(&format!("at=10.88.{owner}.2")),
+            "a Local connection left the owner or lost the client's address: {out}"
+        );
+    }
+    let udp = w.udp(&w.client, VIP, 53, "q");
+    assert!(
+        udp.starts_with(&format!("from={VIP}:53 peer={CLIENT}:")) && udp.ends_with("got=q"),
+        "{udp}"
+    );
+    let table = w.lab.exec_ok(
+        &w.nodes[owner - 1],
+        &["nft", "list", "table", "inet", "ironlb"],
+    );
+    assert!(
+        table.contains(&format!("{VIP} . tcp . 80 : jump route_"))
+            && table.contains("dnat ip to numgen random mod 1 map")
+            && !table.contains("10.77.0.101 . tcp . 8080 : jump"),
+        "web and db in the kernel, pinned not:\n{table}"
+    );
+    // The Cluster Service reaches a backend off the node, which answers the
+    // node (masqueraded), as through user space; outsiders are refused.
+    let db = w.wait_tcp("10.77.0.101", 5432);
+    assert!(db.ends_with("got=hello"), "{db}");
+    let refused = w.tcp_from(&outsider, "10.77.0.101", 5432, "q");
+    assert!(
+        matches!(refused.as_str(), "REFUSED" | "RESET" | "EMPTY"),
+        "an outsider got: {refused}"
+    );
+    let pinned = w.wait_tcp("10.77.0.101", 8080);
+    assert!(pinned.ends_with("got=hello"), "{pinned}");
+    // The node's own program never answers on a Service address.
+    assert_eq!(w.tcp(VIP, 2222, "hello"), "TIMEOUT");
+    assert_ne!(
+        w.tcp(&format!("10.77.0.1{owner}"), 2222, "hello"),
+        "TIMEOUT"
+    );
+    let m = w.metrics(owner);
+    let kernel = |service: &str| {
+        metric(
+            &m,
+            &format!(
+                "ironlb_speaker_forwarder_kernel_connections_total{{namespace=\"static\",service=\"{service}\"}}"
+            ),
+        )
+    };
+    let user = |service: &str| {
+        metric(
+            &m,
+            &format!(
+                "ironlb_speaker_forwarder_connections_total{{namespace=\"static\",service=\"{service}\"}}"
+            ),
+        )
+    };
+    assert!(kernel("web") >= 6.0, "5 connections and a flow: {m}");
+    assert!(kernel("db") >= 1.0 && user("db") == 0.0, "{m}");
+    assert!(user("web") == 0.0 && user("pinned") >= 1.0, "{m}");
+
+    // The owner dies: the other node answers, in the kernel, with the
+    // client's address.
+    let killed = std::time::Instant::now();
+    w.lab.kill(speakers[owner - 1]);
+    let survivor = 3 - owner;
+    let deadline = killed + Duration::from_secs(15);
+    let after = loop {
+        let out = w.tcp(VIP, 80, "after");
+        if out.contains(&format!("at=10.88.{survivor}.2")) {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-{survivor} never took over (last: {out}):\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "kernel path: answered by node-{survivor} {} ms after node-{owner}'s speaker was killed",
+        killed.elapsed().as_millis()
+    );
+    assert!(after.starts_with(&format!("peer={CLIENT}:")), "{after}");
+    let m = w.metrics(survivor);
+    assert!(
+        metric(
+            &m,
+            "ironlb_speaker_forwarder_kernel_connections_total{namespace=\"static\",service=\"web\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+}

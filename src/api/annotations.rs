@@ -17,6 +17,10 @@ pub const ALLOW_SHARED_IP: &str = "ironlb.dev/allow-shared-ip";
 /// Who carries the traffic once it reaches the node: `kube-proxy` (default) or
 /// ironlb's `embedded` forwarder.
 pub const FORWARDING: &str = "ironlb.dev/forwarding";
+/// With embedded forwarding, where packets are forwarded: `auto` (default:
+/// in the kernel when the Service needs nothing user space gives), `kernel`
+/// or `user`.
+pub const FORWARDING_PATH: &str = "ironlb.dev/forwarding-path";
 /// With embedded forwarding, send a PROXY protocol header (`v1` or `v2`) to the
 /// backend before the client's bytes.
 pub const PROXY_PROTOCOL: &str = "ironlb.dev/proxy-protocol";
@@ -111,6 +115,36 @@ impl Forwarding {
     }
 }
 
+/// Where the embedded forwarder forwards a Service's packets
+/// ([`FORWARDING_PATH`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ForwardingPath {
+    /// In the kernel when the Service needs no user-space feature (PROXY
+    /// protocol, Gateway routes, session affinity) and the node allows it;
+    /// in user space otherwise.
+    #[default]
+    Auto,
+    /// In the kernel (nftables DNAT with connection tracking); a Service that
+    /// also asks for a user-space feature is refused.
+    Kernel,
+    /// In ironlb's user-space forwarder, with its limits and timeouts.
+    User,
+}
+
+impl ForwardingPath {
+    /// Reads the annotation's value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "auto" => Ok(ForwardingPath::Auto),
+            "kernel" => Ok(ForwardingPath::Kernel),
+            "user" => Ok(ForwardingPath::User),
+            other => Err(format!(
+                "{other:?} is not one of \"auto\", \"kernel\", \"user\""
+            )),
+        }
+    }
+}
+
 /// Which PROXY protocol header the embedded forwarder sends a backend first
 /// ([`PROXY_PROTOCOL`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -182,8 +216,13 @@ mod tests {
     }
 
     #[test]
-    fn proxy_versions_parse_and_others_are_named_in_the_error() {
+    fn proxy_versions_and_forwarding_paths_parse_and_others_are_named_in_the_error() {
         assert_eq!(ProxyVersion::parse(" v2"), Ok(ProxyVersion::V2));
+        assert_eq!(ForwardingPath::parse(" kernel"), Ok(ForwardingPath::Kernel));
+        assert_eq!(ForwardingPath::parse("user"), Ok(ForwardingPath::User));
+        assert_eq!(ForwardingPath::parse("auto"), Ok(ForwardingPath::Auto));
+        let e = ForwardingPath::parse("ebpf").unwrap_err();
+        assert!(e.contains("\"ebpf\"") && e.contains("\"kernel\""), "{e}");
         assert_eq!(ProxyVersion::parse("v1"), Ok(ProxyVersion::V1));
         let e = ProxyVersion::parse("2").unwrap_err();
         assert!(e.contains("\"2\"") && e.contains("v1"), "{e}");

@@ -11,6 +11,16 @@
 //! filters its `kube-ipvs0` addresses. Lookups go through sets, so the cost
 //! per packet does not grow with the number of Services.
 //!
+//! Services on the kernel path are forwarded here too: a `nat` chain sends
+//! a new connection to a backend chosen at random (DNAT; connection
+//! tracking carries the rest of it), keeping the client's address for
+//! `Local` Services and masquerading for `Cluster` ones, as the user-space
+//! forwarder connects from the node. A client outside the source ranges, or
+//! a Service without a backend, is left alone: it reaches the input chain,
+//! where no socket listens, and is refused (TCP reset, ICMP unreachable). A
+//! named counter per Service counts what the `nat` chain sees: the first
+//! packet of each connection or flow.
+//!
 //! The table is written whole with `nft -f -` (one atomic transaction, as
 //! `nft` guarantees: the netlink crates for nftables are young or
 //! unmaintained) and replaced whole on every change, so applying twice never
@@ -18,10 +28,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 
-use super::plan::Protocol;
+use ipnetwork::IpNetwork;
+
+use super::plan::{Listener, Protocol};
+use crate::ipam::ServiceKey;
 
 /// The nftables table ironlb owns (family `inet`).
 pub const TABLE: &str = "ironlb";
@@ -52,6 +65,56 @@ pub struct Ruleset {
     /// The Service addresses the forwarder serves, with the protocols and
     /// ports open on each: everything else sent to them is dropped.
     pub open: BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>>,
+    /// The listeners forwarded in the kernel (their ports are in `open`
+    /// too).
+    pub kernel: Vec<KernelRoute>,
+}
+
+/// A listener forwarded by the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// The Service.
+    pub service: ServiceKey,
+    /// The Service address and port.
+    pub address: SocketAddr,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Where connections go, one chosen at random per connection.
+    pub backends: Vec<SocketAddr>,
+    /// `Cluster` policy: the backend sees the node's address, so that its
+    /// replies come back through the node whichever node it runs on.
+    pub masquerade: bool,
+    /// `loadBalancerSourceRanges`; empty: everyone.
+    pub source_ranges: Vec<IpNetwork>,
+}
+
+impl KernelRoute {
+    /// The route of `l`.
+    pub fn of(l: &Listener) -> Self {
+        Self {
+            service: l.service.clone(),
+            address: l.address,
+            protocol: l.protocol,
+            backends: l.backends.iter().map(|b| b.address).collect(),
+            masquerade: !l.policy.local,
+            source_ranges: l.policy.source_ranges.clone(),
+        }
+    }
+
+    /// Who may connect, of the address's family: `None` when nobody may
+    /// (the ranges name only the other family).
+    fn admitted(&self) -> Option<Vec<String>> {
+        if self.source_ranges.is_empty() {
+            return Some(Vec::new());
+        }
+        let ranges: Vec<String> = self
+            .source_ranges
+            .iter()
+            .filter(|r| r.is_ipv4() == self.address.is_ipv4())
+            .map(ToString::to_string)
+            .collect();
+        (!ranges.is_empty()).then_some(ranges)
+    }
 }
 
 fn protocol(p: Protocol) -> &'static str {
@@ -65,7 +128,12 @@ fn protocol(p: Protocol) -> &'static str {
 /// A set declaration, with its elements when it has any (`nft` refuses an
 /// empty `elements` list).
 fn set(name: &str, kind: &str, elements: &[String]) -> String {
-    let mut out = format!("\tset {name} {{\n\t\ttype {kind}\n");
+    declaration("set", name, kind, elements)
+}
+
+/// A set or map (`keyword`) declaration.
+fn declaration(keyword: &str, name: &str, kind: &str, elements: &[String]) -> String {
+    let mut out = format!("\t{keyword} {name} {{\n\t\ttype {kind}\n");
     if !elements.is_empty() {
         out.push_str(&format!("\t\telements = {{ {} }}\n", elements.join(", ")));
     }
@@ -108,6 +176,7 @@ impl Ruleset {
             "ipv6_addr . inet_proto . inet_service",
             &services(false),
         ));
+        out.push_str(&self.kernel_text());
         out.push_str(
             "\tchain input {\n\
              \t\ttype filter hook input priority filter; policy accept;\n\
@@ -132,6 +201,120 @@ impl Ruleset {
         out.push_str("}\n");
         out
     }
+
+    /// The named counter of each Service forwarded in the kernel.
+    pub fn counters(&self) -> BTreeMap<String, ServiceKey> {
+        let services: BTreeSet<&ServiceKey> = self.kernel.iter().map(|k| &k.service).collect();
+        services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (format!("service_{i}"), s.clone()))
+            .collect()
+    }
+
+    /// The kernel path's sets, chains and counters; nothing when no Service
+    /// takes it, so a node without one registers no `nat` hook.
+    fn kernel_text(&self) -> String {
+        let routes: Vec<(usize, &KernelRoute)> = self
+            .kernel
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| !k.backends.is_empty() && k.admitted().is_some())
+            .collect();
+        if routes.is_empty() {
+            return String::new();
+        }
+        let counters: BTreeMap<ServiceKey, String> = self
+            .counters()
+            .into_iter()
+            .map(|(name, service)| (service, name))
+            .collect();
+        let mut out = String::new();
+        for name in counters.values() {
+            out.push_str(&format!("\tcounter {name} {{\n\t}}\n"));
+        }
+        for (v4, family) in [(true, "4"), (false, "6")] {
+            let addr = if v4 { "ipv4_addr" } else { "ipv6_addr" };
+            let of_family = || {
+                routes
+                    .iter()
+                    .filter(move |(_, k)| k.address.is_ipv4() == v4)
+            };
+            let jumps: Vec<String> = of_family()
+                .map(|(i, k)| {
+                    format!(
+                        "{} . {} . {} : jump route_{i}",
+                        k.address.ip(),
+                        protocol(k.protocol),
+                        k.address.port()
+                    )
+                })
+                .collect();
+            out.push_str(&declaration(
+                "map",
+                &format!("kernel{family}"),
+                &format!("{addr} . inet_proto . inet_service : verdict"),
+                &jumps,
+            ));
+            let masquerade: Vec<String> = of_family()
+                .filter(|(_, k)| k.masquerade)
+                .flat_map(|(_, k)| {
+                    k.backends.iter().map(|b| {
+                        format!(
+                            "{} . {} . {} . {}",
+                            k.address.ip(),
+                            b.ip(),
+                            protocol(k.protocol),
+                            b.port()
+                        )
+                    })
+                })
+                .collect();
+            out.push_str(&set(
+                &format!("masquerade{family}"),
+                &format!("{addr} . {addr} . inet_proto . inet_service"),
+                &masquerade,
+            ));
+        }
+        for (i, k) in &routes {
+            let ip = if k.address.is_ipv4() { "ip" } else { "ip6" };
+            out.push_str(&format!("\tchain route_{i} {{\n"));
+            if let Some(ranges) = k.admitted().filter(|r| !r.is_empty()) {
+                out.push_str(&format!(
+                    "\t\t{ip} saddr != {{ {} }} return\n",
+                    ranges.join(", ")
+                ));
+            }
+            let backends: Vec<String> = k
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(n, b)| format!("{n} : {} . {}", b.ip(), b.port()))
+                .collect();
+            out.push_str(&format!(
+                "\t\tcounter name \"{}\"\n\t\tmeta l4proto {} dnat {ip} to numgen random mod {} map {{ {} }}\n\t}}\n",
+                counters[&k.service],
+                protocol(k.protocol),
+                backends.len(),
+                backends.join(", ")
+            ));
+        }
+        // From the network, and from the node itself (host-network Pods).
+        let lookup = "\t\tip daddr . meta l4proto . th dport vmap @kernel4\n\
+                      \t\tip6 daddr . meta l4proto . th dport vmap @kernel6\n";
+        out.push_str(&format!(
+            "\tchain kernel_prerouting {{\n\
+             \t\ttype nat hook prerouting priority dstnat; policy accept;\n{lookup}\t}}\n\
+             \tchain kernel_output {{\n\
+             \t\ttype nat hook output priority -100; policy accept;\n{lookup}\t}}\n\
+             \tchain kernel_postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @masquerade4 masquerade\n\
+             \t\tct status dnat ct original ip6 daddr . ip6 daddr . meta l4proto . th dport @masquerade6 masquerade\n\
+             \t}}\n"
+        ));
+        out
+    }
 }
 
 /// Writes the table (replacing what was there).
@@ -145,6 +328,39 @@ pub async fn remove() -> Result<(), Error> {
         "add table inet {TABLE}\ndelete table inet {TABLE}\n"
     ))
     .await
+}
+
+/// The packets each named counter of the table has seen; empty when there
+/// is no table. Blocks while `nft` runs (a few milliseconds).
+pub fn counters() -> Result<BTreeMap<String, u64>, Error> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "counters", "table", "inet", TABLE])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Missing,
+            _ => Error::Nft(e),
+        })?;
+    if !out.status.success() {
+        // No table (yet, or any more): nothing counted.
+        return Ok(BTreeMap::new());
+    }
+    parse_counters(&out.stdout)
+}
+
+/// Reads `nft -j list counters`.
+fn parse_counters(json: &[u8]) -> Result<BTreeMap<String, u64>, Error> {
+    let doc: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| Error::Refused(format!("unreadable counter listing: {e}")))?;
+    Ok(doc["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let c = item.get("counter")?;
+            Some((c["name"].as_str()?.to_string(), c["packets"].as_u64()?))
+        })
+        .collect())
 }
 
 /// Runs `nft` on the blocking pool: it forks and waits.
@@ -205,6 +421,7 @@ mod tests {
         let v4: IpAddr = "10.0.0.100".parse().unwrap();
         let v6: IpAddr = "fd00::100".parse().unwrap();
         let rules = Ruleset {
+            kernel: Vec::new(),
             mark: None,
             open: [
                 (v4, [(Protocol::Tcp, 53), (Protocol::Udp, 53)].into()),
@@ -236,6 +453,97 @@ mod tests {
         );
     }
 
+    fn route(service: &str, address: &str, backends: &[&str], masquerade: bool) -> KernelRoute {
+        KernelRoute {
+            service: ServiceKey::new("default", service),
+            address: address.parse().unwrap(),
+            protocol: Protocol::Tcp,
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            masquerade,
+            source_ranges: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn kernel_routes_dnat_at_random_masquerade_only_cluster_and_count_per_service() {
+        let mut local = route(
+            "web",
+            "10.0.0.1:80",
+            &["10.1.0.2:8080", "10.1.0.3:8080"],
+            false,
+        );
+        local.source_ranges = vec![
+            "192.168.0.0/16".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ];
+        let rules = Ruleset {
+            kernel: vec![
+                local,
+                route("web", "10.0.0.1:443", &["10.1.0.2:8443"], true),
+                route("db", "[fd00::1]:5432", &["[fd01::2]:5432"], true),
+                route("empty", "10.0.0.2:80", &[], true),
+            ],
+            ..Default::default()
+        };
+        let text = rules.text();
+        assert!(text.contains("counter service_0 {"), "{text}");
+        assert_eq!(
+            rules
+                .counters()
+                .into_values()
+                .map(|s| s.name)
+                .collect::<Vec<_>>(),
+            ["db", "empty", "web"]
+        );
+        assert!(
+            text.contains("elements = { 10.0.0.1 . tcp . 80 : jump route_0, 10.0.0.1 . tcp . 443 : jump route_1 }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip saddr != { 192.168.0.0/16 } return\n\t\tcounter name \"service_2\"\n\t\tmeta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.1.0.2 . 8080, 1 : 10.1.0.3 . 8080 }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("elements = { 10.0.0.1 . 10.1.0.2 . tcp . 8443 }"),
+            "only the Cluster route masquerades: {text}"
+        );
+        assert!(
+            text.contains(
+                "meta l4proto tcp dnat ip6 to numgen random mod 1 map { 0 : fd01::2 . 5432 }"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("route_3"), "no backend, no route: {text}");
+        let none = Ruleset::default().text();
+        assert!(!none.contains("type nat"), "{none}");
+    }
+
+    #[test]
+    fn ranges_of_the_other_family_only_admit_nobody() {
+        let mut r = route("web", "10.0.0.1:80", &["10.1.0.2:8080"], true);
+        r.source_ranges = vec!["fd00::/8".parse().unwrap()];
+        let text = Ruleset {
+            kernel: vec![r],
+            ..Default::default()
+        }
+        .text();
+        assert!(!text.contains("jump route_0"), "{text}");
+    }
+
+    #[test]
+    fn counters_are_read_from_nfts_listing() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"counter": {"family": "inet", "name": "service_0", "table": "ironlb", "handle": 5, "packets": 7, "bytes": 420}}]}"#;
+        assert_eq!(
+            parse_counters(json).unwrap(),
+            [("service_0".to_string(), 7)].into()
+        );
+        let err = parse_counters(b"garbage").unwrap_err();
+        assert!(
+            err.to_string().contains("unreadable counter listing"),
+            "{err}"
+        );
+    }
+
     fn ruleset() -> impl Strategy<Value = Ruleset> {
         let address = prop_oneof![
             any::<u32>().prop_map(|n| IpAddr::from(std::net::Ipv4Addr::from(n))),
@@ -252,7 +560,11 @@ mod tests {
             proptest::option::of(any::<u32>()),
             proptest::collection::btree_map(address, ports, 0..6),
         )
-            .prop_map(|(mark, open)| Ruleset { mark, open })
+            .prop_map(|(mark, open)| Ruleset {
+                mark,
+                open,
+                kernel: Vec::new(),
+            })
     }
 
     proptest! {

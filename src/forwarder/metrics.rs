@@ -1,6 +1,8 @@
 //! The forwarder's metrics, per Service.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -186,6 +188,24 @@ pub struct Metrics {
     pub udp_flows: Family<ServiceLabels, Gauge>,
     /// UDP datagrams forwarded to backends.
     pub udp_datagrams: Family<ServiceLabels, Counter>,
+    /// Connections and UDP flows the kernel forwarded.
+    pub kernel_connections: Family<ServiceLabels, Counter>,
+    kernel: Arc<Mutex<KernelCounters>>,
+}
+
+/// What the kernel path's nftables counters mean, and what of them is
+/// already counted. The table (and its counters) is replaced whole on every
+/// change: [`Metrics::kernel_table_changes`] and
+/// [`Metrics::kernel_table_changed`] frame a rewrite, and a reading taken
+/// across one is dropped rather than credited to the wrong Service.
+#[derive(Default)]
+struct KernelCounters {
+    /// Bumped at every rewrite.
+    generation: u64,
+    /// Counter name → Service; `None` while a rewrite is under way.
+    services: Option<BTreeMap<String, ServiceKey>>,
+    /// Counter name → packets already counted.
+    seen: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -244,6 +264,59 @@ impl Metrics {
             "UDP datagrams forwarded to backends",
             self.udp_datagrams.clone(),
         );
+        r.register(
+            "kernel_connections",
+            "TCP connections and UDP flows forwarded in the kernel (counted at their first packet)",
+            self.kernel_connections.clone(),
+        );
+    }
+
+    /// Counts what the kernel forwarded since the last reading: call before
+    /// the metrics are read.
+    pub fn read_kernel_counters(&self) {
+        let (generation, services) = {
+            let k = self.kernel.lock().expect("kernel counters");
+            match &k.services {
+                Some(s) if !s.is_empty() => (k.generation, s.clone()),
+                _ => return,
+            }
+        };
+        let now = match super::firewall::counters() {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the kernel path's counters");
+                return;
+            }
+        };
+        let mut k = self.kernel.lock().expect("kernel counters");
+        if k.generation != generation {
+            return;
+        }
+        for (name, packets) in now {
+            let Some(service) = services.get(&name) else {
+                continue;
+            };
+            let before = k.seen.insert(name, packets).unwrap_or(0);
+            self.kernel_connections
+                .get_or_create(&service.into())
+                .inc_by(packets.saturating_sub(before));
+        }
+    }
+
+    /// The kernel path's table is about to be replaced: what its counters
+    /// hold is counted first.
+    pub fn kernel_table_changes(&self) {
+        self.read_kernel_counters();
+        let mut k = self.kernel.lock().expect("kernel counters");
+        k.generation += 1;
+        k.services = None;
+    }
+
+    /// The table now written names these counters, all at zero.
+    pub fn kernel_table_changed(&self, services: BTreeMap<String, ServiceKey>) {
+        let mut k = self.kernel.lock().expect("kernel counters");
+        k.seen.clear();
+        k.services = Some(services);
     }
 
     /// Counts one refusal.

@@ -13,7 +13,7 @@ use ipnetwork::IpNetwork;
 
 pub use super::routing::Backend;
 use super::routing::{Route, Routing, Share};
-use crate::api::annotations::ProxyVersion;
+use crate::api::annotations::{ForwardingPath, ProxyVersion};
 use crate::ipam::ServiceKey;
 
 /// The forwarder carries TCP and UDP; the view never plans SCTP.
@@ -93,6 +93,24 @@ pub struct Policy {
     pub proxy: Option<ProxyVersion>,
     /// `loadBalancerSourceRanges`; empty: everyone.
     pub source_ranges: Vec<IpNetwork>,
+    /// Where the Service asks to be forwarded.
+    pub path: ForwardingPath,
+}
+
+/// What a Service with `policy` (and Gateway routes, when `routed`) needs
+/// that only the user-space forwarder gives, if anything: the kernel path
+/// forwards whole connections to one backend chosen at their first packet,
+/// and sends nothing of its own.
+pub fn user_space_need(policy: &Policy, routed: bool) -> Option<&'static str> {
+    if policy.proxy.is_some() {
+        Some("send a PROXY protocol header")
+    } else if routed {
+        Some("route by Gateway routes")
+    } else if policy.affinity.is_some() {
+        Some("keep session affinity")
+    } else {
+        None
+    }
 }
 
 /// One endpoint of a Service.
@@ -133,6 +151,15 @@ impl Listener {
     /// What identifies a listener across plans.
     pub fn key(&self) -> (SocketAddr, Protocol) {
         (self.address, self.protocol)
+    }
+
+    /// Whether the kernel forwards this listener, on a node where the
+    /// kernel path is `available`: when the Service does not ask for user
+    /// space and needs nothing only user space gives.
+    pub fn in_kernel(&self, available: bool) -> bool {
+        available
+            && self.policy.path != ForwardingPath::User
+            && user_space_need(&self.policy, self.routing.is_some()).is_none()
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::view::{self, Announcement};
-use crate::api::annotations::ProxyVersion;
+use crate::api::annotations::{ForwardingPath, ProxyVersion};
 use crate::election::Constraints;
 use crate::forwarder::plan::{
     Endpoint, Frontend, FrontendPort, FrontendRoute, FrontendRouting, FrontendShare, Policy,
@@ -108,6 +108,10 @@ pub struct StaticService {
     /// Clients allowed; empty: all.
     #[serde(default)]
     pub source_ranges: Vec<ipnetwork::IpNetwork>,
+    /// `auto` (default), `kernel` or `user`, as the
+    /// `ironlb.dev/forwarding-path` annotation.
+    #[serde(default)]
+    pub forwarding_path: Option<String>,
 }
 
 /// A port of a [`StaticService`].
@@ -455,6 +459,13 @@ impl StaticConfig {
                 .map(ProxyVersion::parse)
                 .transpose()
                 .map_err(|e| fail("proxyProtocol", e))?;
+            let forwarding_path = s
+                .forwarding_path
+                .as_deref()
+                .map(ForwardingPath::parse)
+                .transpose()
+                .map_err(|e| fail("forwardingPath", e))?
+                .unwrap_or_default();
             let mut ports = Vec::new();
             let mut endpoint_ports = BTreeMap::new();
             for p in &s.ports {
@@ -490,16 +501,21 @@ impl StaticConfig {
                     routing,
                 });
             }
+            let policy = Policy {
+                local,
+                affinity: s.session_affinity_seconds.map(Duration::from_secs),
+                proxy,
+                source_ranges: s.source_ranges.clone(),
+                path: forwarding_path,
+            };
+            let routed = ports.iter().any(|p| p.routing.is_some());
+            crate::speaker::view::kernel_path_fits(&policy, routed)
+                .map_err(|e| fail("forwardingPath", e))?;
             out.push(Frontend {
                 service: ServiceKey::new("static", s.name.clone()),
                 addresses: vec![s.address],
                 ports,
-                policy: Policy {
-                    local,
-                    affinity: s.session_affinity_seconds.map(Duration::from_secs),
-                    proxy,
-                    source_ranges: s.source_ranges.clone(),
-                },
+                policy,
                 endpoints: s
                     .endpoints
                     .iter()

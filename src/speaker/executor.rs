@@ -20,6 +20,7 @@ use super::metrics::Metrics;
 use super::report::Report;
 use super::transition::{Effect, Iface};
 use crate::forwarder::Forwarder;
+use crate::forwarder::firewall::KernelRoute;
 use crate::forwarder::plan::Listener;
 use crate::ipam::ServiceKey;
 use crate::l2::announcer::Announcer;
@@ -401,6 +402,13 @@ struct Forwarding {
     transparent: bool,
     /// ironlb's nftables table as last written.
     table: Option<crate::forwarder::firewall::Ruleset>,
+    /// The kernel path may serve Services here: no per-source limit is set,
+    /// which only user space enforces.
+    kernel_allowed: bool,
+    /// Whether the last plan had Services the kernel could have taken on a
+    /// node that does not forward IP: said once, not at every change.
+    said_forwarding_off: bool,
+    metrics: crate::forwarder::metrics::Metrics,
 }
 
 impl Forwarding {
@@ -410,10 +418,13 @@ impl Forwarding {
     ) -> Self {
         Self {
             mark: settings.mark,
-            forwarder: Forwarder::new(settings, metrics),
+            kernel_allowed: settings.max_connections_per_source.is_none(),
+            forwarder: Forwarder::new(settings, metrics.clone()),
             addresses: None,
             transparent: false,
             table: None,
+            said_forwarding_off: false,
+            metrics,
         }
     }
 
@@ -435,7 +446,8 @@ impl Forwarding {
                     .push((l.service.clone(), why.to_string()));
             }
         };
-        let local = listeners.iter().any(|l| l.policy.local);
+        let (kernel, user) = self.split(listeners);
+        let local = user.iter().any(|l| l.policy.local);
         // Only the Services' ports reach their addresses, from before the
         // addresses go on the loopback; a table that cannot be written would
         // leave the node's own programs reachable there, so the addresses
@@ -443,6 +455,7 @@ impl Forwarding {
         let mut table = crate::forwarder::firewall::Ruleset {
             mark: local.then_some(self.mark),
             open: Default::default(),
+            kernel: kernel.iter().map(KernelRoute::of).collect(),
         };
         for l in listeners {
             table
@@ -460,8 +473,12 @@ impl Forwarding {
                 warn!(error = %e, "cannot remove the nftables table");
             }
         } else if self.table.as_ref() != Some(&table) {
+            self.metrics.kernel_table_changes();
             match crate::forwarder::firewall::apply(&table).await {
-                Ok(()) => self.table = Some(table),
+                Ok(()) => {
+                    self.metrics.kernel_table_changed(table.counters());
+                    self.table = Some(table);
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot write the nftables table that keeps the node's own ports off Service addresses");
                     self.table = None;
@@ -511,13 +528,32 @@ impl Forwarding {
         } else if !local && self.transparent {
             self.remove_transparent().await;
         }
-        for e in self.forwarder.apply(listeners) {
+        for e in self.forwarder.apply(&user) {
             failed
                 .entry(e.address.ip())
                 .or_default()
                 .push((e.service.clone(), e.to_string()));
         }
         failed
+    }
+
+    /// The listeners the kernel forwards, and those left to user space.
+    fn split(&mut self, listeners: &[Listener]) -> (Vec<Listener>, Vec<Listener>) {
+        let (v4, v6) = ip_forwarding();
+        let forwards = |l: &Listener| if l.address.is_ipv4() { v4 } else { v6 };
+        let (kernel, user): (Vec<Listener>, Vec<Listener>) = listeners
+            .iter()
+            .cloned()
+            .partition(|l| l.in_kernel(self.kernel_allowed && forwards(l)));
+        let wanted = self.kernel_allowed && user.iter().any(|l| l.in_kernel(true));
+        if wanted && !self.said_forwarding_off {
+            info!(
+                "IP forwarding is off on this node (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding): \
+                 Services of that family are forwarded in user space, not in the kernel"
+            );
+        }
+        self.said_forwarding_off = wanted;
+        (kernel, user)
     }
 
     async fn remove_transparent(&mut self) {
@@ -544,6 +580,16 @@ impl Forwarding {
             self.remove_transparent().await;
         }
     }
+}
+
+/// Whether the node forwards IPv4 and IPv6 packets, as the kernel path
+/// needs (Kubernetes nodes do: kube-proxy and CNIs need it too).
+fn ip_forwarding() -> (bool, bool) {
+    let on = |path: &str| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1");
+    (
+        on("/proc/sys/net/ipv4/ip_forward"),
+        on("/proc/sys/net/ipv6/conf/all/forwarding"),
+    )
 }
 
 async fn set_service_addresses(addresses: &BTreeSet<IpAddr>) -> Result<(), crate::netlink::Error> {

@@ -40,6 +40,8 @@ pub struct Metrics {
     malformed_frames: Family<InterfaceLabel, Counter>,
     announce_failures: Family<InterfaceLabel, Counter>,
     bgp_established: Family<PeerLabel, Gauge>,
+    /// Read before each page: the kernel path's counters live in nftables.
+    forwarder: Mutex<Option<crate::forwarder::metrics::Metrics>>,
     ready: AtomicBool,
 }
 
@@ -102,6 +104,7 @@ impl Default for Metrics {
             announced,
             unservable,
             members,
+            forwarder: Mutex::new(None),
             ready: AtomicBool::new(false),
         }
     }
@@ -134,6 +137,7 @@ impl Metrics {
     /// Exports the forwarder's metrics.
     pub fn register_forwarder(&self, m: &crate::forwarder::metrics::Metrics) {
         m.register(&mut self.registry.lock().expect("registry"));
+        *self.forwarder.lock().expect("forwarder metrics") = Some(m.clone());
     }
 
     /// Exports the gossip group's counters.
@@ -199,6 +203,10 @@ impl crate::http::Endpoints for Metrics {
     }
 
     fn metrics(&self) -> Result<String, std::fmt::Error> {
+        let forwarder = self.forwarder.lock().expect("forwarder metrics").clone();
+        if let Some(f) = forwarder {
+            f.read_kernel_counters();
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(
             &mut out,

@@ -14,13 +14,28 @@ pub struct FrontendError {
     pub message: String,
 }
 
+/// A Service that asks for the kernel path and for something only user space
+/// does is refused whole: serving it either way would ignore half of what
+/// was asked.
+pub fn kernel_path_fits(policy: &Policy, routed: bool) -> Result<(), String> {
+    use crate::api::annotations::ForwardingPath;
+    match crate::forwarder::plan::user_space_need(policy, routed) {
+        Some(need) if policy.path == ForwardingPath::Kernel => Err(format!(
+            "\"kernel\" cannot {need}; remove one of the two or ask for \"user\""
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The Services with `ironlb.dev/forwarding: embedded` and an address, as the
 /// forwarder sees them, with their endpoints from the EndpointSlices. A Service
 /// with an unreadable setting is left out and named in the errors (a listener
 /// that ignores the PROXY protocol or the source ranges the user asked for
 /// would be worse than none).
 pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) {
-    use crate::api::annotations::{FORWARDING, Forwarding, PROXY_PROTOCOL, ProxyVersion};
+    use crate::api::annotations::{
+        FORWARDING, FORWARDING_PATH, Forwarding, ForwardingPath, PROXY_PROTOCOL, ProxyVersion,
+    };
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut programs = gateway_programs(view);
@@ -64,6 +79,17 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
                 continue;
             }
         };
+        let path = match annotations
+            .get(FORWARDING_PATH)
+            .map(|v| ForwardingPath::parse(v))
+        {
+            None => ForwardingPath::Auto,
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                errors.push(fail(format!("annotation {FORWARDING_PATH}: {e}")));
+                continue;
+            }
+        };
         let source_ranges = match source_ranges(spec, annotations) {
             Ok(ranges) => ranges,
             Err(m) => {
@@ -102,16 +128,22 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
                 }),
             });
         }
+        let policy = Policy {
+            local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            affinity: affinity(spec),
+            proxy,
+            source_ranges,
+            path,
+        };
+        if let Err(e) = kernel_path_fits(&policy, routing.is_some()) {
+            errors.push(fail(format!("annotation {FORWARDING_PATH}: {e}")));
+            continue;
+        }
         out.push(Frontend {
             service: key.clone(),
             addresses,
             ports,
-            policy: Policy {
-                local: spec.external_traffic_policy.as_deref() == Some("Local"),
-                affinity: affinity(spec),
-                proxy,
-                source_ranges,
-            },
+            policy,
             endpoints: endpoints_of(&key, &view.slices),
         });
     }

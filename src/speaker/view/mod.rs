@@ -30,7 +30,7 @@ mod nodes;
 
 use bgp::bgp_advertisements;
 pub use bgp::{BgpAdvertisement, BgpProblem, WantedPeer, bgp_advertisement_problems, bgp_peers};
-pub use frontends::{FrontendError, frontends};
+pub use frontends::{FrontendError, frontends, kernel_path_fits};
 pub use l2::{Announcement, announcements};
 pub use nodes::{node_seeds, nodes};
 
@@ -663,6 +663,86 @@ mod tests {
         assert_eq!(
             v6,
             ["[fd00::2]:7946".parse::<std::net::SocketAddr>().unwrap()]
+        );
+    }
+
+    /// A Service goes to the kernel unless it asks for user space or needs
+    /// it; asking for the kernel and for a PROXY header at once, or for a
+    /// path that does not exist, is refused naming the annotation.
+    #[test]
+    fn the_forwarding_path_follows_the_annotation_and_what_the_service_needs() {
+        use crate::api::annotations::{FORWARDING, FORWARDING_PATH, PROXY_PROTOCOL};
+        let embedded = |name: &str, ip: &str, extra: &[(&str, &str)]| {
+            extra
+                .iter()
+                .fold(
+                    Svc::lb("apps", name)
+                        .annotation(FORWARDING, "embedded")
+                        .ingress(ip),
+                    |s, (k, v)| s.annotation(k, v),
+                )
+                .build()
+        };
+        let services = [
+            embedded("plain", "10.0.0.1", &[]),
+            embedded("proxied", "10.0.0.2", &[(PROXY_PROTOCOL, "v2")]),
+            embedded("pinned", "10.0.0.3", &[(FORWARDING_PATH, "user")]),
+            embedded(
+                "contradicts",
+                "10.0.0.4",
+                &[(FORWARDING_PATH, "kernel"), (PROXY_PROTOCOL, "v1")],
+            ),
+            embedded("typo", "10.0.0.5", &[(FORWARDING_PATH, "kernal")]),
+            embedded("asked", "10.0.0.6", &[(FORWARDING_PATH, "kernel")]),
+        ];
+        let view = ClusterView {
+            services: services.iter().collect(),
+            pools: Vec::new(),
+            advertisements: Vec::new(),
+            slices: Default::default(),
+            default_class: true,
+            bgp: Default::default(),
+            gateways: Default::default(),
+        };
+        let (frontends, errors) = frontends(&view);
+        let refused: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.service.name.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused[0].0 == "contradicts"
+                && refused[0].1.contains(FORWARDING_PATH)
+                && refused[0].1.contains("PROXY protocol"),
+            "{refused:?}"
+        );
+        assert!(
+            refused[1].0 == "typo" && refused[1].1.contains("\"kernal\" is not one of"),
+            "{refused:?}"
+        );
+        let owned = (1..=6)
+            .map(|i| format!("10.0.0.{i}").parse().unwrap())
+            .collect();
+        let kernel: Vec<(String, bool, bool)> =
+            crate::forwarder::plan::plan("n1", &owned, &frontends)
+                .listeners
+                .iter()
+                .map(|l| {
+                    (
+                        l.service.name.clone(),
+                        l.in_kernel(true),
+                        l.in_kernel(false),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            kernel,
+            [
+                ("plain".to_string(), true, false),
+                ("proxied".to_string(), false, false),
+                ("pinned".to_string(), false, false),
+                ("asked".to_string(), true, false),
+            ]
         );
     }
 }
