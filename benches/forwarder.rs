@@ -10,7 +10,22 @@
 //! - **nginx** `stream`, one worker, no logs;
 //! - **ironlb**: a real `ironlb speaker --static` with embedded forwarding, one
 //!   runtime worker (`TOKIO_WORKER_THREADS=1`), its address announced on the
-//!   client link.
+//!   client link, its Services pinned to the user-space path;
+//! - **kernel**: the same speaker's Services on the kernel path (nftables DNAT
+//!   and masquerade, conntrack), on other ports of the same address.
+//!
+//! The kernel path reaches the backend on an address of its own: NAT reuses
+//! the client's port, and a 4-tuple the backend still holds in TIME_WAIT
+//! from another path (whose TCP timestamps run on another clock) answers the
+//! new SYN with a stale ACK, costing a one-second retransmission — an
+//! artefact of one client opening 20,000 connections a second through four
+//! paths to one backend, not of the kernel path.
+//!
+//! The kernel path turns connection tracking on in the proxy namespace, for
+//! every path through it (as on a Kubernetes node, where kube-proxy has it
+//! on anyway); its TIME_WAIT timeout there is 1 s, so that the millions of
+//! short connections a run opens do not fill the host's conntrack table
+//! (`nf_conntrack_max`, 262,144 here, shared by every namespace).
 //!
 //! Measured: bulk TCP throughput (iperf3, one stream), short connections per
 //! second and latency percentiles (wrk, `Connection: close`, against nginx),
@@ -44,6 +59,9 @@ const CLIENT: &str = "10.50.1.2";
 const PROXY: &str = "10.50.1.1";
 const VIP: &str = "10.50.1.100";
 const BACKEND: &str = "10.50.2.2";
+/// The backend's second address, for the kernel path only (see the module
+/// documentation).
+const KERNEL_BACKEND: &str = "10.50.2.3";
 /// The lab's small network peers (`slowaccept`, `burst`).
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/peer.py");
 
@@ -133,7 +151,39 @@ fn main() {
         &backend,
         &["ip", "route", "add", "default", "via", "10.50.2.1"],
     );
+    lab.exec_ok(
+        &backend,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{KERNEL_BACKEND}/24"),
+            "dev",
+            "eth0",
+        ],
+    );
     lab.exec_ok(&proxy, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // Loads conntrack in the namespace, so its timeout can be set.
+    lab.exec_ok(&proxy, &["nft", "add", "table", "ip", "bench"]);
+    lab.exec_ok(
+        &proxy,
+        &[
+            "nft",
+            "add chain ip bench track { type filter hook prerouting priority 0; }",
+        ],
+    );
+    lab.exec_ok(
+        &proxy,
+        &["nft", "add rule ip bench track ct state new counter"],
+    );
+    lab.exec_ok(
+        &proxy,
+        &[
+            "sysctl",
+            "-qw",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        ],
+    );
     for ns in [&client, &proxy, &backend] {
         lab.exec_ok(
             ns,
@@ -144,12 +194,26 @@ fn main() {
 
     // The backend: iperf3, nginx (http for wrk; holds idle connections), a
     // UDP echo.
-    lab.spawn(
-        &backend,
-        "iperf3",
-        &["-s", "-B", BACKEND],
-        &dir.join("iperf3.log"),
-    );
+    for address in [BACKEND, KERNEL_BACKEND] {
+        lab.spawn(
+            &backend,
+            "iperf3",
+            &["-s", "-B", address],
+            &dir.join(format!("iperf3-{address}.log")),
+        );
+        lab.spawn(
+            &backend,
+            env!("CARGO_BIN_EXE_ironlb"),
+            &["demo-udp-echo", &format!("{address}:9000")],
+            &dir.join(format!("echo-{address}.log")),
+        );
+        lab.spawn(
+            &backend,
+            "python3",
+            &[PEER, "slowaccept", address, "7000", "0"],
+            &dir.join(format!("slowaccept-{address}.log")),
+        );
+    }
     let backend_conf = dir.join("backend-nginx.conf");
     std::fs::write(&backend_conf, backend_nginx(&dir)).expect("write");
     lab.spawn(
@@ -157,18 +221,6 @@ fn main() {
         "nginx",
         &["-c", backend_conf.to_str().expect("utf-8")],
         &dir.join("backend-nginx.out"),
-    );
-    lab.spawn(
-        &backend,
-        env!("CARGO_BIN_EXE_ironlb"),
-        &["demo-udp-echo", &format!("{BACKEND}:9000")],
-        &dir.join("echo.log"),
-    );
-    lab.spawn(
-        &backend,
-        "python3",
-        &[PEER, "slowaccept", BACKEND, "7000", "0"],
-        &dir.join("slowaccept.log"),
     );
 
     // The proxies.
@@ -240,6 +292,18 @@ fn main() {
                 sni: Some(8008),
             },
             Some(ilb),
+        ),
+        (
+            "kernel",
+            VIP.to_string(),
+            Ports {
+                iperf: 8013,
+                http: 8093,
+                udp: Some(9013),
+                burst: 8016,
+                sni: None,
+            },
+            None,
         ),
     ];
     for (_, host, ports, _) in &targets {
@@ -395,7 +459,8 @@ fn backend_nginx(dir: &std::path::Path) -> String {
          http {{\n  access_log off;\n  keepalive_timeout 600s;\n  client_header_timeout 600s;\n\
          client_body_temp_path {d}/b1; proxy_temp_path {d}/b2; fastcgi_temp_path {d}/b3;\n\
          uwsgi_temp_path {d}/b4; scgi_temp_path {d}/b5;\n\
-         server {{ listen {BACKEND}:8080 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n\
+         server {{ listen {BACKEND}:8080 backlog=4096; listen {KERNEL_BACKEND}:8080 backlog=4096;\n\
+         location / {{ return 200 \"ok\\n\"; }} }}\n}}\n\
          stream {{ server {{ listen {BACKEND}:8443 backlog=4096; listen {BACKEND}:8444 backlog=4096;\n\
          ssl_preread on; return \"ok $ssl_preread_server_name\\n\"; }} }}\n"
     )
@@ -439,10 +504,13 @@ fn ironlb_conf() -> String {
          addresses:\n  - address: {VIP}\n    interfaces: [c0]\n\
          forwarder:\n  tcpIdleSeconds: 600\n  tcpHandshakeSeconds: 600\n\
          services:\n\
-         \x20 - name: iperf\n    address: {VIP}\n    ports: [{{port: 8003, targetPort: 5201}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
-         \x20 - name: http\n    address: {VIP}\n    ports: [{{port: 8083, targetPort: 8080}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
-         \x20 - name: udp\n    address: {VIP}\n    ports: [{{port: 9003, protocol: UDP, targetPort: 9000}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
-         \x20 - name: burst\n    address: {VIP}\n    ports: [{{port: 8006, targetPort: 7000}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: iperf\n    address: {VIP}\n    forwardingPath: user\n    ports: [{{port: 8003, targetPort: 5201}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: http\n    address: {VIP}\n    forwardingPath: user\n    ports: [{{port: 8083, targetPort: 8080}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: udp\n    address: {VIP}\n    forwardingPath: user\n    ports: [{{port: 9003, protocol: UDP, targetPort: 9000}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: burst\n    address: {VIP}\n    forwardingPath: user\n    ports: [{{port: 8006, targetPort: 7000}}]\n    endpoints: [{{address: {BACKEND}}}]\n\
+         \x20 - name: kernel\n    address: {VIP}\n    forwardingPath: kernel\n    endpoints: [{{address: {KERNEL_BACKEND}}}]\n    ports:\n\
+         \x20     - {{port: 8013, targetPort: 5201}}\n      - {{port: 8093, targetPort: 8080}}\n\
+         \x20     - {{port: 9013, protocol: UDP, targetPort: 9000}}\n      - {{port: 8016, targetPort: 7000}}\n\
          \x20 - name: sni\n    address: {VIP}\n    endpoints: []\n    ports:\n\
          \x20     - port: 8008\n        tlsRoutes:\n\
          \x20         - {{hostnames: [{SNI_NAME}], endpoints: [{{address: {BACKEND}}}], targetPort: 8443}}\n\
@@ -670,7 +738,13 @@ fn sni_rate(ns: &str, host: &str, port: u16, seconds: u64) -> (f64, f64) {
 
 fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
     let get = |n: &str| rows.get(n).cloned().unwrap_or_default();
-    let (direct, hap, ngx, ilb) = (get("direct"), get("haproxy"), get("nginx"), get("ironlb"));
+    let (direct, hap, ngx, ilb, kernel) = (
+        get("direct"),
+        get("haproxy"),
+        get("nginx"),
+        get("ironlb"),
+        get("kernel"),
+    );
     println!();
     println!(
         "forwarder: {seconds} s per measurement, {idle} idle connections, a burst of {burst}, one proxy worker each"
@@ -693,6 +767,7 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
         ("haproxy", &hap),
         ("nginx", &ngx),
         ("ironlb", &ilb),
+        ("kernel", &kernel),
     ] {
         println!(
             "{:<8} {:>10.2} {:>10.0} {:>9.3} {:>9.3} {:>16} {:>12} {:>10} {:>11} {:>11}",
@@ -735,5 +810,15 @@ fn report(rows: &BTreeMap<&str, Row>, seconds: u64, idle: usize, burst: usize) {
             ilb.sni.map_or(f64::NAN, |s| s.1),
             hap.sni.map_or(f64::NAN, |s| s.1)
         ),
+    );
+    let udp = |r: &Row| r.udp_pps.unwrap_or(f64::NAN);
+    println!(
+        "forwarder udp_vs_direct={:.2} kernel_tput_vs_direct={:.2} kernel_cps_vs_direct={:.2} kernel_p99_vs_direct={:.2} kernel_udp_vs_direct={:.2} kernel_burst={}",
+        ratio(udp(&ilb), udp(&direct)),
+        ratio(kernel.tput_gbps, direct.tput_gbps),
+        ratio(kernel.cps, direct.cps),
+        ratio(kernel.p99_ms, direct.p99_ms),
+        ratio(udp(&kernel), udp(&direct)),
+        kernel.burst_ok.map_or("-".into(), |b| b.to_string()),
     );
 }

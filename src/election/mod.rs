@@ -16,7 +16,7 @@
 //! only when none can does the best-scoring eligible node keep it — an address
 //! announced by a node with a problem is better than one announced by nobody.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::ipam::{LabelSelector, Labels};
@@ -151,12 +151,19 @@ pub fn eligibility(node: &Node, constraints: &Constraints) -> Result<(), Ineligi
 pub fn score(node: &str, address: IpAddr) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let octets: Vec<u8> = match address {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+    let (v4, v6);
+    let octets: &[u8] = match address {
+        IpAddr::V4(a) => {
+            v4 = a.octets();
+            &v4
+        }
+        IpAddr::V6(a) => {
+            v6 = a.octets();
+            &v6
+        }
     };
     let mut h = OFFSET;
-    for byte in node.bytes().chain([0xff]).chain(octets) {
+    for byte in node.bytes().chain([0xff]).chain(octets.iter().copied()) {
         h ^= u64::from(byte);
         h = h.wrapping_mul(PRIME);
     }
@@ -173,18 +180,98 @@ pub fn owner<'a>(
     nodes: &'a [Node],
     constraints: &Constraints,
 ) -> Option<&'a Node> {
-    let best = |able: bool| {
-        nodes
-            .iter()
-            .filter(|n| eligibility(n, constraints).is_ok())
-            .filter(|n| !able || !n.cannot_serve.contains(&address))
-            .max_by(|a, b| {
-                score(&a.name, address)
-                    .cmp(&score(&b.name, address))
-                    .then_with(|| b.name.cmp(&a.name))
-            })
+    // Scores come in random order, so only a few nodes (about ln n) beat the
+    // best so far: eligibility, the costly part, is checked for those only.
+    let beats = |score: u64, node: &Node, best: Option<(u64, &Node)>| {
+        best.is_none_or(|(s, b)| score > s || (score == s && node.name < b.name))
     };
-    best(true).or_else(|| best(false))
+    let mut able: Option<(u64, &Node)> = None;
+    let mut any: Option<(u64, &Node)> = None;
+    for node in nodes {
+        let s = score(&node.name, address);
+        // `able`'s best never scores above `any`'s: a node that does not
+        // beat it beats neither.
+        if !beats(s, node, able) || eligibility(node, constraints).is_err() {
+            continue;
+        }
+        if beats(s, node, any) {
+            any = Some((s, node));
+        }
+        if !node.cannot_serve.contains(&address) {
+            able = Some((s, node));
+        }
+    }
+    able.or(any).map(|(_, n)| n)
+}
+
+/// The owners of the last election, so that when nodes only leave, an
+/// address whose owner stays keeps it without a new election: with
+/// rendezvous hashing, removing a node moves only its own addresses. A node
+/// loss then costs one lookup per address instead of a score per node and
+/// address.
+#[derive(Clone, Debug, Default)]
+pub struct Memo {
+    /// The nodes of the last election.
+    nodes: Vec<Node>,
+    /// Node name → its place in `nodes`.
+    index: HashMap<String, usize>,
+    /// Address → the constraints it was elected under and its owner.
+    owners: HashMap<IpAddr, (Constraints, Option<String>)>,
+    /// Owners still valid for this round: the last nodes less those that
+    /// left; `None` when the nodes changed otherwise and every address is
+    /// elected anew.
+    kept: Option<HashSet<String>>,
+    /// Addresses asked for this round; the others are forgotten at its end.
+    asked: HashSet<IpAddr>,
+}
+
+impl Memo {
+    /// Starts an election over `nodes`.
+    pub fn begin(&mut self, nodes: &[Node]) {
+        let before: HashMap<&str, &Node> =
+            self.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let only_left = nodes
+            .iter()
+            .all(|n| before.get(n.name.as_str()).is_some_and(|b| *b == n));
+        self.kept = only_left.then(|| nodes.iter().map(|n| n.name.clone()).collect());
+        if !only_left || nodes.len() != self.nodes.len() {
+            self.nodes = nodes.to_vec();
+            self.index = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.clone(), i))
+                .collect();
+        }
+        self.asked.clear();
+    }
+
+    /// The owner of `address`, as [`owner`] over the nodes of this round.
+    pub fn owner(&mut self, address: IpAddr, constraints: &Constraints) -> Option<&Node> {
+        self.asked.insert(address);
+        let kept = self.kept.as_ref();
+        let cached = self.owners.get(&address).and_then(|(c, owner)| {
+            let valid = c == constraints
+                && kept.is_some_and(|k| owner.as_ref().is_none_or(|o| k.contains(o)));
+            // No owner stays no owner when nodes only leave.
+            valid.then(|| owner.clone())
+        });
+        let name = match cached {
+            Some(name) => name,
+            None => {
+                let name = owner(address, &self.nodes, constraints).map(|n| n.name.clone());
+                self.owners
+                    .insert(address, (constraints.clone(), name.clone()));
+                name
+            }
+        };
+        name.and_then(|name| self.index.get(&name).map(|i| &self.nodes[*i]))
+    }
+
+    /// Ends the round: addresses not asked for are forgotten.
+    pub fn end(&mut self) {
+        let asked = &self.asked;
+        self.owners.retain(|a, _| asked.contains(a));
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +472,70 @@ mod tests {
                 if before.as_deref() != Some(gone.as_str()) {
                     prop_assert_eq!(before, after, "{} moved though its owner stayed", addr);
                 }
+            }
+        }
+
+        /// The election that checks eligibility only for nodes that beat the
+        /// best so far picks what checking every node picks.
+        #[test]
+        fn the_lazy_election_picks_what_a_full_scan_picks(
+            nodes in nodes_strategy(),
+            c in constraints_strategy(),
+            addrs in proptest::collection::vec(address_strategy(), 1..20),
+        ) {
+            for addr in addrs {
+                let full = |able: bool| {
+                    nodes
+                        .iter()
+                        .filter(|n| eligibility(n, &c).is_ok())
+                        .filter(|n| !able || !n.cannot_serve.contains(&addr))
+                        .max_by(|a, b| {
+                            score(&a.name, addr)
+                                .cmp(&score(&b.name, addr))
+                                .then_with(|| b.name.cmp(&a.name))
+                        })
+                };
+                let want = full(true).or_else(|| full(false)).map(|n| n.name.clone());
+                prop_assert_eq!(owner(addr, &nodes, &c).map(|n| n.name.clone()), want);
+            }
+        }
+
+        /// Round after round — nodes leaving, coming back, changing, an
+        /// address's constraints changing — the memo's owners are the
+        /// election's.
+        #[test]
+        fn the_memo_always_agrees_with_a_fresh_election(
+            nodes in nodes_strategy(),
+            rounds in proptest::collection::vec(
+                (any::<prop::sample::Index>(), 0u8..4, constraints_strategy()),
+                1..8,
+            ),
+            addrs in proptest::collection::vec(address_strategy(), 1..10),
+        ) {
+            let mut memo = Memo::default();
+            let mut current = nodes.clone();
+            let mut constraints = Constraints::default();
+            for (pick, change, c) in rounds {
+                let name = pick.get(&nodes).name.clone();
+                match change {
+                    0 => current.retain(|n| n.name != name),
+                    1 if !current.iter().any(|n| n.name == name) => {
+                        current.push(pick.get(&nodes).clone());
+                    }
+                    2 => {
+                        for n in current.iter_mut().filter(|n| n.name == name) {
+                            n.cannot_serve = Unservable::Everything;
+                        }
+                    }
+                    _ => constraints = c,
+                }
+                memo.begin(&current);
+                for addr in &addrs {
+                    let want = owner(*addr, &current, &constraints).map(|n| n.name.clone());
+                    let got = memo.owner(*addr, &constraints).map(|n| n.name.clone());
+                    prop_assert_eq!(got, want, "{}", addr);
+                }
+                memo.end();
             }
         }
 

@@ -8,12 +8,11 @@
 //! goes down and of a listener that cannot start is tested here without root;
 //! the namespace labs prove the same on the wire.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node as K8sNode;
-use kube::ResourceExt;
 use tracing::warn;
 
 use super::config::{Forwards, Timing};
@@ -112,6 +111,9 @@ pub struct State {
     reported_problems: BTreeSet<(ServiceKey, String)>,
     /// The speaker's node name matched no Node object last time.
     warned_unknown: bool,
+    /// The last layer 2 elections, as they are and as they would be were
+    /// this node healthy.
+    elections: (election::Memo, election::Memo),
 }
 
 /// The layer 2 part of [`State`].
@@ -356,8 +358,11 @@ fn counted_members(
     objects: &[&K8sNode],
 ) -> BTreeSet<String> {
     let me = settings.node.as_str();
-    let unknown =
-        settings.cluster && !objects.is_empty() && !objects.iter().any(|n| n.name_any() == me);
+    let named: HashSet<&str> = objects
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    let unknown = settings.cluster && !objects.is_empty() && !named.contains(me);
     if unknown && !state.warned_unknown {
         warn!(node = %me, "no Node object has this speaker's node name, so it owns no address: \
                check --node / NODE_NAME (the DaemonSet sets it from spec.nodeName)");
@@ -366,7 +371,7 @@ fn counted_members(
     world
         .members
         .iter()
-        .filter(|m| !settings.cluster || objects.iter().any(|n| n.name_any() == **m))
+        .filter(|m| !settings.cluster || named.contains(m.as_str()))
         .cloned()
         .collect()
 }
@@ -452,18 +457,24 @@ fn elect(
     }
     let mut wanted: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
     let mut gave_up: BTreeSet<IpAddr> = BTreeSet::new();
+    let (as_is, healthy) = &mut state.elections;
+    as_is.begin(&nodes);
+    healthy.begin(&unhindered);
     for a in world.desired.iter().filter(|a| a.l2) {
-        let owner = election::owner(a.address, &nodes, &a.constraints);
-        if owner.is_some_and(|o| o.name == me) {
+        if as_is
+            .owner(a.address, &a.constraints)
+            .is_some_and(|o| o.name == me)
+        {
             // Owned even when it cannot be served here, if no node can: then
             // what can be announced is.
             wanted.insert(
                 a.address,
                 usable.get(&a.address).cloned().unwrap_or_default(),
             );
-        } else if election::owner(a.address, &unhindered, &a.constraints)
-            .is_some_and(|o| o.name == me)
-            && let Some(reason) = state.serving.unservable.get(&a.address)
+        } else if let Some(reason) = state.serving.unservable.get(&a.address)
+            && healthy
+                .owner(a.address, &a.constraints)
+                .is_some_and(|o| o.name == me)
         {
             gave_up.insert(a.address);
             if !state.l2.gave_up.contains(&a.address) {
@@ -475,6 +486,8 @@ fn elect(
             }
         }
     }
+    as_is.end();
+    healthy.end();
     state.l2.gave_up = gave_up;
     (nodes, wanted)
 }

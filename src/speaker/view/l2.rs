@@ -43,6 +43,7 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
         .map(|p| (p.name_any(), p.labels().clone()))
         .collect();
 
+    let no_labels = BTreeMap::new();
     let aliases = view.bgp.aliases();
     let mut by_address: BTreeMap<IpAddr, Vec<&Service>> = BTreeMap::new();
     for svc in &view.services {
@@ -61,13 +62,13 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
         else {
             continue;
         };
-        let labels = pool_labels.get(&pool).cloned().unwrap_or_default();
+        let labels = pool_labels.get(&pool).unwrap_or(&no_labels);
         let ads: Vec<&&L2Advertisement> = view
             .advertisements
             .iter()
-            .filter(|ad| selects_pool(ad, &pool, &labels))
+            .filter(|ad| selects_pool(ad, &pool, labels))
             .collect();
-        let bgp = bgp_advertisements(view, &pool, &labels, address, &aliases);
+        let bgp = bgp_advertisements(view, &pool, labels, address, &aliases);
         if ads.is_empty() && bgp.is_empty() {
             continue;
         }

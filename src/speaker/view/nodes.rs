@@ -12,10 +12,14 @@ pub fn nodes(
     objects: &[&K8sNode],
     health: &crate::membership::HealthMap,
 ) -> Vec<Node> {
+    let by_name: HashMap<&str, &&K8sNode> = objects
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+        .collect();
     members
         .iter()
         .map(|name| {
-            let object = objects.iter().find(|n| n.name_any() == *name);
+            let object = by_name.get(name.as_str());
             Node {
                 name: name.clone(),
                 labels: object.map(|n| n.labels().clone()).unwrap_or_default(),
