@@ -101,6 +101,33 @@ impl KernelRoute {
         }
     }
 
+    /// The chain `route_{i}`: clients outside the source ranges go on to the
+    /// input chain (refused there), the others are counted in `counter` and
+    /// sent to a backend at random.
+    fn chain(&self, i: usize, counter: &str) -> String {
+        let ip = if self.address.is_ipv4() { "ip" } else { "ip6" };
+        let mut out = format!("\tchain route_{i} {{\n");
+        if let Some(ranges) = self.admitted().filter(|r| !r.is_empty()) {
+            out.push_str(&format!(
+                "\t\t{ip} saddr != {{ {} }} return\n",
+                ranges.join(", ")
+            ));
+        }
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(n, b)| format!("{n} : {} . {}", b.ip(), b.port()))
+            .collect();
+        out.push_str(&format!(
+            "\t\tcounter name \"{counter}\"\n\t\tmeta l4proto {} dnat {ip} to numgen random mod {} map {{ {} }}\n\t}}\n",
+            protocol(self.protocol),
+            backends.len(),
+            backends.join(", ")
+        ));
+        out
+    }
+
     /// Who may connect, of the address's family: `None` when nobody may
     /// (the ranges name only the other family).
     fn admitted(&self) -> Option<Vec<String>> {
@@ -277,27 +304,7 @@ impl Ruleset {
             ));
         }
         for (i, k) in &routes {
-            let ip = if k.address.is_ipv4() { "ip" } else { "ip6" };
-            out.push_str(&format!("\tchain route_{i} {{\n"));
-            if let Some(ranges) = k.admitted().filter(|r| !r.is_empty()) {
-                out.push_str(&format!(
-                    "\t\t{ip} saddr != {{ {} }} return\n",
-                    ranges.join(", ")
-                ));
-            }
-            let backends: Vec<String> = k
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(n, b)| format!("{n} : {} . {}", b.ip(), b.port()))
-                .collect();
-            out.push_str(&format!(
-                "\t\tcounter name \"{}\"\n\t\tmeta l4proto {} dnat {ip} to numgen random mod {} map {{ {} }}\n\t}}\n",
-                counters[&k.service],
-                protocol(k.protocol),
-                backends.len(),
-                backends.join(", ")
-            ));
+            out.push_str(&k.chain(*i, &counters[&k.service]));
         }
         // From the network, and from the node itself (host-network Pods).
         let lookup = "\t\tip daddr . meta l4proto . th dport vmap @kernel4\n\

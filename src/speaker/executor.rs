@@ -452,18 +452,7 @@ impl Forwarding {
         // addresses go on the loopback; a table that cannot be written would
         // leave the node's own programs reachable there, so the addresses
         // are given up instead.
-        let mut table = crate::forwarder::firewall::Ruleset {
-            mark: local.then_some(self.mark),
-            open: Default::default(),
-            kernel: kernel.iter().map(KernelRoute::of).collect(),
-        };
-        for l in listeners {
-            table
-                .open
-                .entry(l.address.ip())
-                .or_default()
-                .insert((l.protocol, l.address.port()));
-        }
+        let table = self.table(listeners, &kernel, local);
         if table == Default::default() {
             // Nothing forwarded: no table (a node that never forwards never
             // gets one).
@@ -535,6 +524,29 @@ impl Forwarding {
                 .push((e.service.clone(), e.to_string()));
         }
         failed
+    }
+
+    /// The nftables table for `listeners`, of which `kernel` are forwarded
+    /// in the kernel; `local`: some user-space listener is transparent.
+    fn table(
+        &self,
+        listeners: &[Listener],
+        kernel: &[Listener],
+        local: bool,
+    ) -> crate::forwarder::firewall::Ruleset {
+        let mut table = crate::forwarder::firewall::Ruleset {
+            mark: local.then_some(self.mark),
+            open: Default::default(),
+            kernel: kernel.iter().map(KernelRoute::of).collect(),
+        };
+        for l in listeners {
+            table
+                .open
+                .entry(l.address.ip())
+                .or_default()
+                .insert((l.protocol, l.address.port()));
+        }
+        table
     }
 
     /// The listeners the kernel forwards, and those left to user space.

@@ -14,6 +14,34 @@ pub struct FrontendError {
     pub message: String,
 }
 
+/// A Service's PROXY protocol version, forwarding path and source ranges,
+/// or what is wrong with them (naming the annotation or field).
+fn options(
+    spec: &ServiceSpec,
+    annotations: &BTreeMap<String, String>,
+) -> Result<
+    (
+        Option<crate::api::annotations::ProxyVersion>,
+        crate::api::annotations::ForwardingPath,
+        Vec<ipnetwork::IpNetwork>,
+    ),
+    String,
+> {
+    use crate::api::annotations::{FORWARDING_PATH, ForwardingPath, PROXY_PROTOCOL, ProxyVersion};
+    let proxy = annotations
+        .get(PROXY_PROTOCOL)
+        .map(|v| ProxyVersion::parse(v))
+        .transpose()
+        .map_err(|e| format!("annotation {PROXY_PROTOCOL}: {e}"))?;
+    let path = annotations
+        .get(FORWARDING_PATH)
+        .map(|v| ForwardingPath::parse(v))
+        .transpose()
+        .map_err(|e| format!("annotation {FORWARDING_PATH}: {e}"))?
+        .unwrap_or_default();
+    Ok((proxy, path, source_ranges(spec, annotations)?))
+}
+
 /// A Service that asks for the kernel path and for something only user space
 /// does is refused whole: serving it either way would ignore half of what
 /// was asked.
@@ -33,9 +61,7 @@ pub fn kernel_path_fits(policy: &Policy, routed: bool) -> Result<(), String> {
 /// that ignores the PROXY protocol or the source ranges the user asked for
 /// would be worse than none).
 pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) {
-    use crate::api::annotations::{
-        FORWARDING, FORWARDING_PATH, Forwarding, ForwardingPath, PROXY_PROTOCOL, ProxyVersion,
-    };
+    use crate::api::annotations::{FORWARDING, FORWARDING_PATH, Forwarding};
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut programs = gateway_programs(view);
@@ -68,30 +94,8 @@ pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) 
             message,
         };
         let Some(spec) = &svc.spec else { continue };
-        let proxy = match annotations
-            .get(PROXY_PROTOCOL)
-            .map(|v| ProxyVersion::parse(v))
-        {
-            None => None,
-            Some(Ok(v)) => Some(v),
-            Some(Err(e)) => {
-                errors.push(fail(format!("annotation {PROXY_PROTOCOL}: {e}")));
-                continue;
-            }
-        };
-        let path = match annotations
-            .get(FORWARDING_PATH)
-            .map(|v| ForwardingPath::parse(v))
-        {
-            None => ForwardingPath::Auto,
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                errors.push(fail(format!("annotation {FORWARDING_PATH}: {e}")));
-                continue;
-            }
-        };
-        let source_ranges = match source_ranges(spec, annotations) {
-            Ok(ranges) => ranges,
+        let (proxy, path, source_ranges) = match options(spec, annotations) {
+            Ok(options) => options,
             Err(m) => {
                 errors.push(fail(m));
                 continue;
