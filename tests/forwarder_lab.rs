@@ -955,7 +955,7 @@ async fn cluster_services_with_embedded_forwarding_are_forwarded() {
 }
 
 #[test]
-fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
+fn ipv6_addresses_are_forwarded_in_user_space_with_proxy_v2_and_in_the_kernel() {
     let Some(mut w) = world("ipv6", 1) else {
         return;
     };
@@ -986,11 +986,15 @@ fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
         ),
     );
     w.peer_server(&ngx, "fd77::22", 5353);
+    // The node forwards IPv6, so the Services without a PROXY header take
+    // the kernel path.
+    w.lab
+        .exec_ok(&node, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let config = "node: node-1\ngossip:\n  listen: 10.77.0.11:7946\n  secret: lab-gossip-secret\n\
          addresses:\n  - address: fd77::100\n    interfaces: [eth0]\n\
          services:\n\
          \x20 - name: web6\n    address: fd77::100\n    proxyProtocol: v2\n    ports: [{port: 80, targetPort: 8082}]\n    endpoints: [{address: fd77::22}]\n\
-         \x20 - name: dns6\n    address: fd77::100\n    ports: [{port: 53, protocol: UDP, targetPort: 5353}]\n    endpoints: [{address: fd77::22}]\n";
+         \x20 - name: dns6\n    address: fd77::100\n    ports: [{port: 53, protocol: UDP, targetPort: 5353}, {port: 5000, targetPort: 5353}]\n    endpoints: [{address: fd77::22}]\n";
     w.lab.start_speaker_with(&node, 1, config);
     let deadline = Instant::now() + Duration::from_secs(15);
     let http = loop {
@@ -1021,6 +1025,23 @@ fn ipv6_addresses_are_forwarded_with_the_client_address_in_proxy_v2() {
     assert!(
         udp.starts_with("fd77::100 53 peer=fd77::11:") && udp.trim().ends_with("got=q"),
         "{udp}"
+    );
+    // TCP on the kernel path too, masqueraded to the node's address as the
+    // Service is `Cluster`.
+    let tcp = w.tcp("fd77::100", 5000, "hello");
+    assert!(
+        tcp.starts_with("peer=fd77::11:") && tcp.ends_with("got=hello"),
+        "{tcp}"
+    );
+    let table = w
+        .lab
+        .exec_ok(&node, &["nft", "list", "table", "inet", "ironlb"]);
+    assert!(
+        table.contains("fd77::100 . udp . 53 : jump route_")
+            && table.contains("fd77::100 . tcp . 5000 : jump route_")
+            && table.contains("dnat ip6 to numgen random mod 1 map { 0 : fd77::22 . 5353 }")
+            && !table.contains("fd77::100 . tcp . 80 : jump"),
+        "dns6 in the kernel, web6 (PROXY v2) in user space:\n{table}"
     );
 }
 
@@ -1693,9 +1714,27 @@ fn a_connection_outlives_its_endpoint_until_it_ends() {
 /// filter in place for its successor.
 #[test]
 fn an_upgrade_hands_the_sockets_over_and_resets_no_connection() {
-    let Some(mut w) = world("handover", 2) else {
+    upgrade("handover", false);
+}
+
+/// The same upgrade on nodes that forward IP, where both Services take the
+/// kernel path: the connection and the flow live in conntrack, the old
+/// speaker leaves the table for its successor, which writes the same rules.
+#[test]
+fn an_upgrade_resets_no_connection_on_the_kernel_path() {
+    upgrade("handover_kernel", true);
+}
+
+fn upgrade(test: &str, kernel: bool) {
+    let Some(mut w) = world(test, 2) else {
         return;
     };
+    if kernel {
+        for node in w.nodes.clone() {
+            w.lab
+                .exec_ok(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        }
+    }
     let size = 8 * 1024 * 1024;
     let sent = w.stream_backend("s1", "p1s", "10.77.0.21", size);
     let udp_be = w.backend_host("u1", "p1u", "10.77.0.22");
@@ -1798,8 +1837,15 @@ fn an_upgrade_hands_the_sockets_over_and_resets_no_connection() {
         .lab
         .exec_ok(&node, &["ip", "-o", "addr", "show", "dev", "lo"]);
     assert!(lo.contains(&format!("inet {VIP}/32")), "{lo}");
-    w.lab
+    let table = w
+        .lab
         .exec_ok(&node, &["nft", "list", "table", "inet", "ironlb"]);
+    assert_eq!(
+        table.contains(&format!("{VIP} . tcp . 9000 : jump route_"))
+            && table.contains(&format!("{VIP} . udp . 7777 : jump route_")),
+        kernel,
+        "{table}"
+    );
     let again = w.udp(&w.client, VIP, 7777, "after");
     assert!(again.contains("got=after"), "{again}");
     let _ = new;
