@@ -1744,7 +1744,7 @@ fn upgrade(test: &str, kernel: bool) {
     let start = |w: &mut World, i: usize, log: &str| {
         let config = w.config(i, services);
         let path = w.lab.speaker_config_path(i);
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, config).expect("lab step");
         let socket = w.lab.dir().join(format!("handover-{i}.sock"));
         w.handover_speaker(i, &path, &socket, log)
     };
@@ -1774,7 +1774,7 @@ fn upgrade(test: &str, kernel: bool) {
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("lab step");
     std::thread::sleep(Duration::from_millis(700));
     let new = start(&mut w, o, &format!("node-{o}-new.log"));
     let new_log = w.lab.dir().join(format!("node-{o}-new.log"));
@@ -1790,12 +1790,12 @@ fn upgrade(test: &str, kernel: bool) {
         .args(["-TERM", &old_pid])
         .output();
 
-    let received = transfer.wait_with_output().unwrap();
+    let received = transfer.wait_with_output().expect("lab step");
     let received = String::from_utf8_lossy(&received.stdout).trim().to_string();
     let sent = wait_for_file(&sent, " ");
     assert_eq!(received, sent.trim(), "the transfer broke:\n{}", w.logs());
     assert!(received.starts_with(&format!("{size} ")), "{received}");
-    let exchange = exchange.wait_with_output().unwrap();
+    let exchange = exchange.wait_with_output().expect("lab step");
     let exchange = String::from_utf8_lossy(&exchange.stdout);
     assert_eq!(exchange.trim(), "answered 100 of 100", "{}", w.logs());
 
@@ -1810,15 +1810,17 @@ fn upgrade(test: &str, kernel: bool) {
         assert!(Instant::now() < deadline, "the old speaker never exited");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let old_log = std::fs::read_to_string(w.lab.dir().join(format!("node-{o}.log"))).unwrap();
+    let old_log =
+        std::fs::read_to_string(w.lab.dir().join(format!("node-{o}.log"))).expect("lab step");
     assert!(
         old_log.contains("speaker stopped after handing over"),
         "{old_log}"
     );
     // The node kept its address: the other node never announced it, and the
     // address and the filter are still there for the new speaker.
-    let other_log =
-        plain(&std::fs::read_to_string(w.lab.dir().join(format!("node-{other}.log"))).unwrap());
+    let other_log = plain(
+        &std::fs::read_to_string(w.lab.dir().join(format!("node-{other}.log"))).expect("lab step"),
+    );
     assert!(
         !other_log
             .lines()
