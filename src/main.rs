@@ -277,6 +277,11 @@ struct ForwardArgs {
     /// Seconds connections live on after their address is gone [default: 30].
     #[arg(long)]
     forward_drain_seconds: Option<u64>,
+    /// Forward the Services that need nothing of user space in the kernel
+    /// (nftables DNAT) [default: true]; false keeps every Service in the
+    /// user-space forwarder, under its limits.
+    #[arg(long)]
+    forward_kernel_path: Option<bool>,
     /// TCP ports the node keeps for itself: never forwarded on a Service
     /// address, besides the kubelet's (10250) and ironlb's metrics port
     /// (comma-separated, e.g. 22,9100).
@@ -301,6 +306,7 @@ impl ForwardArgs {
             max_flows_total: self.forward_max_flows_total,
             max_affinity_clients: self.forward_max_affinity_clients,
             drain_seconds: self.forward_drain_seconds,
+            kernel_path: self.forward_kernel_path,
             reserved_tcp_ports: self.forward_reserved_tcp_ports.clone(),
             reserved_udp_ports: self.forward_reserved_udp_ports.clone(),
         }

@@ -76,6 +76,10 @@ pub struct Settings {
     /// The firewall mark that routes replies of transparent connections back
     /// to the forwarder ([`transparent`]).
     pub mark: u32,
+    /// Services that need nothing of user space may be forwarded in the
+    /// kernel ([`firewall`]); false keeps every Service in user space, under
+    /// the limits above.
+    pub kernel_path: bool,
     /// Ports the node keeps for itself, never forwarded on a Service address
     /// (besides those the speaker adds: the kubelet's, its gossip and metrics
     /// ports).
@@ -136,6 +140,7 @@ impl Settings {
             descriptors,
             drain: Duration::from_secs(30),
             mark: transparent::DEFAULT_MARK,
+            kernel_path: true,
             reserved: Vec::new(),
         }
     }
@@ -168,6 +173,8 @@ pub struct Tuning {
     pub max_affinity_clients: Option<usize>,
     /// [`Settings::drain`], in seconds.
     pub drain_seconds: Option<u64>,
+    /// [`Settings::kernel_path`].
+    pub kernel_path: Option<bool>,
     /// TCP ports of [`Settings::reserved`].
     pub reserved_tcp_ports: Vec<u16>,
     /// UDP ports of [`Settings::reserved`].
@@ -197,6 +204,7 @@ impl Tuning {
             descriptors: d.descriptors,
             drain: secs(self.drain_seconds, d.drain),
             mark: d.mark,
+            kernel_path: self.kernel_path.unwrap_or(d.kernel_path),
             reserved: self
                 .reserved_tcp_ports
                 .iter()
@@ -654,5 +662,16 @@ mod descriptor_tests {
             short.contains("19744 descriptors") && short.contains("at most 9872 TCP connections"),
             "{short}"
         );
+    }
+
+    /// The kernel path is on unless the static file or the flag turns it
+    /// off.
+    #[test]
+    fn the_kernel_path_is_on_by_default_and_can_be_turned_off() {
+        assert!(Settings::default().kernel_path);
+        let off: Tuning = serde_saphyr::from_str("kernelPath: false").expect("tuning");
+        assert!(!off.settings(DEFAULT_OPEN_FILES).kernel_path);
+        let unset: Tuning = serde_saphyr::from_str("drainSeconds: 5").expect("tuning");
+        assert!(unset.settings(DEFAULT_OPEN_FILES).kernel_path);
     }
 }

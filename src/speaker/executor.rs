@@ -402,8 +402,8 @@ struct Forwarding {
     transparent: bool,
     /// ironlb's nftables table as last written.
     table: Option<crate::forwarder::firewall::Ruleset>,
-    /// The kernel path may serve Services here: no per-source limit is set,
-    /// which only user space enforces.
+    /// The kernel path may serve Services here: it is not turned off and
+    /// no per-source limit is set, which only user space enforces.
     kernel_allowed: bool,
     /// Whether the last plan had Services the kernel could have taken on a
     /// node that does not forward IP: said once, not at every change.
@@ -418,7 +418,7 @@ impl Forwarding {
     ) -> Self {
         Self {
             mark: settings.mark,
-            kernel_allowed: settings.max_connections_per_source.is_none(),
+            kernel_allowed: settings.kernel_path && settings.max_connections_per_source.is_none(),
             forwarder: Forwarder::new(settings, metrics.clone()),
             addresses: None,
             transparent: false,
