@@ -30,6 +30,17 @@ pub(super) async fn serve(
     let mut shared = state.borrow_and_update().clone();
     let mut counters = Arc::new(TcpCounters::of(&ctx.metrics, &shared.service));
     let mut backoff = AcceptBackoff::default();
+    // Connections are cut once the listener has been stopped for the drain
+    // period: one timer for the listener, not one in every connection.
+    let cut = CancellationToken::new();
+    tokio::spawn({
+        let (stop, cut, drain) = (stop.clone(), cut.clone(), ctx.settings.drain);
+        async move {
+            stop.cancelled().await;
+            tokio::time::sleep(drain).await;
+            cut.cancel();
+        }
+    });
     loop {
         let (client, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -58,14 +69,14 @@ pub(super) async fn serve(
         if !admitted(&shared.policy, peer.ip()) {
             debug!(client = %peer, service = %shared.service, "outside loadBalancerSourceRanges");
             ctx.metrics.refuse(&shared.service, Refusal::SourceRange);
-            reset(client);
+            reset(&client);
             continue;
         }
         let permits = match admit(&ctx, peer.ip()) {
             Ok(p) => p,
             Err(why) => {
                 ctx.metrics.refuse(&shared.service, why);
-                reset(client);
+                reset(&client);
                 continue;
             }
         };
@@ -75,7 +86,7 @@ pub(super) async fn serve(
             Listener {
                 shared: shared.clone(),
                 counters: counters.clone(),
-                stop: stop.clone(),
+                cut: cut.clone(),
                 ctx: ctx.clone(),
             },
             permits,
@@ -213,8 +224,9 @@ fn half_close(to: &TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// Closes with a reset: the client learns at once, and no TIME_WAIT remains.
-fn reset(stream: TcpStream) {
+/// Makes the stream's close a reset, once it is dropped: the client learns at
+/// once, and no TIME_WAIT remains.
+fn reset(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
@@ -222,7 +234,8 @@ fn reset(stream: TcpStream) {
 struct Listener {
     shared: Arc<Shared>,
     counters: Arc<TcpCounters>,
-    stop: CancellationToken,
+    /// Cancelled when the listener's drain period is over.
+    cut: CancellationToken,
     ctx: Arc<Context>,
 }
 
@@ -270,18 +283,53 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
     let Listener {
         shared,
         counters,
-        stop,
+        cut,
         ctx,
     } = listener;
+    // What a connection needs only until its backend is chosen lives in
+    // `open`'s own state: an async fn is as large as its largest await, and
+    // an idle connection should carry only what it needs while idle.
+    let Some((backend, upstream)) = open(&client, peer, &shared, &counters, &ctx).await else {
+        return;
+    };
+    counters.connections.inc();
+    counters.active.inc();
+    // A connection outlives its backend's endpoint (the pod may still be
+    // terminating, as through kube-proxy's NAT); only its listener going away
+    // cuts it, after the drain period.
+    let outcome = tokio::select! {
+        r = pipe(&client, &upstream, &ctx.settings, &ctx.node.descriptors, &counters) => r,
+        _ = cut.cancelled() => Err(std::io::Error::other("drained")),
+    };
+    counters.active.dec();
+    if let Err(e) = outcome {
+        debug!(client = %peer, %backend, error = %e, "connection ended abnormally");
+        // A reset on one side is passed on as a reset to the other.
+        let _ = client.set_zero_linger();
+        let _ = upstream.set_zero_linger();
+    }
+}
+
+/// Reads the ClientHello on a TLS port, chooses and connects a backend and
+/// sends it what comes first (the PROXY header, the ClientHello): the
+/// backend's address and the connection, or `None` when the client was
+/// refused (reset or closed here).
+async fn open(
+    client: &TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    counters: &TcpCounters,
+    ctx: &Context,
+) -> Option<(SocketAddr, TcpStream)> {
     let sni = shared.routing.as_ref().is_some_and(|r| r.sni);
     let hello = if sni {
-        match read_hello(&client, ctx.settings.tcp_handshake).await {
+        match read_hello(client, ctx.settings.tcp_handshake).await {
             Ok(hello) => hello,
             Err(timed_out) => {
                 if timed_out {
                     counters.handshake_timeouts.inc();
                 }
-                return;
+                return None;
             }
         }
     } else {
@@ -297,11 +345,11 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
             // as a rejected connection. On a TCP port without a route the
             // client is reset, as on a Service without endpoints.
             if why == Refusal::NoRoute && sni {
-                close(client).await;
+                close(client);
             } else {
                 reset(client);
             }
-            return;
+            return None;
         }
     };
     let now = Instant::now();
@@ -309,11 +357,11 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
         .balancer
         .order(backends, peer.ip(), shared.policy.affinity, now);
     let from = shared.policy.local.then_some(peer);
-    let chosen = connect_first(order, from, &ctx.settings, &counters).await;
+    let chosen = connect_first(order, from, &ctx.settings, counters).await;
     let Some((backend, mut upstream)) = chosen else {
         ctx.metrics.refuse(&shared.service, Refusal::NoBackend);
         reset(client);
-        return;
+        return None;
     };
     ctx.balancer
         .stick(peer.ip(), &backend, shared.policy.affinity, now);
@@ -330,32 +378,10 @@ async fn connection(client: TcpStream, peer: SocketAddr, listener: Listener, _pe
     first.extend_from_slice(&hello.bytes);
     if !first.is_empty() && upstream.write_all(&first).await.is_err() {
         reset(client);
-        return;
+        return None;
     }
     counters.up.inc_by(hello.bytes.len() as u64);
-    // Given back now, not when the connection ends: an idle connection
-    // holds no buffer.
-    drop((first, hello));
-    counters.connections.inc();
-    counters.active.inc();
-    // A connection outlives its backend's endpoint (the pod may still be
-    // terminating, as through kube-proxy's NAT); only its listener going away
-    // cuts it, after the drain period.
-    let cut = async {
-        stop.cancelled().await;
-        tokio::time::sleep(ctx.settings.drain).await;
-    };
-    let outcome = tokio::select! {
-        r = pipe(&client, &upstream, &ctx.settings, &ctx.node.descriptors, &counters) => r,
-        _ = cut => Err(std::io::Error::other("drained")),
-    };
-    counters.active.dec();
-    if let Err(e) = outcome {
-        debug!(client = %peer, backend = %backend.address, error = %e, "connection ended abnormally");
-        // A reset on one side is passed on as a reset to the other.
-        let _ = client.set_zero_linger();
-        let _ = upstream.set_zero_linger();
-    }
+    Some((backend.address, upstream))
 }
 
 /// The first backend of `order` that accepts a connection (from `from`,
@@ -440,8 +466,8 @@ async fn read_hello(client: &TcpStream, patience: Duration) -> Result<Hello, boo
 }
 
 /// Turns away a TLS client no route takes with a FIN.
-async fn close(mut client: TcpStream) {
-    let _ = client.shutdown().await;
+fn close(client: &TcpStream) {
+    let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
 }
 
 async fn connect(to: SocketAddr, from: Option<SocketAddr>) -> std::io::Result<TcpStream> {
