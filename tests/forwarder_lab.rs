@@ -48,6 +48,36 @@ impl World {
         ns
     }
 
+    /// A client outside the lab's usual ranges, at [`OUTSIDER`].
+    fn outsider(&mut self) -> String {
+        let outsider = self.lab.namespace("outsider");
+        let sw = self.switch.clone();
+        self.lab
+            .plug(&sw, &outsider, "po", &[&format!("{OUTSIDER}/24")]);
+        outsider
+    }
+
+    /// A "pod" behind node `i` on its own link (10.88.i.2), its default
+    /// route via the node, as a CNI would wire it, serving `peer.py` on
+    /// port 5000.
+    fn pod(&mut self, i: usize) -> String {
+        let pod = self.lab.namespace(&format!("pod{i}"));
+        let node = self.nodes[i - 1].clone();
+        self.lab.wire(
+            &node,
+            "veth-pod",
+            &format!("10.88.{i}.1/24"),
+            &pod,
+            "eth0",
+            &format!("10.88.{i}.2/24"),
+        );
+        let gateway = format!("10.88.{i}.1");
+        self.lab
+            .exec_ok(&pod, &["ip", "route", "add", "default", "via", &gateway]);
+        self.peer_server(&pod, &format!("10.88.{i}.2"), 5000);
+        pod
+    }
+
     /// Runs `peer.py serve` in `ns` on `address:port`.
     fn peer_server(&mut self, ns: &str, address: &str, port: u16) {
         let log = self.lab.dir().join(format!("peer-{address}-{port}.log"));
@@ -382,31 +412,8 @@ fn local_policy_uses_the_local_endpoint_only_and_it_sees_the_client() {
     let Some(mut w) = world("local_policy", 2) else {
         return;
     };
-    // A "pod" behind each node on its own link, its default route via the node,
-    // as a CNI would wire it.
     for i in 1..=2 {
-        let pod = w.lab.namespace(&format!("pod{i}"));
-        let node = w.nodes[i - 1].clone();
-        w.lab.wire(
-            &node,
-            "veth-pod",
-            &format!("10.88.{i}.1/24"),
-            &pod,
-            "eth0",
-            &format!("10.88.{i}.2/24"),
-        );
-        w.lab.exec_ok(
-            &pod,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.88.{i}.1"),
-            ],
-        );
-        w.peer_server(&pod, &format!("10.88.{i}.2"), 5000);
+        w.pod(i);
     }
     // web: endpoints on both nodes. only-2: an address whose one endpoint is on
     // node-2, so only node-2 may announce it.
@@ -515,10 +522,7 @@ fn source_ranges_refuse_outsiders_and_a_dead_backend_falls_through() {
     let Some(mut w) = world("ranges_and_resets", 1) else {
         return;
     };
-    let outsider = w.lab.namespace("outsider");
-    let sw = w.switch.clone();
-    w.lab
-        .plug(&sw, &outsider, "po", &[&format!("{OUTSIDER}/24")]);
+    let outsider = w.outsider();
     let be = w.backend_host("be", "pb", "10.77.0.21");
     w.peer_server(&be, "10.77.0.21", 7000);
     // 10.77.0.22 exists but listens on nothing: every connect is reset.
@@ -1963,25 +1967,10 @@ fn the_kernel_path_keeps_the_client_refuses_the_rest_and_fails_over() {
     let Some(mut w) = world("kernel_path", 2) else {
         return;
     };
-    let outsider = w.lab.namespace("outsider");
-    let sw = w.switch.clone();
-    w.lab
-        .plug(&sw, &outsider, "po", &[&format!("{OUTSIDER}/24")]);
+    let outsider = w.outsider();
     for i in 1..=2 {
-        let pod = w.lab.namespace(&format!("pod{i}"));
+        w.pod(i);
         let node = w.nodes[i - 1].clone();
-        w.lab.wire(
-            &node,
-            "veth-pod",
-            &format!("10.88.{i}.1/24"),
-            &pod,
-            "eth0",
-            &format!("10.88.{i}.2/24"),
-        );
-        let gateway = format!("10.88.{i}.1");
-        w.lab
-            .exec_ok(&pod, &["ip", "route", "add", "default", "via", &gateway]);
-        w.peer_server(&pod, &format!("10.88.{i}.2"), 5000);
         w.lab
             .exec_ok(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         // A program of the node's own, on every address.
