@@ -344,10 +344,7 @@ pub fn counters() -> Result<BTreeMap<String, u64>, Error> {
         .args(["-j", "list", "counters", "table", "inet", TABLE])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::Missing,
-            _ => Error::Nft(e),
-        })?;
+        .map_err(not_started)?;
     if !out.status.success() {
         // No table (yet, or any more): nothing counted.
         return Ok(BTreeMap::new());
@@ -370,6 +367,14 @@ fn parse_counters(json: &[u8]) -> Result<BTreeMap<String, u64>, Error> {
         .collect())
 }
 
+/// Why `nft` did not start: not installed, or another failure.
+fn not_started(e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Missing,
+        _ => Error::Nft(e),
+    }
+}
+
 /// Runs `nft` on the blocking pool: it forks and waits.
 async fn nft(script: String) -> Result<(), Error> {
     tokio::task::spawn_blocking(move || nft_blocking(&script))
@@ -389,10 +394,7 @@ fn run_nft(program: &str, script: &str) -> Result<(), Error> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::Missing,
-            _ => Error::Nft(e),
-        })?;
+        .map_err(not_started)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes()).map_err(Error::Nft)?;
     }
