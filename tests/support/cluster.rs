@@ -92,6 +92,17 @@ impl Cluster {
         self.kubectl_as(&self.kubeconfig, args)
     }
 
+    /// Whether this is the local control plane (`IRONLB_K8S_DIR`), which the
+    /// tests may change beyond their own objects.
+    pub fn is_local(&self) -> bool {
+        self.apiserver_pid.is_some()
+    }
+
+    /// The kubectl binary the tests run.
+    pub fn kubectl_program(&self) -> &Path {
+        &self.kubectl
+    }
+
     /// Runs kubectl as whoever `kubeconfig` names.
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
         Command::new(&self.kubectl)

@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod cluster_lab;
 pub mod netns;
+pub mod nodes;
 pub mod process;
 pub mod protocol;
 pub mod routers;
