@@ -576,3 +576,338 @@ impl Drop for Applied<'_> {
         ]);
     }
 }
+
+/// A tenant who holds only `edit` in its namespace (and the Gateway API
+/// kinds there) tries to reach another team's Pods through ironlb, on real
+/// nodes with `deploy/overlays/gateway`: a Service that claims to be a
+/// Gateway's (owned by a real Gateway of another class, with a hand-written
+/// route table naming the team's internal Service), a route of its own
+/// ironlb Gateway to that Service without a ReferenceGrant, and the team's
+/// shared address with the team's sharing key. None reaches the team's
+/// internal Pod or takes its address; a ReferenceGrant the team writes
+/// opens the route (the refusal was the rule, not a broken path), and the
+/// team's database answers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_reach_no_other_namespaces_pods_on_real_nodes() {
+    let test = "tenants_reach_no_other_namespaces_pods_on_real_nodes";
+    let Some(cluster) = Cluster::lock(test).await else {
+        return;
+    };
+    let Some(mut nodes) = Nodes::start(&cluster, test, 2) else {
+        return;
+    };
+    support::cluster_lab::install_gateway_crds(&cluster);
+    let _installed = cluster.install_with_gateway();
+    for what in ["deployment/ironlb-controller", "daemonset/ironlb-speaker"] {
+        rollout(&cluster, &nodes, what);
+    }
+    let dir = nodes.lab.dir().to_path_buf();
+    let (team, tenant) = (
+        format!("team-{}", std::process::id()),
+        format!("tenant-{}", std::process::id()),
+    );
+    let class = format!("ironlb-{}", std::process::id());
+    let other_class = format!("other-{}", std::process::id());
+    let team_file = dir.join("team.yaml");
+    std::fs::write(
+        &team_file,
+        team_objects(&team, &tenant, &class, &other_class),
+    )
+    .expect("write team.yaml");
+    let _team = Applied {
+        cluster: &cluster,
+        file: &team_file,
+    };
+    cluster.kubectl_ok(&["apply", "-f", team_file.to_str().expect("utf-8 path")]);
+    for what in ["deployment/db", "deployment/secret"] {
+        rollout_in(&cluster, &nodes, &team, what);
+    }
+    let client = nodes.lab.namespace("client");
+    let switch = nodes.switch.clone();
+    nodes
+        .lab
+        .plug(&switch, &client, "pc", &[&format!("{CLIENT}/24")]);
+    let kube = cluster.client().await;
+    let address = |ns: &str, name: &str| {
+        let (kube, ns, name) = (kube.clone(), ns.to_string(), name.to_string());
+        async move {
+            support::ingress_ips(&kube, &ns, &name)
+                .await?
+                .into_iter()
+                .next()
+        }
+    };
+    let db = SocketAddr::new(TEAM_ADDRESS.parse().expect("ip"), 5432);
+    let said = wait_for_answer(&nodes, &client, || ask_tcp(&client, db, b"team\n"));
+    assert!(said.starts_with("pod db-"), "{said}");
+
+    let tenant_kubeconfig = cluster.service_account_kubeconfig(&tenant, "tenant", &dir, None);
+    let as_tenant = |name: &str, yaml: String| {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).expect("write the tenant's manifest");
+        let out = cluster.kubectl_as(
+            &tenant_kubeconfig,
+            &["apply", "-f", path.to_str().expect("utf-8 path")],
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let never_the_secret = |at: SocketAddr, what: &str| {
+        for _ in 0..10 {
+            if let Ok(said) = ask_tcp(&client, at, b"steal\n") {
+                assert!(
+                    !said.contains("pod secret-"),
+                    "{what}: the team's internal Pod answered at {at}: {said}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // 1. A Service claiming to be a Gateway's: owned by a real Gateway of
+    // another class, its route table written by hand.
+    let (ok, text) = as_tenant("other-gateway", gateway(&tenant, "edge", &other_class));
+    assert!(ok, "{text}");
+    let uid = cluster.kubectl_ok(&[
+        "get",
+        "gateway",
+        "edge",
+        "-n",
+        &tenant,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let (ok, text) = as_tenant("forged", forged_gateway_service(&tenant, &team, uid.trim()));
+    assert!(ok, "the tenant may write Services: {text}");
+    let forged = ironlb::gateway::service_name("edge");
+    let ip = support::wait_for("the forged Service's address", PATIENCE, || {
+        address(&tenant, &forged)
+    })
+    .await;
+    never_the_secret(
+        SocketAddr::new(ip.parse().expect("ip"), 8080),
+        "a forged route table",
+    );
+
+    // 2. A route of the tenant's own ironlb Gateway to the team's internal
+    // Service, without a ReferenceGrant; then the team grants it.
+    let (ok, text) = as_tenant("steal", steal_route(&tenant, &team, &class));
+    assert!(ok, "{text}");
+    let ip = support::wait_for("the tenant Gateway's address", PATIENCE, || {
+        address(&tenant, &ironlb::gateway::service_name("gw"))
+    })
+    .await;
+    let gw = SocketAddr::new(ip.parse().expect("ip"), 8080);
+    never_the_secret(gw, "a route without a ReferenceGrant");
+    let grant = reference_grant(&team, &tenant);
+    let (ok, text) = as_tenant("grant", grant.clone());
+    assert!(
+        !ok && text.contains("forbidden"),
+        "the tenant cannot grant itself: {text}"
+    );
+    let grant_file = dir.join("team-grant.yaml");
+    std::fs::write(&grant_file, grant).expect("write the grant");
+    cluster.kubectl_ok(&["apply", "-f", grant_file.to_str().expect("utf-8 path")]);
+    let said = wait_for_answer(&nodes, &client, || {
+        ask_tcp(&client, gw, b"granted\n").and_then(|said| {
+            said.contains("pod secret-")
+                .then_some(said.clone())
+                .ok_or_else(|| std::io::Error::other(format!("answered {said:?}")))
+        })
+    });
+    assert!(said.ends_with("granted\n"), "{said}");
+    cluster.kubectl_ok(&["delete", "-f", grant_file.to_str().expect("utf-8 path")]);
+    support::wait_for(
+        "the withdrawn grant to close the route",
+        PATIENCE,
+        || async {
+            (!ask_tcp(&client, gw, b"closed?\n").is_ok_and(|s| s.contains("pod secret-")))
+                .then_some(())
+        },
+    )
+    .await;
+    never_the_secret(gw, "the grant withdrawn");
+
+    // 3. The team's address, with the team's sharing key.
+    let (ok, text) = as_tenant("squat", squat(&tenant));
+    assert!(ok, "{text}");
+    let note = support::wait_for_event(&kube, &tenant, "squat", "AddressInUse").await;
+    assert!(
+        note.contains(&format!(
+            "{TEAM_ADDRESS} is held by a Service in another namespace"
+        )),
+        "{note}"
+    );
+    assert!(
+        !note.contains(&team),
+        "the event names the team's namespace: {note}"
+    );
+    assert_eq!(address(&tenant, "squat").await, None);
+
+    let said = ask_tcp(&client, db, b"still ours\n").expect("the team's database");
+    assert!(said.starts_with("pod db-"), "{said}");
+}
+
+/// The team's database's address.
+const TEAM_ADDRESS: &str = "10.77.0.100";
+
+/// A pool and its announcement; the team's namespace with its database (a
+/// LoadBalancer Service with a sharing key, forwarded by ironlb) and an
+/// internal Service no client may reach, each in front of echo Pods; the
+/// tenant's namespace with `edit` and the Gateway API kinds for its
+/// ServiceAccount; an ironlb GatewayClass and another.
+fn team_objects(team: &str, tenant: &str, class: &str, other_class: &str) -> String {
+    let deployment = |name: &str| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {team}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+        - {{name: echo, image: "{ECHO_IMAGE}", imagePullPolicy: Never,
+            readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}}}
+---
+"#
+        )
+    };
+    format!(
+        r#"apiVersion: ironlb.dev/v1alpha1
+kind: IPAddressPool
+metadata: {{name: lab-tenancy}}
+spec: {{addresses: ["10.77.0.100-10.77.0.104"]}}
+---
+apiVersion: ironlb.dev/v1alpha1
+kind: L2Advertisement
+metadata: {{name: lab-tenancy}}
+spec: {{ipAddressPools: [lab-tenancy], interfaces: [eth0]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {class}}}
+spec: {{controllerName: ironlb.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {other_class}}}
+spec: {{controllerName: example.com/other}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {team}}}
+---
+{db}{secret}apiVersion: v1
+kind: Service
+metadata:
+  name: db
+  namespace: {team}
+  annotations:
+    ironlb.dev/forwarding: embedded
+    ironlb.dev/allow-shared-ip: team-secret-key
+    ironlb.dev/load-balancer-ips: {TEAM_ADDRESS}
+spec:
+  type: LoadBalancer
+  selector: {{app: db}}
+  ports: [{{port: 5432, targetPort: 8080, protocol: TCP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: secret-db, namespace: {team}}}
+spec:
+  selector: {{app: secret}}
+  ports: [{{port: 8080, protocol: TCP}}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {tenant}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: tenant, namespace: {tenant}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: tenant-edit, namespace: {tenant}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
+subjects: [{{kind: ServiceAccount, name: tenant, namespace: {tenant}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: gateway-api, namespace: {tenant}}}
+rules: [{{apiGroups: [gateway.networking.k8s.io], resources: [gateways, tcproutes, referencegrants], verbs: ["*"]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: tenant-gateway-api, namespace: {tenant}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: gateway-api}}
+subjects: [{{kind: ServiceAccount, name: tenant, namespace: {tenant}}}]
+"#,
+        db = deployment("db"),
+        secret = deployment("secret"),
+    )
+}
+
+/// Gateway `name` of `class` in `namespace`, one TCP listener on 8080.
+fn gateway(namespace: &str, name: &str, class: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: {name}, namespace: {namespace}}}\n\
+         spec:\n  gatewayClassName: {class}\n  listeners: [{{name: db, port: 8080, protocol: TCP}}]\n"
+    )
+}
+
+/// The tenant's Service named as Gateway `edge`'s would be, owned by it
+/// (`uid`), with a route table naming the team's internal Service.
+fn forged_gateway_service(tenant: &str, team: &str, uid: &str) -> String {
+    let program = format!(
+        "{{\"ports\":[{{\"port\":8080,\"protocol\":\"TCP\",\"routes\":[{{\"route\":\"TCPRoute {tenant}/steal\",\
+         \"backends\":[{{\"namespace\":\"{team}\",\"name\":\"secret-db\",\"port\":8080,\"weight\":1,\"usable\":true}}]}}]}}]}}"
+    );
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\n  namespace: {tenant}\n  annotations:\n    \
+         ironlb.dev/forwarding: embedded\n    ironlb.dev/gateway-program: '{program}'\n  ownerReferences:\n  \
+         - {{apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, name: edge, uid: {uid}, controller: true}}\n\
+         spec:\n  type: LoadBalancer\n  ports: [{{port: 8080, protocol: TCP}}]\n",
+        svc = ironlb::gateway::service_name("edge"),
+    )
+}
+
+/// The tenant's ironlb Gateway `gw` and a TCPRoute from it to the team's
+/// internal Service.
+fn steal_route(tenant: &str, team: &str, class: &str) -> String {
+    format!(
+        "{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\n\
+         metadata: {{name: steal, namespace: {tenant}}}\n\
+         spec:\n  parentRefs: [{{name: gw}}]\n  \
+         rules: [{{backendRefs: [{{name: secret-db, namespace: {team}, port: 8080}}]}}]\n",
+        gateway(tenant, "gw", class)
+    )
+}
+
+/// The team's ReferenceGrant letting the tenant's TCPRoutes reach its
+/// Services.
+fn reference_grant(team: &str, tenant: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\n\
+         metadata: {{name: let-in, namespace: {team}}}\n\
+         spec:\n  from: [{{group: gateway.networking.k8s.io, kind: TCPRoute, namespace: {tenant}}}]\n  \
+         to: [{{group: \"\", kind: Service}}]\n"
+    )
+}
+
+/// A tenant Service asking for the team's address with the team's key.
+fn squat(tenant: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: squat\n  namespace: {tenant}\n  annotations:\n    \
+         ironlb.dev/allow-shared-ip: team-secret-key\n    ironlb.dev/load-balancer-ips: {TEAM_ADDRESS}\n\
+         spec:\n  type: LoadBalancer\n  ports: [{{port: 9999, protocol: TCP}}]\n"
+    )
+}
