@@ -183,7 +183,8 @@ async fn deploy_runs_as_real_pods_and_survives_an_upgrade_and_a_node_loss() {
     );
 
     upgrade_resets_nothing(&cluster, &nodes, &client, tcp(&forwarded));
-    node_loss_moves_the_address(&nodes, &client, tcp(&forwarded), tcp(&proxied));
+    let lost = node_loss_moves_the_address(&nodes, &client, tcp(&forwarded), tcp(&proxied));
+    nodes.remove(lost);
 }
 
 /// The speakers' DaemonSet rolls (its template changes, `maxSurge: 1`)
@@ -259,8 +260,13 @@ impl std::fmt::Display for Outcome {
 
 /// The owner of `vip` loses power; the other announcing node takes the
 /// address over and the client is served again, through the forwarder and
-/// through kube-proxy.
-fn node_loss_moves_the_address(nodes: &Nodes, client: &str, vip: SocketAddr, proxied: SocketAddr) {
+/// through kube-proxy. Returns the node lost.
+fn node_loss_moves_the_address(
+    nodes: &Nodes,
+    client: &str,
+    vip: SocketAddr,
+    proxied: SocketAddr,
+) -> usize {
     let owner = owner(nodes, client, vip);
     assert!(
         owner <= 2,
@@ -294,6 +300,7 @@ fn node_loss_moves_the_address(nodes: &Nodes, client: &str, vip: SocketAddr, pro
     );
     let said = wait_for_answer(nodes, client, || ask_tcp(client, proxied, b"still\n"));
     assert!(said.ends_with("still\n"), "{said}");
+    owner
 }
 
 /// A transfer starting every [`TRANSFER_EVERY`] until `stop`, each

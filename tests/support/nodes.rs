@@ -514,6 +514,35 @@ impl Nodes {
         kill(&self.processes(i));
     }
 
+    /// Removes node `i` from the cluster, as an operator removes a node
+    /// that will not come back: its Node object, then its Pods, at once.
+    /// The node-lifecycle controller is off here: without this, the Pods
+    /// would wait forever for their kubelet (and so would the deletion of
+    /// their namespace), and the controllers would place new ones on the
+    /// dead node.
+    pub fn remove(&self, i: usize) {
+        let name = &self.names[i - 1];
+        self.kubectl(&["delete", "node", name, "--ignore-not-found", "--wait=false"]);
+        self.kubectl(&[
+            "delete",
+            "pods",
+            "--all-namespaces",
+            "--field-selector",
+            &format!("spec.nodeName={name}"),
+            "--grace-period=0",
+            "--force",
+        ]);
+    }
+
+    /// Runs kubectl as admin, whatever it says.
+    fn kubectl(&self, args: &[&str]) {
+        let _ = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output();
+    }
+
     /// Kills node `i`'s processes until none is left.
     fn kill_all(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -550,17 +579,12 @@ impl Drop for Nodes {
         for r in &self.relays {
             r.abort();
         }
-        let kubectl = |args: &[&str]| {
-            let _ = Command::new(&self.kubectl)
-                .arg("--kubeconfig")
-                .arg(&self.kubeconfig)
-                .args(args)
-                .output();
-        };
-        let mut args = vec!["delete", "node", "--ignore-not-found", "--wait=false"];
-        args.extend(self.names.iter().map(String::as_str));
-        kubectl(&args);
-        kubectl(&[
+        // What the test left on the nodes goes with them, so that its
+        // namespaces finish terminating.
+        for i in 1..=self.names.len() {
+            self.remove(i);
+        }
+        self.kubectl(&[
             "delete",
             "endpointslice",
             "-n",
