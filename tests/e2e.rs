@@ -35,6 +35,7 @@ use support::cluster::{Cluster, PATIENCE};
 use support::cluster_lab::*;
 use support::netns::{Lab, relay};
 use support::process::{ControllerProcess, ScratchDir, holder};
+use support::tenancy;
 use support::*;
 
 /// An object the test made, deleted (without waiting) on drop, so a failing
@@ -2127,20 +2128,7 @@ async fn tenants_stay_in_their_namespace() {
             ips_of(&s).into_iter().next()
         }
     };
-    let program = format!(
-        "{{\"ports\":[{{\"port\":8080,\"protocol\":\"TCP\",\"routes\":[{{\"route\":\"TCPRoute {n}/steal\",\
-         \"backends\":[{{\"namespace\":\"{t}\",\"name\":\"secret-db\",\"port\":8080,\"weight\":1,\"usable\":true}}]}}]}}]}}"
-    );
-    let forged = |uid: &str| {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\n  namespace: {n}\n  annotations:\n    \
-             ironlb.dev/forwarding: embedded\n    ironlb.dev/gateway-program: '{program}'\n  ownerReferences:\n  \
-             - {{apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, name: edge, uid: {uid}, controller: true}}\n\
-             spec:\n  type: LoadBalancer\n  loadBalancerClass: {LOAD_BALANCER_CLASS}\n  \
-             ports: [{{port: 8080, protocol: TCP}}]\n",
-            svc = ironlb::gateway::service_name("edge"),
-        )
-    };
+    let forged = |uid: &str| tenancy::forged_gateway_service(n, t, uid, Some(LOAD_BALANCER_CLASS));
     let forged_name = ironlb::gateway::service_name("edge");
 
     // 1. A forged Gateway Service, with no Gateway API at all.
@@ -2207,13 +2195,7 @@ async fn tenants_stay_in_their_namespace() {
     )
     .expect("write the classes");
     cluster.kubectl_ok(&["apply", "-f", classes.to_str().expect("utf-8 path")]);
-    let gateway = |name: &str, class: &str| {
-        format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {n}}}\n\
-             spec:\n  gatewayClassName: {class}\n  listeners: [{{name: db, port: 8080, protocol: TCP}}]\n"
-        )
-    };
-    let (ok, text) = apply_as_tenant("other-gateway", gateway("edge", &other_class));
+    let (ok, text) = apply_as_tenant("other-gateway", tenancy::gateway(n, "edge", &other_class));
     assert!(ok, "{text}");
     let uid = cluster.kubectl_ok(&[
         "get",
@@ -2243,11 +2225,7 @@ async fn tenants_stay_in_their_namespace() {
 
     // 3. A route of the tenant's own ironlb Gateway to the team's internal
     // Service, without a ReferenceGrant there.
-    let steal = format!(
-        "{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: steal, namespace: {n}}}\n\
-         spec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: secret-db, namespace: {t}, port: 8080}}]}}]\n",
-        gateway("gw", &ironlb_class)
-    );
+    let steal = tenancy::steal_route(n, t, &ironlb_class);
     let (ok, text) = apply_as_tenant("steal", steal);
     assert!(ok, "{text}");
     let reason = wait_for("the route's RefNotPermitted", PATIENCE, || async {
@@ -2272,11 +2250,7 @@ async fn tenants_stay_in_their_namespace() {
         &gw_url,
         "a route without a ReferenceGrant",
     );
-    let grant = format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {{name: let-in, namespace: {t}}}\n\
-         spec:\n  from: [{{group: gateway.networking.k8s.io, kind: TCPRoute, namespace: {n}}}]\n  \
-         to: [{{group: \"\", kind: Service}}]\n"
-    );
+    let grant = tenancy::reference_grant(t, n);
     let (ok, text) = apply_as_tenant("grant", grant.clone());
     assert!(
         !ok && text.contains("forbidden"),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use support::cluster::{Cluster, PATIENCE};
 use support::netns::in_netns;
 use support::nodes::{ECHO_IMAGE, Nodes};
+use support::tenancy;
 
 /// The client on the nodes' segment.
 const CLIENT: &str = "10.77.0.2";
@@ -677,7 +678,10 @@ async fn tenants_reach_no_other_namespaces_pods_on_real_nodes() {
 
     // 1. A Service claiming to be a Gateway's: owned by a real Gateway of
     // another class, its route table written by hand.
-    let (ok, text) = as_tenant("other-gateway", gateway(&tenant, "edge", &other_class));
+    let (ok, text) = as_tenant(
+        "other-gateway",
+        tenancy::gateway(&tenant, "edge", &other_class),
+    );
     assert!(ok, "{text}");
     let uid = cluster.kubectl_ok(&[
         "get",
@@ -688,7 +692,10 @@ async fn tenants_reach_no_other_namespaces_pods_on_real_nodes() {
         "-o",
         "jsonpath={.metadata.uid}",
     ]);
-    let (ok, text) = as_tenant("forged", forged_gateway_service(&tenant, &team, uid.trim()));
+    let (ok, text) = as_tenant(
+        "forged",
+        tenancy::forged_gateway_service(&tenant, &team, uid.trim(), None),
+    );
     assert!(ok, "the tenant may write Services: {text}");
     let forged = ironlb::gateway::service_name("edge");
     let ip = support::wait_for("the forged Service's address", PATIENCE, || {
@@ -702,7 +709,7 @@ async fn tenants_reach_no_other_namespaces_pods_on_real_nodes() {
 
     // 2. A route of the tenant's own ironlb Gateway to the team's internal
     // Service, without a ReferenceGrant; then the team grants it.
-    let (ok, text) = as_tenant("steal", steal_route(&tenant, &team, &class));
+    let (ok, text) = as_tenant("steal", tenancy::steal_route(&tenant, &team, &class));
     assert!(ok, "{text}");
     let ip = support::wait_for("the tenant Gateway's address", PATIENCE, || {
         address(&tenant, &ironlb::gateway::service_name("gw"))
@@ -710,7 +717,7 @@ async fn tenants_reach_no_other_namespaces_pods_on_real_nodes() {
     .await;
     let gw = SocketAddr::new(ip.parse().expect("ip"), 8080);
     never_the_secret(gw, "a route without a ReferenceGrant");
-    let grant = reference_grant(&team, &tenant);
+    let grant = tenancy::reference_grant(&team, &tenant);
     let (ok, text) = as_tenant("grant", grant.clone());
     assert!(
         !ok && text.contains("forbidden"),
@@ -859,54 +866,6 @@ subjects: [{{kind: ServiceAccount, name: tenant, namespace: {tenant}}}]
 "#,
         db = deployment("db"),
         secret = deployment("secret"),
-    )
-}
-
-/// Gateway `name` of `class` in `namespace`, one TCP listener on 8080.
-fn gateway(namespace: &str, name: &str, class: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
-         metadata: {{name: {name}, namespace: {namespace}}}\n\
-         spec:\n  gatewayClassName: {class}\n  listeners: [{{name: db, port: 8080, protocol: TCP}}]\n"
-    )
-}
-
-/// The tenant's Service named as Gateway `edge`'s would be, owned by it
-/// (`uid`), with a route table naming the team's internal Service.
-fn forged_gateway_service(tenant: &str, team: &str, uid: &str) -> String {
-    let program = format!(
-        "{{\"ports\":[{{\"port\":8080,\"protocol\":\"TCP\",\"routes\":[{{\"route\":\"TCPRoute {tenant}/steal\",\
-         \"backends\":[{{\"namespace\":\"{team}\",\"name\":\"secret-db\",\"port\":8080,\"weight\":1,\"usable\":true}}]}}]}}]}}"
-    );
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {svc}\n  namespace: {tenant}\n  annotations:\n    \
-         ironlb.dev/forwarding: embedded\n    ironlb.dev/gateway-program: '{program}'\n  ownerReferences:\n  \
-         - {{apiVersion: gateway.networking.k8s.io/v1, kind: Gateway, name: edge, uid: {uid}, controller: true}}\n\
-         spec:\n  type: LoadBalancer\n  ports: [{{port: 8080, protocol: TCP}}]\n",
-        svc = ironlb::gateway::service_name("edge"),
-    )
-}
-
-/// The tenant's ironlb Gateway `gw` and a TCPRoute from it to the team's
-/// internal Service.
-fn steal_route(tenant: &str, team: &str, class: &str) -> String {
-    format!(
-        "{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\n\
-         metadata: {{name: steal, namespace: {tenant}}}\n\
-         spec:\n  parentRefs: [{{name: gw}}]\n  \
-         rules: [{{backendRefs: [{{name: secret-db, namespace: {team}, port: 8080}}]}}]\n",
-        gateway(tenant, "gw", class)
-    )
-}
-
-/// The team's ReferenceGrant letting the tenant's TCPRoutes reach its
-/// Services.
-fn reference_grant(team: &str, tenant: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\n\
-         metadata: {{name: let-in, namespace: {team}}}\n\
-         spec:\n  from: [{{group: gateway.networking.k8s.io, kind: TCPRoute, namespace: {tenant}}}]\n  \
-         to: [{{group: \"\", kind: Service}}]\n"
     )
 }
 

@@ -10,6 +10,7 @@ pub mod process;
 pub mod protocol;
 pub mod routers;
 pub mod scenarios;
+pub mod tenancy;
 
 use std::future::Future;
 use std::sync::Arc;
