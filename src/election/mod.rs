@@ -207,8 +207,8 @@ pub fn owner<'a>(
 /// The owners of the last election, so that when nodes only leave, an
 /// address whose owner stays keeps it without a new election: with
 /// rendezvous hashing, removing a node moves only its own addresses. A node
-/// loss then costs one lookup per address instead of a score per node and
-/// address.
+/// loss then costs a lookup per address that node owned, not an election
+/// per address.
 #[derive(Clone, Debug, Default)]
 pub struct Memo {
     /// The nodes of the last election.
@@ -217,6 +217,8 @@ pub struct Memo {
     index: HashMap<String, usize>,
     /// Address → the constraints it was elected under and its owner.
     owners: HashMap<IpAddr, (Constraints, Option<String>)>,
+    /// Owner → the addresses it owns, as in `owners`.
+    owned: HashMap<String, HashSet<IpAddr>>,
     /// Owners still valid for this round: the last nodes less those that
     /// left; `None` when the nodes changed otherwise and every address is
     /// elected anew.
@@ -226,14 +228,25 @@ pub struct Memo {
 }
 
 impl Memo {
-    /// Starts an election over `nodes`.
-    pub fn begin(&mut self, nodes: &[Node]) {
+    /// Starts an election over `nodes`. Returns the addresses whose owner
+    /// may differ from the last round's (those of the nodes that left), or
+    /// `None` when the nodes changed otherwise and any may.
+    pub fn begin(&mut self, nodes: &[Node]) -> Option<HashSet<IpAddr>> {
         let before: HashMap<&str, &Node> =
             self.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
         let only_left = nodes
             .iter()
             .all(|n| before.get(n.name.as_str()).is_some_and(|b| *b == n));
         self.kept = only_left.then(|| nodes.iter().map(|n| n.name.clone()).collect());
+        let moved = self.kept.as_ref().map(|kept| {
+            self.nodes
+                .iter()
+                .filter(|n| !kept.contains(&n.name))
+                .filter_map(|n| self.owned.get(&n.name))
+                .flatten()
+                .copied()
+                .collect()
+        });
         if !only_left || nodes.len() != self.nodes.len() {
             self.nodes = nodes.to_vec();
             self.index = nodes
@@ -243,6 +256,7 @@ impl Memo {
                 .collect();
         }
         self.asked.clear();
+        moved
     }
 
     /// The owner of `address`, as [`owner`] over the nodes of this round.
@@ -259,6 +273,10 @@ impl Memo {
             Some(name) => name,
             None => {
                 let name = owner(address, &self.nodes, constraints).map(|n| n.name.clone());
+                self.forget(&address);
+                if let Some(n) = &name {
+                    self.owned.entry(n.clone()).or_default().insert(address);
+                }
                 self.owners
                     .insert(address, (constraints.clone(), name.clone()));
                 name
@@ -267,10 +285,31 @@ impl Memo {
         name.and_then(|name| self.index.get(&name).map(|i| &self.nodes[*i]))
     }
 
-    /// Ends the round: addresses not asked for are forgotten.
+    /// Forgets `address` (no longer to be announced).
+    pub fn forget(&mut self, address: &IpAddr) {
+        if let Some((_, Some(owner))) = self.owners.remove(address)
+            && let Some(owned) = self.owned.get_mut(&owner)
+        {
+            owned.remove(address);
+            if owned.is_empty() {
+                self.owned.remove(&owner);
+            }
+        }
+    }
+
+    /// Ends a round that asked for every address: the others are forgotten.
     pub fn end(&mut self) {
-        let asked = &self.asked;
-        self.owners.retain(|a, _| asked.contains(a));
+        let gone: Vec<IpAddr> = self
+            .owners
+            .keys()
+            .filter(|a| !self.asked.contains(a))
+            .copied()
+            .collect();
+        for a in gone {
+            self.forget(&a);
+        }
+        // Every owner left was elected or checked this round.
+        self.kept = Some(self.nodes.iter().map(|n| n.name.clone()).collect());
     }
 }
 
@@ -515,7 +554,9 @@ mod tests {
             let mut memo = Memo::default();
             let mut current = nodes.clone();
             let mut constraints = Constraints::default();
+            let mut last: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
             for (pick, change, c) in rounds {
+                let constraints_before = constraints.clone();
                 let name = pick.get(&nodes).name.clone();
                 match change {
                     0 => current.retain(|n| n.name != name),
@@ -529,11 +570,20 @@ mod tests {
                     }
                     _ => constraints = c,
                 }
-                memo.begin(&current);
+                let may_move = memo.begin(&current);
+                let constraints_kept = constraints == constraints_before;
                 for addr in &addrs {
                     let want = owner(*addr, &current, &constraints).map(|n| n.name.clone());
+                    // What `begin` says stays, stays.
+                    if constraints_kept
+                        && let (Some(may_move), Some(last)) = (&may_move, last.get(addr))
+                        && !may_move.contains(addr)
+                    {
+                        prop_assert_eq!(&want, last, "{} moved unannounced", addr);
+                    }
                     let got = memo.owner(*addr, &constraints).map(|n| n.name.clone());
-                    prop_assert_eq!(got, want, "{}", addr);
+                    prop_assert_eq!(&got, &want, "{}", addr);
+                    last.insert(*addr, want);
                 }
                 memo.end();
             }

@@ -190,8 +190,15 @@ pub struct Plan {
 /// Backends are the Service's ready endpoints; serving-but-terminating ones
 /// only when none is ready, as kube-proxy does. With `externalTrafficPolicy:
 /// Local` only endpoints on `node` count.
-pub fn plan(node: &str, owned: &BTreeSet<IpAddr>, frontends: &[Frontend]) -> Plan {
-    let mut sorted: Vec<&Frontend> = frontends.iter().collect();
+pub fn plan<'a>(
+    node: &str,
+    owned: &BTreeSet<IpAddr>,
+    frontends: impl IntoIterator<Item = &'a Frontend>,
+) -> Plan {
+    let mut sorted: Vec<&Frontend> = frontends
+        .into_iter()
+        .filter(|f| f.addresses.iter().any(|ip| owned.contains(ip)))
+        .collect();
     sorted.sort_by(|a, b| a.service.cmp(&b.service));
     let mut listeners: BTreeMap<(SocketAddr, Protocol), Listener> = BTreeMap::new();
     let mut conflicts = Vec::new();

@@ -154,6 +154,33 @@ impl State {
     }
 }
 
+impl State {
+    /// The identities of the objects (see [`identities`]), every kind.
+    pub fn identities(&self) -> Vec<usize> {
+        [
+            identities(&self.classes),
+            identities(&self.gateways),
+            identities(&self.namespaces),
+            identities(&self.grants),
+            identities(&self.tcp),
+            identities(&self.udp),
+            identities(&self.tls),
+        ]
+        .concat()
+    }
+}
+
+/// The identities of cached objects (a cache hands out the same `Arc` for
+/// an object until it changes), ending with a marker, so that lists can be
+/// joined and still compared.
+pub(crate) fn identities<K>(objects: &[Arc<K>]) -> Vec<usize> {
+    objects
+        .iter()
+        .map(|o| Arc::as_ptr(o) as usize)
+        .chain(std::iter::once(0))
+        .collect()
+}
+
 /// A cache's objects, borrowed.
 pub(crate) fn refs<K>(objects: &[Arc<K>]) -> Vec<&K> {
     objects.iter().map(AsRef::as_ref).collect()

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -202,13 +203,95 @@ impl StaticEndpoint {
     }
 }
 
-/// What the forwarder is asked to carry, and the Services it can't.
+/// What the forwarder is asked to carry, and the Services it can't, by
+/// Service and found by address. Persistent maps: the view changes one
+/// Service in place and every transition reads a copy that cost nothing, so
+/// a change costs the same in a cluster of ten Services as of ten thousand.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Forwards {
     /// Services with embedded forwarding.
-    pub frontends: Vec<Frontend>,
-    /// Services with embedded forwarding and a setting that can't be honoured.
-    pub invalid: Vec<view::FrontendError>,
+    frontends: imbl::OrdMap<ServiceKey, Arc<Frontend>>,
+    /// Load-balancer address → the Services forwarded on it.
+    by_address: imbl::OrdMap<IpAddr, imbl::OrdSet<ServiceKey>>,
+    /// Services with embedded forwarding and a setting that can't be
+    /// honoured (a Service may have several, and a frontend too).
+    invalid: imbl::OrdMap<ServiceKey, Arc<Vec<view::FrontendError>>>,
+}
+
+impl Forwards {
+    /// The frontends and errors of a whole view.
+    pub fn new(frontends: Vec<Frontend>, invalid: Vec<view::FrontendError>) -> Self {
+        let mut out = Self::default();
+        for f in frontends {
+            out.set_frontend(f.service.clone(), Some(f));
+        }
+        let mut errors: BTreeMap<ServiceKey, Vec<view::FrontendError>> = BTreeMap::new();
+        for e in invalid {
+            errors.entry(e.service.clone()).or_default().push(e);
+        }
+        for (service, e) in errors {
+            out.set_invalid(service, e);
+        }
+        out
+    }
+
+    /// Service `service`'s frontend is `frontend` now (`None`: it has none).
+    pub fn set_frontend(&mut self, service: ServiceKey, frontend: Option<Frontend>) {
+        let new = frontend.map(Arc::new);
+        let old = match &new {
+            Some(f) => self.frontends.insert(service.clone(), f.clone()),
+            None => self.frontends.remove(&service),
+        };
+        if old == new {
+            return;
+        }
+        for ip in old.iter().flat_map(|f| &f.addresses) {
+            if let Some(on) = self.by_address.get_mut(ip) {
+                on.remove(&service);
+                if on.is_empty() {
+                    self.by_address.remove(ip);
+                }
+            }
+        }
+        for ip in new.iter().flat_map(|f| &f.addresses) {
+            self.by_address
+                .entry(*ip)
+                .or_default()
+                .insert(service.clone());
+        }
+    }
+
+    /// Service `service`'s errors are `errors` now.
+    pub fn set_invalid(&mut self, service: ServiceKey, errors: Vec<view::FrontendError>) {
+        if errors.is_empty() {
+            self.invalid.remove(&service);
+        } else if self.invalid.get(&service).is_none_or(|e| **e != errors) {
+            self.invalid.insert(service, Arc::new(errors));
+        }
+    }
+
+    /// The frontends with an address in `addresses`, each once.
+    pub fn on<'a>(&'a self, addresses: impl IntoIterator<Item = &'a IpAddr>) -> Vec<&'a Frontend> {
+        let services: BTreeSet<&ServiceKey> = addresses
+            .into_iter()
+            .filter_map(|ip| self.by_address.get(ip))
+            .flatten()
+            .collect();
+        services
+            .into_iter()
+            .filter_map(|s| self.frontends.get(s).map(AsRef::as_ref))
+            .collect()
+    }
+
+    /// Every frontend.
+    pub fn frontends(&self) -> impl Iterator<Item = &Frontend> {
+        self.frontends.values().map(AsRef::as_ref)
+    }
+
+    /// Every error.
+    pub fn invalid(&self) -> impl Iterator<Item = &view::FrontendError> {
+        self.invalid.values().flat_map(|e| e.iter())
+    }
 }
 
 /// The gossip settings.

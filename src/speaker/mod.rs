@@ -31,7 +31,6 @@ use crate::membership::{self, Membership};
 use executor::Executor;
 use handoff::Handoff;
 use transition::{Cause, Effect, Faults, World};
-use view::Announcement;
 
 pub mod config;
 pub mod executor;
@@ -70,11 +69,11 @@ pub struct Speaker {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     /// The addresses to announce.
-    pub announcements: Vec<Announcement>,
+    pub announcements: view::Announcements,
     /// What the forwarder is asked to carry.
     pub forwards: Forwards,
     /// The Node objects (with a cluster).
-    pub node_objects: Vec<K8sNode>,
+    pub node_objects: Arc<Vec<K8sNode>>,
     /// The BGP routers, and which nodes talk to each.
     pub bgp_peers: Vec<view::WantedPeer>,
 }
@@ -138,6 +137,9 @@ struct Running {
     desired: watch::Receiver<Desired>,
     members: watch::Receiver<BTreeSet<String>>,
     health: watch::Receiver<membership::HealthMap>,
+    /// The members and health the last transition read: handed again, not
+    /// copied, while they stay the same, so the transition sees they did.
+    group: (Arc<BTreeSet<String>>, Arc<membership::HealthMap>),
     links: watch::Receiver<Vec<crate::netlink::Link>>,
     /// Forwarding failures held against addresses.
     faults: Faults,
@@ -250,6 +252,7 @@ impl Running {
             metrics,
             desired,
             members,
+            group: Default::default(),
             links,
             faults: Faults::default(),
             broken: BTreeMap::new(),
@@ -357,9 +360,11 @@ impl Running {
             node_objects,
             bgp_peers,
         } = self.desired.borrow_and_update().clone();
+        renew(&mut self.group.0, &self.members.borrow_and_update());
+        renew(&mut self.group.1, &self.health.borrow_and_update());
         World {
-            members: self.members.borrow_and_update().clone(),
-            health: self.health.borrow_and_update().clone(),
+            members: self.group.0.clone(),
+            health: self.group.1.clone(),
             desired: announcements,
             node_objects,
             bgp_peers,
@@ -428,6 +433,13 @@ impl Running {
         executor.run(cleanup, None).await;
         executor.stop().await;
         info!("speaker stopped: left the group, addresses withdrawn, connections drained");
+    }
+}
+
+/// Replaces `kept` by `now` when they differ.
+fn renew<T: Clone + PartialEq>(kept: &mut Arc<T>, now: &T) {
+    if **kept != *now {
+        *kept = Arc::new(now.clone());
     }
 }
 

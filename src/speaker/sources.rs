@@ -29,12 +29,9 @@ pub async fn run_static(
     handover: Option<crate::handover::Handover>,
 ) -> std::io::Result<()> {
     let desired_of = |c: &StaticConfig| Desired {
-        announcements: c.announcements(),
-        forwards: Forwards {
-            frontends: c.frontends(),
-            invalid: Vec::new(),
-        },
-        node_objects: Vec::new(),
+        announcements: view::by_address(c.announcements()),
+        forwards: Forwards::new(c.frontends(), Vec::new()),
+        node_objects: Default::default(),
         bgp_peers: c.bgp_peers(),
     };
     let (desired_tx, desired) = watch::channel(desired_of(&config));
@@ -222,9 +219,9 @@ impl Feeder {
         }
         info!("cluster view ready");
         let mut first = true;
-        let mut said: Vec<view::BgpProblem> = Vec::new();
+        let mut kept = Kept::default();
         loop {
-            let now = self.desired(&mut caches, &mut said);
+            let now = self.desired(&mut caches, &mut kept);
             // The first value is always sent, even for an empty cluster: it
             // tells `run` that the view is synced and the speaker may join
             // the group.
@@ -246,8 +243,10 @@ impl Feeder {
     }
 
     /// The view of what the caches hold now, and what it asks of the
-    /// speaker; BGP objects not used as written are reported once (`said`).
-    fn desired(&self, caches: &mut ClusterCaches, said: &mut Vec<view::BgpProblem>) -> Desired {
+    /// speaker; BGP objects not used as written are reported once. A change
+    /// to Services and EndpointSlices only updates the view for those
+    /// Services; a change to any other kind it reads recomputes it whole.
+    fn desired(&self, caches: &mut ClusterCaches, kept: &mut Kept) -> Desired {
         let c = &*caches;
         let (svc, pl, ad, sl) = (
             c.services.state(),
@@ -268,11 +267,12 @@ impl Feeder {
             .unwrap_or_default();
         caches.secrets.follow(&bp);
         let se = caches.secrets.state();
-        let view = view::ClusterView {
-            services: svc.iter().map(AsRef::as_ref).collect(),
+        let changes = kept.objects.read(&svc, &sl);
+        let mut view = view::ClusterView {
+            services: Vec::new(),
             pools: pl.iter().map(AsRef::as_ref).collect(),
             advertisements: ad.iter().map(AsRef::as_ref).collect(),
-            slices: sl.iter().map(AsRef::as_ref).collect(),
+            slices: Default::default(),
             bgp: view::BgpObjects {
                 peers: bp.iter().map(AsRef::as_ref).collect(),
                 advertisements: ba.iter().map(AsRef::as_ref).collect(),
@@ -283,23 +283,73 @@ impl Feeder {
             gateways: gateway_state.objects(),
             default_class: self.options.default_class,
         };
-        let (frontends, invalid) = view::frontends(&view);
-        let (peers, mut problems) = view::bgp_peers(&view, self.restarting);
-        problems.extend(view::bgp_advertisement_problems(&view));
-        if problems != *said {
-            for p in problems.iter().filter(|p| !said.contains(p)) {
-                warn!(problem = %p.message, "BGP object not used as written");
-                let _ = self.problems.send(report::Report::BgpProblem(p.clone()));
+        let others: Vec<usize> = [
+            identities(&pl),
+            identities(&ad),
+            identities(&bp),
+            identities(&ba),
+            identities(&bf),
+            identities(&co),
+            identities(&se),
+            gateway_state.identities(),
+        ]
+        .concat();
+        let everything = kept.others.as_ref() != Some(&others);
+        if everything {
+            view.services = svc.iter().map(AsRef::as_ref).collect();
+            view.slices = sl.iter().map(AsRef::as_ref).collect();
+            kept.view
+                .update(&view, &kept.objects, &view::Changes::Everything);
+            let (peers, mut problems) = view::bgp_peers(&view, self.restarting);
+            problems.extend(view::bgp_advertisement_problems(&view));
+            if problems != kept.said {
+                for p in problems.iter().filter(|p| !kept.said.contains(p)) {
+                    warn!(problem = %p.message, "BGP object not used as written");
+                    let _ = self.problems.send(report::Report::BgpProblem(p.clone()));
+                }
+                kept.said = problems;
             }
-            *said = problems;
+            kept.peers = peers;
+            kept.others = Some(others);
+        } else {
+            kept.view.update(&view, &kept.objects, &changes);
+        }
+        let nodes = caches.nodes.state();
+        let node_identities = identities(&nodes);
+        if node_identities != kept.node_identities {
+            kept.nodes = Arc::new(nodes.iter().map(|n| (**n).clone()).collect());
+            kept.node_identities = node_identities;
         }
         Desired {
-            announcements: view::announcements(&view),
-            forwards: Forwards { frontends, invalid },
-            node_objects: caches.nodes.state().iter().map(|n| (**n).clone()).collect(),
-            bgp_peers: peers,
+            announcements: kept.view.announcements().clone(),
+            forwards: kept.view.forwards().clone(),
+            node_objects: kept.nodes.clone(),
+            bgp_peers: kept.peers.clone(),
         }
     }
+}
+
+/// What the feeder keeps from one pass to the next.
+#[derive(Default)]
+struct Kept {
+    view: view::IncrementalView,
+    objects: view::CachedObjects,
+    /// The objects of every other kind the view reads, by identity: when
+    /// one changes the view is made whole again.
+    others: Option<Vec<usize>>,
+    /// The BGP routers, as of the last change of those kinds.
+    peers: Vec<view::WantedPeer>,
+    /// BGP problems reported so far.
+    said: Vec<view::BgpProblem>,
+    nodes: Arc<Vec<K8sNode>>,
+    node_identities: Vec<usize>,
+}
+
+/// The identities of cached objects (a cache hands out the same `Arc` for
+/// an object until it changes), ending with a marker, so that lists can be
+/// joined and still compared.
+fn identities<K>(objects: &[Arc<K>]) -> Vec<usize> {
+    crate::gateway::watch::identities(objects)
 }
 
 /// Fills `slot` with the Gateway API caches: before the first view when the

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node as K8sNode;
@@ -17,7 +18,7 @@ use tracing::warn;
 
 use super::config::{Forwards, Timing};
 use super::report::Report;
-use super::view::{self, Announcement};
+use super::view::{self, Announcement, Announcements};
 use crate::election::{self, Unservable};
 use crate::forwarder::plan::{Listener, Protocol};
 use crate::ipam::ServiceKey;
@@ -49,13 +50,13 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 pub struct World {
     /// The live members of the gossip group, this node included.
-    pub members: BTreeSet<String>,
+    pub members: Arc<BTreeSet<String>>,
     /// What the other members say they cannot serve.
-    pub health: HealthMap,
+    pub health: Arc<HealthMap>,
     /// The addresses to announce.
-    pub desired: Vec<Announcement>,
+    pub desired: Announcements,
     /// The Node objects (with a cluster; empty until known).
-    pub node_objects: Vec<K8sNode>,
+    pub node_objects: Arc<Vec<K8sNode>>,
     /// The BGP routers, and which nodes talk to each.
     pub bgp_peers: Vec<view::WantedPeer>,
     /// This node's network interfaces.
@@ -114,6 +115,103 @@ pub struct State {
     /// The last layer 2 elections, as they are and as they would be were
     /// this node healthy.
     elections: (election::Memo, election::Memo),
+    /// The group's nodes as the election sees them, this one healthy, and
+    /// what they were made of: made again only when one of those changes.
+    nodes: Option<ElectionNodes>,
+    /// What the last step read: a step revisits only the addresses whose
+    /// inputs changed since. `None`: every address.
+    seen: Option<Seen>,
+}
+
+/// The election's nodes, and the members, Node objects and health they
+/// were made of (compared by pointer: the speaker hands the same ones
+/// until they change).
+#[derive(Clone, Debug)]
+struct ElectionNodes {
+    members: Arc<BTreeSet<String>>,
+    objects: Arc<Vec<K8sNode>>,
+    health: Arc<HealthMap>,
+    /// Every counted member, this node without what it cannot serve.
+    unhindered: Arc<Vec<election::Node>>,
+    /// What this node could not serve when they were last elected over.
+    told: Option<BTreeSet<IpAddr>>,
+}
+
+/// The inputs of the last step that decide each address on its own.
+#[derive(Clone, Debug)]
+struct Seen {
+    desired: Announcements,
+    faults: BTreeMap<IpAddr, Vec<(ServiceKey, String)>>,
+    /// This node as the election saw it (without what it cannot serve).
+    me: Option<election::Node>,
+    links: Vec<Link>,
+    broken: BTreeMap<String, (u32, String)>,
+}
+
+impl Seen {
+    fn of(world: &World, me: Option<&election::Node>) -> Self {
+        Self {
+            desired: world.desired.clone(),
+            faults: world.faults.clone(),
+            me: me.cloned(),
+            links: world.links.clone(),
+            broken: world.broken.clone(),
+        }
+    }
+
+    /// The addresses whose announcement or faults changed since.
+    fn changed(&self, world: &World) -> BTreeSet<IpAddr> {
+        let mut out: BTreeSet<IpAddr> = self
+            .desired
+            .diff(&world.desired)
+            .map(|d| match d {
+                imbl::ordmap::DiffItem::Add(ip, _)
+                | imbl::ordmap::DiffItem::Remove(ip, _)
+                | imbl::ordmap::DiffItem::Update { new: (ip, _), .. } => *ip,
+            })
+            .collect();
+        for (ip, f) in &self.faults {
+            if world.faults.get(ip) != Some(f) {
+                out.insert(*ip);
+            }
+        }
+        out.extend(
+            world
+                .faults
+                .keys()
+                .filter(|ip| !self.faults.contains_key(ip)),
+        );
+        out
+    }
+}
+
+/// Which addresses a phase revisits.
+#[derive(Clone, Debug)]
+enum Visit {
+    /// Every address.
+    All,
+    /// Only these; the others keep what was decided.
+    Only(BTreeSet<IpAddr>),
+}
+
+impl Visit {
+    /// The addresses to revisit among `desired`, each once, in order.
+    fn addresses(&self, desired: &Announcements) -> Vec<IpAddr> {
+        match self {
+            Visit::All => desired.keys().copied().collect(),
+            Visit::Only(set) => set.iter().copied().collect(),
+        }
+    }
+
+    fn with(self, more: Option<impl IntoIterator<Item = IpAddr>>) -> Self {
+        match (self, more) {
+            (Visit::Only(mut set), Some(more)) => {
+                set.extend(more);
+                Visit::Only(set)
+            }
+            _ => Visit::All,
+        }
+    }
 }
 
 /// The layer 2 part of [`State`].
@@ -125,6 +223,9 @@ pub struct L2State {
     reported: BTreeMap<IpAddr, Vec<ServiceKey>>,
     /// Addresses given up to another node, as last reported.
     gave_up: BTreeSet<IpAddr>,
+    /// Address → the interfaces of this node that can announce it (those
+    /// this node may announce at all).
+    usable: BTreeMap<IpAddr, Vec<Iface>>,
 }
 
 /// What this node cannot serve, as told to the group.
@@ -145,6 +246,8 @@ pub struct BgpState {
     /// Address → the Services and peers of its advertisement, as last
     /// reported.
     reported: BTreeMap<IpAddr, (Vec<ServiceKey>, Vec<String>)>,
+    /// Address → the routes this node would advertise for it.
+    routes: BTreeMap<IpAddr, Vec<Route>>,
 }
 
 /// This node's BGP sessions and the routes they carry.
@@ -202,6 +305,12 @@ impl State {
     /// What this node tells the group it cannot serve.
     pub fn told(&self) -> BTreeSet<IpAddr> {
         told(&self.serving.unservable, &self.serving.recovered)
+    }
+
+    /// Makes the next step revisit every address, as the first does.
+    pub fn revisit_everything(&mut self) {
+        self.seen = None;
+        self.nodes = None;
     }
 }
 
@@ -314,19 +423,39 @@ fn interfaces(
 pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause) -> Vec<Effect> {
     let me = settings.node.as_str();
     let mut effects = Vec::new();
-    let objects: Vec<&K8sNode> = world.node_objects.iter().collect();
-    let members = counted_members(settings, state, world, &objects);
-    // What the others say they cannot serve; this node's own entry is filled
-    // in by the election, once known (eligibility does not depend on it).
-    let unhindered = view::nodes(&members, &objects, &world.health);
-    let usable = servability(me, &unhindered, state, world, &mut effects);
-    let (nodes, wanted) = elect(me, unhindered, state, world, &usable, &mut effects);
+    let (unhindered, nodes_same) = election_nodes(settings, state, world);
+    let me_node = unhindered.iter().find(|n| n.name == me);
+    // Each address is decided from its announcement, its faults, this
+    // node's links and eligibility, and the group: a step revisits the
+    // addresses whose part of those changed, so its cost follows the change,
+    // not the cluster.
+    let seen = state.seen.take().filter(|seen| {
+        seen.me.as_ref() == me_node && seen.links == world.links && seen.broken == world.broken
+    });
+    let visit = match &seen {
+        Some(seen) => Visit::Only(seen.changed(world)),
+        None => Visit::All,
+    };
+    let new_seen = Seen::of(world, me_node);
+    servability(me_node, state, world, &visit, &mut effects);
+    let (nodes, wanted) = elect(
+        me,
+        &unhindered,
+        nodes_same,
+        state,
+        world,
+        visit.clone(),
+        &mut effects,
+    );
     let gained = announce(state, wanted, &mut effects);
-    let bgp = nodes
-        .iter()
-        .find(|n| n.name == me)
-        .map(|node| bgp_wanted(node, world))
-        .unwrap_or_default();
+    let bgp = match nodes.iter().find(|n| n.name == me) {
+        Some(node) => bgp_wanted(node, state, world, &visit),
+        None => {
+            state.bgp.routes.clear();
+            Bgp::default()
+        }
+    };
+    state.seen = Some(new_seen);
     // Routers stop sending before the listeners close, and start only once
     // they are open: routes that go away are withdrawn first, new ones come
     // after the forwarding.
@@ -345,6 +474,40 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     report_l2(state, world, &gained, &mut effects);
     burst(settings, state, cause, gained, &mut effects);
     effects
+}
+
+/// The election's nodes, this one healthy: made again only when the
+/// members, the Node objects or the group's health changed. Also whether
+/// they are those of the last step.
+fn election_nodes(
+    settings: &Settings,
+    state: &mut State,
+    world: &World,
+) -> (Arc<Vec<election::Node>>, bool) {
+    if let Some(n) = &state.nodes
+        && Arc::ptr_eq(&n.members, &world.members)
+        && Arc::ptr_eq(&n.objects, &world.node_objects)
+        && Arc::ptr_eq(&n.health, &world.health)
+    {
+        return (n.unhindered.clone(), true);
+    }
+    let objects: Vec<&K8sNode> = world.node_objects.iter().collect();
+    let members = counted_members(settings, state, world, &objects);
+    // What the others say they cannot serve; this node's own entry is filled
+    // in by the election, once known (eligibility does not depend on it).
+    let mut unhindered = view::nodes(&members, &objects, &world.health);
+    for n in unhindered.iter_mut().filter(|n| n.name == settings.node) {
+        n.cannot_serve = Unservable::default();
+    }
+    let unhindered = Arc::new(unhindered);
+    state.nodes = Some(ElectionNodes {
+        members: world.members.clone(),
+        objects: world.node_objects.clone(),
+        health: world.health.clone(),
+        unhindered: unhindered.clone(),
+        told: None,
+    });
+    (unhindered, false)
 }
 
 /// The members of the group that may own addresses. With a cluster, only
@@ -377,20 +540,29 @@ fn counted_members(
 }
 
 /// What this node cannot serve among the layer 2 addresses it may announce,
-/// and the interfaces that can announce the rest; tells the group when what
-/// it cannot serve changes, holding recovered addresses for
-/// [`RECOVERY_GRACE`].
+/// and the interfaces that can announce the rest (`state.l2.usable`), for
+/// the addresses `visit` names; tells the group when what it cannot serve
+/// changes, holding recovered addresses for [`RECOVERY_GRACE`].
 fn servability(
-    me: &str,
-    nodes: &[election::Node],
+    me_node: Option<&election::Node>,
     state: &mut State,
     world: &World,
+    visit: &Visit,
     effects: &mut Vec<Effect>,
-) -> BTreeMap<IpAddr, Vec<Iface>> {
-    let me_node = nodes.iter().find(|n| n.name == me);
-    let mut usable: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
-    let mut unservable: BTreeMap<IpAddr, String> = BTreeMap::new();
-    for a in world.desired.iter().filter(|a| a.l2) {
+) {
+    let mut unservable = match visit {
+        Visit::All => {
+            state.l2.usable.clear();
+            BTreeMap::new()
+        }
+        Visit::Only(_) => state.serving.unservable.clone(),
+    };
+    for ip in visit.addresses(&world.desired) {
+        unservable.remove(&ip);
+        state.l2.usable.remove(&ip);
+        let Some(a) = world.desired.get(&ip).filter(|a| a.l2) else {
+            continue;
+        };
         if me_node.is_none_or(|n| election::eligibility(n, &a.constraints).is_err()) {
             continue;
         }
@@ -400,10 +572,10 @@ fn servability(
         });
         match (interfaces(&world.links, a, &world.broken), fault) {
             (Ok(ifaces), None) => {
-                usable.insert(a.address, ifaces);
+                state.l2.usable.insert(a.address, ifaces);
             }
             (Ok(ifaces), Some(why)) => {
-                usable.insert(a.address, ifaces);
+                state.l2.usable.insert(a.address, ifaces);
                 unservable.insert(a.address, why);
             }
             (Err(why), _) => {
@@ -430,37 +602,58 @@ fn servability(
     if own != before {
         effects.push(Effect::Publish(own));
     }
-    usable
 }
 
 /// The layer 2 election, with this node's own health as it is now (its
 /// peers learn it within a gossip round, as they learn of a node joining):
 /// the nodes as elected, and the addresses this node is to own with the
-/// interfaces that announce them. Reports each address given up to another
-/// node because of a problem here, once.
+/// interfaces that announce them. Revisits the addresses
+/// `visit` names and those whose owner may have changed with the group
+/// (`nodes_same`: the group is the last step's). Reports each address given
+/// up to another node because of a problem here, once.
 fn elect(
     me: &str,
-    mut unhindered: Vec<election::Node>,
+    unhindered: &[election::Node],
+    nodes_same: bool,
     state: &mut State,
     world: &World,
-    usable: &BTreeMap<IpAddr, Vec<Iface>>,
+    visit: Visit,
     effects: &mut Vec<Effect>,
 ) -> (Vec<election::Node>, BTreeMap<IpAddr, Vec<Iface>>) {
-    // `unhindered` keeps this node healthy: whom it would own without its
-    // problem, to say what it gave up.
-    for n in unhindered.iter_mut().filter(|n| n.name == me) {
-        n.cannot_serve = Unservable::default();
-    }
-    let mut nodes = unhindered.clone();
+    let told = state.told();
+    let mut nodes = unhindered.to_vec();
     for n in nodes.iter_mut().filter(|n| n.name == me) {
-        n.cannot_serve = Unservable::Addresses(state.told());
+        n.cannot_serve = Unservable::Addresses(told.clone());
     }
-    let mut wanted: BTreeMap<IpAddr, Vec<Iface>> = BTreeMap::new();
-    let mut gave_up: BTreeSet<IpAddr> = BTreeSet::new();
+    let last = state.nodes.as_mut().map(|n| &mut n.told);
+    let same = nodes_same && last.as_ref().is_some_and(|t| t.as_ref() == Some(&told));
+    if let Some(last) = last {
+        *last = Some(told);
+    }
     let (as_is, healthy) = &mut state.elections;
-    as_is.begin(&nodes);
-    healthy.begin(&unhindered);
-    for a in world.desired.iter().filter(|a| a.l2) {
+    let visit = if same && matches!(visit, Visit::Only(_)) {
+        visit
+    } else {
+        let moved = as_is.begin(&nodes);
+        let moved_healthy = healthy.begin(unhindered);
+        visit.with(moved).with(moved_healthy)
+    };
+    let mut wanted = match &visit {
+        Visit::All => BTreeMap::new(),
+        Visit::Only(_) => state.l2.owned.clone(),
+    };
+    let mut gave_up = match &visit {
+        Visit::All => BTreeSet::new(),
+        Visit::Only(_) => state.l2.gave_up.clone(),
+    };
+    for ip in visit.addresses(&world.desired) {
+        wanted.remove(&ip);
+        gave_up.remove(&ip);
+        let Some(a) = world.desired.get(&ip).filter(|a| a.l2) else {
+            as_is.forget(&ip);
+            healthy.forget(&ip);
+            continue;
+        };
         if as_is
             .owner(a.address, &a.constraints)
             .is_some_and(|o| o.name == me)
@@ -469,7 +662,7 @@ fn elect(
             // what can be announced is.
             wanted.insert(
                 a.address,
-                usable.get(&a.address).cloned().unwrap_or_default(),
+                state.l2.usable.get(&a.address).cloned().unwrap_or_default(),
             );
         } else if let Some(reason) = state.serving.unservable.get(&a.address)
             && healthy
@@ -486,8 +679,10 @@ fn elect(
             }
         }
     }
-    as_is.end();
-    healthy.end();
+    if matches!(visit, Visit::All) {
+        as_is.end();
+        healthy.end();
+    }
     state.l2.gave_up = gave_up;
     (nodes, wanted)
 }
@@ -534,45 +729,62 @@ fn announce(
 
 /// The BGP sessions and routes of `node`. No election: every eligible node
 /// advertises (routers spread the traffic over them), except an address this
-/// node failed to forward.
-fn bgp_wanted(node: &election::Node, world: &World) -> Bgp {
-    let mut bgp = Bgp {
+/// node failed to forward. Routes are kept by address (`state.bgp.routes`):
+/// the addresses `visit` names are decided again.
+fn bgp_wanted(node: &election::Node, state: &mut State, world: &World, visit: &Visit) -> Bgp {
+    if matches!(visit, Visit::All) {
+        state.bgp.routes.clear();
+    }
+    for ip in visit.addresses(&world.desired) {
+        state.bgp.routes.remove(&ip);
+        if let Some(a) = world.desired.get(&ip)
+            && !world.faults.contains_key(&ip)
+        {
+            let routes = routes_of(node, a);
+            if !routes.is_empty() {
+                state.bgp.routes.insert(ip, routes);
+            }
+        }
+    }
+    let mut routes: Vec<Route> = state.bgp.routes.values().flatten().cloned().collect();
+    routes.sort();
+    routes.dedup();
+    Bgp {
         peers: world
             .bgp_peers
             .iter()
             .filter(|p| election::eligibility(node, &p.constraints).is_ok())
             .map(|p| p.spec.clone())
             .collect(),
-        routes: Vec::new(),
-    };
-    for a in &world.desired {
-        if world.faults.contains_key(&a.address) {
+        routes,
+    }
+}
+
+/// The routes of `node` for announcement `a`, one per advertisement it may
+/// make.
+fn routes_of(node: &election::Node, a: &view::Announcement) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for ad in &a.bgp {
+        let constraints = crate::election::Constraints {
+            node_selectors: ad.node_selectors.clone(),
+            ..a.constraints.clone()
+        };
+        if election::eligibility(node, &constraints).is_err() {
             continue;
         }
-        for ad in &a.bgp {
-            let constraints = crate::election::Constraints {
-                node_selectors: ad.node_selectors.clone(),
-                ..a.constraints.clone()
-            };
-            if election::eligibility(node, &constraints).is_err() {
-                continue;
-            }
-            let Ok(prefix) = ipnetwork::IpNetwork::new(a.address, ad.prefix_length)
-                .and_then(|n| ipnetwork::IpNetwork::new(n.network(), ad.prefix_length))
-            else {
-                continue;
-            };
-            bgp.routes.push(Route {
-                address: a.address,
-                prefix,
-                peers: ad.peers.clone(),
-                attributes: ad.attributes.clone(),
-            });
-        }
+        let Ok(prefix) = ipnetwork::IpNetwork::new(a.address, ad.prefix_length)
+            .and_then(|n| ipnetwork::IpNetwork::new(n.network(), ad.prefix_length))
+        else {
+            continue;
+        };
+        routes.push(Route {
+            address: a.address,
+            prefix,
+            peers: ad.peers.clone(),
+            attributes: ad.attributes.clone(),
+        });
     }
-    bgp.routes.sort();
-    bgp.routes.dedup();
-    bgp
+    routes
 }
 
 /// Before the listeners change: the sessions as `bgp` wants them, carrying
@@ -604,7 +816,7 @@ fn forward(
     effects: &mut Vec<Effect>,
 ) {
     let keys: BTreeSet<IpAddr> = state.l2.owned.keys().chain(routed).copied().collect();
-    let mut plan = crate::forwarder::plan::plan(&settings.node, &keys, &world.forwards.frontends);
+    let mut plan = crate::forwarder::plan::plan(&settings.node, &keys, world.forwards.on(&keys));
     let (listeners, refused): (Vec<Listener>, Vec<Listener>) =
         plan.listeners.into_iter().partition(|l| {
             !settings
@@ -614,8 +826,7 @@ fn forward(
     plan.listeners = listeners;
     let mut problems: BTreeSet<(ServiceKey, String)> = world
         .forwards
-        .invalid
-        .iter()
+        .invalid()
         .filter(|e| e.addresses.iter().any(|a| keys.contains(a)))
         .map(|e| (e.service.clone(), e.message.clone()))
         .collect();
@@ -676,8 +887,8 @@ fn report_bgp(state: &mut State, world: &World, effects: &mut Vec<Effect>) {
         by_address.entry(r.address).or_default().push(r);
     }
     let mut advertised: BTreeMap<IpAddr, (Vec<ServiceKey>, Vec<String>)> = BTreeMap::new();
-    for a in &world.desired {
-        let Some(routes) = by_address.get(&a.address) else {
+    for (ip, routes) in &by_address {
+        let Some(a) = world.desired.get(ip) else {
             continue;
         };
         let peers: BTreeSet<String> = state
@@ -726,8 +937,8 @@ fn report_l2(state: &mut State, world: &World, gained: &[IpAddr], effects: &mut 
             }));
         }
     }
-    for a in &world.desired {
-        let Some(ifaces) = state.l2.owned.get(&a.address) else {
+    for (ip, ifaces) in &state.l2.owned {
+        let Some(a) = world.desired.get(ip) else {
             continue;
         };
         if state.l2.reported.get(&a.address) != Some(&a.services) || gained.contains(&a.address) {
@@ -924,10 +1135,10 @@ mod tests {
         now: Instant,
     ) -> World {
         World {
-            members: members.iter().map(|s| s.to_string()).collect(),
-            health: HealthMap::new(),
-            desired,
-            node_objects: Vec::new(),
+            members: Arc::new(members.iter().map(|s| s.to_string()).collect()),
+            health: Default::default(),
+            desired: view::by_address(desired),
+            node_objects: Default::default(),
             bgp_peers: Vec::new(),
             links,
             forwards: Forwards::default(),
@@ -1020,8 +1231,9 @@ mod tests {
             let mut out = BTreeMap::new();
             for (name, (state, links)) in &mut self.nodes {
                 let mut w = world(&members, self.desired.clone(), links.clone(), self.now);
-                w.health = health.clone();
-                w.health.remove(name);
+                let mut others = health.clone();
+                others.remove(name);
+                w.health = Arc::new(others);
                 out.insert(name.clone(), step(&settings(name), state, &w, cause));
             }
             out
@@ -1077,7 +1289,7 @@ mod tests {
             eth0(),
             Instant::now(),
         );
-        w.node_objects = vec![node("node-1"), node("node-2")];
+        w.node_objects = Arc::new(vec![node("node-1"), node("node-2")]);
         let cluster = |n: &str| Settings {
             cluster: true,
             ..settings(n)
@@ -1092,7 +1304,7 @@ mod tests {
             "the only candidate that is a node"
         );
         // Without a cluster there are no Node objects to check against.
-        w.members = ["intruder".to_string()].into();
+        w.members = Arc::new(["intruder".to_string()].into());
         let mut anyone = State::default();
         step(&settings("intruder"), &mut anyone, &w, Cause::Start);
         assert!(anyone.l2.owned.contains_key(&ip(A)));
@@ -1513,7 +1725,7 @@ mod phase_tests {
                     vec![(ServiceKey::new("d", "w"), "x".into())],
                 );
             }
-            let got: Vec<String> = bgp_wanted(&rack_a, &w)
+            let got: Vec<String> = bgp_wanted(&rack_a, &mut State::default(), &w, &Visit::All)
                 .routes
                 .iter()
                 .map(|r| r.prefix.to_string())
@@ -1594,16 +1806,16 @@ mod reserved_tests {
             ..tests::settings("n1")
         };
         let world = World {
-            forwards: Forwards {
-                frontends: vec![
+            forwards: Forwards::new(
+                vec![
                     frontend("web", 80, Protocol::Tcp),
                     frontend("kubelet-clash", 10250, Protocol::Tcp),
                     // The same number over the other protocol is not the node's.
                     frontend("udp-10250", 10250, Protocol::Udp),
                     frontend("gossip-clash", 7947, Protocol::Udp),
                 ],
-                invalid: Vec::new(),
-            },
+                Vec::new(),
+            ),
             ..tests::world(
                 &["n1"],
                 vec![tests::announcement("10.0.0.100", &["eth0"])],

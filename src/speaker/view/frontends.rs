@@ -61,97 +61,120 @@ pub fn kernel_path_fits(policy: &Policy, routed: bool) -> Result<(), String> {
 /// that ignores the PROXY protocol or the source ranges the user asked for
 /// would be worse than none).
 pub fn frontends(view: &ClusterView<'_>) -> (Vec<Frontend>, Vec<FrontendError>) {
-    use crate::api::annotations::{FORWARDING, FORWARDING_PATH, Forwarding};
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    let mut programs = gateway_programs(view);
-    // Routes name their backend Services: found by key, not by a scan each.
-    let services: HashMap<ServiceKey, &Service> = if programs.is_empty() {
-        HashMap::new()
-    } else {
-        view.services
-            .iter()
-            .map(|s| (translate::service_key(s), *s))
-            .collect()
-    };
+    let programs = gateway_programs(view);
+    let services = services_by_key(view, &programs);
     for svc in &view.services {
-        if !translate::is_eligible(svc, view.default_class) {
-            continue;
-        }
-        let addresses = translate::status_addresses(svc);
-        let annotations = svc.annotations();
-        let embedded = annotations
-            .get(FORWARDING)
-            .and_then(|v| Forwarding::parse(v).ok())
-            == Some(Forwarding::Embedded);
-        if addresses.is_empty() || !embedded {
-            continue;
-        }
-        let key = translate::service_key(svc);
-        let fail = |message: String| FrontendError {
-            service: key.clone(),
-            addresses: addresses.clone(),
-            message,
-        };
-        let Some(spec) = &svc.spec else { continue };
-        let (proxy, path, source_ranges) = match options(spec, annotations) {
-            Ok(options) => options,
-            Err(m) => {
-                errors.push(fail(m));
+        let (frontend, mut e) = frontend_of(svc, view, &programs, &services);
+        out.extend(frontend);
+        errors.append(&mut e);
+    }
+    (out, errors)
+}
+
+/// Routes name their backend Services: found by key, not by a scan each.
+pub(super) fn services_by_key<'a>(
+    view: &ClusterView<'a>,
+    programs: &Programs,
+) -> HashMap<ServiceKey, &'a Service> {
+    if programs.is_empty() {
+        return HashMap::new();
+    }
+    view.services
+        .iter()
+        .map(|s| (translate::service_key(s), *s))
+        .collect()
+}
+
+/// The Gateways' Services' programs, by Service.
+pub(super) type Programs = BTreeMap<ServiceKey, crate::gateway::attach::Program>;
+
+/// One Service's frontend, if the forwarder carries it, and what keeps it
+/// (or one of its ports) from being carried as asked.
+pub(super) fn frontend_of(
+    svc: &Service,
+    view: &ClusterView<'_>,
+    programs: &Programs,
+    services: &HashMap<ServiceKey, &Service>,
+) -> (Option<Frontend>, Vec<FrontendError>) {
+    use crate::api::annotations::{FORWARDING, FORWARDING_PATH, Forwarding};
+    let mut errors = Vec::new();
+    if !translate::is_eligible(svc, view.default_class) {
+        return (None, errors);
+    }
+    let addresses = translate::status_addresses(svc);
+    let annotations = svc.annotations();
+    let embedded = annotations
+        .get(FORWARDING)
+        .and_then(|v| Forwarding::parse(v).ok())
+        == Some(Forwarding::Embedded);
+    if addresses.is_empty() || !embedded {
+        return (None, errors);
+    }
+    let key = translate::service_key(svc);
+    let fail = |message: String| FrontendError {
+        service: key.clone(),
+        addresses: addresses.clone(),
+        message,
+    };
+    let Some(spec) = &svc.spec else {
+        return (None, errors);
+    };
+    let (proxy, path, source_ranges) = match options(spec, annotations) {
+        Ok(options) => options,
+        Err(m) => return (None, vec![fail(m)]),
+    };
+    let mut routing = programs
+        .get(&key)
+        .map(|program| gateway_routing(program, view, services));
+    let mut ports = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let protocol = match Protocol::of_port(p.protocol.as_deref()) {
+            Ok(protocol @ (Protocol::Tcp | Protocol::Udp)) => protocol,
+            _ => {
+                errors.push(fail(format!(
+                    "spec.ports[{}]: protocol {} is not forwarded (TCP and UDP are)",
+                    p.name.as_deref().unwrap_or(&p.port.to_string()),
+                    p.protocol.as_deref().unwrap_or_default()
+                )));
                 continue;
             }
         };
-        let mut routing = programs
-            .remove(&key)
-            .map(|program| gateway_routing(program, view, &services));
-        let mut ports = Vec::new();
-        for p in spec.ports.iter().flatten() {
-            let protocol = match Protocol::of_port(p.protocol.as_deref()) {
-                Ok(protocol @ (Protocol::Tcp | Protocol::Udp)) => protocol,
-                _ => {
-                    errors.push(fail(format!(
-                        "spec.ports[{}]: protocol {} is not forwarded (TCP and UDP are)",
-                        p.name.as_deref().unwrap_or(&p.port.to_string()),
-                        p.protocol.as_deref().unwrap_or_default()
-                    )));
-                    continue;
-                }
-            };
-            let Ok(port) = u16::try_from(p.port) else {
-                continue;
-            };
-            ports.push(FrontendPort {
-                name: p.name.clone().unwrap_or_default(),
-                port,
-                protocol,
-                routing: routing.as_mut().map(|r| {
-                    r.remove(&(port, protocol)).unwrap_or(FrontendRouting {
-                        sni: false,
-                        routes: Vec::new(),
-                    })
-                }),
-            });
-        }
-        let policy = Policy {
-            local: spec.external_traffic_policy.as_deref() == Some("Local"),
-            affinity: affinity(spec),
-            proxy,
-            source_ranges,
-            path,
-        };
-        if let Err(e) = kernel_path_fits(&policy, routing.is_some()) {
-            errors.push(fail(format!("annotation {FORWARDING_PATH}: {e}")));
+        let Ok(port) = u16::try_from(p.port) else {
             continue;
-        }
-        out.push(Frontend {
-            service: key.clone(),
-            addresses,
-            ports,
-            policy,
-            endpoints: endpoints_of(&key, &view.slices),
+        };
+        ports.push(FrontendPort {
+            name: p.name.clone().unwrap_or_default(),
+            port,
+            protocol,
+            routing: routing.as_mut().map(|r| {
+                r.remove(&(port, protocol)).unwrap_or(FrontendRouting {
+                    sni: false,
+                    routes: Vec::new(),
+                })
+            }),
         });
     }
-    (out, errors)
+    let policy = Policy {
+        local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        affinity: affinity(spec),
+        proxy,
+        source_ranges,
+        path,
+    };
+    if let Err(e) = kernel_path_fits(&policy, routing.is_some()) {
+        errors.push(fail(format!("annotation {FORWARDING_PATH}: {e}")));
+        return (None, errors);
+    }
+    let frontend = Frontend {
+        endpoints: endpoints_of(&key, &view.slices),
+        service: key,
+        addresses,
+        ports,
+        policy,
+    };
+    (Some(frontend), errors)
 }
 
 /// A Gateway's routes by port and transport.
@@ -161,9 +184,7 @@ type GatewayPorts = BTreeMap<(u16, Protocol), FrontendRouting>;
 /// the rules the controller's statuses follow: a speaker trusts no route
 /// table written on any object, since whoever may edit a Service could
 /// write one naming another namespace's backends.
-fn gateway_programs(
-    view: &ClusterView<'_>,
-) -> BTreeMap<ServiceKey, crate::gateway::attach::Program> {
+pub(super) fn gateway_programs(view: &ClusterView<'_>) -> Programs {
     use crate::gateway::{attach, snapshot};
     if view.gateways.gateways.is_empty() {
         return BTreeMap::new();
@@ -223,13 +244,13 @@ fn affinity(spec: &ServiceSpec) -> Option<std::time::Duration> {
 /// A Gateway's routes by port and transport, with each backend resolved to
 /// its endpoints.
 fn gateway_routing(
-    program: crate::gateway::attach::Program,
+    program: &crate::gateway::attach::Program,
     view: &ClusterView<'_>,
     services: &HashMap<ServiceKey, &Service>,
 ) -> GatewayPorts {
     use crate::gateway::attach;
     let mut out = BTreeMap::new();
-    for p in program.ports {
+    for p in &program.ports {
         let (protocol, sni) = match p.protocol {
             attach::ListenerProtocol::Tcp => (Protocol::Tcp, false),
             attach::ListenerProtocol::Tls => (Protocol::Tcp, true),
@@ -237,10 +258,10 @@ fn gateway_routing(
         };
         let routes = p
             .routes
-            .into_iter()
+            .iter()
             .map(|r| FrontendRoute {
-                name: r.route,
-                hostnames: r.hostnames,
+                name: r.route.clone(),
+                hostnames: r.hostnames.clone(),
                 shares: r
                     .backends
                     .iter()

@@ -31,20 +31,7 @@ pub struct Announcement {
 /// address whose pool no advertisement selects is allocated but not announced,
 /// as in MetalLB; so is one with neither a record nor a pool.
 pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
-    let specs: Vec<_> = view
-        .pools
-        .iter()
-        .filter_map(|p| translate::pool_spec(p).ok())
-        .collect();
-    let (pools, _) = Allocator::new(&specs);
-    let pool_labels: BTreeMap<String, BTreeMap<String, String>> = view
-        .pools
-        .iter()
-        .map(|p| (p.name_any(), p.labels().clone()))
-        .collect();
-
-    let no_labels = BTreeMap::new();
-    let aliases = view.bgp.aliases();
+    let context = Context::of(view);
     let mut by_address: BTreeMap<IpAddr, Vec<&Service>> = BTreeMap::new();
     for svc in &view.services {
         if translate::is_eligible(svc, view.default_class) {
@@ -53,24 +40,78 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
             }
         }
     }
-    let mut out = Vec::new();
-    for (address, services) in by_address {
+    by_address
+        .into_iter()
+        .filter_map(|(address, mut services)| {
+            // Listed in one order whatever order the cache hands them in.
+            services.sort_by_key(|s| translate::service_key(s));
+            context.announcement(view, address, &services)
+        })
+        .collect()
+}
+
+/// The addresses to announce, by address: shared between the view and the
+/// transitions that read it, not copied (a persistent map: a copy costs
+/// nothing and a change O(log n)).
+pub type Announcements = imbl::OrdMap<IpAddr, std::sync::Arc<Announcement>>;
+
+/// `list` (one announcement per address) by address.
+pub fn by_address(list: Vec<Announcement>) -> Announcements {
+    list.into_iter()
+        .map(|a| (a.address, std::sync::Arc::new(a)))
+        .collect()
+}
+
+/// What every address's announcement reads besides its Services: the
+/// pools, their labels and the BGP community aliases.
+pub(super) struct Context {
+    pools: Allocator,
+    pool_labels: BTreeMap<String, BTreeMap<String, String>>,
+    aliases: BTreeMap<String, String>,
+}
+
+impl Context {
+    pub(super) fn of(view: &ClusterView<'_>) -> Self {
+        let specs: Vec<_> = view
+            .pools
+            .iter()
+            .filter_map(|p| translate::pool_spec(p).ok())
+            .collect();
+        let (pools, _) = Allocator::new(&specs);
+        let pool_labels = view
+            .pools
+            .iter()
+            .map(|p| (p.name_any(), p.labels().clone()))
+            .collect();
+        Self {
+            pools,
+            pool_labels,
+            aliases: view.bgp.aliases(),
+        }
+    }
+
+    /// The announcement of `address`, held by `services` (every eligible
+    /// Service with it), if it is announced at all.
+    pub(super) fn announcement(
+        &self,
+        view: &ClusterView<'_>,
+        address: IpAddr,
+        services: &[&Service],
+    ) -> Option<Announcement> {
+        let no_labels = BTreeMap::new();
         let recorded = services.iter().find_map(|s| translate::recorded_pool(s));
-        let Some(pool) = recorded
-            .or_else(|| pools.pool_of(address))
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        let labels = pool_labels.get(&pool).unwrap_or(&no_labels);
+        let pool = recorded
+            .or_else(|| self.pools.pool_of(address))
+            .map(str::to_string)?;
+        let labels = self.pool_labels.get(&pool).unwrap_or(&no_labels);
         let ads: Vec<&&L2Advertisement> = view
             .advertisements
             .iter()
             .filter(|ad| selects_pool(ad, &pool, labels))
             .collect();
-        let bgp = bgp_advertisements(view, &pool, labels, address, &aliases);
+        let bgp = bgp_advertisements(view, &pool, labels, address, &self.aliases);
         if ads.is_empty() && bgp.is_empty() {
-            continue;
+            return None;
         }
         let mut interfaces: BTreeSet<String> = BTreeSet::new();
         let mut node_selectors = Vec::new();
@@ -105,7 +146,7 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
             })
             .map(|s| ready_nodes(s, &view.slices))
             .reduce(|a, b| a.intersection(&b).cloned().collect());
-        out.push(Announcement {
+        Some(Announcement {
             address,
             pool,
             services: services.iter().map(|s| translate::service_key(s)).collect(),
@@ -117,9 +158,8 @@ pub fn announcements(view: &ClusterView<'_>) -> Vec<Announcement> {
             },
             l2: !ads.is_empty(),
             bgp,
-        });
+        })
     }
-    out
 }
 
 fn selects_pool(ad: &L2Advertisement, pool: &str, labels: &BTreeMap<String, String>) -> bool {

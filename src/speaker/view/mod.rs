@@ -25,13 +25,15 @@ use crate::k8s::translate;
 
 mod bgp;
 mod frontends;
+mod incremental;
 mod l2;
 mod nodes;
 
 use bgp::bgp_advertisements;
 pub use bgp::{BgpAdvertisement, BgpProblem, WantedPeer, bgp_advertisement_problems, bgp_peers};
 pub use frontends::{FrontendError, frontends, kernel_path_fits};
-pub use l2::{Announcement, announcements};
+pub use incremental::{CachedObjects, Changes, IncrementalView, Lookup};
+pub use l2::{Announcement, Announcements, announcements, by_address};
 pub use nodes::{node_seeds, nodes};
 
 /// Everything the speaker reads from the cluster.
@@ -54,7 +56,7 @@ pub struct ClusterView<'a> {
 }
 
 /// The BGP kinds as the speaker reads them.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct BgpObjects<'a> {
     /// All BGPPeers.
     pub peers: Vec<&'a crate::api::BGPPeer>,

@@ -1,0 +1,400 @@
+//! The view kept up to date one change at a time: a change to one Service
+//! or to its EndpointSlices recomputes that Service's frontend and the
+//! announcements of its addresses, not the cluster's. The result is, by
+//! construction and by test, what [`announcements`] and [`frontends`] give
+//! for the whole cluster.
+
+use std::sync::Arc;
+
+use super::frontends::{Programs, frontend_of, gateway_programs, services_by_key};
+use super::l2::{Announcements, Context, by_address};
+use super::*;
+use crate::speaker::config::Forwards;
+
+/// What changed since the last update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Anything may have: a relist, or a kind every Service reads (pools,
+    /// advertisements, the BGP and Gateway API kinds).
+    Everything,
+    /// Only these Services and the EndpointSlices of these Services.
+    Services {
+        /// Services added, changed or deleted.
+        services: BTreeSet<ServiceKey>,
+        /// Services whose EndpointSlices were.
+        slices: BTreeSet<ServiceKey>,
+    },
+}
+
+/// Where an update reads the cluster's Services and EndpointSlices by
+/// Service, without a scan.
+pub trait Lookup {
+    /// Service `key`, if it exists.
+    fn service(&self, key: &ServiceKey) -> Option<&Service>;
+    /// The EndpointSlices of Service `key`.
+    fn slices(&self, key: &ServiceKey) -> Vec<&EndpointSlice>;
+}
+
+/// The view as of the last update, with what it takes to update it.
+#[derive(Clone, Debug, Default)]
+pub struct IncrementalView {
+    announcements: Announcements,
+    forwards: Forwards,
+    /// Each eligible Service's addresses, as filed in `on_address`.
+    filed: HashMap<ServiceKey, Vec<IpAddr>>,
+    /// Address → the eligible Services with it.
+    on_address: HashMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// The Gateways' Services' programs, as of the last full update.
+    programs: Programs,
+    /// The Services those programs name as backends.
+    backends: BTreeSet<ServiceKey>,
+    /// Services a Gateway's rules read besides backends: each Gateway's
+    /// own Service (by name, owned or not), and whatever shares an address
+    /// with one (its ports are taken).
+    gateway_services: BTreeSet<ServiceKey>,
+}
+
+impl IncrementalView {
+    /// The addresses to announce.
+    pub fn announcements(&self) -> &Announcements {
+        &self.announcements
+    }
+
+    /// What the forwarder carries.
+    pub fn forwards(&self) -> &Forwards {
+        &self.forwards
+    }
+
+    /// Brings the view up to date. `view` holds every kind but Services
+    /// and EndpointSlices (its `services` and `slices` are read only when
+    /// everything changed, and must then be whole); `lookup` finds those by
+    /// Service.
+    pub fn update(&mut self, view: &ClusterView<'_>, lookup: &dyn Lookup, changes: &Changes) {
+        let (services, slices) = match changes {
+            Changes::Services { services, slices }
+                if !self.gateway_reads(view, lookup, services) =>
+            {
+                (services, slices)
+            }
+            _ => return self.rebuild(view),
+        };
+        // A backend's endpoints change its Gateways' frontends, not their
+        // programs.
+        let mut frontends: BTreeSet<ServiceKey> = services | slices;
+        if slices.iter().any(|s| self.backends.contains(s)) {
+            frontends.extend(self.programs.keys().cloned());
+        }
+        let mut addresses: BTreeSet<IpAddr> = BTreeSet::new();
+        for key in &frontends {
+            addresses.extend(self.refile(key, lookup.service(key), view.default_class));
+        }
+        self.update_announcements(view, lookup, &addresses);
+        self.update_frontends(view, lookup, &frontends);
+    }
+
+    /// Whether a Gateway's rules read one of `changed`: then every program
+    /// is decided again, from the whole cluster.
+    fn gateway_reads(
+        &self,
+        view: &ClusterView<'_>,
+        lookup: &dyn Lookup,
+        changed: &BTreeSet<ServiceKey>,
+    ) -> bool {
+        if view.gateways.gateways.is_empty() && self.programs.is_empty() {
+            return false;
+        }
+        let shares_with_a_gateway = |ip: &IpAddr| {
+            self.on_address
+                .get(ip)
+                .is_some_and(|on| on.iter().any(|k| self.gateway_services.contains(k)))
+        };
+        changed.iter().any(|key| {
+            let now = lookup.service(key).map(translate::status_addresses);
+            self.backends.contains(key)
+                || self.gateway_services.contains(key)
+                || self.programs.contains_key(key)
+                || self
+                    .filed
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .any(shares_with_a_gateway)
+                || now.iter().flatten().any(shares_with_a_gateway)
+        })
+    }
+
+    /// Files Service `key` under the addresses it has now (none when it is
+    /// gone or not eligible); returns the addresses it had or has.
+    fn refile(
+        &mut self,
+        key: &ServiceKey,
+        svc: Option<&Service>,
+        default_class: bool,
+    ) -> Vec<IpAddr> {
+        let now = svc
+            .filter(|s| translate::is_eligible(s, default_class))
+            .map(translate::status_addresses)
+            .unwrap_or_default();
+        let before = self.filed.remove(key).unwrap_or_default();
+        for ip in &before {
+            if let Some(on) = self.on_address.get_mut(ip) {
+                on.remove(key);
+                if on.is_empty() {
+                    self.on_address.remove(ip);
+                }
+            }
+        }
+        for ip in &now {
+            self.on_address.entry(*ip).or_default().insert(key.clone());
+        }
+        let mut touched = before;
+        touched.extend(&now);
+        if !now.is_empty() {
+            self.filed.insert(key.clone(), now);
+        }
+        touched
+    }
+
+    /// Recomputes the announcements of `addresses` from the Services filed
+    /// under each.
+    fn update_announcements(
+        &mut self,
+        view: &ClusterView<'_>,
+        lookup: &dyn Lookup,
+        addresses: &BTreeSet<IpAddr>,
+    ) {
+        if addresses.is_empty() {
+            return;
+        }
+        let keys: BTreeSet<&ServiceKey> = addresses
+            .iter()
+            .filter_map(|ip| self.on_address.get(ip))
+            .flatten()
+            .collect();
+        let part = Part::of(lookup, keys.iter().copied());
+        let part_view = part.view(view);
+        let context = Context::of(view);
+        for ip in addresses {
+            // In the order of the whole view: the Services' order there.
+            let on: Vec<&Service> = part_view
+                .services
+                .iter()
+                .copied()
+                .filter(|s| {
+                    self.on_address
+                        .get(ip)
+                        .is_some_and(|on| on.contains(&translate::service_key(s)))
+                })
+                .collect();
+            match (!on.is_empty())
+                .then(|| context.announcement(&part_view, *ip, &on))
+                .flatten()
+            {
+                Some(a) => {
+                    if self.announcements.get(ip).is_none_or(|old| **old != a) {
+                        self.announcements.insert(*ip, Arc::new(a));
+                    }
+                }
+                None => {
+                    self.announcements.remove(ip);
+                }
+            }
+        }
+    }
+
+    /// Recomputes the frontends of `services`.
+    fn update_frontends(
+        &mut self,
+        view: &ClusterView<'_>,
+        lookup: &dyn Lookup,
+        services: &BTreeSet<ServiceKey>,
+    ) {
+        let gateways = services.iter().any(|s| self.programs.contains_key(s));
+        let backends = gateways.then_some(&self.backends).into_iter().flatten();
+        let part = Part::of(lookup, services.iter().chain(backends));
+        let part_view = part.view(view);
+        let by_key = services_by_key(&part_view, &self.programs);
+        for key in services {
+            let (frontend, errors) = match lookup.service(key) {
+                Some(svc) => frontend_of(svc, &part_view, &self.programs, &by_key),
+                None => (None, Vec::new()),
+            };
+            self.forwards.set_frontend(key.clone(), frontend);
+            self.forwards.set_invalid(key.clone(), errors);
+        }
+    }
+
+    /// Recomputes everything from the whole view.
+    fn rebuild(&mut self, view: &ClusterView<'_>) {
+        let (frontends, invalid) = frontends(view);
+        *self = Self {
+            announcements: by_address(announcements(view)),
+            forwards: Forwards::new(frontends, invalid),
+            programs: gateway_programs(view),
+            ..Self::default()
+        };
+        for svc in &view.services {
+            self.refile(&translate::service_key(svc), Some(svc), view.default_class);
+        }
+        self.backends = self
+            .programs
+            .values()
+            .flat_map(|p| &p.ports)
+            .flat_map(|p| &p.routes)
+            .flat_map(|r| &r.backends)
+            .map(|b| ServiceKey::new(&b.namespace, &b.name))
+            .collect();
+        let named: BTreeSet<ServiceKey> = view
+            .gateways
+            .gateways
+            .iter()
+            .map(|g| {
+                ServiceKey::new(
+                    &g.namespace().unwrap_or_default(),
+                    &crate::gateway::snapshot::service_name(&g.name_any()),
+                )
+            })
+            .collect();
+        let sharing: BTreeSet<ServiceKey> = named
+            .iter()
+            .filter_map(|k| self.filed.get(k))
+            .flatten()
+            .flat_map(|ip| &self.on_address[ip])
+            .cloned()
+            .collect();
+        self.gateway_services = &named | &sharing;
+    }
+}
+
+/// Some Services and their EndpointSlices, in the order the whole view
+/// lists Services (by key), so a part decides as the whole does.
+struct Part<'a> {
+    services: Vec<&'a Service>,
+    slices: Vec<&'a EndpointSlice>,
+}
+
+impl<'a> Part<'a> {
+    fn of<'k>(lookup: &'a dyn Lookup, keys: impl Iterator<Item = &'k ServiceKey>) -> Self {
+        let keys: BTreeSet<&ServiceKey> = keys.collect();
+        Self {
+            services: keys.iter().filter_map(|k| lookup.service(k)).collect(),
+            slices: keys.iter().flat_map(|k| lookup.slices(k)).collect(),
+        }
+    }
+
+    /// `whole` with only this part's Services and EndpointSlices.
+    fn view<'v>(&'v self, whole: &ClusterView<'v>) -> ClusterView<'v>
+    where
+        'a: 'v,
+    {
+        ClusterView {
+            services: self.services.clone(),
+            pools: whole.pools.clone(),
+            advertisements: whole.advertisements.clone(),
+            slices: self.slices.iter().copied().collect(),
+            default_class: whole.default_class,
+            bgp: whole.bgp.clone(),
+            gateways: whole.gateways.clone(),
+        }
+    }
+}
+
+/// The Services and EndpointSlices of the caches, by Service, and which
+/// changed between two reads. A cache hands out the same `Arc` for an
+/// object until the object changes, so a read compares pointers: no object
+/// is compared or copied.
+#[derive(Debug, Default)]
+pub struct CachedObjects {
+    services: HashMap<ServiceKey, Arc<Service>>,
+    slices: HashMap<ServiceKey, BTreeMap<usize, Arc<EndpointSlice>>>,
+    /// Pointer → the Service it is, or whose EndpointSlice it is.
+    service_at: HashMap<usize, ServiceKey>,
+    slice_at: HashMap<usize, ServiceKey>,
+}
+
+/// An object's identity as its cache hands it out.
+fn address_of<T>(object: &Arc<T>) -> usize {
+    Arc::as_ptr(object) as usize
+}
+
+/// The Service an EndpointSlice belongs to.
+fn owner_of(slice: &EndpointSlice) -> Option<ServiceKey> {
+    Some(ServiceKey::new(
+        slice.metadata.namespace.as_ref()?,
+        slice.labels().get("kubernetes.io/service-name")?,
+    ))
+}
+
+impl CachedObjects {
+    /// Reads the caches as they are now; returns what changed since the
+    /// last read, by Service.
+    pub fn read(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Changes {
+        let mut changed_services = BTreeSet::new();
+        let mut service_at = HashMap::with_capacity(services.len());
+        for s in services {
+            let at = address_of(s);
+            let key = match self.service_at.remove(&at) {
+                Some(key) => key,
+                None => {
+                    let key = translate::service_key(s);
+                    self.services.insert(key.clone(), s.clone());
+                    changed_services.insert(key.clone());
+                    key
+                }
+            };
+            service_at.insert(at, key);
+        }
+        // What is left was replaced or deleted.
+        for (_, key) in std::mem::replace(&mut self.service_at, service_at) {
+            if !changed_services.contains(&key) {
+                self.services.remove(&key);
+                changed_services.insert(key);
+            }
+        }
+        let mut changed_slices = BTreeSet::new();
+        let mut slice_at = HashMap::with_capacity(slices.len());
+        for s in slices {
+            let at = address_of(s);
+            let key = match self.slice_at.remove(&at) {
+                Some(key) => Some(key),
+                None => owner_of(s).inspect(|key| {
+                    self.slices
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(at, s.clone());
+                    changed_slices.insert(key.clone());
+                }),
+            };
+            if let Some(key) = key {
+                slice_at.insert(at, key);
+            }
+        }
+        for (at, key) in std::mem::replace(&mut self.slice_at, slice_at) {
+            if let Some(of) = self.slices.get_mut(&key) {
+                of.remove(&at);
+                if of.is_empty() {
+                    self.slices.remove(&key);
+                }
+            }
+            changed_slices.insert(key);
+        }
+        Changes::Services {
+            services: changed_services,
+            slices: changed_slices,
+        }
+    }
+}
+
+impl Lookup for CachedObjects {
+    fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key).map(AsRef::as_ref)
+    }
+
+    fn slices(&self, key: &ServiceKey) -> Vec<&EndpointSlice> {
+        self.slices
+            .get(key)
+            .into_iter()
+            .flat_map(|s| s.values().map(AsRef::as_ref))
+            .collect()
+    }
+}
