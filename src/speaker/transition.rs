@@ -1965,3 +1965,153 @@ mod bgp_tests {
         assert!(bgp.is_some() && bgp < forward, "{effects:?}");
     }
 }
+
+#[cfg(test)]
+mod incremental_tests {
+    use super::tests::{announcement, settings};
+    use super::*;
+    use crate::speaker::view::BgpAdvertisement;
+    use proptest::prelude::*;
+
+    const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+    /// One change to the world: which part, and the random picks it uses.
+    #[derive(Clone, Debug)]
+    enum Change {
+        /// Address `i` (of six) is announced with these settings, or not.
+        Address(usize, Option<(u8, u8, bool)>),
+        Members(u8),
+        Health(usize, u8),
+        Links(bool),
+        Fault(usize, bool),
+        Broken(bool),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            4 => (0..6usize, proptest::option::of((0..4u8, 0..8u8, any::<bool>())))
+                .prop_map(|(i, a)| Change::Address(i, a)),
+            1 => (0..4u8).prop_map(Change::Members),
+            1 => (1..3usize, 0..64u8).prop_map(|(n, set)| Change::Health(n, set)),
+            1 => any::<bool>().prop_map(Change::Links),
+            1 => (0..6usize, any::<bool>()).prop_map(|(i, f)| Change::Fault(i, f)),
+            1 => any::<bool>().prop_map(Change::Broken),
+        ]
+    }
+
+    fn address(i: usize) -> IpAddr {
+        format!("10.0.0.{}", 100 + i).parse().unwrap()
+    }
+
+    /// Applies `c` to `w` the way the speaker hands a changed world: the
+    /// parts that did not change stay the same `Arc`s and map nodes.
+    fn apply(w: &mut World, c: &Change) {
+        match c {
+            Change::Address(i, None) => {
+                w.desired.remove(&address(*i));
+            }
+            Change::Address(i, Some((interfaces, local, bgp))) => {
+                let names: &[&str] = match interfaces {
+                    0 => &[],
+                    1 => &["eth0"],
+                    2 => &["eth9"],
+                    _ => &["eth0", "eth1"],
+                };
+                let mut a = announcement(&address(*i).to_string(), names);
+                // Bits 0-2: which nodes have a local endpoint; 7 and up: no
+                // Local Service.
+                a.constraints.local_endpoints = (*local < 7).then(|| {
+                    NODES
+                        .iter()
+                        .enumerate()
+                        .filter(|(n, _)| local & (1 << n) != 0)
+                        .map(|(_, n)| n.to_string())
+                        .collect()
+                });
+                if *bgp {
+                    a.bgp = vec![BgpAdvertisement {
+                        node_selectors: Vec::new(),
+                        peers: Vec::new(),
+                        prefix_length: 32,
+                        attributes: Default::default(),
+                    }];
+                    a.l2 = interfaces % 2 == 0;
+                }
+                w.desired.insert(address(*i), Arc::new(a));
+            }
+            Change::Members(set) => {
+                // This node is always a member.
+                w.members = Arc::new(
+                    NODES
+                        .iter()
+                        .enumerate()
+                        .filter(|(n, _)| *n == 0 || set & (1 << (n - 1)) != 0)
+                        .map(|(_, n)| n.to_string())
+                        .collect(),
+                );
+            }
+            Change::Health(n, set) => {
+                let mut health = (*w.health).clone();
+                let cannot: BTreeSet<IpAddr> =
+                    (0..6).filter(|i| set & (1 << i) != 0).map(address).collect();
+                health.insert(NODES[*n].to_string(), Unservable::Addresses(cannot));
+                w.health = Arc::new(health);
+            }
+            Change::Links(two) => {
+                w.links = vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")];
+                if *two {
+                    w.links
+                        .push(crate::netlink::test_link("eth1", 3, "10.0.0.2/24"));
+                }
+            }
+            Change::Fault(i, on) => {
+                if *on {
+                    w.faults.insert(
+                        address(*i),
+                        vec![(ServiceKey::new("default", "web"), "no port".into())],
+                    );
+                } else {
+                    w.faults.remove(&address(*i));
+                }
+            }
+            Change::Broken(on) => {
+                w.broken = if *on {
+                    [("eth1".to_string(), (3, "socket refused".to_string()))].into()
+                } else {
+                    BTreeMap::new()
+                };
+            }
+        }
+    }
+
+    proptest! {
+        /// Change after change, a speaker that revisits only what changed
+        /// decides exactly what one that revisits every address decides.
+        #[test]
+        fn revisiting_only_what_changed_decides_as_revisiting_everything(
+            changes in proptest::collection::vec((change(), 0..3u8), 1..24),
+        ) {
+            let settings = settings("n1");
+            let mut world = super::tests::world(
+                &NODES,
+                Vec::new(),
+                vec![crate::netlink::test_link("eth0", 2, "10.0.0.1/24")],
+                Instant::now(),
+            );
+            let (mut incremental, mut whole) = (State::default(), State::default());
+            let mut cause = Cause::Start;
+            for (c, next) in changes {
+                apply(&mut world, &c);
+                world.now += Duration::from_millis(400);
+                whole.revisit_everything();
+                let got = step(&settings, &mut incremental, &world, cause);
+                let want = step(&settings, &mut whole, &world, cause);
+                prop_assert_eq!(&got, &want, "after {:?}", c);
+                prop_assert_eq!(&incremental.l2.owned, &whole.l2.owned);
+                prop_assert_eq!(incremental.told(), whole.told());
+                prop_assert_eq!(&incremental.bgp.advertised, &whole.bgp.advertised);
+                cause = [Cause::View, Cause::Membership, Cause::Reannounce][usize::from(next)];
+            }
+        }
+    }
+}
