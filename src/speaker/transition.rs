@@ -2052,8 +2052,10 @@ mod incremental_tests {
             }
             Change::Health(n, set) => {
                 let mut health = (*w.health).clone();
-                let cannot: BTreeSet<IpAddr> =
-                    (0..6).filter(|i| set & (1 << i) != 0).map(address).collect();
+                let cannot: BTreeSet<IpAddr> = (0..6)
+                    .filter(|i| set & (1 << i) != 0)
+                    .map(address)
+                    .collect();
                 health.insert(NODES[*n].to_string(), Unservable::Addresses(cannot));
                 w.health = Arc::new(health);
             }

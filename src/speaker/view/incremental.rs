@@ -306,10 +306,12 @@ impl<'a> Part<'a> {
 #[derive(Debug, Default)]
 pub struct CachedObjects {
     services: HashMap<ServiceKey, Arc<Service>>,
-    slices: HashMap<ServiceKey, BTreeMap<usize, Arc<EndpointSlice>>>,
-    /// Pointer → the Service it is, or whose EndpointSlice it is.
+    /// By Service, then by name (the order the whole view lists them in).
+    slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// Pointer → the Service it is, or whose EndpointSlice it is (and the
+    /// slice's name).
     service_at: HashMap<usize, ServiceKey>,
-    slice_at: HashMap<usize, ServiceKey>,
+    slice_at: HashMap<usize, (ServiceKey, String)>,
 }
 
 /// An object's identity as its cache hands it out.
@@ -355,23 +357,28 @@ impl CachedObjects {
         let mut slice_at = HashMap::with_capacity(slices.len());
         for s in slices {
             let at = address_of(s);
-            let key = match self.slice_at.remove(&at) {
-                Some(key) => Some(key),
-                None => owner_of(s).inspect(|key| {
+            let known = match self.slice_at.remove(&at) {
+                Some(known) => Some(known),
+                None => owner_of(s).map(|key| {
+                    let name = s.name_any();
                     self.slices
                         .entry(key.clone())
                         .or_default()
-                        .insert(at, s.clone());
+                        .insert(name.clone(), s.clone());
                     changed_slices.insert(key.clone());
+                    (key, name)
                 }),
             };
-            if let Some(key) = key {
-                slice_at.insert(at, key);
+            if let Some(known) = known {
+                slice_at.insert(at, known);
             }
         }
-        for (at, key) in std::mem::replace(&mut self.slice_at, slice_at) {
+        // What is left was replaced (its name now holds another) or deleted.
+        for (at, (key, name)) in std::mem::replace(&mut self.slice_at, slice_at) {
             if let Some(of) = self.slices.get_mut(&key) {
-                of.remove(&at);
+                if of.get(&name).is_some_and(|s| address_of(s) == at) {
+                    of.remove(&name);
+                }
                 if of.is_empty() {
                     self.slices.remove(&key);
                 }
@@ -396,5 +403,120 @@ impl Lookup for CachedObjects {
             .into_iter()
             .flat_map(|s| s.values().map(AsRef::as_ref))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::L2AdvertisementSpec;
+    use crate::api::annotations::{FORWARDING, PROXY_PROTOCOL};
+    use crate::testkit::{self, Svc, object};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Service `i` (of five) as one of eight variants: two of three
+    /// addresses (so Services share), embedded or not, Local or not, a bad
+    /// annotation or a UDP port.
+    fn service(i: usize, variant: u8) -> Service {
+        let mut s = Svc::lb("apps", &format!("svc-{i}"))
+            .port("http", 80, "TCP")
+            .ingress(&format!("10.0.0.{}", 1 + (usize::from(variant) + i) % 3));
+        if variant & 1 != 0 {
+            s = s.annotation(FORWARDING, "embedded");
+        }
+        if variant & 2 != 0 {
+            s = s.external_traffic_policy("Local");
+        }
+        if variant == 4 {
+            s = s
+                .annotation(FORWARDING, "embedded")
+                .annotation(PROXY_PROTOCOL, "v9");
+        }
+        if variant == 6 {
+            s = s.port("dns", 53, "UDP");
+        }
+        s.build()
+    }
+
+    /// Service `i`'s EndpointSlice `j`: endpoints on the nodes `nodes` (a
+    /// bit each of three), ready as `ready` says.
+    fn slice(i: usize, j: usize, nodes: u8, ready: bool) -> EndpointSlice {
+        let endpoints: Vec<_> = (0..3)
+            .filter(|n| nodes & (1 << n) != 0)
+            .map(|n| {
+                json!({"addresses": [format!("10.1.{i}.{n}")], "nodeName": format!("n{n}"),
+                            "conditions": {"ready": ready}})
+            })
+            .collect();
+        object(json!({
+            "metadata": {"namespace": "apps", "name": format!("svc-{i}-{j}"),
+                         "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }))
+    }
+
+    #[derive(Clone, Debug)]
+    enum Change {
+        Service(usize, Option<u8>),
+        Slice(usize, usize, Option<(u8, bool)>),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (0..5usize, proptest::option::of(0..8u8)).prop_map(|(i, v)| Change::Service(i, v)),
+            (
+                0..5usize,
+                0..2usize,
+                proptest::option::of((0..8u8, any::<bool>()))
+            )
+                .prop_map(|(i, j, e)| Change::Slice(i, j, e)),
+        ]
+    }
+
+    proptest! {
+        /// Change after change, the view kept per Service is the view of
+        /// the whole cluster.
+        #[test]
+        fn the_view_kept_per_service_is_the_view_of_the_whole_cluster(
+            changes in proptest::collection::vec(change(), 1..30),
+        ) {
+            let pools = [testkit::pool("lan", &["10.0.0.0/24"])];
+            let ads = [L2Advertisement::new("all", L2AdvertisementSpec::default())];
+            let mut services: BTreeMap<usize, Arc<Service>> = BTreeMap::new();
+            let mut slices: BTreeMap<(usize, usize), Arc<EndpointSlice>> = BTreeMap::new();
+            let mut kept = IncrementalView::default();
+            let mut objects = CachedObjects::default();
+            for (n, c) in changes.iter().enumerate() {
+                match c {
+                    Change::Service(i, None) => { services.remove(i); }
+                    Change::Service(i, Some(v)) => { services.insert(*i, Arc::new(service(*i, *v))); }
+                    Change::Slice(i, j, None) => { slices.remove(&(*i, *j)); }
+                    Change::Slice(i, j, Some((nodes, ready))) => {
+                        slices.insert((*i, *j), Arc::new(slice(*i, *j, *nodes, *ready)));
+                    }
+                }
+                let all_services: Vec<Arc<Service>> = services.values().cloned().collect();
+                let all_slices: Vec<Arc<EndpointSlice>> = slices.values().cloned().collect();
+                let whole = ClusterView {
+                    services: all_services.iter().map(AsRef::as_ref).collect(),
+                    pools: pools.iter().collect(),
+                    advertisements: ads.iter().collect(),
+                    slices: all_slices.iter().map(AsRef::as_ref).collect(),
+                    default_class: true,
+                    bgp: Default::default(),
+                    gateways: Default::default(),
+                };
+                let changes = objects.read(&all_services, &all_slices);
+                // The first update sees everything, as the speaker's does.
+                let changes = if n == 0 { Changes::Everything } else { changes };
+                kept.update(&whole, &objects, &changes);
+                let (frontends, invalid) = frontends(&whole);
+                prop_assert_eq!(kept.announcements(), &by_address(announcements(&whole)), "after {:?}", c);
+                prop_assert_eq!(kept.forwards(), &Forwards::new(frontends, invalid), "after {:?}", c);
+            }
+        }
     }
 }

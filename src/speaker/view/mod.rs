@@ -128,6 +128,10 @@ impl<'a> FromIterator<&'a EndpointSlice> for Slices<'a> {
                 .or_default()
                 .push(slice);
         }
+        // In one order whatever order the cache hands them in.
+        for slices in by_service.values_mut() {
+            slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        }
         Self(by_service)
     }
 }
