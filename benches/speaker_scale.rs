@@ -1,22 +1,25 @@
 //! Speaker scale benchmark: `cargo bench --bench speaker_scale`.
 //!
 //! Clusters of three sizes, up to 10,000 LoadBalancer Services, 50,000
-//! endpoints and 1,000 nodes, fed to what a speaker computes on every change:
-//! the view (`view::announcements`, `view::frontends`: what to announce and
-//! what to forward) and the transition (`transition::step`: who owns what,
-//! what to do). Measured per change, the median of several: one endpoint
-//! becomes unready, one Service gains an annotation, one node leaves the
-//! group. Plus the resident memory the cluster's objects and one view take.
-//! Not a test: the figures depend on the machine.
+//! endpoints and 1,000 nodes, fed to what a speaker computes on every change,
+//! as its feeder and loop do: which cached objects changed
+//! (`view::CachedObjects`), the view kept per Service (`view::IncrementalView`:
+//! what to announce and what to forward) and the transition
+//! (`transition::step`: who owns what, what to do). Measured per change, the
+//! median of several: one endpoint becomes unready, one Service gains an
+//! annotation, one node leaves the group. Plus the resident memory the
+//! cluster's objects and the view take. Not a test: the figures depend on the
+//! machine.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ironlb::api::annotations::{ALLOCATED_FROM_POOL, FORWARDING};
 use ironlb::api::{L2Advertisement, L2AdvertisementSpec};
+use ironlb::speaker::Timing;
 use ironlb::speaker::transition::{self, Cause, Settings, State, World};
-use ironlb::speaker::view::{self, ClusterView};
-use ironlb::speaker::{Forwards, Timing};
+use ironlb::speaker::view::{CachedObjects, Changes, ClusterView, IncrementalView};
 use ironlb::testkit::{Svc, object, pool};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,9 +31,11 @@ const ENDPOINTS: usize = 5;
 /// Changes timed per kind; the median is printed.
 const REPEATS: usize = 5;
 
+/// The cluster as the speaker's caches hold it: an `Arc` per object, new
+/// when the object changes.
 struct Cluster {
-    services: Vec<Service>,
-    slices: Vec<EndpointSlice>,
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
     nodes: Vec<Node>,
     pools: Vec<ironlb::api::IPAddressPool>,
     ads: Vec<L2Advertisement>,
@@ -56,11 +61,11 @@ fn cluster(services: usize, nodes: usize) -> Cluster {
             if i % 3 == 0 {
                 s = s.external_traffic_policy("Local");
             }
-            s.build()
+            Arc::new(s.build())
         })
         .collect();
     let slices = (0..services)
-        .map(|i| slice(i, nodes, |_| true))
+        .map(|i| Arc::new(slice(i, nodes, |_| true)))
         .collect::<Vec<_>>();
     let nodes_v = (0..nodes)
         .map(|i| object(json!({"metadata": {"name": node_name(i), "labels": {"kubernetes.io/hostname": node_name(i)}}})))
@@ -98,19 +103,35 @@ fn slice(i: usize, nodes: usize, ready: impl Fn(usize) -> bool) -> EndpointSlice
     }))
 }
 
-/// What a speaker computes from the cluster on every change.
-fn view_of(c: &Cluster) -> (Vec<view::Announcement>, Forwards) {
-    let v = ClusterView {
-        services: c.services.iter().collect(),
-        pools: c.pools.iter().collect(),
-        advertisements: c.ads.iter().collect(),
-        slices: c.slices.iter().collect(),
-        default_class: true,
-        bgp: Default::default(),
-        gateways: Default::default(),
-    };
-    let (frontends, invalid) = view::frontends(&v);
-    (view::announcements(&v), Forwards { frontends, invalid })
+/// The speaker's view, kept per Service: what its feeder does on every
+/// change of the caches (`everything` on the first).
+struct Feeder {
+    objects: CachedObjects,
+    view: IncrementalView,
+}
+
+impl Feeder {
+    fn update(&mut self, c: &Cluster, everything: bool) {
+        // The caches hand out their objects as a list of `Arc`s.
+        let (services, slices) = (c.services.to_vec(), c.slices.to_vec());
+        let changes = self.objects.read(&services, &slices);
+        let mut v = ClusterView {
+            services: Vec::new(),
+            pools: c.pools.iter().collect(),
+            advertisements: c.ads.iter().collect(),
+            slices: Default::default(),
+            default_class: true,
+            bgp: Default::default(),
+            gateways: Default::default(),
+        };
+        if everything {
+            v.services = services.iter().map(AsRef::as_ref).collect();
+            v.slices = slices.iter().map(AsRef::as_ref).collect();
+            self.view.update(&v, &self.objects, &Changes::Everything);
+        } else {
+            self.view.update(&v, &self.objects, &changes);
+        }
+    }
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -143,7 +164,11 @@ struct Row {
 fn measure(services: usize, nodes: usize) -> Row {
     let before = rss_kib();
     let mut c = cluster(services, nodes);
-    let (desired, forwards) = view_of(&c);
+    let mut feeder = Feeder {
+        objects: CachedObjects::default(),
+        view: IncrementalView::default(),
+    };
+    feeder.update(&c, true);
     let memory_mib = rss_kib().saturating_sub(before) as f64 / 1024.0;
 
     // A speaker on node 1, settled on the whole cluster.
@@ -158,13 +183,13 @@ fn measure(services: usize, nodes: usize) -> Row {
         reserved: Default::default(),
     };
     let world = World {
-        members: (0..nodes).map(node_name).collect::<BTreeSet<String>>(),
+        members: Arc::new((0..nodes).map(node_name).collect::<BTreeSet<String>>()),
         health: Default::default(),
-        desired,
-        node_objects: c.nodes.clone(),
+        desired: feeder.view.announcements().clone(),
+        node_objects: Arc::new(c.nodes.clone()),
         bgp_peers: Vec::new(),
         links: vec![ironlb::netlink::test_link("eth0", 2, "10.100.0.1/14")],
-        forwards,
+        forwards: feeder.view.forwards().clone(),
         faults: Default::default(),
         broken: Default::default(),
         now: Instant::now(),
@@ -172,42 +197,50 @@ fn measure(services: usize, nodes: usize) -> Row {
     let mut state = State::default();
     transition::step(&settings, &mut state, &world, Cause::Start);
 
-    // One change, handled as the speaker does: the view of the cluster as it
-    // is now, then the transition from the settled state.
-    let handle = |c: &Cluster, state: &State| {
-        let mut settled = state.clone();
+    // One change, handled as the speaker does: the feeder finds what changed
+    // and updates the view, then the loop steps from where it was.
+    let mut handle = |c: &Cluster, state: &mut State| {
         let start = Instant::now();
-        let (desired, forwards) = view_of(c);
+        feeder.update(c, false);
         let w = World {
-            desired,
-            forwards,
+            desired: feeder.view.announcements().clone(),
+            forwards: feeder.view.forwards().clone(),
             now: Instant::now(),
             ..world.clone()
         };
-        std::hint::black_box(transition::step(&settings, &mut settled, &w, Cause::View));
+        std::hint::black_box(transition::step(&settings, state, &w, Cause::View));
         start.elapsed()
     };
     let mut endpoint_change = Vec::new();
     let mut service_change = Vec::new();
     for r in 0..REPEATS {
         let i = (r * 7_919) % services;
-        c.slices[i] = slice(i, nodes, |e| e != r % ENDPOINTS);
-        endpoint_change.push(handle(&c, &state));
+        c.slices[i] = Arc::new(slice(i, nodes, |e| e != r % ENDPOINTS));
+        endpoint_change.push(handle(&c, &mut state));
 
-        c.services[i]
+        let mut changed = (*c.services[i]).clone();
+        changed
             .metadata
             .annotations
             .get_or_insert_with(Default::default)
             .insert("example.com/changed".into(), r.to_string());
-        service_change.push(handle(&c, &state));
+        c.services[i] = Arc::new(changed);
+        service_change.push(handle(&c, &mut state));
     }
 
-    // A node leaves: the transition of a surviving node, from a settled state.
+    // A node leaves: the transition of a surviving node, from a settled
+    // state, with the view as it is.
+    let world = World {
+        desired: feeder.view.announcements().clone(),
+        forwards: feeder.view.forwards().clone(),
+        ..world
+    };
+    transition::step(&settings, &mut state, &world, Cause::View);
     let mut node_loss = Vec::new();
     for r in 0..REPEATS {
         let mut settled = state.clone();
         let mut w = world.clone();
-        w.members.remove(&node_name(2 + r));
+        Arc::make_mut(&mut w.members).remove(&node_name(2 + r));
         w.now = Instant::now();
         let start = Instant::now();
         std::hint::black_box(transition::step(

@@ -250,8 +250,8 @@ impl IncrementalView {
             .iter()
             .map(|g| {
                 ServiceKey::new(
-                    &g.namespace().unwrap_or_default(),
-                    &crate::gateway::snapshot::service_name(&g.name_any()),
+                    g.namespace().unwrap_or_default(),
+                    crate::gateway::snapshot::service_name(&g.name_any()),
                 )
             })
             .collect();
