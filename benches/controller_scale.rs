@@ -2,8 +2,10 @@
 //!
 //! Starts the in-process test API server and a real `ironlb controller`
 //! process, creates 5,000 LoadBalancer Services, and prints the time until every
-//! one has an address and the controller's peak RSS. Not a test: the figures
-//! depend on the machine.
+//! one has an address, the CPU time the controller used and its peak RSS.
+//! Then 1,000 TCPRoutes over 20 Gateways of ironlb's class: the time until
+//! the Gateway controller has accepted every one, and its CPU time.
+//! Not a test: the figures depend on the machine.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -18,6 +20,10 @@ use kube::Api;
 use support::*;
 
 const SERVICES: usize = 5_000;
+
+/// TCPRoutes, one per listener, over Gateways of [`LISTENERS`] listeners.
+const ROUTES: usize = 1_000;
+const LISTENERS: usize = 50;
 
 #[tokio::main]
 async fn main() {
@@ -84,6 +90,9 @@ async fn main() {
     )
     .await;
     let seconds = started.elapsed().as_secs_f64();
+    let services_cpu_seconds = cpu_seconds(child.id());
+    let gateway_seconds = routes_accepted(&client).await;
+    let gateway_cpu_seconds = cpu_seconds(child.id()) - services_cpu_seconds;
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("controller status");
     let peak_kib: f64 = status
@@ -107,8 +116,118 @@ async fn main() {
         "{:<36} {:>10.2}",
         "seconds until all have addresses", seconds
     );
+    println!(
+        "{:<36} {:>10.2}",
+        "controller CPU seconds (the Services)", services_cpu_seconds
+    );
+    println!(
+        "{:<36} {:>10.2}",
+        format!("seconds until {ROUTES} routes accepted"),
+        gateway_seconds
+    );
+    println!(
+        "{:<36} {:>10.2}",
+        "controller CPU seconds (the routes)", gateway_cpu_seconds
+    );
     println!("{:<36} {:>10.1}", "controller peak RSS (MiB)", peak_mib);
     println!(
-        "\ncontroller_scale services={SERVICES} seconds={seconds:.2} peak_rss_mib={peak_mib:.1}"
+        "\ncontroller_scale services={SERVICES} seconds={seconds:.2} cpu_seconds={services_cpu_seconds:.2} \
+         routes={ROUTES} route_seconds={gateway_seconds:.2} route_cpu_seconds={gateway_cpu_seconds:.2} \
+         peak_rss_mib={peak_mib:.1}"
     );
+}
+
+/// The CPU time (user and system) process `pid` has used, in seconds: what
+/// the controller itself costs, apart from the API server it waits on.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("controller stat");
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields[11..13]
+        .iter()
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    // The kernel counts in USER_HZ, 100 on Linux.
+    ticks / 100.0
+}
+
+/// Creates a GatewayClass of ironlb's, `ROUTES / LISTENERS` Gateways and a
+/// TCPRoute per listener, each to one of the Services; returns the seconds
+/// from the first route until every route shows the controller's parent
+/// status.
+async fn routes_accepted(client: &kube::Client) -> f64 {
+    use ironlb::api::gateway::{Gateway, GatewayClass, TCPRoute};
+    use kube::api::PostParams;
+    use serde_json::json;
+    fn typed<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+        serde_json::from_value(v).expect("a well-formed object")
+    }
+    let post = PostParams::default();
+    Api::<GatewayClass>::all(client.clone())
+        .create(
+            &post,
+            &typed(json!({"metadata": {"name": "bench"},
+                "spec": {"controllerName": "ironlb.dev/gateway-controller"}})),
+        )
+        .await
+        .expect("create GatewayClass");
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), "default");
+    for g in 0..ROUTES / LISTENERS {
+        let listeners: Vec<_> = (0..LISTENERS)
+            .map(|l| json!({"name": format!("l-{l}"), "port": 10_000 + l, "protocol": "TCP"}))
+            .collect();
+        let gateway = json!({"metadata": {"name": format!("gw-{g}"), "namespace": "default"},
+            "spec": {"gatewayClassName": "bench",
+                "infrastructure": {"annotations": {"ironlb.dev/address-pool": "bench"}},
+                "listeners": listeners}});
+        gateways
+            .create(&post, &typed(gateway))
+            .await
+            .expect("create Gateway");
+    }
+    let routes: Api<TCPRoute> = Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    futures::stream::iter(0..ROUTES)
+        .map(|i| {
+            let (routes, post) = (routes.clone(), post.clone());
+            let route = json!({"metadata": {"name": format!("r-{i}"), "namespace": "default"},
+                "spec": {"parentRefs": [{"name": format!("gw-{}", i / LISTENERS),
+                                         "sectionName": format!("l-{}", i % LISTENERS)}],
+                    "rules": [{"backendRefs": [{"name": format!("svc-{i}"), "port": 80}]}]}});
+            async move {
+                routes
+                    .create(&post, &typed(route))
+                    .await
+                    .expect("create TCPRoute")
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    wait_for("every route accepted", Duration::from_secs(600), || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let list = routes.list(&Default::default()).await.ok()?;
+        let accepted = list
+            .items
+            .iter()
+            .filter(|r| {
+                let r = serde_json::to_value(r).unwrap_or_default();
+                r["status"]["parents"].as_array().is_some_and(|p| {
+                    p.iter().any(|p| {
+                        p["controllerName"] == "ironlb.dev/gateway-controller"
+                            && p["conditions"].as_array().is_some_and(|c| {
+                                c.iter()
+                                    .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+                            })
+                    })
+                })
+            })
+            .count();
+        (accepted == ROUTES).then_some(())
+    })
+    .await;
+    started.elapsed().as_secs_f64()
 }

@@ -2,12 +2,13 @@
 //!
 //! Clusters of three sizes, up to 10,000 LoadBalancer Services, 50,000
 //! endpoints and 1,000 nodes, fed to what a speaker computes on every change,
-//! as its feeder and loop do: which cached objects changed
+//! as its feeder and loop do: the objects the watches touched taken in
 //! (`view::CachedObjects`), the view kept per Service (`view::IncrementalView`:
 //! what to announce and what to forward) and the transition
 //! (`transition::step`: who owns what, what to do). Measured per change, the
 //! median of several: one endpoint becomes unready, one Service gains an
-//! annotation, one node leaves the group. Plus the resident memory the
+//! annotation, one node leaves the group; for the first two, the part spent
+//! finding the change and updating the view. Plus the resident memory the
 //! cluster's objects and the view take. Not a test: the figures depend on the
 //! machine.
 
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use ironlb::api::annotations::{ALLOCATED_FROM_POOL, FORWARDING};
 use ironlb::api::{L2Advertisement, L2AdvertisementSpec};
+use ironlb::ipam::ServiceKey;
 use ironlb::speaker::Timing;
 use ironlb::speaker::transition::{self, Cause, Settings, State, World};
 use ironlb::speaker::view::{CachedObjects, Changes, ClusterView, IncrementalView};
@@ -104,17 +106,22 @@ fn slice(i: usize, nodes: usize, ready: impl Fn(usize) -> bool) -> EndpointSlice
 }
 
 /// The speaker's view, kept per Service: what its feeder does on every
-/// change of the caches (`everything` on the first).
+/// change of the caches.
 struct Feeder {
     objects: CachedObjects,
     view: IncrementalView,
 }
 
+/// What the watches touched: Service `i`, EndpointSlice `i`.
+enum Touched {
+    Service(usize),
+    Slice(usize),
+}
+
 impl Feeder {
-    fn update(&mut self, c: &Cluster, everything: bool) {
-        // The caches hand out their objects as a list of `Arc`s.
-        let (services, slices) = (c.services.to_vec(), c.slices.to_vec());
-        let changes = self.objects.read(&services, &slices);
+    /// Takes in the objects the watches touched (`None`: the first list,
+    /// everything) and updates the view.
+    fn update(&mut self, c: &Cluster, touched: Option<Touched>) {
         let mut v = ClusterView {
             services: Vec::new(),
             pools: c.pools.iter().collect(),
@@ -124,13 +131,26 @@ impl Feeder {
             bgp: Default::default(),
             gateways: Default::default(),
         };
-        if everything {
-            v.services = services.iter().map(AsRef::as_ref).collect();
-            v.slices = slices.iter().map(AsRef::as_ref).collect();
-            self.view.update(&v, &self.objects, &Changes::Everything);
-        } else {
-            self.view.update(&v, &self.objects, &changes);
-        }
+        let key = |i: usize| ServiceKey::new("apps", format!("svc-{i}"));
+        let changes = match touched {
+            None => {
+                self.objects.read(&c.services, &c.slices);
+                v.services = self.objects.services().collect();
+                v.slices = self.objects.all_slices().collect();
+                Changes::Everything
+            }
+            Some(Touched::Service(i)) => self
+                .objects
+                .apply([(key(i), Some(c.services[i].clone()))], []),
+            Some(Touched::Slice(i)) => self.objects.apply(
+                [],
+                [(
+                    ("apps".to_string(), format!("svc-{i}-abcde")),
+                    Some(c.slices[i].clone()),
+                )],
+            ),
+        };
+        self.view.update(&v, &self.objects, &changes);
     }
 }
 
@@ -158,6 +178,9 @@ struct Row {
     endpoint_change: Duration,
     service_change: Duration,
     node_loss: Duration,
+    /// Of a Service or endpoint change, the part spent finding what changed
+    /// and updating the view (the rest is the transition).
+    view_part: Duration,
     memory_mib: f64,
 }
 
@@ -168,7 +191,7 @@ fn measure(services: usize, nodes: usize) -> Row {
         objects: CachedObjects::default(),
         view: IncrementalView::default(),
     };
-    feeder.update(&c, true);
+    feeder.update(&c, None);
     let memory_mib = rss_kib().saturating_sub(before) as f64 / 1024.0;
 
     // A speaker on node 1, settled on the whole cluster.
@@ -199,9 +222,11 @@ fn measure(services: usize, nodes: usize) -> Row {
 
     // One change, handled as the speaker does: the feeder finds what changed
     // and updates the view, then the loop steps from where it was.
-    let mut handle = |c: &Cluster, state: &mut State| {
+    let mut view_part = Vec::new();
+    let mut handle = |c: &Cluster, touched: Touched, state: &mut State| {
         let start = Instant::now();
-        feeder.update(c, false);
+        feeder.update(c, Some(touched));
+        view_part.push(start.elapsed());
         let w = World {
             desired: feeder.view.announcements().clone(),
             forwards: feeder.view.forwards().clone(),
@@ -216,7 +241,7 @@ fn measure(services: usize, nodes: usize) -> Row {
     for r in 0..REPEATS {
         let i = (r * 7_919) % services;
         c.slices[i] = Arc::new(slice(i, nodes, |e| e != r % ENDPOINTS));
-        endpoint_change.push(handle(&c, &mut state));
+        endpoint_change.push(handle(&c, Touched::Slice(i), &mut state));
 
         let mut changed = (*c.services[i]).clone();
         changed
@@ -225,9 +250,10 @@ fn measure(services: usize, nodes: usize) -> Row {
             .get_or_insert_with(Default::default)
             .insert("example.com/changed".into(), r.to_string());
         c.services[i] = Arc::new(changed);
-        service_change.push(handle(&c, &mut state));
+        service_change.push(handle(&c, Touched::Service(i), &mut state));
     }
 
+    let view_part = median(view_part);
     // A node leaves: the transition of a surviving node, from a settled
     // state, with the view as it is.
     let world = World {
@@ -258,6 +284,7 @@ fn measure(services: usize, nodes: usize) -> Row {
         endpoint_change: median(endpoint_change),
         service_change: median(service_change),
         node_loss: median(node_loss),
+        view_part,
         memory_mib,
     }
 }
@@ -271,19 +298,27 @@ fn main() {
         "speaker scale: per-change cost (median of {REPEATS}) of the view and the transition\n"
     );
     println!(
-        "{:>8} {:>9} {:>6} {:>14} {:>14} {:>12} {:>10}",
-        "services", "endpoints", "nodes", "endpoint_ms", "service_ms", "node_loss_ms", "mem_MiB"
+        "{:>8} {:>9} {:>6} {:>12} {:>11} {:>8} {:>13} {:>8}",
+        "services",
+        "endpoints",
+        "nodes",
+        "endpoint_ms",
+        "service_ms",
+        "view_ms",
+        "node_loss_ms",
+        "mem_MiB"
     );
     let mut rows = Vec::new();
     for (services, nodes) in sizes {
         let r = measure(services, nodes);
         println!(
-            "{:>8} {:>9} {:>6} {:>14.1} {:>14.1} {:>12.1} {:>10.0}",
+            "{:>8} {:>9} {:>6} {:>12.2} {:>11.2} {:>8.2} {:>13.2} {:>8.0}",
             r.services,
             r.endpoints,
             r.nodes,
             ms(r.endpoint_change),
             ms(r.service_change),
+            ms(r.view_part),
             ms(r.node_loss),
             r.memory_mib
         );
@@ -292,7 +327,7 @@ fn main() {
     let (small, large) = (&rows[0], &rows[rows.len() - 1]);
     let growth = |a: Duration, b: Duration| ms(b) / ms(a).max(1e-6);
     println!(
-        "\nspeaker_scale endpoint_change_ms={:.1} service_change_ms={:.1} node_loss_ms={:.1} \
+        "\nspeaker_scale endpoint_change_ms={:.2} service_change_ms={:.2} node_loss_ms={:.2} \
          memory_mib={:.0} growth_10x_endpoint={:.1} growth_10x_node_loss={:.1}",
         ms(large.endpoint_change),
         ms(large.service_change),

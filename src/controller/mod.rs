@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reports;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::annotations::ALLOCATED_FROM_POOL;
 use crate::api::{IPAddressPool, POOL_FINALIZER};
+use crate::ipam::ServiceKey;
 pub use crate::k8s::Fence;
 use crate::k8s::apply::{Backoff, Written};
 use crate::k8s::{self, cache_all};
@@ -215,6 +217,26 @@ pub async fn run(
     }
 }
 
+/// The objects of a pass' snapshot by name: a pass writes to thousands of
+/// Services, and a scan per write made it quadratic.
+struct Targets<'a> {
+    services: HashMap<ServiceKey, &'a Service>,
+    pools: HashMap<String, &'a IPAddressPool>,
+}
+
+impl<'a> Targets<'a> {
+    fn of(snap: &Snapshot<'a>) -> Self {
+        Self {
+            services: snap
+                .services
+                .iter()
+                .map(|s| (k8s::translate::service_key(s), *s))
+                .collect(),
+            pools: snap.pools.iter().map(|p| (p.name_any(), *p)).collect(),
+        }
+    }
+}
+
 /// Carries out the pass' writes, status writes first: each carries the
 /// `resourceVersion` of the snapshot it was computed from, so a 409 means "look
 /// again", never an overwrite, and the other writes (an annotation on the same
@@ -225,22 +247,23 @@ async fn apply(
     snap: &Snapshot<'_>,
     actions: Vec<Action>,
 ) -> Written {
+    let targets = Targets::of(snap);
     let (statuses, others): (Vec<Action>, Vec<Action>) = actions
         .into_iter()
         .partition(|a| matches!(a, Action::ServiceStatus { .. } | Action::PoolStatus { .. }));
-    let mut written = apply_all(client, recorder, snap, statuses).await;
-    written += apply_all(client, recorder, snap, others).await;
+    let mut written = apply_all(client, recorder, &targets, statuses).await;
+    written += apply_all(client, recorder, &targets, others).await;
     written
 }
 
 async fn apply_all(
     client: &Client,
     recorder: &Recorder,
-    snap: &Snapshot<'_>,
+    targets: &Targets<'_>,
     actions: Vec<Action>,
 ) -> Written {
     let writes = actions.into_iter().map(|action| async move {
-        let result = write(client, recorder, snap, &action).await;
+        let result = write(client, recorder, targets, &action).await;
         Written::of(result, format_args!("{action:?}"))
     });
     futures::stream::iter(writes)
@@ -256,13 +279,17 @@ async fn apply_all(
 async fn write(
     client: &Client,
     recorder: &Recorder,
-    snap: &Snapshot<'_>,
+    targets: &Targets<'_>,
     action: &Action,
 ) -> Result<(), kube::Error> {
     match action {
         Action::ServiceStatus { key, ingress } => {
             let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
-            let patch = service_status_patch(snap, key, ingress);
+            let version = targets
+                .services
+                .get(key)
+                .and_then(|s| s.metadata.resource_version.as_deref());
+            let patch = service_status_patch(version, ingress);
             api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
@@ -275,7 +302,7 @@ async fn write(
                 .map(|_| ())
         }
         Action::PoolFinalizer { name, add } => {
-            let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
+            let Some(pool) = targets.pools.get(name) else {
                 return Ok(());
             };
             let api: Api<IPAddressPool> = Api::all(client.clone());
@@ -292,7 +319,7 @@ async fn write(
             }
         }
         Action::PoolEvent { name, reason, note } => {
-            let Some(pool) = snap.pools.iter().find(|p| p.name_any() == *name) else {
+            let Some(pool) = targets.pools.get(name) else {
                 return Ok(());
             };
             let event = Event {
@@ -306,10 +333,9 @@ async fn write(
         }
         Action::PoolStatus { name, status } => {
             let api: Api<IPAddressPool> = Api::all(client.clone());
-            let version = snap
+            let version = targets
                 .pools
-                .iter()
-                .find(|p| p.name_any() == *name)
+                .get(name)
                 .and_then(|p| p.metadata.resource_version.clone());
             let patch = json!({"metadata": {"resourceVersion": version}, "status": status});
             api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -322,9 +348,7 @@ async fn write(
             reason,
             note,
         } => {
-            let Some(svc) = snap.services.iter().find(|s| {
-                s.name_any() == key.name && s.namespace().as_deref() == Some(key.namespace.as_str())
-            }) else {
+            let Some(svc) = targets.services.get(key) else {
                 return Ok(());
             };
             let event = Event {
@@ -343,12 +367,11 @@ async fn write(
     }
 }
 
-/// The status of Service `key` as a merge patch that holds only at the
-/// version the pass read. A merge patch replaces the ingress list whole;
-/// null removes it.
+/// A Service's status as a merge patch that holds only at `version`, the
+/// one the pass read. A merge patch replaces the ingress list whole; null
+/// removes it.
 fn service_status_patch(
-    snap: &Snapshot<'_>,
-    key: &crate::ipam::ServiceKey,
+    version: Option<&str>,
     ingress: &[LoadBalancerIngress],
 ) -> serde_json::Value {
     let ingress = if ingress.is_empty() {
@@ -356,11 +379,6 @@ fn service_status_patch(
     } else {
         json!(ingress)
     };
-    let version = snap
-        .services
-        .iter()
-        .find(|s| k8s::translate::service_key(s) == *key)
-        .and_then(|s| s.metadata.resource_version.clone());
     json!({
         "metadata": {"resourceVersion": version},
         "status": {"loadBalancer": {"ingress": ingress}},

@@ -1,10 +1,11 @@
 //! Reflector caches whose every change wakes a pass.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, future};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::Notify;
@@ -56,14 +57,99 @@ pub(crate) fn cache_of<K: Watched>(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> Store<K> {
+    watched(api, config, wake, shutdown, |_| {})
+}
+
+/// A cache of every `K` of the cluster, as [`cache_all`], that also says
+/// which objects its watch touched: a pass can then look at those alone.
+pub(crate) fn cache_touched<K: Watched>(
+    client: &Client,
+    wake: &Arc<Notify>,
+    shutdown: &CancellationToken,
+) -> (Store<K>, Touched<K>) {
+    let touched = Touched {
+        since: Arc::new(Mutex::new(TouchedSince {
+            relisted: true,
+            objects: HashSet::new(),
+        })),
+    };
+    let noted = touched.clone();
+    let store = watched(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        wake.clone(),
+        shutdown.clone(),
+        move |event| noted.note(event),
+    );
+    (store, touched)
+}
+
+/// The objects a watch touched since a pass last asked.
+pub(crate) struct Touched<K: Watched> {
+    since: Arc<Mutex<TouchedSince<K>>>,
+}
+
+impl<K: Watched> Clone for Touched<K> {
+    fn clone(&self) -> Self {
+        Self {
+            since: self.since.clone(),
+        }
+    }
+}
+
+struct TouchedSince<K: Watched> {
+    /// The watch listed everything again (or nobody asked yet): which
+    /// objects changed, only the whole cache can say.
+    relisted: bool,
+    objects: HashSet<ObjectRef<K>>,
+}
+
+impl<K: Watched> Touched<K> {
+    /// The objects touched since the last call, to be read from the cache
+    /// (gone from it: deleted); `None` after a relist. The reflector has
+    /// applied an event to the cache before it is noted here, so what is
+    /// read is at least as new as what is named.
+    pub(crate) fn take(&self) -> Option<Vec<ObjectRef<K>>> {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let objects = std::mem::take(&mut since.objects);
+        (!std::mem::replace(&mut since.relisted, false)).then(|| objects.into_iter().collect())
+    }
+
+    fn note(&self, event: &watcher::Event<K>) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                since
+                    .objects
+                    .insert(ObjectRef::from_obj_with(o, Default::default()));
+            }
+            // The cache swaps in the new list at its end.
+            watcher::Event::InitDone => {
+                since.relisted = true;
+                since.objects.clear();
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+}
+
+/// Runs a watch of `api` into a cache, telling `note` of each event once
+/// the cache holds it and waking the pass.
+fn watched<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    mut note: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> Store<K> {
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
         .reflect(writer)
-        .touched_objects()
         .for_each(move |event| {
-            if let Err(e) = event {
-                warn!(error = %e, "watch failed; retrying");
+            match event {
+                Ok(event) => note(&event),
+                Err(e) => warn!(error = %e, "watch failed; retrying"),
             }
             wake.notify_one();
             future::ready(())
@@ -116,4 +202,63 @@ pub async fn next_pass(
         }
     }
     Some(woken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::ObjectMeta;
+
+    fn service(name: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some("apps".into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn names(objects: Option<Vec<ObjectRef<Service>>>) -> Option<Vec<String>> {
+        objects.map(|o| {
+            let mut names: Vec<String> = o.into_iter().map(|r| r.name).collect();
+            names.sort();
+            names
+        })
+    }
+
+    #[test]
+    fn touched_names_what_changed_since_asked_and_a_relist_names_nothing() {
+        let touched = Touched::<Service> {
+            since: Arc::new(Mutex::new(TouchedSince {
+                relisted: true,
+                objects: HashSet::new(),
+            })),
+        };
+        touched.note(&watcher::Event::Apply(service("a")));
+        assert_eq!(names(touched.take()), None, "nobody asked yet");
+        assert_eq!(names(touched.take()), Some(vec![]));
+
+        touched.note(&watcher::Event::Apply(service("a")));
+        touched.note(&watcher::Event::Apply(service("a")));
+        touched.note(&watcher::Event::Delete(service("b")));
+        assert_eq!(names(touched.take()), Some(vec!["a".into(), "b".into()]));
+
+        touched.note(&watcher::Event::Apply(service("c")));
+        touched.note(&watcher::Event::Init);
+        touched.note(&watcher::Event::InitApply(service("d")));
+        assert_eq!(
+            names(touched.take()),
+            Some(vec!["c".into()]),
+            "the cache swaps at the end of the list, not before"
+        );
+        touched.note(&watcher::Event::Init);
+        touched.note(&watcher::Event::InitApply(service("d")));
+        touched.note(&watcher::Event::InitDone);
+        touched.note(&watcher::Event::Apply(service("e")));
+        assert_eq!(names(touched.take()), None, "after a relist");
+        assert_eq!(names(touched.take()), Some(vec![]));
+    }
 }

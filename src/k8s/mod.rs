@@ -17,6 +17,6 @@ pub mod cache;
 pub mod fence;
 pub mod translate;
 
+pub(crate) use cache::{Touched, cache_all, cache_of, cache_touched};
 pub use cache::{Woken, next_pass};
-pub(crate) use cache::{cache_all, cache_of};
 pub use fence::Fence;

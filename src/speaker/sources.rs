@@ -13,6 +13,8 @@ use tracing::{info, warn};
 
 use super::config::{Forwards, StaticConfig};
 use super::{Desired, Sources, Speaker, report, view};
+use crate::ipam::ServiceKey;
+use crate::k8s::Touched;
 use crate::membership;
 
 /// Runs a speaker from a static configuration until `shutdown`, then withdraws
@@ -131,10 +133,18 @@ pub async fn run_kubernetes(
 
 /// The caches a speaker's view is made of.
 struct ClusterCaches {
-    services: Store<k8s_openapi::api::core::v1::Service>,
+    /// Services and EndpointSlices, with what their watches touched: a
+    /// change to them costs what it touches.
+    services: (
+        Store<k8s_openapi::api::core::v1::Service>,
+        Touched<k8s_openapi::api::core::v1::Service>,
+    ),
+    slices: (
+        Store<k8s_openapi::api::discovery::v1::EndpointSlice>,
+        Touched<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    ),
     pools: Store<crate::api::IPAddressPool>,
     ads: Store<crate::api::L2Advertisement>,
-    slices: Store<k8s_openapi::api::discovery::v1::EndpointSlice>,
     nodes: Store<K8sNode>,
     bgp_peers: Store<crate::api::BGPPeer>,
     bgp_ads: Store<crate::api::BGPAdvertisement>,
@@ -151,16 +161,16 @@ impl ClusterCaches {
         wake: &Arc<tokio::sync::Notify>,
         shutdown: &CancellationToken,
     ) -> Self {
-        use crate::k8s::cache_all;
+        use crate::k8s::{cache_all, cache_touched};
         use kube::Api;
         // TCP MD5 passwords: the Secrets of the speaker's own namespace that
         // BGPPeers name, each watched by name (all the speaker may read).
         let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "ironlb-system".into());
         Self {
-            services: cache_all(client, wake, shutdown),
+            services: cache_touched(client, wake, shutdown),
+            slices: cache_touched(client, wake, shutdown),
             pools: cache_all(client, wake, shutdown),
             ads: cache_all(client, wake, shutdown),
-            slices: cache_all(client, wake, shutdown),
             nodes: cache_all(client, wake, shutdown),
             // The BGP kinds are not waited for: a cluster whose CRDs predate
             // them keeps announcing over layer 2 (their watchers log and
@@ -182,10 +192,10 @@ impl ClusterCaches {
 
     /// Whether the kinds every view needs filled.
     async fn ready(&self) -> bool {
-        self.services.wait_until_ready().await.is_ok()
+        self.services.0.wait_until_ready().await.is_ok()
             && self.pools.wait_until_ready().await.is_ok()
             && self.ads.wait_until_ready().await.is_ok()
-            && self.slices.wait_until_ready().await.is_ok()
+            && self.slices.0.wait_until_ready().await.is_ok()
             && self.nodes.wait_until_ready().await.is_ok()
     }
 }
@@ -248,12 +258,7 @@ impl Feeder {
     /// Services; a change to any other kind it reads recomputes it whole.
     fn desired(&self, caches: &mut ClusterCaches, kept: &mut Kept) -> Desired {
         let c = &*caches;
-        let (svc, pl, ad, sl) = (
-            c.services.state(),
-            c.pools.state(),
-            c.ads.state(),
-            c.slices.state(),
-        );
+        let (pl, ad) = (c.pools.state(), c.ads.state());
         let (bp, ba, bf, co) = (
             c.bgp_peers.state(),
             c.bgp_ads.state(),
@@ -267,7 +272,7 @@ impl Feeder {
             .unwrap_or_default();
         caches.secrets.follow(&bp);
         let se = caches.secrets.state();
-        let changes = kept.objects.read(&svc, &sl);
+        let changes = kept.objects_changed(caches);
         let mut view = view::ClusterView {
             services: Vec::new(),
             pools: pl.iter().map(AsRef::as_ref).collect(),
@@ -296,8 +301,8 @@ impl Feeder {
         .concat();
         let everything = kept.others.as_ref() != Some(&others);
         if everything {
-            view.services = svc.iter().map(AsRef::as_ref).collect();
-            view.slices = sl.iter().map(AsRef::as_ref).collect();
+            view.services = kept.objects.services().collect();
+            view.slices = kept.objects.all_slices().collect();
             kept.view
                 .update(&view, &kept.objects, &view::Changes::Everything);
             let (peers, mut problems) = view::bgp_peers(&view, self.restarting);
@@ -343,6 +348,30 @@ struct Kept {
     said: Vec<view::BgpProblem>,
     nodes: Arc<Vec<K8sNode>>,
     node_identities: Vec<usize>,
+}
+
+impl Kept {
+    /// Takes in the Services and EndpointSlices their watches touched (all
+    /// of them after a relist); returns which Services changed.
+    fn objects_changed(&mut self, c: &ClusterCaches) -> view::Changes {
+        let ((services, touched_services), (slices, touched_slices)) = (&c.services, &c.slices);
+        match (touched_services.take(), touched_slices.take()) {
+            (Some(touched_services), Some(touched_slices)) => self.objects.apply(
+                touched_services.into_iter().map(|r| {
+                    let now = services.get(&r);
+                    (
+                        ServiceKey::new(r.namespace.unwrap_or_default(), r.name),
+                        now,
+                    )
+                }),
+                touched_slices.into_iter().map(|r| {
+                    let now = slices.get(&r);
+                    ((r.namespace.unwrap_or_default(), r.name), now)
+                }),
+            ),
+            _ => self.objects.read(&services.state(), &slices.state()),
+        }
+    }
 }
 
 /// The identities of cached objects (a cache hands out the same `Arc` for

@@ -300,23 +300,17 @@ impl<'a> Part<'a> {
 }
 
 /// The Services and EndpointSlices of the caches, by Service, and which
-/// changed between two reads. A cache hands out the same `Arc` for an
-/// object until the object changes, so a read compares pointers: no object
-/// is compared or copied.
+/// changed. The watches say which objects they touched, and a cache hands
+/// out the same `Arc` for an object until it changes, so an update looks
+/// only at those and compares pointers: no object is compared or copied.
 #[derive(Debug, Default)]
 pub struct CachedObjects {
     services: HashMap<ServiceKey, Arc<Service>>,
     /// By Service, then by name (the order the whole view lists them in).
     slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
-    /// Pointer → the Service it is, or whose EndpointSlice it is (and the
-    /// slice's name).
-    service_at: HashMap<usize, ServiceKey>,
-    slice_at: HashMap<usize, (ServiceKey, String)>,
-}
-
-/// An object's identity as its cache hands it out.
-fn address_of<T>(object: &Arc<T>) -> usize {
-    Arc::as_ptr(object) as usize
+    /// An EndpointSlice (namespace, name) → the Service it belongs to, to
+    /// find it again when it is deleted or changes hands.
+    slice_owner: HashMap<(String, String), ServiceKey>,
 }
 
 /// The Service an EndpointSlice belongs to.
@@ -327,68 +321,110 @@ fn owner_of(slice: &EndpointSlice) -> Option<ServiceKey> {
     ))
 }
 
+/// An EndpointSlice's (namespace, name).
+pub type SliceName = (String, String);
+
 impl CachedObjects {
-    /// Reads the caches as they are now; returns what changed since the
-    /// last read, by Service.
-    pub fn read(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Changes {
+    /// Takes in the objects a watch touched: each Service and EndpointSlice
+    /// as the cache holds it now (`None`: deleted). Returns what changed,
+    /// by Service; an object handed out again unchanged is no change.
+    pub fn apply(
+        &mut self,
+        services: impl IntoIterator<Item = (ServiceKey, Option<Arc<Service>>)>,
+        slices: impl IntoIterator<Item = (SliceName, Option<Arc<EndpointSlice>>)>,
+    ) -> Changes {
         let mut changed_services = BTreeSet::new();
-        let mut service_at = HashMap::with_capacity(services.len());
-        for s in services {
-            let at = address_of(s);
-            let key = match self.service_at.remove(&at) {
-                Some(key) => key,
-                None => {
-                    let key = translate::service_key(s);
-                    self.services.insert(key.clone(), s.clone());
-                    changed_services.insert(key.clone());
-                    key
-                }
-            };
-            service_at.insert(at, key);
-        }
-        // What is left was replaced or deleted.
-        for (_, key) in std::mem::replace(&mut self.service_at, service_at) {
-            if !changed_services.contains(&key) {
-                self.services.remove(&key);
-                changed_services.insert(key);
+        for (key, now) in services {
+            let before = self.services.get(&key);
+            if before.map(Arc::as_ptr) == now.as_ref().map(Arc::as_ptr) {
+                continue;
             }
+            match now {
+                Some(now) => self.services.insert(key.clone(), now),
+                None => self.services.remove(&key),
+            };
+            changed_services.insert(key);
         }
         let mut changed_slices = BTreeSet::new();
-        let mut slice_at = HashMap::with_capacity(slices.len());
-        for s in slices {
-            let at = address_of(s);
-            let known = match self.slice_at.remove(&at) {
-                Some(known) => Some(known),
-                None => owner_of(s).map(|key| {
-                    let name = s.name_any();
-                    self.slices
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(name.clone(), s.clone());
-                    changed_slices.insert(key.clone());
-                    (key, name)
-                }),
-            };
-            if let Some(known) = known {
-                slice_at.insert(at, known);
+        for (name, now) in slices {
+            let owner = self.slice_owner.get(&name);
+            let before = owner
+                .and_then(|o| self.slices.get(o)?.get(&name.1))
+                .map(Arc::as_ptr);
+            if before == now.as_ref().map(Arc::as_ptr) {
+                continue;
             }
-        }
-        // What is left was replaced (its name now holds another) or deleted.
-        for (at, (key, name)) in std::mem::replace(&mut self.slice_at, slice_at) {
-            if let Some(of) = self.slices.get_mut(&key) {
-                if of.get(&name).is_some_and(|s| address_of(s) == at) {
-                    of.remove(&name);
+            if let Some(owner) = self.slice_owner.remove(&name) {
+                if let Some(of) = self.slices.get_mut(&owner) {
+                    of.remove(&name.1);
+                    if of.is_empty() {
+                        self.slices.remove(&owner);
+                    }
                 }
-                if of.is_empty() {
-                    self.slices.remove(&key);
-                }
+                changed_slices.insert(owner);
             }
-            changed_slices.insert(key);
+            if let Some(now) = now
+                && let Some(owner) = owner_of(&now)
+            {
+                self.slices
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(name.1.clone(), now);
+                self.slice_owner.insert(name, owner.clone());
+                changed_slices.insert(owner);
+            }
         }
         Changes::Services {
             services: changed_services,
             slices: changed_slices,
         }
+    }
+
+    /// Takes in the caches whole (after a relist, when the watches cannot
+    /// say what they touched); returns what changed, by Service.
+    pub fn read(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Changes {
+        let services: HashMap<ServiceKey, Arc<Service>> = services
+            .iter()
+            .map(|s| (translate::service_key(s), s.clone()))
+            .collect();
+        let slices: HashMap<SliceName, Arc<EndpointSlice>> = slices
+            .iter()
+            .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s.clone()))
+            .collect();
+        let gone_services: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !services.contains_key(*k))
+            .cloned()
+            .collect();
+        let gone_slices: Vec<SliceName> = self
+            .slice_owner
+            .keys()
+            .filter(|k| !slices.contains_key(*k))
+            .cloned()
+            .collect();
+        self.apply(
+            services
+                .into_iter()
+                .map(|(k, s)| (k, Some(s)))
+                .chain(gone_services.into_iter().map(|k| (k, None))),
+            slices
+                .into_iter()
+                .map(|(k, s)| (k, Some(s)))
+                .chain(gone_slices.into_iter().map(|k| (k, None))),
+        )
+    }
+
+    /// Every Service held.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().map(AsRef::as_ref)
+    }
+
+    /// Every EndpointSlice held.
+    pub fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices
+            .values()
+            .flat_map(|s| s.values().map(AsRef::as_ref))
     }
 }
 
@@ -439,9 +475,11 @@ mod tests {
         s.build()
     }
 
-    /// Service `i`'s EndpointSlice `j`: endpoints on the nodes `nodes` (a
-    /// bit each of three), ready as `ready` says.
-    fn slice(i: usize, j: usize, nodes: u8, ready: bool) -> EndpointSlice {
+    /// EndpointSlice `j` of Service `i` (of the next Service when `moved`,
+    /// as a relabelled slice is): endpoints on the nodes `nodes` (a bit
+    /// each of three), ready as `ready` says.
+    fn slice(i: usize, j: usize, nodes: u8, ready: bool, moved: bool) -> EndpointSlice {
+        let owner = if moved { (i + 1) % 5 } else { i };
         let endpoints: Vec<_> = (0..3)
             .filter(|n| nodes & (1 << n) != 0)
             .map(|n| {
@@ -451,7 +489,7 @@ mod tests {
             .collect();
         object(json!({
             "metadata": {"namespace": "apps", "name": format!("svc-{i}-{j}"),
-                         "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+                         "labels": {"kubernetes.io/service-name": format!("svc-{owner}")}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": endpoints,
@@ -461,7 +499,16 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Change {
         Service(usize, Option<u8>),
-        Slice(usize, usize, Option<(u8, bool)>),
+        Slice(usize, usize, Option<(u8, bool, bool)>),
+    }
+
+    /// How the change reaches the kept view: as what the watch touched, as
+    /// that plus objects handed out again unchanged, or as a relist.
+    #[derive(Clone, Copy, Debug)]
+    enum Told {
+        Touched,
+        WithUnchanged,
+        Relist,
     }
 
     fn change() -> impl Strategy<Value = Change> {
@@ -470,18 +517,26 @@ mod tests {
             (
                 0..5usize,
                 0..2usize,
-                proptest::option::of((0..8u8, any::<bool>()))
+                proptest::option::of((0..8u8, any::<bool>(), any::<bool>()))
             )
                 .prop_map(|(i, j, e)| Change::Slice(i, j, e)),
         ]
     }
 
+    fn told() -> impl Strategy<Value = Told> {
+        prop_oneof![
+            4 => Just(Told::Touched),
+            1 => Just(Told::WithUnchanged),
+            1 => Just(Told::Relist),
+        ]
+    }
+
     proptest! {
-        /// Change after change, the view kept per Service is the view of
-        /// the whole cluster.
+        /// Change after change, however it is told, the view kept per
+        /// Service is the view of the whole cluster.
         #[test]
         fn the_view_kept_per_service_is_the_view_of_the_whole_cluster(
-            changes in proptest::collection::vec(change(), 1..30),
+            changes in proptest::collection::vec((change(), told()), 1..30),
         ) {
             let pools = [testkit::pool("lan", &["10.0.0.0/24"])];
             let ads = [L2Advertisement::new("all", L2AdvertisementSpec::default())];
@@ -489,15 +544,22 @@ mod tests {
             let mut slices: BTreeMap<(usize, usize), Arc<EndpointSlice>> = BTreeMap::new();
             let mut kept = IncrementalView::default();
             let mut objects = CachedObjects::default();
-            for (n, c) in changes.iter().enumerate() {
+            let service_key = |i: usize| ServiceKey::new("apps", format!("svc-{i}"));
+            let slice_name = |i: usize, j: usize| ("apps".to_string(), format!("svc-{i}-{j}"));
+            for (n, (c, told)) in changes.iter().enumerate() {
                 match c {
                     Change::Service(i, None) => { services.remove(i); }
                     Change::Service(i, Some(v)) => { services.insert(*i, Arc::new(service(*i, *v))); }
                     Change::Slice(i, j, None) => { slices.remove(&(*i, *j)); }
-                    Change::Slice(i, j, Some((nodes, ready))) => {
-                        slices.insert((*i, *j), Arc::new(slice(*i, *j, *nodes, *ready)));
+                    Change::Slice(i, j, Some((nodes, ready, moved))) => {
+                        slices.insert((*i, *j), Arc::new(slice(*i, *j, *nodes, *ready, *moved)));
                     }
                 }
+                // Objects the watch hands out again as they were.
+                let unchanged: Vec<usize> = match told {
+                    Told::WithUnchanged => services.keys().copied().collect(),
+                    _ => Vec::new(),
+                };
                 let all_services: Vec<Arc<Service>> = services.values().cloned().collect();
                 let all_slices: Vec<Arc<EndpointSlice>> = slices.values().cloned().collect();
                 let whole = ClusterView {
@@ -509,7 +571,21 @@ mod tests {
                     bgp: Default::default(),
                     gateways: Default::default(),
                 };
-                let changes = objects.read(&all_services, &all_slices);
+                let changes = match (told, c) {
+                    (Told::Relist, _) => objects.read(&all_services, &all_slices),
+                    (_, Change::Service(i, _)) => objects.apply(
+                        std::iter::once(*i)
+                            .chain(unchanged)
+                            .map(|i| (service_key(i), services.get(&i).cloned())),
+                        [],
+                    ),
+                    (_, Change::Slice(i, j, _)) => objects.apply(
+                        unchanged
+                            .into_iter()
+                            .map(|i| (service_key(i), services.get(&i).cloned())),
+                        [(slice_name(*i, *j), slices.get(&(*i, *j)).cloned())],
+                    ),
+                };
                 // The first update sees everything, as the speaker's does.
                 let changes = if n == 0 { Changes::Everything } else { changes };
                 kept.update(&whole, &objects, &changes);
