@@ -6,7 +6,7 @@
 //! Status writes carry the `resourceVersion` they were decided from: a 409
 //! means "look again", never an overwrite of another controller's entry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -108,6 +108,7 @@ pub fn plan(
     now: &Time,
 ) -> Vec<Action> {
     let mut actions = class_statuses(snap, outcome, now);
+    let index = Index::of(services, slices);
     let gateways: BTreeMap<(String, String), &Gateway> = snap
         .gateways
         .iter()
@@ -120,9 +121,7 @@ pub fn plan(
         };
         let name = service_name(&g.name);
         kept.insert((g.namespace.clone(), name.clone()));
-        let existing = services
-            .iter()
-            .find(|s| s.namespace().as_deref() == Some(&g.namespace) && s.name_any() == name);
+        let existing = index.service(&g.namespace, &name);
         // A Service of that name that is not this Gateway's is the user's:
         // never taken over (the Gateway stays without an address).
         if existing.is_none_or(|s| is_ours(s, gateway)) {
@@ -130,8 +129,8 @@ pub fn plan(
             if existing.is_none_or(|s| differs(s, &desired)) {
                 actions.push(Action::ApplyService(Box::new(desired)));
             }
-            let wanted = mirrored(&g.namespace, &name, &g.program, services, slices);
-            actions.extend(sync_slices(&g.namespace, &name, wanted, slices));
+            let wanted = mirrored(&g.namespace, &name, &g.program, &index);
+            actions.extend(sync_slices(&g.namespace, &name, wanted, &index));
         }
         let old = gateway.status.clone().unwrap_or_default();
         let status = gateway_status(g, &old, now);
@@ -390,6 +389,60 @@ fn differs(current: &Service, desired: &Service) -> bool {
         || ports(current) != ports(desired)
 }
 
+/// The Services and EndpointSlices of a pass by name: a pass looks up
+/// every Gateway's Service and every backend, and a scan per lookup made
+/// it quadratic.
+struct Index<'a> {
+    /// By namespace, then name.
+    services: HashMap<&'a str, HashMap<&'a str, &'a Service>>,
+    /// By namespace, then the Service they belong to.
+    slices: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
+}
+
+impl<'a> Index<'a> {
+    fn of(services: &[&'a Service], slices: &[&'a EndpointSlice]) -> Self {
+        let mut index = Self {
+            services: HashMap::new(),
+            slices: HashMap::new(),
+        };
+        for s in services {
+            let m = &s.metadata;
+            if let (Some(namespace), Some(name)) = (&m.namespace, &m.name) {
+                index
+                    .services
+                    .entry(namespace)
+                    .or_default()
+                    .insert(name, *s);
+            }
+        }
+        for s in slices {
+            if let (Some(namespace), Some(service)) =
+                (&s.metadata.namespace, s.labels().get(SERVICE_NAME_LABEL))
+            {
+                index
+                    .slices
+                    .entry(namespace)
+                    .or_default()
+                    .entry(service)
+                    .or_default()
+                    .push(*s);
+            }
+        }
+        index
+    }
+
+    fn service(&self, namespace: &str, name: &str) -> Option<&'a Service> {
+        self.services.get(namespace)?.get(name).copied()
+    }
+
+    fn slices(&self, namespace: &str, service: &str) -> &[&'a EndpointSlice] {
+        self.slices
+            .get(namespace)
+            .and_then(|of| of.get(service))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
 /// The EndpointSlices of the Gateway Service `namespace/service`: the ready
 /// endpoints of the backends of the first route on each TCP and UDP port, so
 /// clients of its cluster IP reach them through kube-proxy. By name.
@@ -397,8 +450,7 @@ fn mirrored(
     namespace: &str,
     service: &str,
     program: &Program,
-    services: &[&Service],
-    slices: &[&EndpointSlice],
+    index: &Index<'_>,
 ) -> BTreeMap<String, EndpointSlice> {
     let mut wanted = BTreeMap::new();
     for p in program
@@ -416,9 +468,8 @@ fn mirrored(
             .filter(|(_, b)| b.usable && b.weight > 0)
         {
             // The backend Service port's name is what its slices' ports use.
-            let Some(backend_port) = services
-                .iter()
-                .find(|s| s.namespace().as_deref() == Some(&b.namespace) && s.name_any() == b.name)
+            let Some(backend_port) = index
+                .service(&b.namespace, &b.name)
                 .and_then(|s| {
                     s.spec
                         .as_ref()?
@@ -431,10 +482,7 @@ fn mirrored(
             else {
                 continue;
             };
-            for source in slices.iter().filter(|s| {
-                s.namespace().as_deref() == Some(&b.namespace)
-                    && s.labels().get(SERVICE_NAME_LABEL) == Some(&b.name)
-            }) {
+            for source in index.slices(&b.namespace, &b.name) {
                 let Some(target) = source
                     .ports
                     .iter()
@@ -521,16 +569,13 @@ fn sync_slices(
     namespace: &str,
     service: &str,
     wanted: BTreeMap<String, EndpointSlice>,
-    slices: &[&EndpointSlice],
+    index: &Index<'_>,
 ) -> Vec<Action> {
-    let ours: Vec<&EndpointSlice> = slices
+    let ours: Vec<&EndpointSlice> = index
+        .slices(namespace, service)
         .iter()
         .copied()
-        .filter(|s| {
-            s.namespace().as_deref() == Some(namespace)
-                && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
-                && is_mirror(s)
-        })
+        .filter(|s| is_mirror(s))
         .collect();
     let mut actions: Vec<Action> = ours
         .iter()

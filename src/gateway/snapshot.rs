@@ -4,7 +4,7 @@
 //! forwards are exactly the ones the Gateway's status calls attached, and no
 //! object anyone can write carries a route table a speaker would trust.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -65,6 +65,8 @@ pub fn is_ours(svc: &Service, gateway: &Gateway) -> bool {
 
 /// The rules' snapshot of `objects` and the cluster's Services.
 pub fn snapshot<'a>(objects: &Objects<'a>, services: &[&'a Service]) -> Snapshot<'a> {
+    let index = ServiceIndex::of(services);
+    let by_name = &index.by_name;
     Snapshot {
         classes: objects.classes.clone(),
         gateways: objects.gateways.clone(),
@@ -76,16 +78,16 @@ pub fn snapshot<'a>(objects: &Objects<'a>, services: &[&'a Service]) -> Snapshot
             .chain(objects.udp.iter().map(|r| Route::udp(r)))
             .chain(objects.tls.iter().map(|r| Route::tls(r)))
             .collect(),
-        services: services
+        services: by_name
             .iter()
-            .map(|s| {
+            .map(|(key, s)| {
                 let ports = s
                     .spec
                     .iter()
                     .flat_map(|s| s.ports.iter().flatten())
                     .map(|p| p.port)
                     .collect();
-                ((s.namespace().unwrap_or_default(), s.name_any()), ports)
+                (key.clone(), ports)
             })
             .collect(),
         namespaces: objects
@@ -98,24 +100,46 @@ pub fn snapshot<'a>(objects: &Objects<'a>, services: &[&'a Service]) -> Snapshot
             .iter()
             .map(|g| {
                 let key = (g.namespace().unwrap_or_default(), g.name_any());
-                (key, address_of(g, services, objects.pools.as_deref()))
+                (key, address_of(g, &index, objects.pools.as_deref()))
             })
             .collect(),
+    }
+}
+
+/// The Services, as each Gateway looks them up: its own by name, those
+/// sharing its address by address. One map each, not a scan per Gateway.
+struct ServiceIndex<'a> {
+    by_name: HashMap<(String, String), &'a Service>,
+    on_address: HashMap<IpAddr, Vec<&'a Service>>,
+}
+
+impl<'a> ServiceIndex<'a> {
+    fn of(services: &[&'a Service]) -> Self {
+        let mut on_address: HashMap<IpAddr, Vec<&'a Service>> = HashMap::new();
+        for s in services {
+            for ip in translate::status_addresses(s) {
+                on_address.entry(ip).or_default().push(*s);
+            }
+        }
+        Self {
+            by_name: services
+                .iter()
+                .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), *s))
+                .collect(),
+            on_address,
+        }
     }
 }
 
 /// The Gateway's address, read from its Service.
 fn address_of(
     gateway: &Gateway,
-    services: &[&Service],
+    services: &ServiceIndex<'_>,
     pools: Option<&[&IPAddressPool]>,
 ) -> Address {
     let ns = gateway.namespace().unwrap_or_default();
     let name = service_name(&gateway.name_any());
-    let Some(svc) = services
-        .iter()
-        .find(|s| s.namespace().as_deref() == Some(&ns) && s.name_any() == name)
-    else {
+    let Some(svc) = services.by_name.get(&(ns.clone(), name.clone())) else {
         return Address::Pending;
     };
     if !is_ours(svc, gateway) {
@@ -142,16 +166,13 @@ fn address_of(
     }
     // Ports other Services sharing the address hold.
     let mut taken = BTreeMap::new();
-    for other in services
+    let sharing: BTreeMap<(String, String), &Service> = addresses
         .iter()
+        .flat_map(|ip| services.on_address.get(ip).into_iter().flatten())
         .filter(|s| s.metadata.uid != svc.metadata.uid)
-    {
-        let shares = translate::status_addresses(other)
-            .iter()
-            .any(|a| addresses.contains(a));
-        if !shares {
-            continue;
-        }
+        .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), *s))
+        .collect();
+    for other in sharing.values() {
         for p in other.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
             let Ok(transport) = Protocol::of_port(p.protocol.as_deref()) else {
                 continue;
