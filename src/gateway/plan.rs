@@ -18,7 +18,7 @@ use kube::ResourceExt;
 use super::attach::{
     self, Cond, GatewayOutcome, ListenerProtocol, Program, RouteKind, SUPPORTED_FEATURES, Snapshot,
 };
-use super::snapshot::{is_ours, service_name};
+use super::snapshot::{ByName, is_ours, service_name};
 use crate::api::annotations;
 use crate::api::gateway::{
     Gateway, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerStatus, RouteParentStatus,
@@ -393,8 +393,7 @@ fn differs(current: &Service, desired: &Service) -> bool {
 /// every Gateway's Service and every backend, and a scan per lookup made
 /// it quadratic.
 struct Index<'a> {
-    /// By namespace, then name.
-    services: HashMap<&'a str, HashMap<&'a str, &'a Service>>,
+    services: ByName<'a>,
     /// By namespace, then the Service they belong to.
     slices: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
 }
@@ -402,19 +401,9 @@ struct Index<'a> {
 impl<'a> Index<'a> {
     fn of(services: &[&'a Service], slices: &[&'a EndpointSlice]) -> Self {
         let mut index = Self {
-            services: HashMap::new(),
+            services: ByName::of(services),
             slices: HashMap::new(),
         };
-        for s in services {
-            let m = &s.metadata;
-            if let (Some(namespace), Some(name)) = (&m.namespace, &m.name) {
-                index
-                    .services
-                    .entry(namespace)
-                    .or_default()
-                    .insert(name, *s);
-            }
-        }
         for s in slices {
             if let (Some(namespace), Some(service)) =
                 (&s.metadata.namespace, s.labels().get(SERVICE_NAME_LABEL))
@@ -432,7 +421,7 @@ impl<'a> Index<'a> {
     }
 
     fn service(&self, namespace: &str, name: &str) -> Option<&'a Service> {
-        self.services.get(namespace)?.get(name).copied()
+        self.services.get(namespace, name)
     }
 
     fn slices(&self, namespace: &str, service: &str) -> &[&'a EndpointSlice] {

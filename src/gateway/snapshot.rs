@@ -66,7 +66,6 @@ pub fn is_ours(svc: &Service, gateway: &Gateway) -> bool {
 /// The rules' snapshot of `objects` and the cluster's Services.
 pub fn snapshot<'a>(objects: &Objects<'a>, services: &[&'a Service]) -> Snapshot<'a> {
     let index = ServiceIndex::of(services);
-    let by_name = &index.by_name;
     Snapshot {
         classes: objects.classes.clone(),
         gateways: objects.gateways.clone(),
@@ -78,16 +77,16 @@ pub fn snapshot<'a>(objects: &Objects<'a>, services: &[&'a Service]) -> Snapshot
             .chain(objects.udp.iter().map(|r| Route::udp(r)))
             .chain(objects.tls.iter().map(|r| Route::tls(r)))
             .collect(),
-        services: by_name
+        services: services
             .iter()
-            .map(|(key, s)| {
+            .map(|s| {
                 let ports = s
                     .spec
                     .iter()
                     .flat_map(|s| s.ports.iter().flatten())
                     .map(|p| p.port)
                     .collect();
-                (key.clone(), ports)
+                ((s.namespace().unwrap_or_default(), s.name_any()), ports)
             })
             .collect(),
         namespaces: objects
@@ -106,10 +105,32 @@ pub fn snapshot<'a>(objects: &Objects<'a>, services: &[&'a Service]) -> Snapshot
     }
 }
 
+/// Services by namespace and name, borrowed: a pass looks up every
+/// Gateway's Service and every backend, and a scan per lookup made it
+/// quadratic.
+#[derive(Default)]
+pub(crate) struct ByName<'a>(HashMap<&'a str, HashMap<&'a str, &'a Service>>);
+
+impl<'a> ByName<'a> {
+    pub(crate) fn of(services: &[&'a Service]) -> Self {
+        let mut by_name = Self::default();
+        for s in services {
+            if let (Some(namespace), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
+                by_name.0.entry(namespace).or_default().insert(name, *s);
+            }
+        }
+        by_name
+    }
+
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<&'a Service> {
+        self.0.get(namespace)?.get(name).copied()
+    }
+}
+
 /// The Services, as each Gateway looks them up: its own by name, those
-/// sharing its address by address. One map each, not a scan per Gateway.
+/// sharing its address by address.
 struct ServiceIndex<'a> {
-    by_name: HashMap<(String, String), &'a Service>,
+    by_name: ByName<'a>,
     on_address: HashMap<IpAddr, Vec<&'a Service>>,
 }
 
@@ -122,10 +143,7 @@ impl<'a> ServiceIndex<'a> {
             }
         }
         Self {
-            by_name: services
-                .iter()
-                .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), *s))
-                .collect(),
+            by_name: ByName::of(services),
             on_address,
         }
     }
@@ -139,7 +157,7 @@ fn address_of(
 ) -> Address {
     let ns = gateway.namespace().unwrap_or_default();
     let name = service_name(&gateway.name_any());
-    let Some(svc) = services.by_name.get(&(ns.clone(), name.clone())) else {
+    let Some(svc) = services.by_name.get(&ns, &name) else {
         return Address::Pending;
     };
     if !is_ours(svc, gateway) {
