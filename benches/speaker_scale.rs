@@ -122,7 +122,7 @@ impl Feeder {
     /// Takes in the objects the watches touched (`None`: the first list,
     /// everything) and updates the view.
     fn update(&mut self, c: &Cluster, touched: Option<Touched>) {
-        let mut v = ClusterView {
+        let v = ClusterView {
             services: Vec::new(),
             pools: c.pools.iter().collect(),
             advertisements: c.ads.iter().collect(),
@@ -135,8 +135,6 @@ impl Feeder {
         let changes = match touched {
             None => {
                 self.objects.read(&c.services, &c.slices);
-                v.services = self.objects.services().collect();
-                v.slices = self.objects.all_slices().collect();
                 Changes::Everything
             }
             Some(Touched::Service(i)) => self

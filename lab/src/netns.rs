@@ -375,7 +375,10 @@ impl<F: Failure> Lab<F> {
             let child = Command::new("ip")
                 .args(["netns", "exec", ns, program])
                 .args(args)
-                .env("RUST_LOG", "info")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(file)

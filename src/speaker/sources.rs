@@ -273,7 +273,9 @@ impl Feeder {
         caches.secrets.follow(&bp);
         let se = caches.secrets.state();
         let changes = kept.objects_changed(caches);
-        let mut view = view::ClusterView {
+        // Services and EndpointSlices: the update reads them from
+        // `kept.objects`, by Service or all of them.
+        let view = view::ClusterView {
             services: Vec::new(),
             pools: pl.iter().map(AsRef::as_ref).collect(),
             advertisements: ad.iter().map(AsRef::as_ref).collect(),
@@ -301,8 +303,6 @@ impl Feeder {
         .concat();
         let everything = kept.others.as_ref() != Some(&others);
         if everything {
-            view.services = kept.objects.services().collect();
-            view.slices = kept.objects.all_slices().collect();
             kept.view
                 .update(&view, &kept.objects, &view::Changes::Everything);
             let (peers, mut problems) = view::bgp_peers(&view, self.restarting);

@@ -40,7 +40,10 @@ impl ControllerProcess {
             ])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             // tracing writes to stdout; panics go to stderr.
             .stdout(Stdio::from(file.try_clone().expect("log file")))
             .stderr(file)

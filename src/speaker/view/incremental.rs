@@ -33,6 +33,9 @@ pub trait Lookup {
     fn service(&self, key: &ServiceKey) -> Option<&Service>;
     /// The EndpointSlices of Service `key`.
     fn slices(&self, key: &ServiceKey) -> Vec<&EndpointSlice>;
+    /// Every Service and every EndpointSlice, for an update that decides
+    /// everything again.
+    fn every(&self) -> (Vec<&Service>, Vec<&EndpointSlice>);
 }
 
 /// The view as of the last update, with what it takes to update it.
@@ -66,9 +69,10 @@ impl IncrementalView {
     }
 
     /// Brings the view up to date. `view` holds every kind but Services
-    /// and EndpointSlices (its `services` and `slices` are read only when
-    /// everything changed, and must then be whole); `lookup` finds those by
-    /// Service.
+    /// and EndpointSlices: its `services` and `slices` are never read, since
+    /// a change that turns out to need everything decided again (one a
+    /// Gateway's rules read) must see all of them, and only `lookup` holds
+    /// them all.
     pub fn update(&mut self, view: &ClusterView<'_>, lookup: &dyn Lookup, changes: &Changes) {
         let (services, slices) = match changes {
             Changes::Services { services, slices }
@@ -76,7 +80,7 @@ impl IncrementalView {
             {
                 (services, slices)
             }
-            _ => return self.rebuild(view),
+            _ => return self.rebuild(&Part::every(lookup).view(view)),
         };
         // A backend's endpoints change its Gateways' frontends, not their
         // programs.
@@ -282,6 +286,12 @@ impl<'a> Part<'a> {
         }
     }
 
+    /// Every Service and EndpointSlice `lookup` holds.
+    fn every(lookup: &'a dyn Lookup) -> Self {
+        let (services, slices) = lookup.every();
+        Self { services, slices }
+    }
+
     /// `whole` with only this part's Services and EndpointSlices.
     fn view<'v>(&'v self, whole: &ClusterView<'v>) -> ClusterView<'v>
     where
@@ -414,18 +424,6 @@ impl CachedObjects {
                 .chain(gone_slices.into_iter().map(|k| (k, None))),
         )
     }
-
-    /// Every Service held.
-    pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values().map(AsRef::as_ref)
-    }
-
-    /// Every EndpointSlice held.
-    pub fn all_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
-        self.slices
-            .values()
-            .flat_map(|s| s.values().map(AsRef::as_ref))
-    }
 }
 
 impl Lookup for CachedObjects {
@@ -440,6 +438,16 @@ impl Lookup for CachedObjects {
             .flat_map(|s| s.values().map(AsRef::as_ref))
             .collect()
     }
+
+    fn every(&self) -> (Vec<&Service>, Vec<&EndpointSlice>) {
+        let services = self.services.values().map(AsRef::as_ref).collect();
+        let slices = self
+            .slices
+            .values()
+            .flat_map(|s| s.values().map(AsRef::as_ref))
+            .collect();
+        (services, slices)
+    }
 }
 
 #[cfg(test)]
@@ -451,11 +459,33 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    /// Service `i` (of five) as one of eight variants: two of three
-    /// addresses (so Services share), embedded or not, Local or not, a bad
-    /// annotation or a UDP port.
+    /// The sixth Service: Gateway `gw`'s, on one of the three addresses.
+    const GATEWAY: usize = 5;
+
+    fn service_name(i: usize) -> String {
+        if i == GATEWAY {
+            crate::gateway::snapshot::service_name("gw")
+        } else {
+            format!("svc-{i}")
+        }
+    }
+
+    /// Service `i` (of five, and the Gateway's) as one of eight variants:
+    /// two of three addresses (so Services share), embedded or not, Local
+    /// or not, a bad annotation or a UDP port.
     fn service(i: usize, variant: u8) -> Service {
-        let mut s = Svc::lb("apps", &format!("svc-{i}"))
+        if i == GATEWAY {
+            return object(json!({
+                "metadata": {"namespace": "apps", "name": service_name(i),
+                    "annotations": {FORWARDING: "embedded"},
+                    "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1",
+                        "kind": "Gateway", "name": "gw", "uid": "u", "controller": true}]},
+                "spec": {"type": "LoadBalancer",
+                    "ports": [{"name": "tcp-5432", "port": 5432, "protocol": "TCP"}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": format!("10.0.0.{}", 1 + variant % 3)}]}},
+            }));
+        }
+        let mut s = Svc::lb("apps", &service_name(i))
             .port("http", 80, "TCP")
             .ingress(&format!("10.0.0.{}", 1 + (usize::from(variant) + i) % 3));
         if variant & 1 != 0 {
@@ -511,9 +541,45 @@ mod tests {
         Relist,
     }
 
+    /// Gateway `gw` of an ironlb class, with a TCPRoute to Services 0 and 1.
+    struct GatewayWorld {
+        class: crate::api::gateway::GatewayClass,
+        gateway: crate::api::gateway::Gateway,
+        route: crate::api::gateway::TCPRoute,
+    }
+
+    impl GatewayWorld {
+        fn new() -> Self {
+            let v1 = "gateway.networking.k8s.io/v1";
+            Self {
+                class: object(json!({"apiVersion": v1, "kind": "GatewayClass",
+                    "metadata": {"name": "ironlb"},
+                    "spec": {"controllerName": crate::gateway::attach::CONTROLLER_NAME}})),
+                gateway: object(json!({"apiVersion": v1, "kind": "Gateway",
+                    "metadata": {"namespace": "apps", "name": "gw", "uid": "u"},
+                    "spec": {"gatewayClassName": "ironlb",
+                        "listeners": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}})),
+                route: object(json!({"apiVersion": v1, "kind": "TCPRoute",
+                    "metadata": {"namespace": "apps", "name": "pg"},
+                    "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [
+                        {"name": "svc-0", "port": 80, "weight": 3},
+                        {"name": "svc-1", "port": 80, "weight": 1}]}]}})),
+            }
+        }
+
+        fn objects(&self) -> crate::gateway::snapshot::Objects<'_> {
+            crate::gateway::snapshot::Objects {
+                classes: vec![&self.class],
+                gateways: vec![&self.gateway],
+                tcp: vec![&self.route],
+                ..Default::default()
+            }
+        }
+    }
+
     fn change() -> impl Strategy<Value = Change> {
         prop_oneof![
-            (0..5usize, proptest::option::of(0..8u8)).prop_map(|(i, v)| Change::Service(i, v)),
+            (0..6usize, proptest::option::of(0..8u8)).prop_map(|(i, v)| Change::Service(i, v)),
             (
                 0..5usize,
                 0..2usize,
@@ -532,19 +598,24 @@ mod tests {
     }
 
     proptest! {
-        /// Change after change, however it is told, the view kept per
-        /// Service is the view of the whole cluster.
+        /// Change after change, however it is told, with or without a
+        /// Gateway whose rules read some of the Services, the view kept per
+        /// Service is the view of the whole cluster. The update is handed
+        /// the other kinds only, as the speaker's feeder hands them.
         #[test]
         fn the_view_kept_per_service_is_the_view_of_the_whole_cluster(
             changes in proptest::collection::vec((change(), told()), 1..30),
+            with_gateway in any::<bool>(),
         ) {
             let pools = [testkit::pool("lan", &["10.0.0.0/24"])];
             let ads = [L2Advertisement::new("all", L2AdvertisementSpec::default())];
+            let world = GatewayWorld::new();
+            let gateways = || if with_gateway { world.objects() } else { Default::default() };
             let mut services: BTreeMap<usize, Arc<Service>> = BTreeMap::new();
             let mut slices: BTreeMap<(usize, usize), Arc<EndpointSlice>> = BTreeMap::new();
             let mut kept = IncrementalView::default();
             let mut objects = CachedObjects::default();
-            let service_key = |i: usize| ServiceKey::new("apps", format!("svc-{i}"));
+            let service_key = |i: usize| ServiceKey::new("apps", service_name(i));
             let slice_name = |i: usize, j: usize| ("apps".to_string(), format!("svc-{i}-{j}"));
             for (n, (c, told)) in changes.iter().enumerate() {
                 match c {
@@ -569,7 +640,16 @@ mod tests {
                     slices: all_slices.iter().map(AsRef::as_ref).collect(),
                     default_class: true,
                     bgp: Default::default(),
-                    gateways: Default::default(),
+                    gateways: gateways(),
+                };
+                let others = ClusterView {
+                    services: Vec::new(),
+                    slices: Default::default(),
+                    pools: whole.pools.clone(),
+                    advertisements: whole.advertisements.clone(),
+                    default_class: true,
+                    bgp: Default::default(),
+                    gateways: gateways(),
                 };
                 let changes = match (told, c) {
                     (Told::Relist, _) => objects.read(&all_services, &all_slices),
@@ -588,7 +668,7 @@ mod tests {
                 };
                 // The first update sees everything, as the speaker's does.
                 let changes = if n == 0 { Changes::Everything } else { changes };
-                kept.update(&whole, &objects, &changes);
+                kept.update(&others, &objects, &changes);
                 let (frontends, invalid) = frontends(&whole);
                 prop_assert_eq!(kept.announcements(), &by_address(announcements(&whole)), "after {:?}", c);
                 prop_assert_eq!(kept.forwards(), &Forwards::new(frontends, invalid), "after {:?}", c);
