@@ -31,7 +31,7 @@ use serde_json::json;
 const ENDPOINTS: usize = 5;
 
 /// Changes timed per kind; the median is printed.
-const REPEATS: usize = 5;
+const REPEATS: usize = 300;
 
 /// The cluster as the speaker's caches hold it: an `Arc` per object, new
 /// when the object changes.

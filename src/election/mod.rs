@@ -149,8 +149,24 @@ pub fn eligibility(node: &Node, constraints: &Constraints) -> Result<(), Ineligi
 /// node name, a separator and the address octets, then the SplitMix64 finalizer
 /// to spread FNV's weak low bits.
 pub fn score(node: &str, address: IpAddr) -> u64 {
+    finish(name_hash(node), address)
+}
+
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a over a node name and the separator: the part of a score that
+/// does not depend on the address, computed once per node by [`Memo`], so
+/// an election over many nodes hashes only the address octets for each.
+fn name_hash(node: &str) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    node.bytes().chain([0xff]).fold(OFFSET, |h, byte| {
+        (h ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// The score from a node's [`name_hash`]: FNV-1a over the address octets,
+/// then the SplitMix64 finalizer.
+fn finish(name_hash: u64, address: IpAddr) -> u64 {
     let (v4, v6);
     let octets: &[u8] = match address {
         IpAddr::V4(a) => {
@@ -162,11 +178,9 @@ pub fn score(node: &str, address: IpAddr) -> u64 {
             &v6
         }
     };
-    let mut h = OFFSET;
-    for byte in node.bytes().chain([0xff]).chain(octets.iter().copied()) {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(PRIME);
-    }
+    let mut h = octets.iter().fold(name_hash, |h, byte| {
+        (h ^ u64::from(*byte)).wrapping_mul(FNV_PRIME)
+    });
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^ (h >> 31)
@@ -180,6 +194,19 @@ pub fn owner<'a>(
     nodes: &'a [Node],
     constraints: &Constraints,
 ) -> Option<&'a Node> {
+    best(
+        address,
+        nodes.iter().map(|n| (name_hash(&n.name), n)),
+        constraints,
+    )
+}
+
+/// [`owner`] over nodes given with their [`name_hash`].
+fn best<'a>(
+    address: IpAddr,
+    nodes: impl Iterator<Item = (u64, &'a Node)>,
+    constraints: &Constraints,
+) -> Option<&'a Node> {
     // Scores come in random order, so only a few nodes (about ln n) beat the
     // best so far: eligibility, the costly part, is checked for those only.
     let beats = |score: u64, node: &Node, best: Option<(u64, &Node)>| {
@@ -187,8 +214,8 @@ pub fn owner<'a>(
     };
     let mut able: Option<(u64, &Node)> = None;
     let mut any: Option<(u64, &Node)> = None;
-    for node in nodes {
-        let s = score(&node.name, address);
+    for (name_hash, node) in nodes {
+        let s = finish(name_hash, address);
         // `able`'s best never scores above `any`'s: a node that does not
         // beat it beats neither.
         if !beats(s, node, able) || eligibility(node, constraints).is_err() {
@@ -213,16 +240,18 @@ pub fn owner<'a>(
 pub struct Memo {
     /// The nodes of the last election.
     nodes: Vec<Node>,
+    /// Each of `nodes`' [`name_hash`], in the same places.
+    name_hashes: Vec<u64>,
     /// Node name → its place in `nodes`.
     index: HashMap<String, usize>,
     /// Address → the constraints it was elected under and its owner.
     owners: HashMap<IpAddr, (Constraints, Option<String>)>,
     /// Owner → the addresses it owns, as in `owners`.
     owned: HashMap<String, HashSet<IpAddr>>,
-    /// Owners still valid for this round: the last nodes less those that
-    /// left; `None` when the nodes changed otherwise and every address is
-    /// elected anew.
-    kept: Option<HashSet<String>>,
+    /// The last round's owners still hold where they are still among
+    /// `nodes` (nodes only left since, or the round ended); `false` when
+    /// the nodes changed otherwise and every address is elected anew.
+    kept: bool,
     /// Addresses asked for this round; the others are forgotten at its end.
     asked: HashSet<IpAddr>,
 }
@@ -232,47 +261,61 @@ impl Memo {
     /// may differ from the last round's (those of the nodes that left), or
     /// `None` when the nodes changed otherwise and any may.
     pub fn begin(&mut self, nodes: &[Node]) -> Option<HashSet<IpAddr>> {
-        let before: HashMap<&str, &Node> =
-            self.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-        let only_left = nodes
-            .iter()
-            .all(|n| before.get(n.name.as_str()).is_some_and(|b| *b == n));
-        self.kept = only_left.then(|| nodes.iter().map(|n| n.name.clone()).collect());
-        let moved = self.kept.as_ref().map(|kept| {
-            self.nodes
-                .iter()
-                .filter(|n| !kept.contains(&n.name))
-                .filter_map(|n| self.owned.get(&n.name))
-                .flatten()
-                .copied()
-                .collect()
+        self.asked.clear();
+        // Which of the last nodes are still here as they were, found by
+        // name: a node loss costs no copy of the nodes that stay.
+        let mut stays = vec![false; self.nodes.len()];
+        let only_left = nodes.iter().all(|n| {
+            self.index.get(&n.name).is_some_and(|&i| {
+                stays[i] = self.nodes[i] == *n;
+                stays[i]
+            })
         });
-        if !only_left || nodes.len() != self.nodes.len() {
+        self.kept = only_left;
+        if !only_left {
             self.nodes = nodes.to_vec();
+            self.name_hashes = nodes.iter().map(|n| name_hash(&n.name)).collect();
             self.index = nodes
                 .iter()
                 .enumerate()
                 .map(|(i, n)| (n.name.clone(), i))
                 .collect();
+            return None;
         }
-        self.asked.clear();
-        moved
+        let mut moved = HashSet::new();
+        if nodes.len() != self.nodes.len() {
+            for (n, _) in self.nodes.iter().zip(&stays).filter(|(_, s)| !**s) {
+                self.index.remove(&n.name);
+                moved.extend(self.owned.get(&n.name).into_iter().flatten());
+            }
+            let mut kept = stays.iter();
+            self.nodes.retain(|_| kept.next().is_some_and(|k| *k));
+            let mut kept = stays.iter();
+            self.name_hashes.retain(|_| kept.next().is_some_and(|k| *k));
+            for (i, n) in self.nodes.iter().enumerate() {
+                if let Some(at) = self.index.get_mut(&n.name) {
+                    *at = i;
+                }
+            }
+        }
+        Some(moved)
     }
 
     /// The owner of `address`, as [`owner`] over the nodes of this round.
     pub fn owner(&mut self, address: IpAddr, constraints: &Constraints) -> Option<&Node> {
         self.asked.insert(address);
-        let kept = self.kept.as_ref();
         let cached = self.owners.get(&address).and_then(|(c, owner)| {
             let valid = c == constraints
-                && kept.is_some_and(|k| owner.as_ref().is_none_or(|o| k.contains(o)));
+                && self.kept
+                && owner.as_ref().is_none_or(|o| self.index.contains_key(o));
             // No owner stays no owner when nodes only leave.
             valid.then(|| owner.clone())
         });
         let name = match cached {
             Some(name) => name,
             None => {
-                let name = owner(address, &self.nodes, constraints).map(|n| n.name.clone());
+                let nodes = self.name_hashes.iter().copied().zip(&self.nodes);
+                let name = best(address, nodes, constraints).map(|n| n.name.clone());
                 self.forget(&address);
                 if let Some(n) = &name {
                     self.owned.entry(n.clone()).or_default().insert(address);
@@ -309,7 +352,7 @@ impl Memo {
             self.forget(&a);
         }
         // Every owner left was elected or checked this round.
-        self.kept = Some(self.nodes.iter().map(|n| n.name.clone()).collect());
+        self.kept = true;
     }
 }
 

@@ -438,7 +438,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     };
     let new_seen = Seen::of(world, me_node);
     servability(me_node, state, world, &visit, &mut effects);
-    let (nodes, wanted) = elect(
+    let (me_elected, wanted) = elect(
         me,
         &unhindered,
         nodes_same,
@@ -448,7 +448,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
         &mut effects,
     );
     let gained = announce(state, wanted, &mut effects);
-    let bgp = match nodes.iter().find(|n| n.name == me) {
+    let bgp = match &me_elected {
         Some(node) => bgp_wanted(node, state, world, &visit),
         None => {
             state.bgp.routes.clear();
@@ -606,7 +606,7 @@ fn servability(
 
 /// The layer 2 election, with this node's own health as it is now (its
 /// peers learn it within a gossip round, as they learn of a node joining):
-/// the nodes as elected, and the addresses this node is to own with the
+/// this node as elected, and the addresses this node is to own with the
 /// interfaces that announce them. Revisits the addresses
 /// `visit` names and those whose owner may have changed with the group
 /// (`nodes_same`: the group is the last step's). Reports each address given
@@ -619,25 +619,32 @@ fn elect(
     world: &World,
     visit: Visit,
     effects: &mut Vec<Effect>,
-) -> (Vec<election::Node>, BTreeMap<IpAddr, Vec<Iface>>) {
+) -> (Option<election::Node>, BTreeMap<IpAddr, Vec<Iface>>) {
     let told = state.told();
-    let mut nodes = unhindered.to_vec();
-    for n in nodes.iter_mut().filter(|n| n.name == me) {
-        n.cannot_serve = Unservable::Addresses(told.clone());
-    }
+    let as_told = |n: &election::Node| election::Node {
+        cannot_serve: Unservable::Addresses(told.clone()),
+        ..n.clone()
+    };
+    let me_node = unhindered.iter().find(|n| n.name == me).map(as_told);
     let last = state.nodes.as_mut().map(|n| &mut n.told);
     let same = nodes_same && last.as_ref().is_some_and(|t| t.as_ref() == Some(&told));
-    if let Some(last) = last {
-        *last = Some(told);
-    }
     let (as_is, healthy) = &mut state.elections;
     let visit = if same && matches!(visit, Visit::Only(_)) {
         visit
     } else {
+        // Copied only when the election begins anew: a step within the same
+        // group costs what it revisits, not a copy of every node.
+        let nodes: Vec<election::Node> = unhindered
+            .iter()
+            .map(|n| if n.name == me { as_told(n) } else { n.clone() })
+            .collect();
         let moved = as_is.begin(&nodes);
         let moved_healthy = healthy.begin(unhindered);
         visit.with(moved).with(moved_healthy)
     };
+    if let Some(last) = last {
+        *last = Some(told);
+    }
     let mut wanted = match &visit {
         Visit::All => BTreeMap::new(),
         Visit::Only(_) => state.l2.owned.clone(),
@@ -684,7 +691,7 @@ fn elect(
         healthy.end();
     }
     state.l2.gave_up = gave_up;
-    (nodes, wanted)
+    (me_node, wanted)
 }
 
 /// Moves `state.l2.owned` to what the election `wanted`: withdrawals first, so
