@@ -303,21 +303,13 @@ fn check_invariants(w: &World) -> Result<(), TestCaseError> {
         }
     }
     for (ip, holders) in &by_address {
-        // Pools redrawn under holders keep them, whatever the new pool says
-        // of namespaces; otherwise the address's pool judges.
-        let pool = members
+        // The address's pool judges, also after the pools were redrawn under
+        // its holders: a share the pools no longer allow has ended.
+        let across = members
             .iter()
             .find(|(_, m)| m.contains(ip))
-            .and_then(|(name, _)| w.pools.iter().find(|p| &p.name == name));
-        let everyone = NamespaceMatch {
-            namespace_selectors: vec![LabelSelector::default()],
-            ..Default::default()
-        };
-        let across = if w.repartitioned {
-            Some(&everyone)
-        } else {
-            pool.and_then(|p| p.cross_namespace.as_ref())
-        };
+            .and_then(|(name, _)| w.pools.iter().find(|p| &p.name == name))
+            .and_then(|p| p.cross_namespace.as_ref());
         for (i, a) in holders.iter().enumerate() {
             for b in &holders[i + 1..] {
                 prop_assert!(

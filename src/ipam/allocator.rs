@@ -353,7 +353,52 @@ impl Allocator {
         for ip in held {
             self.take_free(ip);
         }
+        self.end_shares_no_longer_allowed();
         errors
+    }
+
+    /// Ends the shares the pools no longer allow: an address's pool that
+    /// stopped letting two namespaces share it, or no pool holding it any
+    /// more. Decided as [`Allocator::restore`] decides, oldest Service
+    /// first: each keeps what it holds if it may share every address with
+    /// the Services kept before it, else gives everything up (and the next
+    /// allocation finds it another address). So a restart after the change
+    /// restores exactly what is held, and no holding depends on which
+    /// Service the next pass happens to look at first.
+    fn end_shares_no_longer_allowed(&mut self) {
+        if self.holders.values().all(|h| h.0.len() < 2) {
+            return;
+        }
+        let mut order: Vec<(&ServiceKey, &Claim)> = self
+            .held
+            .iter()
+            .filter_map(|(key, ips)| Some((key, self.holders.get(ips.first()?)?.get(key)?)))
+            .collect();
+        order.sort_by_key(|(key, claim)| (claim.created_at, *key));
+        let mut kept: BTreeMap<IpAddr, Vec<&Claim>> = BTreeMap::new();
+        let mut ended = Vec::new();
+        for (key, claim) in order {
+            let ips = &self.held[key];
+            let may_share = ips.iter().all(|ip| {
+                let across = self
+                    .pool_holding(*ip)
+                    .and_then(|p| p.spec.cross_namespace.as_ref());
+                kept.get(ip)
+                    .into_iter()
+                    .flatten()
+                    .all(|theirs| check_sharing(claim, theirs, across).is_ok())
+            });
+            if may_share {
+                for ip in ips {
+                    kept.entry(*ip).or_default().push(claim);
+                }
+            } else {
+                ended.push(key.clone());
+            }
+        }
+        for key in ended {
+            self.release(&key);
+        }
     }
 
     /// The errors of the pools not in use, by pool name.
