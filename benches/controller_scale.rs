@@ -4,7 +4,10 @@
 //! process, creates 5,000 LoadBalancer Services, and prints the time until every
 //! one has an address, the CPU time the controller used and its peak RSS.
 //! Then 1,000 TCPRoutes over 20 Gateways of ironlb's class: the time until
-//! the Gateway controller has accepted every one, and its CPU time.
+//! the Gateway controller has accepted every one, and its CPU time. Then the
+//! controller is stopped and another started over those Services: how long
+//! its first pass (every address restored from status) takes, by its own
+//! `reconcile_duration_seconds`, and that no address moved.
 //! Not a test: the figures depend on the machine.
 
 #[path = "../tests/support/mod.rs"]
@@ -33,24 +36,7 @@ async fn main() {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     create_pool(&client, pool("bench", &["10.0.0.0/16"])).await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ironlb"))
-        .args(["controller", "--kubeconfig"])
-        .arg(server.kubeconfig(&dir))
-        .args([
-            "--identity",
-            "bench",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ironlb controller");
+    let (mut child, port) = spawn_controller(&server, &dir, "bench");
     let leases: Api<Lease> = Api::namespaced(client.clone(), "ironlb-system");
     wait_for(
         "the controller to take the lease",
@@ -91,6 +77,7 @@ async fn main() {
     .await;
     let seconds = started.elapsed().as_secs_f64();
     let services_cpu_seconds = cpu_seconds(child.id());
+    let (passes, pass_seconds) = reconcile_seconds(port).expect("the controller's metrics");
     let gateway_seconds = routes_accepted(&client).await;
     let gateway_cpu_seconds = cpu_seconds(child.id()) - services_cpu_seconds;
     let status =
@@ -100,6 +87,32 @@ async fn main() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
+    let addresses_before = addresses(&services).await;
+    // Stopped as Kubernetes stops it, so it hands the lease over at once.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let restarted = Instant::now();
+    let (mut child, port) = spawn_controller(&server, &dir, "bench-restarted");
+    let (_, first_pass_seconds) = wait_for(
+        "the restarted controller's first pass",
+        Duration::from_secs(120),
+        || async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            reconcile_seconds(port).filter(|(passes, _)| *passes >= 1)
+        },
+    )
+    .await;
+    let restart_seconds = restarted.elapsed().as_secs_f64();
+    let addresses_after = addresses(&services).await;
+    assert_eq!(addresses_after.len(), addresses_before.len());
+    let moved = addresses_after
+        .iter()
+        .zip(&addresses_before)
+        .filter(|(after, before)| after != before)
+        .count();
+    assert_eq!(moved, 0, "a restart moved {moved} Services' addresses");
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -120,6 +133,12 @@ async fn main() {
         "{:<36} {:>10.2}",
         "controller CPU seconds (the Services)", services_cpu_seconds
     );
+    println!("{:<36} {:>10}", "controller passes meanwhile", passes);
+    println!(
+        "{:<36} {:>10.1}",
+        "mean pass ms (plan and writes)",
+        pass_seconds * 1000.0 / passes.max(1) as f64
+    );
     println!(
         "{:<36} {:>10.2}",
         format!("seconds until {ROUTES} routes accepted"),
@@ -131,10 +150,82 @@ async fn main() {
     );
     println!("{:<36} {:>10.1}", "controller peak RSS (MiB)", peak_mib);
     println!(
+        "{:<36} {:>10.2}",
+        "restart: seconds to first pass done", restart_seconds
+    );
+    println!(
+        "{:<36} {:>10.1}",
+        "restart: first pass ms (every Service)",
+        first_pass_seconds * 1000.0
+    );
+    println!(
         "\ncontroller_scale services={SERVICES} seconds={seconds:.2} cpu_seconds={services_cpu_seconds:.2} \
          routes={ROUTES} route_seconds={gateway_seconds:.2} route_cpu_seconds={gateway_cpu_seconds:.2} \
-         peak_rss_mib={peak_mib:.1}"
+         peak_rss_mib={peak_mib:.1} restart_seconds={restart_seconds:.2} \
+         restart_pass_ms={:.1} moved=0",
+        first_pass_seconds * 1000.0
     );
+}
+
+/// Starts `ironlb controller` against `server` as `identity`; returns it and
+/// its metrics port.
+fn spawn_controller(
+    server: &ApiServer,
+    dir: &std::path::Path,
+    identity: &str,
+) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["controller", "--kubeconfig"])
+        .arg(server.kubeconfig(dir))
+        .args([
+            "--identity",
+            identity,
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ironlb controller");
+    (child, port)
+}
+
+/// The controller's passes so far and the seconds they took, from its
+/// `/metrics`; `None` while it does not answer.
+fn reconcile_seconds(port: u16) -> Option<(u64, f64)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let count = value("ironlb_controller_reconcile_duration_seconds_count")?;
+    let sum = value("ironlb_controller_reconcile_duration_seconds_sum")?;
+    Some((count as u64, sum))
+}
+
+/// Every Service's addresses, in name order.
+async fn addresses(services: &Api<Service>) -> Vec<(String, Vec<String>)> {
+    let mut all: Vec<_> = services
+        .list(&Default::default())
+        .await
+        .expect("list Services")
+        .items
+        .iter()
+        .map(|s| (s.metadata.name.clone().unwrap_or_default(), ips_of(s)))
+        .collect();
+    all.sort();
+    all
 }
 
 /// The CPU time (user and system) process `pid` has used, in seconds: what

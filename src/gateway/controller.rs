@@ -13,7 +13,7 @@
 //! first route into EndpointSlices of the Service, for kube-proxy.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,12 +28,13 @@ use tracing::{debug, info, warn};
 
 use super::attach::{self, RouteKind};
 use super::plan::{self, Action};
+use super::reads::Reads;
 use super::snapshot::{self, Objects};
 use super::watch::{self, refs};
 use crate::api::IPAddressPool;
 use crate::api::gateway::{Gateway, GatewayClass, TCPRoute, TLSRoute, UDPRoute};
 use crate::k8s::apply::{Backoff, Written, gone_is_fine};
-use crate::k8s::{self, Fence, cache_all};
+use crate::k8s::{self, Fence, cache_all, cache_touched};
 
 /// The field manager of the controller's Gateway writes.
 pub const FIELD_MANAGER: &str = "ironlb-gateway";
@@ -50,8 +51,8 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
     info!(kinds = ?kinds, "Gateway controller running");
     let wake = Arc::new(Notify::new());
     let caches = watch::Caches::start(&client, &kinds, &wake, &shutdown);
-    let services = cache_all::<Service>(&client, &wake, &shutdown);
-    let slices = cache_all::<EndpointSlice>(&client, &wake, &shutdown);
+    let (services, touched_services) = cache_touched::<Service>(&client, &wake, &shutdown);
+    let (slices, touched_slices) = cache_touched::<EndpointSlice>(&client, &wake, &shutdown);
     let pools = cache_all::<IPAddressPool>(&client, &wake, &shutdown);
     let ready = caches.ready().await
         && services.wait_until_ready().await.is_ok()
@@ -63,11 +64,43 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
     }
 
     let mut backoff = Backoff::default();
+    let mut last: Option<LastPass> = None;
     loop {
-        // The caches' own objects, shared, never copied: a pass runs on
-        // every Service and EndpointSlice change of the cluster.
+        // Taken before the caches are read: what changes after is noted for
+        // the next wake.
+        let touched = (touched_services.take(), touched_slices.take());
         let state = caches.state();
         let pool_state = pools.state();
+        let others = [state.identities(), watch::identities(&pool_state)].concat();
+        if let (Some(last), (Some(touched_services), Some(touched_slices))) = (&last, touched)
+            && last.others == others
+            && let Some(idle) = RESYNC.checked_sub(last.at.elapsed())
+        {
+            let now_services: Vec<_> = touched_services
+                .into_iter()
+                .map(|r| {
+                    let now = services.get(&r);
+                    ((r.namespace.unwrap_or_default(), r.name), now)
+                })
+                .collect();
+            let now_slices: Vec<_> = touched_slices
+                .into_iter()
+                .map(|r| {
+                    let now = slices.get(&r);
+                    ((r.namespace.unwrap_or_default(), r.name), now)
+                })
+                .collect();
+            if !last.reads.touched_by(
+                now_services.iter().map(|(n, s)| (n.clone(), s.as_deref())),
+                now_slices.iter().map(|(n, s)| (n.clone(), s.as_deref())),
+            ) {
+                if k8s::next_pass(&wake, Some(idle), &shutdown).await.is_none() {
+                    return;
+                }
+                continue;
+            }
+        }
+        // The caches' own objects, shared, never copied.
         let objects = Objects {
             pools: Some(refs(&pool_state)),
             ..state.objects()
@@ -100,11 +133,26 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
                 apply(&client, actions).await
             }
         };
+        last = (written == Written::default()).then(|| LastPass {
+            reads: Reads::of(&snap, &service_list, &slice_list),
+            others,
+            at: Instant::now(),
+        });
         let idle = k8s::apply::idle_until_retry(written, &mut backoff, RESYNC);
         if k8s::next_pass(&wake, Some(idle), &shutdown).await.is_none() {
             return;
         }
     }
+}
+
+/// A pass that wrote all it planned: until something it read changes, or
+/// [`RESYNC`] has passed, another would plan nothing new.
+struct LastPass {
+    /// What it read of the Services and EndpointSlices.
+    reads: Reads,
+    /// The identities of every other kind's objects it read.
+    others: Vec<usize>,
+    at: Instant,
 }
 
 /// Carries out the plan, in its order; what became of the writes.

@@ -11,6 +11,7 @@
 pub mod attach;
 pub mod controller;
 pub mod plan;
+pub mod reads;
 pub mod snapshot;
 pub mod watch;
 

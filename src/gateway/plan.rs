@@ -548,7 +548,7 @@ fn mirror_of(
     })
 }
 
-fn is_mirror(s: &EndpointSlice) -> bool {
+pub(super) fn is_mirror(s: &EndpointSlice) -> bool {
     s.labels().get(SLICE_MANAGER_LABEL).map(String::as_str) == Some(SLICE_MANAGER)
 }
 
@@ -996,5 +996,158 @@ mod tests {
             plan(&snap, &attach::decide(&snap), &services, &slices, &later),
             []
         );
+    }
+
+    use super::super::reads::Name;
+
+    /// What a change of Services and EndpointSlices can touch: the route's
+    /// backend, the Gateway's Service, a Service beside it and one in
+    /// another namespace.
+    const NAMES: [(&str, &str); 4] = [
+        ("infra", "db"),
+        ("infra", "gw-ironlb-gateway"),
+        ("infra", "other"),
+        ("apps", "x"),
+    ];
+
+    #[derive(Clone, Debug)]
+    enum Touch {
+        /// Service `i` of [`NAMES`] deleted, or written as variant `v`.
+        Service(usize, Option<u8>),
+        /// EndpointSlice `s-j` deleted, or made a slice of Service `i`
+        /// (mirrored or not).
+        Slice(usize, Option<(usize, bool)>),
+    }
+
+    fn touch() -> impl proptest::strategy::Strategy<Value = Touch> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..4usize, proptest::option::of(0..16u8)).prop_map(|(i, v)| Touch::Service(i, v)),
+            (0..3usize, proptest::option::of((0..4usize, any::<bool>())))
+                .prop_map(|(j, e)| Touch::Slice(j, e)),
+        ]
+    }
+
+    impl Cluster {
+        fn reads(&self) -> super::super::reads::Reads {
+            let objects = Objects {
+                classes: self.classes.iter().collect(),
+                gateways: self.gateways.iter().collect(),
+                tcp: self.tcp.iter().collect(),
+                tls: self.tls.iter().collect(),
+                ..Default::default()
+            };
+            let services: Vec<&Service> = self.services.iter().collect();
+            let slices: Vec<&EndpointSlice> = self.slices.iter().collect();
+            let snap = snapshot::snapshot(&objects, &services);
+            super::super::reads::Reads::of(&snap, &services, &slices)
+        }
+
+        /// Applies `touch`; returns the Services and EndpointSlices it
+        /// touched, as a watch names them.
+        fn touch(&mut self, touch: &Touch) -> (Vec<Name>, Vec<Name>) {
+            let key = |ns: &str, name: &str| (ns.to_string(), name.to_string());
+            match touch {
+                Touch::Service(i, variant) => {
+                    let (ns, name) = NAMES[*i];
+                    let old = self
+                        .services
+                        .iter()
+                        .position(|s| {
+                            (s.namespace().as_deref(), s.name_any().as_str()) == (Some(ns), name)
+                        })
+                        .map(|at| self.services.remove(at));
+                    if let Some(v) = variant {
+                        // The Gateway's own Service changes only its address.
+                        let mut svc = match old.filter(|_| *i == 1) {
+                            Some(ours) => ours,
+                            None => Svc::new(ns, name)
+                                .port("pg", if v & 1 == 0 { 5432 } else { 80 }, "TCP")
+                                .build(),
+                        };
+                        // As the API server gives them: another Service on the
+                        // Gateway's address is told apart by its uid.
+                        svc.metadata
+                            .uid
+                            .get_or_insert_with(|| format!("uid-{ns}-{name}"));
+                        if v & 2 != 0 {
+                            svc.labels_mut()
+                                .insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+                        }
+                        let ip = ["10.0.0.1", "10.0.0.2", "10.0.0.9"].get(usize::from(v >> 2));
+                        svc.status =
+                            ip.map(|ip| Svc::new(ns, name).ingress(ip).build().status.unwrap());
+                        self.services.push(svc);
+                    }
+                    (vec![key(ns, name)], vec![])
+                }
+                Touch::Slice(j, now) => {
+                    let name = format!("s-{j}");
+                    let mut touched = Vec::new();
+                    self.slices.retain(|s| {
+                        let gone = s.name_any() == name;
+                        if gone {
+                            touched.push(key(&s.namespace().unwrap_or_default(), &name));
+                        }
+                        !gone
+                    });
+                    if let Some((i, mirrored)) = now {
+                        let (ns, service) = NAMES[*i];
+                        let mut new = slice(
+                            ns,
+                            service,
+                            &name,
+                            ("pg", 15432, "TCP"),
+                            &[("10.1.0.7", Some(true))],
+                        );
+                        if *mirrored {
+                            new.labels_mut()
+                                .insert(SLICE_MANAGER_LABEL.into(), SLICE_MANAGER.into());
+                        }
+                        self.slices.push(new);
+                        touched.push(key(ns, &name));
+                    }
+                    (vec![], touched)
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// A change to Services and EndpointSlices that a pass's reads say
+        /// it did not read changes nothing that pass plans: the controller
+        /// may skip the pass it wakes.
+        #[test]
+        fn a_change_outside_what_a_pass_read_changes_nothing_it_plans(
+            touches in proptest::collection::vec(touch(), 1..20),
+        ) {
+            let mut cluster = Cluster::new();
+            // Settled, with the Gateway's Service given an address as the
+            // Service controller gives it.
+            let first = cluster.plan();
+            cluster.apply(&first);
+            cluster.touch(&Touch::Service(1, Some(0)));
+            let settle = cluster.plan();
+            cluster.apply(&settle);
+            for t in &touches {
+                let (reads, before) = (cluster.reads(), cluster.plan());
+                let (services, slices) = cluster.touch(t);
+                let now_service = |(ns, name): &Name| {
+                    cluster.services.iter().find(|s| s.namespace().as_ref() == Some(ns) && s.name_any() == *name)
+                };
+                let now_slice = |(ns, name): &Name| {
+                    cluster.slices.iter().find(|s| s.namespace().as_ref() == Some(ns) && s.name_any() == *name)
+                };
+                let touched = reads.touched_by(
+                    services.iter().map(|n| (n.clone(), now_service(n))),
+                    slices.iter().map(|n| (n.clone(), now_slice(n))),
+                );
+                let after = cluster.plan();
+                if !touched {
+                    proptest::prop_assert_eq!(&after, &before, "after {:?}", t);
+                }
+                cluster.apply(&after);
+            }
+        }
     }
 }
