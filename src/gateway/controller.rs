@@ -68,37 +68,25 @@ pub async fn run(client: Client, fence: Option<Fence>, shutdown: CancellationTok
     loop {
         // Taken before the caches are read: what changes after is noted for
         // the next wake.
-        let touched = (touched_services.take(), touched_slices.take());
+        let touched = (
+            touched_services.take_from(&services),
+            touched_slices.take_from(&slices),
+        );
         let state = caches.state();
         let pool_state = pools.state();
         let others = [state.identities(), watch::identities(&pool_state)].concat();
         if let (Some(last), (Some(touched_services), Some(touched_slices))) = (&last, touched)
             && last.others == others
             && let Some(idle) = RESYNC.checked_sub(last.at.elapsed())
+            && !last.reads.touched_by(
+                touched_services.iter().map(|(n, s)| (n, s.as_deref())),
+                touched_slices.iter().map(|(n, s)| (n, s.as_deref())),
+            )
         {
-            let now_services: Vec<_> = touched_services
-                .into_iter()
-                .map(|r| {
-                    let now = services.get(&r);
-                    ((r.namespace.unwrap_or_default(), r.name), now)
-                })
-                .collect();
-            let now_slices: Vec<_> = touched_slices
-                .into_iter()
-                .map(|r| {
-                    let now = slices.get(&r);
-                    ((r.namespace.unwrap_or_default(), r.name), now)
-                })
-                .collect();
-            if !last.reads.touched_by(
-                now_services.iter().map(|(n, s)| (n.clone(), s.as_deref())),
-                now_slices.iter().map(|(n, s)| (n.clone(), s.as_deref())),
-            ) {
-                if k8s::next_pass(&wake, Some(idle), &shutdown).await.is_none() {
-                    return;
-                }
-                continue;
+            if k8s::next_pass(&wake, Some(idle), &shutdown).await.is_none() {
+                return;
             }
+            continue;
         }
         // The caches' own objects, shared, never copied.
         let objects = Objects {

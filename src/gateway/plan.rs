@@ -1139,8 +1139,8 @@ mod tests {
                     cluster.slices.iter().find(|s| s.namespace().as_ref() == Some(ns) && s.name_any() == *name)
                 };
                 let touched = reads.touched_by(
-                    services.iter().map(|n| (n.clone(), now_service(n))),
-                    slices.iter().map(|n| (n.clone(), now_slice(n))),
+                    services.iter().map(|n| (n, now_service(n))),
+                    slices.iter().map(|n| (n, now_slice(n))),
                 );
                 let after = cluster.plan();
                 if !touched {

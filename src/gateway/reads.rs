@@ -84,14 +84,14 @@ impl Reads {
     /// each as the cache holds it now (`None`: deleted).
     pub fn touched_by<'a>(
         &self,
-        services: impl IntoIterator<Item = (Name, Option<&'a Service>)>,
-        slices: impl IntoIterator<Item = (Name, Option<&'a EndpointSlice>)>,
+        services: impl IntoIterator<Item = (&'a Name, Option<&'a Service>)>,
+        slices: impl IntoIterator<Item = (&'a Name, Option<&'a EndpointSlice>)>,
     ) -> bool {
         services.into_iter().any(|(name, now)| {
-            self.services.contains(&name)
+            self.services.contains(name)
                 || now.is_some_and(|s| is_managed(s) || on(s, &self.addresses))
         }) || slices.into_iter().any(|(name, now)| {
-            self.slices.contains(&name)
+            self.slices.contains(name)
                 || now.is_some_and(|s| {
                     is_mirror(s) || owner(s).is_some_and(|o| self.services.contains(&o))
                 })

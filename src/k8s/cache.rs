@@ -84,6 +84,10 @@ pub(crate) fn cache_touched<K: Watched>(
     (store, touched)
 }
 
+/// A touched object's (namespace, name), and the object as the cache holds
+/// it now (`None`: deleted).
+pub(crate) type NamedNow<K> = ((String, String), Option<Arc<K>>);
+
 /// The objects a watch touched since a pass last asked.
 pub(crate) struct Touched<K: Watched> {
     since: Arc<Mutex<TouchedSince<K>>>,
@@ -113,6 +117,21 @@ impl<K: Watched> Touched<K> {
         let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
         let objects = std::mem::take(&mut since.objects);
         (!std::mem::replace(&mut since.relisted, false)).then(|| objects.into_iter().collect())
+    }
+
+    /// [`Touched::take`], each object as `store` holds it now (`None`:
+    /// deleted), by namespace and name.
+    pub(crate) fn take_from(&self, store: &Store<K>) -> Option<Vec<NamedNow<K>>> {
+        let touched = self.take()?;
+        Some(
+            touched
+                .into_iter()
+                .map(|r| {
+                    let now = store.get(&r);
+                    ((r.namespace.unwrap_or_default(), r.name), now)
+                })
+                .collect(),
+        )
     }
 
     fn note(&self, event: &watcher::Event<K>) {

@@ -355,19 +355,15 @@ impl Kept {
     /// of them after a relist); returns which Services changed.
     fn objects_changed(&mut self, c: &ClusterCaches) -> view::Changes {
         let ((services, touched_services), (slices, touched_slices)) = (&c.services, &c.slices);
-        match (touched_services.take(), touched_slices.take()) {
+        match (
+            touched_services.take_from(services),
+            touched_slices.take_from(slices),
+        ) {
             (Some(touched_services), Some(touched_slices)) => self.objects.apply(
-                touched_services.into_iter().map(|r| {
-                    let now = services.get(&r);
-                    (
-                        ServiceKey::new(r.namespace.unwrap_or_default(), r.name),
-                        now,
-                    )
-                }),
-                touched_slices.into_iter().map(|r| {
-                    let now = slices.get(&r);
-                    ((r.namespace.unwrap_or_default(), r.name), now)
-                }),
+                touched_services
+                    .into_iter()
+                    .map(|((namespace, name), now)| (ServiceKey::new(namespace, name), now)),
+                touched_slices,
             ),
             _ => self.objects.read(&services.state(), &slices.state()),
         }
