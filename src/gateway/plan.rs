@@ -702,14 +702,18 @@ mod tests {
             }
         }
 
-        fn plan(&self) -> Vec<Action> {
-            let objects = Objects {
+        fn objects(&self) -> Objects<'_> {
+            Objects {
                 classes: self.classes.iter().collect(),
                 gateways: self.gateways.iter().collect(),
                 tcp: self.tcp.iter().collect(),
                 tls: self.tls.iter().collect(),
                 ..Default::default()
-            };
+            }
+        }
+
+        fn plan(&self) -> Vec<Action> {
+            let objects = self.objects();
             let services: Vec<&Service> = self.services.iter().collect();
             let slices: Vec<&EndpointSlice> = self.slices.iter().collect();
             let snap = snapshot::snapshot(&objects, &services);
@@ -981,13 +985,7 @@ mod tests {
         let mut cluster = Cluster::new();
         let first = cluster.plan();
         cluster.apply(&first);
-        let objects = Objects {
-            classes: cluster.classes.iter().collect(),
-            gateways: cluster.gateways.iter().collect(),
-            tcp: cluster.tcp.iter().collect(),
-            tls: cluster.tls.iter().collect(),
-            ..Default::default()
-        };
+        let objects = cluster.objects();
         let services: Vec<&Service> = cluster.services.iter().collect();
         let slices: Vec<&EndpointSlice> = cluster.slices.iter().collect();
         let snap = snapshot::snapshot(&objects, &services);
@@ -1030,13 +1028,7 @@ mod tests {
 
     impl Cluster {
         fn reads(&self) -> super::super::reads::Reads {
-            let objects = Objects {
-                classes: self.classes.iter().collect(),
-                gateways: self.gateways.iter().collect(),
-                tcp: self.tcp.iter().collect(),
-                tls: self.tls.iter().collect(),
-                ..Default::default()
-            };
+            let objects = self.objects();
             let services: Vec<&Service> = self.services.iter().collect();
             let slices: Vec<&EndpointSlice> = self.slices.iter().collect();
             let snap = snapshot::snapshot(&objects, &services);
