@@ -87,7 +87,7 @@ async fn main() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
-    let addresses_before = addresses(&services).await;
+    let addresses_before = namespace_addresses(&client, "default").await;
     // Stopped as Kubernetes stops it, so it hands the lease over at once.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -105,7 +105,7 @@ async fn main() {
     )
     .await;
     let restart_seconds = restarted.elapsed().as_secs_f64();
-    let addresses_after = addresses(&services).await;
+    let addresses_after = namespace_addresses(&client, "default").await;
     assert_eq!(addresses_after.len(), addresses_before.len());
     let moved = addresses_after
         .iter()
@@ -212,20 +212,6 @@ fn reconcile_seconds(port: u16) -> Option<(u64, f64)> {
     let count = value("ironlb_controller_reconcile_duration_seconds_count")?;
     let sum = value("ironlb_controller_reconcile_duration_seconds_sum")?;
     Some((count as u64, sum))
-}
-
-/// Every Service's addresses, in name order.
-async fn addresses(services: &Api<Service>) -> Vec<(String, Vec<String>)> {
-    let mut all: Vec<_> = services
-        .list(&Default::default())
-        .await
-        .expect("list Services")
-        .items
-        .iter()
-        .map(|s| (s.metadata.name.clone().unwrap_or_default(), ips_of(s)))
-        .collect();
-    all.sort();
-    all
 }
 
 /// The CPU time (user and system) process `pid` has used, in seconds: what

@@ -87,6 +87,21 @@ pub fn ips_of(svc: &Service) -> Vec<String> {
         .collect()
 }
 
+/// Every Service of `namespace` with the addresses its status shows.
+pub async fn namespace_addresses(
+    client: &Client,
+    namespace: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list services")
+        .items
+        .iter()
+        .map(|s| (s.metadata.name.clone().unwrap_or_default(), ips_of(s)))
+        .collect()
+}
+
 /// The addresses in a Service's status, `None` when it does not exist.
 pub async fn ingress_ips(client: &Client, namespace: &str, name: &str) -> Option<Vec<String>> {
     let svc = Api::<Service>::namespaced(client.clone(), namespace)

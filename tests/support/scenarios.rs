@@ -61,14 +61,7 @@ impl Env {
 
     /// Every Service of the namespace with its addresses.
     async fn addresses(&self) -> BTreeMap<String, Vec<String>> {
-        Api::<Service>::namespaced(self.client.clone(), &self.namespace)
-            .list(&ListParams::default())
-            .await
-            .expect("list services")
-            .items
-            .iter()
-            .map(|s| (s.metadata.name.clone().unwrap_or_default(), ips_of(s)))
-            .collect()
+        super::namespace_addresses(&self.client, &self.namespace).await
     }
 
     async fn wait_addressed(&self, names: &[&str]) -> BTreeMap<String, Vec<String>> {
