@@ -34,7 +34,8 @@
 //! (a windowed echo; HAProxy has no UDP).
 //!
 //! `IRONLB_BENCH_PROFILE=FILE` records a `perf` profile of ironlb during its
-//! short-connection measurement (`perf report -i FILE`);
+//! short-connection measurement (`perf report -i FILE`), and
+//! `IRONLB_BENCH_PROFILE_UDP=FILE` one during its UDP measurement;
 //! `IRONLB_BENCH_ONLY=haproxy,ironlb` measures only those paths.
 //!
 //! Throughput and short-connection figures are medians of
@@ -327,25 +328,9 @@ fn main() {
         for (name, host, ports, process) in &targets {
             eprintln!("round {round}/{rounds}: {name} …");
             let tput = iperf(&lab, &client, host, ports.iperf, seconds);
-            let profile = match (std::env::var("IRONLB_BENCH_PROFILE"), process) {
-                (Ok(file), Some(index)) if *name == "ironlb" && round == 1 => {
-                    std::process::Command::new("perf")
-                        .args([
-                            "record",
-                            "-e",
-                            "cpu-clock",
-                            "-F",
-                            "999",
-                            "-g",
-                            "-o",
-                            &file,
-                            "-p",
-                        ])
-                        .arg(lab.pid(*index).to_string())
-                        .args(["--", "sleep", &seconds.to_string()])
-                        .stderr(std::process::Stdio::null())
-                        .spawn()
-                        .ok()
+            let profile = match process {
+                Some(index) if *name == "ironlb" && round == 1 => {
+                    profile(&lab, *index, "IRONLB_BENCH_PROFILE", seconds)
                 }
                 _ => None,
             };
@@ -387,7 +372,16 @@ fn main() {
             row.mem_per_conn_kib = Some(idle_memory(&lab, &client, host, ports.http, *index, idle));
         }
         if let Some(port) = ports.udp {
+            let profile = match process {
+                Some(index) if *name == "ironlb" => {
+                    profile(&lab, *index, "IRONLB_BENCH_PROFILE_UDP", seconds)
+                }
+                _ => None,
+            };
             row.udp_pps = Some(udp_rate(&client, host, port, seconds));
+            if let Some(mut p) = profile {
+                let _ = p.wait();
+            }
         }
         if burst_total > 0 {
             row.burst_ok = Some(burst(&lab, &client, host, ports.burst, burst_total));
@@ -396,6 +390,29 @@ fn main() {
     }
     println!("\n(medians of {rounds} rounds)");
     report(&rows, seconds, idle, burst_total);
+}
+
+/// A `perf` profile of process `index` of the lab for `seconds`, into the
+/// file the environment variable `var` names, if it names one.
+fn profile(lab: &Lab, index: usize, var: &str, seconds: u64) -> Option<std::process::Child> {
+    let file = std::env::var(var).ok()?;
+    std::process::Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "999",
+            "-g",
+            "-o",
+            &file,
+            "-p",
+        ])
+        .arg(lab.pid(index).to_string())
+        .args(["--", "sleep", &seconds.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
 }
 
 /// Opens `total` connections to `host:port`, 200 at a time, each sending a

@@ -321,13 +321,19 @@ impl Metrics {
 
     /// Counts one refusal.
     pub fn refuse(&self, service: &ServiceKey, reason: Refusal) {
+        self.refuse_many(service, reason, 1);
+    }
+
+    /// Counts `count` refusals for one reason at once: a batch of datagrams
+    /// from one client.
+    pub fn refuse_many(&self, service: &ServiceKey, reason: Refusal, count: u64) {
         self.refused
             .get_or_create(&RefusedLabels {
                 namespace: service.namespace.clone(),
                 service: service.name.clone(),
                 reason,
             })
-            .inc();
+            .inc_by(count);
     }
 
     /// The byte counter of `service` in `direction`.

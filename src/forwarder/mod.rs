@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub mod balance;
+mod datagrams;
 pub mod firewall;
 pub mod flows;
 pub mod metrics;

@@ -1,20 +1,25 @@
 //! UDP: a flow per client address, each with a connected socket to its
 //! backend; replies leave from the Service's address. The flows are bounded
 //! per listener and per node ([`super::flows`] decides which one goes).
+//! Datagrams move in batches, both ways ([`super::datagrams`]).
 
 use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use socket2::Type;
+use socket2::{Domain, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::datagrams::{BATCHES, Batch};
 use super::flows::{Eviction, FlowTable};
 use super::metrics::{Direction, EvictedLabels, Refusal, ServiceLabels};
 use super::plan::Backend;
@@ -22,9 +27,6 @@ use super::{
     Activity, Context, NodeSlot, REPLY_GRACE, Shared, UNANSWERED_FLOW_IDLE, admitted,
     transparent_socket,
 };
-
-/// The largest UDP payload.
-const DATAGRAM: usize = 65_535;
 
 struct Flow {
     backend: Backend,
@@ -55,6 +57,21 @@ impl Drop for Flow {
     }
 }
 
+/// A listener's flows and what it forwards them by.
+struct Listener {
+    socket: Arc<UdpSocket>,
+    flows: FlowTable<SocketAddr, Flow>,
+    shared: Arc<Shared>,
+    /// Made on the first datagram, so a listener nobody used exports no
+    /// series.
+    counters: Option<Counters>,
+    ctx: Arc<Context>,
+    answered: mpsc::UnboundedSender<Answered>,
+    next_id: u64,
+    /// Whether a flow went since the task last yielded.
+    closed: bool,
+}
+
 pub(super) async fn serve(
     socket: UdpSocket,
     state: watch::Receiver<Arc<Shared>>,
@@ -62,99 +79,165 @@ pub(super) async fn serve(
     ctx: Arc<Context>,
 ) {
     let socket = Arc::new(socket);
-    let mut flows: FlowTable<SocketAddr, Flow> = FlowTable::new(ctx.settings.max_flows);
     let mut state = state;
-    let mut shared = state.borrow_and_update().clone();
-    let mut counters: Option<Counters> = None;
-    let mut buf = vec![0u8; DATAGRAM];
     let udp_idle = ctx.settings.udp_idle;
     let unanswered_idle = UNANSWERED_FLOW_IDLE.min(udp_idle);
     let sweep_every = (unanswered_idle / 4).max(Duration::from_millis(100));
     let mut sweep = tokio::time::interval(sweep_every);
-    let (answered_tx, mut answered_rx) = mpsc::unbounded_channel::<Answered>();
-    let mut next_id = 0u64;
+    let (answered, mut answered_rx) = mpsc::unbounded_channel::<Answered>();
+    let mut listener = Listener {
+        socket: socket.clone(),
+        flows: FlowTable::new(ctx.settings.max_flows),
+        shared: state.borrow_and_update().clone(),
+        counters: None,
+        ctx,
+        answered,
+        next_id: 0,
+        closed: false,
+    };
     loop {
-        note_answers(&mut flows, &mut answered_rx);
-        let (n, peer) = tokio::select! {
+        note_answers(&mut listener.flows, &mut answered_rx);
+        tokio::select! {
             _ = stop.cancelled() => break,
             _ = sweep.tick() => {
-                expire(&mut flows, udp_idle, unanswered_idle);
-                if let Some(c) = &counters {
-                    c.count_flows(&flows);
+                expire(&mut listener.flows, udp_idle, unanswered_idle);
+                if let Some(c) = &listener.counters {
+                    c.count_flows(&listener.flows);
                 }
                 continue;
             }
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(r) => r,
-                // An ICMP error for an earlier reply; nothing to do.
-                Err(_) => continue,
+            ready = socket.readable() => if ready.is_err() {
+                continue;
             },
-        };
+        }
         if state.has_changed().unwrap_or(false) {
             let now = state.borrow_and_update().clone();
-            if now.service != shared.service {
-                counters = None;
+            if now.service != listener.shared.service {
+                listener.counters = None;
             }
-            shared = now;
+            listener.shared = now;
         }
-        // Made on the first datagram, so a listener nobody used exports no
-        // series.
-        let c = counters.get_or_insert_with(|| Counters::of(&ctx.metrics, &shared.service));
-        if !admitted(&shared.policy, peer.ip()) {
-            ctx.metrics.refuse(&shared.service, Refusal::SourceRange);
-            continue;
-        }
-        // A flow whose backend left moves to a live one now, not when it idles
-        // out (kubernetes#113250).
-        if flows
-            .peek(&peer)
-            .is_some_and(|f| !shared.backends.contains(&f.backend))
-        {
-            flows.remove(&peer);
-        }
-        if flows.touch(&peer).is_none() {
-            if flows.is_full() {
-                evict(&mut flows, c);
+        // Received and sent on without a suspension point, so the batch is
+        // never held across one.
+        BATCHES.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            // An error is an ICMP error for an earlier reply: nothing to do.
+            if let Ok(n) = socket.try_io(Interest::READABLE, || batch.recv(socket.as_raw_fd())) {
+                listener.forward(&mut batch, n);
             }
-            let Some(slot) = node_slot(&mut flows, &ctx, c) else {
-                ctx.metrics.refuse(&shared.service, Refusal::FlowTableFull);
-                continue;
-            };
-            next_id += 1;
-            let reply = (answered_tx.clone(), next_id);
-            match open(&socket, peer, &shared, &ctx, c, slot, reply).await {
-                Ok(flow) => flows.insert(peer, flow),
-                Err(why) => {
-                    ctx.metrics.refuse(&shared.service, why);
-                    continue;
-                }
-            }
-            c.count_flows(&flows);
-        }
-        let Some(flow) = flows.peek(&peer) else {
-            continue;
-        };
-        flow.activity.touch();
-        match flow.socket.send(&buf[..n]).await {
-            Ok(sent) => {
-                c.datagrams.inc();
-                c.to_backend.inc_by(sent as u64);
-            }
-            Err(e) => {
-                // Typically ECONNREFUSED from an earlier ICMP port unreachable:
-                // the backend is gone; its next datagram picks another.
-                debug!(backend = %flow.backend.address, error = %e, "send to backend failed");
-                c.failures.inc();
-                flows.remove(&peer);
-            }
+        });
+        // A flow's socket closes once its reply task, aborted, is dropped,
+        // which the runtime does only when this task yields: without that,
+        // a flood of new clients would hold the sockets of the flows they
+        // evicted past the flow and descriptor limits.
+        if std::mem::take(&mut listener.closed) {
+            tokio::task::yield_now().await;
         }
     }
+    let Listener {
+        flows,
+        counters,
+        ctx,
+        ..
+    } = listener;
     drain(flows, &ctx).await;
     if let Some(c) = &counters {
         c.flows.set(0);
     }
 }
 
+impl Listener {
+    /// Forwards the `n` datagrams of `batch`, each client's run of them in
+    /// one send.
+    fn forward(&mut self, batch: &mut Batch, n: usize) {
+        let mut start = 0;
+        while start < n {
+            let peer = batch.datagram(start).1;
+            let end = (start + 1..n)
+                .find(|&i| batch.datagram(i).1 != peer)
+                .unwrap_or(n);
+            if let Some(peer) = peer {
+                let before = self.flows.len();
+                let opened = self.forward_run(batch, start..end, peer);
+                self.closed |= self.flows.len() < before + usize::from(opened);
+            }
+            start = end;
+        }
+    }
+
+    /// Forwards datagrams `run` of `batch`, all from `peer`; whether it
+    /// opened a flow for them.
+    fn forward_run(&mut self, batch: &mut Batch, run: Range<usize>, peer: SocketAddr) -> bool {
+        let count = run.len() as u64;
+        let c = self
+            .counters
+            .get_or_insert_with(|| Counters::of(&self.ctx.metrics, &self.shared.service));
+        if !admitted(&self.shared.policy, peer.ip()) {
+            let metrics = &self.ctx.metrics;
+            metrics.refuse_many(&self.shared.service, Refusal::SourceRange, count);
+            return false;
+        }
+        // A flow whose backend left moves to a live one now, not when it idles
+        // out (kubernetes#113250).
+        if self
+            .flows
+            .peek(&peer)
+            .is_some_and(|f| !self.shared.backends.contains(&f.backend))
+        {
+            self.flows.remove(&peer);
+        }
+        let mut opened = false;
+        if self.flows.touch(&peer).is_none() {
+            if self.flows.is_full() {
+                evict(&mut self.flows, c);
+            }
+            let Some(slot) = node_slot(&mut self.flows, &self.ctx, c) else {
+                let metrics = &self.ctx.metrics;
+                metrics.refuse_many(&self.shared.service, Refusal::FlowTableFull, count);
+                return false;
+            };
+            self.next_id += 1;
+            let reply = (self.answered.clone(), self.next_id);
+            match open(&self.socket, peer, &self.shared, &self.ctx, c, slot, reply) {
+                Ok(flow) => {
+                    self.flows.insert(peer, flow);
+                    opened = true;
+                }
+                Err(why) => {
+                    self.ctx
+                        .metrics
+                        .refuse_many(&self.shared.service, why, count);
+                    return false;
+                }
+            }
+            c.count_flows(&self.flows);
+        }
+        let Some(flow) = self.flows.peek(&peer) else {
+            return opened;
+        };
+        flow.activity.touch();
+        // Sent past the runtime's readiness, which a socket just opened
+        // lacks until the reactor next looks: a send that finds no room
+        // drops, and is never waited for.
+        match batch.send(flow.socket.as_raw_fd(), run.clone(), None) {
+            Ok(sent) => {
+                c.datagrams.inc_by(sent as u64);
+                c.to_backend
+                    .inc_by(batch.bytes(run.start..run.start + sent));
+            }
+            // Its send buffer is full: dropped, as a full link would.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                // Typically ECONNREFUSED from an earlier ICMP port unreachable:
+                // the backend is gone; its next datagram picks another.
+                debug!(backend = %flow.backend.address, error = %e, "send to backend failed");
+                c.failures.inc();
+                self.flows.remove(&peer);
+            }
+        }
+        opened
+    }
+}
 /// Marks the flows whose backend answered. At most one report per flow, so
 /// the channel holds no more than the flows opened since the last datagram.
 fn note_answers(
@@ -273,7 +356,7 @@ impl Counters {
 
 /// Opens a flow for `peer` to the first backend that takes a socket, or says
 /// why none does.
-async fn open(
+fn open(
     listener: &Arc<UdpSocket>,
     peer: SocketAddr,
     shared: &Shared,
@@ -288,7 +371,7 @@ async fn open(
         .balancer
         .order(backends, peer.ip(), shared.policy.affinity, now);
     for backend in order {
-        let socket = match backend_socket(peer, backend.address, shared.policy.local).await {
+        let socket = match backend_socket(peer, backend.address, shared.policy.local) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 debug!(backend = %backend.address, error = %e, "UDP backend socket");
@@ -324,28 +407,23 @@ async fn open(
     Err(Refusal::NoBackend)
 }
 
-async fn backend_socket(
+/// A socket connected to `backend`. Binding and connecting a UDP socket
+/// never wait, so a batch opens its flows without a suspension point.
+fn backend_socket(
     peer: SocketAddr,
     backend: SocketAddr,
     transparent: bool,
 ) -> std::io::Result<UdpSocket> {
     let socket = if transparent {
         // The backend sees the client's own address and port.
-        UdpSocket::from_std(transparent_socket(peer, backend, Type::DGRAM)?.into())?
-    } else if backend.is_ipv4() {
-        UdpSocket::bind("0.0.0.0:0").await?
+        transparent_socket(peer, backend, Type::DGRAM)?
     } else {
-        UdpSocket::bind("[::]:0").await?
+        let socket = Socket::new(Domain::for_address(backend), Type::DGRAM, None)?;
+        socket.set_nonblocking(true)?;
+        socket
     };
-    socket.connect(backend).await?;
-    Ok(socket)
-}
-
-thread_local! {
-    /// One receive buffer per worker thread for every flow's replies: a flow
-    /// holds no buffer of its own, so an idle flow costs a socket and a small
-    /// task, not 64 KiB.
-    static REPLY: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; DATAGRAM]);
+    socket.connect(&backend.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Sends the backend's datagrams to `peer` from the listener's socket, so they
@@ -362,21 +440,26 @@ async fn replies(
         if backend.readable().await.is_err() {
             return;
         }
-        // Receive and send without awaiting, so the buffer is never held
-        // across a suspension point. A reply the send buffer can't take now
-        // is dropped, as a full link would.
-        let outcome = REPLY.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match backend.try_recv(&mut buf) {
-                Ok(n) => Some(listener.try_send_to(&buf[..n], peer).map(|_| n)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                Err(e) => Some(Err(e)),
-            }
+        // Received and sent without a suspension point, so the batch is
+        // never held across one. Replies the send buffer can't take now
+        // are dropped, as a full link would.
+        let outcome = BATCHES.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            let n = match backend.try_io(Interest::READABLE, || batch.recv(backend.as_raw_fd())) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            // Past the runtime's readiness, as the listener's sends.
+            let sent = batch
+                .send(listener.as_raw_fd(), 0..n, Some(peer))
+                .unwrap_or(0);
+            Ok(Some(batch.bytes(0..sent)))
         });
         match outcome {
-            None => {}
-            Some(Ok(n)) => {
-                bytes.inc_by(n as u64);
+            Ok(None) => {}
+            Ok(Some(n)) => {
+                bytes.inc_by(n);
                 activity.touch();
                 if let Some((answered, id)) = first.take() {
                     let _ = answered.send((peer, id));
@@ -384,7 +467,7 @@ async fn replies(
             }
             // ICMP unreachable from the backend: keep waiting for the flow to
             // be moved or to expire.
-            Some(Err(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }

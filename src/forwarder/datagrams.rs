@@ -1,0 +1,266 @@
+//! Many datagrams per system call (`recvmmsg`, `sendmmsg`). A flow's
+//! datagrams come in bursts — a game tick, a resolver's retries, a client
+//! with requests in flight — and for a small datagram the system calls, not
+//! the copies, are most of what forwarding costs.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::RawFd;
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+
+/// The most datagrams taken or given in one system call.
+pub(super) const BATCH: usize = 16;
+
+/// The largest UDP payload.
+pub(super) const DATAGRAM: usize = 65_535;
+
+/// Room for [`BATCH`] datagrams of any size, and what the last receive put
+/// there.
+pub(super) struct Batch {
+    /// [`BATCH`] slots of [`DATAGRAM`] bytes. Zeroed memory the kernel
+    /// maps lazily, so a slot costs resident memory only for the bytes
+    /// datagrams wrote into it.
+    slots: Box<[u8]>,
+    /// Each received datagram's length and source.
+    received: Vec<(usize, Option<SocketAddr>)>,
+    /// For sends only: a send sets every field it uses, while a receive
+    /// leaves each source's length as the last receive found it (a
+    /// `sockaddr_in`'s, too short for an IPv6 source), so receives
+    /// start from fresh headers.
+    send_headers: MultiHeaders<SockaddrStorage>,
+    /// The destinations of a send, one per datagram.
+    to: Vec<Option<SockaddrStorage>>,
+}
+
+thread_local! {
+    /// One batch per worker thread, shared by every listener and flow: each
+    /// uses it between two suspension points only, so no flow holds buffers
+    /// of its own.
+    pub(super) static BATCHES: RefCell<Batch> = RefCell::new(Batch::new());
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            slots: vec![0u8; BATCH * DATAGRAM].into_boxed_slice(),
+            received: Vec::with_capacity(BATCH),
+            send_headers: MultiHeaders::preallocate(BATCH, None),
+            to: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Takes what `fd` holds, up to [`BATCH`] datagrams, without waiting;
+    /// returns how many. `WouldBlock` when it holds none.
+    pub(super) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.received.clear();
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+            .slots
+            .chunks_mut(DATAGRAM)
+            .map(|slot| [IoSliceMut::new(slot)])
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let got = recvmmsg(
+            fd,
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )?;
+        self.received
+            .extend(got.map(|m| (m.bytes, m.address.and_then(|a| socket_addr(&a)))));
+        Ok(self.received.len())
+    }
+
+    /// Datagram `i` of the last receive and where it came from.
+    pub(super) fn datagram(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
+        let (len, from) = self.received[i];
+        let at = i * DATAGRAM;
+        (&self.slots[at..at + len], from)
+    }
+
+    /// The bytes of datagrams `range` of the last receive.
+    pub(super) fn bytes(&self, range: Range<usize>) -> u64 {
+        self.received[range]
+            .iter()
+            .map(|(len, _)| *len as u64)
+            .sum()
+    }
+
+    /// Sends datagrams `range` of the last receive on `fd`, to `to` (on a
+    /// connected socket, `None`), in as few system calls as the socket
+    /// takes them; returns how many left. An error after some left is
+    /// not returned: the next send meets it again.
+    pub(super) fn send(
+        &mut self,
+        fd: RawFd,
+        range: Range<usize>,
+        to: Option<SocketAddr>,
+    ) -> io::Result<usize> {
+        let (mut sent, end) = (range.start, range.end);
+        while sent < end {
+            let slices: Vec<[IoSlice<'_>; 1]> = (sent..end)
+                .map(|i| {
+                    let (len, _) = self.received[i];
+                    let at = i * DATAGRAM;
+                    [IoSlice::new(&self.slots[at..at + len])]
+                })
+                .collect();
+            self.to.clear();
+            self.to.resize(end - sent, to.map(SockaddrStorage::from));
+            let result = sendmmsg(
+                fd,
+                &mut self.send_headers,
+                &slices,
+                &self.to,
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            );
+            match result.map(Iterator::count) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if sent == range.start => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        Ok(sent - range.start)
+    }
+}
+
+fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn socket() -> std::net::UdpSocket {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    }
+
+    /// Waits for `n` datagrams to be queued on `s`, then takes them.
+    fn recv_all(batch: &mut Batch, s: &std::net::UdpSocket, n: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match batch.recv(s.as_raw_fd()) {
+                Ok(got) if got >= n || std::time::Instant::now() > deadline => return got,
+                Ok(_) | Err(_) if std::time::Instant::now() > deadline => return 0,
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_each_datagram_whole_with_its_source() {
+        let (a, b, rx) = (socket(), socket(), socket());
+        let to = rx.local_addr().unwrap();
+        // The largest datagram beside small ones: no slot cuts one short.
+        let big = vec![9u8; 65_507];
+        a.send_to(b"one", to).unwrap();
+        b.send_to(&big, to).unwrap();
+        a.send_to(b"three", to).unwrap();
+        let mut batch = Batch::new();
+        assert_eq!(recv_all(&mut batch, &rx, 3), 3);
+        assert_eq!(
+            batch.datagram(0),
+            (&b"one"[..], Some(a.local_addr().unwrap()))
+        );
+        assert_eq!(batch.datagram(1), (&big[..], Some(b.local_addr().unwrap())));
+        assert_eq!(
+            batch.datagram(2),
+            (&b"three"[..], Some(a.local_addr().unwrap()))
+        );
+        assert_eq!(batch.bytes(0..3), 3 + 65_507 + 5);
+        assert_eq!(
+            batch.recv(rx.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
+    fn a_batch_is_sent_on_as_the_datagrams_it_received() {
+        let (from, relay, out) = (socket(), socket(), socket());
+        let connected = socket();
+        connected.connect(out.local_addr().unwrap()).unwrap();
+        for i in 0..BATCH + 4 {
+            from.send_to(
+                format!("datagram {i}").as_bytes(),
+                relay.local_addr().unwrap(),
+            )
+            .unwrap();
+        }
+        let mut batch = Batch::new();
+        assert_eq!(recv_all(&mut batch, &relay, BATCH), BATCH);
+        // Part to an address, part on a connected socket.
+        assert_eq!(
+            batch
+                .send(relay.as_raw_fd(), 0..3, Some(out.local_addr().unwrap()))
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            batch.send(connected.as_raw_fd(), 3..BATCH, None).unwrap(),
+            BATCH - 3
+        );
+        let mut seen = Batch::new();
+        assert_eq!(recv_all(&mut seen, &out, BATCH), BATCH);
+        for i in 0..BATCH {
+            assert_eq!(seen.datagram(i).0, format!("datagram {i}").as_bytes());
+        }
+        assert_eq!(seen.datagram(0).1, Some(relay.local_addr().unwrap()));
+        assert_eq!(seen.datagram(3).1, Some(connected.local_addr().unwrap()));
+        // What did not fit in one batch is still queued.
+        assert_eq!(recv_all(&mut batch, &relay, 4), 4);
+    }
+
+    #[test]
+    fn an_ipv6_source_after_an_ipv4_one_comes_whole() {
+        // One batch serves every listener of a thread, of either family.
+        let Ok(v6) = std::net::UdpSocket::bind("[::1]:0") else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "an_ipv6_source_after_an_ipv4_one_comes_whole cannot run in CI: no IPv6 loopback"
+            );
+            println!("skipping an_ipv6_source_after_an_ipv4_one_comes_whole: no IPv6 loopback");
+            return;
+        };
+        v6.set_nonblocking(true).unwrap();
+        let (a4, rx4) = (socket(), socket());
+        let a6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let mut batch = Batch::new();
+        a4.send_to(b"4", rx4.local_addr().unwrap()).unwrap();
+        assert_eq!(recv_all(&mut batch, &rx4, 1), 1);
+        a6.send_to(b"6", v6.local_addr().unwrap()).unwrap();
+        assert_eq!(recv_all(&mut batch, &v6, 1), 1);
+        assert_eq!(
+            batch.datagram(0),
+            (&b"6"[..], Some(a6.local_addr().unwrap()))
+        );
+    }
+
+    #[test]
+    fn a_refused_send_says_so() {
+        let (from, relay) = (socket(), socket());
+        let gone = socket();
+        let connected = socket();
+        connected.connect(gone.local_addr().unwrap()).unwrap();
+        drop(gone);
+        from.send_to(b"x", relay.local_addr().unwrap()).unwrap();
+        let mut batch = Batch::new();
+        assert_eq!(recv_all(&mut batch, &relay, 1), 1);
+        // The first send draws the port-unreachable; a later one reports it.
+        let _ = batch.send(connected.as_raw_fd(), 0..1, None);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let err = batch.send(connected.as_raw_fd(), 0..1, None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+}
