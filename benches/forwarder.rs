@@ -35,7 +35,9 @@
 //!
 //! `IRONLB_BENCH_PROFILE=FILE` records a `perf` profile of ironlb during its
 //! short-connection measurement (`perf report -i FILE`), and
-//! `IRONLB_BENCH_PROFILE_UDP=FILE` one during its UDP measurement;
+//! `IRONLB_BENCH_PROFILE_UDP=FILE` one during its UDP measurement, and
+//! `IRONLB_BENCH_PROFILE_SNI=FILE` one of each proxy (`FILE.haproxy`,
+//! `FILE.ironlb`) while it routes TLS by server name;
 //! `IRONLB_BENCH_ONLY=haproxy,ironlb` measures only those paths.
 //!
 //! Throughput and short-connection figures are medians of
@@ -341,7 +343,17 @@ fn main() {
             eprintln!("  {tput:.2} Gb/s, {cps:.0} conn/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
             samples.entry(name).or_default().push((tput, cps, p50, p99));
             if let Some(port) = ports.sni {
+                // Every proxy's, beside ironlb's: the row compares them.
+                let profile = match (process, std::env::var("IRONLB_BENCH_PROFILE_SNI")) {
+                    (Some(index), Ok(file)) if round == 1 => {
+                        record(&lab, *index, &format!("{file}.{name}"), seconds)
+                    }
+                    _ => None,
+                };
                 let (cps, p99) = sni_rate(&client, host, port, seconds);
+                if let Some(mut p) = profile {
+                    let _ = p.wait();
+                }
                 eprintln!("  TLS by server name: {cps:.0} conn/s, p99 {p99:.2} ms");
                 sni_samples.entry(name).or_default().push((cps, p99));
             }
@@ -395,7 +407,11 @@ fn main() {
 /// A `perf` profile of process `index` of the lab for `seconds`, into the
 /// file the environment variable `var` names, if it names one.
 fn profile(lab: &Lab, index: usize, var: &str, seconds: u64) -> Option<std::process::Child> {
-    let file = std::env::var(var).ok()?;
+    record(lab, index, &std::env::var(var).ok()?, seconds)
+}
+
+/// A `perf` profile of process `index` of the lab for `seconds`, into `file`.
+fn record(lab: &Lab, index: usize, file: &str, seconds: u64) -> Option<std::process::Child> {
     std::process::Command::new("perf")
         .args([
             "record",
