@@ -421,7 +421,7 @@ fn record(lab: &Lab, index: usize, file: &str, seconds: u64) -> Option<std::proc
             "999",
             "-g",
             "-o",
-            &file,
+            file,
             "-p",
         ])
         .arg(lab.pid(index).to_string())

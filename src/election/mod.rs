@@ -282,23 +282,44 @@ impl Memo {
                 .collect();
             return None;
         }
+        Some(self.drop_leavers(&stays))
+    }
+
+    /// Starts an election over the last one's nodes but those named `left`,
+    /// the others as they were: what [`Memo::begin`] does given those
+    /// nodes, without comparing each. Returns the addresses the leavers
+    /// owned.
+    pub fn leave(&mut self, left: &[String]) -> HashSet<IpAddr> {
+        self.asked.clear();
+        self.kept = true;
+        let mut stays = vec![true; self.nodes.len()];
+        for i in left.iter().filter_map(|name| self.index.get(name)) {
+            stays[*i] = false;
+        }
+        self.drop_leavers(&stays)
+    }
+
+    /// Drops the nodes whose place `stays` marks `false`; returns the
+    /// addresses they owned.
+    fn drop_leavers(&mut self, stays: &[bool]) -> HashSet<IpAddr> {
         let mut moved = HashSet::new();
-        if nodes.len() != self.nodes.len() {
-            for (n, _) in self.nodes.iter().zip(&stays).filter(|(_, s)| !**s) {
-                self.index.remove(&n.name);
-                moved.extend(self.owned.get(&n.name).into_iter().flatten());
-            }
-            let mut kept = stays.iter();
-            self.nodes.retain(|_| kept.next().is_some_and(|k| *k));
-            let mut kept = stays.iter();
-            self.name_hashes.retain(|_| kept.next().is_some_and(|k| *k));
-            for (i, n) in self.nodes.iter().enumerate() {
-                if let Some(at) = self.index.get_mut(&n.name) {
-                    *at = i;
-                }
+        if stays.iter().all(|s| *s) {
+            return moved;
+        }
+        for (n, _) in self.nodes.iter().zip(stays).filter(|(_, s)| !**s) {
+            self.index.remove(&n.name);
+            moved.extend(self.owned.get(&n.name).into_iter().flatten());
+        }
+        let mut kept = stays.iter();
+        self.nodes.retain(|_| kept.next().is_some_and(|k| *k));
+        let mut kept = stays.iter();
+        self.name_hashes.retain(|_| kept.next().is_some_and(|k| *k));
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(at) = self.index.get_mut(&n.name) {
+                *at = i;
             }
         }
-        Some(moved)
+        moved
     }
 
     /// The owner of `address`, as [`owner`] over the nodes of this round.
@@ -608,7 +629,7 @@ mod tests {
         fn the_memo_always_agrees_with_a_fresh_election(
             nodes in nodes_strategy(),
             rounds in proptest::collection::vec(
-                (any::<prop::sample::Index>(), 0u8..4, constraints_strategy()),
+                (any::<prop::sample::Index>(), 0u8..5, constraints_strategy()),
                 1..8,
             ),
             addrs in proptest::collection::vec(address_strategy(), 1..10),
@@ -617,11 +638,14 @@ mod tests {
             let mut current = nodes.clone();
             let mut constraints = Constraints::default();
             let mut last: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
-            for (pick, change, c) in rounds {
+            for (round, (pick, change, c)) in rounds.into_iter().enumerate() {
                 let constraints_before = constraints.clone();
                 let name = pick.get(&nodes).name.clone();
+                // Told which node left (`leave`) once the memo has nodes,
+                // else left to find it (`begin`).
+                let told = change == 4 && round > 0;
                 match change {
-                    0 => current.retain(|n| n.name != name),
+                    0 | 4 => current.retain(|n| n.name != name),
                     1 if !current.iter().any(|n| n.name == name) => {
                         current.push(pick.get(&nodes).clone());
                     }
@@ -632,11 +656,15 @@ mod tests {
                     }
                     _ => constraints = c,
                 }
-                let may_move = memo.begin(&current);
+                let may_move = if told {
+                    Some(memo.leave(std::slice::from_ref(&name)))
+                } else {
+                    memo.begin(&current)
+                };
                 let constraints_kept = constraints == constraints_before;
                 for addr in &addrs {
                     let want = owner(*addr, &current, &constraints).map(|n| n.name.clone());
-                    // What `begin` says stays, stays.
+                    // What `begin` or `leave` says stays, stays.
                     if constraints_kept
                         && let (Some(may_move), Some(last)) = (&may_move, last.get(addr))
                         && !may_move.contains(addr)

@@ -423,7 +423,7 @@ fn interfaces(
 pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause) -> Vec<Effect> {
     let me = settings.node.as_str();
     let mut effects = Vec::new();
-    let (unhindered, nodes_same) = election_nodes(settings, state, world);
+    let (unhindered, group) = election_nodes(settings, state, world);
     let me_node = unhindered.iter().find(|n| n.name == me);
     // Each address is decided from its announcement, its faults, this
     // node's links and eligibility, and the group: a step revisits the
@@ -441,7 +441,7 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     let (me_elected, wanted) = elect(
         me,
         &unhindered,
-        nodes_same,
+        &group,
         state,
         world,
         visit.clone(),
@@ -476,20 +476,40 @@ pub fn step(settings: &Settings, state: &mut State, world: &World, cause: Cause)
     effects
 }
 
+/// How the group changed since the last step.
+enum Group {
+    /// Not at all.
+    Same,
+    /// Only these members left; the others are as they were.
+    Left(Vec<String>),
+    /// Otherwise.
+    Changed,
+}
+
 /// The election's nodes, this one healthy: made again only when the
-/// members, the Node objects or the group's health changed. Also whether
-/// they are those of the last step.
+/// members, the Node objects or the group's health changed, and only
+/// narrowed when members just left. Also how they changed since the last
+/// step.
 fn election_nodes(
     settings: &Settings,
     state: &mut State,
     world: &World,
-) -> (Arc<Vec<election::Node>>, bool) {
-    if let Some(n) = &state.nodes
-        && Arc::ptr_eq(&n.members, &world.members)
+) -> (Arc<Vec<election::Node>>, Group) {
+    if let Some(n) = &mut state.nodes
         && Arc::ptr_eq(&n.objects, &world.node_objects)
         && Arc::ptr_eq(&n.health, &world.health)
     {
-        return (n.unhindered.clone(), true);
+        if Arc::ptr_eq(&n.members, &world.members) {
+            return (n.unhindered.clone(), Group::Same);
+        }
+        if let Some(left) = only_left(&n.members, &world.members) {
+            // The nodes that stay are as they were: a node loss remakes no
+            // node (the speaker alone holds them between steps, so this
+            // takes the leavers out in place).
+            Arc::make_mut(&mut n.unhindered).retain(|node| !left.contains(&node.name));
+            n.members = world.members.clone();
+            return (n.unhindered.clone(), Group::Left(left));
+        }
     }
     let objects: Vec<&K8sNode> = world.node_objects.iter().collect();
     let members = counted_members(settings, state, world, &objects);
@@ -507,7 +527,22 @@ fn election_nodes(
         unhindered: unhindered.clone(),
         told: None,
     });
-    (unhindered, false)
+    (unhindered, Group::Changed)
+}
+
+/// The members of `before` missing from `after`, when `after` has no
+/// other: the sets walked side by side, in order.
+fn only_left(before: &BTreeSet<String>, after: &BTreeSet<String>) -> Option<Vec<String>> {
+    let mut stayed = after.iter().peekable();
+    let mut left = Vec::new();
+    for name in before {
+        if stayed.peek() == Some(&name) {
+            stayed.next();
+        } else {
+            left.push(name.clone());
+        }
+    }
+    stayed.next().is_none().then_some(left)
 }
 
 /// The members of the group that may own addresses. With a cluster, only
@@ -608,13 +643,13 @@ fn servability(
 /// peers learn it within a gossip round, as they learn of a node joining):
 /// this node as elected, and the addresses this node is to own with the
 /// interfaces that announce them. Revisits the addresses
-/// `visit` names and those whose owner may have changed with the group
-/// (`nodes_same`: the group is the last step's). Reports each address given
-/// up to another node because of a problem here, once.
+/// `visit` names and those whose owner may have changed with the `group`.
+/// Reports each address given up to another node because of a problem
+/// here, once.
 fn elect(
     me: &str,
     unhindered: &[election::Node],
-    nodes_same: bool,
+    group: &Group,
     state: &mut State,
     world: &World,
     visit: Visit,
@@ -627,20 +662,29 @@ fn elect(
     };
     let me_node = unhindered.iter().find(|n| n.name == me).map(as_told);
     let last = state.nodes.as_mut().map(|n| &mut n.told);
-    let same = nodes_same && last.as_ref().is_some_and(|t| t.as_ref() == Some(&told));
+    let told_same = last.as_ref().is_some_and(|t| t.as_ref() == Some(&told));
     let (as_is, healthy) = &mut state.elections;
-    let visit = if same && matches!(visit, Visit::Only(_)) {
-        visit
-    } else {
-        // Copied only when the election begins anew: a step within the same
-        // group costs what it revisits, not a copy of every node.
-        let nodes: Vec<election::Node> = unhindered
-            .iter()
-            .map(|n| if n.name == me { as_told(n) } else { n.clone() })
-            .collect();
-        let moved = as_is.begin(&nodes);
-        let moved_healthy = healthy.begin(unhindered);
-        visit.with(moved).with(moved_healthy)
+    let within = told_same && matches!(visit, Visit::Only(_));
+    let visit = match group {
+        Group::Same if within => visit,
+        // Members only left: each memo drops them, as `begin` would find,
+        // without comparing every node.
+        Group::Left(left) if within => {
+            let moved = as_is.leave(left);
+            let moved_healthy = healthy.leave(left);
+            visit.with(Some(moved)).with(Some(moved_healthy))
+        }
+        _ => {
+            // Copied only when the election begins anew: a step within the same
+            // group costs what it revisits, not a copy of every node.
+            let nodes: Vec<election::Node> = unhindered
+                .iter()
+                .map(|n| if n.name == me { as_told(n) } else { n.clone() })
+                .collect();
+            let moved = as_is.begin(&nodes);
+            let moved_healthy = healthy.begin(unhindered);
+            visit.with(moved).with(moved_healthy)
+        }
     };
     if let Some(last) = last {
         *last = Some(told);
@@ -2094,6 +2138,19 @@ mod incremental_tests {
     }
 
     proptest! {
+        /// `only_left` names exactly the members that left, and only when
+        /// none came.
+        #[test]
+        fn only_left_names_the_leavers_when_no_one_came(
+            before in proptest::collection::btree_set("[a-d]{1,2}", 0..8),
+            after in proptest::collection::btree_set("[a-d]{1,2}", 0..8),
+        ) {
+            let want = after
+                .is_subset(&before)
+                .then(|| before.difference(&after).cloned().collect::<Vec<_>>());
+            prop_assert_eq!(only_left(&before, &after), want);
+        }
+
         /// Change after change, a speaker that revisits only what changed
         /// decides exactly what one that revisits every address decides.
         #[test]
