@@ -7,9 +7,10 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 
 /// The most datagrams taken or given in one system call.
 pub(super) const BATCH: usize = 16;
@@ -26,13 +27,6 @@ pub(super) struct Batch {
     slots: Box<[u8]>,
     /// Each received datagram's length and source.
     received: Vec<(usize, Option<SocketAddr>)>,
-    /// For sends only: a send sets every field it uses, while a receive
-    /// leaves each source's length as the last receive found it (a
-    /// `sockaddr_in`'s, too short for an IPv6 source), so receives
-    /// start from fresh headers.
-    send_headers: MultiHeaders<SockaddrStorage>,
-    /// The destinations of a send, one per datagram.
-    to: Vec<Option<SockaddrStorage>>,
 }
 
 thread_local! {
@@ -47,8 +41,6 @@ impl Batch {
         Self {
             slots: vec![0u8; BATCH * DATAGRAM].into_boxed_slice(),
             received: Vec::with_capacity(BATCH),
-            send_headers: MultiHeaders::preallocate(BATCH, None),
-            to: Vec::with_capacity(BATCH),
         }
     }
 
@@ -61,6 +53,9 @@ impl Batch {
             .chunks_mut(DATAGRAM)
             .map(|slot| [IoSliceMut::new(slot)])
             .collect();
+        // Fresh headers each time: a receive leaves each source's length
+        // as it found it (a `sockaddr_in`'s, too short for the IPv6 source
+        // of a later one).
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let got = recvmmsg(
             fd,
@@ -93,39 +88,46 @@ impl Batch {
     /// connected socket, `None`), in as few system calls as the socket
     /// takes them; returns how many left. An error after some left is
     /// not returned: the next send meets it again.
+    ///
+    /// Through rustix, not nix: nix's `sendmmsg` results read back a source
+    /// address per message, which a send never writes.
     pub(super) fn send(
-        &mut self,
-        fd: RawFd,
+        &self,
+        fd: BorrowedFd<'_>,
         range: Range<usize>,
         to: Option<SocketAddr>,
     ) -> io::Result<usize> {
-        let (mut sent, end) = (range.start, range.end);
-        while sent < end {
-            let slices: Vec<[IoSlice<'_>; 1]> = (sent..end)
-                .map(|i| {
-                    let (len, _) = self.received[i];
-                    let at = i * DATAGRAM;
-                    [IoSlice::new(&self.slots[at..at + len])]
-                })
-                .collect();
-            self.to.clear();
-            self.to.resize(end - sent, to.map(SockaddrStorage::from));
-            let result = sendmmsg(
-                fd,
-                &mut self.send_headers,
-                &slices,
-                &self.to,
-                [],
-                MsgFlags::MSG_DONTWAIT,
-            );
-            match result.map(Iterator::count) {
+        let to = to.map(SocketAddrAny::from);
+        let slices: Vec<[IoSlice<'_>; 1]> = range
+            .map(|i| {
+                let (len, _) = self.received[i];
+                let at = i * DATAGRAM;
+                [IoSlice::new(&self.slots[at..at + len])]
+            })
+            .collect();
+        // No ancillary data, but each message takes a buffer of its own.
+        let mut none: Vec<SendAncillaryBuffer<'_, '_, '_>> = slices
+            .iter()
+            .map(|_| SendAncillaryBuffer::default())
+            .collect();
+        let mut messages: Vec<MMsgHdr<'_>> = slices
+            .iter()
+            .zip(&mut none)
+            .map(|(slice, control)| match &to {
+                Some(to) => MMsgHdr::new_with_addr(to, slice, control),
+                None => MMsgHdr::new(slice, control),
+            })
+            .collect();
+        let mut sent = 0;
+        while sent < messages.len() {
+            match sendmmsg(fd, &mut messages[sent..], SendFlags::DONTWAIT) {
                 Ok(0) => break,
                 Ok(n) => sent += n,
-                Err(e) if sent == range.start => return Err(e.into()),
+                Err(e) if sent == 0 => return Err(e.into()),
                 Err(_) => break,
             }
         }
-        Ok(sent - range.start)
+        Ok(sent)
     }
 }
 
@@ -139,7 +141,7 @@ fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
     fn socket() -> std::net::UdpSocket {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -203,12 +205,12 @@ mod tests {
         // Part to an address, part on a connected socket.
         assert_eq!(
             batch
-                .send(relay.as_raw_fd(), 0..3, Some(out.local_addr().unwrap()))
+                .send(relay.as_fd(), 0..3, Some(out.local_addr().unwrap()))
                 .unwrap(),
             3
         );
         assert_eq!(
-            batch.send(connected.as_raw_fd(), 3..BATCH, None).unwrap(),
+            batch.send(connected.as_fd(), 3..BATCH, None).unwrap(),
             BATCH - 3
         );
         let mut seen = Batch::new();
@@ -258,9 +260,9 @@ mod tests {
         let mut batch = Batch::new();
         assert_eq!(recv_all(&mut batch, &relay, 1), 1);
         // The first send draws the port-unreachable; a later one reports it.
-        let _ = batch.send(connected.as_raw_fd(), 0..1, None);
+        let _ = batch.send(connected.as_fd(), 0..1, None);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let err = batch.send(connected.as_raw_fd(), 0..1, None).unwrap_err();
+        let err = batch.send(connected.as_fd(), 0..1, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,7 @@ pub(super) async fn serve(
             let mut batch = batch.borrow_mut();
             // An error is an ICMP error for an earlier reply: nothing to do.
             if let Ok(n) = socket.try_io(Interest::READABLE, || batch.recv(socket.as_raw_fd())) {
-                listener.forward(&mut batch, n);
+                listener.forward(&batch, n);
             }
         });
         // A flow's socket closes once its reply task, aborted, is dropped,
@@ -149,7 +149,7 @@ pub(super) async fn serve(
 impl Listener {
     /// Forwards the `n` datagrams of `batch`, each client's run of them in
     /// one send.
-    fn forward(&mut self, batch: &mut Batch, n: usize) {
+    fn forward(&mut self, batch: &Batch, n: usize) {
         let mut start = 0;
         while start < n {
             let peer = batch.datagram(start).1;
@@ -167,7 +167,7 @@ impl Listener {
 
     /// Forwards datagrams `run` of `batch`, all from `peer`; whether it
     /// opened a flow for them.
-    fn forward_run(&mut self, batch: &mut Batch, run: Range<usize>, peer: SocketAddr) -> bool {
+    fn forward_run(&mut self, batch: &Batch, run: Range<usize>, peer: SocketAddr) -> bool {
         let count = run.len() as u64;
         let c = self
             .counters
@@ -219,7 +219,7 @@ impl Listener {
         // Sent past the runtime's readiness, which a socket just opened
         // lacks until the reactor next looks: a send that finds no room
         // drops, and is never waited for.
-        match batch.send(flow.socket.as_raw_fd(), run.clone(), None) {
+        match batch.send(flow.socket.as_fd(), run.clone(), None) {
             Ok(sent) => {
                 c.datagrams.inc_by(sent as u64);
                 c.to_backend
@@ -451,9 +451,7 @@ async fn replies(
                 Err(e) => return Err(e),
             };
             // Past the runtime's readiness, as the listener's sends.
-            let sent = batch
-                .send(listener.as_raw_fd(), 0..n, Some(peer))
-                .unwrap_or(0);
+            let sent = batch.send(listener.as_fd(), 0..n, Some(peer)).unwrap_or(0);
             Ok(Some(batch.bytes(0..sent)))
         });
         match outcome {
