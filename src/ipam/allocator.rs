@@ -375,22 +375,17 @@ impl Allocator {
             .filter_map(|(key, ips)| Some((key, self.holders.get(ips.first()?)?.get(key)?)))
             .collect();
         order.sort_by_key(|(key, claim)| (claim.created_at, *key));
-        let mut kept: BTreeMap<IpAddr, Vec<&Claim>> = BTreeMap::new();
+        let mut kept: BTreeMap<IpAddr, Vec<(&ServiceKey, &Claim)>> = BTreeMap::new();
         let mut ended = Vec::new();
         for (key, claim) in order {
             let ips = &self.held[key];
             let may_share = ips.iter().all(|ip| {
-                let across = self
-                    .pool_holding(*ip)
-                    .and_then(|p| p.spec.cross_namespace.as_ref());
-                kept.get(ip)
-                    .into_iter()
-                    .flatten()
-                    .all(|theirs| check_sharing(claim, theirs, across).is_ok())
+                let others = kept.get(ip).into_iter().flatten().copied();
+                self.may_share_with(*ip, claim, others).is_ok()
             });
             if may_share {
                 for ip in ips {
-                    kept.entry(*ip).or_default().push(claim);
+                    kept.entry(*ip).or_default().push((key, claim));
                 }
             } else {
                 ended.push(key.clone());
@@ -949,13 +944,26 @@ impl Allocator {
         let Some(holders) = self.holders.get(&ip) else {
             return Ok(());
         };
+        self.may_share_with(
+            ip,
+            claim,
+            holders.iter().filter(|(holder, _)| *holder != key),
+        )
+    }
+
+    /// Whether `claim` may share `ip` with `others`, under the sharing
+    /// rules of the pool holding `ip`; else the first that refuses, and why.
+    fn may_share_with<'a>(
+        &self,
+        ip: IpAddr,
+        claim: &Claim,
+        others: impl IntoIterator<Item = (&'a ServiceKey, &'a Claim)>,
+    ) -> Result<(), (ServiceKey, SharingRefusal)> {
         let across = self
             .pool_holding(ip)
             .and_then(|p| p.spec.cross_namespace.as_ref());
-        for (holder, theirs) in holders.iter() {
-            if holder != key {
-                check_sharing(claim, theirs, across).map_err(|reason| (holder.clone(), reason))?;
-            }
+        for (holder, theirs) in others {
+            check_sharing(claim, theirs, across).map_err(|reason| (holder.clone(), reason))?;
         }
         Ok(())
     }
