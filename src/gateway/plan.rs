@@ -33,7 +33,7 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// EndpointSlice controllers leave them alone (a label value: no `/`).
 pub const SLICE_MANAGER: &str = "gateway-controller.ironlb.dev";
 const SLICE_MANAGER_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// `app.kubernetes.io/managed-by` on the Services the controller keeps.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Its value.
@@ -552,6 +552,11 @@ pub(super) fn is_mirror(s: &EndpointSlice) -> bool {
     s.labels().get(SLICE_MANAGER_LABEL).map(String::as_str) == Some(SLICE_MANAGER)
 }
 
+/// Whether ironlb's Gateway controller manages the Service (a Gateway's).
+pub(super) fn is_managed(s: &Service) -> bool {
+    s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+}
+
 /// The writes that make the mirrored slices of `namespace/service` exactly
 /// `wanted`.
 fn sync_slices(
@@ -597,10 +602,7 @@ fn leftovers(
     kept: &BTreeSet<(String, String)>,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    for s in services
-        .iter()
-        .filter(|s| s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY))
-    {
+    for s in services.iter().filter(|s| is_managed(s)) {
         let key = (s.namespace().unwrap_or_default(), s.name_any());
         if !kept.contains(&key) {
             actions.push(Action::DeleteService {

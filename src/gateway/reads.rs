@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use super::attach::Snapshot;
-use super::plan::{MANAGED_BY, MANAGED_BY_LABEL, is_mirror};
+use super::plan::{SERVICE_NAME_LABEL, is_managed, is_mirror};
 use super::service_name;
 use crate::k8s::translate;
 
@@ -99,10 +99,6 @@ impl Reads {
     }
 }
 
-fn is_managed(s: &Service) -> bool {
-    s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-}
-
 fn on(s: &Service, addresses: &HashSet<IpAddr>) -> bool {
     !addresses.is_empty()
         && translate::status_addresses(s)
@@ -112,8 +108,5 @@ fn on(s: &Service, addresses: &HashSet<IpAddr>) -> bool {
 
 /// The Service an EndpointSlice belongs to.
 fn owner(s: &EndpointSlice) -> Option<Name> {
-    Some((
-        s.namespace()?,
-        s.labels().get("kubernetes.io/service-name")?.clone(),
-    ))
+    Some((s.namespace()?, s.labels().get(SERVICE_NAME_LABEL)?.clone()))
 }
