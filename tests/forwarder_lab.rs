@@ -517,6 +517,60 @@ fn tcp_and_udp_share_one_address_like_dns() {
     );
 }
 
+/// A client with 48 datagrams of one size in flight: the node sends each
+/// run on in one segmented send (UDP GSO), and the backend and client get
+/// every datagram whole. Then with a path MTU below the datagrams' size,
+/// where the kernel refuses such segments: the node sends them one by one
+/// (the kernel fragments each), and none is lost.
+#[test]
+fn runs_of_datagrams_arrive_whole_even_where_the_path_refuses_segments() {
+    let Some(mut w) = world("udp_runs", 1) else {
+        return;
+    };
+    let be = w.backend_host("echo", "pe", "10.77.0.21");
+    w.peer_server(&be, "10.77.0.21", 5353);
+    let services = format!(
+        "  - name: game\n    address: {VIP}\n    ports: [{{port: 7777, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: 10.77.0.21}}]\n"
+    );
+    w.speaker(1, &services);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !w.udp(&w.client, VIP, 7777, "hi").contains("got=hi") {
+        assert!(Instant::now() < deadline, "never answered:\n{}", w.logs());
+    }
+    let burst = format!(
+        "import socket\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2.0)\n\
+         s.connect(('{VIP}',7777))\n\
+         sent=[b'run%04d' % i + b'x' * 1093 for i in range(48)]\n\
+         for m in sent: s.send(m)\n\
+         got=set()\n\
+         try:\n\
+         \x20 while len(got) < len(sent):\n\
+         \x20   a=s.recv(65535)\n\
+         \x20   got.add(a[a.index(b'got=') + 4:])\n\
+         except Exception: pass\n\
+         print('whole', len(got & set(sent)), 'other', len(got - set(sent)), flush=True)\n"
+    );
+    let client = w.client.clone();
+    let out = w.lab.exec_ok(&client, &["python3", "-c", &burst]);
+    assert_eq!(out.trim(), "whole 48 other 0", "with segments");
+    // Routes with an MTU of 1,000 to the backend and the client: 1,100
+    // bytes no longer fit one packet.
+    let node = w.nodes[0].clone();
+    for host in ["10.77.0.21", CLIENT] {
+        w.lab.exec_ok(
+            &node,
+            &["ip", "route", "add", host, "dev", "eth0", "mtu", "1000"],
+        );
+    }
+    let out = w.lab.exec_ok(&client, &["python3", "-c", &burst]);
+    assert_eq!(
+        out.trim(),
+        "whole 48 other 0",
+        "on a path with a smaller MTU"
+    );
+}
+
 #[test]
 fn source_ranges_refuse_outsiders_and_a_dead_backend_falls_through() {
     let Some(mut w) = world("ranges_and_resets", 1) else {

@@ -7,10 +7,13 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmsg,
+};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
+use tracing::debug;
 
 /// The most datagrams taken or given in one system call.
 pub(super) const BATCH: usize = 16;
@@ -89,22 +92,123 @@ impl Batch {
     /// takes them; returns how many left. An error after some left is
     /// not returned: the next send meets it again.
     ///
-    /// Through rustix, not nix: nix's `sendmmsg` results read back a source
-    /// address per message, which a send never writes.
+    /// A run of datagrams of one size goes down as one segmented send
+    /// (UDP GSO): the kernel routes, filters and hands it to the next hop
+    /// once, and cuts it into the datagrams only where it must — on the
+    /// wire, or at the receiving socket. The others go in one `sendmmsg`.
     pub(super) fn send(
         &self,
         fd: BorrowedFd<'_>,
         range: Range<usize>,
         to: Option<SocketAddr>,
     ) -> io::Result<usize> {
-        let to = to.map(SocketAddrAny::from);
-        let slices: Vec<[IoSlice<'_>; 1]> = range
-            .map(|i| {
-                let (len, _) = self.received[i];
-                let at = i * DATAGRAM;
-                [IoSlice::new(&self.slots[at..at + len])]
-            })
+        let mut sent = 0;
+        // Datagrams from `next` on are not sent yet; those before `at`
+        // belong to no run and go one message each.
+        let (mut next, mut at) = (range.start, range.start);
+        while at < range.end {
+            let run = self.segmentable(at..range.end);
+            if run.len() < 2 {
+                at += 1;
+                continue;
+            }
+            if next < at && !tally(&mut sent, next..at, self.send_each(fd, next..at, to))? {
+                return Ok(sent);
+            }
+            let result = match self.send_segmented(fd, run.clone(), to) {
+                Err(e) if refuses_segments(&e) => {
+                    // No segments on this path (EIO: IPsec, or a device
+                    // without checksum offload on older kernels) or none
+                    // of this size (a smaller MTU): this thread sends none,
+                    // or only smaller ones, from now on; these go one by one.
+                    let size = self.received[run.start].0;
+                    let io_error = e.raw_os_error() == Some(libc::EIO);
+                    SEGMENT_LIMIT.set(if io_error { 0 } else { size - 1 });
+                    debug!(size, error = %e, "a path refused segmented UDP sends");
+                    self.send_each(fd, run.clone(), to)
+                }
+                other => other,
+            };
+            if !tally(&mut sent, run.clone(), result)? {
+                return Ok(sent);
+            }
+            (next, at) = (run.end, run.end);
+        }
+        if next < range.end {
+            tally(
+                &mut sent,
+                next..range.end,
+                self.send_each(fd, next..range.end, to),
+            )?;
+        }
+        Ok(sent)
+    }
+
+    /// The datagrams from `range.start` that one segmented send can carry:
+    /// of one size within [`SEGMENT_LIMIT`], the last maybe shorter, all
+    /// within the largest datagram the kernel builds.
+    fn segmentable(&self, range: Range<usize>) -> Range<usize> {
+        let size = self.received[range.start].0;
+        if size == 0 || size > SEGMENT_LIMIT.get() {
+            return range.start..range.start + 1;
+        }
+        let (mut end, mut total) = (range.start, 0);
+        while end < range.end && total + self.received[end].0 <= SEGMENTED_MAX {
+            let len = self.received[end].0;
+            if len > size || len == 0 {
+                break;
+            }
+            total += len;
+            end += 1;
+            if len < size {
+                break;
+            }
+        }
+        range.start..end
+    }
+
+    /// Datagrams `run`, one size but maybe the last, as one send that the
+    /// kernel cuts into them; returns how many left.
+    ///
+    /// Through nix, which has the segment-size control message that
+    /// rustix lacks; its `sendmsg` returns a count and reads nothing back.
+    fn send_segmented(
+        &self,
+        fd: BorrowedFd<'_>,
+        run: Range<usize>,
+        to: Option<SocketAddr>,
+    ) -> io::Result<usize> {
+        let slices: Vec<IoSlice<'_>> = run
+            .clone()
+            .map(|i| IoSlice::new(self.datagram(i).0))
             .collect();
+        let segment = u16::try_from(self.received[run.start].0)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let to = to.map(SockaddrStorage::from);
+        sendmsg(
+            fd.as_raw_fd(),
+            &slices,
+            &[ControlMessage::UdpGsoSegments(&segment)],
+            MsgFlags::MSG_DONTWAIT,
+            to.as_ref(),
+        )?;
+        Ok(run.len())
+    }
+
+    /// Datagrams `range`, a message each, in as few `sendmmsg` calls as
+    /// the socket takes them; returns how many left.
+    ///
+    /// Through rustix, not nix: nix's `sendmmsg` results read back a source
+    /// address per message, which a send never writes.
+    fn send_each(
+        &self,
+        fd: BorrowedFd<'_>,
+        range: Range<usize>,
+        to: Option<SocketAddr>,
+    ) -> io::Result<usize> {
+        let to = to.map(SocketAddrAny::from);
+        let slices: Vec<[IoSlice<'_>; 1]> =
+            range.map(|i| [IoSlice::new(self.datagram(i).0)]).collect();
         // No ancillary data, but each message takes a buffer of its own.
         let mut none: Vec<SendAncillaryBuffer<'_, '_, '_>> = slices
             .iter()
@@ -129,6 +233,39 @@ impl Batch {
         }
         Ok(sent)
     }
+}
+
+/// Adds what a send of `part` left to `sent`; whether all of it left. Its
+/// error only when nothing left before it.
+fn tally(sent: &mut usize, part: Range<usize>, result: io::Result<usize>) -> io::Result<bool> {
+    match result {
+        Ok(n) => {
+            *sent += n;
+            Ok(n == part.len())
+        }
+        Err(e) if *sent == 0 => Err(e),
+        Err(_) => Ok(false),
+    }
+}
+
+/// The most bytes one segmented send carries: a datagram's 65,535 less
+/// the largest IP and UDP headers, rounded down.
+const SEGMENTED_MAX: usize = 65_000;
+
+thread_local! {
+    /// The largest datagram this thread sends as a segment. A segment must
+    /// fit the path's MTU whole, so it starts at what an Ethernet MTU of
+    /// 1,500 carries over IPv6; a path that refuses segments lowers it.
+    static SEGMENT_LIMIT: std::cell::Cell<usize> = const { std::cell::Cell::new(1_452) };
+}
+
+/// Whether a segmented send failed because the path cannot take segments,
+/// not because the socket is full or the peer gone.
+fn refuses_segments(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EIO | libc::EMSGSIZE | libc::EOPNOTSUPP)
+    )
 }
 
 fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -222,6 +359,98 @@ mod tests {
         assert_eq!(seen.datagram(3).1, Some(connected.local_addr().unwrap()));
         // What did not fit in one batch is still queued.
         assert_eq!(recv_all(&mut batch, &relay, 4), 4);
+    }
+
+    #[test]
+    fn runs_of_one_size_arrive_as_the_datagrams_they_were() {
+        let (from, relay, out) = (socket(), socket(), socket());
+        // Runs of one size, a shorter end to one, sizes no run shares, and
+        // one too large to be a segment: each arrives as it was sent.
+        let sizes = [40, 40, 40, 12, 7, 300, 300, 1_452, 1_453, 1_453, 1, 1, 1, 5];
+        for (i, size) in sizes.iter().enumerate() {
+            from.send_to(&vec![i as u8; *size], relay.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut batch = Batch::new();
+        assert_eq!(recv_all(&mut batch, &relay, sizes.len()), sizes.len());
+        let to = Some(out.local_addr().unwrap());
+        assert_eq!(
+            batch.send(relay.as_fd(), 0..sizes.len(), to).unwrap(),
+            sizes.len()
+        );
+        let mut seen = Batch::new();
+        assert_eq!(recv_all(&mut seen, &out, sizes.len()), sizes.len());
+        for (i, size) in sizes.iter().enumerate() {
+            assert_eq!(
+                seen.datagram(i).0,
+                &vec![i as u8; *size][..],
+                "datagram {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_run_of_one_size_leaves_as_one_segmented_send() {
+        let (from, relay, out) = (socket(), socket(), socket());
+        // A receiver that takes segmented datagrams whole sees what left
+        // as one send.
+        nix::sys::socket::setsockopt(&out, nix::sys::socket::sockopt::UdpGroSegment, &true)
+            .unwrap();
+        for _ in 0..4 {
+            from.send_to(&[3u8; 100], relay.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut batch = Batch::new();
+        assert_eq!(recv_all(&mut batch, &relay, 4), 4);
+        let to = Some(out.local_addr().unwrap());
+        assert_eq!(batch.send(relay.as_fd(), 0..4, to).unwrap(), 4);
+        let mut seen = Batch::new();
+        assert_eq!(recv_all(&mut seen, &out, 1), 1);
+        assert_eq!(seen.datagram(0).0, &[3u8; 400][..]);
+    }
+
+    fn with_sizes(sizes: &[usize]) -> Batch {
+        let mut batch = Batch::new();
+        batch.received = sizes.iter().map(|len| (*len, None)).collect();
+        batch
+    }
+
+    proptest::proptest! {
+        /// The runs a batch is cut into cover it in order, and each is
+        /// what one segmented send may carry.
+        #[test]
+        fn segmentable_runs_are_ones_the_kernel_takes(
+            sizes in proptest::collection::vec(
+                proptest::prop_oneof![0usize..4, 1_450usize..1_455, 4_000usize..30_000],
+                1..BATCH,
+            ),
+        ) {
+            let batch = with_sizes(&sizes);
+            let mut at = 0;
+            while at < sizes.len() {
+                let run = batch.segmentable(at..sizes.len());
+                proptest::prop_assert_eq!(run.start, at);
+                proptest::prop_assert!(run.end > at && run.end <= sizes.len());
+                let part = &sizes[run.clone()];
+                if part.len() > 1 {
+                    let size = part[0];
+                    proptest::prop_assert!(size > 0 && size <= SEGMENT_LIMIT.get());
+                    proptest::prop_assert!(part[..part.len() - 1].iter().all(|s| *s == size));
+                    proptest::prop_assert!(part[part.len() - 1] > 0 && part[part.len() - 1] <= size);
+                    proptest::prop_assert!(part.iter().sum::<usize>() <= SEGMENTED_MAX);
+                }
+                // A run ends only where the next datagram cannot join it.
+                if let Some(next) = sizes.get(run.end) {
+                    let size = part[0];
+                    let joins = (1..=SEGMENT_LIMIT.get()).contains(&size)
+                        && part[part.len() - 1] == size
+                        && (1..=size).contains(next)
+                        && part.iter().sum::<usize>() + next <= SEGMENTED_MAX;
+                    proptest::prop_assert!(!joins, "{:?} stopped before {}", part, next);
+                }
+                at = run.end;
+            }
+        }
     }
 
     #[test]
