@@ -199,53 +199,79 @@ pub fn owner<'a>(
         nodes.iter().map(|n| (name_hash(&n.name), n)),
         constraints,
     )
+    .owner
 }
 
-/// [`owner`] over nodes given with their [`name_hash`].
+/// How many of the best nodes that can serve an address an election keeps,
+/// so that when its owner leaves, the next is known without another.
+const RUNNERS_UP: usize = 3;
+
+/// What an election found.
+struct Elected<'a> {
+    /// The owner, as [`owner`] gives it.
+    owner: Option<&'a Node>,
+    /// The [`RUNNERS_UP`] best eligible nodes that can serve the address,
+    /// best first; fewer when fewer can.
+    able: Vec<&'a Node>,
+}
+
+/// [`owner`] over nodes given with their [`name_hash`], with the best
+/// nodes that can serve the address.
 fn best<'a>(
     address: IpAddr,
     nodes: impl Iterator<Item = (u64, &'a Node)>,
     constraints: &Constraints,
-) -> Option<&'a Node> {
-    // Scores come in random order, so only a few nodes (about ln n) beat the
-    // best so far: eligibility, the costly part, is checked for those only.
+) -> Elected<'a> {
+    // Scores come in random order, so only a few nodes (about ln n for each
+    // place kept) beat the ones kept so far: eligibility, the costly part,
+    // is checked for those only.
     let beats = |score: u64, node: &Node, best: Option<(u64, &Node)>| {
         best.is_none_or(|(s, b)| score > s || (score == s && node.name < b.name))
     };
-    let mut able: Option<(u64, &Node)> = None;
+    let mut able: Vec<(u64, &Node)> = Vec::with_capacity(RUNNERS_UP + 1);
     let mut any: Option<(u64, &Node)> = None;
     for (name_hash, node) in nodes {
         let s = finish(name_hash, address);
-        // `able`'s best never scores above `any`'s: a node that does not
-        // beat it beats neither.
-        if !beats(s, node, able) || eligibility(node, constraints).is_err() {
+        // The last able node kept never scores above `any`'s best: a node
+        // that does not beat it is kept by neither.
+        let last = (able.len() == RUNNERS_UP).then(|| able[RUNNERS_UP - 1]);
+        if !beats(s, node, last) || eligibility(node, constraints).is_err() {
             continue;
         }
         if beats(s, node, any) {
             any = Some((s, node));
         }
         if !node.cannot_serve.contains(&address) {
-            able = Some((s, node));
+            let at = able.partition_point(|b| !beats(s, node, Some(*b)));
+            able.insert(at, (s, node));
+            able.truncate(RUNNERS_UP);
         }
     }
-    able.or(any).map(|(_, n)| n)
+    Elected {
+        owner: able.first().or(any.as_ref()).map(|(_, n)| *n),
+        able: able.into_iter().map(|(_, n)| n).collect(),
+    }
 }
 
 /// The owners of the last election, so that when nodes only leave, an
 /// address whose owner stays keeps it without a new election: with
-/// rendezvous hashing, removing a node moves only its own addresses. A node
-/// loss then costs a lookup per address that node owned, not an election
-/// per address.
+/// rendezvous hashing, removing a node moves only its own addresses, each
+/// to the best node after it that can serve it, which the election kept.
+/// A node loss then costs a lookup per address that node owned, not an
+/// election per address, nor a pass over the nodes.
 #[derive(Clone, Debug, Default)]
 pub struct Memo {
-    /// The nodes of the last election.
+    /// The nodes of the last election, and those that left since, in
+    /// places that do not move until the nodes change otherwise.
     nodes: Vec<Node>,
     /// Each of `nodes`' [`name_hash`], in the same places.
     name_hashes: Vec<u64>,
-    /// Node name → its place in `nodes`.
+    /// Whether the node in each place is still here.
+    present: Vec<bool>,
+    /// The name of each node still here → its place in `nodes`.
     index: HashMap<String, usize>,
-    /// Address → the constraints it was elected under and its owner.
-    owners: HashMap<IpAddr, (Constraints, Option<String>)>,
+    /// Address → what it was last elected under, and by whom.
+    owners: HashMap<IpAddr, Choice>,
     /// Owner → the addresses it owns, as in `owners`.
     owned: HashMap<String, HashSet<IpAddr>>,
     /// The last round's owners still hold where they are still among
@@ -254,6 +280,17 @@ pub struct Memo {
     kept: bool,
     /// Addresses asked for this round; the others are forgotten at its end.
     asked: HashSet<IpAddr>,
+}
+
+/// One address's last election.
+#[derive(Clone, Debug)]
+struct Choice {
+    /// The constraints it was elected under.
+    constraints: Constraints,
+    /// Its owner.
+    owner: Option<String>,
+    /// [`Elected::able`], by name.
+    able: Vec<String>,
 }
 
 impl Memo {
@@ -275,6 +312,7 @@ impl Memo {
         if !only_left {
             self.nodes = nodes.to_vec();
             self.name_hashes = nodes.iter().map(|n| name_hash(&n.name)).collect();
+            self.present = vec![true; nodes.len()];
             self.index = nodes
                 .iter()
                 .enumerate()
@@ -282,7 +320,10 @@ impl Memo {
                 .collect();
             return None;
         }
-        Some(self.drop_leavers(&stays))
+        let left: Vec<usize> = (0..stays.len())
+            .filter(|i| self.present[*i] && !stays[*i])
+            .collect();
+        Some(self.drop_leavers(left))
     }
 
     /// Starts an election over the last one's nodes but those named `left`,
@@ -292,32 +333,20 @@ impl Memo {
     pub fn leave(&mut self, left: &[String]) -> HashSet<IpAddr> {
         self.asked.clear();
         self.kept = true;
-        let mut stays = vec![true; self.nodes.len()];
-        for i in left.iter().filter_map(|name| self.index.get(name)) {
-            stays[*i] = false;
-        }
-        self.drop_leavers(&stays)
+        let places = left.iter().filter_map(|name| self.index.get(name).copied());
+        let places = places.collect();
+        self.drop_leavers(places)
     }
 
-    /// Drops the nodes whose place `stays` marks `false`; returns the
-    /// addresses they owned.
-    fn drop_leavers(&mut self, stays: &[bool]) -> HashSet<IpAddr> {
+    /// Marks the nodes in `places` gone, leaving every other in its place;
+    /// returns the addresses they owned.
+    fn drop_leavers(&mut self, places: Vec<usize>) -> HashSet<IpAddr> {
         let mut moved = HashSet::new();
-        if stays.iter().all(|s| *s) {
-            return moved;
-        }
-        for (n, _) in self.nodes.iter().zip(stays).filter(|(_, s)| !**s) {
-            self.index.remove(&n.name);
-            moved.extend(self.owned.get(&n.name).into_iter().flatten());
-        }
-        let mut kept = stays.iter();
-        self.nodes.retain(|_| kept.next().is_some_and(|k| *k));
-        let mut kept = stays.iter();
-        self.name_hashes.retain(|_| kept.next().is_some_and(|k| *k));
-        for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(at) = self.index.get_mut(&n.name) {
-                *at = i;
-            }
+        for i in places {
+            let name = &self.nodes[i].name;
+            self.present[i] = false;
+            self.index.remove(name);
+            moved.extend(self.owned.get(name).into_iter().flatten());
         }
         moved
     }
@@ -325,59 +354,95 @@ impl Memo {
     /// The owner of `address`, as [`owner`] over the nodes of this round.
     pub fn owner(&mut self, address: IpAddr, constraints: &Constraints) -> Option<&Node> {
         self.asked.insert(address);
-        let cached = self.owners.get(&address).and_then(|(c, owner)| {
-            let valid = c == constraints
-                && self.kept
-                && owner.as_ref().is_none_or(|o| self.index.contains_key(o));
-            // No owner stays no owner when nodes only leave.
-            valid.then(|| owner.clone())
-        });
-        let name = match cached {
+        let name = match self.known_owner(address, constraints) {
             Some(name) => name,
             None => {
-                // Only a node a constraint names can be eligible: when one
-                // names fewer nodes than there are, the election is among
-                // those, found by name — a Local Service's few endpoint
-                // nodes among a thousand cost a few scores, not a thousand
-                // eligibility checks.
-                let named = [&constraints.local_endpoints, &constraints.allowed_nodes]
-                    .into_iter()
-                    .flatten()
-                    .min_by_key(|names| names.len())
-                    .filter(|names| names.len() < self.nodes.len());
-                let elected = match named {
-                    Some(names) => {
-                        let places = names.iter().filter_map(|n| self.index.get(n));
-                        let nodes = places.map(|&i| (self.name_hashes[i], &self.nodes[i]));
-                        best(address, nodes, constraints)
-                    }
-                    None => {
-                        let nodes = self.name_hashes.iter().copied().zip(&self.nodes);
-                        best(address, nodes, constraints)
-                    }
-                };
-                let name = elected.map(|n| n.name.clone());
-                self.forget(&address);
-                if let Some(n) = &name {
-                    self.owned.entry(n.clone()).or_default().insert(address);
-                }
-                self.owners
-                    .insert(address, (constraints.clone(), name.clone()));
-                name
+                let elected = self.elect(address, constraints);
+                let owner = elected.owner.map(|n| n.name.clone());
+                let able = elected.able.iter().map(|n| n.name.clone()).collect();
+                self.record(
+                    address,
+                    Choice {
+                        constraints: constraints.clone(),
+                        owner: owner.clone(),
+                        able,
+                    },
+                );
+                owner
             }
         };
         name.and_then(|name| self.index.get(&name).map(|i| &self.nodes[*i]))
     }
 
+    /// The owner of `address` without an election, when nodes only left
+    /// since its last: the owner then, if still here, or the best node
+    /// after it that can serve it. `None` when it needs an election.
+    fn known_owner(
+        &mut self,
+        address: IpAddr,
+        constraints: &Constraints,
+    ) -> Option<Option<String>> {
+        let choice = self
+            .owners
+            .get_mut(&address)
+            .filter(|c| self.kept && c.constraints == *constraints)?;
+        let next = match &choice.owner {
+            // No owner stays no owner when nodes only leave.
+            Some(owner) if !self.index.contains_key(owner) => choice
+                .able
+                .iter()
+                .find(|n| self.index.contains_key(*n))?
+                .clone(),
+            stays => return Some(stays.clone()),
+        };
+        if let Some(last) = choice.owner.replace(next.clone()) {
+            disown(&mut self.owned, &last, &address);
+        }
+        self.owned.entry(next.clone()).or_default().insert(address);
+        Some(Some(next))
+    }
+
+    /// Elects the owner of `address` among the nodes still here.
+    fn elect(&self, address: IpAddr, constraints: &Constraints) -> Elected<'_> {
+        // Only a node a constraint names can be eligible: when one names
+        // fewer nodes than there are, the election is among those, found
+        // by name — a Local Service's few endpoint nodes among a thousand
+        // cost a few scores, not a thousand eligibility checks.
+        let named = [&constraints.local_endpoints, &constraints.allowed_nodes]
+            .into_iter()
+            .flatten()
+            .min_by_key(|names| names.len())
+            .filter(|names| names.len() < self.index.len());
+        match named {
+            Some(names) => {
+                let places = names.iter().filter_map(|n| self.index.get(n));
+                let nodes = places.map(|&i| (self.name_hashes[i], &self.nodes[i]));
+                best(address, nodes, constraints)
+            }
+            None => {
+                let places = self.present.iter().enumerate().filter(|(_, p)| **p);
+                let nodes = places.map(|(i, _)| (self.name_hashes[i], &self.nodes[i]));
+                best(address, nodes, constraints)
+            }
+        }
+    }
+
+    /// Records `address`'s election.
+    fn record(&mut self, address: IpAddr, choice: Choice) {
+        self.forget(&address);
+        if let Some(n) = &choice.owner {
+            self.owned.entry(n.clone()).or_default().insert(address);
+        }
+        self.owners.insert(address, choice);
+    }
+
     /// Forgets `address` (no longer to be announced).
     pub fn forget(&mut self, address: &IpAddr) {
-        if let Some((_, Some(owner))) = self.owners.remove(address)
-            && let Some(owned) = self.owned.get_mut(&owner)
+        if let Some(Choice {
+            owner: Some(owner), ..
+        }) = self.owners.remove(address)
         {
-            owned.remove(address);
-            if owned.is_empty() {
-                self.owned.remove(&owner);
-            }
+            disown(&mut self.owned, &owner, address);
         }
     }
 
@@ -394,6 +459,16 @@ impl Memo {
         }
         // Every owner left was elected or checked this round.
         self.kept = true;
+    }
+}
+
+/// Takes `address` from what `owner` owns in `owned`.
+fn disown(owned: &mut HashMap<String, HashSet<IpAddr>>, owner: &str, address: &IpAddr) {
+    if let Some(addresses) = owned.get_mut(owner) {
+        addresses.remove(address);
+        if addresses.is_empty() {
+            owned.remove(owner);
+        }
     }
 }
 
