@@ -487,7 +487,7 @@ fn backend_nginx(dir: &std::path::Path) -> String {
     let d = dir.display();
     format!(
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-         daemon off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/backend-nginx.pid;\n\
+         daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/backend-nginx.pid;\n\
          error_log {d}/backend-nginx-error.log;\nevents {{ worker_connections 19500; }}\n\
          http {{\n  access_log off;\n  keepalive_timeout 600s;\n  client_header_timeout 600s;\n\
          client_body_temp_path {d}/b1; proxy_temp_path {d}/b2; fastcgi_temp_path {d}/b3;\n\
