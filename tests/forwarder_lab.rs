@@ -232,6 +232,19 @@ impl World {
             .to_string()
     }
 
+    /// Waits until a datagram from the client to the Service address's
+    /// UDP `port` is answered.
+    fn wait_udp(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.udp(&self.client, VIP, port, "hi").contains("got=hi") {
+            assert!(
+                Instant::now() < deadline,
+                "never answered:\n{}",
+                self.logs()
+            );
+        }
+    }
+
     /// Waits until a TCP request to `address:port` is answered with something
     /// other than a refusal, and returns the answer.
     fn wait_tcp(&self, address: &str, port: u16) -> String {
@@ -533,10 +546,7 @@ fn runs_of_datagrams_arrive_whole_even_where_the_path_refuses_segments() {
         "  - name: game\n    address: {VIP}\n    ports: [{{port: 7777, protocol: UDP, targetPort: 5353}}]\n    endpoints: [{{address: 10.77.0.21}}]\n"
     );
     w.speaker(1, &services);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !w.udp(&w.client, VIP, 7777, "hi").contains("got=hi") {
-        assert!(Instant::now() < deadline, "never answered:\n{}", w.logs());
-    }
+    w.wait_udp(7777);
     let burst = format!(
         "import socket\n\
          s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2.0)\n\
@@ -1266,10 +1276,7 @@ fn a_spoofed_udp_flood_neither_starves_real_clients_nor_grows_without_bound() {
         ),
     );
     let speaker = w.lab.start_speaker_with(&node, 1, &config);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !w.udp(&w.client, VIP, 53, "hi").contains("got=hi") {
-        assert!(Instant::now() < deadline, "never answered:\n{}", w.logs());
-    }
+    w.wait_udp(53);
     let pid = w.lab.pid(speaker);
     let (fds_before, rss_before) = process_usage(pid);
 
@@ -1827,10 +1834,7 @@ fn upgrade(test: &str, kernel: bool) {
     let owner = support::netns::expected_owner(&["node-1", "node-2"], VIP);
     let (o, other) = if owner == "node-1" { (1, 2) } else { (2, 1) };
     let old = if o == 1 { first } else { second };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !w.udp(&w.client, VIP, 7777, "hi").contains("got=hi") {
-        assert!(Instant::now() < deadline, "never answered:\n{}", w.logs());
-    }
+    w.wait_udp(7777);
     let transfer = w.fetch();
     // A datagram every 50 ms for 5 s, each answered within a second.
     let exchange = std::process::Command::new("ip")
