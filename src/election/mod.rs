@@ -333,8 +333,10 @@ impl Memo {
     pub fn leave(&mut self, left: &[String]) -> HashSet<IpAddr> {
         self.asked.clear();
         self.kept = true;
-        let places = left.iter().filter_map(|name| self.index.get(name).copied());
-        let places = places.collect();
+        let places: Vec<usize> = left
+            .iter()
+            .filter_map(|name| self.index.get(name).copied())
+            .collect();
         self.drop_leavers(places)
     }
 
